@@ -1,0 +1,265 @@
+//! The command line: clap definitions only. Each subcommand maps to one
+//! function in `commands`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::hooks::TierChoice;
+use crate::util::{parse_duration, parse_port, Proto};
+
+const EXIT_TABLE: &str = "\
+Exit status:
+  0  success (who: the port is held; free: the port is free)
+  1  who: the port is not held
+  2  bad input (usage, port, config or policy file)
+  3  free: still held after the deadline
+  4  free: held by something the policy refuses to kill
+  5  could not do the job (needs root, BPF refused, I/O error)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reaper",
+    version,
+    about = "Who holds this port, since when, and is it stale? Frees it safely and keeps the record.",
+    long_about = None,
+    after_help = concat!("Examples:\n",
+        "  reaper who 8080                  who holds :8080, in every network namespace\n",
+        "  reaper free 8080 --match platform-server --exe /usr/local/bin/platform-server\n",
+        "  reaper watch --json              stream every bind, listen, release and failure\n",
+        "  reaper doctor                    which kernel hooks load here\n",
+        "\n",
+        "Exit status:\n",
+        "  0  success (who: the port is held; free: the port is free)\n",
+        "  1  who: the port is not held\n",
+        "  2  bad input (usage, port, config or policy file)\n",
+        "  3  free: still held after the deadline\n",
+        "  4  free: held by something the policy refuses to kill\n",
+        "  5  could not do the job (needs root, BPF refused, I/O error)"),
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Never use BPF: answer from a sock_diag + /proc scan.
+    #[arg(long, global = true)]
+    pub no_bpf: bool,
+    /// Which kernel hooks to attach (default: auto, the cheapest complete tier).
+    #[arg(long, global = true, value_enum, default_value_t = TierChoice::Auto)]
+    pub hooks: TierChoice,
+    /// More detail on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Colour: auto (only on a terminal, not with NO_COLOR), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream bind attempts, listens, releases and failures as they happen.
+    #[command(after_help = "Examples:\n  reaper watch\n  reaper watch --json --duration 30 | jq 'select(.ok == false)'")]
+    Watch(WatchArgs),
+    /// What this kernel allows: hooks, program types, privileges, the tier reaper would use.
+    #[command(after_help = "Examples:\n  reaper doctor\n  reaper doctor --json")]
+    Doctor(DoctorArgs),
+    /// Who holds PORT: every process, in every network namespace.
+    #[command(after_help = concat!("Examples:\n  reaper who 8080\n  reaper who 53 --proto udp --json\n  reaper who 8080 --netns all\n\n",
+        "Exit status: 0 held, 1 not held, 2 bad input, 5 could not scan"))]
+    Who(WhoArgs),
+    /// Every bound port with its holders.
+    #[command(after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json")]
+    Ports(PortsArgs),
+    /// Free PORT: judge its holders against a policy, stop the stale ones safely, wait until it binds again.
+    #[command(after_help = concat!("Examples:\n",
+        "  reaper free 8080 --match platform-server --dry-run\n",
+        "  reaper free 8080 --exe /usr/local/bin/platform-server --grace 2s --deadline 10s\n",
+        "  reaper free 8080 --policy /etc/reaper/policy.toml --json\n\n",
+        "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy"))]
+    Free(FreeArgs),
+    /// Run beside CI jobs: keep the ledger, record conflicts, free ports by policy.
+    #[command(after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml")]
+    Daemon(DaemonArgs),
+    /// Forensics: what held a port, since when, who failed to bind, what was done.
+    #[command(after_help = concat!("Examples:\n",
+        "  reaper report --since 2h --port 8080\n",
+        "  reaper report --journal a.jsonl --journal b.jsonl --format html --output report.html\n",
+        "  reaper report --demo --format md"))]
+    Report(ReportArgs),
+    /// Shell completions on stdout.
+    #[command(after_help = "Examples:\n  reaper completions bash > /etc/bash_completion.d/reaper")]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// One JSON object a line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds (or a duration like 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Size of the BPF ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub ringbuf_size: u32,
+    /// Without BPF: poll the sockets at this interval and show changes.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WhoArgs {
+    /// The port (1-65535).
+    #[arg(value_parser = parse_port)]
+    pub port: u16,
+    /// Only this protocol (default: both).
+    #[arg(long)]
+    pub proto: Option<Proto>,
+    /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
+    #[arg(long, default_value = "all")]
+    pub netns: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PortsArgs {
+    /// Only listening TCP sockets and bound UDP sockets.
+    #[arg(long)]
+    pub listening: bool,
+    #[arg(long)]
+    pub proto: Option<Proto>,
+    /// A network namespace inode, or `all` (default).
+    #[arg(long, default_value = "all")]
+    pub netns: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FreeArgs {
+    /// The port (1-65535).
+    #[arg(value_parser = parse_port)]
+    pub port: u16,
+    #[arg(long, default_value = "tcp")]
+    pub proto: Proto,
+    /// Holder's process name (matched against comm, exe basename and argv[0]).
+    #[arg(long = "match", value_name = "NAME")]
+    pub match_name: Option<String>,
+    /// Holder's executable: a full path or a basename.
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<String>,
+    /// Holder's command line: a substring, or /a regex/.
+    #[arg(long, value_name = "PATTERN")]
+    pub cmdline: Option<String>,
+    /// Rules from a TOML file (see deploy/policy.toml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// How long to wait after SIGTERM before SIGKILL.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub grace: Duration,
+    /// How long to wait in all for the port to bind again.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub deadline: Duration,
+    /// Also stop the holder's descendants that share the socket.
+    #[arg(long)]
+    pub tree: bool,
+    /// Print verdicts and what would be signalled; signal nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Append the record of this run to this journal (JSON lines).
+    #[arg(long, value_name = "PATH", env = "REAPER_JOURNAL")]
+    pub journal: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// The daemon's TOML config (see deploy/reaper.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate a config file and exit (0 valid, 2 invalid).
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Journal files (repeatable; rotated files and several hosts' journals merge).
+    #[arg(long, value_name = "PATH")]
+    pub journal: Vec<PathBuf>,
+    /// Only records at or after T (RFC 3339, or relative like 2h, 30m).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Only records before T (RFC 3339, or relative like 2h).
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only this port.
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
+    /// Only this host.
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Write here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Render a report from a built-in example journal.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The exit table, for commands that print it.
+pub fn exit_table() -> &'static str {
+    EXIT_TABLE
+}

@@ -1,0 +1,18 @@
+//! `reaper completions SHELL`: completions generated from the clap definitions.
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::cli::{Cli, CompletionsArgs, Shell};
+use crate::error::Exit;
+
+pub fn run(args: CompletionsArgs) -> Result<Exit> {
+    let shell = match args.shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "reaper", &mut std::io::stdout());
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,173 @@
+//! `reaper doctor`: what this machine allows, and what reaper would do here.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::{DoctorArgs, Global};
+use crate::error::Exit;
+use crate::hooks::{self, Probe, Tier};
+use crate::output::{json_line, print, use_color, Style, Table};
+
+#[derive(Serialize)]
+struct Report {
+    kernel: String,
+    btf: bool,
+    lockdown: Option<String>,
+    lsms: Option<String>,
+    euid: u32,
+    /// Effective capabilities that matter to reaper, by name.
+    capabilities: Vec<Cap>,
+    cgroup2: Option<String>,
+    unprivileged_bpf_disabled: Option<String>,
+    probes: Vec<Probe>,
+    /// Why the probes could not run, when they could not.
+    probe_error: Option<String>,
+    /// The tier `--hooks auto` would attach here, or "proc" for the scan.
+    tier: String,
+    /// Whether that tier gives exact errnos.
+    errno_exact: bool,
+    fallback: String,
+}
+
+#[derive(Serialize)]
+struct Cap {
+    name: &'static str,
+    present: bool,
+    why: &'static str,
+}
+
+const CAPS: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "load the bind hooks"),
+    (38, "CAP_PERFMON", "tracing programs (listens, fexit)"),
+    (21, "CAP_SYS_ADMIN", "attach to the cgroup root; enter other network namespaces"),
+    (12, "CAP_NET_ADMIN", "sock_diag in every network namespace"),
+    (5, "CAP_KILL", "signal stale holders of other users"),
+    (19, "CAP_SYS_PTRACE", "read other users' /proc/PID/fd"),
+];
+
+pub fn run(global: &Global, args: DoctorArgs) -> Result<Exit> {
+    let report = gather();
+    if args.json {
+        json_line(&report)?;
+    } else {
+        print(&human(&report, Style { on: use_color(global.color) }))?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn gather() -> Report {
+    let uts = nix::sys::utsname::uname().ok();
+    let kernel = uts
+        .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
+        .unwrap_or_else(|| "unknown".into());
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let capabilities = CAPS
+        .iter()
+        .map(|(bit, name, why)| Cap {
+            name,
+            present: cap_eff & (1u64 << bit) != 0,
+            why,
+        })
+        .collect();
+    let (probes, probe_error) = if crate::util::is_root() {
+        match hooks::probe_all() {
+            Ok(p) => (p, None),
+            Err(e) => (vec![], Some(format!("{e:#}"))),
+        }
+    } else {
+        (vec![], Some("not root: the probes need CAP_BPF and CAP_PERFMON (run `sudo reaper doctor`)".into()))
+    };
+    let cgroup_ok = !probes.is_empty()
+        && probes
+            .iter()
+            .filter(|p| p.hook.starts_with("cgroup/"))
+            .all(|p| p.attaches);
+    let tier = if cgroup_ok {
+        Tier::Cgroup.as_str().to_string()
+    } else {
+        "proc".to_string()
+    };
+    Report {
+        kernel,
+        btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        lockdown: read_trim("/sys/kernel/security/lockdown"),
+        lsms: read_trim("/sys/kernel/security/lsm"),
+        euid: nix::unistd::geteuid().as_raw(),
+        capabilities,
+        cgroup2: hooks::cgroup2_root().ok().map(|p| p.display().to_string()),
+        unprivileged_bpf_disabled: read_trim("/proc/sys/kernel/unprivileged_bpf_disabled"),
+        probes,
+        probe_error,
+        errno_exact: false,
+        tier,
+        fallback: "sock_diag netlink (or /proc/net) + /proc/PID/fd scan: who holds a port now, without bind history or failed attempts".into(),
+    }
+}
+
+fn human(r: &Report, style: Style) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("kernel      {}\n", r.kernel));
+    s.push_str(&format!("btf         {}\n", if r.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "no" }));
+    if let Some(l) = &r.lockdown {
+        s.push_str(&format!("lockdown    {l}\n"));
+    }
+    if let Some(l) = &r.lsms {
+        s.push_str(&format!("lsms        {l}\n"));
+    }
+    s.push_str(&format!(
+        "cgroup2     {}\n",
+        r.cgroup2.as_deref().unwrap_or("not mounted (the cgroup tier needs it)")
+    ));
+    s.push_str(&format!("euid        {}\n", r.euid));
+    for c in &r.capabilities {
+        let mark = if c.present { style.green("yes") } else { style.red("no ") };
+        s.push_str(&format!("  {:<15} {mark}  {}\n", c.name, c.why));
+    }
+    s.push('\n');
+    if r.probes.is_empty() {
+        s.push_str(&format!(
+            "hooks       not probed: {}\n",
+            r.probe_error.as_deref().unwrap_or("unknown")
+        ));
+    } else {
+        let mut t = Table::new(&["HOOK", "PROGRAM TYPE", "LOADS", "ATTACHES", "REFUSED WITH", "USED BY"]);
+        for p in &r.probes {
+            t.row(vec![
+                p.hook.clone(),
+                p.program_type.clone(),
+                yn(p.loads, style),
+                yn(p.attaches, style),
+                p.errno.clone().or_else(|| p.error.clone()).unwrap_or_default(),
+                if p.used_by.is_empty() { "(probe only)".into() } else { p.used_by.join(",") },
+            ]);
+        }
+        s.push_str(&t.render(style));
+    }
+    s.push('\n');
+    let tier_line = match r.tier.as_str() {
+        "proc" => style.yellow("proc (no BPF tier is usable here: reaper will scan)"),
+        t => style.green(&format!("{t} (errno inferred; --hooks syscalls gives exact errnos but taxes every syscall)")),
+    };
+    s.push_str(&format!("tier        {tier_line}\n"));
+    s.push_str(&format!("fallback    {}\n", r.fallback));
+    s
+}
+
+fn yn(b: bool, style: Style) -> String {
+    if b {
+        style.green("yes")
+    } else {
+        style.red("no")
+    }
+}

@@ -1,0 +1,29 @@
+//! One function per subcommand, over the library types.
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::error::Exit;
+
+pub mod completions;
+pub mod daemon;
+pub mod doctor;
+pub mod free;
+pub mod ports;
+pub mod report;
+pub mod watch;
+pub mod who;
+
+pub fn dispatch(cli: Cli) -> Result<Exit> {
+    let global = cli.global;
+    match cli.command {
+        Command::Watch(args) => watch::run(&global, args),
+        Command::Doctor(args) => doctor::run(&global, args),
+        Command::Who(args) => who::run(&global, args),
+        Command::Ports(args) => ports::run(&global, args),
+        Command::Free(args) => free::run(&global, args),
+        Command::Daemon(args) => daemon::run(&global, args),
+        Command::Report(args) => report::run(&global, args),
+        Command::Completions(args) => completions::run(args),
+    }
+}

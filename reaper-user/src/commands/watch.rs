@@ -1,0 +1,334 @@
+//! `reaper watch`: the live stream of binds, listens, releases and failures.
+//!
+//! hooks -> events (Matcher) -> ledger -> one line per fact. Without BPF it
+//! says so and polls the sockets instead (source "proc").
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::{Global, WatchArgs};
+use crate::error::Exit;
+use crate::events::{EventStream, Matcher};
+use crate::holders::{self, Query};
+use crate::hooks;
+use crate::ledger::{Fact, Ledger};
+use crate::output::{json_line, print, use_color, Style};
+use crate::util::{clock_ns, rfc3339};
+
+/// A line saying events were lost: never hidden.
+#[derive(Serialize)]
+struct LossLine<'a> {
+    ts: String,
+    kind: &'static str,
+    lost: u64,
+    lost_total: u64,
+    source: &'a str,
+}
+
+pub fn run(global: &Global, args: WatchArgs) -> Result<Exit> {
+    hooks::check_ringbuf_size(args.ringbuf_size)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let style = Style {
+        on: use_color(global.color),
+    };
+    if global.no_bpf {
+        eprintln!("reaper: --no-bpf: cannot stream binds without BPF; polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
+        return rt.block_on(poll_view(args, style));
+    }
+    if !crate::util::is_root() {
+        eprintln!("reaper: watching binds needs root (CAP_BPF, CAP_PERFMON); run `sudo reaper watch`. Polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
+        return rt.block_on(poll_view(args, style));
+    }
+    let attached = match hooks::attach(global.hooks, args.ringbuf_size) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("reaper: cannot stream binds: {e:#}");
+            eprintln!("reaper: polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
+            return rt.block_on(poll_view(args, style));
+        }
+    };
+    rt.block_on(stream(attached, args, style))
+}
+
+async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) -> Result<Exit> {
+    let tier = attached.tier;
+    let source = tier.as_str();
+    let events = attached
+        .events
+        .take()
+        .context("the ring buffer was taken already")?;
+    let mut stream = EventStream::new(events)?;
+    let mut matcher = Matcher::new(tier.exact_errno());
+    let mut ledger = Ledger::new(source);
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    eprintln!(
+        "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
+        if tier.exact_errno() { "exact" } else { "inferred" },
+        if attached.listens { "seen" } else { "not seen" },
+        attached.cgroup.display(),
+        if deadline.is_some() { "" } else { ", Ctrl-C to stop" }
+    );
+    let mut raw = Vec::new();
+    let mut obs = Vec::new();
+    let mut lost_seen = 0u64;
+    let mut bad_records = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let wait = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break;
+                }
+                (d - now).min(Duration::from_millis(20))
+            }
+            None => Duration::from_millis(20),
+        };
+        tokio::select! {
+            r = stream.next_batch(&mut raw, wait) => { bad_records += r?; }
+            _ = &mut ctrl_c => break,
+        }
+        for ev in raw.drain(..) {
+            matcher.feed(ev, &mut obs);
+        }
+        matcher.settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
+        emit(&mut ledger, &mut obs, args.json, style)?;
+        if let Some(logger) = attached.logger.as_mut() {
+            logger.flush();
+        }
+        let lost = attached.lost_total();
+        if lost > lost_seen {
+            report_loss(lost - lost_seen, lost, source, args.json, style)?;
+            lost_seen = lost;
+        }
+    }
+    // Drain what is left, then resolve what is still pending.
+    stream.drain_now(&mut raw);
+    for ev in raw.drain(..) {
+        matcher.feed(ev, &mut obs);
+    }
+    matcher.flush(&mut obs);
+    emit(&mut ledger, &mut obs, args.json, style)?;
+    let lost = attached.lost_total();
+    if lost > lost_seen {
+        report_loss(lost - lost_seen, lost, source, args.json, style)?;
+    }
+    if bad_records > 0 {
+        eprintln!("reaper: {bad_records} ring buffer records were too short to decode (the eBPF object and reaper disagree: rebuild with `cargo xtask build`)");
+    }
+    if lost > 0 {
+        eprintln!("reaper: {lost} events were lost in all because the ring buffer was full (try a larger --ringbuf-size)");
+    }
+    Ok(Exit::Ok)
+}
+
+fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Result<()> {
+    if json {
+        json_line(&LossLine {
+            ts: rfc3339(chrono::Utc::now()),
+            kind: "loss",
+            lost: n,
+            lost_total: total,
+            source,
+        })?;
+    } else {
+        print(&format!(
+            "{}  {}\n",
+            chrono::Local::now().format("%H:%M:%S%.3f"),
+            style.red(&format!("LOST {n} events (ring buffer full; {total} in all)"))
+        ))?;
+    }
+    Ok(())
+}
+
+fn emit(ledger: &mut Ledger, obs: &mut Vec<crate::events::Observation>, json: bool, style: Style) -> Result<()> {
+    for o in obs.drain(..) {
+        let Some(mut fact) = ledger.apply(&o) else {
+            continue;
+        };
+        if !fact.ok && fact.holder_pid.is_none() {
+            confirm_with_scan(&mut fact);
+        }
+        if json {
+            json_line(&fact)?;
+        } else {
+            print(&human(&fact, style))?;
+        }
+    }
+    Ok(())
+}
+
+/// A failure the ledger cannot explain (the holder predates reaper): ask the
+/// live system who holds the port.
+fn confirm_with_scan(fact: &mut Fact) {
+    let (Some(port), Some(proto)) = (fact.port, fact.proto) else {
+        return;
+    };
+    if port == 0 {
+        return;
+    }
+    let q = Query {
+        port: Some(port),
+        proto: Some(proto),
+        netns: fact.netns,
+        listening_only: false,
+    };
+    if let Ok(scan) = holders::scan(&q) {
+        if let Some(p) = scan
+            .holdings
+            .iter()
+            .flat_map(|h| h.processes.iter())
+            .find(|p| p.pid != fact.pid)
+        {
+            fact.holder_pid = Some(p.pid);
+            fact.holder_comm = Some(p.comm.clone());
+            if fact.errno.is_none() {
+                fact.errno = Some("EADDRINUSE".into());
+            }
+        } else if fact.errno.is_none() && !scan.holdings.is_empty() {
+            fact.errno = Some("EADDRINUSE".into());
+        }
+    }
+}
+
+/// One human line per fact.
+pub fn human(f: &Fact, style: Style) -> String {
+    let time = chrono::DateTime::parse_from_rfc3339(&f.ts)
+        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|_| f.ts.clone());
+    let proto = f.proto.map(|p| p.as_str()).unwrap_or("?");
+    let at = match (&f.addr, f.port) {
+        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        _ => "?".into(),
+    };
+    let netns = f.netns.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    let who = format!("pid {} ({}) uid {} netns {}", f.pid, f.comm, f.uid, netns);
+    match f.kind {
+        "bind" if f.ok => {
+            let req = match f.requested_port {
+                Some(0) => " (asked for port 0)".to_string(),
+                Some(p) => format!(" (asked for {p})"),
+                None => String::new(),
+            };
+            format!("{time}  {}  {proto} {at}{req}  {who}\n", style.green("bind     ok  "))
+        }
+        "bind" => {
+            let errno = f.errno.clone().unwrap_or_else(|| "cause unknown".into());
+            let how = if f.errno_exact { "" } else { " (inferred)" };
+            let holder = match (f.holder_pid, &f.holder_comm) {
+                (Some(p), Some(c)) => format!("; held by pid {p} ({c})"),
+                _ => String::new(),
+            };
+            format!(
+                "{time}  {}  {proto} {at}  {who}  {}{how}{holder}\n",
+                style.red("bind     FAIL"),
+                style.red(&errno)
+            )
+        }
+        "listen" => format!("{time}  {}  {proto} {at}  {who}\n", style.bold("listen      ")),
+        _ => {
+            let held = f
+                .held_ms
+                .map(|ms| format!("  held {}", humantime::format_duration(Duration::from_millis(ms))))
+                .unwrap_or_default();
+            format!("{time}  {}  {proto} {at}  {who}{held}\n", style.dim("release     "))
+        }
+    }
+}
+
+/// Without BPF: poll the sockets and print what appeared and disappeared.
+async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let q = Query {
+        listening_only: true,
+        ..Query::default()
+    };
+    let mut before: BTreeMap<(u64, u64, u16), Fact> = BTreeMap::new();
+    let mut first = true;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let scan = holders::scan(&q).context("scanning sockets")?;
+        let mut now: BTreeMap<(u64, u64, u16), Fact> = BTreeMap::new();
+        for h in &scan.holdings {
+            let s = &h.socket;
+            let p = h.processes.first();
+            now.insert(
+                (s.netns, s.inode, s.port),
+                Fact {
+                    ts: rfc3339(chrono::Utc::now()),
+                    kind: "bind",
+                    pid: p.map(|p| p.pid).unwrap_or(0),
+                    tid: p.map(|p| p.pid).unwrap_or(0),
+                    comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+                    uid: s.uid,
+                    netns: Some(s.netns),
+                    proto: Some(s.proto),
+                    family: Some(s.family),
+                    addr: Some(s.addr.to_string()),
+                    port: Some(s.port),
+                    ok: true,
+                    errno: None,
+                    errno_exact: false,
+                    source: "proc".into(),
+                    cookie: s.cookie,
+                    netns_cookie: 0,
+                    cgroup_id: 0,
+                    requested_port: None,
+                    held_ms: None,
+                    holder_pid: None,
+                    holder_comm: None,
+                },
+            );
+        }
+        if !first {
+            for (k, f) in &now {
+                if !before.contains_key(k) {
+                    out(f, args.json, style)?;
+                }
+            }
+            for (k, f) in &before {
+                if !now.contains_key(k) {
+                    let mut f = f.clone();
+                    f.kind = "release";
+                    f.ts = rfc3339(chrono::Utc::now());
+                    out(&f, args.json, style)?;
+                }
+            }
+        }
+        first = false;
+        before = now;
+        let wait = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break;
+                }
+                (d - now).min(args.poll_interval)
+            }
+            None => args.poll_interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut ctrl_c => break,
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn out(f: &Fact, json: bool, style: Style) -> Result<()> {
+    if json {
+        json_line(f)?;
+    } else {
+        print(&human(f, style))?;
+    }
+    Ok(())
+}

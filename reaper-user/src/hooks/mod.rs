@@ -1,0 +1,510 @@
+//! **kernel hooks** -> ring buffer.
+//!
+//! Loads reaper's eBPF object (built from `reaper-ebpf` and embedded at build
+//! time), picks a tier of hooks, attaches it, and hands the ring buffer to
+//! `events`. Also probes which program types this kernel accepts, for
+//! `reaper doctor` and for choosing a tier.
+//!
+//! Tiers, cheapest complete one first:
+//! - `cgroup`: cgroup `bind4`/`bind6`, `post_bind4`/`post_bind6`,
+//!   `sock_release` on the cgroup v2 root, plus tp_btf
+//!   `inet_sock_set_state` for listens. Only binds pay for it. A failed bind
+//!   is seen as an attempt with no success; its cause is inferred.
+//! - `syscalls`: `cgroup` + the `sys_exit_bind` tracepoint: exact errno, but
+//!   every syscall on the host takes the slow path while attached.
+//! - `fexit`: `cgroup` + fexit on `inet_bind`/`inet6_bind`: exact errno at the
+//!   cost of binds only; many kernels allow it, some (lockdown) refuse it.
+//!
+//! `auto` picks `cgroup`: a sidecar that runs all day must not tax every
+//! syscall on the host, and an exact errno is a luxury the ledger can mostly
+//! infer (the holder is known).
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError,
+    TracePoint,
+};
+use aya::{Btf, Ebpf, EbpfLoader};
+use serde::Serialize;
+
+/// The eBPF object, built by build.rs from `reaper-ebpf`.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reaper.bpf.o"));
+
+/// What the user asked for with `--hooks`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierChoice {
+    /// The cheapest complete tier: cgroup.
+    Auto,
+    /// cgroup bind hooks: only binds pay; errno inferred.
+    Cgroup,
+    /// cgroup + sys_exit_bind tracepoint: exact errno; taxes every syscall.
+    Syscalls,
+    /// cgroup + fexit on inet_bind: exact errno; refused on some kernels.
+    Fexit,
+}
+
+/// A tier that is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Cgroup,
+    Syscalls,
+    Fexit,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Cgroup => "cgroup",
+            Tier::Syscalls => "syscalls",
+            Tier::Fexit => "fexit",
+        }
+    }
+    /// Whether the errno of a failed bind comes from the kernel (true) or is
+    /// inferred by reaper (false).
+    pub fn exact_errno(self) -> bool {
+        !matches!(self, Tier::Cgroup)
+    }
+}
+
+impl TierChoice {
+    pub fn resolve(self) -> Tier {
+        match self {
+            TierChoice::Auto | TierChoice::Cgroup => Tier::Cgroup,
+            TierChoice::Syscalls => Tier::Syscalls,
+            TierChoice::Fexit => Tier::Fexit,
+        }
+    }
+}
+
+/// The programs in the object, by name, with what they hook.
+const CGROUP_SOCK_ADDR: &[(&str, &str)] = &[
+    ("reaper_bind4", "cgroup/bind4"),
+    ("reaper_bind6", "cgroup/bind6"),
+];
+const CGROUP_SOCK: &[(&str, &str)] = &[
+    ("reaper_post_bind4", "cgroup/post_bind4"),
+    ("reaper_post_bind6", "cgroup/post_bind6"),
+    ("reaper_release", "cgroup/sock_release"),
+];
+const LISTEN_PROG: (&str, &str) = ("reaper_listen", "inet_sock_set_state");
+const SYS_EXIT_BIND: &str = "reaper_sys_exit_bind";
+const FEXITS: &[(&str, &str)] = &[
+    ("reaper_fexit_inet_bind", "inet_bind"),
+    ("reaper_fexit_inet6_bind", "inet6_bind"),
+];
+const LSM_PROBE: (&str, &str) = ("reaper_probe_lsm", "socket_bind");
+
+/// Hooks that are attached, and the maps userspace reads. Dropping it
+/// detaches everything.
+pub struct Attached {
+    pub tier: Tier,
+    /// Whether listens are seen (tp_btf loaded); without it only binds are.
+    pub listens: bool,
+    /// The ring buffer; `events::EventStream` takes it.
+    pub events: Option<RingBuf<MapData>>,
+    pub lost: PerCpuArray<MapData, u64>,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub cgroup: PathBuf,
+    /// Keeps the programs and links alive.
+    _ebpf: Ebpf,
+}
+
+impl Attached {
+    /// Events the kernel side could not reserve, summed over CPUs.
+    pub fn lost_total(&self) -> u64 {
+        match self.lost.get(&0, 0) {
+            Ok(values) => values.iter().sum(),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (the root the cgroup hooks
+/// attach to, so that every process on the host is seen).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo to find the cgroup v2 mount")?;
+    cgroup2_from_mountinfo(&mounts).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no cgroup v2 (cgroup2) mount found: the cgroup bind hooks need one (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+        )
+    })
+}
+
+/// Finds the shortest cgroup2 mount point in a mountinfo text.
+pub fn cgroup2_from_mountinfo(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            if fstype != "cgroup2" {
+                return None;
+            }
+            let mount_point = pre.split_whitespace().nth(4)?;
+            Some(PathBuf::from(unescape_mount(mount_point)))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+}
+
+fn unescape_mount(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// bpf_link cgroup attachments always coexist with other programs (they
+/// take no flags); on kernels before 5.7 aya falls back to an exclusive
+/// attach.
+const CGROUP_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// Mounts tracefs at /sys/kernel/tracing when it is not there: tracepoints
+/// are attached through it. Returns whether it is available.
+pub fn ensure_tracefs() -> bool {
+    let dir = std::path::Path::new("/sys/kernel/tracing");
+    if dir.join("events").exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return true;
+    }
+    let r = nix::mount::mount(
+        Some("tracefs"),
+        dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    match r {
+        Ok(()) => {
+            tracing::info!("mounted tracefs at /sys/kernel/tracing for the sys_exit_bind tracepoint");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("tracefs is not mounted and mounting it failed: {e}");
+            false
+        }
+    }
+}
+
+fn loader(ringbuf_size: u32, exact: bool) -> EbpfLoader<'static> {
+    let mut l = EbpfLoader::new();
+    l.map_max_entries(reaper_common::MAP_EVENTS, ringbuf_size);
+    static ON: u8 = 1;
+    static OFF: u8 = 0;
+    l.override_global(reaper_common::GLOBAL_EXACT, if exact { &ON } else { &OFF }, true);
+    l
+}
+
+/// Checks a ring buffer size: the kernel wants a power of two and a multiple
+/// of the page size.
+pub fn check_ringbuf_size(size: u32) -> Result<()> {
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(crate::error::bad_input(format!(
+            "ring buffer size {size} is not allowed: give a power of two of at least 4096 bytes (e.g. 262144)"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads and attaches the hooks of a tier.
+pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
+    check_ringbuf_size(ringbuf_size)?;
+    let tier = choice.resolve();
+    let cgroup = cgroup2_root()?;
+    let cgroup_fd = File::open(&cgroup)
+        .with_context(|| format!("opening the cgroup v2 root {}", cgroup.display()))?;
+    let mut ebpf = loader(ringbuf_size, tier.exact_errno())
+        .load(BPF_OBJECT)
+        .context("loading reaper's eBPF object (maps could not be created; is BPF allowed here? see `reaper doctor`)")?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!("aya-log not available: {e}");
+            None
+        }
+    };
+    for (name, hook) in CGROUP_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(&cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    for (name, hook) in CGROUP_SOCK {
+        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(&cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    let btf = Btf::from_sys_fs().ok();
+    let listens = match &btf {
+        Some(btf) => {
+            let (name, tp) = LISTEN_PROG;
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            match prog.load(tp, btf).and_then(|_| prog.attach().map(|_| ())) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "listens will not be seen: tp_btf/{tp} refused: {}",
+                        describe(&e)
+                    );
+                    false
+                }
+            }
+        }
+        None => {
+            tracing::warn!("listens will not be seen: no kernel BTF at /sys/kernel/btf/vmlinux");
+            false
+        }
+    };
+    match tier {
+        Tier::Cgroup => {}
+        Tier::Syscalls => {
+            ensure_tracefs();
+            let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
+            prog.load().map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+            prog.attach("syscalls", "sys_exit_bind")
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+        }
+        Tier::Fexit => {
+            let btf = btf.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup")
+            })?;
+            for (name, func) in FEXITS {
+                let prog: &mut FExit = program(&mut ebpf, name)?;
+                let hook = format!("fexit/{func}");
+                prog.load(func, btf).map_err(|e| refused(&hook, e))?;
+                prog.attach().map_err(|e| refused(&hook, e))?;
+            }
+        }
+    }
+    let events = RingBuf::try_from(
+        ebpf.take_map(reaper_common::MAP_EVENTS)
+            .context("the eBPF object has no EVENTS map")?,
+    )?;
+    let lost = PerCpuArray::try_from(
+        ebpf.take_map(reaper_common::MAP_LOST)
+            .context("the eBPF object has no LOST map")?,
+    )?;
+    Ok(Attached {
+        tier,
+        listens,
+        events: Some(events),
+        lost,
+        logger,
+        cgroup,
+        _ebpf: ebpf,
+    })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    Ok(prog.try_into()?)
+}
+
+/// A refused hook, with the errno and what to do.
+fn refused(hook: &str, e: ProgramError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the kernel refused {hook}: {} (see `reaper doctor`; `--hooks cgroup` is the most widely allowed tier, `--no-bpf` scans /proc instead)",
+        describe(&e)
+    )
+}
+
+/// The errno behind a program error, if any.
+pub fn errno_of(e: &ProgramError) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// "EPERM (Operation not permitted)" or the error text.
+pub fn describe(e: &ProgramError) -> String {
+    match errno_of(e) {
+        Some(code) => format!(
+            "{} ({})",
+            crate::util::errno_name(code),
+            io::Error::from_raw_os_error(code)
+        ),
+        None => e.to_string().lines().next().unwrap_or_default().to_string(),
+    }
+}
+
+/// The result of trying one hook here.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    /// e.g. "cgroup/bind4", "fexit/inet_bind".
+    pub hook: String,
+    /// The BPF program type.
+    pub program_type: String,
+    pub loads: bool,
+    pub attaches: bool,
+    /// Errno name when refused, e.g. "EPERM".
+    pub errno: Option<String>,
+    pub error: Option<String>,
+    /// Which tiers need it.
+    pub used_by: Vec<&'static str>,
+}
+
+/// Loads and attaches each hook once, then detaches: what this kernel allows.
+pub fn probe_all() -> Result<Vec<Probe>> {
+    let mut ebpf = loader(4096, false)
+        .load(BPF_OBJECT)
+        .context("loading reaper's eBPF object")?;
+    let cgroup = cgroup2_root().ok();
+    let cgroup_fd = cgroup.as_ref().and_then(|p| File::open(p).ok());
+    let btf = Btf::from_sys_fs().ok();
+    let mut out = Vec::new();
+    let mut record = |hook: &str, ty: &str, used_by: Vec<&'static str>, load: std::result::Result<(), ProgramError>, attach: Option<std::result::Result<(), ProgramError>>| {
+        let (attaches, err) = match (&load, attach) {
+            (Err(e), _) => (false, Some(e.to_string()).map(|s| (s, errno_of(e)))),
+            (Ok(()), Some(Err(e))) => (false, Some((e.to_string(), errno_of(&e)))),
+            (Ok(()), Some(Ok(()))) => (true, None),
+            (Ok(()), None) => (false, None),
+        };
+        out.push(Probe {
+            hook: hook.to_string(),
+            program_type: ty.to_string(),
+            loads: load.is_ok(),
+            attaches,
+            errno: err.as_ref().and_then(|(_, c)| c.map(crate::util::errno_name)),
+            error: err.map(|(s, _)| s.lines().next().unwrap_or_default().to_string()),
+            used_by,
+        });
+    };
+    let all = vec!["cgroup", "syscalls", "fexit"];
+    for (name, hook) in CGROUP_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        let load = prog.load();
+        let attach = match (&load, &cgroup_fd) {
+            (Ok(()), Some(fd)) => Some(prog.attach(fd, CGROUP_MODE).map(|link| {
+                let _ = prog.detach(link);
+            })),
+            _ => None,
+        };
+        record(hook, "cgroup_sock_addr", all.clone(), load, attach);
+    }
+    for (name, hook) in CGROUP_SOCK {
+        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+        let load = prog.load();
+        let attach = match (&load, &cgroup_fd) {
+            (Ok(()), Some(fd)) => Some(prog.attach(fd, CGROUP_MODE).map(|link| {
+                let _ = prog.detach(link);
+            })),
+            _ => None,
+        };
+        record(hook, "cgroup_sock", all.clone(), load, attach);
+    }
+    {
+        ensure_tracefs();
+        let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
+        let load = prog.load();
+        let attach = load.is_ok().then(|| {
+            prog.attach("syscalls", "sys_exit_bind").map(|link| {
+                let _ = prog.detach(link);
+            })
+        });
+        record("tracepoint/syscalls/sys_exit_bind", "tracepoint", vec!["syscalls"], load, attach);
+    }
+    match &btf {
+        Some(btf) => {
+            let (name, tp) = LISTEN_PROG;
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            let load = prog.load(tp, btf);
+            let attach = load.is_ok().then(|| prog.attach().map(|link| {
+                let _ = prog.detach(link);
+            }));
+            record(&format!("tp_btf/{tp}"), "tracing (tp_btf)", all.clone(), load, attach);
+            for (name, func) in FEXITS {
+                let prog: &mut FExit = program(&mut ebpf, name)?;
+                let load = prog.load(func, btf);
+                let attach = load.is_ok().then(|| prog.attach().map(|link| {
+                    let _ = prog.detach(link);
+                }));
+                record(&format!("fexit/{func}"), "tracing (fexit)", vec!["fexit"], load, attach);
+            }
+            let (name, hook) = LSM_PROBE;
+            let prog: &mut Lsm = program(&mut ebpf, name)?;
+            let load = prog.load(hook, btf);
+            let attach = load.is_ok().then(|| prog.attach().map(|link| {
+                let _ = prog.detach(link);
+            }));
+            record(&format!("lsm/{hook}"), "lsm", vec![], load, attach);
+        }
+        None => {
+            for hook in ["tp_btf/inet_sock_set_state", "fexit/inet_bind", "fexit/inet6_bind", "lsm/socket_bind"] {
+                out.push(Probe {
+                    hook: hook.into(),
+                    program_type: "tracing".into(),
+                    loads: false,
+                    attaches: false,
+                    errno: None,
+                    error: Some("no kernel BTF at /sys/kernel/btf/vmlinux".into()),
+                    used_by: vec![],
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_mountinfo() {
+        let mi = "\
+25 30 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 25 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_from_mountinfo(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn ringbuf_sizes_must_be_powers_of_two() {
+        assert!(check_ringbuf_size(4096).is_ok());
+        assert!(check_ringbuf_size(1 << 20).is_ok());
+        assert!(check_ringbuf_size(4095).is_err());
+        assert!(check_ringbuf_size(6000).is_err());
+    }
+
+    #[test]
+    fn auto_picks_the_tier_that_taxes_only_binds() {
+        assert_eq!(TierChoice::Auto.resolve(), Tier::Cgroup);
+        assert!(!Tier::Cgroup.exact_errno());
+        assert!(Tier::Syscalls.exact_errno());
+    }
+}

@@ -1,0 +1,202 @@
+//! reap -> **journal** -> report / metrics.
+//!
+//! The record of what happened: JSON lines, one record per claim, release,
+//! conflict and reaping (plus the daemon's own start, stop, losses and mode
+//! changes), each standing alone: who, what, when, from where. The schema is
+//! versioned by the `v` field and documented in docs/journal.md.
+
+use serde::{Deserialize, Serialize};
+
+pub mod reader;
+pub mod writer;
+
+/// Version of the record schema; bump on an incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A process as the journal remembers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The full command line, space-joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Parent chain, nearest first, as "pid:comm".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned: Option<bool>,
+}
+
+/// Where: a port in a network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    pub proto: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    pub port: u16,
+}
+
+/// The policy's judgment of one holder, with its reasons in plain words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    /// "reap" (stale, may be signalled), "keep" (no rule matched) or
+    /// "protect" (a protection holds, whatever the rules say).
+    pub decision: String,
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// A signal sent through a pidfd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    pub pid: u32,
+    /// "SIGTERM" or "SIGKILL".
+    pub signal: String,
+    pub ts: String,
+}
+
+/// What the record is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    /// A process bound a port.
+    Claim {
+        #[serde(flatten)]
+        at: Endpoint,
+        process: ProcessRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cookie: Option<u64>,
+        /// The port asked for when it differs (0: the kernel chose).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_port: Option<u16>,
+    },
+    /// A bound TCP socket started listening.
+    Listen {
+        #[serde(flatten)]
+        at: Endpoint,
+        process: ProcessRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cookie: Option<u64>,
+    },
+    /// A claim ended.
+    Release {
+        #[serde(flatten)]
+        at: Endpoint,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<ProcessRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cookie: Option<u64>,
+    },
+    /// One or more failed binds of a held port (a burst counts once).
+    Conflict {
+        #[serde(flatten)]
+        at: Endpoint,
+        tried: ProcessRef,
+        errno: String,
+        errno_exact: bool,
+        holders: Vec<ProcessRef>,
+        /// When the current holder claimed the port, RFC 3339, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held_since: Option<String>,
+        count: u64,
+        first: String,
+        last: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<VerdictRecord>,
+        /// "report" or "reap": what the matching rule asked for.
+        action: String,
+    },
+    /// reaper judged a holder and (maybe) signalled it.
+    Reaping {
+        #[serde(flatten)]
+        at: Endpoint,
+        target: ProcessRef,
+        verdict: VerdictRecord,
+        #[serde(default)]
+        signals: Vec<SignalRecord>,
+        /// "freed", "still_held", "refused", "identity_changed",
+        /// "time_wait", "dry_run", "gone".
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port_free_at: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_ms: Option<u64>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// The kernel side could not hand over `lost` events (ring buffer full).
+    Loss { lost: u64 },
+    /// The daemon started (`tier` is the hook tier or "proc").
+    Start {
+        version: String,
+        tier: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    /// The daemon stopped cleanly.
+    Stop { reason: String },
+    /// Degraded (/proc polling) mode began or ended.
+    Mode { mode: String, reason: String },
+    /// The previous run ended without a `stop` record (crash, kill -9):
+    /// records between `after` and this record's time may be missing.
+    Gap { after: String },
+    /// A reconciliation scan repaired the ledger after losses.
+    Reconcile { added: u64, removed: u64 },
+}
+
+/// One journal line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    /// RFC 3339 with milliseconds, UTC.
+    pub ts: String,
+    pub host: String,
+    /// The hook tier the fact came from ("cgroup", "syscalls", "fexit") or
+    /// "proc" for a scan.
+    pub source: String,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Record {
+    pub fn new(source: &str, body: Body) -> Record {
+        Record {
+            v: SCHEMA_VERSION,
+            ts: crate::util::rfc3339(chrono::Utc::now()),
+            host: hostname(),
+            source: source.to_string(),
+            body,
+        }
+    }
+}
+
+/// This machine's name, for records from several hosts that merge.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}

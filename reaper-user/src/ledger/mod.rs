@@ -1,0 +1,518 @@
+//! ring buffer -> **ledger** -> holders.
+//!
+//! The in-memory record of claims: which socket (cookie) holds which
+//! (netns, proto, addr, port), bound by whom and when, listening since when;
+//! and the recent failed binds. Fed by `events::Observation`s (BPF) or by a
+//! scan (seeding, degraded mode). Each applied observation also yields a
+//! [`Fact`]: the self-contained line `reaper watch` prints and the daemon
+//! journals.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use reaper_common::Event;
+use serde::Serialize;
+
+use crate::events::{event_addr, event_family, event_proto, BindResult, Observation};
+use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock, Family, Proto};
+
+/// Where a claim sits. Two namespaces with the same port are two keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ClaimKey {
+    pub netns: u64,
+    pub proto: Proto,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// A socket bound to a port, as the kernel side saw it happen.
+#[derive(Clone, Debug, Serialize)]
+pub struct Claim {
+    pub key: ClaimKey,
+    pub family: Family,
+    pub cookie: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub bound_at: DateTime<Utc>,
+    pub listening_at: Option<DateTime<Utc>>,
+    /// The port asked for, when it differs (0: ephemeral).
+    pub requested_port: Option<u16>,
+    /// Tier name, or "proc" for claims found by a scan.
+    pub source: String,
+}
+
+/// A bind that failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedBind {
+    pub ts: DateTime<Utc>,
+    pub key: ClaimKey,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub errno: Option<i32>,
+    pub errno_exact: bool,
+}
+
+/// One line of `reaper watch --json` (and the facts the daemon journals).
+/// Field names are an interface: scripts read them.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Fact {
+    pub ts: String,
+    /// "bind", "listen" or "release".
+    pub kind: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    /// Network namespace inode; null when the process left before it was read.
+    pub netns: Option<u64>,
+    pub proto: Option<Proto>,
+    pub family: Option<Family>,
+    pub addr: Option<String>,
+    pub port: Option<u16>,
+    pub ok: bool,
+    /// Errno name of a failed bind ("EADDRINUSE"); null on success or when
+    /// the cause could not be found.
+    pub errno: Option<String>,
+    /// True when the kernel reported the errno; false when reaper inferred it.
+    pub errno_exact: bool,
+    /// The hook tier ("cgroup", "syscalls", "fexit") or "proc".
+    pub source: String,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub cgroup_id: u64,
+    /// For binds: the port asked for (0 = any) when it differs from `port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_port: Option<u16>,
+    /// For releases: how long the claim was held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    /// For failed binds: the claim that held the port, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_comm: Option<String>,
+}
+
+/// Maps BPF netns cookies to the inode numbers people see in
+/// `/proc/PID/ns/net`, learning each from the first process seen in it.
+#[derive(Default)]
+pub struct NetnsNames {
+    by_cookie: HashMap<u64, u64>,
+}
+
+impl NetnsNames {
+    pub fn resolve(&mut self, cookie: u64, tgid: u32) -> Option<u64> {
+        if cookie != 0 {
+            if let Some(ino) = self.by_cookie.get(&cookie) {
+                return Some(*ino);
+            }
+        }
+        let ino = netns_of_pid(tgid)?;
+        if cookie != 0 {
+            self.by_cookie.insert(cookie, ino);
+        }
+        Some(ino)
+    }
+    /// Teaches a mapping learnt elsewhere.
+    pub fn learn(&mut self, cookie: u64, ino: u64) {
+        if cookie != 0 {
+            self.by_cookie.insert(cookie, ino);
+        }
+    }
+}
+
+/// The netns inode of a process, from /proc/PID/ns/net.
+pub fn netns_of_pid(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(&link.to_string_lossy())
+}
+
+/// Parses "net:[4026531840]".
+pub fn parse_ns_link(s: &str) -> Option<u64> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// How many failed binds the ledger keeps (oldest dropped first).
+pub const FAILURES_KEPT: usize = 4096;
+
+/// The ledger.
+pub struct Ledger {
+    claims: HashMap<u64, Claim>,
+    failures: VecDeque<FailedBind>,
+    pub netns: NetnsNames,
+    clock: BootClock,
+    source: String,
+    unprivileged_port_start: u16,
+}
+
+impl Ledger {
+    pub fn new(source: &str) -> Ledger {
+        let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+        Ledger {
+            claims: HashMap::new(),
+            failures: VecDeque::new(),
+            netns: NetnsNames::default(),
+            clock: BootClock::now(),
+            source: source.to_string(),
+            unprivileged_port_start: start,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.claims.values()
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &FailedBind> {
+        self.failures.iter()
+    }
+
+    /// Claims on a port (any address, any namespace unless given).
+    pub fn claims_on(&self, port: u16, proto: Option<Proto>, netns: Option<u64>) -> Vec<&Claim> {
+        let mut v: Vec<&Claim> = self
+            .claims
+            .values()
+            .filter(|c| {
+                c.key.port == port
+                    && proto.is_none_or(|p| p == c.key.proto)
+                    && netns.is_none_or(|n| n == c.key.netns)
+            })
+            .collect();
+        v.sort_by_key(|c| c.bound_at);
+        v
+    }
+
+    /// Failed binds of a port, oldest first.
+    pub fn failures_on(&self, port: u16) -> Vec<&FailedBind> {
+        self.failures.iter().filter(|f| f.key.port == port).collect()
+    }
+
+    /// Adds a claim found by a scan (holders that predate the hooks).
+    pub fn seed(&mut self, claim: Claim) {
+        self.claims.entry(claim.cookie).or_insert(claim);
+    }
+
+    /// Removes a claim found stale by a scan; returns it.
+    pub fn forget(&mut self, cookie: u64) -> Option<Claim> {
+        self.claims.remove(&cookie)
+    }
+
+    /// Applies one observation and returns the fact it makes.
+    pub fn apply(&mut self, obs: &Observation) -> Option<Fact> {
+        match obs {
+            Observation::Bind(b) => Some(self.apply_bind(b)),
+            Observation::Listen(ev) => Some(self.apply_listen(ev)),
+            Observation::Release(ev) => Some(self.apply_release(ev)),
+        }
+    }
+
+    fn base_fact(&mut self, kind: &'static str, ev: &Event) -> Fact {
+        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid);
+        Fact {
+            ts: rfc3339(self.clock.to_wall(ev.ts_ns)),
+            kind,
+            pid: ev.tgid,
+            tid: ev.tid,
+            comm: comm_from_bytes(&ev.comm),
+            uid: ev.uid,
+            netns,
+            proto: event_proto(ev),
+            family: event_family(ev),
+            addr: Some(event_addr(ev).to_string()),
+            port: Some(ev.port),
+            ok: true,
+            errno: None,
+            errno_exact: true,
+            source: self.source.clone(),
+            cookie: ev.cookie,
+            netns_cookie: ev.netns_cookie,
+            cgroup_id: ev.cgroup_id,
+            requested_port: None,
+            held_ms: None,
+            holder_pid: None,
+            holder_comm: None,
+        }
+    }
+
+    fn apply_bind(&mut self, b: &BindResult) -> Fact {
+        let ev = b.bound.as_ref().unwrap_or(&b.attempt);
+        let mut fact = self.base_fact("bind", ev);
+        let proto = fact.proto.unwrap_or(Proto::Tcp);
+        let key = ClaimKey {
+            netns: fact.netns.unwrap_or(0),
+            proto,
+            addr: b.addr(),
+            port: b.port(),
+        };
+        if let Some(bound) = &b.bound {
+            if b.attempt.kind == reaper_common::KIND_ATTEMPT && b.attempt.port != bound.port {
+                fact.requested_port = Some(b.attempt.port);
+            }
+            let claim = Claim {
+                key,
+                family: fact.family.unwrap_or(Family::Ipv4),
+                cookie: bound.cookie,
+                pid: bound.tgid,
+                tid: bound.tid,
+                comm: fact.comm.clone(),
+                uid: bound.uid,
+                cgroup_id: bound.cgroup_id,
+                bound_at: self.clock.to_wall(bound.ts_ns),
+                listening_at: None,
+                requested_port: fact.requested_port,
+                source: self.source.clone(),
+            };
+            self.claims.insert(bound.cookie, claim);
+            return fact;
+        }
+        fact.ok = false;
+        let holder = self.conflicting_claim(&key, ev.cookie).map(|c| (c.pid, c.comm.clone()));
+        let errno = match b.errno {
+            Some(e) => Some(e),
+            None => self.infer_errno(&key, &b.attempt, holder.is_some()),
+        };
+        fact.errno = errno.map(errno_name);
+        fact.errno_exact = b.errno_exact;
+        if let Some((pid, comm)) = holder {
+            fact.holder_pid = Some(pid);
+            fact.holder_comm = Some(comm);
+        }
+        self.failures.push_back(FailedBind {
+            ts: self.clock.to_wall(ev.ts_ns),
+            key,
+            pid: ev.tgid,
+            tid: ev.tid,
+            comm: fact.comm.clone(),
+            uid: ev.uid,
+            cgroup_id: ev.cgroup_id,
+            errno,
+            errno_exact: b.errno_exact,
+        });
+        while self.failures.len() > FAILURES_KEPT {
+            self.failures.pop_front();
+        }
+        fact
+    }
+
+    /// A claim (other than the socket itself) that a bind of `key` collides
+    /// with: same namespace, protocol and port, and the same address or a
+    /// wildcard on either side (an IPv6 wildcard also covers IPv4 unless it is
+    /// v6-only, which the ledger cannot see, so it is counted).
+    pub fn conflicting_claim(&self, key: &ClaimKey, cookie: u64) -> Option<&Claim> {
+        self.claims
+            .values()
+            .filter(|c| {
+                c.cookie != cookie
+                    && c.key.netns == key.netns
+                    && c.key.proto == key.proto
+                    && c.key.port == key.port
+                    && addrs_collide(c.key.addr, key.addr)
+            })
+            .min_by_key(|c| c.bound_at)
+    }
+
+    /// The cause of a failure the tier could not see, from evidence only.
+    fn infer_errno(&self, key: &ClaimKey, attempt: &Event, held: bool) -> Option<i32> {
+        if held {
+            return Some(libc::EADDRINUSE);
+        }
+        if self.claims.contains_key(&attempt.cookie) {
+            // The socket was bound already.
+            return Some(libc::EINVAL);
+        }
+        if key.port != 0 && key.port < self.unprivileged_port_start && attempt.uid != 0 {
+            return Some(libc::EACCES);
+        }
+        None
+    }
+
+    fn apply_listen(&mut self, ev: &Event) -> Fact {
+        let at = self.clock.to_wall(ev.ts_ns);
+        let mut fact = self.base_fact("listen", ev);
+        if let Some(c) = self.claims.get_mut(&ev.cookie) {
+            c.listening_at = Some(at);
+            fact.netns = Some(c.key.netns);
+            fact.addr = Some(c.key.addr.to_string());
+            fact.family = Some(c.family);
+        } else {
+            // listen() without bind(): the kernel picked a port (autobind).
+            let netns = fact.netns.unwrap_or(0);
+            let family = fact.family.unwrap_or(Family::Ipv4);
+            let addr: IpAddr = match family {
+                Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            fact.addr = Some(addr.to_string());
+            self.claims.insert(
+                ev.cookie,
+                Claim {
+                    key: ClaimKey {
+                        netns,
+                        proto: Proto::Tcp,
+                        addr,
+                        port: ev.port,
+                    },
+                    family,
+                    cookie: ev.cookie,
+                    pid: ev.tgid,
+                    tid: ev.tid,
+                    comm: fact.comm.clone(),
+                    uid: ev.uid,
+                    cgroup_id: ev.cgroup_id,
+                    bound_at: at,
+                    listening_at: Some(at),
+                    requested_port: None,
+                    source: self.source.clone(),
+                },
+            );
+        }
+        fact
+    }
+
+    fn apply_release(&mut self, ev: &Event) -> Fact {
+        let at = self.clock.to_wall(ev.ts_ns);
+        let mut fact = self.base_fact("release", ev);
+        match self.claims.remove(&ev.cookie) {
+            Some(c) => {
+                fact.netns = Some(c.key.netns);
+                fact.proto = Some(c.key.proto);
+                fact.family = Some(c.family);
+                fact.addr = Some(c.key.addr.to_string());
+                fact.port = Some(c.key.port);
+                fact.held_ms = Some((at - c.bound_at).num_milliseconds().max(0) as u64);
+            }
+            None => {
+                fact.addr = None;
+                fact.port = None;
+            }
+        }
+        fact
+    }
+}
+
+/// Whether two local addresses of the same port collide.
+pub fn addrs_collide(a: IpAddr, b: IpAddr) -> bool {
+    if a == b || a.is_unspecified() || b.is_unspecified() {
+        // A v4 wildcard does not collide with a specific v6 address, nor
+        // the other way round, unless it is the v6 wildcard (dual stack).
+        return match (a, b) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) | (IpAddr::V6(v6), IpAddr::V4(_)) => {
+                v6.is_unspecified() || v6.to_ipv4_mapped().is_some()
+            }
+            _ => true,
+        };
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reaper_common::{KIND_ATTEMPT, KIND_BOUND, KIND_RELEASE};
+
+    fn ev(kind: u8, pid: u32, cookie: u64, port: u16, addr: [u8; 4]) -> Event {
+        let mut e = Event::zeroed();
+        e.kind = kind;
+        e.tgid = pid;
+        e.tid = pid;
+        e.cookie = cookie;
+        e.port = port;
+        e.family = reaper_common::AF_INET;
+        e.protocol = reaper_common::IPPROTO_TCP;
+        e.addr[..4].copy_from_slice(&addr);
+        e.comm[..6].copy_from_slice(b"server");
+        e.uid = 1000;
+        e
+    }
+
+    fn bound(pid: u32, cookie: u64, port: u16) -> Observation {
+        Observation::Bind(BindResult {
+            attempt: ev(KIND_ATTEMPT, pid, cookie, port, [127, 0, 0, 1]),
+            bound: Some(ev(KIND_BOUND, pid, cookie, port, [127, 0, 0, 1])),
+            errno: None,
+            errno_exact: true,
+        })
+    }
+
+    #[test]
+    fn a_failed_bind_names_the_holder_and_infers_eaddrinuse() {
+        let mut l = Ledger::new("cgroup");
+        l.apply(&bound(100, 1, 8080));
+        let fail = Observation::Bind(BindResult {
+            attempt: ev(KIND_ATTEMPT, 200, 2, 8080, [0, 0, 0, 0]),
+            bound: None,
+            errno: None,
+            errno_exact: false,
+        });
+        let f = l.apply(&fail).unwrap();
+        assert!(!f.ok);
+        assert_eq!(f.errno.as_deref(), Some("EADDRINUSE"));
+        assert!(!f.errno_exact);
+        assert_eq!(f.holder_pid, Some(100));
+        assert_eq!(l.failures_on(8080).len(), 1);
+    }
+
+    #[test]
+    fn release_ends_the_claim_and_reports_its_port() {
+        let mut l = Ledger::new("cgroup");
+        l.apply(&bound(100, 1, 8080));
+        assert_eq!(l.claims_on(8080, None, None).len(), 1);
+        let f = l
+            .apply(&Observation::Release(ev(KIND_RELEASE, 100, 1, 0, [0; 4])))
+            .unwrap();
+        assert_eq!(f.port, Some(8080));
+        assert!(f.held_ms.is_some());
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn privileged_ports_fail_with_eacces_without_a_holder() {
+        let mut l = Ledger::new("cgroup");
+        let f = l
+            .apply(&Observation::Bind(BindResult {
+                attempt: ev(KIND_ATTEMPT, 200, 2, 80, [0; 4]),
+                bound: None,
+                errno: None,
+                errno_exact: false,
+            }))
+            .unwrap();
+        assert_eq!(f.errno.as_deref(), Some("EACCES"));
+    }
+
+    #[test]
+    fn address_collisions() {
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+        let other4: IpAddr = "127.0.0.2".parse().unwrap();
+        let any6: IpAddr = "::".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        assert!(addrs_collide(any4, lo4));
+        assert!(!addrs_collide(lo4, other4));
+        assert!(addrs_collide(any6, lo4), "dual-stack wildcard blocks v4");
+        assert!(!addrs_collide(any4, lo6));
+        assert!(addrs_collide(lo6, lo6));
+    }
+
+    #[test]
+    fn ns_links_parse() {
+        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link("mnt:[1]"), None);
+    }
+}

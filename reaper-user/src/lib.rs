@@ -1,0 +1,44 @@
+//! reaper: who holds this port, since when, from which process tree and
+//! network namespace, who failed to bind it, and is the holder stale?
+//!
+//! The flow, one module per box (read them in this order):
+//!
+//! ```text
+//! hooks     kernel hooks (aya: load, probe tiers, attach)
+//!   |
+//! events    ring buffer -> decoded bind events
+//!   |
+//! ledger    claims per (netns, proto, addr, port), failed attempts
+//!   |
+//! holders   who holds a socket now: sock_diag + /proc (also the no-BPF path)
+//!   |
+//! conflict  a failed bind joined with the current holders
+//!   |
+//! policy    rules -> a verdict with reasons
+//!   |
+//! reap      pidfd-safe signalling, wait until the port binds again
+//!   |
+//! journal   JSON lines, versioned records
+//!   |
+//! report / metrics / control   forensics, Prometheus, the daemon's socket
+//! ```
+//!
+//! `commands` holds one function per CLI subcommand over these types; `cli`
+//! holds the clap definitions; `main.rs` only parses and dispatches.
+
+pub mod cli;
+pub mod commands;
+pub mod conflict;
+pub mod control;
+pub mod error;
+pub mod events;
+pub mod holders;
+pub mod hooks;
+pub mod journal;
+pub mod ledger;
+pub mod metrics;
+pub mod output;
+pub mod policy;
+pub mod reap;
+pub mod report;
+pub mod util;

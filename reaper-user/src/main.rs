@@ -1,0 +1,36 @@
+//! `reaper`: parse, dispatch, and turn errors into one line and an exit status.
+
+use clap::Parser;
+use reaper::cli::Cli;
+use reaper::error::{exit_for, Exit};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are not errors; usage errors are bad input.
+            let code = if e.use_stderr() { Exit::BadInput.code() } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    reaper::output::init_logging(&cli.global);
+    let code = match reaper::commands::dispatch(cli) {
+        Ok(exit) => exit.code(),
+        Err(err) => {
+            let exit = exit_for(&err);
+            // One line: the outermost context first, then the cause chain.
+            let mut line = format!("reaper: {err}");
+            for cause in err.chain().skip(1) {
+                let c = cause.to_string();
+                if !line.contains(&c) {
+                    line.push_str(": ");
+                    line.push_str(&c);
+                }
+            }
+            eprintln!("{line}");
+            exit.code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,1 @@
+//! journal -> **metrics**: the daemon's Prometheus text exposition.

@@ -1,0 +1,211 @@
+//! Small shared pieces: clocks, names of protocols and errnos, parsing of
+//! ports and durations from the command line.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+
+
+
+/// Transport protocol of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn from_ipproto(p: u8) -> Option<Proto> {
+        match p {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("unknown protocol '{s}': use tcp or udp")),
+        }
+    }
+}
+
+/// Address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn from_af(af: u8) -> Option<Family> {
+        match af {
+            2 => Some(Family::Ipv4),
+            10 => Some(Family::Ipv6),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Parses a port given on the command line: 1..=65535, with an error that
+/// says what is wrong and what is allowed.
+pub fn parse_port(s: &str) -> std::result::Result<u16, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a port number: give a number from 1 to 65535"))?;
+    match n {
+        0 => Err("port 0 is not a port anyone can hold (it asks the kernel for any free port): give a number from 1 to 65535".into()),
+        1..=65535 => Ok(n as u16),
+        _ => Err(format!("port {n} is out of range: give a number from 1 to 65535")),
+    }
+}
+
+/// Parses a duration like `500ms`, `2s`, `1m30s` (humantime), or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("'{s}' is not a duration ({e}): write e.g. 500ms, 2s, 1m30s"))
+}
+
+/// Name of an errno value (positive), as scripts expect: "EADDRINUSE".
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EINVAL => "EINVAL",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EBADF => "EBADF",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EFAULT => "EFAULT",
+        libc::ENOMEM => "ENOMEM",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::E2BIG => "E2BIG",
+        libc::ENOSPC => "ENOSPC",
+        _ => return format!("E{errno}"),
+    };
+    name.to_string()
+}
+
+/// Converts CLOCK_BOOTTIME nanoseconds (what the BPF side stamps) to wall
+/// time, using the offset between the two clocks measured now.
+#[derive(Clone, Copy, Debug)]
+pub struct BootClock {
+    /// realtime - boottime, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl BootClock {
+    pub fn now() -> BootClock {
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        BootClock {
+            offset_ns: real as i128 - boot as i128,
+        }
+    }
+    pub fn to_wall(&self, boot_ns: u64) -> DateTime<Utc> {
+        let ns = boot_ns as i128 + self.offset_ns;
+        DateTime::from_timestamp_nanos(ns as i64)
+    }
+}
+
+/// Reads a clock in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// RFC 3339 with milliseconds, UTC: the one time format reaper prints.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A comm from a NUL-padded kernel buffer.
+pub fn comm_from_bytes(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// True when the effective uid is 0.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Fails with a message that says how to run as root.
+pub fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        anyhow::bail!(
+            "{what} needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run it with sudo, or use `--no-bpf` for the /proc scan"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_checked() {
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert!(parse_port("0").unwrap_err().contains("port 0"));
+        assert!(parse_port("65536").unwrap_err().contains("out of range"));
+        assert!(parse_port("http").unwrap_err().contains("not a port number"));
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(98), "EADDRINUSE");
+        assert_eq!(errno_name(13), "EACCES");
+    }
+}
