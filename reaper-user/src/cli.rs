@@ -71,7 +71,9 @@ pub enum ColorChoice {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stream bind attempts, listens, releases and failures as they happen.
-    #[command(after_help = "Examples:\n  reaper watch\n  reaper watch --json --duration 30 | jq 'select(.ok == false)'")]
+    #[command(
+        after_help = "Examples:\n  reaper watch\n  reaper watch --json --duration 30 | jq 'select(.ok == false)'"
+    )]
     Watch(WatchArgs),
     /// What this kernel allows: hooks, program types, privileges, the tier reaper would use.
     #[command(after_help = "Examples:\n  reaper doctor\n  reaper doctor --json")]
@@ -81,7 +83,9 @@ pub enum Command {
         "Exit status: 0 held, 1 not held, 2 bad input, 5 could not scan"))]
     Who(WhoArgs),
     /// Every bound port with its holders.
-    #[command(after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json")]
+    #[command(
+        after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json"
+    )]
     Ports(PortsArgs),
     /// Free PORT: judge its holders against a policy, stop the stale ones safely, wait until it binds again.
     #[command(after_help = concat!("Examples:\n",
@@ -91,7 +95,9 @@ pub enum Command {
         "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy"))]
     Free(FreeArgs),
     /// Run beside CI jobs: keep the ledger, record conflicts, free ports by policy.
-    #[command(after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml")]
+    #[command(
+        after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml"
+    )]
     Daemon(DaemonArgs),
     /// Forensics: what held a port, since when, who failed to bind, what was done.
     #[command(after_help = concat!("Examples:\n",

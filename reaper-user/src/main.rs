@@ -9,7 +9,11 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version are not errors; usage errors are bad input.
-            let code = if e.use_stderr() { Exit::BadInput.code() } else { 0 };
+            let code = if e.use_stderr() {
+                Exit::BadInput.code()
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code);
         }

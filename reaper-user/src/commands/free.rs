@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::cli::{Global, FreeArgs};
+use crate::cli::{FreeArgs, Global};
 use crate::error::Exit;
 
 pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {

@@ -12,9 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use reaper_common::{
-    Event, KIND_ATTEMPT, KIND_BOUND, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
-};
+use reaper_common::{Event, KIND_ATTEMPT, KIND_BOUND, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE};
 use tokio::io::unix::AsyncFd;
 
 use crate::util::{Family, Proto};
@@ -68,7 +66,9 @@ pub fn event_addr(ev: &Event) -> IpAddr {
     if ev.family == reaper_common::AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(ev.addr))
     } else {
-        IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+        ))
     }
 }
 
@@ -128,13 +128,11 @@ impl Matcher {
                     errno_exact: true,
                 }));
             }
-            KIND_OUTCOME => {
-                if ev.ret < 0 {
-                    if let Some(a) = self.pending.remove(&ev.tid) {
-                        out.push(failed(a, Some(-ev.ret)));
-                    }
+            // ret == 0: the success was reported by post_bind already.
+            KIND_OUTCOME if ev.ret < 0 => {
+                if let Some(a) = self.pending.remove(&ev.tid) {
+                    out.push(failed(a, Some(-ev.ret)));
                 }
-                // ret == 0: the success was reported by post_bind already.
             }
             KIND_LISTEN => out.push(Observation::Listen(ev)),
             KIND_RELEASE => {
@@ -201,7 +199,12 @@ impl EventStream {
         // SAFETY: the ring buffer owns its fd and keeps it open and unchanged
         // for as long as the AsyncFd owns the ring buffer.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {}", e.into_parts().1))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "registering the ring buffer with tokio: {}",
+                    e.into_parts().1
+                )
+            })?;
         Ok(EventStream { fd })
     }
 
@@ -297,7 +300,10 @@ mod tests {
         m.feed(ev(KIND_ATTEMPT, 8, 2, 9000, 3), &mut out);
         m.feed(ev(KIND_ATTEMPT, 8, 2, 9001, 4), &mut out);
         m.feed(ev(KIND_BOUND, 8, 2, 9001, 5), &mut out);
-        assert_eq!(binds(&out), vec![(9000, false, None, false), (9001, true, None, true)]);
+        assert_eq!(
+            binds(&out),
+            vec![(9000, false, None, false), (9001, true, None, true)]
+        );
     }
 
     #[test]
