@@ -24,6 +24,8 @@ Exit status:
     version,
     about = "Who holds this port, since when, and is it stale? Frees it safely and keeps the record.",
     long_about = None,
+    // A fixed width keeps help the same everywhere (and its golden tests stable).
+    term_width = 100,
     after_help = concat!("Examples:\n",
         "  reaper who 8080                  who holds :8080, in every network namespace\n",
         "  reaper free 8080 --match platform-server --exe /usr/local/bin/platform-server\n",
@@ -105,6 +107,9 @@ pub enum Command {
         "  reaper report --journal a.jsonl --journal b.jsonl --format html --output report.html\n",
         "  reaper report --demo --format md"))]
     Report(ReportArgs),
+    /// The man page (roff) on stdout; `cargo xtask man` writes target/man/reaper.1.
+    #[command(hide = true)]
+    Man,
     /// Shell completions on stdout.
     #[command(after_help = "Examples:\n  reaper completions bash > /etc/bash_completion.d/reaper")]
     Completions(CompletionsArgs),
@@ -113,6 +118,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct WatchArgs {
     /// One JSON object a line.
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Stop after this many seconds (or a duration like 500ms).
@@ -128,6 +134,7 @@ pub struct WatchArgs {
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -143,6 +150,7 @@ pub struct WhoArgs {
     /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -157,6 +165,7 @@ pub struct PortsArgs {
     /// A network namespace inode, or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -192,6 +201,7 @@ pub struct FreeArgs {
     /// Print verdicts and what would be signalled; signal nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Append the record of this run to this journal (JSON lines).

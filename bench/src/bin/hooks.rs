@@ -87,7 +87,10 @@ fn condition(name: &str) -> Attached {
         }
         "bpftrace exit_bind" => {
             let mut c = Command::new("bpftrace");
-            c.args(["-e", "tracepoint:syscalls:sys_exit_bind { @[comm] = count(); }"]);
+            c.args([
+                "-e",
+                "tracepoint:syscalls:sys_exit_bind { @[comm] = count(); }",
+            ]);
             start(c, "Attaching", true)
         }
         _ => unreachable!(),
@@ -112,7 +115,11 @@ fn bind_us(n: u32) -> f64 {
             let mut sa: libc::sockaddr_in = std::mem::zeroed();
             sa.sin_family = libc::AF_INET as u16;
             sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-            libc::bind(fd, &sa as *const _ as *const _, std::mem::size_of_val(&sa) as u32);
+            libc::bind(
+                fd,
+                &sa as *const _ as *const _,
+                std::mem::size_of_val(&sa) as u32,
+            );
             libc::close(fd);
         }
     }
@@ -121,7 +128,11 @@ fn bind_us(n: u32) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, calls, binds) = if quick { (3, 200_000, 5_000) } else { (7, 1_000_000, 20_000) };
+    let (rounds, calls, binds) = if quick {
+        (3, 200_000, 5_000)
+    } else {
+        (7, 1_000_000, 20_000)
+    };
     let mut conds = vec!["detached", "reaper cgroup", "reaper syscalls"];
     let have_bpftrace = Command::new("bpftrace").arg("--version").output().is_ok();
     if have_bpftrace {
@@ -149,7 +160,19 @@ fn main() {
         let (mb, _, _) = reaper_bench::stats(&bnd[i]);
         let note_s = (i > 0).then(|| format!("{:+.1}% vs detached", (ms / base_sys - 1.0) * 100.0));
         let note_b = (i > 0).then(|| format!("{:+.2} us/bind vs detached", mb - base_bnd));
-        emit("hook-tax", &format!("getppid, {c}"), "ns/call", &sys[i], note_s);
-        emit("hook-tax", &format!("socket+bind+close, {c}"), "us/iter", &bnd[i], note_b);
+        emit(
+            "hook-tax",
+            &format!("getppid, {c}"),
+            "ns/call",
+            &sys[i],
+            note_s,
+        );
+        emit(
+            "hook-tax",
+            &format!("socket+bind+close, {c}"),
+            "us/iter",
+            &bnd[i],
+            note_b,
+        );
     }
 }
