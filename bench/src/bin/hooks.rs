@@ -2,7 +2,9 @@
 //!
 //! Two loops, run in this process while each condition is in force:
 //! - a non-bind syscall (getppid), ns per call: the tax every program pays;
-//! - socket + bind(127.0.0.1:0, UDP) + close, us per iteration: the tax binds pay.
+//! - socket + bind(127.0.0.1:0, UDP) + close, us per iteration: the tax binds
+//!   pay, as wall time and as the binding thread's own CPU time (wall time
+//!   also counts waiting for a CPU the consumer is using).
 //!
 //! Conditions, interleaved round by round (A B C D A B C D ...), because
 //! absolute times drift on shared machines:
@@ -106,7 +108,21 @@ fn getppid_ns(n: u32) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
-fn bind_us(n: u32) -> f64 {
+/// CPU time (user + system) this thread has used, in seconds: what the
+/// binding thread itself pays, without the wait for a busy CPU.
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage into a zeroed struct.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+}
+
+/// (wall us per bind, cpu us per bind)
+fn bind_us(n: u32) -> (f64, f64) {
+    let c0 = thread_cpu();
     let t = Instant::now();
     for _ in 0..n {
         // SAFETY: plain socket calls with a correctly sized sockaddr_in.
@@ -123,7 +139,8 @@ fn bind_us(n: u32) -> f64 {
             libc::close(fd);
         }
     }
-    t.elapsed().as_secs_f64() * 1e6 / n as f64
+    let wall = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    (wall, (thread_cpu() - c0) * 1e6 / n as f64)
 }
 
 fn main() {
@@ -142,6 +159,7 @@ fn main() {
     }
     let mut sys: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut bnd: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
+    let mut bcpu: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     for round in 0..rounds {
         for (i, c) in conds.iter().enumerate() {
             let _on = condition(c);
@@ -149,12 +167,15 @@ fn main() {
             getppid_ns(calls / 10);
             sys[i].push(getppid_ns(calls));
             bind_us(binds / 10);
-            bnd[i].push(bind_us(binds));
+            let (wall, cpu) = bind_us(binds);
+            bnd[i].push(wall);
+            bcpu[i].push(cpu);
         }
         eprintln!("hooks: round {}/{rounds} done", round + 1);
     }
     let base_sys = reaper_bench::stats(&sys[0]).0;
     let base_bnd = reaper_bench::stats(&bnd[0]).0;
+    let base_cpu = reaper_bench::stats(&bcpu[0]).0;
     for (i, c) in conds.iter().enumerate() {
         let (ms, _, _) = reaper_bench::stats(&sys[i]);
         let (mb, _, _) = reaper_bench::stats(&bnd[i]);
@@ -173,6 +194,15 @@ fn main() {
             "us/iter",
             &bnd[i],
             note_b,
+        );
+        let (mc, _, _) = reaper_bench::stats(&bcpu[i]);
+        let note_c = (i > 0).then(|| format!("{:+.2} us/bind vs detached", mc - base_cpu));
+        emit(
+            "hook-tax",
+            &format!("socket+bind+close CPU of the binder, {c}"),
+            "us/iter",
+            &bcpu[i],
+            note_c,
         );
     }
 }

@@ -158,12 +158,18 @@ fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Re
     Ok(())
 }
 
+/// Prints the facts of one batch with a single write, so a storm costs one
+/// syscall per batch rather than one per line.
 fn emit(
     ledger: &mut Ledger,
     obs: &mut Vec<crate::events::Observation>,
     json: bool,
     style: Style,
 ) -> Result<()> {
+    if obs.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
     for o in obs.drain(..) {
         let Some(mut fact) = ledger.apply(&o) else {
             continue;
@@ -172,11 +178,13 @@ fn emit(
             confirm_with_scan(&mut fact);
         }
         if json {
-            json_line(&fact)?;
+            text.push_str(&serde_json::to_string(&fact)?);
+            text.push('\n');
         } else {
-            print(&human(&fact, style))?;
+            text.push_str(&human(&fact, style));
         }
     }
+    print(&text)?;
     Ok(())
 }
 
