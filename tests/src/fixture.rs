@@ -11,44 +11,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 
-/// Panics loudly unless root: these tests signal processes, bind ports and
-/// create network namespaces, and skipping silently would hide that.
-pub fn require_root() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "\n\nthis test needs root (it kills processes, creates network namespaces): \
-             run `sudo -E cargo test -p reaper-tests`\n"
-        );
-    }
-}
+pub use crate::{require_root, workspace};
 
-/// The workspace's root (the tests crate is one level down).
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `<workspace>/target/debug/NAME`, which must have been built.
-pub fn target_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    let p = dir.join("debug").join(name);
-    if !p.exists() {
-        panic!(
-            "{} is missing: run `cargo build` first (the tests run the real binary)",
-            p.display()
-        );
-    }
-    p
-}
-
-/// The reaper binary under test.
+/// The reaper binary under test (`<workspace>/target/debug/reaper`).
 pub fn reaper() -> PathBuf {
-    target_bin("reaper")
+    crate::reaper_bin()
 }
 
 /// A port nobody holds right now (the kernel picks it; we let it go).
