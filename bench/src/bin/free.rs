@@ -63,6 +63,8 @@ fn main() -> Result<()> {
     let mut reaper_total = Vec::new();
     let mut reaper_own = Vec::new();
     let mut reaper_internal = Vec::new();
+    let mut reaper_scan = Vec::new();
+    let mut reaper_own_no_scan = Vec::new();
     let mut holder_exit = Vec::new();
     let mut fuser_total = Vec::new();
     let mut shell_total = Vec::new();
@@ -73,6 +75,8 @@ fn main() -> Result<()> {
         reaper_total.push(r.total_ms);
         reaper_own.push(r.total_ms - r.holder_exit_ms);
         reaper_internal.push(r.internal_ms);
+        reaper_scan.push(r.scan_ms);
+        reaper_own_no_scan.push(r.total_ms - r.holder_exit_ms - r.scan_ms);
         holder_exit.push(r.holder_exit_ms);
         fuser_total.push(round_fuser(&server)?);
         if round < shell_rounds {
@@ -102,6 +106,23 @@ fn main() -> Result<()> {
     );
     emit(
         "free",
+        "reaper free: holder scan (holders::scan)",
+        "ms",
+        &reaper_scan,
+        Some(format!(
+            "sock_diag + every /proc/PID/fd; {} processes on the host now",
+            count_pids()
+        )),
+    );
+    emit(
+        "free",
+        "reaper free: own overhead minus the scan",
+        "ms",
+        &reaper_own_no_scan,
+        Some("exec, policy, pidfd, signal, bind probe, output".into()),
+    );
+    emit(
+        "free",
         "holder SIGTERM-to-exit latency",
         "ms",
         &holder_exit,
@@ -124,6 +145,16 @@ fn main() -> Result<()> {
         ),
     );
     Ok(())
+}
+
+fn count_pids() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn workspace() -> PathBuf {
@@ -218,6 +249,7 @@ struct ReaperRound {
     total_ms: f64,
     holder_exit_ms: f64,
     internal_ms: f64,
+    scan_ms: f64,
 }
 
 fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
@@ -253,6 +285,7 @@ fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
         total_ms: total.as_secs_f64() * 1000.0,
         holder_exit_ms: exit_mono.saturating_sub(term_mono) as f64 / 1e6,
         internal_ms: doc["elapsed_ms"].as_f64().unwrap_or(f64::NAN),
+        scan_ms: doc["scan_ms"].as_f64().unwrap_or(f64::NAN),
     })
 }
 
