@@ -128,14 +128,13 @@ impl Matcher {
                     errno_exact: true,
                 }));
             }
-            KIND_OUTCOME => {
-                if ev.ret < 0 {
-                    if let Some(a) = self.pending.remove(&ev.tid) {
-                        out.push(failed(a, Some(-ev.ret)));
-                    }
+            KIND_OUTCOME if ev.ret < 0 => {
+                if let Some(a) = self.pending.remove(&ev.tid) {
+                    out.push(failed(a, Some(-ev.ret)));
                 }
-                // ret == 0: the success was reported by post_bind already.
             }
+            // ret == 0: the success was reported by post_bind already.
+            KIND_OUTCOME => {}
             KIND_LISTEN => out.push(Observation::Listen(ev)),
             KIND_RELEASE => {
                 // A socket released while its bind was pending: that bind failed.
