@@ -19,9 +19,17 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// target/debug/reaper, built by `cargo xtask test` (or `cargo build`).
+/// The workspace root (where `target/` is).
+pub fn workspace_root() -> PathBuf {
+    workspace()
+}
+
+/// target/debug/reaper, built by `cargo xtask test` (or `cargo build`);
+/// REAPER_BIN points elsewhere (e.g. a release build).
 pub fn reaper_bin() -> PathBuf {
-    let p = workspace().join("target/debug/reaper");
+    let p = std::env::var_os("REAPER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/reaper"));
     assert!(
         p.exists(),
         "{} is missing: run `cargo build -p reaper-user` first (cargo xtask test does)",
@@ -294,3 +302,4 @@ pub fn own_netns() -> u64 {
 }
 
 pub mod fixture;
+pub mod procs;
