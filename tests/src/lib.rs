@@ -56,6 +56,8 @@ pub struct Spawned {
     err: Receiver<String>,
     /// Every stderr line seen so far (for failure messages).
     pub err_seen: Vec<String>,
+    /// The last stdout lines passed over while waiting.
+    pub out_seen: Vec<String>,
 }
 
 impl Spawned {
@@ -91,6 +93,7 @@ impl Spawned {
             out,
             err,
             err_seen: Vec::new(),
+            out_seen: Vec::new(),
         }
     }
 
@@ -118,11 +121,18 @@ impl Spawned {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.out.recv_timeout(left) {
                 Ok(l) if pred(&l) => return l,
-                Ok(_) => continue,
+                Ok(l) => {
+                    // Kept for the failure message: what came instead.
+                    if self.out_seen.len() >= 20 {
+                        self.out_seen.remove(0);
+                    }
+                    self.out_seen.push(l);
+                }
                 Err(_) => {
                     self.drain_err();
                     panic!(
-                        "timed out after {within:?} waiting for {what}; stderr:\n{}",
+                        "timed out after {within:?} waiting for {what}; last stdout lines:\n{}\nstderr:\n{}",
+                        self.out_seen.join("\n"),
                         self.err_seen.join("\n")
                     )
                 }
