@@ -344,21 +344,25 @@ fn fuzz_smoke() -> Result<()> {
             .current_dir(&fuzz),
     )
     .context("listing fuzz targets (cargo +nightly fuzz list)")?;
+    // 5 s each keeps the smoke under a minute of fuzzing for every target
+    // (plus one shared build); REAPER_FUZZ_SECS=600 is the long run.
     let secs = std::env::var("REAPER_FUZZ_SECS").unwrap_or_else(|_| "5".into());
     for target in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         say(&format!("fuzzing {target} for {secs} s"));
-        check(
-            Command::new("cargo")
-                .args([
-                    "+nightly",
-                    "fuzz",
-                    "run",
-                    target,
-                    "--",
-                    &format!("-max_total_time={secs}"),
-                ])
-                .current_dir(&fuzz),
-        )?;
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", target])
+            .current_dir(&fuzz);
+        // Committed seeds (real /proc and netlink captures, past crashes)
+        // are read; what the fuzzer finds goes to the ignored corpus/.
+        let seeds = fuzz.join("seeds").join(target);
+        if seeds.is_dir() {
+            let corpus = fuzz.join("corpus").join(target);
+            std::fs::create_dir_all(&corpus)
+                .with_context(|| format!("creating {}", corpus.display()))?;
+            cmd.arg(&corpus).arg(&seeds);
+        }
+        cmd.args(["--", &format!("-max_total_time={secs}")]);
+        check(&mut cmd)?;
     }
     Ok(())
 }

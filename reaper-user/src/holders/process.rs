@@ -343,6 +343,23 @@ mod tests {
         assert_eq!(parse_cmdline(b"x\xff\0y"), ["x\u{fffd}", "y"]);
     }
 
+    /// Beyond the fuzzer's input size: a 4 MiB argv with 100k arguments,
+    /// bytes that are not UTF-8 and no trailing NUL, parsed in one pass.
+    #[test]
+    fn huge_cmdline_is_parsed_whole() {
+        let mut b = Vec::new();
+        for i in 0..100_000u32 {
+            b.extend_from_slice(format!("arg{i}\u{fffd}").as_bytes());
+            b.push(0xff);
+            b.push(0);
+        }
+        b.extend(std::iter::repeat_n(b'x', 2 << 20));
+        let v = parse_cmdline(&b);
+        assert_eq!(v.len(), 100_001);
+        assert_eq!(v[99_999], "arg99999\u{fffd}\u{fffd}");
+        assert_eq!(v[100_000].len(), 2 << 20);
+    }
+
     #[test]
     fn cgroup_prefers_useful_paths() {
         assert_eq!(

@@ -210,7 +210,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
     };
     let file: FileToml = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
-        at(line, e.message().trim().to_string())
+        at(line, toml_message(text, &e))
     })?;
     if let Some(v) = &file.version {
         if *v.get_ref() != 1 {
@@ -262,6 +262,21 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
         });
     }
     Ok(policy)
+}
+
+/// The parser's message; toml leaves it empty for some characters it cannot
+/// place (a lone carriage return), and an error must never be blank.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    match e.span().and_then(|s| text.get(s)) {
+        Some(bad) if !bad.is_empty() => format!(
+            "unexpected {bad:?}: not valid TOML here (a stray control character, such as a lone carriage return?)"
+        ),
+        _ => "not valid TOML here".to_string(),
+    }
 }
 
 fn check_name(name: &str, seen: &mut std::collections::BTreeSet<String>) -> Result<(), String> {

@@ -452,3 +452,14 @@ fn globs() {
     assert!(!glob_match(b"a*c", b"abd"));
     assert!(!glob_match(b"abc", b"abcd"));
 }
+
+/// Found by the `policy` fuzz target: toml gives an empty message for a lone
+/// carriage return, and a policy error must always say something.
+#[test]
+fn a_lone_carriage_return_is_an_error_with_words() {
+    for text in ["\r", "[[rule]]\nname = 'x'\r"] {
+        let e = Policy::from_toml_str(text).unwrap_err();
+        assert!(!e.message.trim().is_empty(), "{text:?}: {e:?}");
+        assert!(e.line.is_some(), "{text:?}: {e:?}");
+    }
+}

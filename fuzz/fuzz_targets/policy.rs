@@ -1,0 +1,102 @@
+//! Policy TOML -> rules -> verdicts. A policy file decides what gets killed,
+//! so a bad one must be refused with a line number, never half-read.
+//! Invariants: no panic on any text; an accepted policy has unique,
+//! non-empty names and no reap rule that names no program; judging accepted
+//! rules against holders never panics, always gives reasons, and never
+//! reaps pid 1, reaper itself, or a holder in another network namespace.
+#![no_main]
+
+use std::collections::BTreeSet;
+
+use libfuzzer_sys::fuzz_target;
+use reaper::holders::{Process, Socket};
+use reaper::policy::{Action, Context, Decision, Policy};
+use reaper::util::{Family, Proto};
+
+const NS: u64 = 4026531840;
+
+fn process(pid: u32, netns: u64) -> Process {
+    Process {
+        pid,
+        ppid: 1,
+        comm: "platform-server".into(),
+        exe: Some("/usr/local/bin/platform-server".into()),
+        cmdline: vec![
+            "/usr/local/bin/platform-server".into(),
+            "--port".into(),
+            "8080".into(),
+        ],
+        start_ticks: 100,
+        started_at: "2026-11-28T12:00:00Z".into(),
+        uid: 1000,
+        user: Some("ci".into()),
+        cgroup: Some("/system.slice/runner.service".into()),
+        container: None,
+        netns: Some(netns),
+        ancestors: vec![(1, "init".into())],
+        orphaned: true,
+    }
+}
+
+fn socket() -> Socket {
+    Socket {
+        netns: NS,
+        proto: Proto::Tcp,
+        family: Family::Ipv4,
+        addr: "127.0.0.1".parse().unwrap(),
+        port: 8080,
+        peer: None,
+        state: "LISTEN".into(),
+        inode: 1,
+        cookie: 0,
+        uid: 1000,
+        dual_stack: false,
+        timer_ms: None,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let policy = match Policy::from_toml_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            if let Some(line) = e.line {
+                assert!(line >= 1 && line <= text.lines().count() + 1, "line {line}");
+            }
+            return;
+        }
+    };
+    let mut names = BTreeSet::new();
+    for r in &policy.rules {
+        assert!(!r.name.trim().is_empty());
+        assert!(names.insert(r.name.clone()), "duplicate name {}", r.name);
+        if r.action == Action::Reap {
+            assert!(r.matcher.names_a_program());
+        }
+    }
+    for p in &policy.protects {
+        assert!(!p.name.trim().is_empty());
+        assert!(names.insert(p.name.clone()), "duplicate name {}", p.name);
+    }
+    let ctx = Context {
+        reaper_pid: 999,
+        caller_chain: vec![998, 1],
+        caller_netns: NS,
+        netns: NS,
+        now: chrono::DateTime::parse_from_rfc3339("2026-11-28T13:00:00Z")
+            .unwrap()
+            .into(),
+        kernel_threads: BTreeSet::new(),
+    };
+    let s = socket();
+    for (pid, netns) in [(4242, NS), (1, NS), (999, NS), (998, NS), (4243, NS + 1)] {
+        let v = policy.judge(&process(pid, netns), &s, &ctx);
+        assert!(!v.reasons.is_empty());
+        if pid != 4242 {
+            assert_eq!(v.decision, Decision::Protect, "pid {pid}: {v:?}");
+        }
+    }
+});

@@ -1,0 +1,63 @@
+//! /proc/PID/{stat,status,cmdline,cgroup}: partly chosen by the process
+//! itself (comm, argv), so nothing in them is trusted. Invariants: no panic
+//! on any bytes; a comm of any bytes (`a) b (c`, NULs, non-UTF-8, fake
+//! fields) round-trips through a stat line without shifting a field; argv
+//! of any bytes round-trips through a cmdline; a Uid line round-trips.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use reaper::holders::process::{
+    container_id, parse_cgroup, parse_cmdline, parse_stat, parse_status_uid,
+};
+
+fuzz_target!(|data: &[u8]| {
+    // Raw bytes into every parser.
+    let _ = parse_stat(data);
+    let _ = parse_status_uid(data);
+    let argv = parse_cmdline(data);
+    if !data.is_empty() {
+        let body = data.strip_suffix(b"\0").unwrap_or(data);
+        assert_eq!(argv.len(), body.iter().filter(|&&c| c == 0).count() + 1);
+    }
+    if let Some(path) = parse_cgroup(data) {
+        if let Some(id) = container_id(&path) {
+            assert!(id.len() == 64 && id.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+    }
+
+    // The bytes as a comm inside a stat line.
+    let mut line = b"4242 (".to_vec();
+    line.extend_from_slice(data);
+    line.extend_from_slice(
+        b") S 17 4242 4000 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000000 200\n",
+    );
+    let st = parse_stat(&line).expect("a stat line with any comm parses");
+    assert_eq!(st.pid, 4242);
+    assert_eq!(st.comm, String::from_utf8_lossy(data));
+    assert_eq!(
+        (st.state, st.ppid, st.session, st.start_ticks),
+        ('S', 17, 4000, 987654)
+    );
+
+    // The bytes as argv (split at NULs, as execve would have them).
+    let args: Vec<&[u8]> = data.split(|&c| c == 0).collect();
+    let mut cmdline = Vec::new();
+    for a in &args {
+        cmdline.extend_from_slice(a);
+        cmdline.push(0);
+    }
+    let back = parse_cmdline(&cmdline);
+    let want: Vec<String> = args
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(back, want);
+
+    // A Uid line built from the bytes.
+    if data.len() >= 8 {
+        let real = u32::from_ne_bytes(data[0..4].try_into().unwrap());
+        let eff = u32::from_ne_bytes(data[4..8].try_into().unwrap());
+        let status = format!("Name:\tx\nUid:\t{real}\t{eff}\t{eff}\t{eff}\nGid:\t0\t0\t0\t0\n");
+        assert_eq!(parse_status_uid(status.as_bytes()), Some(eff));
+    }
+});
