@@ -16,7 +16,8 @@ Exit status:
   2  bad input (usage, port, config or policy file)
   3  free: still held after the deadline
   4  free: held by something the policy refuses to kill
-  5  could not do the job (needs root, BPF refused, I/O error)";
+  5  could not do the job (needs root, BPF refused, I/O error)
+  6  free: the port work succeeded but its journal record could not be written";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -22,6 +22,9 @@ pub enum Exit {
     Refused = 4,
     /// Could not do the job: needs root, BPF refused, I/O failure.
     Failed = 5,
+    /// `free`: the port work succeeded (status 0 otherwise), but the
+    /// journal record of it could not be written (disk full, read-only).
+    Unrecorded = 6,
 }
 
 impl Exit {

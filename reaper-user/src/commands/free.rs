@@ -264,6 +264,8 @@ struct Report<'a> {
     exit: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     port_free_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal: Option<JournalStatus>,
     elapsed_ms: f64,
     scan_ms: f64,
     gaps: &'a ScanGaps,
@@ -273,6 +275,19 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
     let start = Instant::now();
     let deadline = start + args.deadline;
     let policy = build_policy(&args)?;
+    // The journal is opened before anything is scanned or signalled: a run
+    // asked to keep a record must not act when it cannot keep one.
+    let journal = match &args.journal {
+        Some(path) => Some(JournalWriter::open(path, WriterOptions::default()).with_context(
+            || {
+                format!(
+                    "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns (e.g. /var/lib/reaper/journal.jsonl), or leave out --journal",
+                    path.display()
+                )
+            },
+        )?),
+        None => None,
+    };
 
     let mut ctx = Context::current(None)
         .context("cannot read reaper's own process and namespace from /proc")?;
@@ -310,6 +325,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         gaps: &scan.gaps,
         targets: Vec::new(),
         free_at: None,
+        journal,
     };
 
     // Refuse before anything is signalled.
@@ -620,6 +636,17 @@ struct Run<'a> {
     gaps: &'a ScanGaps,
     targets: Vec<TargetReport>,
     free_at: Option<Instant>,
+    /// Opened before any work (see `run`).
+    journal: Option<JournalWriter>,
+}
+
+/// Whether the record was written, for `--json`.
+#[derive(Serialize)]
+struct JournalStatus {
+    path: String,
+    written: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl Run<'_> {
@@ -627,12 +654,29 @@ impl Run<'_> {
         let elapsed_ms = reap::ms_since(self.start, Instant::now());
         let free_at = self.free_at.map(|t| crate::util::rfc3339(reap::wall_of(t)));
         // The journal first: a record must not depend on stdout being open.
-        let journal_err = match &self.args.journal {
-            Some(path) => self
-                .journal(path, outcome, free_at.clone(), elapsed_ms)
+        let journal_err = match self.journal.take() {
+            Some(mut w) => self
+                .journal(&mut w, outcome, free_at.clone(), elapsed_ms)
                 .err(),
             None => None,
         };
+        // The port work is done and cannot be undone: say what it did, and
+        // that its record is missing. Status 6 when the port was freed;
+        // otherwise the port's own status, which is an alarm already.
+        let (exit, message) = match &journal_err {
+            Some(e) => (
+                if exit == Exit::Ok {
+                    Exit::Unrecorded
+                } else {
+                    exit
+                },
+                format!(
+                    "{message}; but the journal record of this run was NOT written ({e:#}): free space there, or fix the path"
+                ),
+            ),
+            None => (exit, message.to_string()),
+        };
+        let message = message.as_str();
         if self.args.json {
             let report = Report {
                 port: self.args.port,
@@ -647,19 +691,24 @@ impl Run<'_> {
                 message,
                 exit: exit.code(),
                 port_free_at: free_at,
+                journal: self.args.journal.as_ref().map(|p| JournalStatus {
+                    path: p.display().to_string(),
+                    written: journal_err.is_none(),
+                    error: journal_err.as_ref().map(|e| format!("{e:#}")),
+                }),
                 elapsed_ms,
                 scan_ms: self.scan_ms,
                 gaps: self.gaps,
             };
             output::json_line(&report)?;
+            if journal_err.is_some() {
+                eprintln!("reaper: {message}");
+            }
         } else {
             output::print(&self.human(message, exit))?;
             if exit != Exit::Ok {
                 eprintln!("reaper: {message}");
             }
-        }
-        if let Some(e) = journal_err {
-            return Err(e);
         }
         Ok(exit)
     }
@@ -746,17 +795,11 @@ impl Run<'_> {
     /// One Reaping record per judged process.
     fn journal(
         &self,
-        path: &std::path::Path,
+        w: &mut JournalWriter,
         outcome: &str,
         free_at: Option<String>,
         elapsed_ms: f64,
     ) -> Result<()> {
-        let mut w = JournalWriter::open(path, WriterOptions::default()).with_context(|| {
-            format!(
-                "cannot write the journal (--journal / REAPER_JOURNAL = {})",
-                path.display()
-            )
-        })?;
         for j in &self.plan.judged {
             let report = self.targets.iter().find(|t| t.pid == j.process.pid);
             let target_outcome = match (outcome, report) {
@@ -797,8 +840,8 @@ impl Run<'_> {
                 elapsed_ms: Some(elapsed_ms.round() as u64),
                 dry_run: self.args.dry_run,
             };
-            w.append(&Record::new("proc", body))
-                .with_context(|| format!("cannot append to the journal {}", path.display()))?;
+            // The error names the path and the cause (ENOSPC, EROFS).
+            w.append(&Record::new("proc", body))?;
         }
         Ok(())
     }

@@ -48,11 +48,15 @@ pub struct JournalWriter {
 
 impl JournalWriter {
     /// Opens (creating) the journal: O_APPEND|O_CREAT|O_CLOEXEC|O_NOFOLLOW,
-    /// mode 0600, its directory created 0700 when missing. A symlink at the
-    /// path is refused (ELOOP): a journal written as root must not follow a
-    /// link someone planted.
+    /// mode 0600, its directory created 0700 when missing. A journal written
+    /// as root must not be steered by what another user can put in a shared
+    /// directory such as /tmp, so it refuses: a symlink at the path (ELOOP);
+    /// a directory on the way that is a symlink owned by another user; a
+    /// path that is not a regular file (a FIFO would block the writer); a
+    /// file owned by another user (who could alter the records).
     pub fn open(path: &Path, opts: WriterOptions) -> io::Result<JournalWriter> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            refuse_planted_links(dir)?;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -147,24 +151,81 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
     }
 }
 
+/// Symlinks among the existing directories of `dir` must belong to root
+/// or to reaper's own user: a link another user planted (e.g. in /tmp,
+/// where fs.protected_symlinks may be off) would send root's writes where
+/// that user chooses. Links root made (/var/run -> /run) are fine.
+fn refuse_planted_links(dir: &Path) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut at = PathBuf::new();
+    for part in dir.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() && m.uid() != 0 && m.uid() != me => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the journal's directory {} is a symlink owned by uid {}, which reaper refuses to follow (another user could point it anywhere); use a directory owned by root, e.g. /var/lib/reaper",
+                        at.display(),
+                        m.uid()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            // The rest is created by open, as directories, not links.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(with_path(e, "cannot inspect the journal's directory", &at)),
+        }
+    }
+    Ok(())
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    // O_NONBLOCK: opening a FIFO someone planted must fail (ENXIO), not
+    // wait for a reader; it changes nothing for a regular file.
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                with_path(
-                    e,
-                    "the journal path is a symlink, which reaper refuses to follow",
-                    path,
-                )
-            } else {
-                with_path(e, "cannot open the journal", path)
-            }
-        })
+        .map_err(|e| match e.raw_os_error() {
+            // ELOOP from O_NOFOLLOW; in a sticky directory (/tmp) the kernel
+            // answers a dangling link with EACCES instead: name the cause.
+            _ if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => with_path(
+                e,
+                "the journal path is a symlink, which reaper refuses to follow; remove it or choose another path",
+                path,
+            ),
+            Some(libc::ENXIO) => with_path(
+                e,
+                "the journal path is a FIFO or socket, not a file; remove it or choose another path",
+                path,
+            ),
+            _ => with_path(e, "cannot open the journal", path),
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the journal path {} is not a regular file; remove it or choose another path",
+                path.display()
+            ),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the journal {} is owned by uid {}, not by reaper's user (uid {me}): someone else created it and could alter the records; remove it or choose another path",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 /// One write(2) of the whole line. A short write (disk full, or a signal
@@ -250,6 +311,17 @@ mod tests {
         let e = JournalWriter::open(&link, WriterOptions::default()).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         assert!(!target.exists());
+    }
+
+    #[test]
+    fn refuses_a_fifo_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("journal.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No reader: a blocking open would hang here forever.
+        let e = JournalWriter::open(&fifo, WriterOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        assert!(e.to_string().contains(&fifo.display().to_string()), "{e}");
     }
 
     #[test]
