@@ -311,5 +311,6 @@ pub fn own_netns() -> u64 {
         .unwrap()
 }
 
+pub mod faults;
 pub mod fixture;
 pub mod procs;
