@@ -59,11 +59,12 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
         if s.conflicts == 0 {
             "none".to_string()
         } else {
+            let ports = r.ports.iter().filter(|p| p.counts.conflicts > 0).count() as u64;
             format!(
                 "{} ({}) on {}",
                 s.conflicts,
                 plural(s.failed_binds, "failed bind", "failed binds"),
-                plural(s.ports_involved, "port", "ports")
+                plural(ports, "port", "ports")
             )
         },
     ));
@@ -78,7 +79,8 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
                 .map(|(o, n)| format!("{o} {n}"))
                 .collect();
             let mut v = format!("{}: {}", s.reapings, by.join(", "));
-            if s.dry_runs > 0 {
+            // A dry run is usually its own outcome; say so only if not.
+            if s.dry_runs > 0 && !s.reapings_by_outcome.contains_key("dry_run") {
                 v.push_str(&format!(" ({} dry runs)", s.dry_runs));
             }
             v
@@ -411,18 +413,29 @@ pub fn resolution_words(r: &str) -> &'static str {
 /// A port's counts in one line.
 pub fn port_counts(p: &PortReport) -> String {
     let c = &p.counts;
-    let mut parts = vec![
-        plural(c.claims, "claim", "claims"),
-        plural(c.listens, "listen", "listens"),
-        plural(c.releases, "release", "releases"),
-        format!(
+    let mut parts = Vec::new();
+    for (n, one, many) in [
+        (c.claims, "claim", "claims"),
+        (c.listens, "listen", "listens"),
+        (c.releases, "release", "releases"),
+    ] {
+        if n > 0 {
+            parts.push(plural(n, one, many));
+        }
+    }
+    if c.conflicts > 0 {
+        parts.push(format!(
             "{} ({})",
             plural(c.conflicts, "conflict", "conflicts"),
             plural(c.failed_binds, "failed bind", "failed binds")
-        ),
-        plural(c.reapings, "reaping", "reapings"),
-        format!("blocked {}", human_ms(p.blocked_ms)),
-    ];
+        ));
+    }
+    if c.reapings > 0 {
+        parts.push(plural(c.reapings, "reaping", "reapings"));
+    }
+    if p.blocked_ms > 0 {
+        parts.push(format!("blocked {}", human_ms(p.blocked_ms)));
+    }
     if p.still_blocked {
         parts.push("still blocked at the end".into());
     }
