@@ -35,7 +35,8 @@ fn demo_markdown_and_json_match_their_goldens() {
     assert_eq!(c["holders"][0]["orphaned"], true);
     assert_eq!(c["holders"][0]["ppid"], 1);
     assert_eq!(c["resolution"], "reaped");
-    assert_eq!(c["done"][0]["signals"][0], "SIGTERM 10:04:12.405");
+    assert_eq!(c["done"][0]["signals"][0]["signal"], "SIGTERM");
+    assert_eq!(c["done"][0]["signals"][0]["ts"], "2024-05-14T10:04:12.405Z");
     assert_eq!(c["rebound_by"]["pid"], 5120);
     assert_eq!(v["summary"]["reapings_by_outcome"]["freed"], 1);
 }

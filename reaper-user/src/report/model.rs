@@ -25,7 +25,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
-use crate::journal::{Body, Endpoint, ProcessRef, Record, VerdictRecord};
+use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
 
 /// The JSON schema name; bump the suffix on an incompatible change.
 pub const SCHEMA: &str = "reaper.report/v1";
@@ -248,7 +248,7 @@ pub struct ReapingNote {
     pub ts: String,
     pub target: ProcessRef,
     pub verdict: VerdictRecord,
-    pub signals: Vec<String>,
+    pub signals: Vec<SignalRecord>,
     pub outcome: String,
     pub port_free_at: Option<String>,
     pub elapsed_ms: Option<u64>,
@@ -975,7 +975,7 @@ impl Aggregator {
                     ts: rfc(ms),
                     target: target.clone(),
                     verdict: verdict.clone(),
-                    signals: sigs,
+                    signals,
                     outcome: outcome.clone(),
                     port_free_at: port_free_at.clone(),
                     elapsed_ms,

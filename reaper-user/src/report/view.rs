@@ -365,7 +365,14 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
         } else if d.signals.is_empty() {
             format!("{}: no signal sent", who(&d.target))
         } else {
-            format!("{}: sent {}", who(&d.target), d.signals.join(", "))
+            {
+                let sent: Vec<String> = d
+                    .signals
+                    .iter()
+                    .map(|s| format!("{} {}", s.signal, tf.at(&s.ts)))
+                    .collect();
+                format!("{}: sent {}", who(&d.target), sent.join(", "))
+            }
         };
         s.push_str(&format!("; outcome {}", d.outcome));
         if let Some(f) = &d.port_free_at {
