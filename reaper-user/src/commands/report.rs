@@ -72,23 +72,25 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
         let mut reader = JournalReader::open(&paths)?;
         report::build(&mut reader, filter, Limits::default())?
     };
-    let text = report::render(&report, args.format);
     match &args.output {
         Some(path) => {
             let write = || -> std::io::Result<()> {
-                let mut f = std::fs::File::create(path)?;
-                f.write_all(text.as_bytes())?;
+                let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+                report::write(&report, args.format, &mut f)?;
                 f.flush()
             };
             write().with_context(|| format!("writing the report to {}", path.display()))?;
         }
-        None => crate::output::print(&text).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(())
-            } else {
-                Err(e).context("writing the report to stdout")
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let done = report::write(&report, args.format, &mut out).and_then(|_| out.flush());
+            match done {
+                // A closed pipe (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("writing the report to stdout")?,
             }
-        })?,
+        }
     }
     Ok(Exit::Ok)
 }

@@ -13,6 +13,12 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+/// The same, into a writer.
+pub fn write(r: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, r)?;
+    out.write_all(b"\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,14 @@ fn text(s: &str) -> String {
     out
 }
 
+/// A PR comment holds 65,536 characters: past these, the Markdown lists
+/// the rest compactly and points to `--format html` / `json`, which keep
+/// everything the model kept.
+const MD_CONFLICTS: usize = 20;
+const MD_CONFLICT_ROWS: usize = 100;
+const MD_PORTS: usize = 10;
+const MD_TIMELINE: usize = 30;
+
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
@@ -79,7 +87,15 @@ pub fn render(r: &Report) -> String {
             r.conflicts.len()
         );
     }
-    for c in &r.conflicts {
+    let older = r.conflicts.len().saturating_sub(MD_CONFLICTS);
+    if older > 0 {
+        let _ = writeln!(
+            out,
+            "The last {MD_CONFLICTS} conflicts in full; {} earlier below in short (all of them: `--format html` or `json`).\n",
+            older
+        );
+    }
+    for c in &r.conflicts[older..] {
         let _ = writeln!(
             out,
             "### Conflict #{}: {}\n",
@@ -99,11 +115,71 @@ pub fn render(r: &Report) -> String {
         table(&mut out, &["", ""], &t);
     }
 
+    if older > 0 {
+        let _ = writeln!(
+            out,
+            "Earlier conflicts{}:\n",
+            if older > MD_CONFLICT_ROWS {
+                format!(" (the last {MD_CONFLICT_ROWS})")
+            } else {
+                String::new()
+            }
+        );
+        let rows: Vec<Vec<String>> = r.conflicts[older.saturating_sub(MD_CONFLICT_ROWS)..older]
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("#{}", c.id),
+                    tf.at(&c.first),
+                    cell(&view::port_name(&c.proto, c.port, &c.host)),
+                    cell(&format!("{} {}", c.tried.pid, c.tried.comm)),
+                    cell(
+                        &c.holders
+                            .iter()
+                            .map(|h| format!("{} {}", h.pid, h.comm))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    super::model::human_ms(c.blocked_ms),
+                    c.resolution.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "Conflict",
+                "First failed bind",
+                "Port",
+                "Tried",
+                "Held by",
+                "Blocked",
+                "Ended",
+            ],
+            &rows,
+        );
+    }
+
     let _ = writeln!(out, "## Ports\n");
+    // The ports with the most trouble get sections; the others a row each.
+    let mut detailed: Vec<usize> = (0..r.ports.len()).collect();
+    if r.ports.len() > MD_PORTS {
+        detailed.sort_by_key(|&i| {
+            let p = &r.ports[i];
+            std::cmp::Reverse((p.counts.conflicts + p.counts.reapings, p.blocked_ms))
+        });
+        detailed.truncate(MD_PORTS);
+        detailed.sort_unstable();
+        let _ = writeln!(
+            out,
+            "{} ports saw a conflict or a reaping: the {MD_PORTS} with the most in full, the rest in the table after them (all in full: `--format html` or `json`, or `--port P`).\n",
+            r.ports.len()
+        );
+    }
     if r.ports.is_empty() {
         let _ = writeln!(out, "No port saw a conflict or a reaping in the window.\n");
     }
-    for p in &r.ports {
+    for p in detailed.iter().map(|&i| &r.ports[i]) {
         let _ = writeln!(
             out,
             "### {}\n",
@@ -113,8 +189,12 @@ pub fn render(r: &Report) -> String {
         if let Some(note) = view::truncation_note(p) {
             let _ = writeln!(out, "_{}_\n", text(&note));
         }
-        let rows: Vec<Vec<String>> = p
-            .timeline
+        let skip = p.timeline.len().saturating_sub(MD_TIMELINE);
+        if skip > 0 {
+            let _ = writeln!(out, "_The last {MD_TIMELINE} entries here; {skip} earlier kept ones: `--format html` or `json`._\n");
+        }
+        let shown = &p.timeline[skip..];
+        let rows: Vec<Vec<String>> = shown
             .iter()
             .map(|e| {
                 let holder = e
@@ -143,10 +223,13 @@ pub fn render(r: &Report) -> String {
         );
         if !p.holders.is_empty() {
             let _ = writeln!(out, "Processes of this timeline, one row per identity seen (a process orphaned since its bind shows twice):\n");
+            let used: std::collections::BTreeSet<usize> =
+                shown.iter().filter_map(|e| e.holder).collect();
             let rows: Vec<Vec<String>> = p
                 .holders
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| used.contains(i))
                 .map(|(i, h)| {
                     let id: Vec<String> = view::identity(&h.process, h.netns)
                         .into_iter()
@@ -187,6 +270,38 @@ pub fn render(r: &Report) -> String {
                 held.join(", ")
             );
         }
+    }
+
+    if detailed.len() < r.ports.len() {
+        let rows: Vec<Vec<String>> = (0..r.ports.len())
+            .filter(|i| !detailed.contains(i))
+            .map(|i| {
+                let p = &r.ports[i];
+                vec![
+                    format!("{}/{}", p.proto, p.port),
+                    cell(&p.host),
+                    p.counts.conflicts.to_string(),
+                    p.counts.failed_binds.to_string(),
+                    p.counts.reapings.to_string(),
+                    super::model::human_ms(p.blocked_ms),
+                    tf.at(&p.last),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "Other ports with conflicts or reapings:\n");
+        table(
+            &mut out,
+            &[
+                "Port",
+                "Host",
+                "Conflicts",
+                "Failed binds",
+                "Reapings",
+                "Blocked",
+                "Last seen",
+            ],
+            &rows,
+        );
     }
 
     if r.quiet_ports.total > 0 {

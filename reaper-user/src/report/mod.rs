@@ -61,6 +61,19 @@ pub fn render(report: &Report, format: ReportFormat) -> String {
     }
 }
 
+/// Writes the report in `format` to `out`. JSON is serialized straight into
+/// the writer: for a big report, the text never sits whole in memory.
+pub fn write(
+    report: &Report,
+    format: ReportFormat,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    match format {
+        ReportFormat::Json => json::write(report, out),
+        _ => out.write_all(render(report, format).as_bytes()),
+    }
+}
+
 /// Parses `--since`/`--until`: RFC 3339, or a duration before `now` ("30m",
 /// "2h", "1d", "1h30m", optionally followed by "ago"). Bad input names the
 /// flag and the accepted forms.

@@ -6,11 +6,13 @@
 //! per conflict with who tried, who held, how long the port was blocked,
 //! what was done and the file:line of every record used.
 //!
-//! Memory is bounded whatever the journal's size: a port keeps its last
-//! [`Limits::timeline`] entries (a quiet port only [`Limits::quiet_timeline`],
-//! without full identities) plus exact counts; conflicts keep the last
-//! [`Limits::conflicts`]; notes keep their first few. The report says when
-//! something was cut. The renderers only format what is here.
+//! Memory is bounded whatever the journal's size: a port with a conflict
+//! or a reaping keeps its last [`Limits::timeline`] entries; a quiet port
+//! (most are: ephemeral ports) keeps only counts and its open claims, from
+//! which its timeline is rebuilt if it turns interesting; conflicts keep the
+//! last [`Limits::conflicts`]; notes keep their first few. Counts stay
+//! exact, and the report says when something was cut. The renderers only
+//! format what is here.
 //!
 //! How a conflict's blocked time is measured: from the conflict's `first`
 //! failed bind until the first of: the holder's `release` (or a release
@@ -34,7 +36,6 @@ pub const SCHEMA: &str = "reaper.report/v1";
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub timeline: usize,
-    pub quiet_timeline: usize,
     pub conflicts: usize,
     pub notes: usize,
     pub quiet_ports_shown: usize,
@@ -45,7 +46,6 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             timeline: 200,
-            quiet_timeline: 4,
             conflicts: 500,
             notes: 50,
             quiet_ports_shown: 30,
@@ -358,6 +358,42 @@ pub struct QuietPort {
 
 // ---------------------------------------------------------------- state
 
+/// The port map is looked up once per record with small integer keys that
+/// no one outside chooses (interned indices): a multiply-rotate hash beats
+/// SipHash's flooding defence, which is not needed here.
+#[derive(Default, Clone, Copy)]
+struct BuildPortHasher;
+
+#[derive(Default)]
+struct PortHasher(u64);
+
+impl std::hash::Hasher for PortHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+impl std::hash::BuildHasher for BuildPortHasher {
+    type Hasher = PortHasher;
+    fn build_hasher(&self) -> PortHasher {
+        PortHasher::default()
+    }
+}
+
 /// A port on a host: (host, proto, port), interned. The netns is a detail
 /// of each entry: a host's port is what people ask about.
 type PortKey = (u32, u32, u16);
@@ -405,6 +441,12 @@ struct OpenClaim {
     process: Rc<ProcessRef>,
     listening: bool,
     at: Location,
+    /// What the claim entry says, and the listen's time and place: a quiet
+    /// port keeps no timeline, so these rebuild it if the port turns
+    /// interesting while the claim is open.
+    addr: Option<String>,
+    requested_port: Option<u16>,
+    listen: Option<(i64, Location)>,
 }
 
 struct Episode {
@@ -424,8 +466,8 @@ struct PortState {
     entries: VecDeque<Entry>,
     dropped: u64,
     open: Vec<OpenClaim>,
-    episode: Option<Episode>,
-    last_episode: Option<Episode>,
+    episode: Option<Box<Episode>>,
+    last_episode: Option<Box<Episode>>,
     blocked_ms: u64,
     netns: Vec<u64>,
 }
@@ -449,7 +491,7 @@ pub struct Aggregator {
     host_index: HashMap<String, u32>,
     protos: Vec<String>,
     proto_index: HashMap<String, u32>,
-    ports: HashMap<PortKey, PortState>,
+    ports: HashMap<PortKey, PortState, BuildPortHasher>,
     host_states: BTreeMap<String, HostState>,
     conflicts: VecDeque<ConflictReport>,
     conflicts_dropped: u64,
@@ -493,7 +535,7 @@ impl Aggregator {
             host_index: HashMap::new(),
             protos: Vec::new(),
             proto_index: HashMap::new(),
-            ports: HashMap::new(),
+            ports: HashMap::default(),
             host_states: BTreeMap::new(),
             conflicts: VecDeque::new(),
             conflicts_dropped: 0,
@@ -523,6 +565,10 @@ impl Aggregator {
     }
 
     fn intern(names: &mut Vec<String>, index: &mut HashMap<String, u32>, s: &str) -> u32 {
+        // Few hosts and protocols: a scan of the first few beats hashing.
+        if let Some(i) = names.iter().take(8).position(|n| n == s) {
+            return i as u32;
+        }
         if let Some(&i) = index.get(s) {
             return i;
         }
@@ -541,6 +587,7 @@ impl Aggregator {
     /// Takes one record, in time order.
     pub fn push(&mut self, loc: Located) {
         let Located { record, ms, at } = loc;
+        let record = *record;
         if let Some(h) = &self.filter.host {
             if &record.host != h {
                 return;
@@ -564,22 +611,30 @@ impl Aggregator {
         self.first_ms.get_or_insert(ms);
         self.last_ms = Some(self.last_ms.map_or(ms, |l| l.max(ms)));
         self.summary.records += 1;
-        *self
-            .summary
-            .sources
-            .entry(record.source.clone())
-            .or_default() += 1;
+        // Looked up before inserting: no key allocation per record.
+        match self.summary.sources.get_mut(&record.source) {
+            Some(n) => *n += 1,
+            None => {
+                self.summary.sources.insert(record.source.clone(), 1);
+            }
+        }
+        if !self.host_states.contains_key(&record.host) {
+            self.host_states.insert(
+                record.host.clone(),
+                HostState {
+                    records: 0,
+                    first_ms: ms,
+                    last_ms: ms,
+                    starts: Vec::new(),
+                    starts_dropped: 0,
+                    degraded_since: None,
+                },
+            );
+        }
         let host = self
             .host_states
-            .entry(record.host.clone())
-            .or_insert_with(|| HostState {
-                records: 0,
-                first_ms: ms,
-                last_ms: ms,
-                starts: Vec::new(),
-                starts_dropped: 0,
-                degraded_since: None,
-            });
+            .get_mut(&record.host)
+            .expect("inserted above");
         host.records += 1;
         host.last_ms = host.last_ms.max(ms);
         self.fold(record, ms, at);
@@ -619,6 +674,9 @@ impl Aggregator {
                         process: Rc::new(process),
                         listening: false,
                         at,
+                        addr: ep.addr.clone(),
+                        requested_port: None,
+                        listen: None,
                     },
                 );
             }
@@ -648,13 +706,11 @@ impl Aggregator {
                 requested_port,
             } => {
                 let key = self.key(&host_name, &ep);
-                let detail = match (requested_port, ep.addr.as_deref()) {
-                    (Some(0), Some(a)) => {
-                        format!("bound {a}:{} (the kernel chose the port)", ep.port)
-                    }
-                    (Some(0), None) => "bound (the kernel chose the port)".to_string(),
-                    (_, Some(a)) => format!("bound {a}:{}", ep.port),
-                    (_, None) => "bound".to_string(),
+                // Quiet ports keep no entries: skip the words too.
+                let detail = if self.keeps(key) {
+                    claim_detail(ep.addr.as_deref(), ep.port, requested_port)
+                } else {
+                    String::new()
                 };
                 let process = Rc::new(process);
                 // A claim by someone else ends a block whose release we did
@@ -674,6 +730,9 @@ impl Aggregator {
                         process: process.clone(),
                         listening: false,
                         at,
+                        addr: ep.addr.clone(),
+                        requested_port,
+                        listen: None,
                     },
                 );
                 let conflict = rebind;
@@ -710,6 +769,7 @@ impl Aggregator {
                 {
                     Some(c) => {
                         c.listening = true;
+                        c.listen = Some((ms, at));
                         c.process.clone()
                     }
                     None => {
@@ -727,6 +787,9 @@ impl Aggregator {
                                 process: p.clone(),
                                 listening: true,
                                 at,
+                                addr: ep.addr.clone(),
+                                requested_port: None,
+                                listen: Some((ms, at)),
                             },
                         );
                         p
@@ -760,10 +823,14 @@ impl Aggregator {
                 port.counts.releases += 1;
                 let pid = process.as_ref().map(|p| p.pid);
                 let open = take_open(port, ep.netns, cookie, pid);
+                if port.open.is_empty() {
+                    // Tens of thousands of ports go quiet again: free it.
+                    port.open = Vec::new();
+                }
                 let held = held_ms.or_else(|| open.as_ref().map(|c| dur_ms(c.ms, ms)));
                 let detail = match held {
-                    Some(h) => format!("released after {}", human_ms(h)),
-                    None => "released".to_string(),
+                    Some(h) if self.keeps(key) => format!("released after {}", human_ms(h)),
+                    _ => "released".to_string(),
                 };
                 let proc_rc = match (process, &open) {
                     (Some(p), _) => Some(Rc::new(p)),
@@ -814,8 +881,9 @@ impl Aggregator {
                 self.next_conflict += 1;
                 let place = self.place(at);
                 let proto = ep.proto.clone();
+                self.port(key, ms, ep.netns);
+                self.promote(key);
                 let port = self.port(key, ms, ep.netns);
-                port.interesting = true;
                 port.counts.conflicts += 1;
                 port.counts.failed_binds += count;
                 // Evidence of the hold: the claims of the holders we saw.
@@ -843,12 +911,12 @@ impl Aggregator {
                         }
                     }
                     None => {
-                        port.episode = Some(Episode {
+                        port.episode = Some(Box::new(Episode {
                             start_ms: first_ms,
                             ids: vec![id],
                             holder_pids: holder_pids.clone(),
                             all_pids: holder_pids.clone(),
-                        });
+                        }));
                     }
                 }
                 evidence.sort();
@@ -948,8 +1016,9 @@ impl Aggregator {
                 if dry_run {
                     self.summary.dry_runs += 1;
                 }
+                self.port(key, ms, ep.netns);
+                self.promote(key);
                 let port = self.port(key, ms, ep.netns);
-                port.interesting = true;
                 port.counts.reapings += 1;
                 let free_ms = port_free_at
                     .as_deref()
@@ -1108,21 +1177,70 @@ impl Aggregator {
         port
     }
 
-    fn entry(&mut self, key: PortKey, mut e: Entry) {
+    /// Whether the port keeps a timeline (else entries are only counted).
+    fn keeps(&self, key: PortKey) -> bool {
+        self.filter.port.is_some() || self.ports.get(&key).is_some_and(|p| p.interesting)
+    }
+
+    /// A conflict or a reaping makes a port interesting: from now on it
+    /// keeps a timeline, which starts with its open claims (and their
+    /// listens), rebuilt from what the open claims remember.
+    fn promote(&mut self, key: PortKey) {
         let Some(port) = self.ports.get_mut(&key) else {
             return;
         };
-        let cap = if port.interesting {
-            self.limits.timeline
-        } else {
-            self.limits.quiet_timeline
+        if port.interesting {
+            return;
+        }
+        port.interesting = true;
+        let mut rebuilt = Vec::new();
+        for c in &port.open {
+            rebuilt.push(Entry {
+                ms: c.ms,
+                kind: Kind::Claim,
+                pid: c.pid,
+                comm: c.process.comm.as_str().into(),
+                process: Some(c.process.clone()),
+                verdict: None,
+                netns: c.netns,
+                cookie: c.cookie,
+                detail: claim_detail(c.addr.as_deref(), key.2, c.requested_port),
+                conflict: None,
+                at: c.at,
+            });
+            if let Some((ms, at)) = c.listen {
+                rebuilt.push(Entry {
+                    ms,
+                    kind: Kind::Listen,
+                    pid: c.pid,
+                    comm: c.process.comm.as_str().into(),
+                    process: Some(c.process.clone()),
+                    verdict: None,
+                    netns: c.netns,
+                    cookie: c.cookie,
+                    detail: "listening".into(),
+                    conflict: None,
+                    at,
+                });
+            }
+        }
+        rebuilt.sort_by_key(|e| (e.ms, e.at));
+        // Those were counted as not kept; they are kept after all.
+        port.dropped = port.dropped.saturating_sub(rebuilt.len() as u64);
+        port.entries.extend(rebuilt);
+    }
+
+    fn entry(&mut self, key: PortKey, e: Entry) {
+        let Some(port) = self.ports.get_mut(&key) else {
+            return;
         };
         if !port.interesting {
-            // A quiet port keeps no identities: most ports are quiet, and
-            // their history matters only as the last few entries.
-            e.process = None;
-            e.verdict = None;
+            // Most ports are quiet (ephemeral ports above all): they keep
+            // counts and open claims, no timeline. See `promote`.
+            port.dropped += 1;
+            return;
         }
+        let cap = self.limits.timeline;
         port.entries.push_back(e);
         while port.entries.len() > cap {
             port.entries.pop_front();
@@ -1356,8 +1474,11 @@ impl Aggregator {
         let mut quiet_rows = Vec::new();
         let mut involved = 0;
         let mut longest: Option<Block> = None;
-        for (key, port) in &self.ports {
-            let (h, p, n) = *key;
+        // Taken apart as the report is built, so the two are not both whole
+        // in memory at once.
+        let port_states = std::mem::take(&mut self.ports);
+        for (key, port) in port_states {
+            let (h, p, n) = key;
             let host = self.hosts[h as usize].clone();
             let proto = self.protos[p as usize].clone();
             let is_involved = port.counts.conflicts > 0 || port.counts.reapings > 0;
@@ -1381,7 +1502,8 @@ impl Aggregator {
                 }
                 continue;
             }
-            ports.push(self.port_report(&host, &proto, n, port, end_ms.unwrap_or(port.last_ms)));
+            let end = end_ms.unwrap_or(port.last_ms);
+            ports.push(self.port_report(&host, &proto, n, port, end));
         }
         for c in &self.conflicts {
             if longest.as_ref().is_none_or(|l| c.blocked_ms > l.ms) {
@@ -1452,21 +1574,27 @@ impl Aggregator {
         host: &str,
         proto: &str,
         n: u16,
-        port: &PortState,
+        mut port: PortState,
         end_ms: i64,
     ) -> PortReport {
+        let bars = bars(&port.entries, end_ms);
         // Distinct identities of the kept entries, first seen first.
         let mut holders: Vec<Holder> = Vec::new();
-        let mut timeline = Vec::new();
+        let mut seen: HashMap<*const ProcessRef, usize> = HashMap::new();
+        let mut timeline = Vec::with_capacity(port.entries.len());
         // Conflicts sit at their first failed bind, before the record that
         // reports them was written: order by time for reading.
-        let mut entries: Vec<&Entry> = port.entries.iter().collect();
+        let mut entries: Vec<Entry> = std::mem::take(&mut port.entries).into();
         entries.sort_by_key(|e| e.ms);
         for e in entries {
             let holder = e.process.as_ref().map(|p| {
                 // One row per identity seen: the same pid before and after
                 // it was orphaned reads as two rows, which is the story.
-                let found = holders.iter().position(|h| h.process == **p);
+                // Shared identities are found by pointer, copies by value.
+                let found = seen
+                    .get(&Rc::as_ptr(p))
+                    .copied()
+                    .or_else(|| holders.iter().position(|h| h.process == **p));
                 let i = match found {
                     Some(i) => i,
                     None => {
@@ -1478,6 +1606,7 @@ impl Aggregator {
                         holders.len() - 1
                     }
                 };
+                seen.insert(Rc::as_ptr(p), i);
                 if let Some(v) = &e.verdict {
                     holders[i].verdict = Some((**v).clone());
                 }
@@ -1487,10 +1616,10 @@ impl Aggregator {
                 ts: rfc(e.ms),
                 event: e.kind.name().into(),
                 pid: e.pid,
-                comm: e.comm.to_string(),
+                comm: e.comm.into(),
                 holder,
                 netns: e.netns,
-                detail: e.detail.clone(),
+                detail: e.detail,
                 conflict: e.conflict,
                 evidence: self.place(e.at),
             });
@@ -1499,21 +1628,17 @@ impl Aggregator {
             host: host.to_string(),
             proto: proto.to_string(),
             port: n,
-            netns: port.netns.clone(),
-            counts: port.counts.clone(),
+            netns: port.netns,
+            counts: port.counts,
             blocked_ms: port.blocked_ms,
             still_blocked: port.episode.is_some(),
             first: rfc(port.first_ms),
             last: rfc(port.last_ms),
             timeline,
             timeline_dropped: port.dropped,
-            timeline_cap: if port.interesting {
-                self.limits.timeline
-            } else {
-                self.limits.quiet_timeline
-            },
+            timeline_cap: self.limits.timeline,
             holders,
-            bars: bars(&port.entries, end_ms),
+            bars,
             held_at_end: port
                 .open
                 .iter()
@@ -1587,6 +1712,15 @@ fn bars(entries: &VecDeque<Entry>, end_ms: i64) -> Vec<Bar> {
     }
     out.sort_by_key(|(f, b)| (*f, b.pid));
     out.into_iter().map(|(_, b)| b).collect()
+}
+
+fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) -> String {
+    match (requested_port, addr) {
+        (Some(0), Some(a)) => format!("bound {a}:{port} (the kernel chose the port)"),
+        (Some(0), None) => "bound (the kernel chose the port)".to_string(),
+        (_, Some(a)) => format!("bound {a}:{port}"),
+        (_, None) => "bound".to_string(),
+    }
 }
 
 fn push_open(port: &mut PortState, cap: usize, c: OpenClaim) {
@@ -1789,6 +1923,36 @@ mod tests {
         assert!(r.ports.is_empty());
         assert_eq!(r.quiet_ports.total, 1);
         assert_eq!(r.quiet_ports.claims, 50);
+    }
+
+    #[test]
+    fn a_port_turning_interesting_keeps_its_open_claims_and_says_what_it_lost() {
+        // An earlier claim and release on :8080, before the demo's story.
+        let early = r#"{"v":1,"ts":"2024-05-14T09:59:00.000Z","host":"runner-7","source":"cgroup","kind":"claim","netns":4026531840,"proto":"tcp","addr":"0.0.0.0","port":8080,"process":{"pid":4000,"comm":"platform-server"}}
+{"v":1,"ts":"2024-05-14T09:59:30.000Z","host":"runner-7","source":"cgroup","kind":"release","netns":4026531840,"proto":"tcp","addr":"0.0.0.0","port":8080,"process":{"pid":4000,"comm":"platform-server"}}"#;
+        let r = report_of(
+            &format!("{early}\n{}", super::super::DEMO_JOURNAL),
+            Filter::default(),
+            Limits::default(),
+        );
+        let p = &r.ports[0];
+        assert_eq!(p.counts.claims, 3);
+        // The orphan's claim and listen were rebuilt; the early pair is gone.
+        assert_eq!(p.timeline_dropped, 2);
+        assert_eq!(p.timeline[0].event, "claim");
+        assert_eq!(p.timeline[0].pid, 4242);
+        assert_eq!(p.timeline[1].event, "listen");
+        // With --port, the same port keeps everything.
+        let r = report_of(
+            &format!("{early}\n{}", super::super::DEMO_JOURNAL),
+            Filter {
+                port: Some(8080),
+                ..Filter::default()
+            },
+            Limits::default(),
+        );
+        assert_eq!(r.ports[0].timeline_dropped, 0);
+        assert_eq!(r.ports[0].timeline[0].pid, 4000);
     }
 
     #[test]
