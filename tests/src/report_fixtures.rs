@@ -35,10 +35,7 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
 /// The workspace root: fixtures and goldens are named relative to it, and
 /// the binary runs there so the evidence paths in reports are relative too.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
+    crate::workspace_root()
 }
 
 /// The `reaper` binary, built if needed (once per test process).

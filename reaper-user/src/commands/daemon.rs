@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::cli::{Global, DaemonArgs};
+use crate::cli::{DaemonArgs, Global};
 use crate::error::Exit;
 
 pub fn run(global: &Global, args: DaemonArgs) -> Result<Exit> {

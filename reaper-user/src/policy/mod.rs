@@ -4,3 +4,866 @@
 //! with its reasons in plain words. Protections (pid 1, reaper itself, the
 //! caller and its ancestors, kernel threads, other namespaces, `protect`
 //! rules) hold whatever the rules say.
+//!
+//! The policy is a library type: `reaper free` builds one from flags and/or a
+//! file, the daemon builds one from its config, and both ask
+//! [`Policy::judge`] about a (process, socket) pair. Judging is pure: it reads
+//! nothing from the system, everything it needs is in the [`Process`], the
+//! [`Socket`] and the [`Context`] (so it is unit-tested without privileges).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+
+use crate::holders::{Process, Socket};
+use crate::journal::VerdictRecord;
+
+mod file;
+
+pub use file::PolicyError;
+
+/// The kernel keeps at most this many bytes of a process name (TASK_COMM_LEN
+/// minus the NUL): a comm this long may be the start of a longer name.
+pub const COMM_MAX: usize = 15;
+
+/// What the policy says about one holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Stale: may be signalled.
+    Reap,
+    /// No rule asks for it (or the matching rule only reports): leave it.
+    Keep,
+    /// A protection holds: never signalled, whatever the rules say.
+    Protect,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Reap => "reap",
+            Decision::Keep => "keep",
+            Decision::Protect => "protect",
+        }
+    }
+}
+
+/// The judgment of one holder, with its reasons in plain words.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub reasons: Vec<String>,
+    /// The rule (or protect rule) that decided, when one did.
+    pub rule: Option<String>,
+}
+
+impl Verdict {
+    pub fn new(decision: Decision, rule: Option<String>, reasons: Vec<String>) -> Verdict {
+        Verdict {
+            decision,
+            reasons,
+            rule,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.decision.as_str())?;
+        if let Some(rule) = &self.rule {
+            write!(f, " (rule '{rule}')")?;
+        }
+        if !self.reasons.is_empty() {
+            write!(f, ": {}", self.reasons.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl From<&Verdict> for VerdictRecord {
+    fn from(v: &Verdict) -> VerdictRecord {
+        VerdictRecord {
+            decision: v.decision.as_str().to_string(),
+            reasons: v.reasons.clone(),
+            rule: v.rule.clone(),
+        }
+    }
+}
+
+impl From<Verdict> for VerdictRecord {
+    fn from(v: Verdict) -> VerdictRecord {
+        VerdictRecord::from(&v)
+    }
+}
+
+/// What a matching rule asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Signal the holder (SIGTERM, then SIGKILL after the grace).
+    Reap,
+    /// Only record and report the holder (the daemon's "tell me" mode).
+    Report,
+}
+
+/// A command line pattern: a substring, or a regex written `/like this/`.
+#[derive(Clone, Debug)]
+pub enum TextPattern {
+    Substring(String),
+    Regex(Regex),
+}
+
+impl TextPattern {
+    /// `/…/` is a regex; anything else a substring.
+    pub fn parse(s: &str) -> Result<TextPattern, String> {
+        if s.is_empty() {
+            return Err(
+                "an empty pattern matches every command line: give a substring or /a regex/".into(),
+            );
+        }
+        if s.len() >= 2 && s.starts_with('/') && s.ends_with('/') {
+            let body = &s[1..s.len() - 1];
+            return Regex::new(body)
+                .map(TextPattern::Regex)
+                .map_err(|e| format!("'{s}' is not a valid regex ({e})"));
+        }
+        Ok(TextPattern::Substring(s.to_string()))
+    }
+    fn is_match(&self, text: &str) -> bool {
+        match self {
+            TextPattern::Substring(s) => text.contains(s.as_str()),
+            TextPattern::Regex(r) => r.is_match(text),
+        }
+    }
+}
+
+impl fmt::Display for TextPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TextPattern::Substring(s) => write!(f, "'{s}'"),
+            TextPattern::Regex(r) => write!(f, "/{}/", r.as_str()),
+        }
+    }
+}
+
+/// A pattern for paths and names: `*` and `?` wildcards when present,
+/// otherwise `exact` decides between equality and substring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Glob {
+    pub pattern: String,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob {
+            pattern: pattern.to_string(),
+        }
+    }
+    pub fn has_wildcards(&self) -> bool {
+        self.pattern.contains(['*', '?'])
+    }
+    /// Whole-string wildcard match.
+    pub fn matches(&self, text: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), text.as_bytes())
+    }
+}
+
+/// Iterative wildcard matching (`*` any run, `?` one byte), linear in
+/// practice: remembers the last `*` and retries from there.
+fn glob_match(p: &[u8], t: &[u8]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Which executable: a full path (contains `/`), a basename, or a glob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExePattern {
+    Path(String),
+    Basename(String),
+    Glob(Glob),
+}
+
+impl ExePattern {
+    pub fn parse(s: &str) -> Result<ExePattern, String> {
+        if s.is_empty() {
+            return Err("an empty exe matches nothing: give a path like /usr/local/bin/platform-server or a basename".into());
+        }
+        let g = Glob::new(s);
+        Ok(if g.has_wildcards() {
+            ExePattern::Glob(g)
+        } else if s.contains('/') {
+            ExePattern::Path(s.to_string())
+        } else {
+            ExePattern::Basename(s.to_string())
+        })
+    }
+    fn is_match(&self, exe: &str) -> bool {
+        match self {
+            ExePattern::Path(p) => exe == p,
+            ExePattern::Basename(b) => basename(exe) == b,
+            ExePattern::Glob(g) if g.pattern.contains('/') => g.matches(exe),
+            ExePattern::Glob(g) => g.matches(basename(exe)),
+        }
+    }
+}
+
+impl fmt::Display for ExePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExePattern::Path(s) | ExePattern::Basename(s) => f.write_str(s),
+            ExePattern::Glob(g) => f.write_str(&g.pattern),
+        }
+    }
+}
+
+/// A user: a numeric uid or a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserSpec {
+    Uid(u32),
+    Name(String),
+}
+
+impl fmt::Display for UserSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserSpec::Uid(u) => write!(f, "uid {u}"),
+            UserSpec::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Which network namespace a rule applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetnsSpec {
+    /// The namespace reaper runs in (the default).
+    #[default]
+    Caller,
+    /// Any namespace (the protection for "another namespace than the port
+    /// asked about" still holds).
+    Any,
+    /// This namespace inode.
+    Inode(u64),
+}
+
+/// The conditions of one rule; every condition given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    /// A process name as `--match` takes it: compared with the comm (a prefix
+    /// when the comm is 15 bytes), the exe basename and argv[0]'s basename.
+    pub name: Option<String>,
+    /// The kernel's comm. A 15-byte comm may be a truncation, so it never
+    /// suffices alone.
+    pub comm: Option<String>,
+    pub exe: Option<ExePattern>,
+    pub cmdline: Option<TextPattern>,
+    pub user: Option<UserSpec>,
+    pub min_age: Option<Duration>,
+    pub orphaned: Option<bool>,
+    /// Substring of the cgroup path, or a glob when it has `*`/`?`.
+    pub cgroup: Option<Glob>,
+    /// Prefix of the container id, or a glob when it has `*`/`?`.
+    pub container: Option<Glob>,
+    pub netns: NetnsSpec,
+}
+
+impl Matcher {
+    /// Whether the rule names the program (exe, cmdline, name or comm): a
+    /// reap rule must, so that "every orphan of uid 1000" is never a rule.
+    pub fn names_a_program(&self) -> bool {
+        self.name.is_some() || self.comm.is_some() || self.exe.is_some() || self.cmdline.is_some()
+    }
+
+    /// Checks every condition. Ok carries what matched, Err the first
+    /// condition that failed, both in plain words.
+    fn check(&self, p: &Process, s: &Socket, ctx: &Context) -> Result<Vec<String>, String> {
+        let mut why = Vec::new();
+        let exe = p.exe.as_deref().map(strip_deleted);
+        // Identity that does not rest on the comm alone: exe, cmdline, or a
+        // name that matched exe/argv[0].
+        let mut strong_identity = false;
+
+        if let Some(want) = &self.exe {
+            match exe {
+                Some(e) if want.is_match(e) => {
+                    strong_identity = true;
+                    why.push(format!("matches exe={e}{}", deleted_note(p)));
+                }
+                Some(e) => return Err(format!("exe is {e}, not {want}")),
+                None => {
+                    return Err(format!(
+                        "exe is unreadable, so it cannot be checked against {want}"
+                    ))
+                }
+            }
+        }
+        if let Some(pat) = &self.cmdline {
+            let line = p.cmdline.join(" ");
+            if pat.is_match(&line) {
+                strong_identity = true;
+                why.push(format!("cmdline '{}' matches {pat}", shorten(&line, 120)));
+            } else {
+                return Err(format!(
+                    "cmdline '{}' does not match {pat}",
+                    shorten(&line, 120)
+                ));
+            }
+        }
+        if let Some(name) = &self.name {
+            let how = match_name(name, p)?;
+            strong_identity |= how.strong;
+            why.push(how.reason);
+        }
+        if let Some(want) = &self.comm {
+            let truncated = p.comm.len() >= COMM_MAX;
+            let equal = p.comm == *want;
+            let prefix = truncated && want.starts_with(p.comm.as_str());
+            if !(equal || prefix) {
+                return Err(format!("comm is '{}', not '{want}'", p.comm));
+            }
+            if truncated && !strong_identity {
+                return Err(format!(
+                    "comm '{}' is {} bytes and may be truncated, so it is not enough alone: add exe= or cmdline= to the rule",
+                    p.comm,
+                    p.comm.len()
+                ));
+            }
+            if truncated {
+                why.push(format!(
+                    "comm '{}' is {} bytes and may be truncated (the exe/cmdline match above confirms it)",
+                    p.comm,
+                    p.comm.len()
+                ));
+            } else {
+                why.push(format!("comm is '{want}'"));
+            }
+        }
+        if let Some(user) = &self.user {
+            let ok = match user {
+                UserSpec::Uid(u) => p.uid == *u,
+                UserSpec::Name(n) => p.user.as_deref() == Some(n.as_str()),
+            };
+            let who = user_words(p);
+            if !ok {
+                return Err(format!("runs as {who}, not {user}"));
+            }
+            why.push(format!("runs as {who}"));
+        }
+        if let Some(min) = self.min_age {
+            match age(p, ctx.now) {
+                Some(a) if a >= min => why.push(format!(
+                    "started {} ({} ago, at least {})",
+                    clock_words(&p.started_at),
+                    human(a),
+                    human(min)
+                )),
+                Some(a) => {
+                    return Err(format!(
+                        "started only {} ago, younger than min_age {}",
+                        human(a),
+                        human(min)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "start time '{}' is unreadable, so min_age cannot be checked",
+                        p.started_at
+                    ))
+                }
+            }
+        }
+        if let Some(want) = self.orphaned {
+            if p.orphaned != want {
+                return Err(if p.orphaned {
+                    format!("is orphaned (parent pid {}), the rule wants a process with its parent alive", p.ppid)
+                } else {
+                    format!("is not orphaned (parent {} is alive)", parent_words(p))
+                });
+            }
+            if want {
+                why.push(format!("orphaned (reparented to {})", parent_words(p)));
+            } else {
+                why.push(format!("parent {} is alive", parent_words(p)));
+            }
+        }
+        if let Some(g) = &self.cgroup {
+            let cg = p.cgroup.as_deref().unwrap_or("");
+            let ok = if g.has_wildcards() {
+                g.matches(cg)
+            } else {
+                cg.contains(g.pattern.as_str())
+            };
+            if !ok {
+                return Err(format!(
+                    "cgroup is '{cg}', which does not match '{}'",
+                    g.pattern
+                ));
+            }
+            why.push(format!("cgroup {cg}"));
+        }
+        if let Some(g) = &self.container {
+            let Some(id) = p.container.as_deref() else {
+                return Err("is not in a container (no container id in its cgroup)".into());
+            };
+            let ok = if g.has_wildcards() {
+                g.matches(id)
+            } else {
+                id.starts_with(g.pattern.as_str())
+            };
+            if !ok {
+                return Err(format!("container is {id}, not {}", g.pattern));
+            }
+            why.push(format!("in container {}", shorten(id, 12)));
+        }
+        match self.netns {
+            NetnsSpec::Any => {}
+            NetnsSpec::Caller => {
+                if s.netns != ctx.caller_netns {
+                    return Err(format!(
+                        "the socket is in network namespace {}, not reaper's own ({}); the rule needs netns = \"any\" or {}",
+                        s.netns, ctx.caller_netns, s.netns
+                    ));
+                }
+            }
+            NetnsSpec::Inode(n) => {
+                if s.netns != n {
+                    return Err(format!(
+                        "the socket is in network namespace {}, not {n}",
+                        s.netns
+                    ));
+                }
+            }
+        }
+        Ok(why)
+    }
+}
+
+/// How a `--match NAME` matched.
+struct NameMatch {
+    reason: String,
+    /// Matched something other than the comm.
+    strong: bool,
+}
+
+/// `--match NAME`: exe basename, argv[0] basename, or the comm. The comm
+/// counts alone only when it is shorter than 15 bytes; at 15 bytes it may be
+/// the truncation of another name, so exe or argv[0] must agree.
+fn match_name(name: &str, p: &Process) -> Result<NameMatch, String> {
+    let exe_base = p.exe.as_deref().map(|e| basename(strip_deleted(e)));
+    let argv0_base = p.cmdline.first().map(|a| basename(a));
+    let truncated = p.comm.len() >= COMM_MAX;
+    let comm_fits = if truncated {
+        name.starts_with(p.comm.as_str())
+    } else {
+        p.comm == name
+    };
+    let trunc_note = |what: &str| {
+        format!(
+            "comm '{}' is {} bytes and may be truncated; matched {what}",
+            p.comm,
+            p.comm.len()
+        )
+    };
+    if exe_base == Some(name) {
+        let what = format!("exe basename {name}");
+        let reason = if truncated && comm_fits {
+            trunc_note(&what)
+        } else {
+            format!("matches {what}")
+        };
+        return Ok(NameMatch {
+            reason,
+            strong: true,
+        });
+    }
+    if argv0_base == Some(name) {
+        let what = format!("argv[0] basename {name}");
+        let reason = if truncated && comm_fits {
+            trunc_note(&what)
+        } else {
+            format!("matches {what}")
+        };
+        return Ok(NameMatch {
+            reason,
+            strong: true,
+        });
+    }
+    let others = format!(
+        "exe basename is {} and argv[0] basename is {}",
+        exe_base.unwrap_or("unreadable"),
+        argv0_base.unwrap_or("empty")
+    );
+    if comm_fits && truncated {
+        return Err(format!(
+            "comm '{}' is {} bytes and may be truncated, and {others}: no proof it is {name}",
+            p.comm,
+            p.comm.len()
+        ));
+    }
+    if comm_fits {
+        return Ok(NameMatch {
+            reason: format!("matches comm {name}"),
+            strong: false,
+        });
+    }
+    Err(format!("comm is '{}' and {others}, none is {name}", p.comm))
+}
+
+/// A rule: conditions and what to do when they hold.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: Action,
+}
+
+/// A protection: whatever it matches is never signalled.
+#[derive(Clone, Debug)]
+pub struct Protect {
+    pub name: String,
+    pub matcher: Matcher,
+}
+
+/// Facts about the run that judging needs.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// reaper's own pid.
+    pub reaper_pid: u32,
+    /// The caller (reaper's parent) and its ancestors up to init.
+    pub caller_chain: Vec<u32>,
+    /// The network namespace reaper runs in.
+    pub caller_netns: u64,
+    /// The network namespace the port was asked about (default: the caller's).
+    pub netns: u64,
+    pub now: DateTime<Utc>,
+    /// Pids known to be kernel threads (PF_KTHREAD in /proc/PID/stat).
+    pub kernel_threads: BTreeSet<u32>,
+}
+
+impl Context {
+    /// The context of this process: its pid, its parent chain, its netns.
+    /// `netns`: the namespace the port is asked about (None: our own).
+    pub fn current(netns: Option<u64>) -> std::io::Result<Context> {
+        let me = std::process::id();
+        let caller_netns = crate::reap::netns_of(me)?;
+        let mut chain = Vec::new();
+        let mut pid = crate::reap::ProcStat::read(me)?.ppid;
+        // The chain ends at pid 0 (init's parent); the bound stops a loop on
+        // a garbled /proc.
+        while pid != 0 && chain.len() < 4096 {
+            chain.push(pid);
+            pid = match crate::reap::ProcStat::read(pid) {
+                Ok(st) => st.ppid,
+                Err(_) => break,
+            };
+        }
+        Ok(Context {
+            reaper_pid: me,
+            caller_chain: chain,
+            caller_netns,
+            netns: netns.unwrap_or(caller_netns),
+            now: Utc::now(),
+            kernel_threads: BTreeSet::new(),
+        })
+    }
+}
+
+/// A set of rules and protections.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub protects: Vec<Protect>,
+}
+
+/// The one-off rule `reaper free` builds from its flags.
+#[derive(Clone, Debug, Default)]
+pub struct FlagRule {
+    /// `--match NAME`
+    pub name: Option<String>,
+    /// `--exe PATH`
+    pub exe: Option<String>,
+    /// `--cmdline PATTERN`
+    pub cmdline: Option<String>,
+}
+
+/// The name the flag rule carries in verdicts and the journal.
+pub const FLAG_RULE: &str = "command line";
+
+impl Policy {
+    /// Parses a policy file's text (see deploy/policy.toml). Errors name the
+    /// line, the key and what is allowed.
+    pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
+        file::parse(text)
+    }
+
+    /// Reads and parses a policy file.
+    pub fn from_file(path: &std::path::Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            path: Some(path.to_path_buf()),
+            line: None,
+            message: format!("cannot read it ({e})"),
+        })?;
+        file::parse(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// One reap rule from `--match`, `--exe`, `--cmdline` (all given must
+    /// hold). An empty policy when no flag is given.
+    pub fn from_flags(flags: &FlagRule) -> Result<Policy, PolicyError> {
+        let bad = |flag: &str, msg: String| PolicyError {
+            path: None,
+            line: None,
+            message: format!("{flag}: {msg}"),
+        };
+        let mut m = Matcher::default();
+        if let Some(n) = &flags.name {
+            if n.is_empty() || n.contains('/') {
+                return Err(bad("--match", format!("'{n}' is not a process name: give a name like platform-server (use --exe for a path)")));
+            }
+            m.name = Some(n.clone());
+        }
+        if let Some(e) = &flags.exe {
+            m.exe = Some(ExePattern::parse(e).map_err(|e| bad("--exe", e))?);
+        }
+        if let Some(c) = &flags.cmdline {
+            m.cmdline = Some(TextPattern::parse(c).map_err(|e| bad("--cmdline", e))?);
+        }
+        let mut p = Policy::default();
+        if m.names_a_program() {
+            p.rules.push(Rule {
+                name: FLAG_RULE.to_string(),
+                matcher: m,
+                action: Action::Reap,
+            });
+        }
+        Ok(p)
+    }
+
+    /// Combines two policies: `other`'s rules come after ours (the first
+    /// matching rule decides), and every protection of both holds.
+    pub fn combine(mut self, other: Policy) -> Policy {
+        self.rules.extend(other.rules);
+        self.protects.extend(other.protects);
+        self
+    }
+
+    /// True when no rule could ever reap anything.
+    pub fn has_reap_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.action == Action::Reap)
+    }
+
+    /// The protections alone (built-in, then `protect` rules): Some when one
+    /// holds. Used for processes that are targets through another's verdict
+    /// (`--tree`), which no rule may lift either.
+    pub fn protection(&self, p: &Process, s: &Socket, ctx: &Context) -> Option<Verdict> {
+        let holds = format!("holds {}", socket_words(s));
+        if let Some(why) = builtin_protection(p, s, ctx) {
+            return Some(Verdict::new(Decision::Protect, None, vec![why, holds]));
+        }
+        for prot in &self.protects {
+            if let Ok(mut why) = prot.matcher.check(p, s, ctx) {
+                why.insert(0, format!("protected by rule '{}'", prot.name));
+                why.push(holds);
+                return Some(Verdict::new(
+                    Decision::Protect,
+                    Some(prot.name.clone()),
+                    why,
+                ));
+            }
+        }
+        None
+    }
+
+    /// Judges one holder of one socket. Protections first, then the rules in
+    /// order; the first matching rule decides.
+    pub fn judge(&self, p: &Process, s: &Socket, ctx: &Context) -> Verdict {
+        if let Some(v) = self.protection(p, s, ctx) {
+            return v;
+        }
+        let holds = format!("holds {}", socket_words(s));
+        let mut misses = Vec::new();
+        for rule in &self.rules {
+            match rule.matcher.check(p, s, ctx) {
+                Ok(mut why) => {
+                    why.push(holds);
+                    let decision = match rule.action {
+                        Action::Reap => Decision::Reap,
+                        Action::Report => {
+                            why.insert(
+                                0,
+                                "the matching rule only reports (action = \"report\")".into(),
+                            );
+                            Decision::Keep
+                        }
+                    };
+                    return Verdict::new(decision, Some(rule.name.clone()), why);
+                }
+                Err(miss) => misses.push(format!("rule '{}' does not match: {miss}", rule.name)),
+            }
+        }
+        if misses.is_empty() {
+            misses.push("no rule to match it against".into());
+        }
+        misses.push(holds);
+        Verdict::new(Decision::Keep, None, misses)
+    }
+}
+
+/// The protections no rule can lift.
+fn builtin_protection(p: &Process, s: &Socket, ctx: &Context) -> Option<String> {
+    if p.pid == 1 {
+        return Some("pid 1 (init) is never signalled".into());
+    }
+    if p.pid == ctx.reaper_pid {
+        return Some("this is reaper itself".into());
+    }
+    if let Some(i) = ctx.caller_chain.iter().position(|&c| c == p.pid) {
+        return Some(if i == 0 {
+            format!("pid {} is the caller (reaper's parent)", p.pid)
+        } else {
+            format!(
+                "pid {} is an ancestor of the caller (reaper runs under it)",
+                p.pid
+            )
+        });
+    }
+    if ctx.kernel_threads.contains(&p.pid) || (p.exe.is_none() && p.cmdline.is_empty()) {
+        return Some(format!("pid {} ({}) is a kernel thread", p.pid, p.comm));
+    }
+    match p.netns {
+        None => {
+            return Some(format!(
+                "the network namespace of pid {} is unreadable, so it cannot be shown to be {}",
+                p.pid, ctx.netns
+            ))
+        }
+        Some(n) if n != ctx.netns => {
+            return Some(format!(
+                "pid {} is in network namespace {n}, not {} where the port was asked about",
+                p.pid, ctx.netns
+            ))
+        }
+        Some(_) => {}
+    }
+    if s.netns != ctx.netns {
+        return Some(format!(
+            "the socket is in network namespace {}, not {} where the port was asked about",
+            s.netns, ctx.netns
+        ));
+    }
+    None
+}
+
+/// "127.0.0.1:8080/tcp", "[::]:8080/tcp (dual-stack)", with the state
+/// when it is not the usual one for the protocol.
+pub fn socket_words(s: &Socket) -> String {
+    let addr = match s.addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{}", s.port),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.port),
+    };
+    let mut w = format!("{addr}/{}", s.proto);
+    if s.dual_stack {
+        w.push_str(" dual-stack");
+    }
+    let usual = matches!(s.state.as_str(), "LISTEN" | "UNCONN");
+    if !usual {
+        w.push_str(&format!(" ({})", s.state));
+    }
+    w
+}
+
+fn strip_deleted(exe: &str) -> &str {
+    exe.strip_suffix(" (deleted)").unwrap_or(exe)
+}
+
+fn deleted_note(p: &Process) -> &'static str {
+    match &p.exe {
+        Some(e) if e.ends_with(" (deleted)") => {
+            " (the file was replaced or deleted since it started)"
+        }
+        _ => "",
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn user_words(p: &Process) -> String {
+    match &p.user {
+        Some(u) => format!("{u} (uid {})", p.uid),
+        None => format!("uid {}", p.uid),
+    }
+}
+
+fn parent_words(p: &Process) -> String {
+    match p.ancestors.first() {
+        Some((pid, comm)) => format!("pid {pid} {comm}"),
+        None => format!("pid {}", p.ppid),
+    }
+}
+
+/// How long the process has run, from its RFC 3339 start time.
+fn age(p: &Process, now: DateTime<Utc>) -> Option<Duration> {
+    let started = DateTime::parse_from_rfc3339(&p.started_at).ok()?;
+    (now - started.with_timezone(&Utc))
+        .to_std()
+        .ok()
+        .or(Some(Duration::ZERO))
+}
+
+/// "12:01:03 UTC" from an RFC 3339 time (the date is in the journal).
+fn clock_words(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.with_timezone(&Utc).format("%H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| rfc3339.to_string())
+}
+
+/// A duration in the words people use: 850ms, 42s, 3m12s, 2h5m.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s < 60 {
+        return format!("{s}s");
+    }
+    if s < 3600 {
+        return format!("{}m{}s", s / 60, s % 60);
+    }
+    format!("{}h{}m", s / 3600, (s % 3600) / 60)
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,3 +4,367 @@
 //! opened, the identity (start time, exe, cmdline) re-read and compared, and
 //! signals go through the pidfd only. Then it waits, with a deadline and no
 //! fixed sleeps, until the port can really be bound again.
+//!
+//! Only processes the policy judged `Reap` reach [`stop`]; it does not judge,
+//! it only makes sure that what it signals is what was judged.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+mod bind;
+mod identity;
+mod pidfd;
+
+pub use bind::{wait_bindable, BindProbe, BindWait};
+pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
+pub use pidfd::{wait_any, Pidfd};
+
+/// Test-only hook: when this variable names a path (a FIFO), `reaper free`
+/// opens it for reading after the verdicts and before opening any pidfd, and
+/// waits for end-of-file. The integration tests use it to change a holder's
+/// identity between judgment and signal deterministically. Never set it in
+/// production: it stalls the run until someone writes to the FIFO.
+pub const TEST_PAUSE_ENV: &str = "REAPER_TEST_PAUSE_BEFORE_SIGNAL";
+
+/// A signal that was sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignalSent {
+    pub pid: u32,
+    /// "SIGTERM" or "SIGKILL".
+    pub signal: &'static str,
+    /// Wall time, RFC 3339.
+    pub ts: String,
+    /// Milliseconds since the run started.
+    pub at_ms: f64,
+    /// CLOCK_MONOTONIC in ns, so other programs (the benchmark) can line
+    /// their own clocks up with it.
+    pub mono_ns: u64,
+}
+
+/// What happened to one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum TargetOutcome {
+    /// It exited; `by` is the last signal sent before that.
+    Exited { by: String, after_ms: u64 },
+    /// Its identity differs from the judged one: nothing was sent.
+    IdentityChanged { changes: Vec<String> },
+    /// It was gone before any signal.
+    Gone,
+    /// Still running at the deadline (after SIGKILL if the grace had passed).
+    StillRunning,
+    /// pidfd_open or pidfd_send_signal failed for another reason.
+    Failed { error: String },
+}
+
+impl TargetOutcome {
+    /// The journal's word for it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            TargetOutcome::Exited { .. } => "freed",
+            TargetOutcome::IdentityChanged { .. } => "identity_changed",
+            TargetOutcome::Gone => "gone",
+            TargetOutcome::StillRunning => "still_held",
+            TargetOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One target's story.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    pub pid: u32,
+    pub signals: Vec<SignalSent>,
+    pub outcome: TargetOutcome,
+    /// When its exit was seen (ms since the run started).
+    pub exited_at_ms: Option<f64>,
+    #[serde(skip)]
+    pub exited_at: Option<Instant>,
+}
+
+/// How to stop the targets.
+#[derive(Clone, Debug)]
+pub struct StopOptions {
+    /// SIGTERM, then SIGKILL after this.
+    pub grace: Duration,
+    /// Give up at this instant.
+    pub deadline: Instant,
+    /// The run's start (for `at_ms`).
+    pub start: Instant,
+    /// See [`TEST_PAUSE_ENV`].
+    pub pause_fifo: Option<std::path::PathBuf>,
+}
+
+struct Live {
+    idx: usize,
+    fd: Pidfd,
+}
+
+/// Stops every target: pidfd, identity check, SIGTERM, wait (an event) up to
+/// the grace, SIGKILL, wait up to the deadline. Returns one report per
+/// target, in order.
+pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
+    let mut reports: Vec<TargetReport> = targets
+        .iter()
+        .map(|t| TargetReport {
+            pid: t.pid,
+            signals: Vec::new(),
+            outcome: TargetOutcome::StillRunning,
+            exited_at_ms: None,
+            exited_at: None,
+        })
+        .collect();
+    if let Some(fifo) = &opts.pause_fifo {
+        test_pause(fifo);
+    }
+    // Open every pidfd, then re-read each identity: the pidfd pins the
+    // process, and the /proc read after it proves the pinned process is the
+    // judged one (a reused pid has another start time; an exec another exe).
+    let mut live: Vec<Live> = Vec::new();
+    for (idx, t) in targets.iter().enumerate() {
+        let fd = match Pidfd::open(t.pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                reports[idx].outcome = TargetOutcome::Gone;
+                continue;
+            }
+            Err(e) => {
+                reports[idx].outcome = TargetOutcome::Failed {
+                    error: format!("pidfd_open({}) failed: {e}", t.pid),
+                };
+                continue;
+            }
+        };
+        match Identity::read(t.pid) {
+            Ok(now) => {
+                let changes = t.differences(&now);
+                if !changes.is_empty() {
+                    reports[idx].outcome = TargetOutcome::IdentityChanged { changes };
+                    continue;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound || fd.exited() => {
+                reports[idx].outcome = TargetOutcome::Gone;
+                continue;
+            }
+            Err(e) => {
+                reports[idx].outcome = TargetOutcome::Failed {
+                    error: format!(
+                        "cannot re-read the identity of pid {} from /proc ({e}); not signalled",
+                        t.pid
+                    ),
+                };
+                continue;
+            }
+        }
+        live.push(Live { idx, fd });
+    }
+
+    let send = |live: &mut Vec<Live>,
+                reports: &mut Vec<TargetReport>,
+                sig: i32,
+                name: &'static str| {
+        live.retain(|l| {
+            // Stamped before the syscall: the process may exit before it returns.
+            let record = signal_record(l.fd.pid, name, opts.start);
+            match l.fd.send(sig) {
+                Ok(()) => {
+                    reports[l.idx].signals.push(record);
+                    true
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    // Exited between the check and the signal: nothing was hit.
+                    let r = &mut reports[l.idx];
+                    if r.signals.is_empty() {
+                        r.outcome = TargetOutcome::Gone;
+                    } else {
+                        mark_exited(r, opts.start);
+                    }
+                    false
+                }
+                Err(e) => {
+                    reports[l.idx].outcome = TargetOutcome::Failed {
+                        error: format!("pidfd_send_signal({name}) to pid {} failed: {e}", l.fd.pid),
+                    };
+                    false
+                }
+            }
+        });
+    };
+
+    send(&mut live, &mut reports, libc::SIGTERM, "SIGTERM");
+    let term_at = Instant::now();
+    let kill_at = (term_at + opts.grace).min(opts.deadline);
+    wait_exits(&mut live, &mut reports, kill_at, opts.start);
+    if !live.is_empty() && Instant::now() < opts.deadline {
+        send(&mut live, &mut reports, libc::SIGKILL, "SIGKILL");
+        wait_exits(&mut live, &mut reports, opts.deadline, opts.start);
+    }
+    for l in &live {
+        reports[l.idx].outcome = TargetOutcome::StillRunning;
+    }
+    reports
+}
+
+/// Waits on the pidfds until all exit or `until` passes; exited ones leave `live`.
+fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant, start: Instant) {
+    while !live.is_empty() {
+        let left = until.saturating_duration_since(Instant::now());
+        let fds: Vec<&Pidfd> = live.iter().map(|l| &l.fd).collect();
+        let ready = match wait_any(&fds, left) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if ready.is_empty() {
+            if Instant::now() >= until {
+                return;
+            }
+            continue;
+        }
+        let mut i = 0;
+        live.retain(|l| {
+            let done = ready.contains(&i);
+            i += 1;
+            if done {
+                mark_exited(&mut reports[l.idx], start);
+            }
+            !done
+        });
+    }
+}
+
+fn mark_exited(r: &mut TargetReport, start: Instant) {
+    let now = Instant::now();
+    let by = r
+        .signals
+        .last()
+        .map(|s| s.signal.to_string())
+        .unwrap_or_default();
+    let first = r.signals.first().map(|s| s.at_ms).unwrap_or(0.0);
+    let at_ms = ms_since(start, now);
+    r.outcome = TargetOutcome::Exited {
+        by,
+        after_ms: (at_ms - first).max(0.0).round() as u64,
+    };
+    r.exited_at_ms = Some(at_ms);
+    r.exited_at = Some(now);
+}
+
+fn signal_record(pid: u32, name: &'static str, start: Instant) -> SignalSent {
+    SignalSent {
+        pid,
+        signal: name,
+        ts: crate::util::rfc3339(Utc::now()),
+        at_ms: ms_since(start, Instant::now()),
+        mono_ns: crate::util::clock_ns(libc::CLOCK_MONOTONIC),
+    }
+}
+
+/// Milliseconds between two instants, with microsecond precision.
+pub fn ms_since(start: Instant, t: Instant) -> f64 {
+    (t.saturating_duration_since(start).as_micros() as f64) / 1000.0
+}
+
+/// Wall time of an `Instant`, by its distance from now.
+pub fn wall_of(t: Instant) -> DateTime<Utc> {
+    let now_i = Instant::now();
+    let now_w = Utc::now();
+    if t <= now_i {
+        now_w - chrono::Duration::from_std(now_i - t).unwrap_or_default()
+    } else {
+        now_w + chrono::Duration::from_std(t - now_i).unwrap_or_default()
+    }
+}
+
+/// Blocks until the FIFO's writer closes it (see [`TEST_PAUSE_ENV`]).
+fn test_pause(fifo: &Path) {
+    use std::io::Read;
+    tracing::warn!(
+        "{TEST_PAUSE_ENV} is set: waiting on {} before signalling (test hook)",
+        fifo.display()
+    );
+    if let Ok(mut f) = std::fs::File::open(fifo) {
+        let mut sink = Vec::new();
+        let _ = f.read_to_end(&mut sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(grace: Duration) -> StopOptions {
+        let start = Instant::now();
+        StopOptions {
+            grace,
+            deadline: start + Duration::from_secs(10),
+            start,
+            pause_fifo: None,
+        }
+    }
+
+    #[test]
+    fn stops_a_child_with_sigterm_and_records_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = Identity::read(child.id()).unwrap();
+        let r = stop(&[id], &opts(Duration::from_secs(5)));
+        assert_eq!(r[0].signals.len(), 1);
+        assert_eq!(r[0].signals[0].signal, "SIGTERM");
+        assert!(
+            matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGTERM"),
+            "{:?}",
+            r[0]
+        );
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn sigkill_after_the_grace_when_sigterm_is_ignored() {
+        // `trap '' TERM` makes the shell ignore SIGTERM; it says "ready" only
+        // after the trap is set, so the test waits on that line, not a sleep.
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id();
+        let id = Identity::read(pid).unwrap();
+        let r = stop(&[id], &opts(Duration::from_millis(100)));
+        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal).collect();
+        assert_eq!(names, ["SIGTERM", "SIGKILL"]);
+        assert!(matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGKILL"));
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_changed_identity_is_never_signalled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut id = Identity::read(child.id()).unwrap();
+        id.start_ticks += 1;
+        let r = stop(&[id], &opts(Duration::from_secs(1)));
+        assert!(r[0].signals.is_empty());
+        assert!(
+            matches!(&r[0].outcome, TargetOutcome::IdentityChanged { changes } if changes[0].contains("start time"))
+        );
+        // Still alive: a zero-timeout check on its own pidfd.
+        assert!(!Pidfd::open(child.id()).unwrap().exited());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

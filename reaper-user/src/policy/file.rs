@@ -1,0 +1,290 @@
+//! The policy file: TOML, validated strictly. An unknown key or a bad value
+//! is an error that names the line, the key and what is allowed, because a
+//! typo in a kill policy must never silently widen or narrow it.
+//!
+//! ```toml
+//! [[protect]]
+//! name = "databases"
+//! match = { user = "postgres" }
+//!
+//! [[rule]]
+//! name = "stale platform-server"
+//! match = { exe = "/usr/local/bin/platform-server", orphaned = true, min_age = "30s" }
+//! action = "reap"          # or "report"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::{
+    Action, ExePattern, Glob, Matcher, NetnsSpec, Policy, Protect, Rule, TextPattern, UserSpec,
+};
+
+/// A policy that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub path: Option<PathBuf>,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl PolicyError {
+    pub(super) fn with_path(mut self, path: &Path) -> PolicyError {
+        self.path = Some(path.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.path, self.line) {
+            (Some(p), Some(l)) => write!(f, "policy file {}, line {l}: ", p.display())?,
+            (Some(p), None) => write!(f, "policy file {}: ", p.display())?,
+            (None, Some(l)) => write!(f, "policy, line {l}: ")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    /// Reserved so the format can change without guessing; only 1 exists.
+    #[serde(default)]
+    version: Option<Spanned<u32>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RuleToml>>,
+    #[serde(default)]
+    protect: Vec<Spanned<ProtectToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleToml {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: MatchToml,
+    #[serde(default = "default_action")]
+    action: Action,
+}
+
+fn default_action() -> Action {
+    Action::Reap
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectToml {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: MatchToml,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MatchToml {
+    name: Option<String>,
+    comm: Option<String>,
+    #[serde(default, deserialize_with = "de_exe")]
+    exe: Option<ExePattern>,
+    #[serde(default, deserialize_with = "de_cmdline")]
+    cmdline: Option<TextPattern>,
+    #[serde(default, deserialize_with = "de_user")]
+    user: Option<UserSpec>,
+    #[serde(default, deserialize_with = "de_duration")]
+    min_age: Option<Duration>,
+    orphaned: Option<bool>,
+    cgroup: Option<String>,
+    container: Option<String>,
+    #[serde(default, deserialize_with = "de_netns")]
+    netns: Option<NetnsSpec>,
+}
+
+fn de_exe<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ExePattern>, D::Error> {
+    let s = String::deserialize(d)?;
+    ExePattern::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_cmdline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TextPattern>, D::Error> {
+    let s = String::deserialize(d)?;
+    TextPattern::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::util::parse_duration(&s).map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "min_age '{s}' is not a duration: write it as a string like \"30s\", \"5m\", \"1h30m\""
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(i64),
+    Text(String),
+}
+
+fn de_user<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UserSpec>, D::Error> {
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) => u32::try_from(n)
+            .map(|u| Some(UserSpec::Uid(u)))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "user {n} is not a uid: give a uid from 0 to 4294967295 or a user name"
+                ))
+            }),
+        NumOrText::Text(t) if t.is_empty() => Err(serde::de::Error::custom(
+            "user is empty: give a user name or a uid",
+        )),
+        NumOrText::Text(t) => Ok(Some(match t.parse::<u32>() {
+            Ok(u) => UserSpec::Uid(u),
+            Err(_) => UserSpec::Name(t),
+        })),
+    }
+}
+
+fn de_netns<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NetnsSpec>, D::Error> {
+    let bad = |what: &str| {
+        serde::de::Error::custom(format!(
+            "netns {what} is not allowed: use \"caller\" (reaper's own, the default), \"any\", or a namespace inode number"
+        ))
+    };
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) if n > 0 => Ok(Some(NetnsSpec::Inode(n as u64))),
+        NumOrText::Num(n) => Err(bad(&n.to_string())),
+        NumOrText::Text(t) => match t.as_str() {
+            "caller" => Ok(Some(NetnsSpec::Caller)),
+            "any" => Ok(Some(NetnsSpec::Any)),
+            other => other
+                .parse::<u64>()
+                .map(|n| Some(NetnsSpec::Inode(n)))
+                .map_err(|_| bad(&format!("'{other}'"))),
+        },
+    }
+}
+
+impl MatchToml {
+    fn into_matcher(self) -> Matcher {
+        Matcher {
+            name: self.name,
+            comm: self.comm,
+            exe: self.exe,
+            cmdline: self.cmdline,
+            user: self.user,
+            min_age: self.min_age,
+            orphaned: self.orphaned,
+            cgroup: self.cgroup.as_deref().map(Glob::new),
+            container: self.container.as_deref().map(Glob::new),
+            netns: self.netns.unwrap_or_default(),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
+    let at = |line: Option<usize>, message: String| PolicyError {
+        path: None,
+        line,
+        message,
+    };
+    let file: FileToml = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        at(line, e.message().trim().to_string())
+    })?;
+    if let Some(v) = &file.version {
+        if *v.get_ref() != 1 {
+            return Err(at(
+                Some(line_of(text, v.span().start)),
+                format!(
+                    "version {} is not known: this reaper reads version = 1",
+                    v.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut policy = Policy::default();
+    let mut names = std::collections::BTreeSet::new();
+    for r in file.rule {
+        let line = Some(line_of(text, r.span().start));
+        let r = r.into_inner();
+        check_name(&r.name, &mut names).map_err(|m| at(line, m))?;
+        let m = r.matcher.into_matcher();
+        if !m.names_a_program() && r.action == Action::Reap {
+            return Err(at(
+                line,
+                format!(
+                    "rule '{}' reaps without naming a program: its match needs at least one of exe, cmdline, name, comm",
+                    r.name
+                ),
+            ));
+        }
+        policy.rules.push(Rule {
+            name: r.name,
+            matcher: m,
+            action: r.action,
+        });
+    }
+    for p in file.protect {
+        let line = Some(line_of(text, p.span().start));
+        let p = p.into_inner();
+        check_name(&p.name, &mut names).map_err(|m| at(line, m))?;
+        let m = p.matcher.into_matcher();
+        if is_empty(&m) {
+            return Err(at(
+                line,
+                format!("protect '{}' has an empty match: name at least one of exe, cmdline, name, comm, user, cgroup, container", p.name),
+            ));
+        }
+        policy.protects.push(Protect {
+            name: p.name,
+            matcher: m,
+        });
+    }
+    Ok(policy)
+}
+
+fn check_name(name: &str, seen: &mut std::collections::BTreeSet<String>) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err(
+            "a rule's name is empty: name it, the name goes into every verdict and journal record"
+                .into(),
+        );
+    }
+    if !seen.insert(name.to_string()) {
+        return Err(format!(
+            "the name '{name}' is used twice: names must be unique, they say which rule decided"
+        ));
+    }
+    Ok(())
+}
+
+fn is_empty(m: &Matcher) -> bool {
+    !m.names_a_program()
+        && m.user.is_none()
+        && m.min_age.is_none()
+        && m.orphaned.is_none()
+        && m.cgroup.is_none()
+        && m.container.is_none()
+        && m.netns == NetnsSpec::Caller
+}

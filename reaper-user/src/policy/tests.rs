@@ -1,0 +1,454 @@
+use super::*;
+use crate::util::{Family, Proto};
+
+const NS: u64 = 4026531833;
+
+fn server() -> Process {
+    Process {
+        pid: 4242,
+        ppid: 1,
+        comm: "platform-server".into(),
+        exe: Some("/usr/local/bin/platform-server".into()),
+        cmdline: vec![
+            "/usr/local/bin/platform-server".into(),
+            "--port".into(),
+            "8080".into(),
+        ],
+        start_ticks: 1000,
+        started_at: "2026-11-28T12:01:03.000Z".into(),
+        uid: 1001,
+        user: Some("ci".into()),
+        cgroup: Some("/system.slice/runner.service".into()),
+        container: None,
+        netns: Some(NS),
+        ancestors: vec![(1, "systemd".into())],
+        orphaned: true,
+    }
+}
+
+fn socket() -> Socket {
+    Socket {
+        netns: NS,
+        proto: Proto::Tcp,
+        family: Family::Ipv4,
+        addr: "127.0.0.1".parse().unwrap(),
+        port: 8080,
+        peer: None,
+        state: "LISTEN".into(),
+        inode: 99,
+        cookie: 0,
+        uid: 1001,
+        dual_stack: false,
+        timer_ms: None,
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        reaper_pid: 5000,
+        caller_chain: vec![4999, 4000, 1],
+        caller_netns: NS,
+        netns: NS,
+        now: DateTime::parse_from_rfc3339("2026-11-28T12:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc),
+        kernel_threads: BTreeSet::new(),
+    }
+}
+
+fn flags(name: Option<&str>, exe: Option<&str>, cmdline: Option<&str>) -> Policy {
+    Policy::from_flags(&FlagRule {
+        name: name.map(Into::into),
+        exe: exe.map(Into::into),
+        cmdline: cmdline.map(Into::into),
+    })
+    .unwrap()
+}
+
+#[test]
+fn match_name_on_a_15_byte_comm_needs_exe_or_argv0_and_says_so() {
+    let v = flags(Some("platform-server"), None, None).judge(&server(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap);
+    assert_eq!(v.rule.as_deref(), Some(FLAG_RULE));
+    assert_eq!(
+        v.reasons[0],
+        "comm 'platform-server' is 15 bytes and may be truncated; matched exe basename platform-server"
+    );
+    assert_eq!(v.reasons.last().unwrap(), "holds 127.0.0.1:8080/tcp");
+}
+
+#[test]
+fn a_decoy_with_only_the_comm_is_kept() {
+    let mut decoy = server();
+    decoy.exe = Some("/usr/bin/python3.11".into());
+    decoy.cmdline = vec!["python3".into(), "-c".into(), "...".into()];
+    let v = flags(Some("platform-server"), None, None).judge(&decoy, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(
+        v.reasons[0].contains("is 15 bytes and may be truncated"),
+        "{v}"
+    );
+    assert!(v.reasons[0].contains("exe basename is python3.11"), "{v}");
+    // The truncated comm also matches a longer --match name only with proof.
+    let v = flags(Some("platform-server-v2"), None, None).judge(&decoy, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    let v =
+        flags(None, Some("/usr/local/bin/platform-server"), None).judge(&decoy, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(v.reasons[0].contains("exe is /usr/bin/python3.11, not /usr/local/bin/platform-server"));
+}
+
+#[test]
+fn a_short_comm_matches_alone_and_argv0_counts() {
+    let mut p = server();
+    p.comm = "nginx".into();
+    p.exe = Some("/usr/sbin/nginx".into());
+    p.cmdline = vec!["nginx: master process".into()];
+    let v = flags(Some("nginx"), None, None).judge(&p, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap);
+    assert_eq!(v.reasons[0], "matches exe basename nginx");
+    p.exe = None;
+    let v = flags(Some("nginx"), None, None).judge(&p, &socket(), &ctx());
+    assert_eq!(v.reasons[0], "matches comm nginx");
+    p.comm = "node".into();
+    p.cmdline = vec!["/opt/bin/devserver".into()];
+    let v = flags(Some("devserver"), None, None).judge(&p, &socket(), &ctx());
+    assert_eq!(v.reasons[0], "matches argv[0] basename devserver");
+}
+
+#[test]
+fn exe_path_basename_glob_and_deleted_binaries() {
+    let p = server();
+    for exe in [
+        "/usr/local/bin/platform-server",
+        "platform-server",
+        "/usr/local/*/platform-*",
+        "platform-ser?er",
+    ] {
+        assert_eq!(
+            flags(None, Some(exe), None)
+                .judge(&p, &socket(), &ctx())
+                .decision,
+            Decision::Reap,
+            "{exe}"
+        );
+    }
+    assert_eq!(
+        flags(None, Some("/opt/platform-server"), None)
+            .judge(&p, &socket(), &ctx())
+            .decision,
+        Decision::Keep
+    );
+    let mut q = server();
+    q.exe = Some("/usr/local/bin/platform-server (deleted)".into());
+    let v = flags(None, Some("/usr/local/bin/platform-server"), None).judge(&q, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap);
+    assert!(v.reasons[0].contains("replaced or deleted"));
+}
+
+#[test]
+fn cmdline_substring_and_regex() {
+    let p = server();
+    assert_eq!(
+        flags(None, None, Some("--port 8080"))
+            .judge(&p, &socket(), &ctx())
+            .decision,
+        Decision::Reap
+    );
+    assert_eq!(
+        flags(None, None, Some("/--port (80|81)80$/"))
+            .judge(&p, &socket(), &ctx())
+            .decision,
+        Decision::Reap
+    );
+    assert_eq!(
+        flags(None, None, Some("/--port 9090/"))
+            .judge(&p, &socket(), &ctx())
+            .decision,
+        Decision::Keep
+    );
+    let e = Policy::from_flags(&FlagRule {
+        cmdline: Some("/(/".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("--cmdline: '/(/' is not a valid regex"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_flags_make_no_rules() {
+    assert!(!flags(None, None, None).has_reap_rules());
+    assert!(Policy::from_flags(&FlagRule {
+        name: Some("/usr/bin/x".into()),
+        ..Default::default()
+    })
+    .is_err());
+}
+
+#[test]
+fn protections_hold_whatever_the_rules_say() {
+    let pol = flags(None, None, Some("platform"));
+    let c = ctx();
+    let mut p = server();
+
+    p.pid = 1;
+    let v = pol.judge(&p, &socket(), &c);
+    assert_eq!(v.decision, Decision::Protect);
+    assert!(v.reasons[0].contains("pid 1"));
+
+    p.pid = c.reaper_pid;
+    assert!(pol.judge(&p, &socket(), &c).reasons[0].contains("reaper itself"));
+    p.pid = 4999;
+    assert!(pol.judge(&p, &socket(), &c).reasons[0].contains("is the caller"));
+    p.pid = 4000;
+    assert!(pol.judge(&p, &socket(), &c).reasons[0].contains("ancestor of the caller"));
+
+    p.pid = 77;
+    let mut c2 = c.clone();
+    c2.kernel_threads.insert(77);
+    assert!(pol.judge(&p, &socket(), &c2).reasons[0].contains("kernel thread"));
+
+    p.netns = Some(NS + 1);
+    let v = pol.judge(&p, &socket(), &c);
+    assert_eq!(v.decision, Decision::Protect);
+    assert!(
+        v.reasons[0].contains(&format!("network namespace {}", NS + 1)),
+        "{v}"
+    );
+    p.netns = None;
+    assert!(pol.judge(&p, &socket(), &c).reasons[0].contains("unreadable"));
+}
+
+#[test]
+fn kernel_thread_by_missing_exe_and_cmdline() {
+    let mut p = server();
+    p.exe = None;
+    p.cmdline.clear();
+    p.comm = "kworker/0:1".into();
+    let v = flags(Some("kworker"), None, None).judge(&p, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Protect);
+}
+
+const FILE: &str = r#"
+version = 1
+
+[[protect]]
+name = "databases"
+match = { user = "postgres" }
+
+[[rule]]
+name = "watch only"
+match = { exe = "report-me" }
+action = "report"
+
+[[rule]]
+name = "stale platform-server"
+action = "reap"
+[rule.match]
+exe = "/usr/local/bin/platform-server"
+orphaned = true
+min_age = "30s"
+user = "ci"
+cgroup = "/system.slice/*"
+"#;
+
+#[test]
+fn a_file_policy_reaps_stale_servers_with_reasons() {
+    let pol = Policy::from_toml_str(FILE).unwrap();
+    assert_eq!(pol.rules.len(), 2);
+    assert_eq!(pol.protects.len(), 1);
+    let v = pol.judge(&server(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap, "{v}");
+    assert_eq!(v.rule.as_deref(), Some("stale platform-server"));
+    let text = v.reasons.join("; ");
+    assert_eq!(
+        text,
+        "matches exe=/usr/local/bin/platform-server; runs as ci (uid 1001); \
+         started 12:01:03 UTC (3m57s ago, at least 30s); orphaned (reparented to pid 1 systemd); \
+         cgroup /system.slice/runner.service; holds 127.0.0.1:8080/tcp"
+    );
+    let rec: VerdictRecord = v.into();
+    assert_eq!(rec.decision, "reap");
+}
+
+#[test]
+fn file_conditions_that_fail_are_named() {
+    let pol = Policy::from_toml_str(FILE).unwrap();
+    let mut young = server();
+    young.started_at = "2026-11-28T12:04:50Z".into();
+    let v = pol.judge(&young, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("started only 10s ago, younger than min_age 30s")),
+        "{v}"
+    );
+
+    let mut parented = server();
+    parented.orphaned = false;
+    parented.ppid = 300;
+    parented.ancestors = vec![(300, "bash".into()), (1, "systemd".into())];
+    let v = pol.judge(&parented, &socket(), &ctx());
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("is not orphaned (parent pid 300 bash is alive)")),
+        "{v}"
+    );
+
+    let mut pg = server();
+    pg.user = Some("postgres".into());
+    let v = pol.judge(&pg, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Protect);
+    assert_eq!(v.rule.as_deref(), Some("databases"));
+
+    let mut rep = server();
+    rep.exe = Some("/bin/report-me".into());
+    let v = pol.judge(&rep, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert_eq!(v.rule.as_deref(), Some("watch only"));
+}
+
+#[test]
+fn flags_and_file_combine() {
+    let pol = flags(Some("other"), None, None).combine(Policy::from_toml_str(FILE).unwrap());
+    assert_eq!(pol.rules[0].name, FLAG_RULE);
+    let mut pg = server();
+    pg.user = Some("postgres".into());
+    pg.exe = Some("/usr/bin/other".into());
+    assert_eq!(
+        pol.judge(&pg, &socket(), &ctx()).decision,
+        Decision::Protect
+    );
+}
+
+#[test]
+fn comm_alone_in_a_file_rule_is_refused_at_15_bytes() {
+    let pol =
+        Policy::from_toml_str("[[rule]]\nname='c'\nmatch={comm='platform-server'}\n").unwrap();
+    let v = pol.judge(&server(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(
+        v.reasons[0].contains("may be truncated, so it is not enough alone"),
+        "{v}"
+    );
+    let pol = Policy::from_toml_str(
+        "[[rule]]\nname='c'\nmatch={comm='platform-server', cmdline='--port 8080'}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        pol.judge(&server(), &socket(), &ctx()).decision,
+        Decision::Reap
+    );
+}
+
+#[test]
+fn netns_rules() {
+    let mut s = socket();
+    s.netns = NS + 5;
+    let mut p = server();
+    p.netns = Some(NS + 5);
+    let mut c = ctx();
+    c.netns = NS + 5; // the daemon asking about a port in another namespace
+    let caller_only =
+        Policy::from_toml_str("[[rule]]\nname='r'\nmatch={exe='platform-server'}\n").unwrap();
+    let v = caller_only.judge(&p, &s, &c);
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(v.reasons[0].contains("not reaper's own"), "{v}");
+    let any =
+        Policy::from_toml_str("[[rule]]\nname='r'\nmatch={exe='platform-server', netns='any'}\n")
+            .unwrap();
+    assert_eq!(any.judge(&p, &s, &c).decision, Decision::Reap);
+}
+
+fn err(text: &str) -> String {
+    Policy::from_toml_str(text).unwrap_err().to_string()
+}
+
+#[test]
+fn strict_validation_names_the_line_key_and_allowed_values() {
+    let e = err("[[rule]]\nname = 'x'\nmatch = { exee = 'a' }\n");
+    assert!(
+        e.starts_with("policy, line 3: unknown field `exee`, expected one of"),
+        "{e}"
+    );
+    assert!(e.contains("`exe`"), "{e}");
+
+    let e = err("[[rule]]\nname = 'x'\nmatch = { exe = 'a' }\naction = 'kill'\n");
+    assert!(e.starts_with("policy, line 4:"), "{e}");
+    assert!(
+        e.contains("unknown variant `kill`, expected `reap` or `report`"),
+        "{e}"
+    );
+
+    let e = err("[[rule]]\nname = 'x'\n\nmatch = { exe = 'a', min_age = 'soon' }\n");
+    assert!(
+        e.starts_with("policy, line 4: min_age 'soon' is not a duration"),
+        "{e}"
+    );
+
+    let e = err("[[rule]]\nname = 'x'\nmatch = { exe = 'a', orphaned = 'yes' }\n");
+    assert!(
+        e.starts_with("policy, line 3:") && e.contains("bool"),
+        "{e}"
+    );
+
+    let e = err("[[rules]]\nname = 'x'\n");
+    assert!(
+        e.starts_with(
+            "policy, line 1: unknown field `rules`, expected one of `version`, `rule`, `protect`"
+        ),
+        "{e}"
+    );
+
+    let e = err("\n[[rule]]\nname = 'x'\nmatch = { user = 'ci', orphaned = true }\n");
+    assert!(
+        e.starts_with("policy, line 2: rule 'x' reaps without naming a program"),
+        "{e}"
+    );
+
+    let e = err("[[rule]]\nname='x'\nmatch={exe='a'}\n[[rule]]\nname='x'\nmatch={exe='b'}\n");
+    assert!(
+        e.starts_with("policy, line 4: the name 'x' is used twice"),
+        "{e}"
+    );
+
+    let e = err("[[rule]]\nname='x'\nmatch={cmdline='/[/'}\n");
+    assert!(
+        e.starts_with("policy, line 3: '/[/' is not a valid regex"),
+        "{e}"
+    );
+
+    let e = err("[[protect]]\nname='p'\nmatch={}\n");
+    assert!(
+        e.starts_with("policy, line 1: protect 'p' has an empty match"),
+        "{e}"
+    );
+
+    let e = err("version = 2\n");
+    assert!(e.contains("version 2 is not known"), "{e}");
+
+    let e = err("[[rule]]\nname='x'\nmatch={exe='a', netns='host'}\n");
+    assert!(e.contains("\"caller\"") && e.contains("\"any\""), "{e}");
+}
+
+#[test]
+fn the_shipped_example_policy_parses() {
+    let text = include_str!("../../../deploy/policy.toml");
+    let pol = Policy::from_toml_str(text).unwrap();
+    assert!(pol.has_reap_rules());
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match(b"a*c", b"abbbc"));
+    assert!(glob_match(b"*", b""));
+    assert!(glob_match(b"/sys*/x?z", b"/system.slice/xyz"));
+    assert!(!glob_match(b"a*c", b"abd"));
+    assert!(!glob_match(b"abc", b"abcd"));
+}

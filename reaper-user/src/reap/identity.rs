@@ -1,0 +1,225 @@
+//! What makes a process *that* process: pid + start time (+ exe, cmdline),
+//! read straight from /proc at the moment of signalling. A pid alone is a
+//! number the kernel hands out again; a pid with its start time is not.
+
+use std::io;
+
+use serde::Serialize;
+
+use crate::holders::Process;
+
+/// PF_KTHREAD in the `flags` field of /proc/PID/stat (include/linux/sched.h).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The fields of /proc/PID/stat reaper uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub flags: u32,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    pub fn read(pid: u32) -> io::Result<ProcStat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        ProcStat::parse(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat is not in the expected format"),
+            )
+        })
+    }
+
+    /// The comm is in parentheses and may itself contain ") ", so the fields
+    /// are counted from the *last* ')'.
+    pub fn parse(text: &str) -> Option<ProcStat> {
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let pid = text[..open].trim().parse().ok()?;
+        let comm = text[open + 1..close].to_string();
+        // Fields after the comm start at field 3 (state).
+        let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        let field = |n: usize| rest.get(n - 3).copied();
+        Some(ProcStat {
+            pid,
+            comm,
+            state: field(3)?.chars().next()?,
+            ppid: field(4)?.parse().ok()?,
+            pgrp: field(5)?.parse().ok()?,
+            flags: field(9)?.parse().ok()?,
+            start_ticks: field(22)?.parse().ok()?,
+        })
+    }
+
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// The identity a verdict was made on, compared again after the pidfd is open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+}
+
+impl Identity {
+    pub fn of(p: &Process) -> Identity {
+        Identity {
+            pid: p.pid,
+            start_ticks: p.start_ticks,
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+        }
+    }
+
+    /// Reads the identity of whatever has `pid` now. NotFound when it is gone.
+    pub fn read(pid: u32) -> io::Result<Identity> {
+        let stat = ProcStat::read(pid)?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        Ok(Identity {
+            pid,
+            start_ticks: stat.start_ticks,
+            exe,
+            cmdline: split_cmdline(&raw),
+        })
+    }
+
+    /// What differs between the judged identity (`self`) and `now`, in words;
+    /// empty when it is the same process.
+    pub fn differences(&self, now: &Identity) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.pid != now.pid {
+            d.push(format!("pid {} is now pid {}", self.pid, now.pid));
+        }
+        if self.start_ticks != now.start_ticks {
+            d.push(format!(
+                "start time changed from tick {} to {} (the pid was reused by another process)",
+                self.start_ticks, now.start_ticks
+            ));
+        }
+        // Compared as the kernel names them, whoever read them: a " (deleted)"
+        // suffix or a trailing empty argument is the same program, not another.
+        if self.exe.as_deref().map(strip_deleted) != now.exe.as_deref().map(strip_deleted) {
+            d.push(format!(
+                "exe changed from {} to {}",
+                self.exe.as_deref().unwrap_or("(unreadable)"),
+                now.exe.as_deref().unwrap_or("(unreadable)")
+            ));
+        }
+        if trim_args(&self.cmdline) != trim_args(&now.cmdline) {
+            d.push(format!(
+                "cmdline changed from '{}' to '{}'",
+                self.cmdline.join(" "),
+                now.cmdline.join(" ")
+            ));
+        }
+        d
+    }
+}
+
+fn strip_deleted(exe: &str) -> &str {
+    exe.strip_suffix(" (deleted)").unwrap_or(exe)
+}
+
+fn trim_args(args: &[String]) -> &[String] {
+    let end = args
+        .iter()
+        .rposition(|a| !a.is_empty())
+        .map_or(0, |i| i + 1);
+    &args[..end]
+}
+
+/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded.
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
+pub fn netns_of(pid: u32) -> io::Result<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+    let s = link.to_string_lossy();
+    s.strip_prefix("net:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/ns/net points at '{s}'"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_a_comm_with_parens_and_spaces() {
+        let text = "4242 (we) ird (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
+        let st = ProcStat::parse(text).unwrap();
+        assert_eq!(st.pid, 4242);
+        assert_eq!(st.comm, "we) ird (x)");
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
+        assert_eq!(st.pgrp, 4242);
+        assert_eq!(st.flags, 4194560);
+        assert_eq!(st.start_ticks, 987654);
+        assert!(!st.is_kernel_thread());
+    }
+
+    #[test]
+    fn own_stat_and_identity_are_readable() {
+        let me = std::process::id();
+        let a = Identity::read(me).unwrap();
+        let b = Identity::read(me).unwrap();
+        assert!(a.differences(&b).is_empty());
+        assert!(a.exe.is_some());
+        assert!(netns_of(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn differences_are_named() {
+        let a = Identity {
+            pid: 7,
+            start_ticks: 10,
+            exe: Some("/usr/local/bin/platform-server".into()),
+            cmdline: vec!["platform-server".into(), "--port".into(), "8080".into()],
+        };
+        let mut b = a.clone();
+        b.exe = Some("/usr/bin/sleep".into());
+        b.cmdline = vec!["sleep".into(), "1000".into()];
+        let d = a.differences(&b);
+        assert_eq!(d.len(), 2);
+        assert!(d[0].contains("exe changed from /usr/local/bin/platform-server to /usr/bin/sleep"));
+        b = a.clone();
+        b.exe = Some("/usr/local/bin/platform-server (deleted)".into());
+        b.cmdline.push(String::new());
+        assert!(a.differences(&b).is_empty(), "same program, other spelling");
+        b = a.clone();
+        b.start_ticks = 11;
+        assert!(a.differences(&b)[0].contains("pid was reused"));
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
+        assert!(split_cmdline(b"").is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! Process file descriptors: a handle on one process that stays bound to it
+//! even if its pid is reused, so a signal sent through it can only reach the
+//! process it was opened on; and it becomes readable when that process
+//! exits, so waiting for an exit is an event rather than a sleep.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// An open pidfd.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+    pub pid: u32,
+}
+
+impl Pidfd {
+    /// `pidfd_open(2)`. ESRCH: no such process (it is gone).
+    pub fn open(pid: u32) -> io::Result<Pidfd> {
+        // SAFETY: plain syscall with integer arguments; the result is a new fd we own.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us (it is CLOEXEC by default).
+        Ok(Pidfd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            pid,
+        })
+    }
+
+    /// `pidfd_send_signal(2)`: reaches this process or nobody (ESRCH once it
+    /// has exited, even if its pid now names another process).
+    pub fn send(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: valid fd; info NULL means "as kill(2) would send it".
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the process has exited (the pidfd is readable), without waiting.
+    pub fn exited(&self) -> bool {
+        matches!(wait_any(&[self], Duration::ZERO), Ok(v) if !v.is_empty())
+    }
+}
+
+/// Waits until at least one of `fds` is readable (its process exited) or
+/// `timeout` passes. Returns the indexes of the exited ones (empty on timeout).
+pub fn wait_any(fds: &[&Pidfd], timeout: Duration) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: p.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        // Round up so a 0.5 ms remainder does not become a busy 0 ms poll.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: pfds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+            .map(|(i, _)| i)
+            .collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfd_sees_a_child_exit_as_an_event() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = Pidfd::open(child.id()).unwrap();
+        assert!(!fd.exited());
+        assert!(wait_any(&[&fd], Duration::from_millis(5))
+            .unwrap()
+            .is_empty());
+        fd.send(libc::SIGTERM).unwrap();
+        let t = Instant::now();
+        assert_eq!(wait_any(&[&fd], Duration::from_secs(10)).unwrap(), vec![0]);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Reaped: the pidfd still names the dead process, never a new one.
+        assert_eq!(
+            fd.send(libc::SIGTERM).unwrap_err().raw_os_error(),
+            Some(libc::ESRCH)
+        );
+    }
+
+    #[test]
+    fn pidfd_open_on_a_missing_pid_says_esrch() {
+        // pid_max is at most 2^22: this pid cannot exist.
+        let e = Pidfd::open(4_194_305).unwrap_err();
+        assert!(matches!(
+            e.raw_os_error(),
+            Some(libc::ESRCH) | Some(libc::EINVAL)
+        ));
+    }
+}
