@@ -313,3 +313,4 @@ pub fn own_netns() -> u64 {
 
 pub mod fixture;
 pub mod procs;
+pub mod report_fixtures;
