@@ -40,6 +40,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod progress;
 pub mod reap;
 pub mod report;
 pub mod util;

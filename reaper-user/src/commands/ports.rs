@@ -22,7 +22,13 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
         netns,
         listening_only: args.listening,
     };
+    let progress = crate::progress::Progress::start(
+        "scanning processes",
+        "walked",
+        &crate::progress::PIDS_WALKED,
+    );
     let mut scan = holders::scan(&query).context("scanning sockets and their holders")?;
+    drop(progress);
     check_netns_found(netns, &scan)?;
     scan.holdings.retain(|h| h.socket.state != "TIME-WAIT");
     if args.json {

@@ -70,6 +70,11 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
             args.journal.clone()
         };
         let mut reader = JournalReader::open(&paths)?;
+        let _progress = crate::progress::Progress::start(
+            "reading journal",
+            "records",
+            &crate::progress::RECORDS_READ,
+        );
         report::build(&mut reader, filter, Limits::default())?
     };
     match &args.output {

@@ -41,11 +41,18 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
     };
     let (scan, source) = match answer_from_daemon(global, &query) {
         Some(scan) => (scan, "daemon"),
-        None => (
-            holders::scan(&query)
-                .with_context(|| format!("scanning the holders of port {}", args.port))?,
-            "proc",
-        ),
+        None => {
+            let _progress = crate::progress::Progress::start(
+                "scanning processes",
+                "walked",
+                &crate::progress::PIDS_WALKED,
+            );
+            (
+                holders::scan(&query)
+                    .with_context(|| format!("scanning the holders of port {}", args.port))?,
+                "proc",
+            )
+        }
     };
     check_netns_found(netns, &scan)?;
     let held = !scan.holdings.is_empty();

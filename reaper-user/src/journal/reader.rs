@@ -796,6 +796,7 @@ impl<I: Input> Merge<I> {
 
     /// The next record of all inputs by time.
     pub fn next_record(&mut self) -> Result<Option<Located>> {
+        crate::progress::RECORDS_READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.primed {
             self.primed = true;
             for i in 0..self.inputs.len() {
