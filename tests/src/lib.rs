@@ -1,1 +1,2 @@
 //! Integration tests live in tests/tests/*.rs; helpers here.
+pub mod daemon;

@@ -1129,10 +1129,10 @@ fn reap_one(p: Process, s: Socket, v: Verdict, at: Endpoint, grace: Duration, de
 pub fn check_config(path: &Path) -> Result<String, config::ConfigError> {
     let c = Config::load(path)?;
     Ok(format!(
-        "{}: valid. journal {}, hooks {:?}, metrics {}, control socket {}, {}",
+        "{}: valid. journal {}, hooks {}, metrics {}, control socket {}, {}",
         path.display(),
         c.journal.display(),
-        c.hooks,
+        format!("{:?}", c.hooks).to_lowercase(),
         c.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         c.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
         c.summary()

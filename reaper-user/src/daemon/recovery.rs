@@ -73,6 +73,6 @@ mod tests {
         assert!(torn);
         assert_eq!(last.unwrap(), LastRecord { kind: "claim".into(), ts: "T2".into() });
         close_torn_line(&p).unwrap();
-        assert_eq!(last_record(&p).unwrap().1, false);
+        assert!(!last_record(&p).unwrap().1);
     }
 }
