@@ -1,11 +1,96 @@
-//! `reaper ports`.
+//! `reaper ports`: every bound port with its holders, from a holders scan.
+//!
+//! By default every socket that has a local port and a holder or a reason to
+//! exist: listeners, bound UDP, connections (an accepted or outgoing
+//! connection also holds its local port), bound-but-idle TCP sockets; but not
+//! TIME-WAIT, which would drown the table on a busy host (`reaper who PORT`
+//! shows them for one port). `--listening`: listening TCP and bound UDP only.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{Global, PortsArgs};
+use crate::commands::who::{check_netns_found, endpoint, gaps_line, netns_label, parse_netns};
 use crate::error::Exit;
+use crate::holders::{self, Holding, Query, Scan};
+use crate::output::{print, use_color, Style, Table};
 
 pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
-    let _ = (global, args);
-    anyhow::bail!("`reaper ports` is not built yet")
+    let netns = parse_netns(&args.netns)?;
+    let query = Query {
+        port: None,
+        proto: args.proto,
+        netns,
+        listening_only: args.listening,
+    };
+    let mut scan = holders::scan(&query).context("scanning sockets and their holders")?;
+    check_netns_found(netns, &scan)?;
+    scan.holdings.retain(|h| h.socket.state != "TIME-WAIT");
+    if args.json {
+        let mut text = serde_json::to_string_pretty(&scan.holdings)?;
+        text.push('\n');
+        print(&text)?;
+        if let Some(gaps) = gaps_line(&scan.gaps) {
+            eprintln!("reaper: {gaps}");
+        }
+    } else {
+        let style = Style {
+            on: use_color(global.color),
+        };
+        print(&render(&scan, style))?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn holders_cell(h: &Holding) -> String {
+    if h.processes.is_empty() {
+        return format!("- ({})", h.unowned_reason.as_deref().unwrap_or("none"));
+    }
+    h.processes
+        .iter()
+        .map(|p| format!("{} {}", p.pid, p.comm))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The table, then the gaps and where the answer came from.
+pub fn render(scan: &Scan, style: Style) -> String {
+    let mut t = Table::new(&["PROTO", "LOCAL", "PEER", "STATE", "NETNS", "HOLDERS"]);
+    for h in &scan.holdings {
+        let s = &h.socket;
+        let local = if s.dual_stack {
+            format!("{} (+v4)", endpoint(s.addr, s.port))
+        } else {
+            endpoint(s.addr, s.port)
+        };
+        t.row(vec![
+            s.proto.to_string(),
+            local,
+            s.peer
+                .map(|(a, p)| endpoint(a, p))
+                .unwrap_or_else(|| "*".into()),
+            s.state.clone(),
+            netns_label(s.netns, scan),
+            holders_cell(h),
+        ]);
+    }
+    let mut out = if t.is_empty() {
+        "no bound ports\n".to_string()
+    } else {
+        t.render(style)
+    };
+    if scan.holdings.iter().any(|h| h.socket.dual_stack) {
+        out.push_str(&style.dim("(+v4): an IPv6 wildcard without IPV6_V6ONLY, which also blocks IPv4 binds of the port\n"));
+    }
+    if let Some(gaps) = gaps_line(&scan.gaps) {
+        out.push_str(&style.yellow(&gaps));
+        out.push('\n');
+    }
+    out.push_str(&style.dim(&format!(
+        "{} sockets in {} network namespaces, from a scan ({}) in {:.0} ms; TIME-WAIT not shown (see `reaper who PORT`)\n",
+        scan.holdings.len(),
+        scan.netns_seen.len(),
+        scan.gaps.socket_source,
+        scan.duration_ms
+    )));
+    out
 }

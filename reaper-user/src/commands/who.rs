@@ -1,11 +1,525 @@
-//! `reaper who`.
+//! `reaper who PORT`: every socket on PORT in every network namespace, and
+//! every process holding each, from a holders scan (or, later, from the
+//! daemon's ledger when one runs). Exit 0 when held — TIME_WAIT included,
+//! since the port is not free then — 1 when not held, 2 on bad input.
 
-use anyhow::Result;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
 
 use crate::cli::{Global, WhoArgs};
-use crate::error::Exit;
+use crate::error::{bad_input, Exit};
+use crate::holders::{self, Holding, Process, Query, Scan, ScanGaps, Socket};
+use crate::output::{print, use_color, Style};
+use crate::util::Proto;
+
+/// The one JSON document `reaper who --json` prints. Field names are an
+/// interface: scripts read them.
+#[derive(Serialize)]
+struct Answer<'a> {
+    port: u16,
+    /// null when both protocols were asked for.
+    proto: Option<Proto>,
+    held: bool,
+    /// "proc" for a scan, "daemon" when the daemon answered.
+    source: &'a str,
+    holdings: &'a [Holding],
+    gaps: &'a ScanGaps,
+    netns_seen: &'a [u64],
+    duration_ms: f64,
+}
 
 pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
-    let _ = (global, args);
-    anyhow::bail!("`reaper who` is not built yet")
+    let netns = parse_netns(&args.netns)?;
+    let query = Query {
+        port: Some(args.port),
+        proto: args.proto,
+        netns,
+        listening_only: false,
+    };
+    let (scan, source) = match answer_from_daemon(global, &query) {
+        Some(scan) => (scan, "daemon"),
+        None => (
+            holders::scan(&query)
+                .with_context(|| format!("scanning the holders of port {}", args.port))?,
+            "proc",
+        ),
+    };
+    check_netns_found(netns, &scan)?;
+    let held = !scan.holdings.is_empty();
+    if args.json {
+        let answer = Answer {
+            port: args.port,
+            proto: args.proto,
+            held,
+            source,
+            holdings: &scan.holdings,
+            gaps: &scan.gaps,
+            netns_seen: &scan.netns_seen,
+            duration_ms: scan.duration_ms,
+        };
+        let mut text = serde_json::to_string_pretty(&answer)?;
+        text.push('\n');
+        print(&text)?;
+    } else {
+        let style = Style {
+            on: use_color(global.color),
+        };
+        print(&render(args.port, args.proto, &scan, source, style))?;
+    }
+    Ok(if held { Exit::Ok } else { Exit::NotHeld })
+}
+
+/// The seam for the daemon: when `reaper daemon` runs, it keeps the ledger
+/// (bind times, the exact binder) and will answer over its control socket.
+/// Until that socket exists, every answer comes from a scan.
+pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<Scan> {
+    let _ = (global.no_bpf, query);
+    None
+}
+
+/// `--netns`: `all` or a namespace inode.
+pub fn parse_netns(s: &str) -> Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    // Also accept what `readlink /proc/PID/ns/net` prints.
+    let digits = crate::ledger::parse_ns_link(t)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| t.to_string());
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(bad_input(format!(
+            "--netns '{s}' is not a network namespace: give `all` or an inode number as in `readlink /proc/PID/ns/net` (e.g. 4026531840), or list them with `lsns -t net`"
+        ))),
+    }
+}
+
+/// A namespace asked for by number that the scan did not find is bad input.
+pub fn check_netns_found(netns: Option<u64>, scan: &Scan) -> Result<()> {
+    if let Some(n) = netns {
+        if !scan.netns_seen.contains(&n) && scan.gaps.unreadable_netns == 0 {
+            return Err(bad_input(format!(
+                "--netns {n}: no network namespace with that inode on this host (list them with `lsns -t net`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `addr:port`, with brackets for IPv6.
+pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+    }
+}
+
+/// How a namespace is shown: its inode, and its `ip netns` name or "this
+/// one" for reaper's own.
+pub fn netns_label(netns: u64, scan: &Scan) -> String {
+    match (scan.netns_names.get(&netns), scan.own_netns == Some(netns)) {
+        (Some(name), _) => format!("{netns} ({name})"),
+        (None, true) => format!("{netns} (this one)"),
+        (None, false) => netns.to_string(),
+    }
+}
+
+/// Seconds-rounded, human: "2h 3m 4s".
+fn age(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+fn process_age(p: &Process) -> Option<Duration> {
+    let started = chrono::DateTime::parse_from_rfc3339(&p.started_at).ok()?;
+    (chrono::Utc::now() - started.with_timezone(&chrono::Utc))
+        .to_std()
+        .ok()
+}
+
+/// The human answer.
+pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style: Style) -> String {
+    let mut out = String::new();
+    let what = match proto {
+        Some(p) => format!("{p} port {port}"),
+        None => format!("port {port}"),
+    };
+    let n_ns = scan.netns_seen.len();
+    let ns_words = if n_ns == 1 { "namespace" } else { "namespaces" };
+    if scan.holdings.is_empty() {
+        out.push_str(&format!(
+            "{} {}: no socket on it in {n_ns} network {ns_words}\n",
+            what,
+            style.green("is not held")
+        ));
+    } else {
+        let n = scan.holdings.len();
+        out.push_str(&format!(
+            "{} {} ({n} socket{}, {n_ns} network {ns_words} looked at)\n",
+            what,
+            style.bold("is held"),
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    let mut shown: HashSet<u32> = HashSet::new();
+    for h in &scan.holdings {
+        out.push('\n');
+        render_holding(&mut out, h, scan, &mut shown, style);
+    }
+    out.push('\n');
+    if let Some(gaps) = gaps_line(&scan.gaps) {
+        out.push_str(&style.yellow(&gaps));
+        out.push('\n');
+    }
+    for e in &scan.gaps.netns_errors {
+        out.push_str(&style.yellow(&format!("  {e}")));
+        out.push('\n');
+    }
+    let from = match source {
+        "daemon" => "answered by the daemon's ledger".to_string(),
+        _ => format!(
+            "answered from a scan ({}) in {:.0} ms; run `reaper daemon` for bind history",
+            match scan.gaps.socket_source.as_str() {
+                "netlink" => "sock_diag + /proc",
+                "" => "/proc",
+                _ => "sock_diag and /proc/net + /proc",
+            },
+            scan.duration_ms
+        ),
+    };
+    out.push_str(&style.dim(&from));
+    out.push('\n');
+    out
+}
+
+fn state_styled(s: &Socket, style: Style) -> String {
+    match s.state.as_str() {
+        "LISTEN" | "UNCONN" => style.green(&s.state),
+        "TIME-WAIT" => style.yellow(&s.state),
+        _ => s.state.clone(),
+    }
+}
+
+fn render_holding(
+    out: &mut String,
+    h: &Holding,
+    scan: &Scan,
+    shown: &mut HashSet<u32>,
+    style: Style,
+) {
+    let s = &h.socket;
+    let peer = s
+        .peer
+        .map(|(a, p)| format!(" -> {}", endpoint(a, p)))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "{} {}{}  {}  netns {}\n",
+        style.bold(s.proto.as_str()),
+        style.bold(&endpoint(s.addr, s.port)),
+        peer,
+        state_styled(s, style),
+        netns_label(s.netns, scan)
+    ));
+    if s.dual_stack {
+        out.push_str(&format!(
+            "  dual-stack: IPV6_V6ONLY is off, so this socket also blocks IPv4 binds of port {}{}\n",
+            s.port,
+            if scan.gaps.socket_source.contains("procfs") {
+                " (assumed from net.ipv6.bindv6only: /proc/net does not say)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if s.state == "BOUND-INACTIVE" {
+        out.push_str(
+            "  bound but neither listening nor connected: it holds the port all the same\n",
+        );
+    }
+    if h.processes.is_empty() {
+        let timer = s.timer_ms.map(|ms| age(Duration::from_millis(ms + 999)));
+        let why = match (h.unowned_reason.as_deref(), &timer) {
+            (Some("time-wait"), Some(t)) => format!("blocked by TIME_WAIT, expires in {t} (the port is not free until then, unless the new socket sets SO_REUSEADDR)"),
+            (Some("time-wait"), None) => "blocked by TIME_WAIT".to_string(),
+            (Some("orphaned"), t) => format!(
+                "orphaned: no process has it open; the kernel is finishing the close{}",
+                t.as_ref().map(|t| format!(", timer {t}")).unwrap_or_default()
+            ),
+            (Some("unreadable"), _) => {
+                "no readable process holds it: the holder is probably one of the unreadable processes counted below".to_string()
+            }
+            _ => "no process holds it: the kernel does, a file in flight over a unix socket, or it closed during the scan".to_string(),
+        };
+        out.push_str(&format!(
+            "  {}\n",
+            style.yellow(&format!("no process: {why}"))
+        ));
+        return;
+    }
+    for p in &h.processes {
+        if !shown.insert(p.pid) {
+            out.push_str(&format!(
+                "  pid {}  {}  (details above)\n",
+                style.bold(&p.pid.to_string()),
+                p.comm
+            ));
+            continue;
+        }
+        render_process(out, p, style);
+    }
+}
+
+fn render_process(out: &mut String, p: &Process, style: Style) {
+    let row = |out: &mut String, key: &str, value: &str| {
+        out.push_str(&format!("    {key:<10}{value}\n"));
+    };
+    out.push_str(&format!(
+        "  pid {}  {}\n",
+        style.bold(&p.pid.to_string()),
+        style.bold(&p.comm)
+    ));
+    row(out, "exe", p.exe.as_deref().unwrap_or("? (unreadable)"));
+    let cmdline = if p.cmdline.is_empty() {
+        "? (empty: a kernel thread, or a zombie)".to_string()
+    } else {
+        p.cmdline
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    row(out, "cmdline", &cmdline);
+    let user = match &p.user {
+        Some(u) => format!("{u} ({})", p.uid),
+        None if p.uid == u32::MAX => "?".to_string(),
+        None => p.uid.to_string(),
+    };
+    row(out, "user", &user);
+    let age_now = process_age(p);
+    row(
+        out,
+        "started",
+        &match age_now {
+            Some(a) => format!("{}, {} ago", p.started_at, age(a)),
+            None => p.started_at.clone(),
+        },
+    );
+    let chain = p
+        .ancestors
+        .iter()
+        .map(|(pid, comm)| format!("{pid} {comm}"))
+        .collect::<Vec<_>>()
+        .join(" <- ");
+    row(out, "parents", if chain.is_empty() { "-" } else { &chain });
+    if let Some(cg) = &p.cgroup {
+        row(out, "cgroup", cg);
+    }
+    if let Some(id) = &p.container {
+        row(out, "container", &id[..id.len().min(12)]);
+    }
+    if let Some(ns) = p.netns {
+        row(out, "netns", &ns.to_string());
+    }
+    if p.orphaned {
+        row(
+            out,
+            "orphaned",
+            &style.yellow(
+                "yes: reparented to init and not a session leader (whatever started it has exited)",
+            ),
+        );
+    }
+    if let Some(a) = age_now {
+        row(
+            out,
+            "holding",
+            &format!(
+                "for ~{} (the process's age: a scan cannot see when it bound)",
+                age(a)
+            ),
+        );
+    }
+}
+
+/// An argument as a shell would need it, so the line can be read back
+/// unambiguously (spaces, quotes, empty arguments).
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// "3 processes unreadable (EPERM), 1 vanished during the scan"; None when
+/// the scan saw everything.
+pub fn gaps_line(g: &ScanGaps) -> Option<String> {
+    let mut parts = Vec::new();
+    if g.unreadable_pids > 0 {
+        let why = g
+            .unreadable_by_errno
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        parts.push(format!(
+            "{} process{} unreadable{}",
+            g.unreadable_pids,
+            if g.unreadable_pids == 1 { "" } else { "es" },
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            }
+        ));
+    }
+    if g.vanished_pids > 0 {
+        parts.push(format!("{} vanished during the scan", g.vanished_pids));
+    }
+    if g.unreadable_netns > 0 {
+        parts.push(format!(
+            "{} network namespace{} not entered",
+            g.unreadable_netns,
+            if g.unreadable_netns == 1 { "" } else { "s" }
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::Family;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn sock(state: &str, addr: IpAddr, inode: u64) -> Socket {
+        Socket {
+            netns: 4026531840,
+            proto: Proto::Tcp,
+            family: if addr.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            addr,
+            port: 8080,
+            peer: None,
+            state: state.into(),
+            inode,
+            cookie: 1,
+            uid: 0,
+            dual_stack: addr.is_ipv6(),
+            timer_ms: (state == "TIME-WAIT").then_some(41_200),
+        }
+    }
+
+    fn proc_(pid: u32) -> Process {
+        Process {
+            pid,
+            ppid: 1,
+            comm: "a) b (c".into(),
+            exe: Some("/usr/bin/srv (deleted)".into()),
+            cmdline: vec!["srv".into(), "--name".into(), "it's here".into(), "".into()],
+            start_ticks: 1,
+            started_at: "2020-01-01T00:00:00.000Z".into(),
+            uid: 1000,
+            user: Some("ci".into()),
+            cgroup: Some("/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope".into()),
+            container: Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into()),
+            netns: Some(4026531840),
+            ancestors: vec![(1, "init".into())],
+            orphaned: true,
+        }
+    }
+
+    #[test]
+    fn netns_argument() {
+        assert_eq!(parse_netns("all").unwrap(), None);
+        assert_eq!(parse_netns("ALL").unwrap(), None);
+        assert_eq!(parse_netns("4026531840").unwrap(), Some(4026531840));
+        assert_eq!(parse_netns("net:[4026531840]").unwrap(), Some(4026531840));
+        for bad in ["", "host", "-1", "0", "1e9", "4026531840x"] {
+            let e = parse_netns(bad).unwrap_err();
+            assert_eq!(crate::error::exit_for(&e), Exit::BadInput, "{bad}");
+            assert!(e.to_string().contains("lsns"), "{e}");
+        }
+    }
+
+    #[test]
+    fn renders_holders_dual_stack_time_wait_and_gaps() {
+        let scan = Scan {
+            holdings: vec![
+                Holding {
+                    socket: sock("LISTEN", IpAddr::V6(Ipv6Addr::UNSPECIFIED), 5),
+                    processes: vec![proc_(10), proc_(11)],
+                    unowned_reason: None,
+                },
+                Holding {
+                    socket: sock("ESTAB", IpAddr::V4(Ipv4Addr::LOCALHOST), 6),
+                    processes: vec![proc_(10)],
+                    unowned_reason: None,
+                },
+                Holding {
+                    socket: sock("TIME-WAIT", IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                    processes: vec![],
+                    unowned_reason: Some("time-wait".into()),
+                },
+            ],
+            gaps: ScanGaps {
+                unreadable_pids: 3,
+                vanished_pids: 1,
+                socket_source: "netlink".into(),
+                unreadable_by_errno: [("EPERM".to_string(), 3)].into(),
+                ..ScanGaps::default()
+            },
+            netns_seen: vec![4026531840],
+            duration_ms: 12.0,
+            netns_names: Default::default(),
+            own_netns: Some(4026531840),
+        };
+        let text = render(8080, None, &scan, "proc", Style { on: false });
+        for want in [
+            "port 8080 is held (3 sockets, 1 network namespace looked at)",
+            "tcp [::]:8080  LISTEN  netns 4026531840 (this one)",
+            "also blocks IPv4 binds of port 8080",
+            "pid 10  a) b (c",
+            "cmdline   srv --name 'it'\\''s here' ''",
+            "user      ci (1000)",
+            "parents   1 init",
+            "container 0123456789ab",
+            "orphaned  yes",
+            "holding   for ~",
+            "pid 10  a) b (c  (details above)",
+            "blocked by TIME_WAIT, expires in 42s",
+            "3 processes unreadable (EPERM), 1 vanished during the scan",
+            "answered from a scan (sock_diag + /proc) in 12 ms; run `reaper daemon` for bind history",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn renders_free() {
+        let scan = Scan {
+            netns_seen: vec![1, 2],
+            gaps: ScanGaps {
+                socket_source: "netlink".into(),
+                ..ScanGaps::default()
+            },
+            ..Scan::default()
+        };
+        let text = render(9, Some(Proto::Udp), &scan, "proc", Style { on: false });
+        assert!(
+            text.starts_with("udp port 9 is not held: no socket on it in 2 network namespaces\n"),
+            "{text}"
+        );
+        assert_eq!(gaps_line(&scan.gaps), None);
+    }
 }

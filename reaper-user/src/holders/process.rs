@@ -1,0 +1,402 @@
+//! holders: sockets -> fd map -> **process details**.
+//!
+//! Who a holder is, from /proc/PID/{stat,status,cmdline,cgroup,exe,ns/net}:
+//! name, command line, user, start time, parent chain, cgroup and container,
+//! and whether it looks orphaned. Read only for the few pids that hold a
+//! matching socket. The parsers are pure functions over bytes so that they
+//! can be fuzzed: /proc content is partly chosen by the process (comm,
+//! argv), so nothing in it is trusted to be UTF-8 or well-formed.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+
+use super::Process;
+use crate::util::{rfc3339, BootClock};
+
+/// The fields of /proc/PID/stat that reaper uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    /// Between the first '(' and the last ')': may hold spaces, parentheses
+    /// and bytes that are not UTF-8 (decoded lossily).
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub session: i32,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Parses /proc/PID/stat. The comm is cut at the LAST ')' because a process
+/// may name itself `a) b (c`; everything after it is numeric fields.
+pub fn parse_stat(b: &[u8]) -> Option<Stat> {
+    let open = b.iter().position(|&c| c == b'(')?;
+    let close = b.iter().rposition(|&c| c == b')')?;
+    if close < open {
+        return None;
+    }
+    let pid: u32 = std::str::from_utf8(&b[..open]).ok()?.trim().parse().ok()?;
+    let comm = String::from_utf8_lossy(&b[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(b.get(close + 1..)?).ok()?;
+    // Field 3 (state) is the first token after the comm, so field N is at N - 3.
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let state = field(3)?.chars().next()?;
+    let ppid = field(4)?.parse().ok()?;
+    let session = field(6)?.parse().ok()?;
+    let start_ticks = field(22)?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        state,
+        ppid,
+        session,
+        start_ticks,
+    })
+}
+
+/// The effective uid from /proc/PID/status (`Uid: real effective saved fs`):
+/// the one `ps -o user` shows and the one permissions are checked against.
+pub fn parse_status_uid(b: &[u8]) -> Option<u32> {
+    for line in b.split(|&c| c == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Uid:") {
+            let text = std::str::from_utf8(rest).ok()?;
+            let mut ids = text.split_ascii_whitespace();
+            let real = ids.next()?;
+            return ids.next().unwrap_or(real).parse().ok();
+        }
+    }
+    None
+}
+
+/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded. Empty
+/// arguments in the middle are kept (they are real argv entries); the
+/// trailing NUL does not make an extra one. A process that rewrote its argv
+/// (setproctitle) may leave no NUL at all: then it is one argument.
+pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
+    if b.is_empty() {
+        return Vec::new();
+    }
+    let body = b.strip_suffix(b"\0").unwrap_or(b);
+    body.split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The most telling cgroup path in /proc/PID/cgroup: the v2 path (`0::/x`)
+/// unless it is the root, then the first non-root v1 path (hybrid hosts keep
+/// the useful path there), else whatever the v2 line says.
+pub fn parse_cgroup(b: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(b);
+    let mut v2 = None;
+    let mut v1 = None;
+    for line in text.lines() {
+        // hierarchy-ID:controllers:path; the path itself may contain ':'.
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(_), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" {
+            v2 = Some(path.to_string());
+        } else if v1.is_none() && path != "/" && !path.is_empty() {
+            v1 = Some(path.to_string());
+        }
+    }
+    match v2 {
+        Some(p) if p != "/" => Some(p),
+        other => v1.or(other),
+    }
+}
+
+/// A container id carried by a cgroup path: a 64-hex-digit component, bare
+/// (`/docker/<id>`, `/kubepods/.../<id>`) or wrapped by the runtime's
+/// systemd unit name (`docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`). The innermost one wins.
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    cgroup_path.rsplit('/').find_map(|component| {
+        let name = component.strip_suffix(".scope").unwrap_or(component);
+        let id = name.rsplit('-').next().unwrap_or(name);
+        (id.len() == 64 && id.bytes().all(|c| c.is_ascii_hexdigit()))
+            .then(|| id.to_ascii_lowercase())
+    })
+}
+
+/// Whether a process looks orphaned, from its stat alone.
+///
+/// The heuristic: its parent is init (ppid 1) and it is not a session leader.
+/// Init's own children by design (services) are started with `setsid`, so
+/// they lead their session; a process left behind when the shell or job that
+/// started it exited keeps that job's session and lands on init. Limits:
+/// a double-forking daemon looks orphaned (it is, on purpose: its cmdline and
+/// cgroup tell it apart); orphans adopted by a subreaper (systemd --user, a
+/// container's init, a CI runner) are not flagged, because whether a parent
+/// set PR_SET_CHILD_SUBREAPER cannot be read from /proc.
+pub fn looks_orphaned(stat: &Stat) -> bool {
+    stat.pid > 1 && stat.ppid == 1 && stat.session != stat.pid as i32
+}
+
+/// Clock ticks per second (USER_HZ) for the start time in /proc/PID/stat.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Reads a /proc file whole; None when the process is gone or unreadable.
+fn read(pid: u32, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{name}")).ok()
+}
+
+/// Reads /proc/PID/stat.
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&read(pid, "stat")?)
+}
+
+/// Reads processes' details, remembering the stats of parents it walked so
+/// that holders sharing ancestors cost one read each.
+pub struct Reader {
+    stats: HashMap<u32, Option<Stat>>,
+    clock: BootClock,
+    ticks: u64,
+    users: HashMap<u32, Option<String>>,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Reader::new()
+    }
+}
+
+/// How deep a parent chain is followed: pid namespaces nest at most 32 deep,
+/// and real trees are shallow; a bound guards against a cycle made by pid reuse.
+const MAX_ANCESTORS: usize = 64;
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader {
+            stats: HashMap::new(),
+            clock: BootClock::now(),
+            ticks: clock_ticks(),
+            users: HashMap::new(),
+        }
+    }
+
+    fn stat(&mut self, pid: u32) -> Option<Stat> {
+        self.stats
+            .entry(pid)
+            .or_insert_with(|| read_stat(pid))
+            .clone()
+    }
+
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    /// One process's details; None when it is gone (or its stat unreadable).
+    pub fn process(&mut self, pid: u32) -> Option<Process> {
+        let stat = self.stat(pid)?;
+        let uid = read(pid, "status")
+            .and_then(|b| parse_status_uid(&b))
+            .unwrap_or(u32::MAX);
+        let cmdline = read(pid, "cmdline")
+            .map(|b| parse_cmdline(&b))
+            .unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned());
+        let cgroup = read(pid, "cgroup").and_then(|b| parse_cgroup(&b));
+        let container = cgroup.as_deref().and_then(container_id);
+        let start_ns = stat.start_ticks.saturating_mul(1_000_000_000) / self.ticks;
+        let mut ancestors = Vec::new();
+        let mut next = stat.ppid;
+        while next != 0 && ancestors.len() < MAX_ANCESTORS {
+            match self.stat(next) {
+                Some(parent) => {
+                    ancestors.push((parent.pid, parent.comm.clone()));
+                    next = parent.ppid;
+                }
+                None => {
+                    // Unreadable or gone between the reads: name the pid anyway.
+                    ancestors.push((next, String::from("?")));
+                    break;
+                }
+            }
+        }
+        Some(Process {
+            pid,
+            ppid: stat.ppid,
+            comm: stat.comm.clone(),
+            exe,
+            cmdline,
+            start_ticks: stat.start_ticks,
+            started_at: rfc3339(self.clock.to_wall(start_ns)),
+            uid,
+            user: if uid == u32::MAX {
+                None
+            } else {
+                self.user(uid)
+            },
+            cgroup,
+            container,
+            netns: crate::ledger::netns_of_pid(pid),
+            ancestors,
+            orphaned: looks_orphaned(&stat),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_line(comm: &[u8]) -> Vec<u8> {
+        let mut v = b"4242 (".to_vec();
+        v.extend_from_slice(comm);
+        v.extend_from_slice(
+            b") S 1 4242 4000 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n",
+        );
+        v
+    }
+
+    #[test]
+    fn stat_comm_with_spaces_and_parentheses() {
+        let s = parse_stat(&stat_line(b"a) b (c")).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.comm, "a) b (c");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.session, 4000);
+        assert_eq!(s.start_ticks, 987654);
+    }
+
+    #[test]
+    fn stat_comm_that_fakes_fields() {
+        // A comm that looks like the rest of the line must not shift fields.
+        let s = parse_stat(&stat_line(b") R 99 99 99 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 1")).unwrap();
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.start_ticks, 987654);
+    }
+
+    #[test]
+    fn stat_non_utf8_comm_and_empty_comm() {
+        let s = parse_stat(&stat_line(b"\xff\xfe\x00x")).unwrap();
+        assert!(s.comm.contains('\u{fffd}'));
+        assert_eq!(parse_stat(&stat_line(b"")).unwrap().comm, "");
+    }
+
+    #[test]
+    fn stat_garbage_is_none() {
+        for bad in [
+            &b""[..],
+            b"(",
+            b")(",
+            b"12 (x",
+            b"12 (x) S",
+            b"12 (x) S 1 2 3",
+            b"x (y) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 5",
+            b"12 (y) S -1 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 5",
+            b"12 (y) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 \xff",
+        ] {
+            assert_eq!(parse_stat(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Exactly up to field 22 is enough.
+        let s = parse_stat(b"12 (y) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 5").unwrap();
+        assert_eq!(s.start_ticks, 5);
+    }
+
+    #[test]
+    fn status_uid_is_effective() {
+        let b = b"Name:\tx\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status_uid(b), Some(0));
+        assert_eq!(parse_status_uid(b"Uid:\t7\n"), Some(7));
+        assert_eq!(parse_status_uid(b"Name:\tUid:\t5\n"), None);
+        assert_eq!(parse_status_uid(b"Uid:\n"), None);
+        assert_eq!(parse_status_uid(b"Uid:\t\xff 1\n"), None);
+        assert_eq!(parse_status_uid(b""), None);
+    }
+
+    #[test]
+    fn cmdline_nuls_and_bytes() {
+        assert_eq!(parse_cmdline(b""), Vec::<String>::new());
+        assert_eq!(
+            parse_cmdline(b"python3\0-m\0http.server\0"),
+            ["python3", "-m", "http.server"]
+        );
+        assert_eq!(parse_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
+        assert_eq!(parse_cmdline(b"\0"), [""]);
+        assert_eq!(
+            parse_cmdline(b"nginx: worker process"),
+            ["nginx: worker process"]
+        );
+        assert_eq!(parse_cmdline(b"x\xff\0y"), ["x\u{fffd}", "y"]);
+    }
+
+    #[test]
+    fn cgroup_prefers_useful_paths() {
+        assert_eq!(
+            parse_cgroup(b"0::/system.slice/a.service\n").as_deref(),
+            Some("/system.slice/a.service")
+        );
+        let hybrid = b"9:name=systemd:/\n4:memory:/process_api/62e4\n0::/\n";
+        assert_eq!(parse_cgroup(hybrid).as_deref(), Some("/process_api/62e4"));
+        assert_eq!(parse_cgroup(b"1:cpu:/\n0::/\n").as_deref(), Some("/"));
+        assert_eq!(parse_cgroup(b"0::/a:b:c\n").as_deref(), Some("/a:b:c"));
+        assert_eq!(parse_cgroup(b"garbage\n\xff\n"), None);
+        assert_eq!(parse_cgroup(b""), None);
+    }
+
+    #[test]
+    fn container_ids_from_runtimes() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/kubepods/besteffort/pod12/{id}"),
+            format!("/crio-{}.scope", id.to_uppercase()),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
+        }
+        assert_eq!(container_id("/"), None);
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
+        assert_eq!(
+            container_id("/process_api/62e4421f3f1f3c0dcc4c4f918070dd99"),
+            None
+        );
+        assert_eq!(container_id(&format!("/docker-{}x.scope", &id[1..])), None);
+        assert_eq!(container_id(""), None);
+    }
+
+    #[test]
+    fn orphan_heuristic() {
+        let mut s = parse_stat(&stat_line(b"srv")).unwrap();
+        assert!(looks_orphaned(&s), "ppid 1, session of a gone shell");
+        s.session = 4242;
+        assert!(
+            !looks_orphaned(&s),
+            "a session leader under init is a service"
+        );
+        s.session = 4000;
+        s.ppid = 300;
+        assert!(!looks_orphaned(&s));
+        s.pid = 1;
+        s.ppid = 0;
+        assert!(!looks_orphaned(&s));
+    }
+}
