@@ -234,8 +234,8 @@ pub fn read_journal_counting(path: &Path) -> (Vec<Value>, usize) {
 }
 
 /// An orphaned TCP listener on 0.0.0.0:PORT: a python3 grandchild whose
-/// parent has exited (so it is reparented, as a server left behind by a
-/// finished CI job is). `token` goes into its command line so rules can name
+/// parent has exited (so it is reparented to init, still in the job's
+/// session, as a server left behind by a finished CI job is). `token` goes into its command line so rules can name
 /// it and cleanup can make sure it kills only its own.
 pub struct Orphan {
     pub pid: u32,
@@ -247,7 +247,6 @@ import os, socket, sys, time
 port = int(sys.argv[2])
 r, w = os.pipe()
 if os.fork() == 0:
-    os.setsid()
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port))

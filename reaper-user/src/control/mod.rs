@@ -305,7 +305,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
 async fn connection(conn: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
     let cred = conn.peer_cred()?;
     let (rd, mut wr) = conn.into_split();
+    let mut lines = tokio::io::BufReader::new(rd).lines();
     if cred.uid() != 0 {
+        // Take the request first (briefly), so a client that writes before
+        // it reads gets the refusal instead of a broken pipe.
+        let _ = tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await;
         tracing::warn!(
             "control socket: refused a peer with uid {} (pid {:?}): only root may read the ledger",
             cred.uid(),
@@ -319,7 +323,6 @@ async fn connection(conn: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) ->
         wr.write_all(&line).await?;
         return wr.shutdown().await;
     }
-    let mut lines = tokio::io::BufReader::new(rd).lines();
     while let Some(text) = lines.next_line().await? {
         if text.trim().is_empty() {
             continue;
