@@ -128,13 +128,11 @@ impl Matcher {
                     errno_exact: true,
                 }));
             }
-            KIND_OUTCOME => {
-                if ev.ret < 0 {
-                    if let Some(a) = self.pending.remove(&ev.tid) {
-                        out.push(failed(a, Some(-ev.ret)));
-                    }
+            // ret == 0 falls through: post_bind reported the success already.
+            KIND_OUTCOME if ev.ret < 0 => {
+                if let Some(a) = self.pending.remove(&ev.tid) {
+                    out.push(failed(a, Some(-ev.ret)));
                 }
-                // ret == 0: the success was reported by post_bind already.
             }
             KIND_LISTEN => out.push(Observation::Listen(ev)),
             KIND_RELEASE => {
