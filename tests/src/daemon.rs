@@ -21,7 +21,11 @@ pub fn reaper_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
-    assert!(p.exists(), "{} is missing: run `cargo build` first (or set REAPER_BIN)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build` first (or set REAPER_BIN)",
+        p.display()
+    );
     p
 }
 
@@ -48,7 +52,11 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
 
 /// A TCP port nobody holds right now (the kernel's pick).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Whether 0.0.0.0:PORT/tcp can be bound now, as the next CI job would.
@@ -71,7 +79,10 @@ impl Daemon {
     /// Writes a config (the given extra TOML after the test's own keys) and
     /// starts the daemon; returns once the control socket answers.
     pub fn start(extra: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("reaper-daemon-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("reaper-daemon-")
+            .tempdir()
+            .unwrap();
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let d = Daemon {
             child: None,
@@ -98,7 +109,11 @@ impl Daemon {
 
     /// Starts (again) on the same files.
     pub fn restart(mut self) -> Daemon {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(reaper_bin())
             .args(["daemon", "--config"])
             .arg(&self.config)
@@ -109,12 +124,19 @@ impl Daemon {
             .expect("spawning reaper daemon");
         self.child = Some(child);
         let pid = self.pid();
-        wait_for(&format!("the daemon (pid {pid}) to answer on its control socket"), Duration::from_secs(30), || {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the daemon exited with {status} before it was ready; its log:\n{}", self.log_text());
-            }
-            self.try_query(r#"{"cmd":"ports"}"#).ok()
-        });
+        wait_for(
+            &format!("the daemon (pid {pid}) to answer on its control socket"),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!(
+                        "the daemon exited with {status} before it was ready; its log:\n{}",
+                        self.log_text()
+                    );
+                }
+                self.try_query(r#"{"cmd":"ports"}"#).ok()
+            },
+        );
         self
     }
 
@@ -137,8 +159,13 @@ impl Daemon {
     }
 
     pub fn query(&self, line: &str) -> Value {
-        self.try_query(line)
-            .unwrap_or_else(|e| panic!("control socket {}: {e}; log:\n{}", self.socket.display(), self.log_text()))
+        self.try_query(line).unwrap_or_else(|e| {
+            panic!(
+                "control socket {}: {e}; log:\n{}",
+                self.socket.display(),
+                self.log_text()
+            )
+        })
     }
 
     /// Every complete record of the journal (torn or damaged lines skipped).
@@ -148,14 +175,17 @@ impl Daemon {
 
     /// Waits until a record satisfies `pred`; returns it.
     pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(what, Duration::from_secs(20), || self.records().into_iter().find(|r| pred(r)))
+        wait_for(what, Duration::from_secs(20), || {
+            self.records().into_iter().find(|r| pred(r))
+        })
     }
 
     /// GET /metrics.
     pub fn scrape(&self) -> String {
         let mut s = TcpStream::connect(self.metrics).expect("connecting to the metrics port");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
@@ -178,7 +208,9 @@ impl Daemon {
     pub fn stop(&mut self, deadline: Duration) -> Option<i32> {
         self.signal(libc::SIGTERM);
         let child = self.child.as_mut().unwrap();
-        let status = wait_for("the daemon to exit after SIGTERM", deadline, || child.try_wait().unwrap());
+        let status = wait_for("the daemon to exit after SIGTERM", deadline, || {
+            child.try_wait().unwrap()
+        });
         self.child = None;
         status.code()
     }
@@ -272,7 +304,10 @@ impl Orphan {
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("the orphan did not start: {out:?}"));
-        Orphan { pid, token: token.to_string() }
+        Orphan {
+            pid,
+            token: token.to_string(),
+        }
     }
 
     /// Alive and still the process we started (its cmdline has the token).
@@ -281,7 +316,13 @@ impl Orphan {
             .map(|c| String::from_utf8_lossy(&c).contains(&self.token))
             .unwrap_or(false)
             && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
                 .unwrap_or(true)
     }
 }
@@ -322,14 +363,25 @@ impl Binder {
     /// Returns once the binds are done, with the number that failed.
     pub fn run(port: u16, times: u32) -> (Binder, u32) {
         let mut child = Command::new("python3")
-            .args(["-c", BINDER, &port.to_string(), &times.to_string(), "reaper-test-binder"])
+            .args([
+                "-c",
+                BINDER,
+                &port.to_string(),
+                &times.to_string(),
+                "reaper-test-binder",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 is needed for the binder");
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        let failed = line.trim().parse().unwrap_or_else(|_| panic!("binder said {line:?}"));
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let failed = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("binder said {line:?}"));
         (Binder { child }, failed)
     }
 
@@ -355,7 +407,12 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("promtool is needed (apt-get install -y prometheus): {e}"))?;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.success() {
         Ok(())

@@ -12,7 +12,9 @@ use serde_json::Value;
 macro_rules! need_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root (BPF hooks, reaping); run with sudo or `cargo xtask test`");
+            eprintln!(
+                "skipped: needs root (BPF hooks, reaping); run with sudo or `cargo xtask test`"
+            );
             return;
         }
     };
@@ -37,7 +39,11 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "journal = \"/tmp/j\"\nhooks = \"cgroup\"\n\nconflict_windw = \"5s\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "journal = \"/tmp/j\"\nhooks = \"cgroup\"\n\nconflict_windw = \"5s\"\n",
+    )
+    .unwrap();
     let out = Command::new(reaper_bin())
         .args(["daemon", "--check-config"])
         .arg(&bad)
@@ -47,7 +53,10 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("line 4"), "names the line: {err}");
     assert!(err.contains("conflict_windw"), "names the key: {err}");
-    assert!(err.contains("conflict_window"), "says what is allowed: {err}");
+    assert!(
+        err.contains("conflict_window"),
+        "says what is allowed: {err}"
+    );
 
     // A bad value inside a rule: the policy parser's message, the config's line.
     std::fs::write(&bad, "journal = \"/tmp/j\"\n[[rule]]\nname = \"x\"\naction = \"kill\"\nmatch = { name = \"x\" }\n").unwrap();
@@ -73,25 +82,49 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(holder.alive());
 
     // The daemon saw the claim: ask its ledger.
-    let who = wait_for("the daemon's ledger to know the holder", Duration::from_secs(10), || {
-        let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"tcp"}}"#));
-        let held = r["claims"].as_array().is_some_and(|c| !c.is_empty());
-        held.then_some(r)
-    });
+    let who = wait_for(
+        "the daemon's ledger to know the holder",
+        Duration::from_secs(10),
+        || {
+            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"tcp"}}"#));
+            let held = r["claims"].as_array().is_some_and(|c| !c.is_empty());
+            held.then_some(r)
+        },
+    );
     assert_eq!(who["ok"], true);
     assert_eq!(who["tier"], "cgroup");
     let claim = &who["claims"][0];
     assert_eq!(claim["pid"], holder.pid);
     assert_eq!(claim["port"], port);
     assert!(claim["bound_at"].is_string());
+    assert!(claim["ppid"].is_number(), "the binder's parent: {claim}");
+
+    // `reaper who` asks the daemon when its socket answers.
+    let out = Command::new(reaper_bin())
+        .args(["who", &port.to_string()])
+        .env("REAPER_CONTROL_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("answered by the daemon's ledger (tier cgroup)"),
+        "{text}"
+    );
+    assert!(text.contains(&holder.pid.to_string()), "{text}");
 
     // A burst of failed binds from another process.
     let (binder, failed) = Binder::run(port, 5);
     assert!(failed >= 1, "the port was held, binds must fail");
-    let conflict = d.wait_record("a conflict record", |r| kind(r) == "conflict" && r["port"] == port);
+    let conflict = d.wait_record("a conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
     assert_eq!(conflict["tried"]["pid"], binder.pid());
     assert!(
-        conflict["tried"]["cmdline"].as_str().unwrap_or("").contains("reaper-test-binder"),
+        conflict["tried"]["cmdline"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reaper-test-binder"),
         "who tried is read from /proc at once: {conflict}"
     );
     assert!(conflict["tried"]["ppid"].is_number(), "{conflict}");
@@ -102,35 +135,68 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert_eq!(conflict["verdict"]["rule"], "stale test holder");
     assert!(conflict["held_since"].is_string());
 
-    let reaping = d.wait_record("a reaping record", |r| kind(r) == "reaping" && r["port"] == port);
+    let reaping = d.wait_record("a reaping record", |r| {
+        kind(r) == "reaping" && r["port"] == port
+    });
     assert_eq!(reaping["target"]["pid"], holder.pid);
     assert_eq!(reaping["outcome"], "freed", "{reaping}");
     assert_eq!(reaping["signals"][0]["signal"], "SIGTERM");
-    wait_for("the holder to be gone", Duration::from_secs(5), || (!holder.alive()).then_some(()));
-    wait_for("the port to bind again", Duration::from_secs(5), || bindable(port).then_some(()));
+    wait_for("the holder to be gone", Duration::from_secs(5), || {
+        (!holder.alive()).then_some(())
+    });
+    wait_for("the port to bind again", Duration::from_secs(5), || {
+        bindable(port).then_some(())
+    });
 
     // The burst ends: one more record with the final count, still one reaping.
     let last = d.wait_record("the end-of-burst conflict record", |r| {
         kind(r) == "conflict" && r["port"] == port && r["count"].as_u64() >= Some(failed as u64)
     });
-    assert_eq!(last["first"], conflict["first"], "the same conflict, updated");
+    assert_eq!(
+        last["first"], conflict["first"],
+        "the same conflict, updated"
+    );
     let records = d.records();
-    assert_eq!(records.iter().filter(|r| kind(r) == "reaping").count(), 1, "one reaping per holder");
-    assert!(records.iter().filter(|r| kind(r) == "conflict" && r["port"] == port).count() <= 2);
+    assert_eq!(
+        records.iter().filter(|r| kind(r) == "reaping").count(),
+        1,
+        "one reaping per holder"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| kind(r) == "conflict" && r["port"] == port)
+            .count()
+            <= 2
+    );
 
     // The metrics moved, and promtool accepts them.
     let text = d.scrape();
     promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
-    assert_eq!(metric_in(&text, "reaper_reapings_total{outcome=\"freed\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        metric_in(&text, "reaper_reapings_total{outcome=\"freed\"}"),
+        Some(1.0),
+        "{text}"
+    );
     assert!(metric_in(&text, "reaper_conflicts_total") >= Some(1.0));
-    assert!(metric_in(&text, "reaper_bind_failures_total{errno=\"EADDRINUSE\"}") >= Some(failed as f64), "{text}");
+    assert!(
+        metric_in(&text, "reaper_bind_failures_total{errno=\"EADDRINUSE\"}") >= Some(failed as f64),
+        "{text}"
+    );
     assert!(metric_in(&text, "reaper_binds_total") >= Some(1.0));
     assert_eq!(metric_in(&text, "reaper_degraded"), Some(0.0));
     assert_eq!(metric_in(&text, "reaper_tier{tier=\"cgroup\"}"), Some(1.0));
 
     // The control socket lists the conflict.
     let c = d.query(r#"{"cmd":"conflicts","limit":10}"#);
-    assert!(c["conflicts"].as_array().unwrap().iter().any(|r| r["port"] == port), "{c}");
+    assert!(
+        c["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["port"] == port),
+        "{c}"
+    );
 }
 
 #[test]
@@ -138,18 +204,24 @@ fn a_report_rule_leaves_the_holder_alive() {
     need_root!();
     let tok = token("report");
     // No `action`: the daemon's default is to report.
-    let mut d = Daemon::start(&format!("[[rule]]\nname = \"only tell\"\nmatch = {{ cmdline = \"{tok}\" }}\n"));
+    let mut d = Daemon::start(&format!(
+        "[[rule]]\nname = \"only tell\"\nmatch = {{ cmdline = \"{tok}\" }}\n"
+    ));
     let port = free_port();
     let holder = Orphan::spawn(port, &tok);
     let (_binder, failed) = Binder::run(port, 3);
     assert!(failed >= 1);
-    let conflict = d.wait_record("a conflict record", |r| kind(r) == "conflict" && r["port"] == port);
+    let conflict = d.wait_record("a conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
     assert_eq!(conflict["action"], "report", "{conflict}");
     assert_eq!(conflict["verdict"]["decision"], "keep");
     assert_eq!(conflict["verdict"]["rule"], "only tell");
     assert_eq!(conflict["holders"][0]["pid"], holder.pid);
     // Past the burst window (the final count is journaled), nothing was signalled.
-    d.wait_record("the end-of-burst record", |r| kind(r) == "conflict" && r["port"] == port && r["count"].as_u64() >= Some(failed as u64));
+    d.wait_record("the end-of-burst record", |r| {
+        kind(r) == "conflict" && r["port"] == port && r["count"].as_u64() >= Some(failed as u64)
+    });
     assert!(holder.alive(), "a report rule never signals");
     assert!(!bindable(port));
     assert_eq!(d.stop(Duration::from_secs(2)), Some(0));
@@ -162,10 +234,20 @@ fn sighup_with_a_broken_config_keeps_running_and_a_good_one_applies() {
     let d = Daemon::start("");
     std::fs::write(&d.config, "journal = \"/tmp/x\"\nhooks = \"kprobe\"\n").unwrap();
     d.signal(libc::SIGHUP);
-    wait_for("the log to say the new config was refused", Duration::from_secs(10), || {
-        d.log_text().contains("keeping the running config").then_some(())
-    });
-    assert!(d.log_text().contains("line 2"), "says where: {}", d.log_text());
+    wait_for(
+        "the log to say the new config was refused",
+        Duration::from_secs(10),
+        || {
+            d.log_text()
+                .contains("keeping the running config")
+                .then_some(())
+        },
+    );
+    assert!(
+        d.log_text().contains("line 2"),
+        "says where: {}",
+        d.log_text()
+    );
     assert_eq!(d.query(r#"{"cmd":"ports"}"#)["ok"], true, "still answers");
 
     d.write_config("[[rule]]\nname = \"later\"\nmatch = { name = \"nothing-like-this\" }\n");
@@ -173,7 +255,11 @@ fn sighup_with_a_broken_config_keeps_running_and_a_good_one_applies() {
     wait_for("the reload to apply", Duration::from_secs(10), || {
         (d.metric("reaper_config_reloads_total") == Some(1.0)).then_some(())
     });
-    assert!(d.log_text().contains("1 rules (0 reap, 1 report)"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("1 rules (0 reap, 1 report)"),
+        "{}",
+        d.log_text()
+    );
 }
 
 #[test]
@@ -181,7 +267,12 @@ fn sigterm_stops_within_a_second_and_journals_stop() {
     need_root!();
     let mut d = Daemon::start("");
     let t = Instant::now();
-    assert_eq!(d.stop(Duration::from_secs(1)), Some(0), "log:\n{}", d.log_text());
+    assert_eq!(
+        d.stop(Duration::from_secs(1)),
+        Some(0),
+        "log:\n{}",
+        d.log_text()
+    );
     eprintln!("stopped in {:?}", t.elapsed());
     let records = d.records();
     assert_eq!(kind(records.first().unwrap()), "start");
@@ -196,7 +287,9 @@ fn kill9_leaves_a_readable_journal_and_the_restart_journals_a_gap() {
     // Some traffic, so the journal has claims in it.
     let port = free_port();
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    d.wait_record("the test's own claim", |r| kind(r) == "claim" && r["port"] == port);
+    d.wait_record("the test's own claim", |r| {
+        kind(r) == "claim" && r["port"] == port
+    });
     drop(l);
     d.kill9();
     let (before, bad) = read_journal_counting(&d.journal);
@@ -211,7 +304,10 @@ fn kill9_leaves_a_readable_journal_and_the_restart_journals_a_gap() {
         .unwrap();
     let d = d.restart();
     let gap = d.wait_record("a gap record", |r| kind(r) == "gap");
-    assert_eq!(gap["after"], last["ts"], "the gap starts at the last record before the crash");
+    assert_eq!(
+        gap["after"], last["ts"],
+        "the gap starts at the last record before the crash"
+    );
     let (after, bad) = read_journal_counting(&d.journal);
     assert_eq!(bad, 1, "the torn line stays one bad line, skipped");
     let i = after.iter().position(|r| kind(r) == "gap").unwrap();
@@ -242,20 +338,40 @@ print(c.makefile().readline().strip())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("connect-errno {}", libc::EACCES)), "{text} {out:?}");
+    assert!(
+        text.contains(&format!("connect-errno {}", libc::EACCES)),
+        "{text} {out:?}"
+    );
 
     // uid 65534 that can get past file modes (CAP_DAC_OVERRIDE): SO_PEERCRED
     // still says 65534, and the daemon refuses it.
     let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps", "+dac_override", "--ambient-caps", "+dac_override", "python3", "-c", client])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps",
+            "+dac_override",
+            "--ambient-caps",
+            "+dac_override",
+            "python3",
+            "-c",
+            client,
+        ])
         .arg(&d.socket)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let reply: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("{text} {out:?}"));
+    let reply: Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("{text} {out:?}"));
     assert_eq!(reply["ok"], false);
     assert!(reply["error"].as_str().unwrap().contains("root"), "{reply}");
-    assert!(reply["claims"].as_array().is_none_or(|c| c.is_empty()), "nothing leaks: {reply}");
+    assert!(
+        reply["claims"].as_array().is_none_or(|c| c.is_empty()),
+        "nothing leaks: {reply}"
+    );
     // And root still gets answers.
     assert_eq!(d.query(r#"{"cmd":"ports"}"#)["ok"], true);
 }
@@ -267,7 +383,10 @@ fn degraded_mode_says_so_and_polls() {
     let records = d.records();
     let start = records.iter().find(|r| kind(r) == "start").unwrap();
     assert_eq!(start["tier"], "proc");
-    let mode = records.iter().find(|r| kind(r) == "mode").expect("a mode record");
+    let mode = records
+        .iter()
+        .find(|r| kind(r) == "mode")
+        .expect("a mode record");
     assert_eq!(mode["mode"], "degraded");
     assert!(mode["reason"].as_str().unwrap().contains("hooks"));
     let text = d.scrape();
@@ -277,10 +396,17 @@ fn degraded_mode_says_so_and_polls() {
 
     let port = free_port();
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let claim = d.wait_record("the poll to see a new listener", |r| kind(r) == "claim" && r["port"] == port);
+    let claim = d.wait_record("the poll to see a new listener", |r| {
+        kind(r) == "claim" && r["port"] == port
+    });
     assert_eq!(claim["source"], "proc");
     assert_eq!(claim["process"]["pid"], std::process::id());
     drop(l);
-    d.wait_record("the poll to see it released", |r| kind(r) == "release" && r["port"] == port);
-    assert!(d.records().iter().all(|r| r["source"] == "proc"), "every record says proc");
+    d.wait_record("the poll to see it released", |r| {
+        kind(r) == "release" && r["port"] == port
+    });
+    assert!(
+        d.records().iter().all(|r| r["source"] == "proc"),
+        "every record says proc"
+    );
 }

@@ -94,7 +94,10 @@ impl Bursts {
             if now.duration_since(b.opened) < self.window {
                 b.count += 1;
                 b.last = b.last.max(at);
-                return Noted::Joined { id: b.id, count: b.count };
+                return Noted::Joined {
+                    id: b.id,
+                    count: b.count,
+                };
             }
         }
         // Opening over an expired burst that was not collected yet: the old
@@ -131,7 +134,9 @@ impl Bursts {
             .filter(|(_, b)| now.duration_since(b.opened) >= self.window && b.record.is_some())
             .map(|(k, _)| *k)
             .collect();
-        done.into_iter().filter_map(|k| self.open.remove(&k)).collect()
+        done.into_iter()
+            .filter_map(|k| self.open.remove(&k))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -248,7 +248,9 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .with_context(|| format!("creating the control socket's directory {}", dir.display()))?;
+                .with_context(|| {
+                    format!("creating the control socket's directory {}", dir.display())
+                })?;
         } else if let Ok(m) = std::fs::metadata(dir) {
             if m.mode() & 0o077 != 0 && dir != Path::new("/run") && dir != Path::new("/tmp") {
                 tracing::warn!(
@@ -302,7 +304,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-async fn connection(conn: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+async fn connection(
+    conn: tokio::net::UnixStream,
+    shared: Arc<Mutex<Shared>>,
+) -> std::io::Result<()> {
     let cred = conn.peer_cred()?;
     let (rd, mut wr) = conn.into_split();
     let mut lines = tokio::io::BufReader::new(rd).lines();
@@ -355,8 +360,13 @@ pub fn query(path: &Path, request: &Request) -> Result<Option<Response>> {
     use std::io::ErrorKind::*;
     let stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
-        Err(e) if matches!(e.kind(), NotFound | ConnectionRefused | PermissionDenied) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("connecting to the daemon at {}", path.display())),
+        Err(e) if matches!(e.kind(), NotFound | ConnectionRefused | PermissionDenied) => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("connecting to the daemon at {}", path.display()))
+        }
     };
     let timeout = Some(Duration::from_secs(5));
     stream.set_read_timeout(timeout)?;
@@ -369,13 +379,130 @@ pub fn query(path: &Path, request: &Request) -> Result<Option<Response>> {
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .with_context(|| format!("reading the daemon's answer on {} (is it stuck? see its log)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "reading the daemon's answer on {} (is it stuck? see its log)",
+                path.display()
+            )
+        })?;
     if answer.is_empty() {
-        anyhow::bail!("the daemon at {} closed the connection without answering", path.display());
+        anyhow::bail!(
+            "the daemon at {} closed the connection without answering",
+            path.display()
+        );
     }
-    let resp = serde_json::from_str(&answer)
-        .with_context(|| format!("the daemon at {} answered something that is not a response", path.display()))?;
+    let resp = serde_json::from_str(&answer).with_context(|| {
+        format!(
+            "the daemon at {} answered something that is not a response",
+            path.display()
+        )
+    })?;
     Ok(Some(resp))
+}
+
+/// The daemon's answer in the shape of a scan, so `reaper who`/`ports`
+/// render it like their own: one holding per claim, the holder's details
+/// read from /proc now (it is root asking, as for a scan). The socket's
+/// state is what the ledger saw: LISTEN, UNCONN (UDP) or BOUND. The tier is
+/// in `gaps.socket_source` as "daemon:TIER".
+pub fn scan_of(resp: &Response) -> crate::holders::Scan {
+    use crate::holders::{Holding, Process, Scan, ScanGaps, Socket};
+    let mut details: HashMap<u32, Option<Process>> = HashMap::new();
+    let mut holdings = Vec::new();
+    let mut netns_seen = Vec::new();
+    for c in &resp.claims {
+        let addr: std::net::IpAddr = c
+            .addr
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let socket = Socket {
+            netns: c.netns,
+            proto: c.proto,
+            family: if addr.is_ipv6() {
+                crate::util::Family::Ipv6
+            } else {
+                crate::util::Family::Ipv4
+            },
+            addr,
+            port: c.port,
+            peer: None,
+            state: match (c.proto, &c.listening_at) {
+                (Proto::Udp, _) => "UNCONN".into(),
+                (Proto::Tcp, Some(_)) => "LISTEN".into(),
+                (Proto::Tcp, None) => "BOUND".into(),
+            },
+            inode: 0,
+            cookie: c.cookie,
+            uid: c.uid,
+            dual_stack: false,
+            timer_ms: None,
+        };
+        let process = details
+            .entry(c.pid)
+            .or_insert_with(|| crate::holders::process(c.pid))
+            .clone();
+        if !netns_seen.contains(&c.netns) {
+            netns_seen.push(c.netns);
+        }
+        holdings.push(Holding {
+            socket,
+            unowned_reason: process.is_none().then(|| "exited".to_string()),
+            processes: process.into_iter().collect(),
+        });
+    }
+    netns_seen.sort_unstable();
+    Scan {
+        holdings,
+        gaps: ScanGaps {
+            socket_source: format!("daemon:{}", resp.tier),
+            ..ScanGaps::default()
+        },
+        netns_seen,
+        duration_ms: 0.0,
+        ..Scan::default()
+    }
+}
+
+/// "bound 12:01:02 by pid 4242 (parent 4200 bash); 3 failed binds since,
+/// the last by pid 5151 (python3) EADDRINUSE": the history a scan cannot tell.
+pub fn history_lines(resp: &Response) -> String {
+    let mut out = String::new();
+    for c in &resp.claims {
+        let parent = match (c.binder.ppid, &c.binder.parent_comm) {
+            (Some(p), Some(n)) => format!(" (parent {p} {n})"),
+            (Some(p), None) => format!(" (parent {p})"),
+            _ => String::new(),
+        };
+        let how = if c.source == "proc" {
+            "held before the daemon saw a bind (found by a scan), since".to_string()
+        } else {
+            "bound".to_string()
+        };
+        out.push_str(&format!(
+            "  {}:{}/{} netns {}: {how} {} by pid {} ({}){parent}",
+            c.addr, c.port, c.proto, c.netns, c.bound_at, c.pid, c.comm
+        ));
+        if let Some(l) = &c.listening_at {
+            out.push_str(&format!(", listening since {l}"));
+        }
+        out.push('\n');
+        if let Some(last) = c.failed_attempts.last() {
+            out.push_str(&format!(
+                "    {} failed bind{} of it, the last at {} by pid {} ({}) {}\n",
+                c.failed_attempts.len(),
+                if c.failed_attempts.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                last.ts,
+                last.pid,
+                last.comm,
+                last.errno.as_deref().unwrap_or("cause unknown")
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -384,7 +511,8 @@ mod tests {
 
     #[test]
     fn requests_parse_as_documented() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"who","port":8080,"proto":"tcp"}"#).unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"who","port":8080,"proto":"tcp"}"#).unwrap();
         assert_eq!(
             r,
             Request::Who {
@@ -402,8 +530,14 @@ mod tests {
     #[test]
     fn no_daemon_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(query(&dir.path().join("nope.sock"), &Request::Ports { proto: None, listening: false })
-            .unwrap()
-            .is_none());
+        assert!(query(
+            &dir.path().join("nope.sock"),
+            &Request::Ports {
+                proto: None,
+                listening: false
+            }
+        )
+        .unwrap()
+        .is_none());
     }
 }

@@ -153,7 +153,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     };
     let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d.is_zero() {
-        return Err(serde::de::Error::custom(format!("'{s}' is zero: give a positive duration like 500ms or 5s")));
+        return Err(serde::de::Error::custom(format!(
+            "'{s}' is zero: give a positive duration like 500ms or 5s"
+        )));
     }
     Ok(d)
 }
@@ -201,7 +203,12 @@ pub struct ConfigError {
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
-            Some(l) => write!(f, "config {} line {l}: {}", self.path.display(), self.message),
+            Some(l) => write!(
+                f,
+                "config {} line {l}: {}",
+                self.path.display(),
+                self.message
+            ),
             None => write!(f, "config {}: {}", self.path.display(), self.message),
         }
     }
@@ -210,18 +217,23 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The line where a top-level `key = ...` is written, for errors found after
 /// parsing.
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        l.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 impl Config {
@@ -258,23 +270,34 @@ impl Config {
             if *v.get_ref() != 1 {
                 return Err(err(
                     Some(line_of(text, v.span().start)),
-                    format!("version {} is not known: this reaper reads version = 1", v.get_ref()),
+                    format!(
+                        "version {} is not known: this reaper reads version = 1",
+                        v.get_ref()
+                    ),
                 ));
             }
         }
         config.policy = policy_of(text, &config).map_err(|e| err(e.line, e.message))?;
         if config.journal.as_os_str().is_empty() || !config.journal.is_absolute() {
-            return Err(err(key_line(text, "journal"), format!(
-                "journal = \"{}\" is not an absolute path: write e.g. \"{DEFAULT_JOURNAL}\"",
-                config.journal.display()
-            )));
+            return Err(err(
+                key_line(text, "journal"),
+                format!(
+                    "journal = \"{}\" is not an absolute path: write e.g. \"{DEFAULT_JOURNAL}\"",
+                    config.journal.display()
+                ),
+            ));
         }
         Ok(config)
     }
 
     /// A short line for the log: how many rules reap, report, protect.
     pub fn summary(&self) -> String {
-        let reap = self.policy.rules.iter().filter(|r| r.action == Action::Reap).count();
+        let reap = self
+            .policy
+            .rules
+            .iter()
+            .filter(|r| r.action == Action::Reap)
+            .count();
         format!(
             "{} rules ({reap} reap, {} report), {} protections",
             self.policy.rules.len(),
@@ -301,7 +324,10 @@ fn policy_of(text: &str, config: &Config) -> Result<Policy, crate::policy::Polic
         return Ok(Policy::default());
     };
     // The header line of the first table: back up to its line start.
-    let cut = text[..first.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let cut = text[..first.min(text.len())]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let mut policy_text: String = text[..cut]
         .chars()
         .map(|c| if c == '\n' { '\n' } else { ' ' })
@@ -338,7 +364,10 @@ mod tests {
         let e = parse("journal = \"/tmp/j\"\n\nmetrics_lisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(e.message.contains("metrics_lisen"), "{e}");
-        assert!(e.message.contains("metrics_listen"), "lists what is allowed: {e}");
+        assert!(
+            e.message.contains("metrics_listen"),
+            "lists what is allowed: {e}"
+        );
     }
 
     #[test]
@@ -355,7 +384,8 @@ mod tests {
         assert_eq!(c.policy.rules[1].action, Action::Reap);
         assert_eq!(c.policy.protects.len(), 1);
         assert_eq!(c.poll_interval, Duration::from_secs(2));
-        let e = parse("[[rule]]\nname = \"a\"\naction = \"reap\"\nmatch = { orphaned = true }\n").unwrap_err();
+        let e = parse("[[rule]]\nname = \"a\"\naction = \"reap\"\nmatch = { orphaned = true }\n")
+            .unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
     }
 
@@ -379,8 +409,12 @@ mod tests {
         let e = parse("\nmetrics_listen = \"0.0.0.0:9464\"\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("metrics_allow_non_loopback"));
-        assert!(parse("metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_non_loopback = true\n").is_ok());
-        assert_eq!(parse("metrics_listen = \"\"\n").unwrap().metrics_listen, None);
+        assert!(
+            parse("metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_non_loopback = true\n").is_ok()
+        );
+        assert_eq!(
+            parse("metrics_listen = \"\"\n").unwrap().metrics_listen,
+            None
+        );
     }
-
 }

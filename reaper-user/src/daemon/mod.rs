@@ -79,7 +79,7 @@ enum Work {
     Scanned {
         kind: &'static str,
         started: DateTime<Utc>,
-        scan: Result<Scan>,
+        scan: Box<Result<Scan>>,
         took: Duration,
     },
 }
@@ -163,7 +163,10 @@ impl Daemon {
             }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("opening the journal {} (on_journal_error = \"exit\")", config.journal.display())
+                    format!(
+                        "opening the journal {} (on_journal_error = \"exit\")",
+                        config.journal.display()
+                    )
                 })
             }
         };
@@ -174,7 +177,10 @@ impl Daemon {
         match config.hooks.tier() {
             None => degraded_reason = Some("hooks = \"none\" in the config".to_string()),
             Some(_) if !crate::util::is_root() => {
-                degraded_reason = Some("not running as root (the BPF hooks need CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)".to_string())
+                degraded_reason = Some(
+                    "not running as root (the BPF hooks need CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
+                        .to_string(),
+                )
             }
             Some(tier) => match hooks::attach(tier, config.ringbuf_size) {
                 Ok(a) => attached = Some(a),
@@ -186,9 +192,15 @@ impl Daemon {
             .map(|a| a.tier.as_str().to_string())
             .unwrap_or_else(|| "proc".to_string());
         metrics.set_tier(&source);
-        metrics.degraded.store(degraded_reason.is_some() as u64, Relaxed);
+        metrics
+            .degraded
+            .store(degraded_reason.is_some() as u64, Relaxed);
         let stream = match attached.as_mut() {
-            Some(a) => Some(EventStream::new(a.events.take().context("the ring buffer was taken already")?)?),
+            Some(a) => Some(EventStream::new(
+                a.events
+                    .take()
+                    .context("the ring buffer was taken already")?,
+            )?),
             None => None,
         };
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
@@ -229,7 +241,9 @@ impl Daemon {
                     last.kind,
                     last.ts
                 );
-                d.journal(Body::Gap { after: last.ts.clone() });
+                d.journal(Body::Gap {
+                    after: last.ts.clone(),
+                });
             }
         }
         d.journal(Body::Start {
@@ -253,7 +267,11 @@ impl Daemon {
                 tracing::info!(
                     "attached tier {} (errno {}; listens {}; cgroup {})",
                     a.tier.as_str(),
-                    if a.tier.exact_errno() { "exact" } else { "inferred" },
+                    if a.tier.exact_errno() {
+                        "exact"
+                    } else {
+                        "inferred"
+                    },
                     if a.listens { "seen" } else { "not seen" },
                     a.cgroup.display()
                 );
@@ -271,12 +289,14 @@ impl Daemon {
         // 5. The interfaces.
         if let Some(addr) = d.config.metrics_listen {
             let listener = metrics::bind(addr).await?;
-            d._tasks.push(tokio::spawn(metrics::serve(listener, d.metrics.clone())));
+            d._tasks
+                .push(tokio::spawn(metrics::serve(listener, d.metrics.clone())));
             tracing::info!("metrics on http://{addr}/metrics");
         }
         if let Some(path) = d.config.control_socket.clone() {
             let listener = control::bind(&path)?;
-            d._tasks.push(tokio::spawn(control::serve(listener, d.shared.clone())));
+            d._tasks
+                .push(tokio::spawn(control::serve(listener, d.shared.clone())));
             tracing::info!("control socket {}", path.display());
             d.control_path = Some(path);
         }
@@ -293,8 +313,10 @@ impl Daemon {
     }
 
     async fn run(&mut self) -> Result<Exit> {
-        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -348,10 +370,15 @@ impl Daemon {
         self.stream = None;
         // Dropping the links detaches every program.
         self.attached = None;
-        for burst in self.bursts.expire(Instant::now() + Duration::from_secs(86400)) {
+        for burst in self
+            .bursts
+            .expire(Instant::now() + Duration::from_secs(86400))
+        {
             self.close_burst(burst);
         }
-        self.journal(Body::Stop { reason: reason.to_string() });
+        self.journal(Body::Stop {
+            reason: reason.to_string(),
+        });
         if let Some(p) = &self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -366,7 +393,8 @@ impl Daemon {
         for ev in raw.drain(..) {
             self.matcher.feed(ev, &mut obs);
         }
-        self.matcher.settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
+        self.matcher
+            .settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
         if !obs.is_empty() {
             self.apply(obs);
         }
@@ -383,11 +411,17 @@ impl Daemon {
             let mut facts = Vec::with_capacity(obs.len());
             for o in &obs {
                 if let Some(f) = shared.ledger.apply(o) {
-                    let holder = if f.ok { None } else { conflicting(&shared.ledger, &f) };
+                    let holder = if f.ok {
+                        None
+                    } else {
+                        conflicting(&shared.ledger, &f)
+                    };
                     facts.push((f, holder));
                 }
             }
-            self.metrics.ledger_claims.store(shared.ledger.len() as u64, Relaxed);
+            self.metrics
+                .ledger_claims
+                .store(shared.ledger.len() as u64, Relaxed);
             facts
         };
         for (fact, holder) in facts {
@@ -414,7 +448,11 @@ impl Daemon {
                     },
                     ..ProcessRef::default()
                 };
-                self.shared.lock().unwrap().binders.insert(fact.cookie, binder);
+                self.shared
+                    .lock()
+                    .unwrap()
+                    .binders
+                    .insert(fact.cookie, binder);
                 self.journal(Body::Claim {
                     at,
                     process,
@@ -515,7 +553,7 @@ impl Daemon {
                 started,
                 scan,
                 took,
-            } => self.scanned(kind, started, scan, took),
+            } => self.scanned(kind, started, *scan, took),
         }
     }
 
@@ -530,8 +568,15 @@ impl Daemon {
             return;
         };
         let verdict = f.holders.first().map(|(_, _, v)| VerdictRecord::from(v));
-        let reap_any = f.holders.iter().any(|(_, _, v)| v.decision == Decision::Reap);
-        let mut holders: Vec<ProcessRef> = f.holders.iter().map(|(p, _, _)| procinfo::from_process(p)).collect();
+        let reap_any = f
+            .holders
+            .iter()
+            .any(|(_, _, v)| v.decision == Decision::Reap);
+        let mut holders: Vec<ProcessRef> = f
+            .holders
+            .iter()
+            .map(|(p, _, _)| procinfo::from_process(p))
+            .collect();
         if f.scan.is_none() {
             // The live system could not be asked: the ledger's word, marked as such.
             if let Some(c) = &f.ledger_holder {
@@ -547,7 +592,12 @@ impl Daemon {
             .ledger_holder
             .as_ref()
             .map(|c| rfc3339(c.bound_at))
-            .or_else(|| f.holders.first().map(|(p, _, _)| p.started_at.clone()).filter(|s| !s.is_empty()));
+            .or_else(|| {
+                f.holders
+                    .first()
+                    .map(|(p, _, _)| p.started_at.clone())
+                    .filter(|s| !s.is_empty())
+            });
         let errno = f
             .fact
             .errno
@@ -567,7 +617,9 @@ impl Daemon {
             verdict: verdict.clone().or_else(|| {
                 f.scan_error.as_ref().map(|e| VerdictRecord {
                     decision: "keep".into(),
-                    reasons: vec![format!("the holders could not be verified, so nothing is judged: {e}")],
+                    reasons: vec![format!(
+                        "the holders could not be verified, so nothing is judged: {e}"
+                    )],
                     rule: None,
                 })
             }),
@@ -581,13 +633,25 @@ impl Daemon {
         // At most one reaping per holder identity, however long the burst.
         for (p, s, v) in f.holders {
             if v.decision != Decision::Reap {
-                tracing::info!("conflict on {}/{}: pid {} ({}) is kept: {v}", f.key.port, f.key.proto, p.pid, p.comm);
+                tracing::info!(
+                    "conflict on {}/{}: pid {} ({}) is kept: {v}",
+                    f.key.port,
+                    f.key.proto,
+                    p.pid,
+                    p.comm
+                );
                 continue;
             }
             if !self.reaped.first_time((p.pid, p.start_ticks)) {
                 continue;
             }
-            tracing::warn!("reaping pid {} ({}) holding {}/{}: {v}", p.pid, p.comm, s.port, s.proto);
+            tracing::warn!(
+                "reaping pid {} ({}) holding {}/{}: {v}",
+                p.pid,
+                p.comm,
+                s.port,
+                s.proto
+            );
             let tx = self.tx.clone();
             let grace = self.config.reap_grace;
             let deadline = self.config.reap_deadline;
@@ -611,7 +675,9 @@ impl Daemon {
         let mut shared = self.shared.lock().unwrap();
         if let Some(c) = &f.ledger_holder {
             let live = scan.holdings.iter().any(|h| {
-                h.socket.netns == c.key.netns && h.socket.addr == c.key.addr && h.processes.iter().any(|p| p.pid == c.pid)
+                h.socket.netns == c.key.netns
+                    && h.socket.addr == c.key.addr
+                    && h.processes.iter().any(|p| p.pid == c.pid)
             });
             if !live {
                 tracing::info!(
@@ -629,7 +695,9 @@ impl Daemon {
                 shared.ledger.seed(claim);
             }
         }
-        self.metrics.ledger_claims.store(shared.ledger.len() as u64, Relaxed);
+        self.metrics
+            .ledger_claims
+            .store(shared.ledger.len() as u64, Relaxed);
     }
 
     fn reaped(&mut self, r: ReapDone) {
@@ -686,7 +754,12 @@ impl Daemon {
         else {
             return;
         };
-        tracing::info!("conflict on {}/{} ended: {} failed binds", at.port, at.proto, burst.count);
+        tracing::info!(
+            "conflict on {}/{} ended: {} failed binds",
+            at.port,
+            at.proto,
+            burst.count
+        );
         let body = Body::Conflict {
             at,
             tried,
@@ -704,7 +777,9 @@ impl Daemon {
         let mut shared = self.shared.lock().unwrap();
         // The control socket shows the final count in place of the first.
         if let Some(old) = shared.conflicts.iter_mut().rev().find(|r| match &r.body {
-            Body::Conflict { first: f, at: a, .. } => *f == first && Some(a) == endpoint_of(&record).as_ref(),
+            Body::Conflict {
+                first: f, at: a, ..
+            } => *f == first && Some(a) == endpoint_of(&record).as_ref(),
             _ => false,
         }) {
             *old = record;
@@ -746,14 +821,20 @@ impl Daemon {
             let _ = tx.send(Work::Scanned {
                 kind,
                 started,
-                scan,
+                scan: Box::new(scan),
                 took: t.elapsed(),
             });
         });
     }
 
     /// A full scan came back: seed, poll (degraded mode) or reconcile.
-    fn scanned(&mut self, kind: &'static str, started: DateTime<Utc>, scan: Result<Scan>, took: Duration) {
+    fn scanned(
+        &mut self,
+        kind: &'static str,
+        started: DateTime<Utc>,
+        scan: Result<Scan>,
+        took: Duration,
+    ) {
         if kind != "seed" {
             self.scanning = false;
         }
@@ -805,7 +886,9 @@ impl Daemon {
                     }
                 }
             }
-            self.metrics.ledger_claims.store(shared.ledger.len() as u64, Relaxed);
+            self.metrics
+                .ledger_claims
+                .store(shared.ledger.len() as u64, Relaxed);
         }
         match kind {
             "seed" => tracing::info!(
@@ -814,7 +897,11 @@ impl Daemon {
                 took.as_secs_f64() * 1e3
             ),
             "reconcile" => {
-                tracing::info!("reconciled the ledger: {} added, {} removed", added.len(), removed.len());
+                tracing::info!(
+                    "reconciled the ledger: {} added, {} removed",
+                    added.len(),
+                    removed.len()
+                );
                 self.journal(Body::Reconcile {
                     added: added.len() as u64,
                     removed: removed.len() as u64,
@@ -871,11 +958,19 @@ impl Daemon {
         for (what, changed) in [
             ("hooks", new.hooks != self.config.hooks),
             ("ringbuf_size", new.ringbuf_size != self.config.ringbuf_size),
-            ("metrics_listen", new.metrics_listen != self.config.metrics_listen),
-            ("control_socket", new.control_socket != self.config.control_socket),
+            (
+                "metrics_listen",
+                new.metrics_listen != self.config.metrics_listen,
+            ),
+            (
+                "control_socket",
+                new.control_socket != self.config.control_socket,
+            ),
         ] {
             if changed {
-                tracing::warn!("SIGHUP: `{what}` changed; it takes effect when the daemon restarts");
+                tracing::warn!(
+                    "SIGHUP: `{what}` changed; it takes effect when the daemon restarts"
+                );
             }
         }
         let journal_changed = new.journal != self.config.journal
@@ -924,7 +1019,10 @@ impl Daemon {
                 OnJournalError::Exit => {
                     tracing::error!("journal: {e}; stopping (on_journal_error = \"exit\")");
                     if self.fatal.is_none() {
-                        self.fatal = Some(anyhow::Error::new(e).context("writing the journal (on_journal_error = \"exit\")"));
+                        self.fatal = Some(
+                            anyhow::Error::new(e)
+                                .context("writing the journal (on_journal_error = \"exit\")"),
+                        );
                     }
                 }
             }
@@ -948,7 +1046,10 @@ fn listening_query() -> Query {
     }
 }
 
-async fn next_events(stream: &mut Option<EventStream>, raw: &mut Vec<reaper_common::Event>) -> Result<u64> {
+async fn next_events(
+    stream: &mut Option<EventStream>,
+    raw: &mut Vec<reaper_common::Event>,
+) -> Result<u64> {
     match stream {
         Some(s) => s.next_batch(raw, TICK).await,
         None => {
@@ -1006,7 +1107,11 @@ fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
 fn claim_of(h: &Holding) -> Option<Claim> {
     let s = &h.socket;
     let p = h.processes.first()?;
-    let cookie = if s.cookie != 0 { s.cookie } else { s.inode | (1 << 63) };
+    let cookie = if s.cookie != 0 {
+        s.cookie
+    } else {
+        s.inode | (1 << 63)
+    };
     let started = chrono::DateTime::parse_from_rfc3339(&p.started_at)
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_else(|_| Utc::now());
@@ -1035,7 +1140,14 @@ fn claim_of(h: &Holding) -> Option<Claim> {
 
 /// The blocking half of a conflict: ask the live system who holds the port
 /// in that namespace, and judge each holder.
-fn verify(key: ConflictKey, id: u64, fact: Fact, tried: ProcessRef, ledger_holder: Option<Claim>, policy: &Policy) -> Finding {
+fn verify(
+    key: ConflictKey,
+    id: u64,
+    fact: Fact,
+    tried: ProcessRef,
+    ledger_holder: Option<Claim>,
+    policy: &Policy,
+) -> Finding {
     let t = Instant::now();
     let q = Query {
         port: Some(key.port),
@@ -1075,7 +1187,9 @@ fn verify(key: ConflictKey, id: u64, fact: Fact, tried: ProcessRef, ledger_holde
                         Ok(ctx) => policy.judge(p, &h.socket, ctx),
                         Err(e) => Verdict {
                             decision: Decision::Keep,
-                            reasons: vec![format!("reaper cannot read its own context ({e}), so nothing is judged")],
+                            reasons: vec![format!(
+                                "reaper cannot read its own context ({e}), so nothing is judged"
+                            )],
                             rule: None,
                         },
                     };
@@ -1092,13 +1206,22 @@ fn verify(key: ConflictKey, id: u64, fact: Fact, tried: ProcessRef, ledger_holde
 
 /// The blocking half of a reaping: the reap module's pidfd path (identity
 /// re-checked after the pidfd is open), then wait until the port binds.
-fn reap_one(p: Process, s: Socket, v: Verdict, at: Endpoint, grace: Duration, deadline: Duration) -> ReapDone {
+fn reap_one(
+    p: Process,
+    s: Socket,
+    v: Verdict,
+    at: Endpoint,
+    grace: Duration,
+    deadline: Duration,
+) -> ReapDone {
     let started = Instant::now();
     // The namespace the port lives in, pinned while the holder is alive.
     let mut probe = BindProbe::new(s.proto, s.addr, s.port, s.dual_stack);
     let own = reap::netns_of(std::process::id()).ok();
     if Some(s.netns) != own {
-        probe.netns = std::fs::File::open(format!("/proc/{}/ns/net", p.pid)).ok().map(Into::into);
+        probe.netns = std::fs::File::open(format!("/proc/{}/ns/net", p.pid))
+            .ok()
+            .map(Into::into);
     }
     let target = procinfo::from_process(&p);
     let opts = StopOptions {
@@ -1133,8 +1256,13 @@ pub fn check_config(path: &Path) -> Result<String, config::ConfigError> {
         path.display(),
         c.journal.display(),
         format!("{:?}", c.hooks).to_lowercase(),
-        c.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        c.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
+        c.metrics_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        c.control_socket
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "off".into()),
         c.summary()
     ))
 }

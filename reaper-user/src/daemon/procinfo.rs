@@ -20,7 +20,11 @@ pub fn from_process(p: &Process) -> ProcessRef {
         user: p.user.clone(),
         started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
         ppid: Some(p.ppid),
-        ancestors: p.ancestors.iter().map(|(pid, comm)| format!("{pid}:{comm}")).collect(),
+        ancestors: p
+            .ancestors
+            .iter()
+            .map(|(pid, comm)| format!("{pid}:{comm}"))
+            .collect(),
         cgroup: p.cgroup.clone(),
         container: p.container.clone(),
         orphaned: Some(p.orphaned),

@@ -42,8 +42,17 @@ pub fn last_record(path: &Path) -> Result<(Option<LastRecord>, bool)> {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
             continue;
         };
-        if let (Some(kind), Some(ts)) = (v.get("kind").and_then(|k| k.as_str()), v.get("ts").and_then(|t| t.as_str())) {
-            return Ok((Some(LastRecord { kind: kind.into(), ts: ts.into() }), torn));
+        if let (Some(kind), Some(ts)) = (
+            v.get("kind").and_then(|k| k.as_str()),
+            v.get("ts").and_then(|t| t.as_str()),
+        ) {
+            return Ok((
+                Some(LastRecord {
+                    kind: kind.into(),
+                    ts: ts.into(),
+                }),
+                torn,
+            ));
         }
     }
     Ok((None, torn))
@@ -54,7 +63,12 @@ pub fn close_torn_line(path: &Path) -> Result<()> {
     let mut f = OpenOptions::new()
         .append(true)
         .open(path)
-        .with_context(|| format!("opening the journal {} to close its torn last line", path.display()))?;
+        .with_context(|| {
+            format!(
+                "opening the journal {} to close its torn last line",
+                path.display()
+            )
+        })?;
     f.write_all(b"\n")
         .with_context(|| format!("closing the torn last line of {}", path.display()))
 }
@@ -71,7 +85,13 @@ mod tests {
         std::fs::write(&p, "{\"kind\":\"start\",\"ts\":\"T1\"}\n{\"kind\":\"claim\",\"ts\":\"T2\"}\n{\"kind\":\"cla").unwrap();
         let (last, torn) = last_record(&p).unwrap();
         assert!(torn);
-        assert_eq!(last.unwrap(), LastRecord { kind: "claim".into(), ts: "T2".into() });
+        assert_eq!(
+            last.unwrap(),
+            LastRecord {
+                kind: "claim".into(),
+                ts: "T2".into()
+            }
+        );
         close_torn_line(&p).unwrap();
         assert!(!last_record(&p).unwrap().1);
     }

@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 
 /// Upper bounds of the scan-duration histogram, in seconds: a targeted scan
 /// takes milliseconds, a full one on a busy runner up to a second or more.
-const SCAN_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const SCAN_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -57,11 +59,21 @@ impl Metrics {
     }
 
     pub fn bind_failure(&self, errno: &str) {
-        *self.bind_failures.lock().unwrap().entry(errno.to_string()).or_default() += 1;
+        *self
+            .bind_failures
+            .lock()
+            .unwrap()
+            .entry(errno.to_string())
+            .or_default() += 1;
     }
 
     pub fn reaping(&self, outcome: &str) {
-        *self.reapings.lock().unwrap().entry(outcome.to_string()).or_default() += 1;
+        *self
+            .reapings
+            .lock()
+            .unwrap()
+            .entry(outcome.to_string())
+            .or_default() += 1;
     }
 
     /// Records how long a scan took; `kind` is "seed", "poll", "reconcile"
@@ -86,11 +98,29 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "reaper_binds_total", "Successful binds seen.", self.binds.load(Relaxed));
-        counter(&mut out, "reaper_listens_total", "TCP sockets seen entering LISTEN.", self.listens.load(Relaxed));
-        counter(&mut out, "reaper_releases_total", "Claims seen released.", self.releases.load(Relaxed));
+        counter(
+            &mut out,
+            "reaper_binds_total",
+            "Successful binds seen.",
+            self.binds.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "reaper_listens_total",
+            "TCP sockets seen entering LISTEN.",
+            self.listens.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "reaper_releases_total",
+            "Claims seen released.",
+            self.releases.load(Relaxed),
+        );
         counter(
             &mut out,
             "reaper_conflicts_total",
@@ -109,31 +139,62 @@ impl Metrics {
             "Journal records that could not be written.",
             self.journal_errors.load(Relaxed),
         );
-        counter(&mut out, "reaper_config_reloads_total", "Configs applied by SIGHUP.", self.reloads.load(Relaxed));
+        counter(
+            &mut out,
+            "reaper_config_reloads_total",
+            "Configs applied by SIGHUP.",
+            self.reloads.load(Relaxed),
+        );
         let _ = writeln!(out, "# HELP reaper_bind_failures_total Failed binds seen, by errno (UNKNOWN: the cause could not be found).");
         let _ = writeln!(out, "# TYPE reaper_bind_failures_total counter");
         for (errno, v) in self.bind_failures.lock().unwrap().iter() {
-            let _ = writeln!(out, "reaper_bind_failures_total{{errno=\"{}\"}} {v}", escape(errno));
+            let _ = writeln!(
+                out,
+                "reaper_bind_failures_total{{errno=\"{}\"}} {v}",
+                escape(errno)
+            );
         }
-        let _ = writeln!(out, "# HELP reaper_reapings_total Holders the daemon tried to stop, by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP reaper_reapings_total Holders the daemon tried to stop, by outcome."
+        );
         let _ = writeln!(out, "# TYPE reaper_reapings_total counter");
         for (outcome, v) in self.reapings.lock().unwrap().iter() {
-            let _ = writeln!(out, "reaper_reapings_total{{outcome=\"{}\"}} {v}", escape(outcome));
+            let _ = writeln!(
+                out,
+                "reaper_reapings_total{{outcome=\"{}\"}} {v}",
+                escape(outcome)
+            );
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(&mut out, "reaper_ledger_claims", "Claims in the ledger now.", self.ledger_claims.load(Relaxed));
+        gauge(
+            &mut out,
+            "reaper_ledger_claims",
+            "Claims in the ledger now.",
+            self.ledger_claims.load(Relaxed),
+        );
         gauge(
             &mut out,
             "reaper_degraded",
             "1 when no BPF tier is attached and the daemon polls /proc instead.",
             self.degraded.load(Relaxed),
         );
-        let _ = writeln!(out, "# HELP reaper_tier The attached hook tier (proc: degraded mode).");
+        let _ = writeln!(
+            out,
+            "# HELP reaper_tier The attached hook tier (proc: degraded mode)."
+        );
         let _ = writeln!(out, "# TYPE reaper_tier gauge");
-        let _ = writeln!(out, "reaper_tier{{tier=\"{}\"}} 1", escape(&self.tier.lock().unwrap()));
-        let _ = writeln!(out, "# HELP reaper_scan_duration_seconds Duration of socket/process scans, by kind.");
+        let _ = writeln!(
+            out,
+            "reaper_tier{{tier=\"{}\"}} 1",
+            escape(&self.tier.lock().unwrap())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP reaper_scan_duration_seconds Duration of socket/process scans, by kind."
+        );
         let _ = writeln!(out, "# TYPE reaper_scan_duration_seconds histogram");
         for (kind, h) in self.scans.lock().unwrap().iter() {
             let kind = escape(kind);
@@ -144,9 +205,21 @@ impl Metrics {
                     h.buckets[i]
                 );
             }
-            let _ = writeln!(out, "reaper_scan_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "reaper_scan_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
-            let _ = writeln!(out, "reaper_scan_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "reaper_scan_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "reaper_scan_duration_seconds_sum{{kind=\"{kind}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "reaper_scan_duration_seconds_count{{kind=\"{kind}\"}} {}",
+                h.count
+            );
         }
         out
     }
@@ -154,7 +227,9 @@ impl Metrics {
 
 /// Label values escape backslash, quote and newline.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Binds the metrics address (so a bad address fails at start, with the
