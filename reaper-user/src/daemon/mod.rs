@@ -50,6 +50,9 @@ use config::{Config, OnJournalError};
 /// The line the daemon logs when it is ready (tests and supervisors wait for it).
 pub const READY: &str = "reaper daemon ready";
 
+/// How long a binder's /proc details are reused for its next binds.
+const BINDER_TTL: Duration = Duration::from_secs(1);
+
 /// How long the loop waits on the ring buffer before it looks at timers.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -132,6 +135,13 @@ struct Daemon {
     fatal: Option<anyhow::Error>,
     control_path: Option<PathBuf>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
+    host: String,
+    /// Encoded records waiting for [`Daemon::flush`].
+    pending: Vec<u8>,
+    pending_records: usize,
+    /// The binder's parent and exe by pid, for a second: a process that binds
+    /// in a loop is read once, not once per bind.
+    binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
 }
 
 impl Daemon {
@@ -231,6 +241,10 @@ impl Daemon {
             fatal: None,
             control_path: None,
             _tasks: Vec::new(),
+            host: crate::journal::hostname(),
+            pending: Vec::new(),
+            pending_records: 0,
+            binders: std::collections::HashMap::new(),
         };
 
         // 3. The records of the start.
@@ -300,6 +314,10 @@ impl Daemon {
             tracing::info!("control socket {}", path.display());
             d.control_path = Some(path);
         }
+        d.flush();
+        if let Some(e) = d.fatal.take() {
+            return Err(e);
+        }
         tracing::info!(
             tier = %d.source,
             degraded = degraded_reason.is_some(),
@@ -345,6 +363,7 @@ impl Daemon {
             for burst in self.bursts.expire(Instant::now()) {
                 self.close_burst(burst);
             }
+            self.flush();
             if let Some(e) = self.fatal.take() {
                 self.shutdown("journal error");
                 return Err(e);
@@ -379,6 +398,7 @@ impl Daemon {
         self.journal(Body::Stop {
             reason: reason.to_string(),
         });
+        self.flush();
         if let Some(p) = &self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -435,7 +455,7 @@ impl Daemon {
         match (fact.kind, fact.ok) {
             ("bind", true) => {
                 self.metrics.binds.fetch_add(1, Relaxed);
-                let binder = procinfo::binder(fact.pid);
+                let binder = self.binder(fact.pid);
                 let process = ProcessRef {
                     pid: fact.pid,
                     comm: fact.comm.clone(),
@@ -1005,17 +1025,66 @@ impl Daemon {
     }
 
     /// Appends a record; returns it (for the control socket).
+    fn binder(&mut self, pid: u32) -> control::Binder {
+        let now = Instant::now();
+        if let Some((at, b)) = self.binders.get(&pid) {
+            if now.duration_since(*at) < BINDER_TTL {
+                return b.clone();
+            }
+        }
+        if self.binders.len() > 4096 {
+            self.binders
+                .retain(|_, (at, _)| now.duration_since(*at) < BINDER_TTL);
+        }
+        let b = procinfo::binder(pid);
+        self.binders.insert(pid, (now, b.clone()));
+        b
+    }
+
+    /// Queues a record; returns it (for the control socket). Records are
+    /// written by [`Daemon::flush`] at the end of each turn of the loop, all
+    /// queued lines in one write(2): still whole lines at the end of the file
+    /// (O_APPEND), one syscall per batch instead of one per bind under a
+    /// storm. A crash loses at most the records of the turn in progress.
     fn journal(&mut self, body: Body) -> Record {
-        let record = Record::new(&self.source, body);
-        let Some(j) = self.journal.as_mut() else {
-            return record;
+        let record = Record {
+            v: crate::journal::SCHEMA_VERSION,
+            ts: rfc3339(Utc::now()),
+            host: self.host.clone(),
+            source: self.source.clone(),
+            body,
         };
-        if let Err(e) = j.append(&record) {
-            self.metrics.journal_errors.fetch_add(1, Relaxed);
-            match self.config.on_journal_error {
-                OnJournalError::KeepRunning => {
-                    tracing::error!("journal: {e} (the record is lost; running on, on_journal_error = \"keep-running\")")
+        if self.journal.is_some() {
+            match serde_json::to_writer(&mut self.pending, &record) {
+                Ok(()) => {
+                    self.pending.push(b'\n');
+                    self.pending_records += 1;
                 }
+                Err(e) => {
+                    self.metrics.journal_errors.fetch_add(1, Relaxed);
+                    tracing::error!("journal: a record could not be encoded ({e}); it is lost");
+                }
+            }
+        }
+        record
+    }
+
+    /// Writes the queued records.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = std::mem::take(&mut self.pending_records);
+        let batch = std::mem::take(&mut self.pending);
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if let Err(e) = j.append_line(&batch) {
+            self.metrics.journal_errors.fetch_add(n as u64, Relaxed);
+            match self.config.on_journal_error {
+                OnJournalError::KeepRunning => tracing::error!(
+                    "journal: {e} ({n} records lost; running on, on_journal_error = \"keep-running\")"
+                ),
                 OnJournalError::Exit => {
                     tracing::error!("journal: {e}; stopping (on_journal_error = \"exit\")");
                     if self.fatal.is_none() {
@@ -1027,7 +1096,9 @@ impl Daemon {
                 }
             }
         }
-        record
+        // Reuse the allocation.
+        self.pending = batch;
+        self.pending.clear();
     }
 }
 
