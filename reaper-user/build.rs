@@ -48,14 +48,22 @@ fn main() {
     // Nothing of the outer build may leak into the inner one.
     for (key, _) in env::vars_os() {
         let k = key.to_string_lossy();
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTUP_TOOLCHAIN" || k == "RUSTDOC" {
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTDOC"
+        {
             cmd.env_remove(&key);
         }
     }
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("reaper: could not run `rustup run nightly cargo`: {e}. Run `cargo xtask setup`."));
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+    );
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("reaper: could not run `rustup run nightly cargo`: {e}. Run `cargo xtask setup`.")
+    });
     if !status.success() {
         panic!(
             "\n\nreaper: building the eBPF program failed (see above). \

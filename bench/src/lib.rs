@@ -29,13 +29,23 @@ pub fn stats(samples: &[f64]) -> (f64, f64, f64) {
         return (f64::NAN, f64::NAN, f64::NAN);
     }
     let mid = v.len() / 2;
-    let median = if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] };
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
     (median, v[0], v[v.len() - 1])
 }
 
 /// Prints a figure as one JSON line on stdout (what xtask collects) and a
 /// human line on stderr.
-pub fn emit(bench: &str, subject: &str, unit: &str, samples: &[f64], note: Option<String>) -> Figure {
+pub fn emit(
+    bench: &str,
+    subject: &str,
+    unit: &str,
+    samples: &[f64],
+    note: Option<String>,
+) -> Figure {
     let (median, min, max) = stats(samples);
     let f = Figure {
         bench: bench.into(),

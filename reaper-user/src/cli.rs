@@ -24,6 +24,8 @@ Exit status:
     version,
     about = "Who holds this port, since when, and is it stale? Frees it safely and keeps the record.",
     long_about = None,
+    // A fixed width keeps help the same everywhere (and its golden tests stable).
+    term_width = 100,
     after_help = concat!("Examples:\n",
         "  reaper who 8080                  who holds :8080, in every network namespace\n",
         "  reaper free 8080 --match platform-server --exe /usr/local/bin/platform-server\n",
@@ -71,7 +73,9 @@ pub enum ColorChoice {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stream bind attempts, listens, releases and failures as they happen.
-    #[command(after_help = "Examples:\n  reaper watch\n  reaper watch --json --duration 30 | jq 'select(.ok == false)'")]
+    #[command(
+        after_help = "Examples:\n  reaper watch\n  reaper watch --json --duration 30 | jq 'select(.ok == false)'"
+    )]
     Watch(WatchArgs),
     /// What this kernel allows: hooks, program types, privileges, the tier reaper would use.
     #[command(after_help = "Examples:\n  reaper doctor\n  reaper doctor --json")]
@@ -81,7 +85,9 @@ pub enum Command {
         "Exit status: 0 held, 1 not held, 2 bad input, 5 could not scan"))]
     Who(WhoArgs),
     /// Every bound port with its holders.
-    #[command(after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json")]
+    #[command(
+        after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json"
+    )]
     Ports(PortsArgs),
     /// Free PORT: judge its holders against a policy, stop the stale ones safely, wait until it binds again.
     #[command(after_help = concat!("Examples:\n",
@@ -91,7 +97,9 @@ pub enum Command {
         "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy"))]
     Free(FreeArgs),
     /// Run beside CI jobs: keep the ledger, record conflicts, free ports by policy.
-    #[command(after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml")]
+    #[command(
+        after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml"
+    )]
     Daemon(DaemonArgs),
     /// Forensics: what held a port, since when, who failed to bind, what was done.
     #[command(after_help = concat!("Examples:\n",
@@ -99,6 +107,9 @@ pub enum Command {
         "  reaper report --journal a.jsonl --journal b.jsonl --format html --output report.html\n",
         "  reaper report --demo --format md"))]
     Report(ReportArgs),
+    /// The man page (roff) on stdout; `cargo xtask man` writes target/man/reaper.1.
+    #[command(hide = true)]
+    Man,
     /// Shell completions on stdout.
     #[command(after_help = "Examples:\n  reaper completions bash > /etc/bash_completion.d/reaper")]
     Completions(CompletionsArgs),
@@ -107,6 +118,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct WatchArgs {
     /// One JSON object a line.
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Stop after this many seconds (or a duration like 500ms).
@@ -122,6 +134,7 @@ pub struct WatchArgs {
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -137,6 +150,7 @@ pub struct WhoArgs {
     /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -151,6 +165,7 @@ pub struct PortsArgs {
     /// A network namespace inode, or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -186,6 +201,7 @@ pub struct FreeArgs {
     /// Print verdicts and what would be signalled; signal nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Append the record of this run to this journal (JSON lines).

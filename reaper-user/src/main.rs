@@ -9,7 +9,11 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version are not errors; usage errors are bad input.
-            let code = if e.use_stderr() { Exit::BadInput.code() } else { 0 };
+            let code = if e.use_stderr() {
+                Exit::BadInput.code()
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -20,6 +24,7 @@ fn main() {
     }
     let code = match reaper::commands::dispatch(cli) {
         Ok(exit) => exit.code(),
+        Err(err) if broken_pipe(&err) => 0,
         Err(err) => {
             let exit = exit_for(&err);
             // One line: the outermost context first, then the cause chain.
@@ -36,4 +41,12 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A reader that went away (`reaper ports | head`) is not an error.
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -115,7 +115,11 @@ impl Table {
         let mut out = String::new();
         let line = |cells: &[String], out: &mut String, header: bool| {
             for (i, cell) in cells.iter().enumerate().take(n) {
-                let text = if header { style.bold(cell) } else { cell.clone() };
+                let text = if header {
+                    style.bold(cell)
+                } else {
+                    cell.clone()
+                };
                 out.push_str(&text);
                 if i + 1 < n {
                     let pad = width[i] - visible_width(cell) + 2;
@@ -176,7 +180,11 @@ mod tests {
     #[test]
     fn table_aligns_on_visible_width() {
         let mut t = Table::new(&["PORT", "PID", "COMM"]);
-        t.row(vec!["8080".into(), "\x1b[31m12\x1b[0m".into(), "platform-serve".into()]);
+        t.row(vec![
+            "8080".into(),
+            "\x1b[31m12\x1b[0m".into(),
+            "platform-serve".into(),
+        ]);
         t.row(vec!["53".into(), "1234567".into(), "dns".into()]);
         let s = t.render(Style { on: false });
         assert_eq!(

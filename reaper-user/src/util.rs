@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
-
-
 /// Transport protocol of a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -50,7 +50,9 @@ impl std::str::FromStr for Proto {
 }
 
 /// Address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -192,7 +194,9 @@ mod tests {
         assert_eq!(parse_port("8080"), Ok(8080));
         assert!(parse_port("0").unwrap_err().contains("port 0"));
         assert!(parse_port("65536").unwrap_err().contains("out of range"));
-        assert!(parse_port("http").unwrap_err().contains("not a port number"));
+        assert!(parse_port("http")
+            .unwrap_err()
+            .contains("not a port number"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `reaper completions SHELL`: completions generated from the clap definitions.
+//! `reaper completions SHELL` and `reaper man`: generated from the clap definitions.
 
 use anyhow::Result;
 use clap::CommandFactory;
@@ -14,5 +14,12 @@ pub fn run(args: CompletionsArgs) -> Result<Exit> {
     };
     let mut cmd = Cli::command();
     clap_complete::generate(shell, &mut cmd, "reaper", &mut std::io::stdout());
+    Ok(Exit::Ok)
+}
+
+/// The man page, generated from the same clap definitions.
+pub fn man() -> Result<Exit> {
+    let cmd = Cli::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
     Ok(Exit::Ok)
 }

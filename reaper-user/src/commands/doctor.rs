@@ -39,7 +39,11 @@ struct Cap {
 const CAPS: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load the bind hooks"),
     (38, "CAP_PERFMON", "tracing programs (listens, fexit)"),
-    (21, "CAP_SYS_ADMIN", "attach to the cgroup root; enter other network namespaces"),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "attach to the cgroup root; enter other network namespaces",
+    ),
     (12, "CAP_NET_ADMIN", "sock_diag in every network namespace"),
     (5, "CAP_KILL", "signal stale holders of other users"),
     (19, "CAP_SYS_PTRACE", "read other users' /proc/PID/fd"),
@@ -50,19 +54,32 @@ pub fn run(global: &Global, args: DoctorArgs) -> Result<Exit> {
     if args.json {
         json_line(&report)?;
     } else {
-        print(&human(&report, Style { on: use_color(global.color) }))?;
+        print(&human(
+            &report,
+            Style {
+                on: use_color(global.color),
+            },
+        ))?;
     }
     Ok(Exit::Ok)
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn gather() -> Report {
     let uts = nix::sys::utsname::uname().ok();
     let kernel = uts
-        .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            )
+        })
         .unwrap_or_else(|| "unknown".into());
     let cap_eff = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -86,7 +103,13 @@ fn gather() -> Report {
             Err(e) => (vec![], Some(format!("{e:#}"))),
         }
     } else {
-        (vec![], Some("not root: the probes need CAP_BPF and CAP_PERFMON (run `sudo reaper doctor`)".into()))
+        (
+            vec![],
+            Some(
+                "not root: the probes need CAP_BPF and CAP_PERFMON (run `sudo reaper doctor`)"
+                    .into(),
+            ),
+        )
     };
     let cgroup_ok = !probes.is_empty()
         && probes
@@ -118,7 +141,14 @@ fn gather() -> Report {
 fn human(r: &Report, style: Style) -> String {
     let mut s = String::new();
     s.push_str(&format!("kernel      {}\n", r.kernel));
-    s.push_str(&format!("btf         {}\n", if r.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "no" }));
+    s.push_str(&format!(
+        "btf         {}\n",
+        if r.btf {
+            "yes (/sys/kernel/btf/vmlinux)"
+        } else {
+            "no"
+        }
+    ));
     if let Some(l) = &r.lockdown {
         s.push_str(&format!("lockdown    {l}\n"));
     }
@@ -127,11 +157,17 @@ fn human(r: &Report, style: Style) -> String {
     }
     s.push_str(&format!(
         "cgroup2     {}\n",
-        r.cgroup2.as_deref().unwrap_or("not mounted (the cgroup tier needs it)")
+        r.cgroup2
+            .as_deref()
+            .unwrap_or("not mounted (the cgroup tier needs it)")
     ));
     s.push_str(&format!("euid        {}\n", r.euid));
     for c in &r.capabilities {
-        let mark = if c.present { style.green("yes") } else { style.red("no ") };
+        let mark = if c.present {
+            style.green("yes")
+        } else {
+            style.red("no ")
+        };
         s.push_str(&format!("  {:<15} {mark}  {}\n", c.name, c.why));
     }
     s.push('\n');
@@ -141,15 +177,29 @@ fn human(r: &Report, style: Style) -> String {
             r.probe_error.as_deref().unwrap_or("unknown")
         ));
     } else {
-        let mut t = Table::new(&["HOOK", "PROGRAM TYPE", "LOADS", "ATTACHES", "REFUSED WITH", "USED BY"]);
+        let mut t = Table::new(&[
+            "HOOK",
+            "PROGRAM TYPE",
+            "LOADS",
+            "ATTACHES",
+            "REFUSED WITH",
+            "USED BY",
+        ]);
         for p in &r.probes {
             t.row(vec![
                 p.hook.clone(),
                 p.program_type.clone(),
                 yn(p.loads, style),
                 yn(p.attaches, style),
-                p.errno.clone().or_else(|| p.error.clone()).unwrap_or_default(),
-                if p.used_by.is_empty() { "(probe only)".into() } else { p.used_by.join(",") },
+                p.errno
+                    .clone()
+                    .or_else(|| p.error.clone())
+                    .unwrap_or_default(),
+                if p.used_by.is_empty() {
+                    "(probe only)".into()
+                } else {
+                    p.used_by.join(",")
+                },
             ]);
         }
         s.push_str(&t.render(style));
@@ -157,7 +207,9 @@ fn human(r: &Report, style: Style) -> String {
     s.push('\n');
     let tier_line = match r.tier.as_str() {
         "proc" => style.yellow("proc (no BPF tier is usable here: reaper will scan)"),
-        t => style.green(&format!("{t} (errno inferred; --hooks syscalls gives exact errnos but taxes every syscall)")),
+        t => style.green(&format!(
+            "{t} (errno inferred; --hooks syscalls gives exact errnos but taxes every syscall)"
+        )),
     };
     s.push_str(&format!("tier        {tier_line}\n"));
     s.push_str(&format!("fallback    {}\n", r.fallback));

@@ -25,5 +25,6 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Daemon(args) => daemon::run(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
     }
 }

@@ -69,10 +69,18 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     let deadline = args.duration.map(|d| Instant::now() + d);
     eprintln!(
         "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
-        if tier.exact_errno() { "exact" } else { "inferred" },
+        if tier.exact_errno() {
+            "exact"
+        } else {
+            "inferred"
+        },
         if attached.listens { "seen" } else { "not seen" },
         attached.cgroup.display(),
-        if deadline.is_some() { "" } else { ", Ctrl-C to stop" }
+        if deadline.is_some() {
+            ""
+        } else {
+            ", Ctrl-C to stop"
+        }
     );
     let mut raw = Vec::new();
     let mut obs = Vec::new();
@@ -142,13 +150,26 @@ fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Re
         print(&format!(
             "{}  {}\n",
             chrono::Local::now().format("%H:%M:%S%.3f"),
-            style.red(&format!("LOST {n} events (ring buffer full; {total} in all)"))
+            style.red(&format!(
+                "LOST {n} events (ring buffer full; {total} in all)"
+            ))
         ))?;
     }
     Ok(())
 }
 
-fn emit(ledger: &mut Ledger, obs: &mut Vec<crate::events::Observation>, json: bool, style: Style) -> Result<()> {
+/// Prints the facts of one batch with a single write, so a storm costs one
+/// syscall per batch rather than one per line.
+fn emit(
+    ledger: &mut Ledger,
+    obs: &mut Vec<crate::events::Observation>,
+    json: bool,
+    style: Style,
+) -> Result<()> {
+    if obs.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
     for o in obs.drain(..) {
         let Some(mut fact) = ledger.apply(&o) else {
             continue;
@@ -157,11 +178,13 @@ fn emit(ledger: &mut Ledger, obs: &mut Vec<crate::events::Observation>, json: bo
             confirm_with_scan(&mut fact);
         }
         if json {
-            json_line(&fact)?;
+            text.push_str(&serde_json::to_string(&fact)?);
+            text.push('\n');
         } else {
-            print(&human(&fact, style))?;
+            text.push_str(&human(&fact, style));
         }
     }
+    print(&text)?;
     Ok(())
 }
 
@@ -201,7 +224,11 @@ fn confirm_with_scan(fact: &mut Fact) {
 /// One human line per fact.
 pub fn human(f: &Fact, style: Style) -> String {
     let time = chrono::DateTime::parse_from_rfc3339(&f.ts)
-        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S%.3f")
+                .to_string()
+        })
         .unwrap_or_else(|_| f.ts.clone());
     let proto = f.proto.map(|p| p.as_str()).unwrap_or("?");
     let at = match (&f.addr, f.port) {
@@ -218,7 +245,10 @@ pub fn human(f: &Fact, style: Style) -> String {
                 Some(p) => format!(" (asked for {p})"),
                 None => String::new(),
             };
-            format!("{time}  {}  {proto} {at}{req}  {who}\n", style.green("bind     ok  "))
+            format!(
+                "{time}  {}  {proto} {at}{req}  {who}\n",
+                style.green("bind     ok  ")
+            )
         }
         "bind" => {
             let errno = f.errno.clone().unwrap_or_else(|| "cause unknown".into());
@@ -233,13 +263,24 @@ pub fn human(f: &Fact, style: Style) -> String {
                 style.red(&errno)
             )
         }
-        "listen" => format!("{time}  {}  {proto} {at}  {who}\n", style.bold("listen      ")),
+        "listen" => format!(
+            "{time}  {}  {proto} {at}  {who}\n",
+            style.bold("listen      ")
+        ),
         _ => {
             let held = f
                 .held_ms
-                .map(|ms| format!("  held {}", humantime::format_duration(Duration::from_millis(ms))))
+                .map(|ms| {
+                    format!(
+                        "  held {}",
+                        humantime::format_duration(Duration::from_millis(ms))
+                    )
+                })
                 .unwrap_or_default();
-            format!("{time}  {}  {proto} {at}  {who}{held}\n", style.dim("release     "))
+            format!(
+                "{time}  {}  {proto} {at}  {who}{held}\n",
+                style.dim("release     ")
+            )
         }
     }
 }

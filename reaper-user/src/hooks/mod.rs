@@ -33,7 +33,8 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use serde::Serialize;
 
 /// The eBPF object, built by build.rs from `reaper-ebpf`.
-pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reaper.bpf.o"));
+pub static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reaper.bpf.o"));
 
 /// What the user asked for with `--hooks`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,19 +182,25 @@ const CGROUP_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 /// are attached through it. Returns whether it is available.
 pub fn ensure_tracefs() -> bool {
     let dir = std::path::Path::new("/sys/kernel/tracing");
-    if dir.join("events").exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
+    if dir.join("events").exists()
+        || std::path::Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
         return true;
     }
     let r = nix::mount::mount(
         Some("tracefs"),
         dir,
         Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     );
     match r {
         Ok(()) => {
-            tracing::info!("mounted tracefs at /sys/kernel/tracing for the sys_exit_bind tracepoint");
+            tracing::info!(
+                "mounted tracefs at /sys/kernel/tracing for the sys_exit_bind tracepoint"
+            );
             true
         }
         Err(e) => {
@@ -208,7 +215,11 @@ fn loader(ringbuf_size: u32, exact: bool) -> EbpfLoader<'static> {
     l.map_max_entries(reaper_common::MAP_EVENTS, ringbuf_size);
     static ON: u8 = 1;
     static OFF: u8 = 0;
-    l.override_global(reaper_common::GLOBAL_EXACT, if exact { &ON } else { &OFF }, true);
+    l.override_global(
+        reaper_common::GLOBAL_EXACT,
+        if exact { &ON } else { &OFF },
+        true,
+    );
     l
 }
 
@@ -278,13 +289,16 @@ pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
         Tier::Syscalls => {
             ensure_tracefs();
             let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
-            prog.load().map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+            prog.load()
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
             prog.attach("syscalls", "sys_exit_bind")
                 .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
         }
         Tier::Fexit => {
             let btf = btf.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup")
+                anyhow::anyhow!(
+                    "the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup"
+                )
             })?;
             for (name, func) in FEXITS {
                 let prog: &mut FExit = program(&mut ebpf, name)?;
@@ -382,7 +396,11 @@ pub fn probe_all() -> Result<Vec<Probe>> {
     let cgroup_fd = cgroup.as_ref().and_then(|p| File::open(p).ok());
     let btf = Btf::from_sys_fs().ok();
     let mut out = Vec::new();
-    let mut record = |hook: &str, ty: &str, used_by: Vec<&'static str>, load: std::result::Result<(), ProgramError>, attach: Option<std::result::Result<(), ProgramError>>| {
+    let mut record = |hook: &str,
+                      ty: &str,
+                      used_by: Vec<&'static str>,
+                      load: std::result::Result<(), ProgramError>,
+                      attach: Option<std::result::Result<(), ProgramError>>| {
         let (attaches, err) = match (&load, attach) {
             (Err(e), _) => (false, Some(e.to_string()).map(|s| (s, errno_of(e)))),
             (Ok(()), Some(Err(e))) => (false, Some((e.to_string(), errno_of(&e)))),
@@ -394,7 +412,9 @@ pub fn probe_all() -> Result<Vec<Probe>> {
             program_type: ty.to_string(),
             loads: load.is_ok(),
             attaches,
-            errno: err.as_ref().and_then(|(_, c)| c.map(crate::util::errno_name)),
+            errno: err
+                .as_ref()
+                .and_then(|(_, c)| c.map(crate::util::errno_name)),
             error: err.map(|(s, _)| s.lines().next().unwrap_or_default().to_string()),
             used_by,
         });
@@ -431,35 +451,64 @@ pub fn probe_all() -> Result<Vec<Probe>> {
                 let _ = prog.detach(link);
             })
         });
-        record("tracepoint/syscalls/sys_exit_bind", "tracepoint", vec!["syscalls"], load, attach);
+        record(
+            "tracepoint/syscalls/sys_exit_bind",
+            "tracepoint",
+            vec!["syscalls"],
+            load,
+            attach,
+        );
     }
     match &btf {
         Some(btf) => {
             let (name, tp) = LISTEN_PROG;
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             let load = prog.load(tp, btf);
-            let attach = load.is_ok().then(|| prog.attach().map(|link| {
-                let _ = prog.detach(link);
-            }));
-            record(&format!("tp_btf/{tp}"), "tracing (tp_btf)", all.clone(), load, attach);
+            let attach = load.is_ok().then(|| {
+                prog.attach().map(|link| {
+                    let _ = prog.detach(link);
+                })
+            });
+            record(
+                &format!("tp_btf/{tp}"),
+                "tracing (tp_btf)",
+                all.clone(),
+                load,
+                attach,
+            );
             for (name, func) in FEXITS {
                 let prog: &mut FExit = program(&mut ebpf, name)?;
                 let load = prog.load(func, btf);
-                let attach = load.is_ok().then(|| prog.attach().map(|link| {
-                    let _ = prog.detach(link);
-                }));
-                record(&format!("fexit/{func}"), "tracing (fexit)", vec!["fexit"], load, attach);
+                let attach = load.is_ok().then(|| {
+                    prog.attach().map(|link| {
+                        let _ = prog.detach(link);
+                    })
+                });
+                record(
+                    &format!("fexit/{func}"),
+                    "tracing (fexit)",
+                    vec!["fexit"],
+                    load,
+                    attach,
+                );
             }
             let (name, hook) = LSM_PROBE;
             let prog: &mut Lsm = program(&mut ebpf, name)?;
             let load = prog.load(hook, btf);
-            let attach = load.is_ok().then(|| prog.attach().map(|link| {
-                let _ = prog.detach(link);
-            }));
+            let attach = load.is_ok().then(|| {
+                prog.attach().map(|link| {
+                    let _ = prog.detach(link);
+                })
+            });
             record(&format!("lsm/{hook}"), "lsm", vec![], load, attach);
         }
         None => {
-            for hook in ["tp_btf/inet_sock_set_state", "fexit/inet_bind", "fexit/inet6_bind", "lsm/socket_bind"] {
+            for hook in [
+                "tp_btf/inet_sock_set_state",
+                "fexit/inet_bind",
+                "fexit/inet6_bind",
+                "lsm/socket_bind",
+            ] {
                 out.push(Probe {
                     hook: hook.into(),
                     program_type: "tracing".into(),
@@ -490,7 +539,10 @@ mod tests {
             cgroup2_from_mountinfo(mi),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(cgroup2_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            cgroup2_from_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 
     #[test]

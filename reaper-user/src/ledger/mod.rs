@@ -201,7 +201,10 @@ impl Ledger {
 
     /// Failed binds of a port, oldest first.
     pub fn failures_on(&self, port: u16) -> Vec<&FailedBind> {
-        self.failures.iter().filter(|f| f.key.port == port).collect()
+        self.failures
+            .iter()
+            .filter(|f| f.key.port == port)
+            .collect()
     }
 
     /// Adds a claim found by a scan (holders that predate the hooks).
@@ -283,7 +286,9 @@ impl Ledger {
             return fact;
         }
         fact.ok = false;
-        let holder = self.conflicting_claim(&key, ev.cookie).map(|c| (c.pid, c.comm.clone()));
+        let holder = self
+            .conflicting_claim(&key, ev.cookie)
+            .map(|c| (c.pid, c.comm.clone()));
         let errno = match b.errno {
             Some(e) => Some(e),
             None => self.infer_errno(&key, &b.attempt, holder.is_some()),

@@ -61,7 +61,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(decision: Decision, rule: Option<String>, reasons: Vec<String>) -> Verdict {
+    pub fn new(decision: Decision, rule: Option<String>, reasons: Vec<String>) -> Verdict {
         Verdict {
             decision,
             reasons,
@@ -672,20 +672,35 @@ impl Policy {
         self.rules.iter().any(|r| r.action == Action::Reap)
     }
 
-    /// Judges one holder of one socket. Protections first, then the rules in
-    /// order; the first matching rule decides.
-    pub fn judge(&self, p: &Process, s: &Socket, ctx: &Context) -> Verdict {
+    /// The protections alone (built-in, then `protect` rules): Some when one
+    /// holds. Used for processes that are targets through another's verdict
+    /// (`--tree`), which no rule may lift either.
+    pub fn protection(&self, p: &Process, s: &Socket, ctx: &Context) -> Option<Verdict> {
         let holds = format!("holds {}", socket_words(s));
         if let Some(why) = builtin_protection(p, s, ctx) {
-            return Verdict::new(Decision::Protect, None, vec![why, holds]);
+            return Some(Verdict::new(Decision::Protect, None, vec![why, holds]));
         }
         for prot in &self.protects {
             if let Ok(mut why) = prot.matcher.check(p, s, ctx) {
                 why.insert(0, format!("protected by rule '{}'", prot.name));
                 why.push(holds);
-                return Verdict::new(Decision::Protect, Some(prot.name.clone()), why);
+                return Some(Verdict::new(
+                    Decision::Protect,
+                    Some(prot.name.clone()),
+                    why,
+                ));
             }
         }
+        None
+    }
+
+    /// Judges one holder of one socket. Protections first, then the rules in
+    /// order; the first matching rule decides.
+    pub fn judge(&self, p: &Process, s: &Socket, ctx: &Context) -> Verdict {
+        if let Some(v) = self.protection(p, s, ctx) {
+            return v;
+        }
+        let holds = format!("holds {}", socket_words(s));
         let mut misses = Vec::new();
         for rule in &self.rules {
             match rule.matcher.check(p, s, ctx) {

@@ -108,14 +108,16 @@ impl Identity {
                 self.start_ticks, now.start_ticks
             ));
         }
-        if self.exe != now.exe {
+        // Compared as the kernel names them, whoever read them: a " (deleted)"
+        // suffix or a trailing empty argument is the same program, not another.
+        if self.exe.as_deref().map(strip_deleted) != now.exe.as_deref().map(strip_deleted) {
             d.push(format!(
                 "exe changed from {} to {}",
                 self.exe.as_deref().unwrap_or("(unreadable)"),
                 now.exe.as_deref().unwrap_or("(unreadable)")
             ));
         }
-        if self.cmdline != now.cmdline {
+        if trim_args(&self.cmdline) != trim_args(&now.cmdline) {
             d.push(format!(
                 "cmdline changed from '{}' to '{}'",
                 self.cmdline.join(" "),
@@ -124,6 +126,18 @@ impl Identity {
         }
         d
     }
+}
+
+fn strip_deleted(exe: &str) -> &str {
+    exe.strip_suffix(" (deleted)").unwrap_or(exe)
+}
+
+fn trim_args(args: &[String]) -> &[String] {
+    let end = args
+        .iter()
+        .rposition(|a| !a.is_empty())
+        .map_or(0, |i| i + 1);
+    &args[..end]
 }
 
 /// argv from /proc/PID/cmdline: NUL-separated, lossily decoded.
@@ -194,6 +208,10 @@ mod tests {
         let d = a.differences(&b);
         assert_eq!(d.len(), 2);
         assert!(d[0].contains("exe changed from /usr/local/bin/platform-server to /usr/bin/sleep"));
+        b = a.clone();
+        b.exe = Some("/usr/local/bin/platform-server (deleted)".into());
+        b.cmdline.push(String::new());
+        assert!(a.differences(&b).is_empty(), "same program, other spelling");
         b = a.clone();
         b.start_ticks = 11;
         assert!(a.differences(&b)[0].contains("pid was reused"));

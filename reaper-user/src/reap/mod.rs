@@ -164,13 +164,16 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
         live.push(Live { idx, fd });
     }
 
-    let send =
-        |live: &mut Vec<Live>, reports: &mut Vec<TargetReport>, sig: i32, name: &'static str| {
-            live.retain(|l| match l.fd.send(sig) {
+    let send = |live: &mut Vec<Live>,
+                reports: &mut Vec<TargetReport>,
+                sig: i32,
+                name: &'static str| {
+        live.retain(|l| {
+            // Stamped before the syscall: the process may exit before it returns.
+            let record = signal_record(l.fd.pid, name, opts.start);
+            match l.fd.send(sig) {
                 Ok(()) => {
-                    reports[l.idx]
-                        .signals
-                        .push(signal_record(l.fd.pid, name, opts.start));
+                    reports[l.idx].signals.push(record);
                     true
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
@@ -189,8 +192,9 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
                     };
                     false
                 }
-            });
-        };
+            }
+        });
+    };
 
     send(&mut live, &mut reports, libc::SIGTERM, "SIGTERM");
     let term_at = Instant::now();

@@ -1,0 +1,212 @@
+//! The eBPF bind ledger against the real kernel: `reaper watch --json` sees
+//! binds made by other processes, with their true identities.
+//!
+//! Every test starts its own `reaper watch` (its own programs on the cgroup
+//! root) and filters by the pids of the processes it made, so tests can run
+//! in parallel.
+
+use std::process::Command;
+use std::time::Duration;
+
+use reaper_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `reaper watch --json`.
+struct Watch {
+    s: Spawned,
+}
+
+impl Watch {
+    fn start(extra: &[&str]) -> Watch {
+        require_root();
+        let mut cmd = Command::new(reaper_bin());
+        cmd.args(["watch", "--json"]).args(extra);
+        let mut s = Spawned::spawn(&mut cmd);
+        s.wait_err("attached", Duration::from_secs(30));
+        Watch { s }
+    }
+
+    /// The next JSON line that satisfies `pred`.
+    fn expect<F: Fn(&Value) -> bool>(&mut self, what: &str, pred: F) -> Value {
+        let line = self.s.wait_line(what, WAIT, |l| {
+            serde_json::from_str::<Value>(l)
+                .map(|v| pred(&v))
+                .unwrap_or(false)
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+fn is(v: &Value, kind: &str, pid: u32) -> bool {
+    v["kind"] == kind && v["pid"] == pid
+}
+
+#[test]
+fn successful_tcp_bind_listen_and_release_are_seen_with_identity() {
+    let mut w = Watch::start(&[]);
+    let (mut h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    let pid = h.pid();
+    let bind = w.expect("the bind", |v| is(v, "bind", pid));
+    assert_eq!(bind["ok"], true, "{bind}");
+    assert_eq!(
+        bind["port"], port,
+        "port 0 resolves to the real ephemeral port: {bind}"
+    );
+    assert_eq!(bind["requested_port"], 0, "{bind}");
+    assert_eq!(bind["comm"], "binder");
+    assert_eq!(bind["tid"], pid);
+    assert_eq!(bind["uid"], 0);
+    assert_eq!(bind["proto"], "tcp");
+    assert_eq!(bind["family"], "ipv4");
+    assert_eq!(bind["addr"], "127.0.0.1");
+    assert_eq!(bind["errno"], Value::Null);
+    assert_eq!(bind["source"], "cgroup");
+    assert_eq!(bind["netns"], own_netns());
+    assert!(bind["cookie"].as_u64().unwrap() > 0);
+    let listen = w.expect("the listen", |v| is(v, "listen", pid));
+    assert_eq!(listen["port"], port);
+    assert_eq!(listen["cookie"], bind["cookie"]);
+    h.send("close");
+    h.wait_line("closed", WAIT, |l| l == "closed");
+    let rel = w.expect("the release", |v| is(v, "release", pid));
+    assert_eq!(
+        rel["port"], port,
+        "the release names the claim's port: {rel}"
+    );
+    assert_eq!(rel["cookie"], bind["cookie"]);
+    assert!(rel["held_ms"].as_u64().is_some());
+}
+
+#[test]
+fn eaddrinuse_names_who_tried_and_who_holds() {
+    let mut w = Watch::start(&[]);
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
+    let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+    assert_eq!(
+        result, "err 98",
+        "the second bind must fail with EADDRINUSE"
+    );
+    let f = w.expect("the failed bind", |v| is(v, "bind", pid));
+    assert_eq!(f["ok"], false, "{f}");
+    assert_eq!(f["port"], port);
+    assert_eq!(f["comm"], "binder");
+    assert_eq!(f["errno"], "EADDRINUSE");
+    assert_eq!(f["errno_exact"], false, "the cgroup tier infers the cause");
+    assert_eq!(f["holder_pid"], h.pid());
+}
+
+#[test]
+fn the_syscalls_tier_reports_the_exact_errno() {
+    let mut w = Watch::start(&["--hooks", "syscalls"]);
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
+    let (pid, result) = try_bind(&["0.0.0.0", &port.to_string()]);
+    assert_eq!(result, "err 98");
+    let f = w.expect("the failed bind", |v| is(v, "bind", pid));
+    assert_eq!(f["ok"], false);
+    assert_eq!(f["errno"], "EADDRINUSE");
+    assert_eq!(f["errno_exact"], true, "{f}");
+    assert_eq!(f["source"], "syscalls");
+}
+
+#[test]
+fn ipv6_and_udp_binds_are_seen() {
+    let mut w = Watch::start(&[]);
+    let (h6, port6) = hold(&["::1", "0", "listen"]);
+    let b = w.expect("the v6 bind", |v| is(v, "bind", h6.pid()));
+    assert_eq!(b["family"], "ipv6");
+    assert_eq!(b["addr"], "::1");
+    assert_eq!(b["port"], port6);
+    let (hu, portu) = hold(&["127.0.0.1", "0", "udp"]);
+    let b = w.expect("the udp bind", |v| is(v, "bind", hu.pid()));
+    assert_eq!(b["proto"], "udp");
+    assert_eq!(b["port"], portu);
+    // A fixed UDP port asked for, and received.
+    let want = free_port();
+    let (hf, got) = hold(&["127.0.0.1", &want.to_string(), "udp"]);
+    assert_eq!(got, want);
+    let b = w.expect("the fixed udp bind", |v| is(v, "bind", hf.pid()));
+    assert_eq!(b["port"], want);
+    assert!(
+        b.get("requested_port").is_none(),
+        "asked port = bound port: {b}"
+    );
+}
+
+#[test]
+fn a_bind_in_another_network_namespace_carries_that_namespace() {
+    let mut w = Watch::start(&[]);
+    let ns = Netns::new("bpf");
+    let mut cmd = ns.exec(&fixture_bin("binder"));
+    cmd.args(["hold", "127.0.0.1", "0", "listen"]);
+    let (h, port) = hold_with(cmd);
+    let b = w.expect("the bind in the namespace", |v| is(v, "bind", h.pid()));
+    assert_eq!(b["port"], port);
+    assert_eq!(b["netns"], ns.inode(), "{b}");
+    assert_ne!(b["netns"], own_netns());
+    // The same port in our namespace is no conflict.
+    let (h2, p2) = hold(&["127.0.0.1", &port.to_string(), "listen"]);
+    assert_eq!(p2, port);
+    let b2 = w.expect("the same port here", |v| is(v, "bind", h2.pid()));
+    assert_eq!(b2["ok"], true);
+    assert_eq!(b2["netns"], own_netns());
+}
+
+#[test]
+fn bpftrace_agrees_on_a_failed_bind() {
+    require_root();
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting tracefs for bpftrace failed");
+    }
+    let mut w = Watch::start(&[]);
+    let mut bt = Spawned::spawn(Command::new("bpftrace").args([
+        "-e",
+        r#"tracepoint:syscalls:sys_exit_bind /comm == "binder"/ { printf("bind %d %d\n", pid, args->ret); }"#,
+    ]));
+    bt.wait_line("bpftrace to attach", Duration::from_secs(60), |l| {
+        l.contains("Attaching")
+    });
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
+    let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+    assert_eq!(result, "err 98");
+    let ours = w.expect("reaper's failed bind", |v| is(v, "bind", pid));
+    let theirs = bt.wait_line("bpftrace's line", WAIT, |l| {
+        l.starts_with(&format!("bind {pid} "))
+    });
+    assert_eq!(
+        theirs,
+        format!("bind {pid} -98"),
+        "bpftrace saw the kernel return -EADDRINUSE"
+    );
+    assert_eq!(ours["errno"], "EADDRINUSE");
+    assert_eq!(ours["port"], port);
+}
+
+#[test]
+fn doctor_reports_the_hooks_and_the_tier() {
+    require_root();
+    let out = Command::new(reaper_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tier"], "cgroup");
+    let probes = v["probes"].as_array().unwrap();
+    let bind4 = probes.iter().find(|p| p["hook"] == "cgroup/bind4").unwrap();
+    assert_eq!(bind4["attaches"], true);
+    // Refusals carry their errno (fexit is refused on some kernels, allowed on others).
+    for p in probes {
+        if p["loads"] == false {
+            assert!(p["errno"].is_string() || p["error"].is_string(), "{p}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `cargo xtask bench`: runs every benchmark binary of `reaper-bench`
+//! (bench/src/bin/*.rs), collects the JSON figure lines each prints, and
+//! writes bench/results.json (for tools) and bench/results.md (for people),
+//! with the machine they ran on.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{check, say};
+
+pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
+    say("building reaper and the benchmarks (release)");
+    check(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "reaper-user",
+                "-p",
+                "reaper-bench",
+            ])
+            .current_dir(root),
+    )?;
+    let mut names: Vec<String> = std::fs::read_dir(root.join("bench/src/bin"))
+        .context("listing bench/src/bin")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".rs").map(str::to_string)
+        })
+        .filter(|n| only.is_none_or(|o| n.contains(o)))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("no benchmark matches");
+    }
+    let mut figures: Vec<Value> = Vec::new();
+    let mut failed = Vec::new();
+    for name in &names {
+        say(&format!(
+            "bench {name}{}",
+            if quick { " --quick" } else { "" }
+        ));
+        let bin = root.join("target/release").join(name);
+        let mut cmd = Command::new(&bin);
+        if quick {
+            cmd.arg("--quick");
+        }
+        cmd.env("REAPER_BIN", root.join("target/release/reaper"))
+            .current_dir(root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                figures.push(v);
+            }
+        }
+        if !out.status.success() {
+            failed.push(name.clone());
+        }
+    }
+    let machine = machine();
+    let doc = json!({ "machine": machine, "quick": quick, "figures": figures });
+    std::fs::write(
+        root.join("bench/results.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    std::fs::write(
+        root.join("bench/results.md"),
+        markdown(&machine, quick, &figures),
+    )?;
+    say("wrote bench/results.md and bench/results.json");
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "mem_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "date": date,
+    })
+}
+
+fn markdown(machine: &Value, quick: bool, figures: &[Value]) -> String {
+    let mut s = String::new();
+    s.push_str("# reaper benchmark results\n\n");
+    s.push_str(&format!(
+        "Machine: {} CPUs ({}), {} GiB, Linux {}; run {}{}.\n\n",
+        machine["cpus"],
+        machine["cpu"].as_str().unwrap_or(""),
+        machine["mem_gib"],
+        machine["kernel"].as_str().unwrap_or(""),
+        machine["date"].as_str().unwrap_or(""),
+        if quick { " with --quick" } else { "" }
+    ));
+    s.push_str("Comparisons were interleaved in the same run; absolute numbers drift on shared machines, ratios less so. Reproduce with `cargo xtask bench`.\n\n");
+    s.push_str("| benchmark | subject | median | min | max | n | note |\n|---|---|---:|---:|---:|---:|---|\n");
+    for f in figures {
+        let num = |k: &str| f[k].as_f64().map(fmt_num).unwrap_or_default();
+        s.push_str(&format!(
+            "| {} | {} | {} {} | {} | {} | {} | {} |\n",
+            f["bench"].as_str().unwrap_or(""),
+            f["subject"].as_str().unwrap_or(""),
+            num("median"),
+            f["unit"].as_str().unwrap_or(""),
+            num("min"),
+            num("max"),
+            f["samples"],
+            f["note"].as_str().unwrap_or("")
+        ));
+    }
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
