@@ -265,74 +265,55 @@ pub fn read_journal_counting(path: &Path) -> (Vec<Value>, usize) {
     (records, bad)
 }
 
-/// An orphaned TCP listener on 0.0.0.0:PORT: a python3 grandchild whose
-/// parent has exited (so it is reparented to init, still in the job's
-/// session, as a server left behind by a finished CI job is). `token` goes into its command line so rules can name
-/// it and cleanup can make sure it kills only its own.
+/// An orphaned `platform-server` (the tests crate's fixture) listening on
+/// 0.0.0.0:PORT: started by a shell that exits at once, as a CI job leaves
+/// a server behind. Its comm is set to `tag`, so each test's rules name only
+/// its own holder (the daemons of tests running in parallel see every bind
+/// on the host). Dropping it kills it through its pidfd.
 pub struct Orphan {
-    pub pid: u32,
-    pub token: String,
+    pub server: crate::fixture::Server,
+    pub tag: String,
 }
-
-const ORPHAN: &str = r#"
-import os, socket, sys, time
-port = int(sys.argv[2])
-r, w = os.pipe()
-if os.fork() == 0:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(16)
-    fd = os.open("/dev/null", os.O_RDWR)
-    for i in (0, 1, 2):
-        os.dup2(fd, i)
-    os.write(w, b"%d\n" % os.getpid())
-    while True:
-        time.sleep(3600)
-os.close(w)
-sys.stdout.write(os.read(r, 64).decode())
-"#;
 
 impl Orphan {
-    pub fn spawn(port: u16, token: &str) -> Orphan {
-        let out = Command::new("python3")
-            .args(["-c", ORPHAN, token, &port.to_string()])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("python3 is needed for the orphaned holder");
-        let pid: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the orphan did not start: {out:?}"));
+    pub fn spawn(port: u16, tag: &str) -> Orphan {
+        assert!(tag.len() <= 15, "a comm holds 15 bytes");
+        let server = crate::fixture::Server::start_orphan(
+            &crate::fixture_bin("platform-server"),
+            &[
+                "--port",
+                &port.to_string(),
+                "--addr",
+                "0.0.0.0",
+                "--comm",
+                tag,
+            ],
+        );
         Orphan {
-            pid,
-            token: token.to_string(),
+            server,
+            tag: tag.to_string(),
         }
     }
 
-    /// Alive and still the process we started (its cmdline has the token).
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
     pub fn alive(&self) -> bool {
-        std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .map(|c| String::from_utf8_lossy(&c).contains(&self.token))
-            .unwrap_or(false)
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true)
+        self.server.handle.alive()
     }
-}
 
-impl Drop for Orphan {
-    fn drop(&mut self) {
-        if self.alive() {
-            // SAFETY: the pid's cmdline carries our token: it is ours.
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        }
+    /// A `[[rule]]` that names this holder: the fixture's exe, its comm,
+    /// orphaned. `action`: None (the daemon's default, report), or Some.
+    pub fn rule(&self, name: &str, action: Option<&str>) -> String {
+        let action = action
+            .map(|a| format!("action = \"{a}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "[[rule]]\nname = \"{name}\"\n{action}match = {{ exe = \"{}\", comm = \"{}\", orphaned = true }}\n",
+            crate::fixture_bin("platform-server").display(),
+            self.tag
+        )
     }
 }
 

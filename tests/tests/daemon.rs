@@ -24,10 +24,6 @@ fn kind(r: &Value) -> &str {
     r["kind"].as_str().unwrap_or("")
 }
 
-fn token(name: &str) -> String {
-    format!("reaper-test-holder-{name}-{}", std::process::id())
-}
-
 #[test]
 fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reaper.toml");
@@ -73,13 +69,11 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
 #[test]
 fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     need_root!();
-    let tok = token("reap");
-    let d = Daemon::start(&format!(
-        "[[rule]]\nname = \"stale test holder\"\naction = \"reap\"\nmatch = {{ cmdline = \"{tok}\", orphaned = true }}\n"
-    ));
     let port = free_port();
-    let holder = Orphan::spawn(port, &tok);
+    let holder = Orphan::spawn(port, "rp-reap");
     assert!(holder.alive());
+    // The holder predates the daemon: the seed scan must find it.
+    let d = Daemon::start(&holder.rule("stale test holder", Some("reap")));
 
     // The daemon saw the claim: ask its ledger.
     let who = wait_for(
@@ -94,7 +88,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert_eq!(who["ok"], true);
     assert_eq!(who["tier"], "cgroup");
     let claim = &who["claims"][0];
-    assert_eq!(claim["pid"], holder.pid);
+    assert_eq!(claim["pid"], holder.pid());
     assert_eq!(claim["port"], port);
     assert!(claim["bound_at"].is_string());
     assert!(claim["ppid"].is_number(), "the binder's parent: {claim}");
@@ -111,7 +105,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
         text.contains("answered by the daemon's ledger (tier cgroup)"),
         "{text}"
     );
-    assert!(text.contains(&holder.pid.to_string()), "{text}");
+    assert!(text.contains(&holder.pid().to_string()), "{text}");
 
     // A burst of failed binds from another process.
     let (binder, failed) = Binder::run(port, 5);
@@ -129,7 +123,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     );
     assert!(conflict["tried"]["ppid"].is_number(), "{conflict}");
     assert_eq!(conflict["errno"], "EADDRINUSE");
-    assert_eq!(conflict["holders"][0]["pid"], holder.pid, "{conflict}");
+    assert_eq!(conflict["holders"][0]["pid"], holder.pid(), "{conflict}");
     assert_eq!(conflict["action"], "reap", "{conflict}");
     assert_eq!(conflict["verdict"]["decision"], "reap");
     assert_eq!(conflict["verdict"]["rule"], "stale test holder");
@@ -138,7 +132,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     let reaping = d.wait_record("a reaping record", |r| {
         kind(r) == "reaping" && r["port"] == port
     });
-    assert_eq!(reaping["target"]["pid"], holder.pid);
+    assert_eq!(reaping["target"]["pid"], holder.pid());
     assert_eq!(reaping["outcome"], "freed", "{reaping}");
     assert_eq!(reaping["signals"][0]["signal"], "SIGTERM");
     wait_for("the holder to be gone", Duration::from_secs(5), || {
@@ -202,13 +196,24 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
 #[test]
 fn a_report_rule_leaves_the_holder_alive() {
     need_root!();
-    let tok = token("report");
-    // No `action`: the daemon's default is to report.
-    let mut d = Daemon::start(&format!(
-        "[[rule]]\nname = \"only tell\"\nmatch = {{ cmdline = \"{tok}\" }}\n"
-    ));
+    // No `action`: the daemon's default is to report. The holder starts
+    // after the daemon: its claim comes from the BPF hooks.
+    let rule = format!(
+        "[[rule]]\nname = \"only tell\"\nmatch = {{ exe = \"{}\", comm = \"rp-report\", orphaned = true }}\n",
+        reaper_tests::fixture_bin("platform-server").display()
+    );
+    let mut d = Daemon::start(&rule);
     let port = free_port();
-    let holder = Orphan::spawn(port, &tok);
+    let holder = Orphan::spawn(port, "rp-report");
+    // (free_port's own probe bind is a claim on the port too: skip it.)
+    let claim = d.wait_record("the holder's claim from the hooks", |r| {
+        kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == holder.pid()
+    });
+    assert_eq!(claim["source"], "cgroup");
+    assert_eq!(claim["process"]["pid"], holder.pid());
+    // The parent as /proc showed it when the daemon read it: the job's
+    // shell exits at once, so it is usually init by then.
+    assert!(claim["process"]["ppid"].is_number(), "{claim}");
     let (_binder, failed) = Binder::run(port, 3);
     assert!(failed >= 1);
     let conflict = d.wait_record("a conflict record", |r| {
@@ -217,7 +222,7 @@ fn a_report_rule_leaves_the_holder_alive() {
     assert_eq!(conflict["action"], "report", "{conflict}");
     assert_eq!(conflict["verdict"]["decision"], "keep");
     assert_eq!(conflict["verdict"]["rule"], "only tell");
-    assert_eq!(conflict["holders"][0]["pid"], holder.pid);
+    assert_eq!(conflict["holders"][0]["pid"], holder.pid());
     // Past the burst window (the final count is journaled), nothing was signalled.
     d.wait_record("the end-of-burst record", |r| {
         kind(r) == "conflict" && r["port"] == port && r["count"].as_u64() >= Some(failed as u64)
@@ -266,6 +271,16 @@ fn sighup_with_a_broken_config_keeps_running_and_a_good_one_applies() {
 fn sigterm_stops_within_a_second_and_journals_stop() {
     need_root!();
     let mut d = Daemon::start("");
+    // Least privilege once attached: no BPF, no PERFMON; KILL stays.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(eff & (1 << 39), 0, "CAP_BPF dropped: {eff:x}");
+    assert_eq!(eff & (1 << 38), 0, "CAP_PERFMON dropped: {eff:x}");
+    assert_ne!(eff & (1 << 5), 0, "CAP_KILL kept: {eff:x}");
     let t = Instant::now();
     assert_eq!(
         d.stop(Duration::from_secs(1)),

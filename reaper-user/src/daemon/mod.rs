@@ -197,6 +197,17 @@ impl Daemon {
                 Err(e) => degraded_reason = Some(format!("the hooks could not be attached: {e:#}")),
             },
         }
+        // Least privilege from here on: the programs are attached (their fds
+        // stay valid); what is left to do needs only these capabilities.
+        // Before any thread starts, so every later thread inherits the drop.
+        if crate::util::is_root() {
+            match crate::caps::drop_except(crate::caps::DAEMON_KEEPS) {
+                Ok(()) => tracing::info!(
+                    "dropped every capability except KILL, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE"
+                ),
+                Err(e) => tracing::warn!("could not drop capabilities (running with all of them): {e:#}"),
+            }
+        }
         let source = attached
             .as_ref()
             .map(|a| a.tier.as_str().to_string())
@@ -710,8 +721,11 @@ impl Daemon {
                 shared.ledger.forget(c.cookie);
             }
         }
-        for h in &scan.holdings {
+        for h in scan.holdings.iter().filter(|h| holds_for_binds(h)) {
             if let Some(claim) = claim_of(h) {
+                if let Some(b) = binder_of(h) {
+                    shared.binders.entry(claim.cookie).or_insert(b);
+                }
                 shared.ledger.seed(claim);
             }
         }
@@ -866,11 +880,11 @@ impl Daemon {
                 return;
             }
         };
-        let live: Vec<Claim> = scan
+        let live: Vec<(Claim, Option<control::Binder>)> = scan
             .holdings
             .iter()
-            .filter(|h| matches!(h.socket.state.as_str(), "LISTEN" | "UNCONN"))
-            .filter_map(claim_of)
+            .filter(|h| holds_for_binds(h))
+            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
             .collect();
         let mut added = Vec::new();
         let mut removed = Vec::new();
@@ -878,9 +892,12 @@ impl Daemon {
             let mut shared = self.shared.lock().unwrap();
             let known: HashSet<(u64, Proto, IpAddr, u16)> =
                 shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
-            for c in &live {
+            for (c, b) in &live {
                 if !known.contains(&key_tuple(&c.key)) {
                     added.push(c.clone());
+                    if let Some(b) = b {
+                        shared.binders.insert(c.cookie, b.clone());
+                    }
                     shared.ledger.seed(c.clone());
                 }
             }
@@ -1175,6 +1192,23 @@ fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
 /// A scanned socket as a ledger claim (source "proc"). Sockets read from
 /// /proc/net carry no cookie; their inode, marked by the top bit so it never
 /// equals a kernel cookie, keys them instead.
+/// A listening TCP or bound UDP socket: a claim in the ledger's sense
+/// (connections and TIME-WAIT hold ports too, but are not claims).
+fn holds_for_binds(h: &Holding) -> bool {
+    matches!(h.socket.state.as_str(), "LISTEN" | "UNCONN")
+}
+
+/// The binder details a scan knows: the holder's parent now (for a holder
+/// that predates the daemon, the best there is).
+fn binder_of(h: &Holding) -> Option<control::Binder> {
+    let p = h.processes.first()?;
+    Some(control::Binder {
+        ppid: Some(p.ppid),
+        parent_comm: p.ancestors.first().map(|(_, c)| c.clone()),
+        exe: p.exe.clone(),
+    })
+}
+
 fn claim_of(h: &Holding) -> Option<Claim> {
     let s = &h.socket;
     let p = h.processes.first()?;
