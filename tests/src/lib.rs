@@ -19,6 +19,11 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace root (the holders tests' name for [`workspace`]).
+pub fn workspace_root() -> PathBuf {
+    workspace()
+}
+
 /// target/debug/reaper, built by `cargo xtask test` (or `cargo build`).
 pub fn reaper_bin() -> PathBuf {
     let p = workspace().join("target/debug/reaper");
@@ -294,4 +299,5 @@ pub fn own_netns() -> u64 {
 }
 
 pub mod fixture;
+pub mod procs;
 pub mod daemon;

@@ -205,7 +205,14 @@ fn state_rank(state: &str) -> u8 {
 
 /// Threads for the fd walk: one per core, up to 4 (/proc reads scale with
 /// cores but contend on the same locks beyond that).
+/// REAPER_SCAN_THREADS overrides, to measure.
 fn walk_threads() -> usize {
+    if let Some(n) = std::env::var("REAPER_SCAN_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)

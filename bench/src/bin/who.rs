@@ -1,0 +1,323 @@
+//! Benchmark: "who holds this port" on a busy host, reaper's scan against
+//! `ss`, `lsof` and `fuser`.
+//!
+//! Starts N idle processes (default 2,000) each holding F open files
+//! (default 50: /dev/null) plus one TCP listener held by this process, then
+//! times, interleaved in each round (the order rotates between rounds):
+//!
+//!   reaper who PORT --no-bpf
+//!   ss -ltnpH 'sport = :PORT'
+//!   lsof -nP -iTCP:PORT -sTCP:LISTEN
+//!   fuser -n tcp PORT
+//!
+//! and prints the medians as JSON lines (see bench/src/lib.rs). The idle
+//! processes die with this one: they block on a pipe whose only write end is
+//! ours (EOF when we exit, however we exit), have PR_SET_PDEATHSIG, and are
+//! killed and reaped on drop.
+//!
+//! `--hold` sets the scene, prints the port and waits for EOF on stdin
+//! instead of timing: for profiling one tool by hand.
+//!
+//! Usage: who [--quick] [--procs N] [--fds F] [--rounds R] [--hold]   (needs root, and
+//! `cargo build` first: it runs target/debug/reaper, or $REAPER_BIN).
+
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use reaper_bench::emit;
+
+struct Opts {
+    procs: usize,
+    fds: usize,
+    rounds: usize,
+    hold: bool,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts {
+        procs: 2000,
+        fds: 50,
+        rounds: 7,
+        hold: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = |name: &str| -> Result<usize> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{name} needs a number"))
+        };
+        match a.as_str() {
+            "--quick" => {
+                o.procs = 200;
+                o.rounds = 3;
+            }
+            "--procs" => o.procs = num("--procs")?,
+            "--fds" => o.fds = num("--fds")?,
+            "--rounds" => o.rounds = num("--rounds")?.max(1),
+            "--hold" => o.hold = true,
+            "--bench" => {} // what `cargo bench` passes
+            other => {
+                bail!("unknown argument '{other}': use --quick, --procs N, --fds F, --rounds R")
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// The idle processes; killed and reaped on drop, panics included.
+struct Idlers {
+    pids: Vec<libc::pid_t>,
+    release: Option<OwnedFd>,
+}
+
+impl Drop for Idlers {
+    fn drop(&mut self) {
+        // EOF on their pipe ends them; SIGKILL covers one stuck elsewhere.
+        self.release.take();
+        for &pid in &self.pids {
+            // SAFETY: plain syscalls on pids we forked and have not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks `n` children that each open /dev/null `fds` times, say so on the
+/// ready pipe, and block reading the release pipe.
+fn start_idlers(n: usize, fds: usize) -> Result<Idlers> {
+    let (release_r, release_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let mut idlers = Idlers {
+        pids: Vec::with_capacity(n),
+        release: Some(release_w),
+    };
+    let devnull = c"/dev/null";
+    let (rr, rw, readyw) = (
+        release_r.as_raw_fd(),
+        idlers.release.as_ref().unwrap().as_raw_fd(),
+        ready_w.as_raw_fd(),
+    );
+    for _ in 0..n {
+        // SAFETY: this process is single-threaded here, and the child only
+        // makes async-signal-safe calls before _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!(
+                "fork failed after {} processes: {}",
+                idlers.pids.len(),
+                std::io::Error::last_os_error()
+            );
+        }
+        if pid == 0 {
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::close(rw);
+                for _ in 0..fds {
+                    libc::open(devnull.as_ptr(), libc::O_RDONLY);
+                }
+                libc::write(readyw, b"r".as_ptr().cast(), 1);
+                libc::close(readyw);
+                let mut b = 0u8;
+                libc::read(rr, (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        idlers.pids.push(pid);
+    }
+    drop(ready_w);
+    drop(release_r);
+    // Wait until every child has its files open.
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    while got < n {
+        // SAFETY: reading into a valid buffer.
+        let r = unsafe { libc::read(ready_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            bail!("only {got} of {n} idle processes became ready");
+        }
+        got += r as usize;
+    }
+    Ok(idlers)
+}
+
+fn reaper_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("REAPER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
+    if !p.exists() {
+        bail!(
+            "{} is missing: run `cargo build` first (or set REAPER_BIN)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Runs a command with its output discarded; returns the wall time in seconds.
+fn timed(cmd: &[String]) -> Result<f64> {
+    let t = Instant::now();
+    let status = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", cmd[0]))?;
+    let s = t.elapsed().as_secs_f64();
+    // reaper who: 0 held; ss/lsof/fuser: 0 found. Anything else means the
+    // tool did not answer the question and its time is meaningless.
+    if !status.success() {
+        bail!("`{}` exited with {status}", cmd.join(" "));
+    }
+    Ok(s)
+}
+
+fn main() -> Result<()> {
+    let o = opts()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this benchmark needs root (ss -p, lsof and fuser only see other users' processes as root): run it with sudo");
+    }
+    let reaper = reaper_bin()?;
+    let t = Instant::now();
+    let idlers = start_idlers(o.procs, o.fds)?;
+    eprintln!(
+        "started {} idle processes with {} files each in {:.1}s",
+        idlers.pids.len(),
+        o.fds,
+        t.elapsed().as_secs_f64()
+    );
+    let listener = TcpListener::bind("0.0.0.0:0").context("binding the listener")?;
+    let port = listener.local_addr()?.port();
+    let me = std::process::id();
+    if o.hold {
+        println!("{port}");
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        return Ok(());
+    }
+
+    // Check once that every tool finds our listener, so that we time answers.
+    let out = Command::new(&reaper)
+        .args(["who", &port.to_string(), "--no-bpf", "--json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "reaper who --json said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let pids: Vec<u64> = v["holdings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["processes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    if pids != [me as u64] {
+        bail!("reaper who {port} found holders {pids:?}, expected [{me}]");
+    }
+    let ss = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()?;
+    if !String::from_utf8_lossy(&ss.stdout).contains(&format!("pid={me},")) {
+        bail!("ss did not find pid {me} on port {port}");
+    }
+
+    let p = port.to_string();
+    let subjects: Vec<(&str, Vec<String>)> = vec![
+        (
+            "reaper who --no-bpf",
+            vec![
+                reaper.display().to_string(),
+                "who".into(),
+                p.clone(),
+                "--no-bpf".into(),
+            ],
+        ),
+        (
+            "ss -ltnpH sport",
+            vec!["ss".into(), "-ltnpH".into(), format!("sport = :{port}")],
+        ),
+        (
+            "lsof -iTCP -sTCP:LISTEN",
+            vec![
+                "lsof".into(),
+                "-nP".into(),
+                format!("-iTCP:{port}"),
+                "-sTCP:LISTEN".into(),
+            ],
+        ),
+        (
+            "fuser -n tcp",
+            vec!["fuser".into(), "-n".into(), "tcp".into(), p.clone()],
+        ),
+    ];
+    let mut samples = vec![Vec::new(); subjects.len()];
+    let mut scan_ms = Vec::new();
+    // One warm-up round (page cache, dentries), not counted.
+    for round in 0..=o.rounds {
+        for k in 0..subjects.len() {
+            let i = (k + round) % subjects.len();
+            let s = timed(&subjects[i].1)?;
+            if round > 0 {
+                samples[i].push(s);
+            }
+        }
+        if round > 0 {
+            let out = Command::new(&reaper)
+                .args(["who", &p, "--no-bpf", "--json"])
+                .output()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            if let Some(ms) = v["duration_ms"].as_f64() {
+                scan_ms.push(ms / 1000.0);
+            }
+        }
+    }
+    let note = Some(format!(
+        "{} idle processes x {} fds + 1 listener",
+        o.procs, o.fds
+    ));
+    for (i, (name, _)) in subjects.iter().enumerate() {
+        emit("who", name, "s", &samples[i], note.clone());
+    }
+    emit(
+        "who",
+        "reaper scan (duration_ms, in-process)",
+        "s",
+        &scan_ms,
+        note.clone(),
+    );
+    let ratio: Vec<f64> = samples[0]
+        .iter()
+        .zip(&samples[1])
+        .map(|(r, s)| r / s)
+        .collect();
+    emit(
+        "who",
+        "reaper / ss (per round)",
+        "ratio",
+        &ratio,
+        Some("target: <= 0.333".into()),
+    );
+    drop(listener);
+    drop(idlers);
+    Ok(())
+}

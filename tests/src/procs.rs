@@ -1,0 +1,266 @@
+//! Helpers for tests that need real processes holding real sockets: a
+//! fixture process that says when it is ready, throwaway network namespaces,
+//! `ss` as the independent oracle, and running `reaper` itself.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a fixture may take to say it is ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A child process holding sockets until dropped (its stdin closes, then it
+/// is killed and reaped, so a failing test leaves nothing behind).
+pub struct Fixture {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The fields of its `ready ...` line after the word.
+    pub fields: Vec<String>,
+}
+
+impl Fixture {
+    /// Starts `cmd` and waits, with a deadline, for its first stdout line,
+    /// which must start with `ready`.
+    pub fn start(mut cmd: Command) -> Fixture {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut fixture = Fixture {
+            child,
+            stdin,
+            fields: Vec::new(),
+        };
+        let line = match rx.recv_timeout(READY_DEADLINE) {
+            Ok(l) => l,
+            Err(_) => panic!("{what} did not say `ready` within {READY_DEADLINE:?}"),
+        };
+        let mut words = line.split_whitespace();
+        if words.next() != Some("ready") {
+            panic!("{what} said {line:?} instead of `ready ...` (see its stderr above)");
+        }
+        fixture.fields = words.map(str::to_string).collect();
+        fixture
+    }
+
+    /// The `reaper-fixture listen|churn` line: `ready PORT PID [CHILD]`.
+    pub fn port(&self) -> u16 {
+        self.fields[0].parse().expect("port in the ready line")
+    }
+
+    /// Every pid of the ready line (the fixture, and its forked child).
+    pub fn pids(&self) -> BTreeSet<u32> {
+        self.fields[1..]
+            .iter()
+            .map(|p| p.parse().expect("pid in the ready line"))
+            .collect()
+    }
+
+    /// The pid of the process we started (for `ip netns exec`, the fixture
+    /// itself, since ip execs it).
+    pub fn child_pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion; panics with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `reaper-t-<our pid>-<tag>`, with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("reaper-t-{}-{tag}", std::process::id());
+        // A leftover of a killed run with the same pid and tag.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// Its inode, as reaper and `readlink /proc/PID/ns/net` name it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("the namespace's pin in /run/netns")
+            .ino()
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// One socket line of `ss -tu...H` (with the Netid column).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsSocket {
+    pub netid: String,
+    pub state: String,
+    /// As ss prints it: `0.0.0.0:80`, `[::]:80`, `*:80` (dual-stack), `127.0.0.1%lo:53`.
+    pub local: String,
+    pub port: u16,
+    pub peer: String,
+    pub pids: BTreeSet<u32>,
+}
+
+/// Parses `ss -tu[a|l]n[p]H` output.
+pub fn parse_ss(text: &str) -> Vec<SsSocket> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 {
+                return None;
+            }
+            let local = f[4].to_string();
+            let port = local.rsplit(':').next()?.parse().ok()?;
+            let mut pids = BTreeSet::new();
+            let mut rest = line;
+            while let Some(i) = rest.find("pid=") {
+                rest = &rest[i + 4..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(p) = digits.parse() {
+                    pids.insert(p);
+                }
+            }
+            Some(SsSocket {
+                netid: f[0].to_string(),
+                state: f[1].to_string(),
+                local,
+                port,
+                peer: f[5].to_string(),
+                pids,
+            })
+        })
+        .collect()
+}
+
+/// Runs ss with `args` (in a namespace when given) and keeps the sockets on `port`.
+pub fn ss_on(port: u16, args: &[&str], netns: Option<&Netns>) -> Vec<SsSocket> {
+    let mut cmd = match netns {
+        Some(ns) => ns.command("ss"),
+        None => Command::new("ss"),
+    };
+    cmd.args(args);
+    parse_ss(&run_ok(&mut cmd))
+        .into_iter()
+        .filter(|s| s.port == port)
+        .collect()
+}
+
+/// What a reaper run returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "reaper printed no JSON ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the reaper binary with `args` and `env`.
+pub fn reaper(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(crate::reaper_bin());
+    cmd.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running reaper {args:?}: {e}"));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Holder pids in a `reaper who --json` answer (or a `ports --json` list),
+/// optionally only in one namespace.
+pub fn holder_pids(answer: &serde_json::Value, netns: Option<u64>) -> BTreeSet<u32> {
+    let holdings = answer.get("holdings").unwrap_or(answer);
+    holdings
+        .as_array()
+        .expect("a list of holdings")
+        .iter()
+        .filter(|h| netns.is_none_or(|n| h["socket"]["netns"].as_u64() == Some(n)))
+        .flat_map(|h| h["processes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ss_lines() {
+        let text = "tcp   LISTEN 0      128          0.0.0.0:2024      0.0.0.0:*    users:((\"python3\",pid=123,fd=3),(\"python3\",pid=124,fd=3))\n\
+                    udp   UNCONN 0      0                  *:47103             *:*    users:((\"x\",pid=9,fd=5))\n\
+                    tcp   TIME-WAIT 0   0          127.0.0.1:47104   127.0.0.1:34758\n";
+        let v = parse_ss(text);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].port, 2024);
+        assert_eq!(v[0].pids, BTreeSet::from([123, 124]));
+        assert_eq!(v[1].local, "*:47103");
+        assert_eq!(v[2].state, "TIME-WAIT");
+        assert!(v[2].pids.is_empty());
+    }
+}
