@@ -349,7 +349,7 @@ fn main() -> Result<()> {
     let mut best = 0.0f64;
     let mut first_loss = None;
     let rates: &[u64] = &[
-        1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+        1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 70_000, 100_000, 200_000,
     ];
     for &rate in rates {
         let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
