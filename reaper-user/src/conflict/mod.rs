@@ -125,6 +125,13 @@ impl Bursts {
         self.open.get_mut(key).filter(|b| b.id == id)
     }
 
+    /// Forgets a burst that turned out not to be a conflict.
+    pub fn remove(&mut self, key: &ConflictKey, id: u64) {
+        if self.open.get(key).is_some_and(|b| b.id == id) {
+            self.open.remove(key);
+        }
+    }
+
     /// Closes the bursts whose window has ended and whose first record was
     /// written (a burst still being verified stays open until it is).
     pub fn expire(&mut self, now: Instant) -> Vec<Burst> {

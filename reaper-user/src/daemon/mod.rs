@@ -549,7 +549,6 @@ impl Daemon {
         match self.bursts.note(key, at, Instant::now()) {
             Noted::Joined { .. } => {}
             Noted::New { id } => {
-                self.metrics.conflicts.fetch_add(1, Relaxed);
                 // Now, before it exits: who tried.
                 let tried = procinfo::now(fact.pid, &fact.comm, fact.uid);
                 tracing::info!(
@@ -594,6 +593,18 @@ impl Daemon {
         self.metrics.scan("conflict", f.took);
         if let Some(scan) = &f.scan {
             self.repair_port(&f, scan);
+        }
+        if f.scan.is_some() && f.holders.is_empty() && f.fact.errno.is_none() {
+            // The cause was unknown and nothing holds the port: not a
+            // collision (a bad address, a permission), only a failed bind.
+            tracing::debug!(
+                "failed bind of {}/{} by pid {}: nothing holds it, not a conflict",
+                f.key.port,
+                f.key.proto,
+                f.fact.pid
+            );
+            self.bursts.remove(&f.key, f.id);
+            return;
         }
         let Some(burst) = self.bursts.get_mut(&f.key, f.id) else {
             return;
@@ -656,6 +667,7 @@ impl Daemon {
             }),
             action: if reap_any { "reap" } else { "report" }.to_string(),
         };
+        self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
         burst.journaled_count = burst.count;
         let record = self.journal(body);
