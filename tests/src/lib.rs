@@ -298,6 +298,6 @@ pub fn own_netns() -> u64 {
         .unwrap()
 }
 
+pub mod daemon;
 pub mod fixture;
 pub mod procs;
-pub mod daemon;
