@@ -171,8 +171,20 @@ fn reaper_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Runs a command with its output discarded; returns the wall time in seconds.
-fn timed(cmd: &[String]) -> Result<f64> {
+/// CPU seconds (user + system) of all waited-for children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs a command with its output discarded; returns (wall, cpu) seconds.
+/// CPU time is the steadier figure on a shared machine: wall time there
+/// includes waiting for a core, and a multi-threaded tool waits less.
+fn timed(cmd: &[String]) -> Result<(f64, f64)> {
+    let cpu0 = children_cpu();
     let t = Instant::now();
     let status = Command::new(&cmd[0])
         .args(&cmd[1..])
@@ -182,12 +194,13 @@ fn timed(cmd: &[String]) -> Result<f64> {
         .status()
         .with_context(|| format!("running {}", cmd[0]))?;
     let s = t.elapsed().as_secs_f64();
+    let cpu = children_cpu() - cpu0;
     // reaper who: 0 held; ss/lsof/fuser: 0 found. Anything else means the
     // tool did not answer the question and its time is meaningless.
     if !status.success() {
         bail!("`{}` exited with {status}", cmd.join(" "));
     }
-    Ok(s)
+    Ok((s, cpu))
 }
 
 fn main() -> Result<()> {
@@ -271,14 +284,16 @@ fn main() -> Result<()> {
         ),
     ];
     let mut samples = vec![Vec::new(); subjects.len()];
+    let mut cpu = vec![Vec::new(); subjects.len()];
     let mut scan_ms = Vec::new();
     // One warm-up round (page cache, dentries), not counted.
     for round in 0..=o.rounds {
         for k in 0..subjects.len() {
             let i = (k + round) % subjects.len();
-            let s = timed(&subjects[i].1)?;
+            let (s, c) = timed(&subjects[i].1)?;
             if round > 0 {
                 samples[i].push(s);
+                cpu[i].push(c);
             }
         }
         if round > 0 {
@@ -298,6 +313,9 @@ fn main() -> Result<()> {
     for (i, (name, _)) in subjects.iter().enumerate() {
         emit("who", name, "s", &samples[i], note.clone());
     }
+    for (i, (name, _)) in subjects.iter().enumerate() {
+        emit("who", &format!("{name} (cpu)"), "s", &cpu[i], note.clone());
+    }
     emit(
         "who",
         "reaper scan (duration_ms, in-process)",
@@ -316,6 +334,14 @@ fn main() -> Result<()> {
         "ratio",
         &ratio,
         Some("target: <= 0.333".into()),
+    );
+    let cpu_ratio: Vec<f64> = cpu[0].iter().zip(&cpu[1]).map(|(r, s)| r / s).collect();
+    emit(
+        "who",
+        "reaper / ss cpu (per round)",
+        "ratio",
+        &cpu_ratio,
+        None,
     );
     drop(listener);
     drop(idlers);

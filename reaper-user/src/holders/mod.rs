@@ -12,7 +12,8 @@
 //! ```text
 //! netns     every network namespace; enter each from a short-lived thread
 //! sockdiag  its sockets from netlink sock_diag      (procnet: /proc/net fallback)
-//! fdmap     socket inode -> every pid holding it     (only the inodes asked for)
+//! fdmap     socket inode -> every pid holding it     (only the inodes asked for;
+//!           readlink until one holder is known, then kcmp against it)
 //! process   details of those pids only
 //! ```
 
