@@ -31,6 +31,7 @@ pub mod cli;
 pub mod commands;
 pub mod conflict;
 pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod holders;
