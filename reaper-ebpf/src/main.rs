@@ -25,7 +25,7 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit, lsm, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FExitContext, LsmContext, SockAddrContext, SockContext,
         TracePointContext,
@@ -54,12 +54,13 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sockets this program saw bound or listening: only their release matters.
+/// A plain hash, not LRU: cheaper per bind; every entry leaves at release.
 #[map(name = "CLAIMED")]
-static CLAIMED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static CLAIMED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Threads inside a bind whose exact outcome an exact tier will report.
 #[map(name = "PENDING")]
-static PENDING: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+static PENDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Set by userspace to 1 when an exact-errno program is attached.
 #[no_mangle]

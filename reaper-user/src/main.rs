@@ -18,7 +18,10 @@ fn main() {
             std::process::exit(code);
         }
     };
-    reaper::output::init_logging(&cli.global);
+    // The daemon sets up its own logging (info by default, --log-format).
+    if !matches!(cli.command, reaper::cli::Command::Daemon(_)) {
+        reaper::output::init_logging(&cli.global);
+    }
     let code = match reaper::commands::dispatch(cli) {
         Ok(exit) => exit.code(),
         Err(err) if broken_pipe(&err) => 0,

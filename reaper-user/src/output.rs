@@ -12,9 +12,19 @@ pub fn init_logging(global: &Global) {
 }
 
 pub fn init_logging_with(verbose: u8, json: bool) {
+    init_logging_from("warn", verbose, json);
+}
+
+/// The daemon logs what it does (start, tier, conflicts, reapings) at info:
+/// its log is read by people who were not watching.
+pub fn init_daemon_logging(verbose: u8, json: bool) {
+    init_logging_from("info", verbose, json);
+}
+
+fn init_logging_from(base: &str, verbose: u8, json: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
-        0 => "warn",
+        0 => base,
         1 => "debug",
         _ => "trace",
     };

@@ -311,6 +311,8 @@ pub fn own_netns() -> u64 {
         .unwrap()
 }
 
+pub mod daemon;
 pub mod faults;
 pub mod fixture;
 pub mod procs;
+pub mod report_fixtures;

@@ -1,11 +1,36 @@
-//! `reaper daemon`.
+//! `reaper daemon`: parse the config (or only check it), set up logging,
+//! hand over to `daemon::run`.
 
 use anyhow::Result;
 
-use crate::cli::{DaemonArgs, Global};
-use crate::error::Exit;
+use crate::cli::{DaemonArgs, Global, LogFormat};
+use crate::daemon::{self, config::Config};
+use crate::error::{bad_input, Exit};
 
 pub fn run(global: &Global, args: DaemonArgs) -> Result<Exit> {
-    let _ = (global, args);
-    anyhow::bail!("`reaper daemon` is not built yet")
+    crate::output::init_daemon_logging(global.verbose, args.log_format == LogFormat::Json);
+    if let Some(path) = &args.check_config {
+        return match daemon::check_config(path) {
+            Ok(summary) => {
+                crate::output::print(&format!("{summary}\n"))?;
+                Ok(Exit::Ok)
+            }
+            Err(e) => Err(bad_input(e.to_string())),
+        };
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| bad_input(e.to_string()))?,
+        None => {
+            tracing::warn!("no --config given: running on the defaults (see deploy/reaper.toml)");
+            Config::default()
+        }
+    };
+    if global.no_bpf && config.hooks != daemon::config::HooksChoice::None {
+        tracing::warn!("--no-bpf: ignoring `hooks` in the config, running in degraded mode");
+    }
+    let mut config = config;
+    if global.no_bpf {
+        config.hooks = daemon::config::HooksChoice::None;
+    }
+    daemon::run(config, args.config.clone())
 }

@@ -22,8 +22,40 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
         netns,
         listening_only: args.listening,
     };
-    let mut scan = holders::scan(&query).context("scanning sockets and their holders")?;
-    check_netns_found(netns, &scan)?;
+    // The daemon's ledger answers when one runs (bound sockets only: no
+    // connections); otherwise, or with --no-bpf, a scan.
+    let daemon = if global.no_bpf {
+        None
+    } else {
+        let request = crate::control::Request::Ports {
+            proto: args.proto,
+            listening: args.listening,
+        };
+        match crate::control::query(&crate::control::default_path(), &request) {
+            Ok(Some(r)) if r.ok => Some(r),
+            _ => None,
+        }
+    };
+    let mut scan = match &daemon {
+        Some(resp) => {
+            let mut scan = crate::control::scan_of(resp);
+            if let Some(n) = netns {
+                scan.holdings.retain(|h| h.socket.netns == n);
+            }
+            scan
+        }
+        None => {
+            let _progress = crate::progress::Progress::start(
+                "scanning processes",
+                "walked",
+                &crate::progress::PIDS_WALKED,
+            );
+            holders::scan(&query).context("scanning sockets and their holders")?
+        }
+    };
+    if daemon.is_none() {
+        check_netns_found(netns, &scan)?;
+    }
     scan.holdings.retain(|h| h.socket.state != "TIME-WAIT");
     if args.json {
         let mut text = serde_json::to_string_pretty(&scan.holdings)?;
@@ -84,6 +116,14 @@ pub fn render(scan: &Scan, style: Style) -> String {
     if let Some(gaps) = gaps_line(&scan.gaps) {
         out.push_str(&style.yellow(&gaps));
         out.push('\n');
+    }
+    if let Some(tier) = scan.gaps.socket_source.strip_prefix("daemon:") {
+        out.push_str(&style.dim(&format!(
+            "{} claims in {} network namespaces, answered by the daemon's ledger (tier {tier}); connections are not in it (`--no-bpf` scans)\n",
+            scan.holdings.len(),
+            scan.netns_seen.len()
+        )));
+        return out;
     }
     out.push_str(&style.dim(&format!(
         "{} sockets in {} network namespaces, from a scan ({}) in {:.0} ms; TIME-WAIT not shown (see `reaper who PORT`)\n",

@@ -1,11 +1,101 @@
-//! `reaper report`.
+//! journal -> **report**: `reaper report`.
+//!
+//! Parses the window and filters, reads the journals (the daemon's by
+//! default, or the built-in demo) and writes the report where asked.
+//! The work is in `crate::report`.
 
-use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 
 use crate::cli::{Global, ReportArgs};
-use crate::error::Exit;
+use crate::error::{bad_input, Exit};
+use crate::journal::reader::JournalReader;
+use crate::journal::DEFAULT_JOURNAL;
+use crate::report::{self, Filter, Limits};
 
 pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
-    let _ = (global, args);
-    anyhow::bail!("`reaper report` is not built yet")
+    let _ = global;
+    let now = chrono::Utc::now();
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(|s| report::parse_time("--since", s, now))
+        .transpose()?;
+    let until_ms = args
+        .until
+        .as_deref()
+        .map(|s| report::parse_time("--until", s, now))
+        .transpose()?;
+    if let (Some(s), Some(u)) = (since_ms, until_ms) {
+        if s >= u {
+            return Err(bad_input(format!(
+                "--since {} is not before --until {}: the window would be empty",
+                args.since.as_deref().unwrap_or_default(),
+                args.until.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    let filter = Filter {
+        since_ms,
+        until_ms,
+        port: args.port,
+        host: args.host.clone(),
+    };
+    let report = if args.demo {
+        if !args.journal.is_empty() {
+            return Err(bad_input(
+                "--demo reads the built-in example journal: leave out --journal",
+            ));
+        }
+        report::build_from(
+            vec![(
+                report::DEMO_NAME.to_string(),
+                report::DEMO_JOURNAL.as_bytes(),
+            )],
+            filter,
+            Limits::default(),
+        )?
+    } else {
+        let paths = if args.journal.is_empty() {
+            let default = PathBuf::from(DEFAULT_JOURNAL);
+            if crate::journal::reader::rotated_chain(&default).is_err() {
+                return Err(bad_input(format!(
+                    "no journal at {DEFAULT_JOURNAL} (is the daemon running here?): pass --journal PATH, or try --demo"
+                )));
+            }
+            vec![default]
+        } else {
+            args.journal.clone()
+        };
+        let mut reader = JournalReader::open(&paths)?;
+        let _progress = crate::progress::Progress::start(
+            "reading journal",
+            "records",
+            &crate::progress::RECORDS_READ,
+        );
+        report::build(&mut reader, filter, Limits::default())?
+    };
+    match &args.output {
+        Some(path) => {
+            let write = || -> std::io::Result<()> {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+                report::write(&report, args.format, &mut f)?;
+                f.flush()
+            };
+            write().with_context(|| format!("writing the report to {}", path.display()))?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let done = report::write(&report, args.format, &mut out).and_then(|_| out.flush());
+            match done {
+                // A closed pipe (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("writing the report to stdout")?,
+            }
+        }
+    }
+    Ok(Exit::Ok)
 }

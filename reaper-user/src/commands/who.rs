@@ -26,6 +26,10 @@ struct Answer<'a> {
     /// "proc" for a scan, "daemon" when the daemon answered.
     source: &'a str,
     holdings: &'a [Holding],
+    /// When the daemon answered: its claims with their bind history (who
+    /// bound, when, the binder's parent, recent failed attempts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger: Option<&'a [crate::control::ClaimView]>,
     gaps: &'a ScanGaps,
     netns_seen: &'a [u64],
     duration_ms: f64,
@@ -39,13 +43,21 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
         netns,
         listening_only: false,
     };
-    let (scan, source) = match answer_from_daemon(global, &query) {
-        Some(scan) => (scan, "daemon"),
-        None => (
-            holders::scan(&query)
-                .with_context(|| format!("scanning the holders of port {}", args.port))?,
-            "proc",
-        ),
+    let daemon = answer_from_daemon(global, &query);
+    let (scan, source) = match &daemon {
+        Some(resp) => (crate::control::scan_of(resp), "daemon"),
+        None => {
+            let _progress = crate::progress::Progress::start(
+                "scanning processes",
+                "walked",
+                &crate::progress::PIDS_WALKED,
+            );
+            (
+                holders::scan(&query)
+                    .with_context(|| format!("scanning the holders of port {}", args.port))?,
+                "proc",
+            )
+        }
     };
     check_netns_found(netns, &scan)?;
     let held = !scan.holdings.is_empty();
@@ -59,6 +71,7 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
             gaps: &scan.gaps,
             netns_seen: &scan.netns_seen,
             duration_ms: scan.duration_ms,
+            ledger: daemon.as_ref().map(|r| r.claims.as_slice()),
         };
         let mut text = serde_json::to_string_pretty(&answer)?;
         text.push('\n');
@@ -68,16 +81,45 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
             on: use_color(global.color),
         };
         print(&render(args.port, args.proto, &scan, source, style))?;
+        if let Some(resp) = &daemon {
+            print(&crate::control::history_lines(resp))?;
+        }
     }
     Ok(if held { Exit::Ok } else { Exit::NotHeld })
 }
 
-/// The seam for the daemon: when `reaper daemon` runs, it keeps the ledger
-/// (bind times, the exact binder) and will answer over its control socket.
-/// Until that socket exists, every answer comes from a scan.
-pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<Scan> {
-    let _ = (global.no_bpf, query);
-    None
+/// Asks the daemon's ledger first when a daemon answers on its control
+/// socket (REAPER_CONTROL_SOCKET or /run/reaper/reaper.sock): bind times and
+/// the binder, at no scan cost. None (so: scan) with `--no-bpf`, when no
+/// daemon answers, when it refuses, or when its ledger has no claim on the
+/// port: the ledger tracks bound sockets, not connections or TIME-WAIT, which
+/// also keep a port from binding, so "not held" is left to a scan.
+pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<crate::control::Response> {
+    if global.no_bpf {
+        return None;
+    }
+    let request = crate::control::Request::Who {
+        port: query.port?,
+        proto: query.proto,
+        netns: query.netns,
+    };
+    let path = crate::control::default_path();
+    match crate::control::query(&path, &request) {
+        Ok(Some(r)) if r.ok && !r.claims.is_empty() => Some(r),
+        Ok(Some(r)) if !r.ok => {
+            tracing::warn!(
+                "the daemon at {} refused: {}; scanning instead",
+                path.display(),
+                r.error.unwrap_or_default()
+            );
+            None
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("asking the daemon failed: {e:#}; scanning instead");
+            None
+        }
+    }
 }
 
 /// `--netns`: `all` or a namespace inode.
@@ -179,7 +221,13 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
         out.push('\n');
     }
     let from = match source {
-        "daemon" => "answered by the daemon's ledger".to_string(),
+        "daemon" => format!(
+            "answered by the daemon's ledger (tier {})",
+            scan.gaps
+                .socket_source
+                .strip_prefix("daemon:")
+                .unwrap_or("unknown")
+        ),
         _ => format!(
             "answered from a scan ({}) in {:.0} ms; run `reaper daemon` for bind history",
             match scan.gaps.socket_source.as_str() {

@@ -288,6 +288,7 @@ fn walk_share(
     let mut tentative: Vec<(u32, Vec<u64>)> = Vec::new();
     let readlink = Probe::Readlink(wanted, refs);
     for pid in pids {
+        crate::progress::PIDS_WALKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if snapshot.is_none() && refs.is_some_and(Refs::is_ready) {
             snapshot = refs.map(Refs::snapshot);
         }

@@ -200,3 +200,7 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Where the daemon writes its journal, and where `reaper report` reads
+/// when no `--journal` is given.
+pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";

@@ -1,0 +1,456 @@
+//! The daemon's cost and capacity, on the real kernel (root):
+//!
+//! 1. A bind storm (socket + bind 127.0.0.1:0 + close, one thread) with the
+//!    daemon attached vs detached, interleaved round by round: ns per bind.
+//! 2. The daemon's RSS (VmRSS) and CPU (utime+stime from /proc/PID/stat over
+//!    wall time) idle and under the storm.
+//! 3. The highest paced bind rate with zero ring-buffer losses: the rate is
+//!    ramped; losses are read from `reaper_ringbuf_lost_events_total`.
+//! 4. `who` latency through the control socket with 2,000 idle processes
+//!    (50 fds each) running, next to a `reaper who --no-bpf` scan.
+//!
+//! `--quick` runs fewer rounds and shorter windows. REAPER_BIN picks the
+//! binary (default: target/release/reaper if built, else target/debug).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reaper_bench::emit;
+
+const BENCH: &str = "daemon";
+
+fn reaper_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REAPER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = root.join("target/release/reaper");
+    if release.exists() {
+        release
+    } else {
+        root.join("target/debug/reaper")
+    }
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    metrics: String,
+}
+
+impl Daemon {
+    fn start(tag: &str, extra: &str) -> Result<Daemon> {
+        let dir =
+            std::env::temp_dir().join(format!("reaper-bench-daemon-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let socket = dir.join("run/reaper.sock");
+        let config = dir.join("reaper.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "journal = \"{}\"\nmetrics_listen = \"{metrics}\"\ncontrol_socket = \"{}\"\n{extra}",
+                dir.join("journal.jsonl").display(),
+                socket.display()
+            ),
+        )?;
+        let child = Command::new(reaper_bin())
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log"))?)
+            .spawn()
+            .context("starting reaper daemon")?;
+        let d = Daemon {
+            child,
+            dir,
+            socket,
+            metrics,
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        while query(&d.socket, "{\"cmd\":\"ports\"}").is_err() {
+            if Instant::now() > end {
+                bail!(
+                    "the daemon did not answer within 60 s; log in {}",
+                    d.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(d)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn metric(&self, name: &str) -> Result<f64> {
+        let mut s = TcpStream::connect(&self.metrics)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("{name} not in the metrics"))
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: our own child, not yet waited for.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+fn query(socket: &Path, line: &str) -> std::io::Result<String> {
+    let s = UnixStream::connect(socket)?;
+    (&s).write_all(format!("{line}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer)?;
+    Ok(answer)
+}
+
+/// (utime + stime) in clock ticks, and VmRSS in KiB.
+fn usage(pid: u32) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
+    let ticks = rest[11].parse::<u64>()? + rest[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks, rss))
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// One socket + bind(127.0.0.1:0) + close. Returns false on failure.
+fn one_bind() -> bool {
+    // SAFETY: plain syscalls on an fd we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as u16;
+        a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let ok = libc::bind(
+            fd,
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) == 0;
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Binds as fast as one thread can for `n` binds; ns per bind.
+fn storm(n: u32) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        one_bind();
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Binds at `rate` per second for `window`, paced in 1 ms slices; returns
+/// the rate achieved.
+fn paced(rate: u64, window: Duration) -> f64 {
+    let start = Instant::now();
+    let mut done: u64 = 0;
+    while start.elapsed() < window {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        if done < due {
+            for _ in done..due {
+                one_bind();
+            }
+            done = due;
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// 2,000 idle processes with 50 open fds each, forked from here (so the
+/// bench owns them and kills them by pid at the end).
+struct Idle(Vec<libc::pid_t>);
+
+impl Idle {
+    fn spawn(n: usize, fds: usize) -> Idle {
+        let mut pids = Vec::with_capacity(n);
+        // SAFETY: a plain open; the fd is inherited and dup'ed by the children.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        for _ in 0..n {
+            // SAFETY: the child only calls async-signal-safe functions
+            // (dup, pause, _exit) and never returns into Rust code.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe {
+                    for _ in 0..fds {
+                        libc::dup(null);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            if pid > 0 {
+                pids.push(pid);
+            }
+        }
+        // SAFETY: our own fd.
+        unsafe { libc::close(null) };
+        Idle(pids)
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            // SAFETY: our own children, not yet reaped.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        for &p in &self.0 {
+            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the daemon benchmark needs root (BPF hooks): run it with sudo or `cargo xtask bench`"
+        );
+    }
+    let bin = reaper_bin();
+    eprintln!("reaper binary: {}", bin.display());
+    let build = if bin.to_string_lossy().contains("/release/") {
+        "release"
+    } else {
+        "debug"
+    };
+    let rounds = if quick { 3 } else { 7 };
+    let binds: u32 = if quick { 20_000 } else { 100_000 };
+    let window = Duration::from_secs(if quick { 2 } else { 5 });
+    let hz = ticks_per_sec();
+
+    // 1 + 2: interleaved attached/detached storms, and the daemon's usage.
+    let (mut detached, mut attached) = (Vec::new(), Vec::new());
+    let (mut idle_cpu, mut idle_rss, mut storm_cpu, mut storm_rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_daemon in order {
+            if !with_daemon {
+                detached.push(storm(binds));
+                continue;
+            }
+            let d = Daemon::start(&format!("r{round}"), "")?;
+            let pid = d.pid();
+            let (t0, _) = usage(pid)?;
+            let w0 = Instant::now();
+            std::thread::sleep(window);
+            let (t1, rss) = usage(pid)?;
+            idle_cpu.push(100.0 * (t1 - t0) as f64 / hz / w0.elapsed().as_secs_f64());
+            idle_rss.push(rss as f64 / 1024.0);
+            let before = d.metric("reaper_binds_total")?;
+            let w1 = Instant::now();
+            attached.push(storm(binds));
+            // The daemon's CPU counts until it has journaled what the storm
+            // left in the ring buffer (or lost it, which the ramp measures).
+            let end = Instant::now() + Duration::from_secs(60);
+            while d.metric("reaper_binds_total")?
+                + d.metric("reaper_ringbuf_lost_events_total")? / 3.0
+                < before + binds as f64
+                && Instant::now() < end
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (t2, rss) = usage(pid)?;
+            storm_cpu.push(100.0 * (t2 - t1) as f64 / hz / w1.elapsed().as_secs_f64());
+            storm_rss.push(rss as f64 / 1024.0);
+            d.stop()?;
+        }
+    }
+    let note = Some(format!(
+        "{build} build; socket+bind(127.0.0.1:0)+close, one thread, {binds} binds a round"
+    ));
+    emit(
+        BENCH,
+        "bind storm, no daemon",
+        "ns/bind",
+        &detached,
+        note.clone(),
+    );
+    emit(
+        BENCH,
+        "bind storm, daemon attached (cgroup)",
+        "ns/bind",
+        &attached,
+        note,
+    );
+    emit(
+        BENCH,
+        "daemon CPU idle",
+        "% of a core",
+        &idle_cpu,
+        Some(format!("{build} build; over {window:?}")),
+    );
+    emit(BENCH, "daemon RSS idle", "MiB", &idle_rss, None);
+    emit(
+        BENCH,
+        "daemon CPU under the bind storm",
+        "% of a core",
+        &storm_cpu,
+        Some(format!("{build} build; while one thread binds flat out")),
+    );
+    emit(
+        BENCH,
+        "daemon RSS under the bind storm",
+        "MiB",
+        &storm_rss,
+        None,
+    );
+
+    // 3: ramp the paced rate until the ring buffer loses events.
+    let d = Daemon::start("ramp", "")?;
+    let mut best = 0.0f64;
+    let mut first_loss = None;
+    let rates: &[u64] = &[
+        1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 70_000, 100_000, 200_000,
+    ];
+    for &rate in rates {
+        let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
+        let achieved = paced(rate, window);
+        // Let the daemon catch up so a loss at the end of the window counts.
+        std::thread::sleep(Duration::from_millis(300));
+        let lost = d.metric("reaper_ringbuf_lost_events_total")? - lost0;
+        eprintln!("  paced {rate:>7}/s: achieved {achieved:>9.0}/s, lost {lost}");
+        if lost > 0.0 {
+            first_loss = Some((rate, achieved, lost));
+            break;
+        }
+        best = best.max(achieved);
+        if achieved < rate as f64 * 0.8 {
+            // One thread cannot go faster: the ceiling is the generator's.
+            break;
+        }
+    }
+    d.stop()?;
+    emit(
+        BENCH,
+        "highest bind rate with zero ring-buffer losses",
+        "binds/s",
+        &[best],
+        Some(match first_loss {
+            Some((r, a, l)) => format!("{build} build, ringbuf 256 KiB; losses began at a paced {r}/s (achieved {a:.0}/s, {l} lost)"),
+            None => format!("{build} build, ringbuf 256 KiB; no loss up to what one generator thread reaches"),
+        }),
+    );
+
+    // 4: who latency with 2,000 idle processes.
+    let idle = Idle::spawn(2000, 50);
+    let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+    let port = listener.local_addr()?.port();
+    let d = Daemon::start("who", "")?;
+    let req = format!("{{\"cmd\":\"who\",\"port\":{port},\"proto\":\"tcp\"}}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !query(&d.socket, &req)?.contains("\"claims\":[{") {
+        if Instant::now() > end {
+            bail!("the daemon's ledger never knew the bench's listener");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let n = if quick { 200 } else { 1000 };
+    let mut socket_ms = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let a = query(&d.socket, &req)?;
+        socket_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(a.contains("\"ok\":true"));
+    }
+    let mut cli_daemon = Vec::new();
+    let mut cli_scan = Vec::new();
+    for _ in 0..if quick { 5 } else { 15 } {
+        for no_bpf in [false, true] {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["who", &port.to_string()])
+                .env("REAPER_CONTROL_SOCKET", &d.socket)
+                .stdout(Stdio::piped());
+            if no_bpf {
+                cmd.arg("--no-bpf");
+            }
+            let t = Instant::now();
+            let out = cmd.output()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if no_bpf {
+                cli_scan.push(ms);
+            } else {
+                assert!(text.contains("daemon's ledger"), "{text}");
+                cli_daemon.push(ms);
+            }
+        }
+    }
+    d.stop()?;
+    drop(listener);
+    let procs = idle.0.len();
+    drop(idle);
+    let note = Some(format!(
+        "{build} build; {procs} idle processes x 50 fds + 1 listener; target < 5 ms"
+    ));
+    emit(
+        BENCH,
+        "who via the control socket (request/answer)",
+        "ms",
+        &socket_ms,
+        note,
+    );
+    emit(
+        BENCH,
+        "`reaper who PORT` answered by the daemon",
+        "ms",
+        &cli_daemon,
+        Some("whole process: exec + query + /proc read of the holder".into()),
+    );
+    emit(
+        BENCH,
+        "`reaper who PORT --no-bpf` (scan)",
+        "ms",
+        &cli_scan,
+        Some(format!("{procs} idle processes x 50 fds")),
+    );
+    Ok(())
+}

@@ -1,0 +1,1385 @@
+//! `reaper daemon`: the whole flow, running all day beside CI jobs.
+//!
+//! ```text
+//! hooks -> events (Matcher) -> ledger --(failed bind)--> conflict
+//!                                 ^                         |  targeted scan (holders)
+//!   holders::scan (seed, degraded |                         v
+//!   polling, reconcile on loss) --+                  policy -> reap (pidfd)
+//!                                                           |
+//!          journal <---- every claim, listen, release, conflict, reaping
+//!          metrics (/metrics), control socket (who/ports/conflicts)
+//! ```
+//!
+//! One tokio thread runs the loop: it drains the ring buffer, applies
+//! observations to the ledger (shared with the control socket behind a
+//! mutex held only per batch), journals each fact, and hands slow work
+//! (scans, reapings) to blocking threads whose results come back on a
+//! channel. Nothing slow runs on the loop, so SIGTERM is answered at once.
+
+pub mod config;
+mod procinfo;
+pub mod recovery;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::conflict::{is_conflict_errno, Bursts, ConflictKey, Noted, Reaped};
+use crate::control::{self, Shared};
+use crate::error::Exit;
+use crate::events::{EventStream, Matcher};
+use crate::holders::{self, Holding, Process, Query, Scan, Socket};
+use crate::hooks::{self, Attached};
+use crate::journal::writer::{JournalWriter, WriterOptions};
+use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
+use crate::metrics::{self, Metrics};
+use crate::policy::{Context as PolicyContext, Decision, Policy, Verdict};
+use crate::reap::{self, BindProbe, Identity, StopOptions, TargetOutcome};
+use crate::util::{clock_ns, rfc3339, Proto};
+use config::{Config, OnJournalError};
+
+/// The line the daemon logs when it is ready (tests and supervisors wait for it).
+pub const READY: &str = "reaper daemon ready";
+
+/// How long a binder's /proc details are reused for its next binds.
+const BINDER_TTL: Duration = Duration::from_secs(1);
+
+/// How long the loop waits on the ring buffer before it looks at timers.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs the daemon until SIGTERM/SIGINT. `config_path` None: all defaults.
+pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<Exit> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = rt.block_on(async move {
+        let mut d = Daemon::start(config, config_path).await?;
+        d.run().await
+    });
+    // Blocking work still running (a scan, a reaping's wait) must not hold
+    // the exit: the kernel detaches the hooks when the process ends anyway.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// Slow work finished on a blocking thread.
+enum Work {
+    /// A conflict's targeted scan and verdicts.
+    Verified(Box<Finding>),
+    /// A reaping's outcome.
+    Reaped(Box<ReapDone>),
+    /// A full scan: "seed", "poll" or "reconcile".
+    Scanned {
+        kind: &'static str,
+        started: DateTime<Utc>,
+        scan: Box<Result<Scan>>,
+        took: Duration,
+    },
+}
+
+struct Finding {
+    key: ConflictKey,
+    id: u64,
+    fact: Fact,
+    tried: ProcessRef,
+    /// The ledger's claim on the port when the failure was seen.
+    ledger_holder: Option<Claim>,
+    /// The live holders of colliding sockets, each with its verdict.
+    holders: Vec<(Process, Socket, Verdict)>,
+    /// Why the live system could not be asked, when it could not.
+    scan_error: Option<String>,
+    scan: Option<Scan>,
+    took: Duration,
+}
+
+struct ReapDone {
+    at: Endpoint,
+    target: ProcessRef,
+    verdict: VerdictRecord,
+    report: reap::TargetReport,
+    free_at: Option<Instant>,
+    started: Instant,
+}
+
+struct Daemon {
+    config: Config,
+    config_path: Option<PathBuf>,
+    journal: Option<JournalWriter>,
+    /// The tier name, or "proc" in degraded mode: every record's `source`.
+    source: String,
+    attached: Option<Attached>,
+    stream: Option<EventStream>,
+    matcher: Matcher,
+    metrics: Arc<Metrics>,
+    shared: Arc<Mutex<Shared>>,
+    bursts: Bursts,
+    reaped: Reaped,
+    tx: mpsc::UnboundedSender<Work>,
+    rx: mpsc::UnboundedReceiver<Work>,
+    /// A full scan is running (one at a time).
+    scanning: bool,
+    /// Losses were seen while a scan ran: reconcile again after it.
+    reconcile_pending: bool,
+    lost_seen: u64,
+    /// Set when a journal error must stop the daemon.
+    fatal: Option<anyhow::Error>,
+    control_path: Option<PathBuf>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    host: String,
+    /// Encoded records waiting for [`Daemon::flush`].
+    pending: Vec<u8>,
+    pending_records: usize,
+    /// The binder's parent and exe by pid, for a second: a process that binds
+    /// in a loop is read once, not once per bind.
+    binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
+}
+
+impl Daemon {
+    async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
+        // 1. The journal, and whether the last run ended cleanly.
+        let (last, torn) = recovery::last_record(&config.journal).unwrap_or_else(|e| {
+            tracing::warn!("cannot read the end of the journal: {e:#}");
+            (None, false)
+        });
+        if torn {
+            tracing::warn!(
+                "the journal {} ends in a torn line (the last run died mid-write); it is kept and skipped by readers",
+                config.journal.display()
+            );
+            if let Err(e) = recovery::close_torn_line(&config.journal) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        let metrics = Metrics::new("proc");
+        let journal = match JournalWriter::open(&config.journal, writer_options(&config)) {
+            Ok(j) => Some(j),
+            Err(e) if config.on_journal_error == OnJournalError::KeepRunning => {
+                metrics.journal_errors.fetch_add(1, Relaxed);
+                tracing::error!(
+                    "cannot open the journal {}: {e}; running without it (on_journal_error = \"keep-running\")",
+                    config.journal.display()
+                );
+                None
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "opening the journal {} (on_journal_error = \"exit\")",
+                        config.journal.display()
+                    )
+                })
+            }
+        };
+
+        // 2. The hooks, or degraded mode.
+        let mut degraded_reason = None;
+        let mut attached = None;
+        match config.hooks.tier() {
+            None => degraded_reason = Some("hooks = \"none\" in the config".to_string()),
+            Some(_) if !crate::util::is_root() => {
+                degraded_reason = Some(
+                    "not running as root (the BPF hooks need CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
+                        .to_string(),
+                )
+            }
+            Some(tier) => match hooks::attach(tier, config.ringbuf_size) {
+                Ok(a) => attached = Some(a),
+                Err(e) => degraded_reason = Some(format!("the hooks could not be attached: {e:#}")),
+            },
+        }
+        // Least privilege from here on: the programs are attached (their fds
+        // stay valid); what is left to do needs only these capabilities.
+        // Before any thread starts, so every later thread inherits the drop.
+        if crate::util::is_root() {
+            match crate::caps::drop_except(crate::caps::DAEMON_KEEPS) {
+                Ok(()) => tracing::info!(
+                    "dropped every capability except KILL, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE"
+                ),
+                Err(e) => tracing::warn!("could not drop capabilities (running with all of them): {e:#}"),
+            }
+        }
+        let source = attached
+            .as_ref()
+            .map(|a| a.tier.as_str().to_string())
+            .unwrap_or_else(|| "proc".to_string());
+        metrics.set_tier(&source);
+        metrics
+            .degraded
+            .store(degraded_reason.is_some() as u64, Relaxed);
+        let stream = match attached.as_mut() {
+            Some(a) => Some(EventStream::new(
+                a.events
+                    .take()
+                    .context("the ring buffer was taken already")?,
+            )?),
+            None => None,
+        };
+        let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(Shared::new(
+            Ledger::new(&source),
+            &source,
+            degraded_reason.is_some(),
+        )));
+        let mut d = Daemon {
+            bursts: Bursts::new(config.conflict_window),
+            reaped: Reaped::new(65536),
+            config,
+            config_path,
+            journal,
+            source,
+            attached,
+            stream,
+            matcher: Matcher::new(exact),
+            metrics,
+            shared,
+            tx,
+            rx,
+            scanning: false,
+            reconcile_pending: false,
+            lost_seen: 0,
+            fatal: None,
+            control_path: None,
+            _tasks: Vec::new(),
+            host: crate::journal::hostname(),
+            pending: Vec::new(),
+            pending_records: 0,
+            binders: std::collections::HashMap::new(),
+        };
+
+        // 3. The records of the start.
+        if let Some(last) = &last {
+            if last.kind != "stop" {
+                tracing::warn!(
+                    "the previous run ended without a stop record (last record: {} at {}): journaling a gap",
+                    last.kind,
+                    last.ts
+                );
+                d.journal(Body::Gap {
+                    after: last.ts.clone(),
+                });
+            }
+        }
+        d.journal(Body::Start {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tier: d.source.clone(),
+            pid: Some(std::process::id()),
+        });
+        match &degraded_reason {
+            Some(reason) => {
+                tracing::warn!(
+                    "degraded mode: {reason}; polling the sockets every {:?} instead (failed binds are not seen; claims are seen at poll granularity)",
+                    d.config.poll_interval
+                );
+                d.journal(Body::Mode {
+                    mode: "degraded".into(),
+                    reason: reason.clone(),
+                });
+            }
+            None => {
+                let a = d.attached.as_ref().unwrap();
+                tracing::info!(
+                    "attached tier {} (errno {}; listens {}; cgroup {})",
+                    a.tier.as_str(),
+                    if a.tier.exact_errno() {
+                        "exact"
+                    } else {
+                        "inferred"
+                    },
+                    if a.listens { "seen" } else { "not seen" },
+                    a.cgroup.display()
+                );
+            }
+        }
+
+        // 4. Seed the ledger with holders that predate the daemon.
+        let started = Utc::now();
+        let t = Instant::now();
+        let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
+            .await
+            .context("the seed scan panicked")?;
+        d.scanned("seed", started, seed, t.elapsed());
+
+        // 5. The interfaces.
+        if let Some(addr) = d.config.metrics_listen {
+            let listener = metrics::bind(addr).await?;
+            d._tasks
+                .push(tokio::spawn(metrics::serve(listener, d.metrics.clone())));
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        if let Some(path) = d.config.control_socket.clone() {
+            let listener = control::bind(&path)?;
+            d._tasks
+                .push(tokio::spawn(control::serve(listener, d.shared.clone())));
+            tracing::info!("control socket {}", path.display());
+            d.control_path = Some(path);
+        }
+        d.flush();
+        if let Some(e) = d.fatal.take() {
+            return Err(e);
+        }
+        tracing::info!(
+            tier = %d.source,
+            degraded = degraded_reason.is_some(),
+            claims = d.shared.lock().unwrap().ledger.len(),
+            "{READY}: tier {}, journal {}, {}",
+            d.source,
+            d.config.journal.display(),
+            d.config.summary()
+        );
+        Ok(d)
+    }
+
+    async fn run(&mut self) -> Result<Exit> {
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut raw = Vec::new();
+        let reason = loop {
+            tokio::select! {
+                r = next_events(&mut self.stream, &mut raw) => {
+                    let bad = r?;
+                    if bad > 0 {
+                        tracing::error!("{bad} ring buffer records were too short to decode (the eBPF object and reaper disagree: rebuild)");
+                    }
+                }
+                _ = poll.tick(), if self.stream.is_none() => self.start_scan("poll"),
+                Some(w) = self.rx.recv() => self.work(w),
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = sighup.recv() => {
+                    if self.reload() {
+                        poll = tokio::time::interval(self.config.poll_interval);
+                        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
+            }
+            self.events(&mut raw);
+            self.check_losses();
+            for burst in self.bursts.expire(Instant::now()) {
+                self.close_burst(burst);
+            }
+            self.flush();
+            if let Some(e) = self.fatal.take() {
+                self.shutdown("journal error");
+                return Err(e);
+            }
+        };
+        tracing::info!("{reason}: stopping");
+        self.shutdown(reason);
+        Ok(Exit::Ok)
+    }
+
+    /// Detaches, resolves what is pending, journals the stop.
+    fn shutdown(&mut self, reason: &str) {
+        if let Some(stream) = self.stream.as_mut() {
+            let mut raw = Vec::new();
+            stream.drain_now(&mut raw);
+            let mut obs = Vec::new();
+            for ev in raw {
+                self.matcher.feed(ev, &mut obs);
+            }
+            self.matcher.flush(&mut obs);
+            self.apply(obs);
+        }
+        self.stream = None;
+        // Dropping the links detaches every program.
+        self.attached = None;
+        for burst in self
+            .bursts
+            .expire(Instant::now() + Duration::from_secs(86400))
+        {
+            self.close_burst(burst);
+        }
+        self.journal(Body::Stop {
+            reason: reason.to_string(),
+        });
+        self.flush();
+        if let Some(p) = &self.control_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Drains decoded events through the matcher into the ledger.
+    fn events(&mut self, raw: &mut Vec<reaper_common::Event>) {
+        if self.stream.is_none() {
+            return;
+        }
+        let mut obs = Vec::new();
+        for ev in raw.drain(..) {
+            self.matcher.feed(ev, &mut obs);
+        }
+        self.matcher
+            .settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
+        if !obs.is_empty() {
+            self.apply(obs);
+        }
+        if let Some(a) = self.attached.as_mut() {
+            if let Some(logger) = a.logger.as_mut() {
+                logger.flush();
+            }
+        }
+    }
+
+    fn apply(&mut self, obs: Vec<crate::events::Observation>) {
+        let facts: Vec<(Fact, Option<Claim>)> = {
+            let mut shared = self.shared.lock().unwrap();
+            let mut facts = Vec::with_capacity(obs.len());
+            for o in &obs {
+                if let Some(f) = shared.ledger.apply(o) {
+                    let holder = if f.ok {
+                        None
+                    } else {
+                        conflicting(&shared.ledger, &f)
+                    };
+                    facts.push((f, holder));
+                }
+            }
+            self.metrics
+                .ledger_claims
+                .store(shared.ledger.len() as u64, Relaxed);
+            facts
+        };
+        for (fact, holder) in facts {
+            self.fact(fact, holder);
+        }
+    }
+
+    /// One fact: journal it, count it, and open a conflict for a failed bind.
+    fn fact(&mut self, fact: Fact, holder: Option<Claim>) {
+        let at = endpoint(&fact);
+        match (fact.kind, fact.ok) {
+            ("bind", true) => {
+                self.metrics.binds.fetch_add(1, Relaxed);
+                let binder = self.binder(fact.pid);
+                let process = ProcessRef {
+                    pid: fact.pid,
+                    comm: fact.comm.clone(),
+                    uid: Some(fact.uid),
+                    ppid: binder.ppid,
+                    exe: binder.exe.clone(),
+                    ancestors: match (binder.ppid, &binder.parent_comm) {
+                        (Some(p), Some(c)) => vec![format!("{p}:{c}")],
+                        _ => Vec::new(),
+                    },
+                    ..ProcessRef::default()
+                };
+                self.shared
+                    .lock()
+                    .unwrap()
+                    .binders
+                    .insert(fact.cookie, binder);
+                self.journal(Body::Claim {
+                    at,
+                    process,
+                    cookie: Some(fact.cookie),
+                    requested_port: fact.requested_port,
+                });
+            }
+            ("listen", _) => {
+                self.metrics.listens.fetch_add(1, Relaxed);
+                self.journal(Body::Listen {
+                    at,
+                    process: ProcessRef {
+                        pid: fact.pid,
+                        comm: fact.comm.clone(),
+                        uid: Some(fact.uid),
+                        ..ProcessRef::default()
+                    },
+                    cookie: Some(fact.cookie),
+                });
+            }
+            ("release", _) => {
+                self.shared.lock().unwrap().binders.remove(&fact.cookie);
+                if fact.port.is_none() {
+                    // A socket the ledger never knew (bound before the daemon
+                    // and not seen by the seed scan): nothing to release.
+                    return;
+                }
+                self.metrics.releases.fetch_add(1, Relaxed);
+                self.journal(Body::Release {
+                    at,
+                    process: Some(ProcessRef {
+                        pid: fact.pid,
+                        comm: fact.comm.clone(),
+                        uid: Some(fact.uid),
+                        ..ProcessRef::default()
+                    }),
+                    held_ms: fact.held_ms,
+                    cookie: Some(fact.cookie),
+                });
+            }
+            ("bind", false) => self.failed_bind(fact, holder),
+            _ => {}
+        }
+    }
+
+    fn failed_bind(&mut self, fact: Fact, holder: Option<Claim>) {
+        self.metrics
+            .bind_failure(fact.errno.as_deref().unwrap_or("UNKNOWN"));
+        let (Some(port), Some(proto)) = (fact.port, fact.proto) else {
+            return;
+        };
+        if port == 0 || !is_conflict_errno(fact.errno.as_deref()) {
+            return;
+        }
+        let key = ConflictKey {
+            netns: fact.netns.unwrap_or(0),
+            proto,
+            port,
+        };
+        let at = chrono::DateTime::parse_from_rfc3339(&fact.ts)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now());
+        match self.bursts.note(key, at, Instant::now()) {
+            Noted::Joined { .. } => {}
+            Noted::New { id } => {
+                // Now, before it exits: who tried.
+                let tried = procinfo::now(fact.pid, &fact.comm, fact.uid);
+                tracing::info!(
+                    "conflict: pid {} ({}) failed to bind {}/{} in netns {} ({}){}",
+                    fact.pid,
+                    fact.comm,
+                    port,
+                    proto,
+                    key.netns,
+                    fact.errno.as_deref().unwrap_or("cause unknown"),
+                    holder
+                        .as_ref()
+                        .map(|c| format!("; the ledger says pid {} ({}) holds it", c.pid, c.comm))
+                        .unwrap_or_default()
+                );
+                let policy = self.config.policy.clone();
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let finding = verify(key, id, fact, tried, holder, &policy);
+                    let _ = tx.send(Work::Verified(Box::new(finding)));
+                });
+            }
+        }
+    }
+
+    fn work(&mut self, w: Work) {
+        match w {
+            Work::Verified(f) => self.verified(*f),
+            Work::Reaped(r) => self.reaped(*r),
+            Work::Scanned {
+                kind,
+                started,
+                scan,
+                took,
+            } => self.scanned(kind, started, *scan, took),
+        }
+    }
+
+    /// A conflict's holders are known: repair the ledger, journal the
+    /// conflict, reap what the policy says to.
+    fn verified(&mut self, f: Finding) {
+        self.metrics.scan("conflict", f.took);
+        if let Some(scan) = &f.scan {
+            self.repair_port(&f, scan);
+        }
+        if f.scan.is_some() && f.holders.is_empty() && f.fact.errno.is_none() {
+            // The cause was unknown and nothing holds the port: not a
+            // collision (a bad address, a permission), only a failed bind.
+            tracing::debug!(
+                "failed bind of {}/{} by pid {}: nothing holds it, not a conflict",
+                f.key.port,
+                f.key.proto,
+                f.fact.pid
+            );
+            self.bursts.remove(&f.key, f.id);
+            return;
+        }
+        let Some(burst) = self.bursts.get_mut(&f.key, f.id) else {
+            return;
+        };
+        let verdict = f.holders.first().map(|(_, _, v)| VerdictRecord::from(v));
+        let reap_any = f
+            .holders
+            .iter()
+            .any(|(_, _, v)| v.decision == Decision::Reap);
+        let mut holders: Vec<ProcessRef> = f
+            .holders
+            .iter()
+            .map(|(p, _, _)| procinfo::from_process(p))
+            .collect();
+        if f.scan.is_none() {
+            // The live system could not be asked: the ledger's word, marked as such.
+            if let Some(c) = &f.ledger_holder {
+                holders.push(ProcessRef {
+                    pid: c.pid,
+                    comm: c.comm.clone(),
+                    uid: Some(c.uid),
+                    ..ProcessRef::default()
+                });
+            }
+        }
+        let held_since = f
+            .ledger_holder
+            .as_ref()
+            .map(|c| rfc3339(c.bound_at))
+            .or_else(|| {
+                f.holders
+                    .first()
+                    .map(|(p, _, _)| p.started_at.clone())
+                    .filter(|s| !s.is_empty())
+            });
+        let errno = f
+            .fact
+            .errno
+            .clone()
+            .or_else(|| (!holders.is_empty()).then(|| "EADDRINUSE".to_string()))
+            .unwrap_or_else(|| "UNKNOWN".to_string());
+        let body = Body::Conflict {
+            at: endpoint(&f.fact),
+            tried: f.tried.clone(),
+            errno,
+            errno_exact: f.fact.errno_exact,
+            holders,
+            held_since,
+            count: burst.count,
+            first: rfc3339(burst.first),
+            last: rfc3339(burst.last),
+            verdict: verdict.clone().or_else(|| {
+                f.scan_error.as_ref().map(|e| VerdictRecord {
+                    decision: "keep".into(),
+                    reasons: vec![format!(
+                        "the holders could not be verified, so nothing is judged: {e}"
+                    )],
+                    rule: None,
+                })
+            }),
+            action: if reap_any { "reap" } else { "report" }.to_string(),
+        };
+        self.metrics.conflicts.fetch_add(1, Relaxed);
+        burst.record = Some(body.clone());
+        burst.journaled_count = burst.count;
+        let record = self.journal(body);
+        self.shared.lock().unwrap().push_conflict(record);
+
+        // At most one reaping per holder identity, however long the burst.
+        for (p, s, v) in f.holders {
+            if v.decision != Decision::Reap {
+                tracing::info!(
+                    "conflict on {}/{}: pid {} ({}) is kept: {v}",
+                    f.key.port,
+                    f.key.proto,
+                    p.pid,
+                    p.comm
+                );
+                continue;
+            }
+            if !self.reaped.first_time((p.pid, p.start_ticks)) {
+                continue;
+            }
+            tracing::warn!(
+                "reaping pid {} ({}) holding {}/{}: {v}",
+                p.pid,
+                p.comm,
+                s.port,
+                s.proto
+            );
+            let tx = self.tx.clone();
+            let grace = self.config.reap_grace;
+            let deadline = self.config.reap_deadline;
+            let at = Endpoint {
+                netns: Some(s.netns),
+                proto: s.proto.as_str().into(),
+                family: Some(s.family.as_str().into()),
+                addr: Some(s.addr.to_string()),
+                port: s.port,
+            };
+            tokio::task::spawn_blocking(move || {
+                let done = reap_one(p, s, v, at, grace, deadline);
+                let _ = tx.send(Work::Reaped(Box::new(done)));
+            });
+        }
+    }
+
+    /// The targeted scan is the truth about this port: a ledger claim it
+    /// does not confirm is dropped, a holder the ledger missed is added.
+    fn repair_port(&mut self, f: &Finding, scan: &Scan) {
+        let mut shared = self.shared.lock().unwrap();
+        if let Some(c) = &f.ledger_holder {
+            let live = scan.holdings.iter().any(|h| {
+                h.socket.netns == c.key.netns
+                    && h.socket.addr == c.key.addr
+                    && h.processes.iter().any(|p| p.pid == c.pid)
+            });
+            if !live {
+                tracing::info!(
+                    "ledger repair: pid {} ({}) no longer holds {}/{}; dropped",
+                    c.pid,
+                    c.comm,
+                    c.key.port,
+                    c.key.proto
+                );
+                shared.ledger.forget(c.cookie);
+            }
+        }
+        for h in scan.holdings.iter().filter(|h| holds_for_binds(h)) {
+            if let Some(claim) = claim_of(h) {
+                if let Some(b) = binder_of(h) {
+                    shared.binders.entry(claim.cookie).or_insert(b);
+                }
+                shared.ledger.seed(claim);
+            }
+        }
+        self.metrics
+            .ledger_claims
+            .store(shared.ledger.len() as u64, Relaxed);
+    }
+
+    fn reaped(&mut self, r: ReapDone) {
+        let outcome = match (&r.report.outcome, r.free_at) {
+            (TargetOutcome::Exited { .. }, Some(_)) => "freed",
+            (TargetOutcome::Exited { .. }, None) => "still_held",
+            (o, _) => o.word(),
+        };
+        self.metrics.reaping(outcome);
+        tracing::warn!(
+            "reaping of pid {} ({}) on {}/{}: {outcome}",
+            r.target.pid,
+            r.target.comm,
+            r.at.port,
+            r.at.proto
+        );
+        self.journal(Body::Reaping {
+            at: r.at,
+            target: r.target,
+            verdict: r.verdict,
+            signals: r
+                .report
+                .signals
+                .iter()
+                .map(|s| SignalRecord {
+                    pid: s.pid,
+                    signal: s.signal.to_string(),
+                    ts: s.ts.clone(),
+                })
+                .collect(),
+            outcome: outcome.to_string(),
+            port_free_at: r.free_at.map(|t| rfc3339(reap::wall_of(t))),
+            elapsed_ms: Some(r.started.elapsed().as_millis() as u64),
+            dry_run: false,
+        });
+    }
+
+    fn close_burst(&mut self, burst: crate::conflict::Burst) {
+        if burst.count <= burst.journaled_count {
+            return;
+        }
+        let Some(Body::Conflict {
+            at,
+            tried,
+            errno,
+            errno_exact,
+            holders,
+            held_since,
+            first,
+            verdict,
+            action,
+            ..
+        }) = burst.record
+        else {
+            return;
+        };
+        tracing::info!(
+            "conflict on {}/{} ended: {} failed binds",
+            at.port,
+            at.proto,
+            burst.count
+        );
+        let body = Body::Conflict {
+            at,
+            tried,
+            errno,
+            errno_exact,
+            holders,
+            held_since,
+            count: burst.count,
+            first: first.clone(),
+            last: rfc3339(burst.last),
+            verdict,
+            action,
+        };
+        let record = self.journal(body);
+        let mut shared = self.shared.lock().unwrap();
+        // The control socket shows the final count in place of the first.
+        if let Some(old) = shared.conflicts.iter_mut().rev().find(|r| match &r.body {
+            Body::Conflict {
+                first: f, at: a, ..
+            } => *f == first && Some(a) == endpoint_of(&record).as_ref(),
+            _ => false,
+        }) {
+            *old = record;
+        } else {
+            shared.push_conflict(record);
+        }
+    }
+
+    /// Ring buffer losses: journal them and reconcile the ledger with a scan.
+    fn check_losses(&mut self) {
+        let Some(a) = &self.attached else {
+            return;
+        };
+        let lost = a.lost_total();
+        if lost > self.lost_seen {
+            let n = lost - self.lost_seen;
+            self.lost_seen = lost;
+            self.metrics.ringbuf_lost.store(lost, Relaxed);
+            tracing::warn!("{n} events lost (ring buffer full; {lost} in all): reconciling the ledger with a scan (a larger ringbuf_size helps)");
+            self.journal(Body::Loss { lost: n });
+            if self.scanning {
+                self.reconcile_pending = true;
+            } else {
+                self.start_scan("reconcile");
+            }
+        }
+    }
+
+    fn start_scan(&mut self, kind: &'static str) {
+        if self.scanning {
+            return;
+        }
+        self.scanning = true;
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Utc::now();
+            let t = Instant::now();
+            let scan = holders::scan(&Query::default());
+            let _ = tx.send(Work::Scanned {
+                kind,
+                started,
+                scan: Box::new(scan),
+                took: t.elapsed(),
+            });
+        });
+    }
+
+    /// A full scan came back: seed, poll (degraded mode) or reconcile.
+    fn scanned(
+        &mut self,
+        kind: &'static str,
+        started: DateTime<Utc>,
+        scan: Result<Scan>,
+        took: Duration,
+    ) {
+        if kind != "seed" {
+            self.scanning = false;
+        }
+        self.metrics.scan(kind, took);
+        let scan = match scan {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("the {kind} scan failed: {e:#}");
+                return;
+            }
+        };
+        let live: Vec<(Claim, Option<control::Binder>)> = scan
+            .holdings
+            .iter()
+            .filter(|h| holds_for_binds(h))
+            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
+            .collect();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut shared = self.shared.lock().unwrap();
+            let known: HashSet<(u64, Proto, IpAddr, u16)> =
+                shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
+            for (c, b) in &live {
+                if !known.contains(&key_tuple(&c.key)) {
+                    added.push(c.clone());
+                    if let Some(b) = b {
+                        shared.binders.insert(c.cookie, b.clone());
+                    }
+                    shared.ledger.seed(c.clone());
+                }
+            }
+            if kind != "seed" {
+                // A claim no socket backs any more. Claims made after the
+                // scan began may be newer than it: they stay.
+                let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
+                    .holdings
+                    .iter()
+                    .filter(|h| h.socket.state != "TIME-WAIT")
+                    .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
+                    .collect();
+                let stale: Vec<u64> = shared
+                    .ledger
+                    .claims()
+                    .filter(|c| c.bound_at < started && !backed.contains(&key_tuple(&c.key)))
+                    .map(|c| c.cookie)
+                    .collect();
+                for cookie in stale {
+                    if let Some(c) = shared.ledger.forget(cookie) {
+                        shared.binders.remove(&cookie);
+                        removed.push(c);
+                    }
+                }
+            }
+            self.metrics
+                .ledger_claims
+                .store(shared.ledger.len() as u64, Relaxed);
+        }
+        match kind {
+            "seed" => tracing::info!(
+                "seeded the ledger with {} claims that predate the daemon ({:.1} ms)",
+                added.len(),
+                took.as_secs_f64() * 1e3
+            ),
+            "reconcile" => {
+                tracing::info!(
+                    "reconciled the ledger: {} added, {} removed",
+                    added.len(),
+                    removed.len()
+                );
+                self.journal(Body::Reconcile {
+                    added: added.len() as u64,
+                    removed: removed.len() as u64,
+                });
+                if self.reconcile_pending {
+                    self.reconcile_pending = false;
+                    self.start_scan("reconcile");
+                }
+            }
+            _ => {
+                // Degraded polling: the changes are the claims and releases.
+                for c in added {
+                    self.metrics.binds.fetch_add(1, Relaxed);
+                    let process = procinfo::now(c.pid, &c.comm, c.uid);
+                    self.journal(Body::Claim {
+                        at: claim_endpoint(&c),
+                        process,
+                        cookie: Some(c.cookie),
+                        requested_port: None,
+                    });
+                }
+                for c in removed {
+                    self.metrics.releases.fetch_add(1, Relaxed);
+                    self.journal(Body::Release {
+                        at: claim_endpoint(&c),
+                        process: Some(ProcessRef {
+                            pid: c.pid,
+                            comm: c.comm.clone(),
+                            uid: Some(c.uid),
+                            ..ProcessRef::default()
+                        }),
+                        held_ms: Some((Utc::now() - c.bound_at).num_milliseconds().max(0) as u64),
+                        cookie: Some(c.cookie),
+                    });
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: a new config replaces the old one only when it is valid.
+    /// Returns whether it was applied.
+    fn reload(&mut self) -> bool {
+        let Some(path) = self.config_path.clone() else {
+            tracing::warn!("SIGHUP: the daemon runs on defaults (no --config), nothing to reload");
+            return false;
+        };
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("SIGHUP: keeping the running config, the new one is refused: {e}");
+                return false;
+            }
+        };
+        for (what, changed) in [
+            ("hooks", new.hooks != self.config.hooks),
+            ("ringbuf_size", new.ringbuf_size != self.config.ringbuf_size),
+            (
+                "metrics_listen",
+                new.metrics_listen != self.config.metrics_listen,
+            ),
+            (
+                "control_socket",
+                new.control_socket != self.config.control_socket,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "SIGHUP: `{what}` changed; it takes effect when the daemon restarts"
+                );
+            }
+        }
+        let journal_changed = new.journal != self.config.journal
+            || new.journal_max_bytes != self.config.journal_max_bytes
+            || new.journal_keep != self.config.journal_keep
+            || new.fsync != self.config.fsync;
+        if journal_changed {
+            match JournalWriter::open(&new.journal, writer_options(&new)) {
+                Ok(j) => self.journal = Some(j),
+                Err(e) => {
+                    tracing::error!("SIGHUP: keeping the running config, the new journal {} cannot be opened: {e}", new.journal.display());
+                    return false;
+                }
+            }
+        }
+        self.bursts.set_window(new.conflict_window);
+        let summary = new.summary();
+        let hooks = self.config.hooks;
+        let ringbuf = self.config.ringbuf_size;
+        let metrics = self.config.metrics_listen;
+        let control = self.config.control_socket.clone();
+        self.config = new;
+        // What needs a restart keeps its running value, so the config shown
+        // and acted on is what really runs.
+        self.config.hooks = hooks;
+        self.config.ringbuf_size = ringbuf;
+        self.config.metrics_listen = metrics;
+        self.config.control_socket = control;
+        self.metrics.reloads.fetch_add(1, Relaxed);
+        tracing::info!("SIGHUP: reloaded {}: {summary}", path.display());
+        true
+    }
+
+    /// Appends a record; returns it (for the control socket).
+    fn binder(&mut self, pid: u32) -> control::Binder {
+        let now = Instant::now();
+        if let Some((at, b)) = self.binders.get(&pid) {
+            if now.duration_since(*at) < BINDER_TTL {
+                return b.clone();
+            }
+        }
+        if self.binders.len() > 4096 {
+            self.binders
+                .retain(|_, (at, _)| now.duration_since(*at) < BINDER_TTL);
+        }
+        let b = procinfo::binder(pid);
+        self.binders.insert(pid, (now, b.clone()));
+        b
+    }
+
+    /// Queues a record; returns it (for the control socket). Records are
+    /// written by [`Daemon::flush`] at the end of each turn of the loop, all
+    /// queued lines in one write(2): still whole lines at the end of the file
+    /// (O_APPEND), one syscall per batch instead of one per bind under a
+    /// storm. A crash loses at most the records of the turn in progress.
+    fn journal(&mut self, body: Body) -> Record {
+        let record = Record {
+            v: crate::journal::SCHEMA_VERSION,
+            ts: rfc3339(Utc::now()),
+            host: self.host.clone(),
+            source: self.source.clone(),
+            body,
+        };
+        if self.journal.is_some() {
+            match serde_json::to_writer(&mut self.pending, &record) {
+                Ok(()) => {
+                    self.pending.push(b'\n');
+                    self.pending_records += 1;
+                }
+                Err(e) => {
+                    self.metrics.journal_errors.fetch_add(1, Relaxed);
+                    tracing::error!("journal: a record could not be encoded ({e}); it is lost");
+                }
+            }
+        }
+        record
+    }
+
+    /// Writes the queued records.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = std::mem::take(&mut self.pending_records);
+        let batch = std::mem::take(&mut self.pending);
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if let Err(e) = j.append_line(&batch) {
+            self.metrics.journal_errors.fetch_add(n as u64, Relaxed);
+            match self.config.on_journal_error {
+                OnJournalError::KeepRunning => tracing::error!(
+                    "journal: {e} ({n} records lost; running on, on_journal_error = \"keep-running\")"
+                ),
+                OnJournalError::Exit => {
+                    tracing::error!("journal: {e}; stopping (on_journal_error = \"exit\")");
+                    if self.fatal.is_none() {
+                        self.fatal = Some(
+                            anyhow::Error::new(e)
+                                .context("writing the journal (on_journal_error = \"exit\")"),
+                        );
+                    }
+                }
+            }
+        }
+        // Reuse the allocation.
+        self.pending = batch;
+        self.pending.clear();
+    }
+}
+
+fn writer_options(c: &Config) -> WriterOptions {
+    WriterOptions {
+        max_bytes: (c.journal_max_bytes > 0).then_some(c.journal_max_bytes),
+        keep: c.journal_keep,
+        sync: c.fsync,
+    }
+}
+
+fn listening_query() -> Query {
+    Query {
+        listening_only: true,
+        ..Query::default()
+    }
+}
+
+async fn next_events(
+    stream: &mut Option<EventStream>,
+    raw: &mut Vec<reaper_common::Event>,
+) -> Result<u64> {
+    match stream {
+        Some(s) => s.next_batch(raw, TICK).await,
+        None => {
+            tokio::time::sleep(TICK).await;
+            Ok(0)
+        }
+    }
+}
+
+/// The ledger's claim a failed bind collided with, if it knows one.
+fn conflicting(ledger: &Ledger, f: &Fact) -> Option<Claim> {
+    let key = ClaimKey {
+        netns: f.netns?,
+        proto: f.proto?,
+        addr: f.addr.as_deref()?.parse().ok()?,
+        port: f.port?,
+    };
+    ledger.conflicting_claim(&key, f.cookie).cloned()
+}
+
+fn endpoint(f: &Fact) -> Endpoint {
+    Endpoint {
+        netns: f.netns,
+        proto: f.proto.map(|p| p.as_str()).unwrap_or("?").to_string(),
+        family: f.family.map(|x| x.as_str().to_string()),
+        addr: f.addr.clone(),
+        port: f.port.unwrap_or(0),
+    }
+}
+
+fn endpoint_of(r: &Record) -> Option<Endpoint> {
+    match &r.body {
+        Body::Conflict { at, .. } => Some(at.clone()),
+        _ => None,
+    }
+}
+
+fn claim_endpoint(c: &Claim) -> Endpoint {
+    Endpoint {
+        netns: Some(c.key.netns),
+        proto: c.key.proto.as_str().into(),
+        family: Some(c.family.as_str().into()),
+        addr: Some(c.key.addr.to_string()),
+        port: c.key.port,
+    }
+}
+
+fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
+    (k.netns, k.proto, k.addr, k.port)
+}
+
+/// A scanned socket as a ledger claim (source "proc"). Sockets read from
+/// /proc/net carry no cookie; their inode, marked by the top bit so it never
+/// equals a kernel cookie, keys them instead.
+/// A listening TCP or bound UDP socket: a claim in the ledger's sense
+/// (connections and TIME-WAIT hold ports too, but are not claims).
+fn holds_for_binds(h: &Holding) -> bool {
+    matches!(h.socket.state.as_str(), "LISTEN" | "UNCONN")
+}
+
+/// The binder details a scan knows: the holder's parent now (for a holder
+/// that predates the daemon, the best there is).
+fn binder_of(h: &Holding) -> Option<control::Binder> {
+    let p = h.processes.first()?;
+    Some(control::Binder {
+        ppid: Some(p.ppid),
+        parent_comm: p.ancestors.first().map(|(_, c)| c.clone()),
+        exe: p.exe.clone(),
+    })
+}
+
+fn claim_of(h: &Holding) -> Option<Claim> {
+    let s = &h.socket;
+    let p = h.processes.first()?;
+    let cookie = if s.cookie != 0 {
+        s.cookie
+    } else {
+        s.inode | (1 << 63)
+    };
+    let started = chrono::DateTime::parse_from_rfc3339(&p.started_at)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    Some(Claim {
+        key: ClaimKey {
+            netns: s.netns,
+            proto: s.proto,
+            addr: s.addr,
+            port: s.port,
+        },
+        family: s.family,
+        cookie,
+        pid: p.pid,
+        tid: p.pid,
+        comm: p.comm.clone(),
+        uid: s.uid,
+        cgroup_id: 0,
+        // The bind itself was not seen: the process start is the earliest
+        // the claim can be.
+        bound_at: started,
+        listening_at: (s.state == "LISTEN").then_some(started),
+        requested_port: None,
+        source: "proc".into(),
+    })
+}
+
+/// The blocking half of a conflict: ask the live system who holds the port
+/// in that namespace, and judge each holder.
+fn verify(
+    key: ConflictKey,
+    id: u64,
+    fact: Fact,
+    tried: ProcessRef,
+    ledger_holder: Option<Claim>,
+    policy: &Policy,
+) -> Finding {
+    let t = Instant::now();
+    let q = Query {
+        port: Some(key.port),
+        proto: Some(key.proto),
+        netns: Some(key.netns),
+        listening_only: false,
+    };
+    let want: Option<IpAddr> = fact.addr.as_deref().and_then(|a| a.parse().ok());
+    let mut finding = Finding {
+        key,
+        id,
+        fact,
+        tried,
+        ledger_holder,
+        holders: Vec::new(),
+        scan_error: None,
+        scan: None,
+        took: Duration::ZERO,
+    };
+    match holders::scan(&q) {
+        Ok(scan) => {
+            let ctx = PolicyContext::current(Some(key.netns));
+            for h in &scan.holdings {
+                if let Some(w) = want {
+                    if !addrs_collide(h.socket.addr, w) {
+                        continue;
+                    }
+                }
+                for p in &h.processes {
+                    if p.pid == finding.fact.pid && h.socket.cookie == finding.fact.cookie {
+                        continue;
+                    }
+                    if finding.holders.iter().any(|(q, _, _)| q.pid == p.pid) {
+                        continue;
+                    }
+                    let verdict = match &ctx {
+                        Ok(ctx) => policy.judge(p, &h.socket, ctx),
+                        Err(e) => Verdict {
+                            decision: Decision::Keep,
+                            reasons: vec![format!(
+                                "reaper cannot read its own context ({e}), so nothing is judged"
+                            )],
+                            rule: None,
+                        },
+                    };
+                    finding.holders.push((p.clone(), h.socket.clone(), verdict));
+                }
+            }
+            finding.scan = Some(scan);
+        }
+        Err(e) => finding.scan_error = Some(format!("{e:#}")),
+    }
+    finding.took = t.elapsed();
+    finding
+}
+
+/// The blocking half of a reaping: the reap module's pidfd path (identity
+/// re-checked after the pidfd is open), then wait until the port binds.
+fn reap_one(
+    p: Process,
+    s: Socket,
+    v: Verdict,
+    at: Endpoint,
+    grace: Duration,
+    deadline: Duration,
+) -> ReapDone {
+    let started = Instant::now();
+    // The namespace the port lives in, pinned while the holder is alive.
+    let mut probe = BindProbe::new(s.proto, s.addr, s.port, s.dual_stack);
+    let own = reap::netns_of(std::process::id()).ok();
+    if Some(s.netns) != own {
+        probe.netns = std::fs::File::open(format!("/proc/{}/ns/net", p.pid))
+            .ok()
+            .map(Into::into);
+    }
+    let target = procinfo::from_process(&p);
+    let opts = StopOptions {
+        grace,
+        deadline: started + deadline,
+        start: started,
+        pause_fifo: None,
+    };
+    let report = reap::stop(&[Identity::of(&p)], &opts)
+        .into_iter()
+        .next()
+        .expect("one report per target");
+    let free_at = match report.outcome {
+        TargetOutcome::Exited { .. } => reap::wait_bindable(&[probe], started + deadline).free_at,
+        _ => None,
+    };
+    ReapDone {
+        at,
+        target,
+        verdict: VerdictRecord::from(&v),
+        report,
+        free_at,
+        started,
+    }
+}
+
+/// `--check-config`: validates and says what the file sets up.
+pub fn check_config(path: &Path) -> Result<String, config::ConfigError> {
+    let c = Config::load(path)?;
+    Ok(format!(
+        "{}: valid. journal {}, hooks {}, metrics {}, control socket {}, {}",
+        path.display(),
+        c.journal.display(),
+        format!("{:?}", c.hooks).to_lowercase(),
+        c.metrics_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        c.control_socket
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "off".into()),
+        c.summary()
+    ))
+}

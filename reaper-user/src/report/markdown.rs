@@ -1,0 +1,491 @@
+//! model -> **markdown**: the report as a GitHub PR comment.
+//!
+//! GitHub-flavoured Markdown only (tables, code spans, no HTML), so it reads
+//! the same pasted into a comment, a terminal or a CI summary.
+
+use std::fmt::Write;
+
+use super::model::{Report, TimeFmt};
+use super::view;
+
+/// A table cell: no newlines, pipes escaped (GFM splits cells on them even
+/// inside code spans).
+fn cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}
+
+/// A code span that survives backticks in the text.
+fn code(s: &str) -> String {
+    if s.contains('`') {
+        format!("`` {s} ``")
+    } else {
+        format!("`{s}`")
+    }
+}
+
+/// Text outside tables: characters Markdown would read as markup escaped.
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '|'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A PR comment holds 65,536 characters: past these, the Markdown lists
+/// the rest compactly and points to `--format html` / `json`, which keep
+/// everything the model kept.
+const MD_CONFLICTS: usize = 20;
+const MD_CONFLICT_ROWS: usize = 100;
+const MD_PORTS: usize = 10;
+const MD_TIMELINE: usize = 30;
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.join(" | "));
+    }
+    out.push('\n');
+}
+
+fn kv_table(out: &mut String, rows: &[(&str, String)]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(k, v)| vec![format!("**{k}**"), cell(v)])
+        .collect();
+    table(out, &["", ""], &rows);
+}
+
+pub fn render(r: &Report) -> String {
+    let tf = TimeFmt::of(r);
+    let mut out = String::new();
+    let _ = writeln!(out, "# reaper report\n");
+    let _ = writeln!(out, "**Window:** {}  ", text(&view::window_line(r)));
+    let _ = writeln!(out, "**Read:** {}\n", text(&view::scope_line(r)));
+
+    let _ = writeln!(out, "## Summary\n");
+    kv_table(&mut out, &view::summary_rows(r));
+
+    let _ = writeln!(out, "## Conflicts\n");
+    if r.conflicts.is_empty() {
+        let _ = writeln!(out, "No failed bind of a held port in the window.\n");
+    }
+    if r.conflicts_dropped > 0 {
+        let _ = writeln!(
+            out,
+            "_{} earlier conflicts are not listed (only the last {} are kept); the summary counts them all._\n",
+            r.conflicts_dropped,
+            r.conflicts.len()
+        );
+    }
+    let older = r.conflicts.len().saturating_sub(MD_CONFLICTS);
+    if older > 0 {
+        let _ = writeln!(
+            out,
+            "The last {MD_CONFLICTS} conflicts in full; {} earlier below in short (all of them: `--format html` or `json`).\n",
+            older
+        );
+    }
+    for c in &r.conflicts[older..] {
+        let _ = writeln!(
+            out,
+            "### Conflict #{}: {}\n",
+            c.id,
+            text(&view::conflict_title(c))
+        );
+        let mut rows = view::conflict_rows(c, tf);
+        let ev: Vec<String> = c.evidence.iter().map(|e| code(e)).collect();
+        rows.push(("Evidence", String::new()));
+        let mut t: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(k, v)| vec![format!("**{k}**"), cell(v)])
+            .collect();
+        if let Some(last) = t.last_mut() {
+            last[1] = cell(&ev.join(", "));
+        }
+        table(&mut out, &["", ""], &t);
+    }
+
+    if older > 0 {
+        let _ = writeln!(
+            out,
+            "Earlier conflicts{}:\n",
+            if older > MD_CONFLICT_ROWS {
+                format!(" (the last {MD_CONFLICT_ROWS})")
+            } else {
+                String::new()
+            }
+        );
+        let rows: Vec<Vec<String>> = r.conflicts[older.saturating_sub(MD_CONFLICT_ROWS)..older]
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("#{}", c.id),
+                    tf.at(&c.first),
+                    cell(&view::port_name(&c.proto, c.port, &c.host)),
+                    cell(&format!("{} {}", c.tried.pid, c.tried.comm)),
+                    cell(
+                        &c.holders
+                            .iter()
+                            .map(|h| format!("{} {}", h.pid, h.comm))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    super::model::human_ms(c.blocked_ms),
+                    c.resolution.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "Conflict",
+                "First failed bind",
+                "Port",
+                "Tried",
+                "Held by",
+                "Blocked",
+                "Ended",
+            ],
+            &rows,
+        );
+    }
+
+    let _ = writeln!(out, "## Ports\n");
+    // The ports with the most trouble get sections; the others a row each.
+    let mut detailed: Vec<usize> = (0..r.ports.len()).collect();
+    if r.ports.len() > MD_PORTS {
+        detailed.sort_by_key(|&i| {
+            let p = &r.ports[i];
+            std::cmp::Reverse((p.counts.conflicts + p.counts.reapings, p.blocked_ms))
+        });
+        detailed.truncate(MD_PORTS);
+        detailed.sort_unstable();
+        let _ = writeln!(
+            out,
+            "{} ports saw a conflict or a reaping: the {MD_PORTS} with the most in full, the rest in the table after them (all in full: `--format html` or `json`, or `--port P`).\n",
+            r.ports.len()
+        );
+    }
+    if r.ports.is_empty() {
+        let _ = writeln!(out, "No port saw a conflict or a reaping in the window.\n");
+    }
+    for p in detailed.iter().map(|&i| &r.ports[i]) {
+        let _ = writeln!(
+            out,
+            "### {}\n",
+            text(&view::port_name(&p.proto, p.port, &p.host))
+        );
+        let _ = writeln!(out, "{}\n", text(&view::port_counts(p)));
+        if let Some(note) = view::truncation_note(p) {
+            let _ = writeln!(out, "_{}_\n", text(&note));
+        }
+        let skip = p.timeline.len().saturating_sub(MD_TIMELINE);
+        if skip > 0 {
+            let _ = writeln!(out, "_The last {MD_TIMELINE} entries here; {skip} earlier kept ones: `--format html` or `json`._\n");
+        }
+        let shown = &p.timeline[skip..];
+        let rows: Vec<Vec<String>> = shown
+            .iter()
+            .map(|e| {
+                let holder = e
+                    .holder
+                    .map(|h| format!(" (#{})", h + 1))
+                    .unwrap_or_default();
+                vec![
+                    tf.at(&e.ts),
+                    e.event.clone(),
+                    cell(&format!("{} {}{holder}", e.pid, e.comm)),
+                    cell(&e.detail),
+                    cell(&code(&e.evidence)),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "Time (UTC)",
+                "Event",
+                "Process",
+                "What happened",
+                "Evidence",
+            ],
+            &rows,
+        );
+        if !p.holders.is_empty() {
+            let _ = writeln!(out, "Processes of this timeline, one row per identity seen (a process orphaned since its bind shows twice):\n");
+            let used: std::collections::BTreeSet<usize> =
+                shown.iter().filter_map(|e| e.holder).collect();
+            let rows: Vec<Vec<String>> = p
+                .holders
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| used.contains(i))
+                .map(|(i, h)| {
+                    let id: Vec<String> = view::identity(&h.process, h.netns)
+                        .into_iter()
+                        .map(|(k, v)| format!("{k} {}", code(&v)))
+                        .collect();
+                    vec![
+                        (i + 1).to_string(),
+                        h.process.pid.to_string(),
+                        cell(&code(&h.process.comm)),
+                        cell(&id.join("; ")),
+                        cell(&view::holder_verdict(h)),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                &["#", "PID", "comm", "Identity", "Verdict"],
+                &rows,
+            );
+        }
+        if !p.held_at_end.is_empty() {
+            let held: Vec<String> = p
+                .held_at_end
+                .iter()
+                .map(|h| {
+                    format!(
+                        "pid {} {} since {} ({})",
+                        h.pid,
+                        code(&h.comm),
+                        tf.at(&h.since),
+                        code(&h.evidence)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "**Held at the end of the window:** {}\n",
+                held.join(", ")
+            );
+        }
+    }
+
+    if detailed.len() < r.ports.len() {
+        let rows: Vec<Vec<String>> = (0..r.ports.len())
+            .filter(|i| !detailed.contains(i))
+            .map(|i| {
+                let p = &r.ports[i];
+                vec![
+                    format!("{}/{}", p.proto, p.port),
+                    cell(&p.host),
+                    p.counts.conflicts.to_string(),
+                    p.counts.failed_binds.to_string(),
+                    p.counts.reapings.to_string(),
+                    super::model::human_ms(p.blocked_ms),
+                    tf.at(&p.last),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "Other ports with conflicts or reapings:\n");
+        table(
+            &mut out,
+            &[
+                "Port",
+                "Host",
+                "Conflicts",
+                "Failed binds",
+                "Reapings",
+                "Blocked",
+                "Last seen",
+            ],
+            &rows,
+        );
+    }
+
+    if r.quiet_ports.total > 0 {
+        let q = &r.quiet_ports;
+        let _ = writeln!(out, "## Other ports\n");
+        let _ = writeln!(
+            out,
+            "{} saw {} and no conflict{}.\n",
+            view::plural(q.total, "port", "ports"),
+            view::plural(q.claims, "claim", "claims"),
+            if q.shown.len() < q.total as usize {
+                format!(
+                    "; the {} busiest (use `--port P` for one's timeline)",
+                    q.shown.len()
+                )
+            } else {
+                " (use `--port P` for one's timeline)".into()
+            }
+        );
+        let rows: Vec<Vec<String>> = q
+            .shown
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{}/{}", p.proto, p.port),
+                    cell(&p.host),
+                    p.claims.to_string(),
+                    p.releases.to_string(),
+                    p.held_at_end.to_string(),
+                    tf.at(&p.last),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "Port",
+                "Host",
+                "Claims",
+                "Releases",
+                "Held at end",
+                "Last seen",
+            ],
+            &rows,
+        );
+    }
+
+    let q = &r.data_quality;
+    let _ = writeln!(out, "## Data quality\n");
+    let mut any = false;
+    if !q.losses.is_empty() {
+        any = true;
+        let rows: Vec<Vec<String>> = q
+            .losses
+            .iter()
+            .map(|l| {
+                vec![
+                    tf.at(&l.ts),
+                    cell(&l.host),
+                    l.lost.to_string(),
+                    cell(&code(&l.evidence)),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "Events the kernel side could not hand over:\n");
+        table(
+            &mut out,
+            &["Time (UTC)", "Host", "Events lost", "Evidence"],
+            &rows,
+        );
+    }
+    if !q.gaps.is_empty() {
+        any = true;
+        let rows: Vec<Vec<String>> = q
+            .gaps
+            .iter()
+            .map(|g| {
+                vec![
+                    cell(&g.host),
+                    tf.at(&g.after),
+                    tf.at(&g.noticed),
+                    g.ms.map(super::model::human_ms)
+                        .unwrap_or_else(|| "-".into()),
+                    cell(&code(&g.evidence)),
+                ]
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Gaps: the daemon died without a stop record; records in between may be missing:\n"
+        );
+        table(
+            &mut out,
+            &[
+                "Host",
+                "Last record before",
+                "Noticed at",
+                "Length",
+                "Evidence",
+            ],
+            &rows,
+        );
+    }
+    if !q.degraded.is_empty() {
+        any = true;
+        let rows: Vec<Vec<String>> = q
+            .degraded
+            .iter()
+            .map(|d| {
+                vec![
+                    cell(&d.host),
+                    cell(&d.mode),
+                    cell(&d.reason),
+                    tf.at(&d.from),
+                    d.to.as_deref()
+                        .map(|t| tf.at(t))
+                        .unwrap_or_else(|| "end of window".into()),
+                    super::model::human_ms(d.ms),
+                    cell(&code(&d.evidence)),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "Degraded periods (polling /proc instead of kernel hooks: short-lived binds may be missed):\n");
+        table(
+            &mut out,
+            &["Host", "Mode", "Why", "From", "To", "Length", "Evidence"],
+            &rows,
+        );
+    }
+    if !q.bad_lines.is_empty() {
+        any = true;
+        let rows: Vec<Vec<String>> = q
+            .bad_lines
+            .iter()
+            .map(|b| {
+                vec![
+                    cell(&code(&format!("{}:{}", b.file, b.line))),
+                    cell(&b.problem),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "Lines skipped (first {}):\n", q.bad_lines.len());
+        table(&mut out, &["Where", "Problem"], &rows);
+    }
+    if q.notes_dropped > 0 {
+        any = true;
+        let _ = writeln!(
+            out,
+            "_{} more notes not listed; the summary counts them all._\n",
+            q.notes_dropped
+        );
+    }
+    if !any {
+        let _ = writeln!(
+            out,
+            "Nothing to report: no losses, gaps, degraded periods or damaged lines.\n"
+        );
+    }
+
+    let _ = writeln!(out, "## Inputs\n");
+    let rows: Vec<Vec<String>> = r
+        .inputs
+        .iter()
+        .map(|f| {
+            vec![
+                cell(&code(&f.path)),
+                f.lines.to_string(),
+                f.records.to_string(),
+            ]
+        })
+        .collect();
+    table(&mut out, &["File", "Lines", "Records"], &rows);
+    let _ = writeln!(out, "_reaper report, schema `{}`_", super::model::SCHEMA);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_cannot_break_tables() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+        assert_eq!(code("x`y"), "`` x`y ``");
+        assert_eq!(text("*x* [y]"), "\\*x\\* \\[y\\]");
+    }
+}

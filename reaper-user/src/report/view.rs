@@ -1,0 +1,478 @@
+//! model -> **view** -> markdown / html.
+//!
+//! The sentences both human formats print, as plain text: the summary's
+//! rows, a conflict's facts, a holder's identity. Markdown and HTML differ
+//! only in markup, so what a reader learns cannot drift between them.
+
+use super::model::{human_ms, ConflictReport, Holder, PortReport, Report, TimeFmt};
+use crate::journal::ProcessRef;
+
+/// "tcp/8080 on runner-7".
+pub fn port_name(proto: &str, port: u16, host: &str) -> String {
+    format!("{proto}/{port} on {host}")
+}
+
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The window in one line.
+pub fn window_line(r: &Report) -> String {
+    let w = &r.window;
+    let from = w.since.as_deref().or(w.first_record.as_deref());
+    let to_note = if w.until.is_some() {
+        "(--until)"
+    } else {
+        "(end of the journal)"
+    };
+    match (from, w.end.as_deref()) {
+        (Some(f), Some(e)) => format!("{} to {} UTC {to_note}", TimeFmt::full(f), TimeFmt::full(e)),
+        _ => "no records in the window".to_string(),
+    }
+}
+
+/// What was read and what was asked.
+pub fn scope_line(r: &Report) -> String {
+    let files: Vec<&str> = r.inputs.iter().map(|f| f.path.as_str()).collect();
+    let mut s = format!(
+        "{} from {}: {}",
+        plural(r.summary.records, "record", "records"),
+        plural(files.len() as u64, "file", "files"),
+        files.join(", ")
+    );
+    if let Some(p) = r.filter.port {
+        s.push_str(&format!("; only port {p}"));
+    }
+    if let Some(h) = &r.filter.host {
+        s.push_str(&format!("; only host {h}"));
+    }
+    s
+}
+
+/// The summary table: (label, value).
+pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
+    let s = &r.summary;
+    let q = &r.data_quality;
+    let mut rows = Vec::new();
+    rows.push((
+        "Conflicts",
+        if s.conflicts == 0 {
+            "none".to_string()
+        } else {
+            let ports = r.ports.iter().filter(|p| p.counts.conflicts > 0).count() as u64;
+            format!(
+                "{} ({}) on {}",
+                s.conflicts,
+                plural(s.failed_binds, "failed bind", "failed binds"),
+                plural(ports, "port", "ports")
+            )
+        },
+    ));
+    rows.push((
+        "Reapings",
+        if s.reapings == 0 {
+            "none".to_string()
+        } else {
+            let by: Vec<String> = s
+                .reapings_by_outcome
+                .iter()
+                .map(|(o, n)| format!("{o} {n}"))
+                .collect();
+            let mut v = format!("{}: {}", s.reapings, by.join(", "));
+            // A dry run is usually its own outcome; say so only if not.
+            if s.dry_runs > 0 && !s.reapings_by_outcome.contains_key("dry_run") {
+                v.push_str(&format!(" ({} dry runs)", s.dry_runs));
+            }
+            v
+        },
+    ));
+    rows.push((
+        "Time ports stayed blocked",
+        match &s.longest_block {
+            None if s.blocked_ms == 0 => "none".to_string(),
+            None => human_ms(s.blocked_ms),
+            Some(b) => format!(
+                "{} in all; longest {} ({}, conflict #{})",
+                human_ms(s.blocked_ms),
+                human_ms(b.ms),
+                port_name(&b.proto, b.port, &b.host),
+                b.conflict
+            ),
+        },
+    ));
+    rows.push((
+        "Still blocked at the end",
+        if s.still_blocked == 0 {
+            "none".to_string()
+        } else {
+            plural(s.still_blocked, "port", "ports")
+        },
+    ));
+    rows.push((
+        "Data losses",
+        if q.loss_records == 0 {
+            "none reported by the kernel side".to_string()
+        } else {
+            format!(
+                "{} lost ({}): claims or releases may be missing",
+                plural(q.lost_events, "event", "events"),
+                plural(q.loss_records, "loss record", "loss records")
+            )
+        },
+    ));
+    let mut damage = Vec::new();
+    if q.torn_lines > 0 {
+        damage.push(plural(q.torn_lines, "torn line", "torn lines"));
+    }
+    if q.garbage_lines > 0 {
+        damage.push(plural(
+            q.garbage_lines,
+            "unreadable line",
+            "unreadable lines",
+        ));
+    }
+    if q.unknown_version > 0 {
+        damage.push(format!(
+            "{} from a newer schema",
+            plural(q.unknown_version, "record", "records")
+        ));
+    }
+    if q.unknown_kind > 0 {
+        damage.push(format!(
+            "{} of an unknown kind",
+            plural(q.unknown_kind, "record", "records")
+        ));
+    }
+    if q.out_of_order > 0 {
+        damage.push(format!(
+            "{} out of time order",
+            plural(q.out_of_order, "record", "records")
+        ));
+    }
+    rows.push((
+        "Journal damage",
+        if damage.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} (skipped; see Data quality)", damage.join(", "))
+        },
+    ));
+    rows.push((
+        "Degraded (/proc polling)",
+        if q.degraded_total == 0 {
+            "never".to_string()
+        } else {
+            format!(
+                "{}, {} in all",
+                plural(q.degraded_total, "period", "periods"),
+                human_ms(q.degraded_ms)
+            )
+        },
+    ));
+    rows.push((
+        "Gaps (daemon died without a stop)",
+        if q.gaps_total == 0 {
+            "none".to_string()
+        } else {
+            plural(q.gaps_total, "gap", "gaps")
+        },
+    ));
+    let tiers: Vec<String> = s
+        .hosts
+        .iter()
+        .filter(|h| !h.starts.is_empty())
+        .map(|h| {
+            let mut t: Vec<String> = Vec::new();
+            for st in &h.starts {
+                let s = format!("{} (reaper {})", st.tier, st.version);
+                if !t.contains(&s) {
+                    t.push(s);
+                }
+            }
+            format!("{}: {}", h.name, t.join(", "))
+        })
+        .collect();
+    rows.push((
+        "Hook tiers (daemon starts)",
+        if tiers.is_empty() {
+            "no start record in the window".into()
+        } else {
+            tiers.join("; ")
+        },
+    ));
+    let sources: Vec<String> = s.sources.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    rows.push((
+        "Records by source",
+        if sources.is_empty() {
+            "none".into()
+        } else {
+            sources.join(", ")
+        },
+    ));
+    let hosts: Vec<String> = s
+        .hosts
+        .iter()
+        .map(|h| format!("{} ({})", h.name, plural(h.records, "record", "records")))
+        .collect();
+    rows.push((
+        "Hosts",
+        if hosts.is_empty() {
+            "none".into()
+        } else {
+            hosts.join(", ")
+        },
+    ));
+    rows
+}
+
+/// "pid 4242 platform-server".
+pub fn who(p: &ProcessRef) -> String {
+    format!("pid {} {}", p.pid, p.comm)
+}
+
+/// A process's identity beyond pid and comm, as (label, value) pairs.
+pub fn identity(p: &ProcessRef, netns: Option<u64>) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    if let Some(e) = &p.exe {
+        v.push(("exe", e.clone()));
+    }
+    if let Some(c) = &p.cmdline {
+        v.push(("cmdline", c.clone()));
+    }
+    match (&p.user, p.uid) {
+        (Some(u), Some(id)) => v.push(("user", format!("{u} ({id})"))),
+        (Some(u), None) => v.push(("user", u.clone())),
+        (None, Some(id)) => v.push(("user", format!("uid {id}"))),
+        _ => {}
+    }
+    if let Some(s) = &p.started_at {
+        v.push(("started", TimeFmt::full(s)));
+    }
+    let mut parents = p.ancestors.join(" < ");
+    if parents.is_empty() {
+        if let Some(pp) = p.ppid {
+            parents = format!("{pp}");
+        }
+    }
+    if p.orphaned == Some(true) {
+        parents = format!("{parents} (orphaned)");
+    }
+    if !parents.is_empty() {
+        v.push(("parents", parents));
+    }
+    if let Some(c) = &p.cgroup {
+        v.push(("cgroup", c.clone()));
+    }
+    if let Some(c) = &p.container {
+        v.push(("container", c.clone()));
+    }
+    if let Some(n) = netns {
+        v.push(("netns", n.to_string()));
+    }
+    v
+}
+
+/// A verdict in one line.
+pub fn verdict_line(v: &crate::journal::VerdictRecord) -> String {
+    let rule = v
+        .rule
+        .as_deref()
+        .map(|r| format!(" (rule {r})"))
+        .unwrap_or_default();
+    if v.reasons.is_empty() {
+        format!("{}{rule}", v.decision)
+    } else {
+        format!("{}{rule}: {}", v.decision, v.reasons.join("; "))
+    }
+}
+
+/// A conflict's title after its id: "tcp/8080 on runner-7: blocked 2.4 s, reaped".
+pub fn conflict_title(c: &ConflictReport) -> String {
+    let how = match c.resolution.as_str() {
+        "open" => "still blocked at the end of the window".to_string(),
+        "reaped" => "freed by a reaping".to_string(),
+        "released" => "released by its holder".to_string(),
+        "rebound" => "bound again (release not seen)".to_string(),
+        other => other.to_string(),
+    };
+    format!(
+        "{}: blocked {}, {how}",
+        port_name(&c.proto, c.port, &c.host),
+        human_ms(c.blocked_ms)
+    )
+}
+
+/// A conflict's facts: (label, value), every value plain text.
+pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    let span = if c.first == c.last {
+        format!("at {}", tf.at(&c.first))
+    } else {
+        format!("from {} to {}", tf.at(&c.first), tf.at(&c.last))
+    };
+    let exact = if c.errno_exact {
+        ""
+    } else {
+        ", errno inferred"
+    };
+    rows.push((
+        "Who tried",
+        format!(
+            "{}: {} ({}{exact}) {span}",
+            who(&c.tried),
+            plural(c.count, "failed bind", "failed binds"),
+            c.errno
+        ),
+    ));
+    let addr = c
+        .addr
+        .as_deref()
+        .map(|a| format!(" on {a}:{}", c.port))
+        .unwrap_or_default();
+    if c.holders.is_empty() {
+        rows.push(("Who held", format!("not identified{addr}")));
+    }
+    for h in &c.holders {
+        let since = c
+            .held_since
+            .as_deref()
+            .map(|s| format!(" since {}", tf.at(s)))
+            .unwrap_or_default();
+        let orphan = if h.orphaned == Some(true) {
+            ", orphaned"
+        } else {
+            ""
+        };
+        rows.push(("Who held", format!("{}{addr}{since}{orphan}", who(h))));
+        let id: Vec<String> = identity(h, c.netns)
+            .into_iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !id.is_empty() {
+            rows.push(("Holder identity", id.join("; ")));
+        }
+    }
+    if let Some(v) = &c.verdict {
+        rows.push(("Verdict", verdict_line(v)));
+    }
+    rows.push(("Rule asked for", c.action.clone()));
+    if c.done.is_empty() {
+        rows.push(("Done", "nothing recorded".to_string()));
+    }
+    for d in &c.done {
+        let mut s = if d.dry_run {
+            format!("dry run on {}: would signal", who(&d.target))
+        } else if d.signals.is_empty() {
+            format!("{}: no signal sent", who(&d.target))
+        } else {
+            {
+                let sent: Vec<String> = d
+                    .signals
+                    .iter()
+                    .map(|s| format!("{} {}", s.signal, tf.at(&s.ts)))
+                    .collect();
+                format!("{}: sent {}", who(&d.target), sent.join(", "))
+            }
+        };
+        s.push_str(&format!("; outcome {}", d.outcome));
+        if let Some(f) = &d.port_free_at {
+            s.push_str(&format!(", port free at {}", tf.at(f)));
+        }
+        if let Some(e) = d.elapsed_ms {
+            s.push_str(&format!(" ({} after the first signal)", human_ms(e)));
+        }
+        rows.push(("Done", s));
+    }
+    let until = match &c.blocked_until {
+        Some(u) => format!("{} to {}", tf.at(&c.first), tf.at(u)),
+        None => format!(
+            "since {}, still blocked at the end of the window",
+            tf.at(&c.first)
+        ),
+    };
+    rows.push((
+        "Blocked",
+        format!(
+            "{} ({until}); {}",
+            human_ms(c.blocked_ms),
+            resolution_words(&c.resolution)
+        ),
+    ));
+    if let Some(b) = &c.rebound_by {
+        rows.push((
+            "Bound next by",
+            format!("pid {} {} at {}", b.pid, b.comm, tf.at(&b.ts)),
+        ));
+    }
+    rows
+}
+
+pub fn resolution_words(r: &str) -> &'static str {
+    match r {
+        "reaped" => "the holder let go after the reaping",
+        "released" => "the holder let go by itself",
+        "rebound" => "another process bound the port (the release was not seen)",
+        "open" => "no release, reaping or new bind seen",
+        _ => "",
+    }
+}
+
+/// A port's counts in one line.
+pub fn port_counts(p: &PortReport) -> String {
+    let c = &p.counts;
+    let mut parts = Vec::new();
+    for (n, one, many) in [
+        (c.claims, "claim", "claims"),
+        (c.listens, "listen", "listens"),
+        (c.releases, "release", "releases"),
+    ] {
+        if n > 0 {
+            parts.push(plural(n, one, many));
+        }
+    }
+    if c.conflicts > 0 {
+        parts.push(format!(
+            "{} ({})",
+            plural(c.conflicts, "conflict", "conflicts"),
+            plural(c.failed_binds, "failed bind", "failed binds")
+        ));
+    }
+    if c.reapings > 0 {
+        parts.push(plural(c.reapings, "reaping", "reapings"));
+    }
+    if p.blocked_ms > 0 {
+        parts.push(format!("blocked {}", human_ms(p.blocked_ms)));
+    }
+    if p.still_blocked {
+        parts.push("still blocked at the end".into());
+    }
+    if !p.netns.is_empty() {
+        let n: Vec<String> = p.netns.iter().map(|n| n.to_string()).collect();
+        parts.push(format!("netns {}", n.join(", ")));
+    }
+    parts.join(" · ")
+}
+
+/// Said when a port's timeline was cut.
+pub fn truncation_note(p: &PortReport) -> Option<String> {
+    (p.timeline_dropped > 0).then(|| {
+        format!(
+            "Showing the last {} entries; {} earlier {} not kept (the counts above are exact).",
+            p.timeline.len(),
+            p.timeline_dropped,
+            if p.timeline_dropped == 1 {
+                "entry was"
+            } else {
+                "entries were"
+            }
+        )
+    })
+}
+
+/// A holder's verdict, or a dash.
+pub fn holder_verdict(h: &Holder) -> String {
+    h.verdict
+        .as_ref()
+        .map(verdict_line)
+        .unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,407 @@
+//! Helpers for the daemon's integration tests: a real `reaper daemon`
+//! process with a temporary config, journal, metrics port and control
+//! socket; orphaned holders and failing binders as real processes.
+//!
+//! Nothing here sleeps to synchronise: every wait polls a condition with a
+//! deadline and fails with what it was waiting for.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `reaper` binary under test: $REAPER_BIN, or target/debug/reaper of
+/// this workspace (build it first: `cargo build`).
+pub fn reaper_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REAPER_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build` first (or set REAPER_BIN)",
+        p.display()
+    );
+    p
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Polls `f` until it returns Some, or panics after `deadline` naming `what`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A TCP port nobody holds right now (the kernel's pick).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether 0.0.0.0:PORT/tcp can be bound now, as the next CI job would.
+pub fn bindable(port: u16) -> bool {
+    TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// A running daemon and its files.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub journal: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config (the given extra TOML after the test's own keys) and
+    /// starts the daemon; returns once the control socket answers.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("reaper-daemon-")
+            .tempdir()
+            .unwrap();
+        let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let d = Daemon {
+            child: None,
+            config: dir.path().join("reaper.toml"),
+            journal: dir.path().join("journal/journal.jsonl"),
+            socket: dir.path().join("run/reaper.sock"),
+            log: dir.path().join("daemon.log"),
+            metrics,
+            dir,
+        };
+        d.write_config(extra);
+        d.restart()
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "journal = \"{}\"\nmetrics_listen = \"{}\"\ncontrol_socket = \"{}\"\nconflict_window = \"2s\"\nreap_grace = \"2s\"\nreap_deadline = \"10s\"\n{extra}",
+            self.journal.display(),
+            self.metrics,
+            self.socket.display()
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Starts (again) on the same files.
+    pub fn restart(mut self) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(reaper_bin())
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning reaper daemon");
+        self.child = Some(child);
+        let pid = self.pid();
+        wait_for(
+            &format!("the daemon (pid {pid}) to answer on its control socket"),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!(
+                        "the daemon exited with {status} before it was ready; its log:\n{}",
+                        self.log_text()
+                    );
+                }
+                self.try_query(r#"{"cmd":"ports"}"#).ok()
+            },
+        );
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request on the control socket.
+    pub fn try_query(&self, line: &str) -> std::io::Result<Value> {
+        let s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        (&s).write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer)?;
+        serde_json::from_str(&answer).map_err(std::io::Error::other)
+    }
+
+    pub fn query(&self, line: &str) -> Value {
+        self.try_query(line).unwrap_or_else(|e| {
+            panic!(
+                "control socket {}: {e}; log:\n{}",
+                self.socket.display(),
+                self.log_text()
+            )
+        })
+    }
+
+    /// Every complete record of the journal (torn or damaged lines skipped).
+    pub fn records(&self) -> Vec<Value> {
+        read_journal(&self.journal)
+    }
+
+    /// Waits until a record satisfies `pred`; returns it.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(what, Duration::from_secs(20), || {
+            self.records().into_iter().find(|r| pred(r))
+        })
+    }
+
+    /// GET /metrics.
+    pub fn scrape(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).expect("connecting to the metrics port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+
+    /// The value of one sample line of the metrics, e.g.
+    /// `reaper_reapings_total{outcome="freed"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_in(&self.scrape(), sample)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: a pid we spawned and still own (not reaped yet).
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    /// SIGTERM and wait for the exit (with a deadline); returns the status code.
+    pub fn stop(&mut self, deadline: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let child = self.child.as_mut().unwrap();
+        let status = wait_for("the daemon to exit after SIGTERM", deadline, || {
+            child.try_wait().unwrap()
+        });
+        self.child = None;
+        status.code()
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn metric_in(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Complete records of a journal; a torn last line is skipped, and so is
+/// a damaged line (a torn line closed by the next run), as readers must.
+pub fn read_journal(path: &Path) -> Vec<Value> {
+    read_journal_counting(path).0
+}
+
+/// The records and the number of damaged complete lines.
+pub fn read_journal_counting(path: &Path) -> (Vec<Value>, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => return (Vec::new(), 0),
+    };
+    let mut bad = 0;
+    let records = complete
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                bad += 1;
+                None
+            }
+        })
+        .collect();
+    (records, bad)
+}
+
+/// An orphaned `platform-server` (the tests crate's fixture) listening on
+/// 0.0.0.0:PORT: started by a shell that exits at once, as a CI job leaves
+/// a server behind. Its comm is set to `tag`, so each test's rules name only
+/// its own holder (the daemons of tests running in parallel see every bind
+/// on the host). Dropping it kills it through its pidfd.
+pub struct Orphan {
+    pub server: crate::fixture::Server,
+    pub tag: String,
+}
+
+impl Orphan {
+    pub fn spawn(port: u16, tag: &str) -> Orphan {
+        assert!(tag.len() <= 15, "a comm holds 15 bytes");
+        let server = crate::fixture::Server::start_orphan(
+            &crate::fixture_bin("platform-server"),
+            &[
+                "--port",
+                &port.to_string(),
+                "--addr",
+                "0.0.0.0",
+                "--comm",
+                tag,
+            ],
+        );
+        Orphan {
+            server,
+            tag: tag.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    pub fn alive(&self) -> bool {
+        self.server.handle.alive()
+    }
+
+    /// A `[[rule]]` that names this holder: the fixture's exe, its comm,
+    /// orphaned. `action`: None (the daemon's default, report), or Some.
+    pub fn rule(&self, name: &str, action: Option<&str>) -> String {
+        let action = action
+            .map(|a| format!("action = \"{a}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "[[rule]]\nname = \"{name}\"\n{action}match = {{ exe = \"{}\", comm = \"{}\", orphaned = true }}\n",
+            crate::fixture_bin("platform-server").display(),
+            self.tag
+        )
+    }
+}
+
+/// A process that tries to bind 0.0.0.0:PORT `times` times (each on a new
+/// socket), prints how many failed, then stays alive until its stdin closes,
+/// so the daemon can read who it is.
+pub struct Binder {
+    pub child: Child,
+}
+
+const BINDER: &str = r#"
+import socket, sys
+port, times = int(sys.argv[1]), int(sys.argv[2])
+failed = 0
+for _ in range(times):
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port))
+    except OSError as e:
+        failed += 1
+        err = e.errno
+    s.close()
+print(failed, flush=True)
+sys.stdin.read()
+"#;
+
+impl Binder {
+    /// Returns once the binds are done, with the number that failed.
+    pub fn run(port: u16, times: u32) -> (Binder, u32) {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                BINDER,
+                &port.to_string(),
+                &times.to_string(),
+                "reaper-test-binder",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for the binder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let failed = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("binder said {line:?}"));
+        (Binder { child }, failed)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Binder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `promtool check metrics` on a scrape; returns its output on failure.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool is needed (apt-get install -y prometheus): {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
