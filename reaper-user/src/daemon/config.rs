@@ -256,7 +256,7 @@ impl Config {
         };
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
-            err(line, e.message().trim().to_string())
+            err(line, crate::policy::file::toml_message(text, &e))
         })?;
         if let Some(addr) = config.metrics_listen {
             if !addr.ip().is_loopback() && !config.metrics_allow_non_loopback {
@@ -348,6 +348,15 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    /// As in the policy: toml words a lone carriage return as nothing; the
+    /// daemon must still say what is wrong and where.
+    #[test]
+    fn a_lone_carriage_return_is_an_error_with_words() {
+        let e = parse("\r").unwrap_err();
+        assert!(!e.message.trim().is_empty(), "{e:?}");
+        assert_eq!(e.line, Some(1));
     }
 
     #[test]

@@ -266,7 +266,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
 
 /// The parser's message; toml leaves it empty for some characters it cannot
 /// place (a lone carriage return), and an error must never be blank.
-fn toml_message(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn toml_message(text: &str, e: &toml::de::Error) -> String {
     let m = e.message().trim();
     if !m.is_empty() {
         return m.to_string();

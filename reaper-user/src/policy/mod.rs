@@ -21,7 +21,7 @@ use regex::Regex;
 use crate::holders::{Process, Socket};
 use crate::journal::VerdictRecord;
 
-mod file;
+pub(crate) mod file;
 
 pub use file::PolicyError;
 
