@@ -319,8 +319,8 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    say("3/5 building reaper for the integration tests");
-    check(cargo().args(["build", "-p", "reaper-user"]))?;
+    say("3/5 building reaper and the storm benchmark for the integration tests");
+    check(cargo().args(["build", "-p", "reaper-user", "-p", "reaper-bench"]))?;
     say("4/5 cargo test: unit tests, then integration tests against the real kernel (tests/)");
     check(cargo().args(["test", "--workspace"]).args(extra))?;
     if root().join("fuzz").exists() {
