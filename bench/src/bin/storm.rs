@@ -1,5 +1,5 @@
-//! Bind storm: 8 worker processes bind and release (UDP 127.0.0.1:0, socket
-//! + bind + close) as fast as they can while reaper watches, and the same
+//! Bind storm: 8 worker processes bind and release (UDP 127.0.0.1:0:
+//! socket, bind, close) as fast as they can while reaper watches, and the same
 //! without reaper, interleaved round by round (absolute rates drift on a
 //! shared machine). Per condition it measures the storm's own rate
 //! (binds/s, the tax reaper puts on it), reaper's resident memory sampled
