@@ -295,22 +295,36 @@ fn with_daemon(workers: usize, secs: f64, round: usize) -> Round {
     }
     let sampler = Sampler::start(child.id());
     let (pids, binds) = storm(workers, secs);
-    let lost = scrape(&metrics)
-        .and_then(|t| metric(&t, "reaper_ringbuf_lost_events_total"))
-        .unwrap_or(0);
-    let exit = interrupt(&mut child, libc::SIGTERM);
-    let (first, max, n) = sampler.finish();
-    let (mut journaled, mut loss_lines) = (0, 0);
-    if let Ok(text) = std::fs::read_to_string(&journal) {
-        for l in text.lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                if v["kind"] == "loss" {
-                    journaled += v["lost"].as_u64().unwrap_or(0);
-                    loss_lines += 1;
+    // The daemon journals a loss on the loop turn after it counts it: read
+    // the counter and the journal until they agree (or 10 s pass, and the
+    // disagreement is what the summary shows).
+    let journal_losses = || {
+        let (mut sum, mut lines) = (0, 0);
+        if let Ok(text) = std::fs::read_to_string(&journal) {
+            for l in text.lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    if v["kind"] == "loss" {
+                        sum += v["lost"].as_u64().unwrap_or(0);
+                        lines += 1;
+                    }
                 }
             }
         }
-    }
+        (sum, lines)
+    };
+    let settle = Instant::now() + Duration::from_secs(10);
+    let (lost, journaled, loss_lines) = loop {
+        let lost = scrape(&metrics)
+            .and_then(|t| metric(&t, "reaper_ringbuf_lost_events_total"))
+            .unwrap_or(0);
+        let (journaled, lines) = journal_losses();
+        if journaled == lost || Instant::now() > settle {
+            break (lost, journaled, lines);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exit = interrupt(&mut child, libc::SIGTERM);
+    let (first, max, n) = sampler.finish();
     let _ = std::fs::remove_dir_all(&dir);
     Round {
         condition: "daemon".into(),
