@@ -210,3 +210,26 @@ fn doctor_reports_the_hooks_and_the_tier() {
         }
     }
 }
+
+#[test]
+fn without_bpf_watch_says_so_and_polls() {
+    require_root();
+    let mut cmd = Command::new(reaper_bin());
+    cmd.args(["--no-bpf", "watch", "--json", "--poll-interval", "100ms"]);
+    let mut w = Spawned::spawn(&mut cmd);
+    w.wait_err("cannot stream binds without BPF", Duration::from_secs(10));
+    w.wait_err("listening sockets now", Duration::from_secs(10));
+    // The first poll is the baseline; a listener that appears after it is news.
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    let line = w.wait_line("the polled listener", WAIT, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["port"] == port && v["kind"] == "bind")
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["source"], "proc", "{v}");
+    assert_eq!(v["pid"], h.pid());
+    drop(h);
+    let line = w.wait_line("the polled release", WAIT, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["port"] == port && v["kind"] == "release")
+    });
+    assert!(line.contains("\"source\":\"proc\""));
+}

@@ -25,6 +25,12 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
             ])
             .current_dir(root),
     )?;
+    // The fixtures (platform-server, binder) some benchmarks start.
+    check(
+        Command::new("cargo")
+            .args(["build", "-p", "reaper-tests", "--bins"])
+            .current_dir(root),
+    )?;
     let mut names: Vec<String> = std::fs::read_dir(root.join("bench/src/bin"))
         .context("listing bench/src/bin")?
         .filter_map(|e| e.ok())

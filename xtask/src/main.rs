@@ -322,7 +322,7 @@ fn test(extra: &[String]) -> Result<()> {
     say("3/5 building reaper and the storm benchmark for the integration tests");
     check(cargo().args(["build", "-p", "reaper-user", "-p", "reaper-bench"]))?;
     say("4/5 cargo test: unit tests, then integration tests against the real kernel (tests/)");
-    check(cargo().args(["test", "--workspace"]).args(extra))?;
+    let (passed, failed, ignored) = cargo_test(extra)?;
     if root().join("fuzz").exists() {
         say("5/5 fuzz smoke: every fuzz target for a few seconds");
         fuzz_smoke()?;
@@ -333,7 +333,47 @@ fn test(extra: &[String]) -> Result<()> {
         "all tests passed in {:.0} s",
         t.elapsed().as_secs_f64()
     ));
+    // The closing line CI reads: every test of every binary, summed.
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     Ok(())
+}
+
+/// Runs `cargo test --workspace`, echoing its output, and sums the counts of
+/// every test binary's `test result:` line.
+fn cargo_test(extra: &[String]) -> Result<(u64, u64, u64)> {
+    use std::io::BufRead;
+    let mut child = cargo()
+        .args(["test", "--workspace"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut w = part.split_whitespace();
+                if let (Some(n), Some(what)) = (w.next(), w.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+        bail!("cargo test failed ({st})");
+    }
+    Ok((passed, failed, ignored))
 }
 
 fn fuzz_smoke() -> Result<()> {

@@ -59,10 +59,12 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
         )?
     } else {
         let paths = if args.journal.is_empty() {
-            let default = PathBuf::from(DEFAULT_JOURNAL);
+            // A running daemon knows where its journal is; else the default.
+            let default = daemon_journal().unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL));
             if crate::journal::reader::rotated_chain(&default).is_err() {
                 return Err(bad_input(format!(
-                    "no journal at {DEFAULT_JOURNAL} (is the daemon running here?): pass --journal PATH, or try --demo"
+                    "no journal at {} (is the daemon running here?): pass --journal PATH, or try --demo",
+                    default.display()
                 )));
             }
             vec![default]
@@ -98,4 +100,13 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// The journal path of the daemon answering on the control socket, if any.
+fn daemon_journal() -> Option<PathBuf> {
+    let req = crate::control::Request::Conflicts { limit: 0 };
+    match crate::control::query(&crate::control::default_path(), &req) {
+        Ok(Some(r)) if r.ok => r.journal.map(PathBuf::from),
+        _ => None,
+    }
 }

@@ -330,7 +330,12 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
                 },
             );
         }
-        if !first {
+        if first {
+            eprintln!(
+                "reaper: polling: {} listening sockets now; printing what appears and goes away",
+                now.len()
+            );
+        } else {
             for (k, f) in &now {
                 if !before.contains_key(k) {
                     out(f, args.json, style)?;

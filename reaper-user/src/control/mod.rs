@@ -115,6 +115,9 @@ pub struct Response {
     pub claims: Vec<ClaimView>,
     #[serde(default)]
     pub conflicts: Vec<Record>,
+    /// Where the daemon writes its journal (what `reaper report` reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
 }
 
 /// What the daemon shares with the control socket. The loop holds the lock
@@ -129,6 +132,8 @@ pub struct Shared {
     pub tier: String,
     pub degraded: bool,
     pub since: String,
+    /// The journal path, for clients that want the record.
+    pub journal: Option<String>,
 }
 
 /// How many conflict records the control socket remembers.
@@ -145,6 +150,7 @@ impl Shared {
             tier: tier.to_string(),
             degraded,
             since: rfc3339(chrono::Utc::now()),
+            journal: None,
         }
     }
 
@@ -201,6 +207,7 @@ impl Shared {
             since: self.since.clone(),
             claims: Vec::new(),
             conflicts: Vec::new(),
+            journal: self.journal.clone(),
         };
         match req {
             Request::Who { port, proto, netns } => {

@@ -227,11 +227,9 @@ impl Daemon {
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
 
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Mutex::new(Shared::new(
-            Ledger::new(&source),
-            &source,
-            degraded_reason.is_some(),
-        )));
+        let mut shared = Shared::new(Ledger::new(&source), &source, degraded_reason.is_some());
+        shared.journal = Some(config.journal.display().to_string());
+        let shared = Arc::new(Mutex::new(shared));
         let mut d = Daemon {
             bursts: Bursts::new(config.conflict_window),
             reaped: Reaped::new(65536),
