@@ -39,7 +39,8 @@ Exit status:
         "  2  bad input (usage, port, config or policy file)\n",
         "  3  free: still held after the deadline\n",
         "  4  free: held by something the policy refuses to kill\n",
-        "  5  could not do the job (needs root, BPF refused, I/O error)"),
+        "  5  could not do the job (needs root, BPF refused, I/O error)\n",
+        "  6  free: the port is free, but its journal record could not be written"),
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -95,7 +96,8 @@ pub enum Command {
         "  reaper free 8080 --match platform-server --dry-run\n",
         "  reaper free 8080 --exe /usr/local/bin/platform-server --grace 2s --deadline 10s\n",
         "  reaper free 8080 --policy /etc/reaper/policy.toml --json\n\n",
-        "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy"))]
+        "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy,\n",
+        "5 could not do the job (nothing signalled), 6 free but the journal record was not written"))]
     Free(FreeArgs),
     /// Run beside CI jobs: keep the ledger, record conflicts, free ports by policy.
     #[command(
