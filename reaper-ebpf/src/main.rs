@@ -116,6 +116,24 @@ fn start_event<C: EbpfContext>(
     Some(entry)
 }
 
+/// Stores an IPv4 address (network order, as the context holds it).
+/// The context itself must be read by the caller: the verifier checks those
+/// loads where they happen.
+#[inline(always)]
+unsafe fn set_addr4(ev: *mut Event, ip4: u32) {
+    let a = ip4.to_ne_bytes();
+    (*ev).addr[0] = a[0];
+    (*ev).addr[1] = a[1];
+    (*ev).addr[2] = a[2];
+    (*ev).addr[3] = a[3];
+}
+
+/// Stores an IPv6 address given as four network-order words.
+#[inline(always)]
+unsafe fn set_addr6(ev: *mut Event, ip6: [u32; 4]) {
+    (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(ip6);
+}
+
 // ---- cgroup tier: attempts -------------------------------------------------
 
 #[cgroup_sock_addr(bind4)]
@@ -153,13 +171,9 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
                 (*sa).user_ip6[2],
                 (*sa).user_ip6[3],
             ];
-            (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(a);
+            set_addr6(ev, a);
         } else {
-            let a = (*sa).user_ip4.to_ne_bytes();
-            (*ev).addr[0] = a[0];
-            (*ev).addr[1] = a[1];
-            (*ev).addr[2] = a[2];
-            (*ev).addr[3] = a[3];
+            set_addr4(ev, (*sa).user_ip4);
         }
         if exact_tier() {
             let _ = PENDING.insert(&(*ev).tid, &1, 0);
@@ -207,13 +221,9 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
                 (*sk).src_ip6[2],
                 (*sk).src_ip6[3],
             ];
-            (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(a);
+            set_addr6(ev, a);
         } else {
-            let a = (*sk).src_ip4.to_ne_bytes();
-            (*ev).addr[0] = a[0];
-            (*ev).addr[1] = a[1];
-            (*ev).addr[2] = a[2];
-            (*ev).addr[3] = a[3];
+            set_addr4(ev, (*sk).src_ip4);
         }
     }
     entry.submit(0);

@@ -22,7 +22,11 @@ pub struct Stat {
     pub comm: String,
     pub state: char,
     pub ppid: u32,
+    /// Field 5: the process group.
+    pub pgrp: u32,
     pub session: i32,
+    /// Field 9: the kernel's PF_* flags (PF_KTHREAD marks kernel threads).
+    pub flags: u32,
     /// Field 22: start time in clock ticks since boot.
     pub start_ticks: u64,
 }
@@ -43,14 +47,18 @@ pub fn parse_stat(b: &[u8]) -> Option<Stat> {
     let field = |n: usize| fields.get(n - 3).copied();
     let state = field(3)?.chars().next()?;
     let ppid = field(4)?.parse().ok()?;
+    let pgrp = field(5)?.parse().ok()?;
     let session = field(6)?.parse().ok()?;
+    let flags = field(9)?.parse().ok()?;
     let start_ticks = field(22)?.parse().ok()?;
     Some(Stat {
         pid,
         comm,
         state,
         ppid,
+        pgrp,
         session,
+        flags,
         start_ticks,
     })
 }

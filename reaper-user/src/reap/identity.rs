@@ -11,23 +11,13 @@ use crate::holders::Process;
 /// PF_KTHREAD in the `flags` field of /proc/PID/stat (include/linux/sched.h).
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// The fields of /proc/PID/stat reaper uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    pub pid: u32,
-    pub comm: String,
-    pub state: char,
-    pub ppid: u32,
-    pub pgrp: u32,
-    pub flags: u32,
-    /// Field 22: start time in clock ticks since boot.
-    pub start_ticks: u64,
-}
+/// /proc/PID/stat, parsed once for the whole crate (`holders::process`).
+pub use crate::holders::process::Stat as ProcStat;
 
 impl ProcStat {
     pub fn read(pid: u32) -> io::Result<ProcStat> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        ProcStat::parse(&text).ok_or_else(|| {
+        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
+        crate::holders::process::parse_stat(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("/proc/{pid}/stat is not in the expected format"),
@@ -35,25 +25,9 @@ impl ProcStat {
         })
     }
 
-    /// The comm is in parentheses and may itself contain ") ", so the fields
-    /// are counted from the *last* ')'.
+    /// Parses a stat line (see `holders::process::parse_stat`).
     pub fn parse(text: &str) -> Option<ProcStat> {
-        let open = text.find('(')?;
-        let close = text.rfind(')')?;
-        let pid = text[..open].trim().parse().ok()?;
-        let comm = text[open + 1..close].to_string();
-        // Fields after the comm start at field 3 (state).
-        let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-        let field = |n: usize| rest.get(n - 3).copied();
-        Some(ProcStat {
-            pid,
-            comm,
-            state: field(3)?.chars().next()?,
-            ppid: field(4)?.parse().ok()?,
-            pgrp: field(5)?.parse().ok()?,
-            flags: field(9)?.parse().ok()?,
-            start_ticks: field(22)?.parse().ok()?,
-        })
+        crate::holders::process::parse_stat(text.as_bytes())
     }
 
     pub fn is_kernel_thread(&self) -> bool {
