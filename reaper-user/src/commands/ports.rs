@@ -119,18 +119,27 @@ pub fn render(scan: &Scan, style: Style) -> String {
     }
     if let Some(tier) = scan.gaps.socket_source.strip_prefix("daemon:") {
         out.push_str(&style.dim(&format!(
-            "{} claims in {} network namespaces, answered by the daemon's ledger (tier {tier}); connections are not in it (`--no-bpf` scans)\n",
-            scan.holdings.len(),
-            scan.netns_seen.len()
+            "{} in {}, answered by the daemon's ledger (tier {tier}); connections are not in it (`--no-bpf` scans)\n",
+            plural(scan.holdings.len(), "claim"),
+            plural(scan.netns_seen.len(), "network namespace")
         )));
         return out;
     }
     out.push_str(&style.dim(&format!(
-        "{} sockets in {} network namespaces, from a scan ({}) in {:.0} ms; TIME-WAIT not shown (see `reaper who PORT`)\n",
-        scan.holdings.len(),
-        scan.netns_seen.len(),
+        "{} in {}, from a scan ({}) in {:.0} ms; TIME-WAIT not shown (see `reaper who PORT`)\n",
+        plural(scan.holdings.len(), "socket"),
+        plural(scan.netns_seen.len(), "network namespace"),
         scan.gaps.socket_source,
         scan.duration_ms
     )));
     out
+}
+
+/// "1 socket", "2 sockets".
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
