@@ -17,7 +17,7 @@ pub const KIND_ATTEMPT: u8 = 1;
 pub const KIND_BOUND: u8 = 2;
 /// A TCP socket entered `LISTEN` (tp_btf `inet_sock_set_state`).
 pub const KIND_LISTEN: u8 = 3;
-/// A socket that reaper saw bound or listening was released (cgroup
+/// A socket that reaper saw try to bind, or listen, was released (cgroup
 /// `sock_release`). Address and port are not readable there: userspace finds
 /// the claim by socket cookie.
 pub const KIND_RELEASE: u8 = 4;

@@ -53,8 +53,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets this program saw bound or listening: only their release matters.
-/// A plain hash, not LRU: cheaper per bind; every entry leaves at release.
+/// Sockets that tried to bind or listened: only their release matters. A
+/// failed bind's socket is in it too, so its close resolves the failure at
+/// once. A plain hash, not LRU: cheaper per bind; every entry leaves at
+/// release.
 #[map(name = "CLAIMED")]
 static CLAIMED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
@@ -151,6 +153,9 @@ pub fn reaper_bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn on_bind(ctx: &SockAddrContext, v6: bool) {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = CLAIMED.insert(&cookie, &1, 0);
     let Some(mut entry) = start_event(ctx, KIND_ATTEMPT) else {
         return;
     };
@@ -158,7 +163,7 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
     // SAFETY: ctx fields are read with the 4-byte loads the verifier allows;
     // `ev` points at the reserved, initialised record.
     unsafe {
-        (*ev).cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        (*ev).cookie = cookie;
         (*ev).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         (*ev).family = (*sa).family as u8;
         (*ev).protocol = (*sa).protocol as u8;
@@ -200,8 +205,8 @@ pub fn reaper_post_bind6(ctx: SockContext) -> i32 {
 fn on_post_bind(ctx: &SockContext, v6: bool) {
     let sk: *mut bpf_sock = ctx.sock;
     // SAFETY: helper on the program's own context.
+    // (The cookie entered CLAIMED at the attempt.)
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = CLAIMED.insert(&cookie, &1, 0);
     let Some(mut entry) = start_event(ctx, KIND_BOUND) else {
         return;
     };

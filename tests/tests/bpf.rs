@@ -99,6 +99,36 @@ fn eaddrinuse_names_who_tried_and_who_holds() {
 }
 
 #[test]
+fn a_failure_keeps_its_holder_when_the_holder_leaves_at_once() {
+    let mut w = Watch::start(&[]);
+    let (mut h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    let holder = h.pid();
+    w.expect("the holder's bind", |v| is(v, "bind", holder));
+    let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+    assert_eq!(result, "err 98");
+    // The holder goes before reaper has settled the failure.
+    h.send("close");
+    let f = w.expect("the failed bind", |v| is(v, "bind", pid));
+    assert_eq!(f["ok"], false);
+    assert_eq!(f["errno"], "EADDRINUSE", "{f}");
+    assert_eq!(
+        f["holder_pid"], holder,
+        "judged against the claims alive at the attempt"
+    );
+    // The failed socket's own close is no release of a claim.
+    w.expect("the holder's release", |v| is(v, "release", holder));
+    let stray =
+        w.s.out_seen
+            .iter()
+            .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| is(&v, "release", pid)));
+    assert!(
+        !stray,
+        "a release for the failed socket: {:?}",
+        w.s.out_seen
+    );
+}
+
+#[test]
 fn the_syscalls_tier_reports_the_exact_errno() {
     let mut w = Watch::start(&["--hooks", "syscalls"]);
     let (h, port) = hold(&["127.0.0.1", "0", "listen"]);

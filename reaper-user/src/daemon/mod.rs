@@ -1165,7 +1165,12 @@ fn conflicting(ledger: &Ledger, f: &Fact) -> Option<Claim> {
         addr: f.addr.as_deref()?.parse().ok()?,
         port: f.port?,
     };
-    ledger.conflicting_claim(&key, f.cookie).cloned()
+    // The fact's time is cut to milliseconds: allow the rest of that one.
+    let at = chrono::DateTime::parse_from_rfc3339(&f.ts)
+        .ok()?
+        .with_timezone(&chrono::Utc)
+        + chrono::Duration::milliseconds(1);
+    ledger.holder_at(&key, f.cookie, at).cloned()
 }
 
 fn endpoint(f: &Fact) -> Endpoint {

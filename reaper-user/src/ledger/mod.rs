@@ -145,6 +145,10 @@ pub const FAILURES_KEPT: usize = 4096;
 /// The ledger.
 pub struct Ledger {
     claims: HashMap<u64, Claim>,
+    /// Claims released lately, with when: a failed bind is judged against
+    /// the claims alive at its attempt, and its outcome can be learnt after
+    /// the holder already left (the cgroup tier resolves failures late).
+    released: VecDeque<(Claim, DateTime<Utc>)>,
     failures: VecDeque<FailedBind>,
     pub netns: NetnsNames,
     clock: BootClock,
@@ -160,6 +164,7 @@ impl Ledger {
             .unwrap_or(1024);
         Ledger {
             claims: HashMap::new(),
+            released: VecDeque::new(),
             failures: VecDeque::new(),
             netns: NetnsNames::default(),
             clock: BootClock::now(),
@@ -222,7 +227,7 @@ impl Ledger {
         match obs {
             Observation::Bind(b) => Some(self.apply_bind(b)),
             Observation::Listen(ev) => Some(self.apply_listen(ev)),
-            Observation::Release(ev) => Some(self.apply_release(ev)),
+            Observation::Release(ev) => self.apply_release(ev),
         }
     }
 
@@ -286,8 +291,9 @@ impl Ledger {
             return fact;
         }
         fact.ok = false;
+        let attempted_at = self.clock.to_wall(b.attempt.ts_ns);
         let holder = self
-            .conflicting_claim(&key, ev.cookie)
+            .holder_at(&key, ev.cookie, attempted_at)
             .map(|c| (c.pid, c.comm.clone()));
         let errno = match b.errno {
             Some(e) => Some(e),
@@ -320,6 +326,28 @@ impl Ledger {
     /// with: same namespace, protocol and port, and the same address or a
     /// wildcard on either side (an IPv6 wildcard also covers IPv4 unless it is
     /// v6-only, which the ledger cannot see, so it is counted).
+    /// The claim a bind of `key` attempted at `at` collided with: one alive
+    /// now and bound before `at`, or one released since `at`.
+    pub fn holder_at(&self, key: &ClaimKey, cookie: u64, at: DateTime<Utc>) -> Option<&Claim> {
+        self.conflicting_claim(key, cookie)
+            .filter(|c| c.bound_at <= at)
+            .or_else(|| {
+                self.released
+                    .iter()
+                    .rev()
+                    .find(|(c, gone)| {
+                        *gone >= at
+                            && c.bound_at <= at
+                            && c.cookie != cookie
+                            && c.key.netns == key.netns
+                            && c.key.proto == key.proto
+                            && c.key.port == key.port
+                            && addrs_collide(c.key.addr, key.addr)
+                    })
+                    .map(|(c, _)| c)
+            })
+    }
+
     pub fn conflicting_claim(&self, key: &ClaimKey, cookie: u64) -> Option<&Claim> {
         self.claims
             .values()
@@ -391,26 +419,29 @@ impl Ledger {
         fact
     }
 
-    fn apply_release(&mut self, ev: &Event) -> Fact {
+    /// A release of a claim the ledger knows. A socket that never held a
+    /// port (its bind failed) or one bound before reaper started makes no
+    /// fact.
+    fn apply_release(&mut self, ev: &Event) -> Option<Fact> {
         let at = self.clock.to_wall(ev.ts_ns);
+        let c = self.claims.remove(&ev.cookie)?;
         let mut fact = self.base_fact("release", ev);
-        match self.claims.remove(&ev.cookie) {
-            Some(c) => {
-                fact.netns = Some(c.key.netns);
-                fact.proto = Some(c.key.proto);
-                fact.family = Some(c.family);
-                fact.addr = Some(c.key.addr.to_string());
-                fact.port = Some(c.key.port);
-                fact.held_ms = Some((at - c.bound_at).num_milliseconds().max(0) as u64);
-            }
-            None => {
-                fact.addr = None;
-                fact.port = None;
-            }
+        fact.netns = Some(c.key.netns);
+        fact.proto = Some(c.key.proto);
+        fact.family = Some(c.family);
+        fact.addr = Some(c.key.addr.to_string());
+        fact.port = Some(c.key.port);
+        fact.held_ms = Some((at - c.bound_at).num_milliseconds().max(0) as u64);
+        self.released.push_back((c, at));
+        while self.released.len() > RELEASED_KEPT {
+            self.released.pop_front();
         }
-        fact
+        Some(fact)
     }
 }
+
+/// How many released claims the ledger remembers for late failures.
+pub const RELEASED_KEPT: usize = 1024;
 
 /// Whether two local addresses of the same port collide.
 pub fn addrs_collide(a: IpAddr, b: IpAddr) -> bool {
@@ -472,6 +503,53 @@ mod tests {
         assert!(!f.errno_exact);
         assert_eq!(f.holder_pid, Some(100));
         assert_eq!(l.failures_on(8080).len(), 1);
+    }
+
+    #[test]
+    fn a_failure_learnt_after_the_holder_left_still_names_it() {
+        let mut l = Ledger::new("cgroup");
+        let mut b = bound(100, 1, 8080);
+        if let Observation::Bind(r) = &mut b {
+            r.attempt.ts_ns = 1_000;
+            r.bound.as_mut().unwrap().ts_ns = 1_000;
+        }
+        l.apply(&b);
+        let mut attempt = ev(KIND_ATTEMPT, 200, 2, 8080, [127, 0, 0, 1]);
+        attempt.ts_ns = 2_000;
+        let mut release = ev(KIND_RELEASE, 100, 1, 0, [0; 4]);
+        release.ts_ns = 3_000;
+        assert!(l.apply(&Observation::Release(release)).is_some());
+        // The failure is resolved after the release (the settle window).
+        let f = l
+            .apply(&Observation::Bind(BindResult {
+                attempt,
+                bound: None,
+                errno: None,
+                errno_exact: false,
+            }))
+            .unwrap();
+        assert_eq!(f.errno.as_deref(), Some("EADDRINUSE"));
+        assert_eq!(f.holder_pid, Some(100));
+        // A bind attempted after the release is not blamed on it.
+        let mut later = ev(KIND_ATTEMPT, 300, 3, 8080, [127, 0, 0, 1]);
+        later.ts_ns = 4_000;
+        let f = l
+            .apply(&Observation::Bind(BindResult {
+                attempt: later,
+                bound: None,
+                errno: None,
+                errno_exact: false,
+            }))
+            .unwrap();
+        assert_eq!(f.holder_pid, None);
+    }
+
+    #[test]
+    fn releases_of_sockets_that_never_held_a_port_make_no_fact() {
+        let mut l = Ledger::new("cgroup");
+        assert!(l
+            .apply(&Observation::Release(ev(KIND_RELEASE, 100, 42, 0, [0; 4])))
+            .is_none());
     }
 
     #[test]
