@@ -209,7 +209,7 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
     let mut shown: HashSet<u32> = HashSet::new();
     for h in &scan.holdings {
         out.push('\n');
-        render_holding(&mut out, h, scan, &mut shown, style);
+        render_holding(&mut out, h, scan, source == "daemon", &mut shown, style);
     }
     out.push('\n');
     if let Some(gaps) = gaps_line(&scan.gaps) {
@@ -255,6 +255,7 @@ fn render_holding(
     out: &mut String,
     h: &Holding,
     scan: &Scan,
+    from_ledger: bool,
     shown: &mut HashSet<u32>,
     style: Style,
 ) {
@@ -316,11 +317,13 @@ fn render_holding(
             ));
             continue;
         }
-        render_process(out, p, style);
+        render_process(out, p, from_ledger, style);
     }
 }
 
-fn render_process(out: &mut String, p: &Process, style: Style) {
+/// `from_ledger`: the daemon's history below says when the port was bound,
+/// so the process's age is not offered as a stand-in.
+fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style) {
     let row = |out: &mut String, key: &str, value: &str| {
         out.push_str(&format!("    {key:<10}{value}\n"));
     };
@@ -380,7 +383,7 @@ fn render_process(out: &mut String, p: &Process, style: Style) {
             ),
         );
     }
-    if let Some(a) = age_now {
+    if let (Some(a), false) = (age_now, from_ledger) {
         row(
             out,
             "holding",
