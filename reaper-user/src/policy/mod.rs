@@ -485,29 +485,20 @@ fn match_name(name: &str, p: &Process) -> Result<NameMatch, String> {
             p.comm.len()
         )
     };
-    if exe_base == Some(name) {
-        let what = format!("exe basename {name}");
-        let reason = if truncated && comm_fits {
-            trunc_note(&what)
-        } else {
-            format!("matches {what}")
-        };
-        return Ok(NameMatch {
-            reason,
-            strong: true,
-        });
-    }
-    if argv0_base == Some(name) {
-        let what = format!("argv[0] basename {name}");
-        let reason = if truncated && comm_fits {
-            trunc_note(&what)
-        } else {
-            format!("matches {what}")
-        };
-        return Ok(NameMatch {
-            reason,
-            strong: true,
-        });
+    // The exe or argv[0] naming the program is a strong match on its own.
+    for (base, label) in [(exe_base, "exe"), (argv0_base, "argv[0]")] {
+        if base == Some(name) {
+            let what = format!("{label} basename {name}");
+            let reason = if truncated && comm_fits {
+                trunc_note(&what)
+            } else {
+                format!("matches {what}")
+            };
+            return Ok(NameMatch {
+                reason,
+                strong: true,
+            });
+        }
     }
     let others = format!(
         "exe basename is {} and argv[0] basename is {}",
