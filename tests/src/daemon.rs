@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -35,19 +35,8 @@ pub fn is_root() -> bool {
 }
 
 /// Polls `f` until it returns Some, or panics after `deadline` naming `what`.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= end {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
+pub fn wait_for<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    crate::poll_until(what, deadline, f)
 }
 
 /// A TCP port nobody holds right now (the kernel's pick).

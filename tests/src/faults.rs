@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::fixture::{mkfifo, ProcHandle};
 use crate::Spawned;
@@ -96,14 +96,7 @@ impl Drop for Holder {
 
 /// Polls `cond` until it holds; panics with `what` at the deadline.
 pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    crate::poll_until(what, within, || cond().then_some(()))
 }
 
 /// Runs `reaper ARGS` with its test-only pause between verdicts and

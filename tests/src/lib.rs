@@ -178,19 +178,15 @@ impl Spawned {
         self.stdin.take();
     }
 
-    /// Waits for exit with a deadline; kills at the deadline.
+    /// Waits for exit with a deadline (an event on the child's pidfd);
+    /// kills at the deadline.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let handle = fixture::ProcHandle::open(self.child.id());
+        if handle.wait_exit(within.as_millis().min(i32::MAX as u128) as i32) {
+            return self.child.wait().ok();
         }
+        let _ = self.child.kill();
+        None
     }
 }
 
@@ -243,6 +239,26 @@ pub fn try_bind(args: &[&str]) -> (u32, String) {
     let line = s.wait_line("binder try result", Duration::from_secs(10), |_| true);
     s.wait_exit(Duration::from_secs(5));
     (pid, line)
+}
+
+/// Polls `cond` with a growing pause (1 ms doubling to 50 ms) until it
+/// gives a value; panics with `what` at the deadline. For states that
+/// announce themselves with no event (a port binding again, a file's
+/// contents); everything that has an event waits on the event.
+pub fn poll_until<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// A free TCP+UDP port on loopback, for tests that need a fixed number.

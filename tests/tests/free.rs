@@ -285,14 +285,11 @@ fn a_process_that_exec_ed_something_else_in_the_same_pid_is_not_signalled() {
             // the last reference goes away in deferred work that may run
             // after the pipe's EOF is seen: wait (with a deadline) until the
             // port really binds, or reaper would rightly find it held.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !can_listen(port) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the exec did not release the port"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            reaper_tests::poll_until(
+                "the exec to release the port",
+                Duration::from_secs(10),
+                || can_listen(port).then_some(()),
+            );
         },
     );
     // Same pid, same start time, another program: reaper must not touch it.

@@ -157,6 +157,8 @@ fn main() {
                             std::mem::size_of_val(&sa) as _,
                         );
                         libc::listen(fd, 1);
+                        // Not synchronisation: each holder lives 0-4 ms so
+                        // that scans meet processes exiting mid-walk.
                         let ts = libc::timespec {
                             tv_sec: 0,
                             tv_nsec: ((n % 5) * 1_000_000) as _,
