@@ -263,3 +263,17 @@ fn without_bpf_watch_says_so_and_polls() {
     });
     assert!(line.contains("\"source\":\"proc\""));
 }
+
+#[test]
+fn a_holder_older_than_the_watch_is_found_by_a_live_scan() {
+    // Bound before reaper attached: not in its ledger.
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    let mut w = Watch::start(&[]);
+    for _ in 0..3 {
+        let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+        assert_eq!(result, "err 98");
+        let f = w.expect("the failed bind", |v| is(v, "bind", pid));
+        assert_eq!(f["errno"], "EADDRINUSE", "{f}");
+        assert_eq!(f["holder_pid"], h.pid(), "{f}");
+    }
+}

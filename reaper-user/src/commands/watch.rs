@@ -3,7 +3,7 @@
 //! hooks -> events (Matcher) -> ledger -> one line per fact. Without BPF it
 //! says so and polls the sockets instead (source "proc").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,7 +16,7 @@ use crate::holders::{self, Query};
 use crate::hooks;
 use crate::ledger::{Fact, Ledger};
 use crate::output::{json_line, print, use_color, Style};
-use crate::util::{clock_ns, rfc3339};
+use crate::util::{clock_ns, rfc3339, Proto};
 
 /// A line saying events were lost: never hidden.
 #[derive(Serialize)]
@@ -66,6 +66,7 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     let mut stream = EventStream::new(events)?;
     let mut matcher = Matcher::new(tier.exact_errno());
     let mut ledger = Ledger::new(source);
+    let mut scans = ScanCache::default();
     let deadline = args.duration.map(|d| Instant::now() + d);
     eprintln!(
         "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
@@ -107,7 +108,7 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
             matcher.feed(ev, &mut obs);
         }
         matcher.settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
-        emit(&mut ledger, &mut obs, args.json, style)?;
+        emit(&mut ledger, &mut scans, &mut obs, args.json, style)?;
         if let Some(logger) = attached.logger.as_mut() {
             logger.flush();
         }
@@ -123,7 +124,7 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
         matcher.feed(ev, &mut obs);
     }
     matcher.flush(&mut obs);
-    emit(&mut ledger, &mut obs, args.json, style)?;
+    emit(&mut ledger, &mut scans, &mut obs, args.json, style)?;
     let lost = attached.lost_total();
     if lost > lost_seen {
         report_loss(lost - lost_seen, lost, source, args.json, style)?;
@@ -162,6 +163,7 @@ fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Re
 /// syscall per batch rather than one per line.
 fn emit(
     ledger: &mut Ledger,
+    scans: &mut ScanCache,
     obs: &mut Vec<crate::events::Observation>,
     json: bool,
     style: Style,
@@ -175,7 +177,7 @@ fn emit(
             continue;
         };
         if !fact.ok && fact.holder_pid.is_none() {
-            confirm_with_scan(&mut fact);
+            scans.confirm(&mut fact);
         }
         if json {
             text.push_str(&serde_json::to_string(&fact)?);
@@ -188,34 +190,72 @@ fn emit(
     Ok(())
 }
 
-/// A failure the ledger cannot explain (the holder predates reaper): ask the
-/// live system who holds the port.
-fn confirm_with_scan(fact: &mut Fact) {
-    let (Some(port), Some(proto)) = (fact.port, fact.proto) else {
-        return;
-    };
-    if port == 0 {
-        return;
-    }
-    let q = Query {
-        port: Some(port),
-        proto: Some(proto),
-        netns: fact.netns,
-        listening_only: false,
-    };
-    if let Ok(scan) = holders::scan(&q) {
-        if let Some(p) = scan
-            .holdings
+/// Who held a port, by live scan, remembered for a second: a burst of
+/// failed binds on one port costs one scan, not one each (a scan walks every
+/// process and would stall the event loop into losses).
+#[derive(Default)]
+struct ScanCache {
+    /// (netns, proto, port) -> when scanned, and the holders' (pid, comm);
+    /// None when the scan failed, pid 0 for a socket no readable process holds.
+    seen: HashMap<PortKey, (Instant, Option<Holders>)>,
+}
+
+type PortKey = (Option<u64>, Proto, u16);
+type Holders = Vec<(u32, String)>;
+
+const SCAN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+impl ScanCache {
+    /// A failure the ledger cannot explain (the holder predates reaper): ask
+    /// the live system who holds the port.
+    fn confirm(&mut self, fact: &mut Fact) {
+        let (Some(port), Some(proto)) = (fact.port, fact.proto) else {
+            return;
+        };
+        if port == 0 {
+            return;
+        }
+        let key = (fact.netns, proto, port);
+        let fresh = self
+            .seen
+            .get(&key)
+            .is_some_and(|(at, _)| at.elapsed() < SCAN_CACHE_TTL);
+        if !fresh {
+            let q = Query {
+                port: Some(port),
+                proto: Some(proto),
+                netns: fact.netns,
+                listening_only: false,
+            };
+            // None: the scan failed; Some(empty): nobody holds it.
+            let holders = holders::scan(&q).ok().map(|scan| {
+                scan.holdings
+                    .iter()
+                    .flat_map(|h| match h.processes.is_empty() {
+                        // A held socket with no readable process still holds.
+                        true => vec![(0, String::new())],
+                        false => h
+                            .processes
+                            .iter()
+                            .map(|p| (p.pid, p.comm.clone()))
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>()
+            });
+            self.seen.retain(|_, (at, _)| at.elapsed() < SCAN_CACHE_TTL);
+            self.seen.insert(key, (Instant::now(), holders));
+        }
+        let Some((_, Some(holders))) = self.seen.get(&key) else {
+            return;
+        };
+        if let Some((pid, comm)) = holders
             .iter()
-            .flat_map(|h| h.processes.iter())
-            .find(|p| p.pid != fact.pid)
+            .find(|(pid, _)| *pid != 0 && *pid != fact.pid)
         {
-            fact.holder_pid = Some(p.pid);
-            fact.holder_comm = Some(p.comm.clone());
-            if fact.errno.is_none() {
-                fact.errno = Some("EADDRINUSE".into());
-            }
-        } else if fact.errno.is_none() && !scan.holdings.is_empty() {
+            fact.holder_pid = Some(*pid);
+            fact.holder_comm = Some(comm.clone());
+        }
+        if fact.errno.is_none() && holders.iter().any(|(pid, _)| *pid != fact.pid) {
             fact.errno = Some("EADDRINUSE".into());
         }
     }
