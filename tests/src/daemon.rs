@@ -14,20 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// The `reaper` binary under test: $REAPER_BIN, or target/debug/reaper of
-/// this workspace (build it first: `cargo build`).
-pub fn reaper_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REAPER_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build` first (or set REAPER_BIN)",
-        p.display()
-    );
-    p
-}
+pub use crate::{free_port, reaper_bin};
 
 pub fn is_root() -> bool {
     // SAFETY: no arguments, cannot fail.
@@ -37,15 +24,6 @@ pub fn is_root() -> bool {
 /// Polls `f` until it returns Some, or panics after `deadline` naming `what`.
 pub fn wait_for<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
     crate::poll_until(what, deadline, f)
-}
-
-/// A TCP port nobody holds right now (the kernel's pick).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether 0.0.0.0:PORT/tcp can be bound now, as the next CI job would.

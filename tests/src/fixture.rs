@@ -18,11 +18,7 @@ pub fn reaper() -> PathBuf {
     crate::reaper_bin()
 }
 
-/// A port nobody holds right now (the kernel picks it; we let it go).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use crate::free_port;
 
 /// True when a listener can be bound on 127.0.0.1:port right now.
 pub fn can_listen(port: u16) -> bool {
@@ -197,48 +193,8 @@ pub fn run_reaper(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-/// A named network namespace (`ip netns add`) with loopback up; deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("reaper-test-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// `ip netns exec NAME program args...`
-    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name])
-            .arg(program)
-            .args(args);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let s = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip (iproute2) is needed");
-    assert!(s.success(), "ip {args:?} failed");
-}
+/// Network namespaces for tests: the crate's one helper.
+pub use crate::Netns;
 
 /// A FIFO for the test-only pause hook of `reaper free`
 /// (REAPER_TEST_PAUSE_BEFORE_SIGNAL).

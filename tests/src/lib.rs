@@ -301,8 +301,8 @@ impl Netns {
             .ino()
     }
 
-    /// A command run inside the namespace.
-    pub fn exec(&self, program: &std::path::Path) -> Command {
+    /// A command that runs `program` inside the namespace.
+    pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).arg(program);
         c

@@ -99,46 +99,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A network namespace made with `ip netns add`, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    /// `reaper-t-<our pid>-<tag>`, with loopback up.
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("reaper-t-{}-{tag}", std::process::id());
-        // A leftover of a killed run with the same pid and tag.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns
-    }
-
-    /// Its inode, as reaper and `readlink /proc/PID/ns/net` name it.
-    pub fn inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/run/netns/{}", self.name))
-            .expect("the namespace's pin in /run/netns")
-            .ino()
-    }
-
-    /// A command that runs `program` inside this namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
+/// Network namespaces for tests: the crate's one helper.
+pub use crate::Netns;
 
 /// One socket line of `ss -tu...H` (with the Netid column).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +148,7 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
 /// Runs ss with `args` (in a namespace when given) and keeps the sockets on `port`.
 pub fn ss_on(port: u16, args: &[&str], netns: Option<&Netns>) -> Vec<SsSocket> {
     let mut cmd = match netns {
-        Some(ns) => ns.command("ss"),
+        Some(ns) => ns.exec("ss"),
         None => Command::new("ss"),
     };
     cmd.args(args);

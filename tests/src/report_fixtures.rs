@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 /// How to install what the HTML test needs (for people and for xtask).
 pub const CHROMIUM_INSTALL: &str = "apt-get install -y chromium";
@@ -32,43 +31,7 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
 ];
 
-/// The workspace root: fixtures and goldens are named relative to it, and
-/// the binary runs there so the evidence paths in reports are relative too.
-pub fn workspace_root() -> PathBuf {
-    crate::workspace_root()
-}
-
-/// The `reaper` binary, built if needed (once per test process).
-pub fn reaper_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("REAPER_BIN") {
-            return PathBuf::from(p);
-        }
-        let root = workspace_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(&cargo)
-            .args(["build", "-p", "reaper-user", "--bin", "reaper"])
-            .current_dir(&root)
-            .status()
-            .unwrap_or_else(|e| panic!("running `{cargo} build -p reaper-user`: {e}"));
-        assert!(
-            status.success(),
-            "`cargo build -p reaper-user --bin reaper` failed: fix the build first"
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("reaper");
-        assert!(
-            bin.exists(),
-            "{} is missing after the build: set REAPER_BIN",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
+pub use crate::{reaper_bin, workspace_root};
 
 /// Runs `reaper ARGS` in the workspace root.
 pub fn run_reaper(args: &[&str]) -> Output {

@@ -170,7 +170,7 @@ fn ipv6_and_udp_binds_are_seen() {
 fn a_bind_in_another_network_namespace_carries_that_namespace() {
     let mut w = Watch::start(&[]);
     let ns = Netns::new("bpf");
-    let mut cmd = ns.exec(&fixture_bin("binder"));
+    let mut cmd = ns.exec(fixture_bin("binder"));
     cmd.args(["hold", "127.0.0.1", "0", "listen"]);
     let (h, port) = hold_with(cmd);
     let b = w.expect("the bind in the namespace", |v| is(v, "bind", h.pid()));

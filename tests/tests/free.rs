@@ -346,7 +346,7 @@ fn the_same_port_in_another_netns_is_not_touched() {
     let port = free_port();
     let p = port.to_string();
     let ns = Netns::new("free");
-    let remote = Server::start_cmd(&mut ns.command(server(), &["--port", &p]));
+    let remote = Server::start_cmd(ns.exec(server()).args(["--port", &p]));
     let local = Server::start(server(), &["--port", &p]);
 
     let out = run_reaper(&["free", &p, "--match", "platform-server", "--json"], &[]);

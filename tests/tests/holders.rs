@@ -187,7 +187,7 @@ fn same_port_in_two_namespaces_is_two_answers_and_netns_filters() {
     let ns = Netns::new("who");
     let host = listen("tcp4", 0, false);
     let port = host.port();
-    let mut cmd = ns.command(FIXTURE);
+    let mut cmd = ns.exec(FIXTURE);
     cmd.args(["listen", "tcp4", &port.to_string()]);
     let inside = Fixture::start(cmd);
     assert_eq!(
