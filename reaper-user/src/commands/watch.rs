@@ -367,6 +367,7 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
                     held_ms: None,
                     holder_pid: None,
                     holder_comm: None,
+                    holder_claim: None,
                 },
             );
         }

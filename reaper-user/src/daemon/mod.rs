@@ -440,11 +440,7 @@ impl Daemon {
             let mut facts = Vec::with_capacity(obs.len());
             for o in &obs {
                 if let Some(f) = shared.ledger.apply(o) {
-                    let holder = if f.ok {
-                        None
-                    } else {
-                        conflicting(&shared.ledger, &f)
-                    };
+                    let holder = if f.ok { None } else { f.holder_claim.clone() };
                     facts.push((f, holder));
                 }
             }
@@ -1158,21 +1154,6 @@ async fn next_events(
 }
 
 /// The ledger's claim a failed bind collided with, if it knows one.
-fn conflicting(ledger: &Ledger, f: &Fact) -> Option<Claim> {
-    let key = ClaimKey {
-        netns: f.netns?,
-        proto: f.proto?,
-        addr: f.addr.as_deref()?.parse().ok()?,
-        port: f.port?,
-    };
-    // The fact's time is cut to milliseconds: allow the rest of that one.
-    let at = chrono::DateTime::parse_from_rfc3339(&f.ts)
-        .ok()?
-        .with_timezone(&chrono::Utc)
-        + chrono::Duration::milliseconds(1);
-    ledger.holder_at(&key, f.cookie, at).cloned()
-}
-
 fn endpoint(f: &Fact) -> Endpoint {
     Endpoint {
         netns: f.netns,

@@ -27,7 +27,7 @@ pub struct ClaimKey {
 }
 
 /// A socket bound to a port, as the kernel side saw it happen.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Claim {
     pub key: ClaimKey,
     pub family: Family,
@@ -98,6 +98,10 @@ pub struct Fact {
     pub holder_pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder_comm: Option<String>,
+    /// For failed binds: that claim itself (for the daemon's conflict
+    /// record); not printed.
+    #[serde(skip)]
+    pub holder_claim: Option<Claim>,
 }
 
 /// Maps BPF netns cookies to the inode numbers people see in
@@ -256,6 +260,7 @@ impl Ledger {
             held_ms: None,
             holder_pid: None,
             holder_comm: None,
+            holder_claim: None,
         }
     }
 
@@ -292,18 +297,17 @@ impl Ledger {
         }
         fact.ok = false;
         let attempted_at = self.clock.to_wall(b.attempt.ts_ns);
-        let holder = self
-            .holder_at(&key, ev.cookie, attempted_at)
-            .map(|c| (c.pid, c.comm.clone()));
+        let holder = self.holder_at(&key, ev.cookie, attempted_at).cloned();
         let errno = match b.errno {
             Some(e) => Some(e),
             None => self.infer_errno(&key, &b.attempt, holder.is_some()),
         };
         fact.errno = errno.map(errno_name);
         fact.errno_exact = b.errno_exact;
-        if let Some((pid, comm)) = holder {
-            fact.holder_pid = Some(pid);
-            fact.holder_comm = Some(comm);
+        if let Some(c) = holder {
+            fact.holder_pid = Some(c.pid);
+            fact.holder_comm = Some(c.comm.clone());
+            fact.holder_claim = Some(c);
         }
         self.failures.push_back(FailedBind {
             ts: self.clock.to_wall(ev.ts_ns),
