@@ -129,7 +129,7 @@ pub fn parse_netns(s: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     // Also accept what `readlink /proc/PID/ns/net` prints.
-    let digits = crate::ledger::parse_ns_link(t)
+    let digits = crate::holders::netns::parse_ns_link(t)
         .map(|n| n.to_string())
         .unwrap_or_else(|| t.to_string());
     match digits.parse::<u64>() {

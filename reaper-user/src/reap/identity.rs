@@ -65,7 +65,7 @@ impl Identity {
             pid,
             start_ticks: stat.start_ticks,
             exe,
-            cmdline: split_cmdline(&raw),
+            cmdline: crate::holders::process::parse_cmdline(&raw),
         })
     }
 
@@ -114,30 +114,16 @@ fn trim_args(args: &[String]) -> &[String] {
     &args[..end]
 }
 
-/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded.
-pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
-    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    if raw.is_empty() {
-        return Vec::new();
-    }
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
 pub fn netns_of(pid: u32) -> io::Result<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
     let s = link.to_string_lossy();
-    s.strip_prefix("net:[")
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/ns/net points at '{s}'"),
-            )
-        })
+    crate::holders::netns::parse_ns_link(&s).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/ns/net points at '{s}'"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -192,8 +178,23 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_split() {
-        assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
-        assert!(split_cmdline(b"").is_empty());
+    fn an_empty_argv_entry_is_no_identity_change() {
+        // parse_cmdline reads "\0" as one empty argument (it is argv [""]);
+        // trailing empty arguments never count as a change.
+        let mut a = Identity {
+            pid: 1,
+            start_ticks: 10,
+            exe: Some("/bin/x".into()),
+            cmdline: crate::holders::process::parse_cmdline(b"x\0"),
+        };
+        let mut b = a.clone();
+        b.cmdline = crate::holders::process::parse_cmdline(b"x\0\0");
+        assert_eq!(b.cmdline, ["x", ""]);
+        assert!(a.differences(&b).is_empty());
+        a.cmdline = crate::holders::process::parse_cmdline(b"\0");
+        b.cmdline = crate::holders::process::parse_cmdline(b"");
+        assert_eq!(a.cmdline, [""]);
+        assert!(b.cmdline.is_empty());
+        assert!(a.differences(&b).is_empty());
     }
 }
