@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::view;
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
 use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+pub use crate::util::human_ms;
 
 /// The JSON schema name; bump the suffix on an incompatible change.
 pub const SCHEMA: &str = "reaper.report/v1";
@@ -538,18 +539,6 @@ fn rfc(ms: i64) -> String {
 
 fn dur_ms(from: i64, to: i64) -> u64 {
     (to - from).max(0) as u64
-}
-
-/// "412 ms", "4.2 s", "3m 05s", "2h 14m", "1d 3h".
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match ms {
-        0..=999 => format!("{ms} ms"),
-        1000..=59_999 => format!("{}.{} s", s, (ms % 1000) / 100),
-        60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
-        3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
-    }
 }
 
 impl Aggregator {
@@ -2026,14 +2015,5 @@ mod tests {
             Limits::default(),
         );
         assert_eq!(late.summary.conflicts, 0);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_ms(412), "412 ms");
-        assert_eq!(human_ms(4_250), "4.2 s");
-        assert_eq!(human_ms(185_000), "3m 05s");
-        assert_eq!(human_ms(2 * 3_600_000 + 14 * 60_000), "2h 14m");
-        assert_eq!(human_ms(27 * 3_600_000), "1d 3h");
     }
 }
