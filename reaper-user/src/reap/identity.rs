@@ -65,7 +65,7 @@ impl Identity {
             pid,
             start_ticks: stat.start_ticks,
             exe,
-            cmdline: crate::holders::process::parse_cmdline(&raw),
+            cmdline: split_cmdline(&raw),
         })
     }
 
@@ -112,6 +112,12 @@ fn trim_args(args: &[String]) -> &[String] {
         .rposition(|a| !a.is_empty())
         .map_or(0, |i| i + 1);
     &args[..end]
+}
+
+/// argv from /proc/PID/cmdline: the holders' parser, so the identity
+/// compared before a signal is read the way the verdict's was.
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    crate::holders::process::parse_cmdline(raw)
 }
 
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
@@ -178,21 +184,27 @@ mod tests {
     }
 
     #[test]
+    fn cmdline_split() {
+        assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
     fn an_empty_argv_entry_is_no_identity_change() {
-        // parse_cmdline reads "\0" as one empty argument (it is argv [""]);
+        // "\0" is one empty argument (argv [""]), "" no argv at all;
         // trailing empty arguments never count as a change.
         let mut a = Identity {
             pid: 1,
             start_ticks: 10,
             exe: Some("/bin/x".into()),
-            cmdline: crate::holders::process::parse_cmdline(b"x\0"),
+            cmdline: split_cmdline(b"x\0"),
         };
         let mut b = a.clone();
-        b.cmdline = crate::holders::process::parse_cmdline(b"x\0\0");
+        b.cmdline = split_cmdline(b"x\0\0");
         assert_eq!(b.cmdline, ["x", ""]);
         assert!(a.differences(&b).is_empty());
-        a.cmdline = crate::holders::process::parse_cmdline(b"\0");
-        b.cmdline = crate::holders::process::parse_cmdline(b"");
+        a.cmdline = split_cmdline(b"\0");
+        b.cmdline = split_cmdline(b"");
         assert_eq!(a.cmdline, [""]);
         assert!(b.cmdline.is_empty());
         assert!(a.differences(&b).is_empty());

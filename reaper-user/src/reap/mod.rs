@@ -20,7 +20,7 @@ mod identity;
 mod pidfd;
 
 pub use bind::{wait_bindable, BindProbe, BindWait};
-pub use identity::{netns_of, Identity, ProcStat, PF_KTHREAD};
+pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
 pub use pidfd::{wait_any, Pidfd};
 
 /// Test-only hook: when this variable names a path (a FIFO), `reaper free`
