@@ -98,10 +98,13 @@ pub fn parse_time(flag: &str, value: &str, now: DateTime<Utc>) -> Result<i64> {
     )))
 }
 
-/// Escapes text for an HTML or SVG text node or attribute.
+/// Escapes text for an HTML or SVG text node or attribute. Control and bidi
+/// characters a process chose are shown visibly first (`crate::text::term`):
+/// a right-to-left override would reorder the page, and the page may be read
+/// with `cat`.
 pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    for c in crate::text::term(s).chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
