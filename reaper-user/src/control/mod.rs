@@ -294,11 +294,21 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Serves requests until the task is dropped.
 pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+    let mut backoff = crate::util::AcceptBackoff::new();
     loop {
         let conn = match listener.accept().await {
-            Ok((c, _)) => c,
+            Ok((c, _)) => {
+                backoff.reset();
+                c
+            }
             Err(e) => {
-                tracing::warn!("control socket: accept failed: {e}");
+                match backoff.after(&e) {
+                    Some(wait) => {
+                        tracing::warn!("control socket: accept failed: {e}; next try in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => tracing::debug!("control socket: accept failed: {e}"),
+                }
                 continue;
             }
         };
