@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use reaper_tests::report_fixtures::report_text;
 use reaper_tests::*;
 use serde_json::Value;
 
@@ -78,9 +79,11 @@ struct Hostile {
 impl Hostile {
     fn start() -> Hostile {
         require_root();
-        let dir = tempfile::tempdir().unwrap();
+        // A hard link, not a copy: a copy is open for writing, and a test
+        // forking at that moment keeps it so, which fails our exec (ETXTBSY).
+        let dir = tempfile::tempdir_in(workspace().join("target")).unwrap();
         let exe = dir.path().join(NAME);
-        std::fs::copy(fixture_bin("binder"), &exe).unwrap();
+        std::fs::hard_link(fixture_bin("binder"), &exe).unwrap();
         let mut c = Command::new(&exe);
         c.args(["hold", "127.0.0.1", "0", "listen"]).args(ARGS);
         let (s, port) = hold_with(c);
@@ -220,4 +223,94 @@ fn free_dry_run_shows_the_hostile_holder_escaped() {
     assert_ne!(code, Some(0), "{out}{err}");
     assert_inert("free refusal", &out);
     assert_inert("free refusal (stderr)", &err);
+}
+
+/// What a hostile process left in the journal (comm, exe, cmdline, cgroup,
+/// parents): a clipboard write, a bidi override, a newline, and Markdown
+/// that would end a table cell, open a link or a code span.
+const JOURNALED: &str = "x\x1b]52;c;Zm9v\x07|`[l](http://e)`\n# \u{202e}<b>&amp;";
+
+/// Every text field about a process in a journal record, replaced.
+fn poison(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), &*x) {
+                    ("comm" | "exe" | "cmdline" | "cgroup" | "parent_comm", Value::String(_)) => {
+                        *x = Value::String(JOURNALED.into())
+                    }
+                    ("ancestors", Value::Array(_)) => {
+                        *x = serde_json::json!([format!("1:{JOURNALED}")])
+                    }
+                    _ => poison(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(poison),
+        _ => {}
+    }
+}
+
+/// The cells of a Markdown table row: `|` not escaped by a backslash.
+fn cell_edges(row: &str) -> usize {
+    let mut n = 0;
+    let mut chars = row.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '|' => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+#[test]
+fn reports_of_a_hostile_journal_escape_it_and_keep_their_tables() {
+    let src = workspace_root().join("tests/fixtures/journals/torn.jsonl");
+    let mut lines = String::new();
+    for l in std::fs::read_to_string(&src).unwrap().lines() {
+        if let Ok(mut v) = serde_json::from_str::<Value>(l) {
+            poison(&mut v);
+            lines.push_str(&v.to_string());
+            lines.push('\n');
+        }
+    }
+    assert!(lines.contains("\\u001b]52"), "the fixture has processes");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("hostile.jsonl");
+    std::fs::write(&journal, lines).unwrap();
+    let j = journal.to_str().unwrap();
+
+    let md = report_text(&["report", "--journal", j, "--format", "md"]);
+    assert_inert("report --format md", &md);
+    // In code spans as it is; in plain text with the markup escaped too.
+    assert!(md.contains("``x\\x1b]52;c;Zm9v\\x07\\|`[l]"), "{md}");
+    assert!(
+        md.contains("x\\\\x1b\\]52;c;Zm9v\\\\x07\\|\\`\\[l\\]"),
+        "{md}"
+    );
+    // Every row of a table has as many cells as its header.
+    for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
+        let rows: Vec<&str> = table.lines().collect();
+        let want = cell_edges(rows[0]);
+        for r in &rows {
+            assert_eq!(cell_edges(r), want, "a row gained or lost a cell:\n{r}");
+        }
+    }
+
+    let html = report_text(&["report", "--journal", j, "--format", "html"]);
+    assert_inert("report --format html", &html);
+    assert!(
+        !html.contains("<b>&amp;"),
+        "markup from the journal is escaped"
+    );
+
+    let json = report_text(&["report", "--journal", j, "--format", "json"]);
+    assert!(
+        json.contains(&serde_json::to_string(JOURNALED).unwrap()),
+        "the JSON report keeps the exact text"
+    );
 }

@@ -128,6 +128,14 @@ mod tests {
     }
 
     #[test]
+    fn html_escapes_entities_and_shows_controls() {
+        assert_eq!(
+            escape_html("<b a='1'>&\"\x1b]52;c;x\x07\u{202e}"),
+            "&lt;b a=&#39;1&#39;&gt;&amp;&quot;\\x1b]52;c;x\\x07\\u{202e}"
+        );
+    }
+
+    #[test]
     fn times_are_rfc3339_or_before_now() {
         let ms = |s| parse_time("--since", s, now()).unwrap();
         assert_eq!(ms("2024-05-14T10:00:00Z"), ms("2h"));
