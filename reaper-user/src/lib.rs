@@ -45,4 +45,5 @@ pub mod progress;
 pub mod reap;
 pub mod report;
 pub mod sys;
+pub mod text;
 pub mod util;
