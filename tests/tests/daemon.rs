@@ -491,3 +491,147 @@ fn report_without_journal_reads_the_running_daemons_journal() {
         "the report names the daemon's journal as its input: {text:.400}"
     );
 }
+
+/// The reaping records of one port, in journal order.
+fn reapings(d: &Daemon, port: u16) -> Vec<Value> {
+    d.records()
+        .into_iter()
+        .filter(|r| kind(r) == "reaping" && r["port"] == port)
+        .collect()
+}
+
+#[test]
+fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_rule_says_tree() {
+    need_root!();
+    let port = free_port();
+    // An orphaned platform-server whose child became another program
+    // (sleep) and kept the listening socket.
+    let holder = Orphan::spawn_with(
+        port,
+        "rp-tree",
+        &["--fork-child", "--child-exec", "/bin/sleep"],
+    );
+    let child = holder
+        .server
+        .fork_child
+        .as_ref()
+        .expect("the sharing child");
+    let rule = holder.rule("stale tree holder", Some("reap"));
+
+    // 1. No tree key: the child keeps the port, so nothing is signalled.
+    let d = Daemon::start(&rule);
+    let (_binder, failed) = Binder::run(port, 3);
+    assert!(failed >= 1, "the port was held, binds must fail");
+    let conflict = d.wait_record("a conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
+    assert_eq!(conflict["action"], "report", "{conflict}");
+    let verdicts = conflict["verdicts"]
+        .as_array()
+        .expect("every holder's verdict");
+    assert_eq!(verdicts.len(), 2, "{conflict}");
+    assert_eq!(verdicts[0]["pid"], holder.pid());
+    assert_eq!(verdicts[0]["decision"], "reap");
+    assert_eq!(verdicts[1]["pid"], child.pid);
+    assert_eq!(verdicts[1]["shares"], holder.pid());
+    assert_eq!(verdicts[1]["decision"], "keep");
+    assert!(
+        verdicts[1]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("set tree = true in rule 'stale tree holder'"),
+        "{conflict}"
+    );
+    // The verdict that decided is the child's.
+    assert_eq!(conflict["verdict"]["decision"], "keep", "{conflict}");
+    // A reaping's intent is written in the same batch as its conflict: none.
+    assert!(reapings(&d, port).is_empty(), "{:?}", reapings(&d, port));
+    assert!(holder.alive() && child.alive());
+    assert!(!bindable(port));
+    drop(d);
+
+    // 2. tree = true in the rule: both stopped (the root first), port free.
+    let d = Daemon::start(&rule.replace("match = ", "tree = true\nmatch = "));
+    let (_binder, failed) = Binder::run(port, 3);
+    assert!(failed >= 1);
+    let conflict = d.wait_record("a conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
+    assert_eq!(conflict["action"], "reap", "{conflict}");
+    assert_eq!(conflict["verdicts"][1]["decision"], "reap", "{conflict}");
+    let done = wait_for(
+        "both outcomes on the record",
+        Duration::from_secs(20),
+        || {
+            let r = reapings(&d, port);
+            (r.iter().filter(|r| r["outcome"] != "in_progress").count() == 2).then_some(r)
+        },
+    );
+    // Intents first (before any signal), then the outcomes.
+    assert_eq!(done[0]["outcome"], "in_progress");
+    assert_eq!(done[1]["outcome"], "in_progress");
+    assert_eq!(done[2]["target"]["pid"], holder.pid());
+    assert_eq!(done[3]["target"]["pid"], child.pid);
+    for r in &done[2..] {
+        assert_eq!(r["outcome"], "freed", "{r}");
+        assert_eq!(r["signals"][0]["signal"], "SIGTERM", "{r}");
+    }
+    assert!(child.wait_exit(5000));
+    wait_for("the holder to be gone", Duration::from_secs(5), || {
+        (!holder.alive()).then_some(())
+    });
+    assert!(bindable(port));
+}
+
+#[test]
+fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfinished() {
+    need_root!();
+    let port = free_port();
+    let holder = Orphan::spawn_with(port, "rp-grace", &["--ignore-term"]);
+    let mut d = Daemon::start_with_grace(&holder.rule("stale holder", Some("reap")), "60s");
+    let (_binder, failed) = Binder::run(port, 1);
+    assert_eq!(failed, 1);
+    d.wait_record("the reaping's intent", |r| {
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] == "in_progress"
+    });
+    // The holder ignores SIGTERM and the grace is a minute: stop the daemon
+    // in the middle. It waits a bounded while, then records what it did.
+    let t = Instant::now();
+    assert_eq!(d.stop(Duration::from_secs(20)), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let records = d.records();
+    let r: Vec<&Value> = records
+        .iter()
+        .filter(|r| kind(r) == "reaping" && r["port"] == port)
+        .collect();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["outcome"], "interrupted", "{}", r[1]);
+    assert_eq!(r[1]["target"]["pid"], holder.pid());
+    assert_eq!(r[1]["signals"][0]["signal"], "SIGTERM", "{}", r[1]);
+    assert_eq!(kind(records.last().unwrap()), "stop");
+    assert!(holder.alive(), "no SIGKILL after the daemon stopped");
+
+    // `reaper report` shows it unfinished, in JSON and for people.
+    let out = Command::new(reaper_bin())
+        .args(["report", "--format", "json", "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &doc["summary"]["unfinished"];
+    assert_eq!(u[0]["outcome"], "interrupted", "{doc}");
+    assert_eq!(u[0]["target"]["pid"], holder.pid());
+    let out = Command::new(reaper_bin())
+        .args(["report", "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Unfinished reapings"), "{text}");
+    assert!(
+        text.contains(&format!("pid {} (rp-grace)", holder.pid()))
+            && text.contains("interrupted by a daemon stop"),
+        "{text}"
+    );
+}

@@ -114,15 +114,11 @@ fn trim_args(args: &[String]) -> &[String] {
     &args[..end]
 }
 
-/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded.
+/// argv from /proc/PID/cmdline: the holders' parser, so the identity
+/// compared at signal time is read exactly as the judged one was (padding
+/// of a rewritten argv trimmed alike).
 pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
-    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    if raw.is_empty() {
-        return Vec::new();
-    }
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    crate::holders::process::parse_cmdline(raw)
 }
 
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
@@ -195,5 +191,9 @@ mod tests {
     fn cmdline_split() {
         assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
         assert!(split_cmdline(b"").is_empty());
+        assert_eq!(
+            split_cmdline(b"nginx: worker process          \0\0\0"),
+            ["nginx: worker process"]
+        );
     }
 }
