@@ -12,6 +12,39 @@ pub fn port_name(proto: &str, port: u16, host: &str) -> String {
     format!("{proto}/{port} on {host}")
 }
 
+/// "pid 42 (platform-server) on tcp/8080 on runner-7: SIGTERM at 12:00:01,
+/// interrupted by a daemon stop at 12:00:02 (port-side outcome unknown)".
+pub fn unfinished_line(u: &super::model::Unfinished) -> String {
+    let sent: Vec<String> = u
+        .signals
+        .iter()
+        .map(|s| format!("{} at {}", s.signal, TimeFmt::full(&s.ts)))
+        .collect();
+    let sent = if sent.is_empty() {
+        "no signal on the record".to_string()
+    } else {
+        sent.join(", ")
+    };
+    let what = if u.outcome == crate::journal::INTERRUPTED {
+        format!(
+            "{sent}; interrupted by a daemon stop at {}, the target may still run",
+            TimeFmt::full(&u.ts)
+        )
+    } else {
+        format!(
+            "started at {} and never finished (reaper stopped before it recorded an outcome: signals may have been sent)",
+            TimeFmt::full(&u.ts)
+        )
+    };
+    format!(
+        "pid {} ({}) on {}: {what} [{}]",
+        u.target.pid,
+        u.target.comm,
+        port_name(&u.proto, u.port, &u.host),
+        u.evidence
+    )
+}
+
 pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -86,6 +119,12 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
             v
         },
     ));
+    if !s.unfinished.is_empty() {
+        // Signals may have been sent with no outcome on the record: say so
+        // loudly, one sentence per reaping.
+        let v: Vec<String> = s.unfinished.iter().map(unfinished_line).collect();
+        rows.push(("Unfinished reapings", v.join("; ")));
+    }
     rows.push((
         "Time ports stayed blocked",
         match &s.longest_block {
