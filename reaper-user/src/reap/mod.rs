@@ -209,7 +209,7 @@ pub fn stop_in_waves(
                     if r.signals.is_empty() {
                         r.outcome = TargetOutcome::Gone;
                     } else {
-                        mark_exited(r, opts.start);
+                        mark_exited(r, opts.start, None);
                     }
                     false
                 }
@@ -263,19 +263,26 @@ fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant
             }
             continue;
         }
+        // A tree member that exits unsignalled went with the first signal.
+        let first = reports
+            .iter()
+            .filter_map(|r| r.signals.first().map(|s| s.at_ms))
+            .reduce(f64::min);
         let mut i = 0;
         live.retain(|l| {
             let done = ready.contains(&i);
             i += 1;
             if done {
-                mark_exited(&mut reports[l.idx], start);
+                mark_exited(&mut reports[l.idx], start, first);
             }
             !done
         });
     }
 }
 
-fn mark_exited(r: &mut TargetReport, start: Instant) {
+/// `first_any`: the run's first signal (ms), for a target that exits
+/// before its own.
+fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
     let now = Instant::now();
     // A tree member that exits before its own signal went with its root.
     let by = r
@@ -283,7 +290,12 @@ fn mark_exited(r: &mut TargetReport, start: Instant) {
         .last()
         .map(|s| s.signal.to_string())
         .unwrap_or_else(|| "its tree root's SIGTERM".to_string());
-    let first = r.signals.first().map(|s| s.at_ms).unwrap_or(0.0);
+    let first = r
+        .signals
+        .first()
+        .map(|s| s.at_ms)
+        .or(first_any)
+        .unwrap_or(0.0);
     let at_ms = ms_since(start, now);
     r.outcome = TargetOutcome::Exited {
         by,
@@ -386,6 +398,55 @@ mod tests {
         assert_eq!(names, ["SIGTERM", "SIGKILL"]);
         assert!(matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGKILL"));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn waves_signal_the_root_first_and_spare_a_member_that_exits_with_it() {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap()
+        };
+        let grace = Duration::from_millis(200);
+        // Both outlive the root's SIGTERM: the member gets its own after the grace.
+        let (mut root, mut member) = (spawn(), spawn());
+        let ids = [
+            (Identity::read(root.id()).unwrap(), 0),
+            (Identity::read(member.id()).unwrap(), 1),
+        ];
+        let r = stop_in_waves(&ids, &opts(grace), &mut |_| {});
+        assert_eq!(r[0].signals.len(), 1);
+        assert_eq!(r[1].signals.len(), 1);
+        let gap = r[1].signals[0].at_ms - r[0].signals[0].at_ms;
+        assert!(
+            gap >= 200.0,
+            "the member was signalled {gap} ms after the root"
+        );
+        root.wait().unwrap();
+        member.wait().unwrap();
+
+        // The member exits during the root's grace (as nginx workers do
+        // when their master stops): it is never signalled.
+        let (mut root, member) = (spawn(), std::cell::RefCell::new(spawn()));
+        let ids = [
+            (Identity::read(root.id()).unwrap(), 0),
+            (Identity::read(member.borrow().id()).unwrap(), 1),
+        ];
+        let mut seen = Vec::new();
+        let r = stop_in_waves(&ids, &opts(Duration::from_secs(5)), &mut |s| {
+            seen.push(s.pid);
+            member.borrow_mut().kill().unwrap();
+        });
+        assert_eq!(seen, [root.id()]);
+        assert!(r[1].signals.is_empty());
+        assert!(
+            matches!(&r[1].outcome, TargetOutcome::Exited { by, .. } if by == "its tree root's SIGTERM"),
+            "{:?}",
+            r[1]
+        );
+        root.wait().unwrap();
+        member.borrow_mut().wait().unwrap();
     }
 
     #[test]
