@@ -4,7 +4,8 @@
 //! hooks -> events (Matcher) -> ledger --(failed bind)--> conflict
 //!                                 ^                         |  targeted scan (holders)
 //!   holders::scan (seed, degraded |                         v
-//!   polling, reconcile on loss) --+                  policy -> reap (pidfd)
+//!   polling, reconcile on loss) --+       policy -> plan (reap::plan, as
+//!                                         `free`) -> reap (pidfd, waves)
 //!                                                           |
 //!          journal <---- every claim, listen, release, conflict, reaping
 //!          metrics (/metrics), control socket (who/ports/conflicts)
@@ -14,7 +15,10 @@
 //! observations to the ledger (shared with the control socket behind a
 //! mutex held only per batch), journals each fact, and hands slow work
 //! (scans, reapings) to blocking threads whose results come back on a
-//! channel. Nothing slow runs on the loop, so SIGTERM is answered at once.
+//! channel. Nothing slow runs on the loop, so SIGTERM is answered at once;
+//! a stop then waits (bounded) for the reapings in flight and records the
+//! rest as `interrupted`. A SIGHUP reload leaves reapings in flight alone:
+//! they finish on their thread with the grace they started with.
 
 pub mod config;
 mod procinfo;
