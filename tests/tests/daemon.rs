@@ -506,6 +506,31 @@ fn report_without_journal_reads_the_running_daemons_journal() {
 /// records in one file (top-level keys: before any rule).
 const BIG_RINGBUF: &str = "ringbuf_size = 67108864\njournal_max_bytes = 0\n";
 
+/// Failed binds on `port` until the daemon journals a conflict for it: a
+/// failed bind's event can be dropped when other tests storm binds on the
+/// host (the daemon then journals a loss), so the binder tries again.
+/// Returns the conflict and the binders (alive: the daemon reads them).
+fn conflict_after_binds(d: &Daemon, port: u16) -> (Value, Vec<Binder>) {
+    let mut binders = Vec::new();
+    for _ in 0..6 {
+        let (b, failed) = Binder::run(port, 3);
+        assert!(failed >= 1, "the port was held, binds must fail");
+        binders.push(b);
+        let found = reaper_tests::poll_for(Duration::from_secs(10), || {
+            d.records()
+                .into_iter()
+                .find(|r| kind(r) == "conflict" && r["port"] == port)
+        });
+        if let Some(c) = found {
+            return (c, binders);
+        }
+    }
+    panic!(
+        "no conflict record for port {port} after 6 rounds of failed binds; the daemon's log:\n{}",
+        d.log_text()
+    );
+}
+
 /// The reaping records of one port, in journal order.
 fn reapings(d: &Daemon, port: u16) -> Vec<Value> {
     d.records()
@@ -537,11 +562,7 @@ fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_ru
 
     // 1. No tree key: the child keeps the port, so nothing is signalled.
     let d = Daemon::start(&rule);
-    let (_binder, failed) = Binder::run(port, 3);
-    assert!(failed >= 1, "the port was held, binds must fail");
-    let conflict = d.wait_record("a conflict record", |r| {
-        kind(r) == "conflict" && r["port"] == port
-    });
+    let (conflict, _binders) = conflict_after_binds(&d, port);
     assert_eq!(conflict["action"], "report", "{conflict}");
     let verdicts = conflict["verdicts"]
         .as_array()
@@ -569,11 +590,7 @@ fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_ru
 
     // 2. tree = true in the rule: both stopped (the root first), port free.
     let d = Daemon::start(&rule.replace("match = ", "tree = true\nmatch = "));
-    let (_binder, failed) = Binder::run(port, 3);
-    assert!(failed >= 1);
-    let conflict = d.wait_record("a conflict record", |r| {
-        kind(r) == "conflict" && r["port"] == port
-    });
+    let (conflict, _binders) = conflict_after_binds(&d, port);
     assert_eq!(conflict["action"], "reap", "{conflict}");
     assert_eq!(conflict["verdicts"][1]["decision"], "reap", "{conflict}");
     let done = wait_for(
@@ -610,8 +627,7 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
         "60s",
         "120s",
     );
-    let (_binder, failed) = Binder::run(port, 1);
-    assert_eq!(failed, 1);
+    let (_conflict, _binders) = conflict_after_binds(&d, port);
     d.wait_record("the reaping's intent", |r| {
         kind(r) == "reaping" && r["port"] == port && r["outcome"] == "in_progress"
     });
