@@ -1144,6 +1144,7 @@ impl Aggregator {
                 }
             }
             Body::Reconcile { .. } => self.quality.reconciles += 1,
+            Body::ClaimsFull { .. } => {}
         }
     }
 
