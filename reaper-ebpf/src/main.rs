@@ -5,9 +5,11 @@
 //! did it (pid, tid, comm, uid, cgroup, netns cookie, socket cookie, time)
 //! and returns. Every judgment (inferring causes, policy) happens in
 //! userspace. What the kernel side keeps:
-//! - per socket (`SOCKS`, socket storage, freed with the socket): the bind
-//!   request between `bind4` and `post_bind4`, and whether userspace was told
-//!   about the socket (so only those releases are sent);
+//! - per socket (`SOCKS`, socket storage, freed with the socket): a fixed
+//!   port's bind request between `bind4` and `post_bind4` (a socket without
+//!   storage at `post_bind` asked for port 0: no allocation for those), and
+//!   whether userspace was told about the socket (so only those releases are
+//!   sent);
 //! - `CLAIMS`: socket cookie -> the claim's record, inserted at `post_bind`
 //!   (or listen) and removed at release. A lost event loses a notification,
 //!   never a claim. When the map is full the claim is counted in `COUNTS`
@@ -288,7 +290,10 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
         )
     };
     let exact = exact_tier();
-    let st = sock_state(sk.cast(), true);
+    // Only a fixed port's request is stashed (storage is allocated for it):
+    // a socket without storage at post_bind asked for port 0, the common
+    // case a bind storm is made of, which then costs no allocation.
+    let st = sock_state(sk.cast(), port != 0);
     if !st.is_null() {
         // SAFETY: the storage is this socket's, valid for this program run.
         unsafe {
@@ -404,9 +409,10 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
             addr4((*sk).src_ip4)
         };
     }
-    // The request, stashed at bind4: was it for port 0?
-    let st = sock_state(ctx.as_ptr(), false);
-    let ephemeral = !st.is_null() && unsafe { (*st).port } == 0;
+    // The request, stashed at bind4: none (port 0 asked for), or its port.
+    let mut st = sock_state(ctx.as_ptr(), false);
+    // SAFETY: this socket's storage, valid for this program run.
+    let ephemeral = st.is_null() || unsafe { (*st).port } == 0;
     if ephemeral {
         ev.flags |= FLAG_EPHEMERAL;
     }
@@ -416,6 +422,10 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
     // Summarised: no one fights over a port the kernel picked. A claim that
     // could not be stored is always sent, so it is not lost twice.
     let notify = !ephemeral || send_all() || ev.flags & FLAG_UNSTORED != 0;
+    if notify && st.is_null() {
+        // Its release must be sent too: remember the socket.
+        st = sock_state(ctx.as_ptr(), true);
+    }
     if !st.is_null() {
         // SAFETY: this socket's storage.
         unsafe {
@@ -441,15 +451,21 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
 
 #[cgroup_sock(sock_release)]
 pub fn reaper_release(ctx: SockContext) -> i32 {
-    // Most sockets never bind: no storage, nothing to do.
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let st = sock_state(ctx.as_ptr(), false);
     if st.is_null() {
+        // Never bound to a fixed port, never sent: at most a summarised
+        // ephemeral claim to end.
+        // SAFETY: only whether the entry exists is used.
+        if unsafe { CLAIMS.get(&cookie) }.is_some() {
+            let _ = CLAIMS.remove(&cookie);
+            bump(&COUNTS, reaper_common::COUNT_EPHEMERAL_RELEASES);
+        }
         return ALLOW;
     }
     // SAFETY: this socket's storage, valid for this program run.
     let state = unsafe { (*st).state };
-    // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if state & ST_CLAIMED != 0 {
         let _ = CLAIMS.remove(&cookie);
     }
@@ -503,7 +519,9 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     let st = sock_state(sk as *mut _, true);
     // SAFETY: this socket's storage, valid for this program run.
     let state = if st.is_null() { 0 } else { unsafe { (*st).state } };
-    let claimed = state & ST_CLAIMED != 0;
+    // A summarised ephemeral claim has no storage before this listen.
+    // SAFETY: only whether the entry exists is used.
+    let claimed = state & ST_CLAIMED != 0 || unsafe { CLAIMS.get(&ev.cookie) }.is_some();
     if claimed && state & ST_NOTIFIED == 0 {
         // A summarised ephemeral claim starts to matter: send its bind first.
         // SAFETY: the value is copied out at once.

@@ -34,6 +34,9 @@ use aya::programs::{
 use aya::{Btf, Ebpf, EbpfLoader};
 use serde::Serialize;
 
+/// What the BPF tiers send and what they only count, for `reaper doctor`.
+pub const SUMMARY: &str = "binds to port 0 are counted per process kernel-side, not sent one by one (`watch --all` sends each; their listens and failures are always sent); every claim is kept in a kernel-side map (65536 entries by default, `claims_max`) the daemon reads after losses";
+
 /// The eBPF object, built by build.rs from `reaper-ebpf`.
 pub static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reaper.bpf.o"));
