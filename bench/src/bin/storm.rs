@@ -544,10 +544,12 @@ fn main() {
             let scans: u64 = rounds.iter().map(|r| r.reconcile_scans).sum();
             emit(
                 "storm",
-                "daemon: claims alive at the end known with their pid",
+                "daemon: claims alive at the end not known with their pid",
                 "claims",
-                &pick(c, &|r| r.known_claims as f64),
-                Some(format!("{known} of {held} held; {scans} reconcile scans")),
+                &pick(c, &|r| (r.held_claims - r.known_claims) as f64),
+                Some(format!(
+                    "{known} of {held} held were known within 5 s; {scans} reconcile scans"
+                )),
             );
             emit(
                 "storm",
