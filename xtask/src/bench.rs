@@ -138,16 +138,13 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
 
 /// The targets as a table: each with its median and whether it is met.
 fn targets(figures: &[Value]) -> String {
-    let mut s = String::from("## Targets
-
-| target | median | met |
-|---|---:|---|
-");
+    let mut s = String::from("## Targets\n\n| target | median | met |\n|---|---:|---|\n");
     for (bench, subject, limit, what) in TARGETS {
         let f = figures
             .iter()
             .find(|f| f["bench"] == *bench && f["subject"] == *subject);
-        let (median, met) = match f.and_then(|f| Some((f["median"].as_f64()?, f["unit"].as_str()?))) {
+        let (median, met) = match f.and_then(|f| Some((f["median"].as_f64()?, f["unit"].as_str()?)))
+        {
             Some((m, unit)) => (
                 format!("{} {unit}", fmt_num(m)),
                 if m <= *limit { "yes" } else { "**no**" },
