@@ -448,7 +448,7 @@ fn main() -> Result<()> {
             &format!("events lost in the bind storm ({kind})"),
             "events",
             &lost,
-            Some("target 0 for fixed ports; default ring buffer (4 MiB)".into()),
+            Some("target 0 for fixed ports; default ring buffer (1 MiB)".into()),
         );
         emit(
             BENCH,
@@ -512,8 +512,8 @@ fn main() -> Result<()> {
         "binds/s",
         &[best],
         Some(match first_loss {
-            Some((r, a, l)) => format!("{build} build, default ring buffer (4 MiB), one fixed port; losses began at a paced {r}/s (achieved {a:.0}/s, {l} lost)"),
-            None => format!("{build} build, default ring buffer (4 MiB), one fixed port; no loss up to what one generator thread reaches"),
+            Some((r, a, l)) => format!("{build} build, default ring buffer (1 MiB), one fixed port; losses began at a paced {r}/s (achieved {a:.0}/s, {l} lost)"),
+            None => format!("{build} build, default ring buffer (1 MiB), one fixed port; no loss up to what one generator thread reaches"),
         }),
     );
 

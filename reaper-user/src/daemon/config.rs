@@ -132,7 +132,7 @@ impl Default for Config {
             metrics_allow_non_loopback: false,
             control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             hooks: HooksChoice::Auto,
-            ringbuf_size: 4 * 1024 * 1024,
+            ringbuf_size: 1024 * 1024,
             claims_max: reaper_common::CLAIMS_MAX_DEFAULT,
             poll_interval: Duration::from_secs(1),
             conflict_window: Duration::from_secs(5),

@@ -219,9 +219,17 @@ fn failed(attempt: Event, errno: Option<i32>) -> Observation {
     })
 }
 
+/// At most this many records are drained per batch: what a storm left in
+/// the ring buffer is taken in slices, so the memory of one batch (records,
+/// observations, journal lines) stays bounded however large the ring is.
+pub const BATCH_MAX: usize = 4096;
+
 /// The ring buffer, readable from tokio.
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at [`BATCH_MAX`]: records are waiting, and the
+    /// kernel does not wake a consumer that has not caught up.
+    more: bool,
 }
 
 impl EventStream {
@@ -235,7 +243,7 @@ impl EventStream {
                     e.into_parts().1
                 )
             })?;
-        Ok(EventStream { fd })
+        Ok(EventStream { fd, more: false })
     }
 
     /// Waits until the ring buffer has data, or `timeout` passes, then drains
@@ -246,7 +254,10 @@ impl EventStream {
         out: &mut Vec<Event>,
         timeout: std::time::Duration,
     ) -> Result<u64> {
-        if let Ok(guard) = tokio::time::timeout(timeout, self.fd.readable_mut()).await {
+        if self.more {
+            // Records are waiting: take the next slice at once.
+            tokio::task::yield_now().await;
+        } else if let Ok(guard) = tokio::time::timeout(timeout, self.fd.readable_mut()).await {
             let mut guard = guard?;
             guard.clear_ready();
             // Let a burst gather before draining: while records wait unread,
@@ -254,24 +265,35 @@ impl EventStream {
             // busy host pays one wake-up per batch instead of one per record.
             tokio::time::sleep(BATCH_WINDOW).await;
         }
-        Ok(drain(self.fd.get_mut(), out))
+        let (bad, more) = drain(self.fd.get_mut(), out, BATCH_MAX);
+        self.more = more;
+        Ok(bad)
     }
 
-    /// Drains what is there without waiting.
+    /// Drains everything that is there without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Event>) -> u64 {
-        drain(self.fd.get_mut(), out)
+        self.more = false;
+        drain(self.fd.get_mut(), out, usize::MAX).0
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
+/// Decodes up to `max` records into `out` (a buffer the caller reuses: no
+/// allocation per record); returns the undecodable ones and whether `max`
+/// was reached.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, max: usize) -> (u64, bool) {
     let mut bad = 0;
-    while let Some(item) = ring.next() {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else {
+            return (bad, false);
+        };
         match Event::from_bytes(&item) {
             Some(ev) => out.push(ev),
             None => bad += 1,
         }
+        n += 1;
     }
-    bad
+    (bad, true)
 }
 
 #[cfg(test)]
