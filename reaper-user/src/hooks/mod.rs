@@ -8,8 +8,13 @@
 //! Tiers, cheapest complete one first:
 //! - `cgroup`: cgroup `bind4`/`bind6`, `post_bind4`/`post_bind6`,
 //!   `sock_release` on the cgroup v2 root, plus tp_btf
-//!   `inet_sock_set_state` for listens. Only binds pay for it. A failed bind
-//!   is seen as an attempt with no success; its cause is inferred.
+//!   `inet_sock_set_state` for listens. Only binds pay for it. The request
+//!   of a fixed-port bind waits in the socket's storage: a success is sent
+//!   once at `post_bind`, a failure when the socket binds again or is
+//!   released (a failing server usually exits or retries at once), and its
+//!   cause is inferred. Binds to port 0 are counted, not sent, unless
+//!   [`Options::all`]; every claim is kept in the kernel-side map
+//!   ([`claims`]).
 //! - `syscalls`: `cgroup` + the `sys_exit_bind` tracepoint: exact errno, but
 //!   every syscall on the host takes the slow path while attached.
 //! - `fexit`: `cgroup` + fexit on `inet_bind`/`inet6_bind`: exact errno at the
