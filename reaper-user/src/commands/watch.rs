@@ -137,9 +137,11 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
         let summarised = attached.ephemeral_by_pid();
         let n: u64 = summarised.iter().map(|(_, n)| n).sum();
         if n > 0 {
+            let procs = summarised.len();
             eprintln!(
-                "reaper: {n} ephemeral (port 0) binds by {} processes were counted, not shown (--all shows each)",
-                summarised.len()
+                "reaper: {n} ephemeral (port 0) bind{} by {procs} process{} counted, not shown (--all shows each)",
+                if n == 1 { "" } else { "s" },
+                if procs == 1 { "" } else { "es" },
             );
         }
     }
