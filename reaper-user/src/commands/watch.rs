@@ -45,7 +45,11 @@ pub fn run(global: &Global, args: WatchArgs) -> Result<Exit> {
         eprintln!("reaper: watching binds needs root (CAP_BPF, CAP_PERFMON); run `sudo reaper watch`. Polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
         return rt.block_on(poll_view(args, style));
     }
-    let attached = match hooks::attach(global.hooks, args.ringbuf_size) {
+    let opts = hooks::Options {
+        all: args.all,
+        ..hooks::Options::new(args.ringbuf_size)
+    };
+    let attached = match hooks::attach_with(global.hooks, &opts) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("reaper: cannot stream binds: {e:#}");
@@ -128,6 +132,18 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     let lost = attached.lost_total();
     if lost > lost_seen {
         report_loss(lost - lost_seen, lost, source, args.json, style)?;
+    }
+    if !attached.all {
+        let summarised = attached.ephemeral_by_pid();
+        let n: u64 = summarised.iter().map(|(_, n)| n).sum();
+        if n > 0 {
+            let procs = summarised.len();
+            eprintln!(
+                "reaper: {n} ephemeral (port 0) bind{} by {procs} process{} counted, not shown (--all shows each)",
+                if n == 1 { "" } else { "s" },
+                if procs == 1 { "" } else { "es" },
+            );
+        }
     }
     if bad_records > 0 {
         eprintln!("reaper: {bad_records} ring buffer records were too short to decode (the eBPF object and reaper disagree: rebuild with `cargo xtask build`)");

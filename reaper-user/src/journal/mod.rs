@@ -189,8 +189,13 @@ pub enum Body {
     /// The previous run ended without a `stop` record (crash, kill -9):
     /// records between `after` and this record's time may be missing.
     Gap { after: String },
-    /// A reconciliation scan repaired the ledger after losses.
+    /// The ledger was repaired after losses (from the kernel-side claims
+    /// map, or a scan without BPF).
     Reconcile { added: u64, removed: u64 },
+    /// The kernel-side claims map was full: `unstored` more claims (in all
+    /// since the start) are known only from their events, not kept
+    /// kernel-side; `capacity` is the map's size (`claims_max`).
+    ClaimsFull { unstored: u64, capacity: u64 },
 }
 
 /// One journal line.

@@ -55,6 +55,7 @@ const KNOWN_KINDS: &[&str] = &[
     "mode",
     "gap",
     "reconcile",
+    "claims_full",
 ];
 
 /// Where a record came from: an index into [`ReadStats::files`] and a
@@ -226,6 +227,8 @@ struct Wire {
     after: Option<String>,
     added: Option<u64>,
     removed: Option<u64>,
+    unstored: Option<u64>,
+    capacity: Option<u64>,
 }
 
 impl Wire {
@@ -297,6 +300,10 @@ impl Wire {
             "reconcile" => Body::Reconcile {
                 added: w.added?,
                 removed: w.removed?,
+            },
+            "claims_full" => Body::ClaimsFull {
+                unstored: w.unstored?,
+                capacity: w.capacity?,
             },
             _ => return None,
         };

@@ -768,6 +768,7 @@ impl Aggregator {
             Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
+            Body::ClaimsFull { .. } => {}
         }
     }
 
