@@ -891,6 +891,7 @@ mod tests {
             netns: Some(NS),
             ancestors: ancestors.iter().map(|&a| (a, "x".into())).collect(),
             orphaned: false,
+            job: None,
         }
     }
 
@@ -912,6 +913,7 @@ mod tests {
             },
             unowned_reason: procs.is_empty().then(|| "time-wait".into()),
             processes: procs,
+            container: None,
         }
     }
 
@@ -923,6 +925,7 @@ mod tests {
             netns: NS,
             now: chrono::Utc::now(),
             kernel_threads: BTreeSet::new(),
+            workload: Default::default(),
         }
     }
 

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::{Family, Proto};
 
+pub mod container;
 pub mod fdmap;
+pub mod job;
 pub mod netns;
 pub mod process;
 pub mod procnet;
@@ -86,6 +88,9 @@ pub struct Process {
     pub ancestors: Vec<(u32, String)>,
     /// Reparented to init or a subreaper: its original parent is gone.
     pub orphaned: bool,
+    /// The CI job it runs in (from its environment), when one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<job::Job>,
 }
 
 /// A socket and every process holding it.
@@ -97,6 +102,10 @@ pub struct Holding {
     pub processes: Vec<Process>,
     /// Why there is no process: "time-wait", "orphaned", "unreadable".
     pub unowned_reason: Option<String>,
+    /// The container the port belongs to: the one its holder runs in, or
+    /// the one a proxy (docker-proxy) publishes it for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<container::Container>,
 }
 
 /// What a scan could not see, counted rather than hidden.
@@ -118,6 +127,10 @@ pub struct ScanGaps {
     /// because netlink failed there.
     #[serde(default)]
     pub netns_errors: Vec<String>,
+    /// The container engine's socket is there but did not answer: containers
+    /// are named from their cgroup only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
 }
 
 impl ScanGaps {
@@ -221,8 +234,17 @@ fn walk_threads() -> usize {
 }
 
 /// Scans the live system. Never fails because one process or namespace is
-/// unreadable: those are counted in `gaps`.
+/// unreadable: those are counted in `gaps`. Holdings are tied to their
+/// containers and jobs ([`enrich`]).
 pub fn scan(query: &Query) -> anyhow::Result<Scan> {
+    let mut scan = scan_sockets(query)?;
+    let engine = enrich(&mut scan.holdings);
+    scan.gaps.engine_error = engine.error;
+    Ok(scan)
+}
+
+/// The scan without containers and jobs: sockets and their processes.
+pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
     let started = Instant::now();
     let mut proc = fdmap::open_proc().context("opening /proc (is procfs mounted?)")?;
     let pids = fdmap::list_pids(&mut proc);
@@ -326,6 +348,7 @@ pub fn scan(query: &Query) -> anyhow::Result<Scan> {
                 socket,
                 processes,
                 unowned_reason,
+                container: None,
             }
         })
         .collect();
@@ -353,6 +376,65 @@ pub fn scan(query: &Query) -> anyhow::Result<Scan> {
         netns_names,
         own_netns: own,
     })
+}
+
+/// Ties holdings to their containers and marks the jobs of their
+/// processes that ended. The engine is asked only when a holder is in a
+/// container or is a proxy; what it said is returned (for DNAT look-ups).
+pub fn enrich(holdings: &mut [Holding]) -> container::EngineView {
+    job::mark_ended(holdings.iter_mut().flat_map(|h| h.processes.iter_mut()));
+    let wanted = holdings.iter().flat_map(|h| &h.processes).any(|p| {
+        container::is_proxy(p)
+            || p.cgroup
+                .as_deref()
+                .and_then(container::from_cgroup)
+                .is_some()
+    });
+    if !wanted {
+        return container::EngineView::default();
+    }
+    let view = container::EngineView::query();
+    for h in holdings.iter_mut() {
+        h.container = container::attribute(h, &view);
+        if let Some(c) = h.container.as_mut() {
+            if c.via == Some(container::Via::Proxy) && !c.stale && !c.id.is_empty() {
+                c.listeners = listeners_inside(c, h.socket.proto, h.socket.port);
+            }
+        }
+    }
+    view
+}
+
+/// The processes inside a container that listen on the port it publishes
+/// as `host_port`: a scan of the container's network namespace.
+pub fn listeners_inside(c: &container::Container, proto: Proto, host_port: u16) -> Vec<Process> {
+    let Some(port) = c
+        .ports
+        .iter()
+        .find(|p| p.host_port == host_port && p.proto == proto.to_string())
+        .map(|p| p.container_port)
+    else {
+        return Vec::new();
+    };
+    let pid = match c.pid {
+        Some(p) => Some(p),
+        None => container::engine::main_pid(&c.id).ok().flatten(),
+    };
+    let Some(netns) = pid.and_then(crate::ledger::netns_of_pid) else {
+        return Vec::new();
+    };
+    let query = Query {
+        port: Some(port),
+        proto: Some(proto),
+        netns: Some(netns),
+        listening_only: true,
+    };
+    let mut found: Vec<Process> = scan_sockets(&query)
+        .map(|s| s.holdings.into_iter().flat_map(|h| h.processes).collect())
+        .unwrap_or_default();
+    found.sort_by_key(|p| p.pid);
+    found.dedup_by_key(|p| p.pid);
+    found
 }
 
 /// Reads one process's details; None when it is gone.

@@ -261,6 +261,7 @@ impl Reader {
             netns: crate::ledger::netns_of_pid(pid),
             ancestors,
             orphaned: looks_orphaned(&stat),
+            job: super::job::of_pid(pid),
         })
     }
 }

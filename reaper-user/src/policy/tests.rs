@@ -23,6 +23,7 @@ fn server() -> Process {
         netns: Some(NS),
         ancestors: vec![(1, "systemd".into())],
         orphaned: true,
+        job: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn ctx() -> Context {
             .unwrap()
             .with_timezone(&Utc),
         kernel_threads: BTreeSet::new(),
+        workload: Default::default(),
     }
 }
 
