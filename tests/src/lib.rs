@@ -327,6 +327,7 @@ pub fn own_netns() -> u64 {
         .unwrap()
 }
 
+pub mod containers;
 pub mod daemon;
 pub mod faults;
 pub mod fixture;

@@ -921,6 +921,10 @@ impl Policy {
                 ],
             );
         }
+        // The listeners' container is this one, as the engine named it.
+        let mut known = ctx.clone();
+        known.workload.containers.insert(c.id.clone(), c.clone());
+        let ctx = &known;
         let mut misses = Vec::new();
         for p in &c.listeners {
             for prot in &self.protects {
