@@ -385,3 +385,22 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
     assert!(can_listen(port));
     drop(kept);
 }
+
+#[test]
+fn watch_names_the_container_of_a_bind() {
+    require_docker();
+    let image = Image::build();
+    let mut watch = reaper_tests::Spawned::spawn(
+        Command::new(reaper_tests::reaper_bin()).args(["watch", "--json"]),
+    );
+    watch.wait_err("attached", Duration::from_secs(30));
+    let c = Container::run(&image, &[]);
+    let line = watch.wait_line("the container's bind", Duration::from_secs(20), |l| {
+        l.contains(&format!("\"name\":\"{}\"", c.name))
+    });
+    let fact: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(fact["comm"], "listener", "{fact:#}");
+    assert_eq!(fact["port"], 80);
+    assert_eq!(fact["container"]["id"], c.id.as_str());
+    assert_eq!(fact["container"]["image"], image.tag.as_str());
+}

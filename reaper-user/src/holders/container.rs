@@ -608,6 +608,112 @@ mod tests {
         assert_eq!(proxy_target(&["docker-proxy".to_string()]), None);
     }
 
+    fn holding(argv: &str, cgroup: &str) -> Holding {
+        Holding {
+            socket: crate::holders::Socket {
+                netns: 1,
+                proto: Proto::Tcp,
+                family: crate::util::Family::Ipv4,
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 18181,
+                peer: None,
+                state: "LISTEN".into(),
+                inode: 5,
+                cookie: 0,
+                uid: 0,
+                dual_stack: false,
+                timer_ms: None,
+            },
+            processes: vec![Process {
+                pid: 10,
+                ppid: 9,
+                comm: argv.split(['/', ' ']).nth(3).unwrap_or("x").into(),
+                exe: Some(argv.split(' ').next().unwrap().into()),
+                cmdline: argv.split(' ').map(String::from).collect(),
+                start_ticks: 1,
+                started_at: "2026-11-30T21:00:00Z".into(),
+                uid: 0,
+                user: None,
+                cgroup: Some(cgroup.into()),
+                container: None,
+                netns: Some(1),
+                ancestors: vec![],
+                orphaned: false,
+                job: None,
+            }],
+            unowned_reason: None,
+            container: None,
+        }
+    }
+
+    fn engine_with(state: &str) -> EngineView {
+        let c = Container {
+            id: ID.into(),
+            short_id: short(ID),
+            name: Some("web".into()),
+            image: Some("nginx:1.27".into()),
+            state: Some(state.into()),
+            addresses: vec!["172.17.0.2".parse().unwrap()],
+            ports: vec![Published {
+                proto: "tcp".into(),
+                host_ip: "127.0.0.1".into(),
+                host_port: 18181,
+                container_port: 80,
+            }],
+            ..Container::default()
+        };
+        EngineView {
+            containers: [(ID.to_string(), c)].into(),
+            error: None,
+            answered: true,
+        }
+    }
+
+    const PROXY: &str = "/usr/sbin/docker-proxy -proto tcp -host-ip 127.0.0.1 -host-port 18181 -container-ip 172.17.0.2 -container-port 80";
+
+    #[test]
+    fn a_proxy_port_belongs_to_its_publisher_or_is_stale() {
+        let h = holding(PROXY, "/system.slice/docker.service");
+        let c = attribute(&h, &engine_with("running")).unwrap();
+        assert_eq!(
+            (c.name.as_deref(), c.via, c.stale),
+            (Some("web"), Some(Via::Proxy), false)
+        );
+        // The container exited but the proxy still holds the port: stale.
+        let c = attribute(&h, &engine_with("exited")).unwrap();
+        assert!(c.stale && c.id.is_empty(), "{c:?}");
+        assert_eq!(c.ports[0].container_port, 80);
+        // No engine answer: unknown, not stale.
+        let c = attribute(&h, &EngineView::default()).unwrap();
+        assert!(!c.stale && c.id.is_empty(), "{c:?}");
+        // A process inside a container: its own container, named by the engine.
+        let h = holding("/listener", &format!("/docker/{ID}"));
+        let c = attribute(&h, &engine_with("running")).unwrap();
+        assert_eq!((c.name.as_deref(), c.via), (Some("web"), Some(Via::Cgroup)));
+        // A host process: none.
+        assert_eq!(
+            attribute(
+                &holding("/usr/bin/srv", "/user.slice"),
+                &engine_with("running")
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn dnat_names_the_publisher_of_an_unheld_port() {
+        let c = dnat_publisher(&engine_with("running"), Proto::Tcp, 18181).unwrap();
+        assert_eq!((c.name.as_deref(), c.via), (Some("web"), Some(Via::Dnat)));
+        assert_eq!(
+            dnat_publisher(&engine_with("running"), Proto::Udp, 18181),
+            None
+        );
+        assert_eq!(
+            dnat_publisher(&engine_with("exited"), Proto::Tcp, 18181),
+            None
+        );
+    }
+
     #[test]
     fn labels_fill_compose_and_pod() {
         let labels: BTreeMap<String, String> = [

@@ -237,9 +237,11 @@ fn walk_threads() -> usize {
 /// unreadable: those are counted in `gaps`. Holdings are tied to their
 /// containers and jobs ([`enrich`]).
 pub fn scan(query: &Query) -> anyhow::Result<Scan> {
+    let started = Instant::now();
     let mut scan = scan_sockets(query)?;
     let engine = enrich(&mut scan.holdings);
     scan.gaps.engine_error = engine.error;
+    scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(scan)
 }
 
