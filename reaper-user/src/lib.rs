@@ -44,4 +44,5 @@ pub mod policy;
 pub mod progress;
 pub mod reap;
 pub mod report;
+pub mod text;
 pub mod util;

@@ -1,5 +1,5 @@
 //! Small shared pieces: clocks, names of protocols and errnos, parsing of
-//! ports and durations from the command line.
+//! ports and durations from the command line, the accept loops' back-off.
 
 use std::time::Duration;
 
@@ -185,6 +185,62 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the accept loops (control socket, metrics) wait after a failed
+/// accept. A listener whose backlog holds a connection stays readable, so
+/// when accept fails for want of a resource (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM) retrying at once spins a core and floods the log until something
+/// else frees a descriptor. The wait starts at 10 ms and doubles to 1 s;
+/// an accepted connection resets it. A failure that belongs to one
+/// connection (it was aborted or refused before accept returned) is retried
+/// at once: the next one in the backlog may be fine.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    pub const FIRST: Duration = Duration::from_millis(10);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    pub fn new() -> AcceptBackoff {
+        AcceptBackoff { next: Self::FIRST }
+    }
+
+    /// After a failed accept: how long to wait before the next one (None:
+    /// retry now). Anything not known to be one connection's own failure
+    /// waits, so an unforeseen lasting error cannot spin either.
+    pub fn after(&mut self, e: &std::io::Error) -> Option<Duration> {
+        let one_connection = matches!(
+            e.raw_os_error(),
+            Some(
+                libc::ECONNABORTED
+                    | libc::ECONNRESET
+                    | libc::EPROTO
+                    | libc::EPERM
+                    | libc::EINTR
+                    | libc::EAGAIN
+            )
+        );
+        if one_connection {
+            return None;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(wait)
+    }
+
+    /// After an accepted connection.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> AcceptBackoff {
+        AcceptBackoff::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +267,21 @@ mod tests {
     fn errno_names() {
         assert_eq!(errno_name(98), "EADDRINUSE");
         assert_eq!(errno_name(13), "EACCES");
+    }
+
+    #[test]
+    fn accept_backoff_grows_on_exhaustion_and_resets() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut b = AcceptBackoff::new();
+        let waits: Vec<_> = (0..9).map(|_| b.after(&emfile).unwrap()).collect();
+        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        for errno in [libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(b.after(&std::io::Error::from_raw_os_error(errno)).is_some());
+        }
+        b.reset();
+        assert_eq!(b.after(&emfile), Some(AcceptBackoff::FIRST));
+        let aborted = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.after(&aborted), None);
     }
 }

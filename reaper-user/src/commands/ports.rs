@@ -81,13 +81,13 @@ fn holders_cell(h: &Holding) -> String {
     let mut cell = h
         .processes
         .iter()
-        .map(|p| format!("{} {}", p.pid, p.comm))
+        .map(|p| format!("{} {}", p.pid, crate::text::term(&p.comm)))
         .collect::<Vec<_>>()
         .join(", ");
     if let Some(c) = &h.container {
         cell.push_str(&match (c.stale, &c.name) {
             (true, _) => " [stale proxy: its container is gone]".to_string(),
-            (false, Some(n)) => format!(" [container {n} {}]", c.short_id),
+            (false, Some(n)) => format!(" [container {} {}]", crate::text::term(n), c.short_id),
             (false, None) if !c.id.is_empty() => format!(" [container {}]", c.short_id),
             (false, None) => " [container ?]".to_string(),
         });

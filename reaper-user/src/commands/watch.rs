@@ -190,7 +190,7 @@ fn emit(
             match &fact.container {
                 Some(c) => {
                     text.push_str(line.trim_end_matches('\n'));
-                    text.push_str(&format!("  container {}\n", c.words()));
+                    text.push_str(&format!("  container {}\n", crate::text::term(&c.words())));
                 }
                 None => text.push_str(&line),
             }
@@ -338,7 +338,13 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => "?".into(),
     };
     let netns = f.netns.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    let who = format!("pid {} ({}) uid {} netns {}", f.pid, f.comm, f.uid, netns);
+    let who = format!(
+        "pid {} ({}) uid {} netns {}",
+        f.pid,
+        crate::text::term(&f.comm),
+        f.uid,
+        netns
+    );
     match f.kind {
         "bind" if f.ok => {
             let req = match f.requested_port {
@@ -355,7 +361,7 @@ pub fn human(f: &Fact, style: Style) -> String {
             let errno = f.errno.clone().unwrap_or_else(|| "cause unknown".into());
             let how = if f.errno_exact { "" } else { " (inferred)" };
             let holder = match (f.holder_pid, &f.holder_comm) {
-                (Some(p), Some(c)) => format!("; held by pid {p} ({c})"),
+                (Some(p), Some(c)) => format!("; held by pid {p} ({})", crate::text::term(c)),
                 _ => String::new(),
             };
             format!(

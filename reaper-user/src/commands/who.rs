@@ -14,6 +14,7 @@ use crate::error::{bad_input, Exit};
 use crate::holders::container::{self, Container, Via};
 use crate::holders::{self, Holding, Process, Query, Scan, ScanGaps, Socket};
 use crate::output::{print, use_color, Style};
+use crate::text::term;
 use crate::util::Proto;
 
 /// The one JSON document `reaper who --json` prints. Field names are an
@@ -132,14 +133,17 @@ pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<crate::contr
         Ok(Some(r)) if !r.ok => {
             tracing::warn!(
                 "the daemon at {} refused: {}; scanning instead",
-                path.display(),
-                r.error.unwrap_or_default()
+                term(&path.display().to_string()),
+                term(&r.error.unwrap_or_default())
             );
             None
         }
         Ok(_) => None,
         Err(e) => {
-            tracing::warn!("asking the daemon failed: {e:#}; scanning instead");
+            tracing::warn!(
+                "asking the daemon failed: {}; scanning instead",
+                term(&format!("{e:#}"))
+            );
             None
         }
     }
@@ -187,7 +191,7 @@ pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 /// one" for reaper's own.
 pub fn netns_label(netns: u64, scan: &Scan) -> String {
     match (scan.netns_names.get(&netns), scan.own_netns == Some(netns)) {
-        (Some(name), _) => format!("{netns} ({name})"),
+        (Some(name), _) => format!("{netns} ({})", term(name)),
         (None, true) => format!("{netns} (this one)"),
         (None, false) => netns.to_string(),
     }
@@ -240,7 +244,7 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
         out.push('\n');
     }
     for e in &scan.gaps.netns_errors {
-        out.push_str(&style.yellow(&format!("  {e}")));
+        out.push_str(&style.yellow(&format!("  {}", term(e))));
         out.push('\n');
     }
     let from = match source {
@@ -339,7 +343,7 @@ fn render_holding(
             out.push_str(&format!(
                 "  pid {}  {}  (details above)\n",
                 style.bold(&p.pid.to_string()),
-                p.comm
+                term(&p.comm)
             ));
             continue;
         }
@@ -391,7 +395,7 @@ fn render_container(out: &mut String, c: &Container, style: Style) {
     out.push_str(&format!(
         "  container {}: {how}
 ",
-        style.bold(&c.words())
+        style.bold(&term(&c.words()))
     ));
     let row = |out: &mut String, key: &str, value: &str| {
         out.push_str(&format!(
@@ -400,32 +404,44 @@ fn render_container(out: &mut String, c: &Container, style: Style) {
         ));
     };
     if let Some(st) = &c.state {
-        row(out, "state", st);
+        row(out, "state", &term(st));
     }
     if let (Some(p), s) = (&c.compose_project, &c.compose_service) {
         row(
             out,
             "compose",
-            &format!("project {p}, service {}", s.as_deref().unwrap_or("?")),
+            &term(&format!(
+                "project {p}, service {}",
+                s.as_deref().unwrap_or("?")
+            )),
         );
     }
     if c.pod_uid.is_some() || c.pod_name.is_some() {
         row(
             out,
             "pod",
-            &format!(
+            &term(&format!(
                 "{}/{} (uid {})",
                 c.pod_namespace.as_deref().unwrap_or("?"),
                 c.pod_name.as_deref().unwrap_or("?"),
                 c.pod_uid.as_deref().unwrap_or("?")
-            ),
+            )),
         );
     }
     for p in &c.listeners {
         row(
             out,
             "inside",
-            &format!("pid {} {} ({})", p.pid, p.comm, p.cmdline.join(" ")),
+            &format!(
+                "pid {} {} ({})",
+                p.pid,
+                term(&p.comm),
+                p.cmdline
+                    .iter()
+                    .map(|a| crate::text::shell_word(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         );
     }
 }
@@ -436,7 +452,7 @@ fn dnat_lines(port: u16, c: &Container, style: Style) -> String {
         "
 port {port} is published by the container engine without a proxy (DNAT): no socket holds it on the host, connections go to container {}
 ",
-        style.bold(&c.words())
+        style.bold(&term(&c.words()))
     );
     let mut rest = String::new();
     render_container(&mut rest, c, style);
@@ -453,21 +469,25 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     out.push_str(&format!(
         "  pid {}  {}\n",
         style.bold(&p.pid.to_string()),
-        style.bold(&p.comm)
+        style.bold(&term(&p.comm))
     ));
-    row(out, "exe", p.exe.as_deref().unwrap_or("? (unreadable)"));
+    row(
+        out,
+        "exe",
+        &p.exe.as_deref().map_or("? (unreadable)".into(), term),
+    );
     let cmdline = if p.cmdline.is_empty() {
         "? (empty: a kernel thread, or a zombie)".to_string()
     } else {
         p.cmdline
             .iter()
-            .map(|a| shell_quote(a))
+            .map(|a| crate::text::shell_word(a))
             .collect::<Vec<_>>()
             .join(" ")
     };
     row(out, "cmdline", &cmdline);
     let user = match &p.user {
-        Some(u) => format!("{u} ({})", p.uid),
+        Some(u) => format!("{} ({})", term(u), p.uid),
         None if p.uid == u32::MAX => "?".to_string(),
         None => p.uid.to_string(),
     };
@@ -484,21 +504,22 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     let chain = p
         .ancestors
         .iter()
-        .map(|(pid, comm)| format!("{pid} {comm}"))
+        .map(|(pid, comm)| format!("{pid} {}", term(comm)))
         .collect::<Vec<_>>()
         .join(" <- ");
     row(out, "parents", if chain.is_empty() { "-" } else { &chain });
     if let Some(cg) = &p.cgroup {
-        row(out, "cgroup", cg);
+        row(out, "cgroup", &term(cg));
     }
     if let Some(id) = &p.container {
-        row(out, "container", &id[..id.len().min(12)]);
+        let id = term(id);
+        row(out, "container", &id.chars().take(12).collect::<String>());
     }
     if let Some(ns) = p.netns {
         row(out, "netns", &ns.to_string());
     }
     if let Some(j) = &p.job {
-        row(out, "job", &j.words());
+        row(out, "job", &term(&j.words()));
     }
     if p.orphaned {
         row(
@@ -518,19 +539,6 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
                 age(a)
             ),
         );
-    }
-}
-
-/// An argument as a shell would need it, so the line can be read back
-/// unambiguously (spaces, quotes, empty arguments).
-pub fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
     }
 }
 
@@ -684,6 +692,55 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn what_a_process_chose_is_shown_escaped() {
+        let mut p = proc_(10);
+        p.comm = "x\x1b[2J\u{9b}".into();
+        p.exe = Some("/tmp/\u{202e}gnp.exe".into());
+        p.cmdline = vec!["\x1b]52;c;Zm9v\x07".into(), "a\nb".into()];
+        p.cgroup = Some("/evil\x07".into());
+        p.ancestors = vec![(1, "in\x1bit".into())];
+        let scan = Scan {
+            holdings: vec![Holding {
+                socket: sock("LISTEN", IpAddr::V4(Ipv4Addr::LOCALHOST), 5),
+                processes: vec![p.clone(), p],
+                unowned_reason: None,
+                // Whoever starts a container names it and its labels.
+                container: Some(Container {
+                    id: "0123456789abcdef".into(),
+                    short_id: "0123456789ab".into(),
+                    name: Some("web\x1b]0;pwned\x07".into()),
+                    image: Some("img\u{202e}".into()),
+                    state: Some("running".into()),
+                    compose_project: Some("p\x1b[2J".into()),
+                    via: Some(Via::Proxy),
+                    ..Container::default()
+                }),
+            }],
+            netns_seen: vec![4026531840],
+            netns_names: [(4026531840, "n\x1bs".to_string())].into(),
+            ..Scan::default()
+        };
+        let text = render(8080, None, &scan, "proc", Style { on: false });
+        assert!(
+            !text.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)),
+            "{text:?}"
+        );
+        for want in [
+            "pid 10  x\\x1b[2J\\u{9b}\n",
+            "exe       /tmp/\\u{202e}gnp.exe",
+            "cmdline   $'\\x1b]52;c;Zm9v\\x07' $'a\\nb'",
+            "cgroup    /evil\\x07",
+            "parents   1 in\\x1bit",
+            "netns 4026531840 (n\\x1bs)",
+            "pid 10  x\\x1b[2J\\u{9b}  (details above)",
+            "container web\\x1b]0;pwned\\x07 (0123456789ab, image img\\u{202e})",
+            "compose   project p\\x1b[2J, service ?",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 
     #[test]

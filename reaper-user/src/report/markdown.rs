@@ -7,37 +7,34 @@ use std::fmt::Write;
 
 use super::model::{Report, TimeFmt};
 use super::view;
+use crate::text;
 
-/// A table cell: no newlines, pipes escaped (GFM splits cells on them even
-/// inside code spans).
+/// Plain text in a table cell: control characters shown visibly (a newline
+/// cannot end the row), pipes and every other markup character escaped.
 fn cell(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
+    text::md_text(s)
 }
 
-/// A code span that survives backticks in the text.
-fn code(s: &str) -> String {
-    if s.contains('`') {
-        format!("`` {s} ``")
+/// A code span in a table cell. GitHub splits cells on `|` even inside code
+/// spans unless it is written `\|`, and reads `\\|` as an escaped backslash
+/// and a cell edge: text that holds a backslash before a pipe is shown as
+/// escaped plain text instead.
+fn cell_code(s: &str) -> String {
+    if text::term(s).contains("\\|") {
+        text::md_text(s)
     } else {
-        format!("`{s}`")
+        text::md_code(s).replace('|', "\\|")
     }
 }
 
-/// Text outside tables: characters Markdown would read as markup escaped.
-fn text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(
-            c,
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '|'
-        ) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// A code span outside tables.
+fn code(s: &str) -> String {
+    text::md_code(s)
+}
+
+/// Plain text outside tables.
+fn plain(s: &str) -> String {
+    text::md_text(s)
 }
 
 /// A PR comment holds 65,536 characters: past these, the Markdown lists
@@ -69,8 +66,8 @@ pub fn render(r: &Report) -> String {
     let tf = TimeFmt::of(r);
     let mut out = String::new();
     let _ = writeln!(out, "# reaper report\n");
-    let _ = writeln!(out, "**Window:** {}  ", text(&view::window_line(r)));
-    let _ = writeln!(out, "**Read:** {}\n", text(&view::scope_line(r)));
+    let _ = writeln!(out, "**Window:** {}  ", plain(&view::window_line(r)));
+    let _ = writeln!(out, "**Read:** {}\n", plain(&view::scope_line(r)));
 
     let _ = writeln!(out, "## Summary\n");
     kv_table(&mut out, &view::summary_rows(r));
@@ -100,17 +97,17 @@ pub fn render(r: &Report) -> String {
             out,
             "### Conflict #{}: {}\n",
             c.id,
-            text(&view::conflict_title(c))
+            plain(&view::conflict_title(c))
         );
         let mut rows = view::conflict_rows(c, tf);
-        let ev: Vec<String> = c.evidence.iter().map(|e| code(e)).collect();
+        let ev: Vec<String> = c.evidence.iter().map(|e| cell_code(e)).collect();
         rows.push(("Evidence", String::new()));
         let mut t: Vec<Vec<String>> = rows
             .iter()
             .map(|(k, v)| vec![format!("**{k}**"), cell(v)])
             .collect();
         if let Some(last) = t.last_mut() {
-            last[1] = cell(&ev.join(", "));
+            last[1] = ev.join(", ");
         }
         table(&mut out, &["", ""], &t);
     }
@@ -141,7 +138,7 @@ pub fn render(r: &Report) -> String {
                             .join(", "),
                     ),
                     super::model::human_ms(c.blocked_ms),
-                    c.resolution.clone(),
+                    cell(&c.resolution),
                 ]
             })
             .collect();
@@ -183,11 +180,11 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             out,
             "### {}\n",
-            text(&view::port_name(&p.proto, p.port, &p.host))
+            plain(&view::port_name(&p.proto, p.port, &p.host))
         );
-        let _ = writeln!(out, "{}\n", text(&view::port_counts(p)));
+        let _ = writeln!(out, "{}\n", plain(&view::port_counts(p)));
         if let Some(note) = view::truncation_note(p) {
-            let _ = writeln!(out, "_{}_\n", text(&note));
+            let _ = writeln!(out, "_{}_\n", plain(&note));
         }
         let skip = p.timeline.len().saturating_sub(MD_TIMELINE);
         if skip > 0 {
@@ -203,10 +200,10 @@ pub fn render(r: &Report) -> String {
                     .unwrap_or_default();
                 vec![
                     tf.at(&e.ts),
-                    e.event.clone(),
+                    cell(&e.event),
                     cell(&format!("{} {}{holder}", e.pid, e.comm)),
                     cell(&e.detail),
-                    cell(&code(&e.evidence)),
+                    cell_code(&e.evidence),
                 ]
             })
             .collect();
@@ -233,13 +230,13 @@ pub fn render(r: &Report) -> String {
                 .map(|(i, h)| {
                     let id: Vec<String> = view::identity(&h.process, h.netns)
                         .into_iter()
-                        .map(|(k, v)| format!("{k} {}", code(&v)))
+                        .map(|(k, v)| format!("{} {}", cell(k), cell_code(&v)))
                         .collect();
                     vec![
                         (i + 1).to_string(),
                         h.process.pid.to_string(),
-                        cell(&code(&h.process.comm)),
-                        cell(&id.join("; ")),
+                        cell_code(&h.process.comm),
+                        id.join("; "),
                         cell(&view::holder_verdict(h)),
                     ]
                 })
@@ -362,7 +359,7 @@ pub fn render(r: &Report) -> String {
                     tf.at(&l.ts),
                     cell(&l.host),
                     l.lost.to_string(),
-                    cell(&code(&l.evidence)),
+                    cell_code(&l.evidence),
                 ]
             })
             .collect();
@@ -385,7 +382,7 @@ pub fn render(r: &Report) -> String {
                     tf.at(&g.noticed),
                     g.ms.map(super::model::human_ms)
                         .unwrap_or_else(|| "-".into()),
-                    cell(&code(&g.evidence)),
+                    cell_code(&g.evidence),
                 ]
             })
             .collect();
@@ -420,7 +417,7 @@ pub fn render(r: &Report) -> String {
                         .map(|t| tf.at(t))
                         .unwrap_or_else(|| "end of window".into()),
                     super::model::human_ms(d.ms),
-                    cell(&code(&d.evidence)),
+                    cell_code(&d.evidence),
                 ]
             })
             .collect();
@@ -438,7 +435,7 @@ pub fn render(r: &Report) -> String {
             .iter()
             .map(|b| {
                 vec![
-                    cell(&code(&format!("{}:{}", b.file, b.line))),
+                    cell_code(&format!("{}:{}", b.file, b.line)),
                     cell(&b.problem),
                 ]
             })
@@ -467,7 +464,7 @@ pub fn render(r: &Report) -> String {
         .iter()
         .map(|f| {
             vec![
-                cell(&code(&f.path)),
+                cell_code(&f.path),
                 f.lines.to_string(),
                 f.records.to_string(),
             ]
@@ -484,8 +481,21 @@ mod tests {
 
     #[test]
     fn cells_cannot_break_tables() {
-        assert_eq!(cell("a|b\nc"), "a\\|b c");
-        assert_eq!(code("x`y"), "`` x`y ``");
-        assert_eq!(text("*x* [y]"), "\\*x\\* \\[y\\]");
+        assert_eq!(cell("a|b\nc"), r"a\|b\\nc");
+        assert_eq!(cell_code("x`y|z"), "``x`y\\|z``");
+        assert_eq!(cell_code("a\\|b"), "a\\\\\\|b");
+        assert_eq!(plain("*x* [y]"), "\\*x\\* \\[y\\]");
+    }
+
+    #[test]
+    fn what_a_process_chose_cannot_reach_the_reader_raw() {
+        let evil = "srv\x1b]52;c;Zm9v\x07|[x](http://e)\n# h\u{9b}\u{202e}";
+        for md in [cell(evil), cell_code(evil), code(evil), plain(evil)] {
+            assert!(!md.chars().any(crate::text::is_unsafe), "{md:?}");
+            assert!(!md.contains('\n'), "{md:?}");
+        }
+        // A pipe never ends a cell: every one is escaped.
+        let c = cell_code(evil);
+        assert_eq!(c.matches('|').count(), c.matches("\\|").count());
     }
 }
