@@ -270,11 +270,18 @@ impl Container {
         w
     }
 
-    /// Whether the engine publishes this host port.
-    pub fn publishes(&self, proto: Proto, port: u16) -> bool {
-        self.ports
-            .iter()
-            .any(|p| p.host_port == port && p.proto == proto.to_string())
+    /// Whether the engine publishes this host port (on this address, when
+    /// one is given: two containers may publish one port on two addresses).
+    pub fn publishes(&self, proto: Proto, addr: Option<IpAddr>, port: u16) -> bool {
+        self.ports.iter().any(|p| {
+            p.host_port == port
+                && p.proto == proto.to_string()
+                && addr.is_none_or(|a| {
+                    a.is_unspecified()
+                        || matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "::")
+                        || p.host_ip.parse::<IpAddr>() == Ok(a)
+                })
+        })
     }
 }
 
@@ -365,10 +372,10 @@ impl EngineView {
     }
 
     /// The running container that publishes this host port.
-    pub fn publisher(&self, proto: Proto, port: u16) -> Option<&Container> {
+    pub fn publisher(&self, proto: Proto, addr: Option<IpAddr>, port: u16) -> Option<&Container> {
         self.containers
             .values()
-            .find(|c| c.state.as_deref() == Some("running") && c.publishes(proto, port))
+            .find(|c| c.state.as_deref() == Some("running") && c.publishes(proto, addr, port))
     }
 
     /// The container with this address on an engine network.
@@ -399,12 +406,15 @@ pub fn attribute(h: &Holding, view: &EngineView) -> Option<Container> {
     let s = &h.socket;
     if let Some(proxy) = h.processes.iter().find(|p| is_proxy(p)) {
         let target = proxy_target(&proxy.cmdline);
-        let found = view.publisher(s.proto, s.port).cloned().or_else(|| {
-            let t = target.as_ref()?;
-            view.by_address(t.container_ip)
-                .filter(|c| c.state.as_deref() == Some("running"))
-                .cloned()
-        });
+        let found = view
+            .publisher(s.proto, Some(s.addr), s.port)
+            .cloned()
+            .or_else(|| {
+                let t = target.as_ref()?;
+                view.by_address(t.container_ip)
+                    .filter(|c| c.state.as_deref() == Some("running"))
+                    .cloned()
+            });
         return Some(match found {
             Some(mut c) => {
                 c.via = Some(Via::Proxy);
@@ -445,7 +455,7 @@ pub const STALE_PROXY_FIX: &str = "the engine's proxy holds the port for a conta
 /// A port the engine publishes by DNAT (userland-proxy off): no socket
 /// holds it on the host, but connections go to the container.
 pub fn dnat_publisher(view: &EngineView, proto: Proto, port: u16) -> Option<Container> {
-    let mut c = view.publisher(proto, port)?.clone();
+    let mut c = view.publisher(proto, None, port)?.clone();
     c.via = Some(Via::Dnat);
     Some(c)
 }
