@@ -395,12 +395,25 @@ pub fn enrich(holdings: &mut [Holding]) -> container::EngineView {
     if !wanted {
         return container::EngineView::default();
     }
+    let asked = Instant::now();
     let view = container::EngineView::query();
+    tracing::debug!(
+        containers = view.containers.len(),
+        answered = view.answered,
+        ms = asked.elapsed().as_secs_f64() * 1e3,
+        "asked the container engine"
+    );
     for h in holdings.iter_mut() {
         h.container = container::attribute(h, &view);
         if let Some(c) = h.container.as_mut() {
             if c.via == Some(container::Via::Proxy) && !c.stale && !c.id.is_empty() {
+                let t = Instant::now();
                 c.listeners = listeners_inside(c, h.socket.proto, h.socket.port);
+                tracing::debug!(
+                    listeners = c.listeners.len(),
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    "scanned inside the container"
+                );
             }
         }
     }
