@@ -89,6 +89,24 @@ pub fn parse_port(s: &str) -> std::result::Result<u16, String> {
     }
 }
 
+/// A duration as reaper words it everywhere (reports, verdict reasons,
+/// `who`, `watch`, `free`): "412 ms", "4.2 s", "3m 05s", "2h 14m", "1d 3h".
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{}.{} s", s, (ms % 1000) / 100),
+        60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// [`human_ms`] of a [`Duration`].
+pub fn human_duration(d: Duration) -> String {
+    human_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Parses a duration like `500ms`, `2s`, `1m30s` (humantime), or a bare
 /// number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
@@ -253,6 +271,17 @@ mod tests {
         assert!(parse_port("http")
             .unwrap_err()
             .contains("not a port number"));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_ms(412), "412 ms");
+        assert_eq!(human_ms(4_250), "4.2 s");
+        assert_eq!(human_ms(185_000), "3m 05s");
+        assert_eq!(human_ms(2 * 3_600_000 + 14 * 60_000), "2h 14m");
+        assert_eq!(human_ms(27 * 3_600_000), "1d 3h");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30.0 s");
+        assert_eq!(human_duration(Duration::MAX), human_ms(u64::MAX));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the struct we own.
+    // SAFETY: rusage is plain integers, valid all zero.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
@@ -45,6 +46,7 @@ fn metrics_accept_does_not_spin_when_out_of_descriptors() {
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     let saved = lim.rlim_cur;
     lim.rlim_cur = lim.rlim_cur.min(512);
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let mut filler = Vec::new();
     let errno = loop {
@@ -70,6 +72,7 @@ fn metrics_accept_does_not_spin_when_out_of_descriptors() {
 
     drop(filler);
     lim.rlim_cur = saved;
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     assert!(
         burnt < Duration::from_millis(100),

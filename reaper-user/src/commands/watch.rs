@@ -377,12 +377,7 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => {
             let held = f
                 .held_ms
-                .map(|ms| {
-                    format!(
-                        "  held {}",
-                        humantime::format_duration(Duration::from_millis(ms))
-                    )
-                })
+                .map(|ms| format!("  held {}", crate::util::human_ms(ms)))
                 .unwrap_or_default();
             format!(
                 "{time}  {}  {proto} {at}  {who}{held}\n",

@@ -156,7 +156,7 @@ pub fn parse_netns(s: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     // Also accept what `readlink /proc/PID/ns/net` prints.
-    let digits = crate::ledger::parse_ns_link(t)
+    let digits = crate::holders::netns::parse_ns_link(t)
         .map(|n| n.to_string())
         .unwrap_or_else(|| t.to_string());
     match digits.parse::<u64>() {
@@ -197,9 +197,9 @@ pub fn netns_label(netns: u64, scan: &Scan) -> String {
     }
 }
 
-/// Seconds-rounded, human: "2h 3m 4s".
+/// Seconds-rounded: "41m 03s".
 fn age(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    crate::util::human_duration(Duration::from_secs(d.as_secs()))
 }
 
 fn process_age(p: &Process) -> Option<Duration> {
@@ -685,7 +685,7 @@ mod tests {
             "orphaned  yes",
             "holding   for ~",
             "pid 10  a) b (c  (details above)",
-            "blocked by TIME_WAIT, expires in 42s",
+            "blocked by TIME_WAIT, expires in 42.0 s",
             "3 processes unreadable (EPERM), 1 vanished during the scan",
             "answered from a scan (sock_diag + /proc) in 12 ms; run `reaper daemon` for bind history",
         ] {
