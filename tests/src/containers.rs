@@ -59,7 +59,8 @@ pub fn unique(prefix: &str) -> String {
 /// An image of the static listener, removed when dropped.
 pub struct Image {
     pub tag: String,
-    dir: tempfile::TempDir,
+    /// The build context (the static binary and its Dockerfile).
+    _context: tempfile::TempDir,
 }
 
 impl Image {
@@ -88,14 +89,13 @@ impl Image {
         let tag = format!("{}:latest", unique("reaper-test-listener"));
         let ctx: PathBuf = dir.path().to_path_buf();
         docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
-        Image { tag, dir }
+        Image { tag, _context: dir }
     }
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
         let _ = docker_output(&["rmi", "-f", &self.tag]);
-        let _ = &self.dir;
     }
 }
 
