@@ -180,8 +180,8 @@ pub fn stop(id: &str, grace: Duration) -> anyhow::Result<()> {
     })
 }
 
-/// What stopping a container holder did.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What stopping a container holder did (the journal keeps it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerStop {
     /// Full id, name and image of the container stopped (for the journal).
     pub id: String,
@@ -190,24 +190,20 @@ pub struct ContainerStop {
     /// The grace the engine was given before SIGKILL.
     pub grace_ms: u64,
     /// When the engine said it stopped, from the start.
-    pub stopped_at_ms: Option<f64>,
+    pub stopped_at_ms: Option<u64>,
     /// The engine's state afterwards (`exited`: stopped, kept, not removed).
     pub state_after: Option<String>,
     /// When the port bound again, from the start.
-    pub port_free_at_ms: Option<f64>,
+    pub port_free_at_ms: Option<u64>,
     /// What went wrong, in words.
     pub error: Option<String>,
 }
 
-/// Reaps a container holder: re-checks through the engine that the
-/// container is still the one judged (same id, same image, running), stops
-/// it with `grace`, then waits until the probes bind (or `deadline`).
-pub fn stop_and_wait(
-    judged: &Container,
-    grace: Duration,
-    probes: &[crate::reap::BindProbe],
-    deadline: std::time::Instant,
-) -> ContainerStop {
+/// Stops a container holder: re-checks through the engine that the
+/// container is still the one judged (same id, same image, running), then
+/// stops it with `grace` (kept as `exited`, not removed). The port is not
+/// waited for here: the caller probes it once every target is done.
+pub fn stop_judged(judged: &Container, grace: Duration) -> ContainerStop {
     let start = std::time::Instant::now();
     let mut out = ContainerStop {
         id: judged.id.clone(),
@@ -256,10 +252,34 @@ pub fn stop_and_wait(
         out.error = Some(format!("{e:#}"));
         return out;
     }
-    out.stopped_at_ms = Some(crate::reap::ms_since(start, std::time::Instant::now()));
+    out.stopped_at_ms = Some(start.elapsed().as_millis() as u64);
     out.state_after = state(&judged.id).ok().flatten();
+    out
+}
+
+impl ContainerStop {
+    /// The engine stopped it and it is not running any more.
+    pub fn stopped(&self) -> bool {
+        self.error.is_none()
+            && self.stopped_at_ms.is_some()
+            && self.state_after.as_deref() != Some("running")
+    }
+}
+
+/// [`stop_judged`], then waits until the probes bind (or `deadline`).
+pub fn stop_and_wait(
+    judged: &Container,
+    grace: Duration,
+    probes: &[crate::reap::BindProbe],
+    deadline: std::time::Instant,
+) -> ContainerStop {
+    let start = std::time::Instant::now();
+    let mut out = stop_judged(judged, grace);
+    if out.error.is_some() {
+        return out;
+    }
     let wait = crate::reap::wait_bindable(probes, deadline);
-    out.port_free_at_ms = wait.free_at.map(|t| crate::reap::ms_since(start, t));
+    out.port_free_at_ms = wait.free_at.map(|t| (t - start).as_millis() as u64);
     if wait.free_at.is_none() {
         out.error = Some(format!(
             "the container stopped but the port did not bind again before the deadline{}",
