@@ -427,3 +427,90 @@ fn watch_names_the_container_of_a_bind() {
     assert_eq!(fact["container"]["id"], c.id.as_str());
     assert_eq!(fact["container"]["image"], image.tag.as_str());
 }
+
+#[test]
+fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
+    require_docker();
+    let image = Image::build();
+    let (c, port) = published(&image, &[]);
+    let p = port.to_string();
+
+    let out = run_reaper(
+        &[
+            "free",
+            &p,
+            "--no-bpf",
+            "--match",
+            "listener",
+            "--dry-run",
+            "--color",
+            "never",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("would stop container {}", c.name)),
+        "{text}"
+    );
+    assert!(text.contains("STOP THROUGH THE ENGINE"), "{text}");
+    assert_eq!(c.state(), "running", "a dry run stopped it");
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let out = run_reaper(
+        &[
+            "free",
+            &p,
+            "--no-bpf",
+            "--match",
+            "listener",
+            "--grace",
+            "2s",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json(&out);
+    assert_eq!(doc["outcome"], "freed", "{doc:#}");
+    assert_eq!(
+        doc["containers"][0]["verdict"]["decision"], "reap",
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["container_stops"][0]["state_after"], "exited",
+        "{doc:#}"
+    );
+    assert!(
+        doc["signals"].as_array().unwrap().is_empty(),
+        "a process was signalled: {doc:#}"
+    );
+    assert!(can_listen(port), "the port does not bind after the stop");
+    // Stopped, kept: not removed.
+    assert_eq!(c.state(), "exited");
+
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let done = records
+        .iter()
+        .find(|r| r["kind"] == "reaping" && r["outcome"] == "freed")
+        .unwrap_or_else(|| panic!("no freed reaping in the journal:\n{text}"));
+    assert_eq!(done["container"]["id"], c.id.as_str(), "{done:#}");
+    assert_eq!(done["container"]["name"], c.name.as_str());
+    assert_eq!(done["container"]["image"], image.tag.as_str());
+    assert_eq!(done["container"]["stop"]["state_after"], "exited");
+    assert_eq!(done["target"]["comm"], "listener");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["outcome"] == "in_progress" && r["container"]["id"] == c.id.as_str()),
+        "no intent before the stop:\n{text}"
+    );
+}
