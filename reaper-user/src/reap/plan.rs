@@ -851,4 +851,63 @@ mod tests {
             "127.0.0.1:8080/tcp, a socket whose process reaper cannot read (unreadable)"
         );
     }
+
+    /// docker-proxy holds the port for a container whose server listens inside.
+    fn proxied() -> Holding {
+        let mut proxy = other(70, 60, &[60, 1]);
+        proxy.comm = "docker-proxy".into();
+        proxy.exe = Some("/usr/sbin/docker-proxy".into());
+        proxy.cmdline = vec!["/usr/sbin/docker-proxy".into()];
+        let mut inside = proc_(900, 880, &[880]);
+        inside.cgroup = Some(format!("/docker/{}", "a".repeat(64)));
+        inside.netns = Some(NS + 7);
+        let mut h = holding("LISTEN", vec![proxy]);
+        h.container = Some(Container {
+            id: "a".repeat(64),
+            short_id: "a".repeat(12),
+            name: Some("web".into()),
+            image: Some("shop/web:1".into()),
+            state: Some("running".into()),
+            via: Some(Via::Proxy),
+            listeners: vec![inside],
+            ..Container::default()
+        });
+        h
+    }
+
+    #[test]
+    fn a_container_behind_a_proxy_is_the_target_and_the_proxy_never_is() {
+        let p = Plan::judge(&[proxied()], &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert_eq!(p.refusal(), None);
+        assert!(
+            p.judged.is_empty(),
+            "the proxy is in judged: {:?}",
+            p.judged
+        );
+        assert!(p.targets().is_empty());
+        let c = p.container_targets();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].proxies, vec![70]);
+        assert!(p.steps_words(Duration::from_secs(3)).starts_with(
+            "would stop container web (aaaaaaaaaaaa, image shop/web:1) through the engine"
+        ));
+
+        // --match docker-proxy: the container is kept, the proxy protected.
+        let by_proxy = Policy::from_flags(&FlagRule {
+            name: Some("docker-proxy".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = Plan::judge(&[proxied()], &by_proxy, &ctx(), Tree::Flag(false), NO_PGRP);
+        let why = p.refusal().unwrap();
+        assert!(
+            why.contains("pid 70 (docker-proxy) which the policy protects"),
+            "{why}"
+        );
+        assert!(
+            why.contains("it publishes the port for container web"),
+            "{why}"
+        );
+        assert!(p.container_targets().is_empty());
+    }
 }
