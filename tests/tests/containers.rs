@@ -514,3 +514,49 @@ fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
         "no intent before the stop:\n{text}"
     );
 }
+
+#[test]
+fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
+    require_docker();
+    let image = Image::build();
+    let project = reaper_tests::containers::unique("preview");
+    let label = format!("com.docker.compose.project={project}");
+    let (c, port) = published(&image, &["--label", &label]);
+    // A big ring buffer: other runs may storm binds on the host.
+    let d = reaper_tests::daemon::Daemon::start(&format!(
+        "ringbuf_size = 67108864\njournal_max_bytes = 0\n[[rule]]\nname = \"preview\"\naction = \"reap\"\nmatch = {{ container = {{ label = \"{label}\" }} }}\n"
+    ));
+    let mut binders = Vec::new();
+    let mut done = None;
+    for _round in 0..6 {
+        let (b, failed) = reaper_tests::daemon::Binder::run(port, 3);
+        binders.push(b);
+        if failed == 0 {
+            break;
+        }
+        done = reaper_tests::poll_for(Duration::from_secs(15), || {
+            d.records().into_iter().find(|r| {
+                r["kind"] == "reaping"
+                    && r["container"]["id"] == c.id.as_str()
+                    && r["outcome"] != "in_progress"
+            })
+        });
+        if done.is_some() {
+            break;
+        }
+    }
+    let done = done.unwrap_or_else(|| {
+        panic!(
+            "the daemon never reaped container {} on port {port}; its log:\n{}",
+            c.name,
+            d.log_text()
+        )
+    });
+    assert_eq!(done["outcome"], "freed", "{done:#}");
+    assert_eq!(done["verdict"]["rule"], "preview");
+    assert_eq!(done["container"]["name"], c.name.as_str());
+    assert_eq!(done["container"]["stop"]["state_after"], "exited");
+    assert!(done["signals"].as_array().unwrap().is_empty(), "{done:#}");
+    assert_eq!(c.state(), "exited");
+    assert!(can_listen(port));
+}
