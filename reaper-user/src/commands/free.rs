@@ -235,7 +235,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         .map(|c| {
             format!(
                 "container {} ({}) stopped through the engine after {} ms, kept as {}",
-                crate::text::term(c.name.as_deref().unwrap_or("?")),
+                c.name.as_deref().unwrap_or("?"),
                 crate::holders::container::short(&c.id),
                 c.stopped_at_ms.unwrap_or_default(),
                 c.state_after.as_deref().unwrap_or("?")
@@ -510,12 +510,12 @@ impl Run<'_> {
                 .verdict
                 .rule
                 .as_deref()
-                .map(|r| format!(" (rule '{}')", crate::text::term(r)))
+                .map(|r| format!(" (rule '{}')", term(r)))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "  container {}  behind proxy pid {}",
-                st.bold(&crate::text::term(&c.container.words())),
+                st.bold(&term(&c.container.words())),
                 c.proxies
                     .iter()
                     .map(|p| p.to_string())
@@ -524,7 +524,7 @@ impl Run<'_> {
             );
             let _ = writeln!(out, "    {decision}{rule}");
             for r in &c.verdict.reasons {
-                let _ = writeln!(out, "      - {}", crate::text::term(r));
+                let _ = writeln!(out, "      - {}", term(r));
             }
         }
         for u in &self.plan.unowned {
@@ -550,10 +550,8 @@ impl Run<'_> {
                 ),
                 (None, None) => continue,
             };
-            events.push((
-                c.stopped_at_ms.unwrap_or_default() as f64,
-                crate::text::term(&what).into_owned(),
-            ));
+            // Escaped where the events are printed.
+            events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
         }
         for t in &self.targets {
             for s in &t.signals {
