@@ -772,7 +772,7 @@ impl Daemon {
             }
             return;
         }
-        if plan.judged.is_empty() {
+        if plan.judged.is_empty() && plan.container_targets().is_empty() {
             return;
         }
         self.start_reaping(plan, ctx, f.key);
@@ -782,16 +782,40 @@ impl Daemon {
     /// (flushed) before the first signal, at most one reaping per holder
     /// identity however long the burst.
     fn start_reaping(&mut self, plan: Plan, ctx: PolicyContext, key: ConflictKey) {
+        // A container is known by the process inside that listens.
         let ids: Vec<(u32, u64)> = plan
             .judged
             .iter()
-            .map(|j| (j.process.pid, j.process.start_ticks))
+            .map(|j| &j.process)
+            .chain(
+                plan.container_targets()
+                    .into_iter()
+                    .filter_map(|c| c.container.listeners.first()),
+            )
+            .map(|p| (p.pid, p.start_ticks))
             .collect();
         if ids.iter().any(|id| self.reaped.seen(id)) {
             return;
         }
         for id in ids {
             self.reaped.first_time(id);
+        }
+        for c in plan.container_targets() {
+            tracing::warn!(
+                "reaping container {} publishing {}/{}: stopping it through the engine: {}",
+                crate::text::term(&c.container.words()),
+                key.port,
+                key.proto,
+                c.verdict
+            );
+            self.journal(journal::container_reaping(
+                c,
+                None,
+                journal::IN_PROGRESS,
+                None,
+                None,
+                false,
+            ));
         }
         for j in &plan.judged {
             tracing::warn!(
@@ -849,6 +873,7 @@ impl Daemon {
                     targets: Vec::new(),
                     free_at: None,
                     last_error: None,
+                    containers: Vec::new(),
                 },
             };
             let _ = tx.send(Work::Reaped(Box::new(ReapDone {
@@ -898,6 +923,29 @@ impl Daemon {
         };
         let free_at = r.execution.free_at.map(|t| rfc3339(reap::wall_of(t)));
         let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+        for (c, stop) in flight
+            .plan
+            .container_targets()
+            .into_iter()
+            .zip(&r.execution.containers)
+        {
+            let outcome = reap::plan::container_outcome(stop, free_at.is_some());
+            self.metrics.reaping(outcome);
+            tracing::warn!(
+                "reaping of container {} on {}/{}: {outcome}",
+                crate::text::term(&c.container.words()),
+                c.socket.port,
+                c.socket.proto
+            );
+            self.journal(journal::container_reaping(
+                c,
+                Some(stop),
+                outcome,
+                free_at.clone(),
+                elapsed,
+                false,
+            ));
+        }
         for (j, t) in flight.plan.judged.iter().zip(&r.execution.targets) {
             let outcome = match (&t.outcome, r.execution.free_at) {
                 (TargetOutcome::Exited { .. }, Some(_)) => "freed",
@@ -963,6 +1011,17 @@ impl Daemon {
         }
         for (_, flight) in std::mem::take(&mut self.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+            for c in flight.plan.container_targets() {
+                self.metrics.reaping(journal::INTERRUPTED);
+                self.journal(journal::container_reaping(
+                    c,
+                    None,
+                    journal::INTERRUPTED,
+                    None,
+                    elapsed,
+                    false,
+                ));
+            }
             for j in &flight.plan.judged {
                 let sent: Vec<reap::SignalSent> = flight
                     .signals

@@ -218,6 +218,7 @@ struct Wire {
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: Option<bool>,
+    container: Option<super::ContainerRecord>,
     lost: Option<u64>,
     version: Option<String>,
     tier: Option<String>,
@@ -284,6 +285,7 @@ impl Wire {
                 port_free_at: w.port_free_at,
                 elapsed_ms: w.elapsed_ms,
                 dry_run: w.dry_run.unwrap_or_default(),
+                container: w.container,
             },
             "loss" => Body::Loss { lost: w.lost? },
             "start" => Body::Start {

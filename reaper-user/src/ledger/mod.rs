@@ -102,6 +102,10 @@ pub struct Fact {
     /// record); not printed.
     #[serde(skip)]
     pub holder_claim: Option<Claim>,
+    /// The container the process runs in, when `watch` found one (from the
+    /// cgroup, named by the engine when it answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::holders::container::Container>,
 }
 
 /// Maps BPF netns cookies to the inode numbers people see in
@@ -254,6 +258,7 @@ impl Ledger {
             holder_pid: None,
             holder_comm: None,
             holder_claim: None,
+            container: None,
         }
     }
 
