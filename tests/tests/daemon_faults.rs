@@ -199,6 +199,13 @@ fn damage(path: &Path) -> (Vec<Value>, usize, bool) {
     (records, bad, torn_tail)
 }
 
+/// Whether the journal has rotated (a `journal.jsonl.1` exists).
+fn rotated(journal: &Path) -> bool {
+    let mut first = journal.as_os_str().to_owned();
+    first.push(".1");
+    Path::new(&first).exists()
+}
+
 /// kill -9 at random moments while the daemon writes claim and release
 /// records as fast as a bind loop makes them; after each crash the journal
 /// reads (complete lines all parse; at most the unterminated tail is lost),
@@ -274,7 +281,14 @@ fn kill9_at_random_moments_while_writing_keeps_the_journal_readable() {
             dq["torn_lines"].as_u64().unwrap() <= torn_tails as u64,
             "{dq}"
         );
-        assert!(dq["gaps_total"].as_u64().unwrap() >= crashes as u64, "{dq}");
+        // Every crash left a gap record. Rotation drops the oldest files
+        // on a host whose other binds fill the journal fast; without it the
+        // reader must count every gap, with it at least this round's.
+        let gaps = dq["gaps_total"].as_u64().unwrap();
+        assert!(gaps >= 1 && gaps <= crashes as u64, "{dq}");
+        if !rotated(&d.journal) {
+            assert_eq!(gaps, crashes as u64, "{dq}");
+        }
         eprintln!(
             "round {round}: {} records, torn tail {torn}, checked in {:?}",
             records.len(),
