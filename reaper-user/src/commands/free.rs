@@ -29,7 +29,7 @@ use crate::cli::{FreeArgs, Global};
 use crate::error::{bad_input, Exit};
 use crate::holders::{self, Holding, Process, Query, ScanGaps, Socket};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+use crate::journal::{Body, Endpoint, Outcome, ProcessRef, Record, SignalRecord, VerdictRecord};
 use crate::output::{self, Style};
 use crate::policy::{socket_words, Context, Decision, FlagRule, Policy, Verdict};
 use crate::reap::{self, BindProbe, Identity, ProcStat, StopOptions, TargetOutcome, TargetReport};
@@ -803,25 +803,15 @@ impl Run<'_> {
         for j in &self.plan.judged {
             let report = self.targets.iter().find(|t| t.pid == j.process.pid);
             let target_outcome = match (outcome, report) {
-                ("dry_run", _) => "dry_run".to_string(),
-                (_, None) if j.verdict.decision != Decision::Reap => "refused".to_string(),
-                (_, None) => outcome.to_string(),
-                (_, Some(r)) => match (&r.outcome, free_at.is_some()) {
-                    (TargetOutcome::Exited { .. }, true) => "freed".into(),
-                    (TargetOutcome::Exited { .. }, false) => "still_held".into(),
-                    (o, _) => o.word().into(),
-                },
+                ("dry_run", _) => Outcome::DryRun,
+                (_, None) if j.verdict.decision != Decision::Reap => Outcome::Refused,
+                (_, None) => Outcome::from(outcome),
+                (_, Some(r)) => r.outcome.outcome(free_at.is_some()),
             };
             let s = &j.sockets[0];
             let body = Body::Reaping {
-                at: Endpoint {
-                    netns: Some(s.netns),
-                    proto: s.proto.as_str().into(),
-                    family: Some(s.family.as_str().into()),
-                    addr: Some(s.addr.to_string()),
-                    port: s.port,
-                },
-                target: process_ref(&j.process),
+                at: Endpoint::from(s),
+                target: ProcessRef::from(&j.process),
                 verdict: VerdictRecord::from(&j.verdict),
                 signals: report
                     .map(|r| {
@@ -844,27 +834,6 @@ impl Run<'_> {
             w.append(&Record::new("proc", body))?;
         }
         Ok(())
-    }
-}
-
-fn process_ref(p: &Process) -> ProcessRef {
-    ProcessRef {
-        pid: p.pid,
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        cmdline: Some(p.cmdline.join(" ")),
-        uid: Some(p.uid),
-        user: p.user.clone(),
-        started_at: Some(p.started_at.clone()),
-        ppid: Some(p.ppid),
-        ancestors: p
-            .ancestors
-            .iter()
-            .map(|(pid, c)| format!("{pid}:{c}"))
-            .collect(),
-        cgroup: p.cgroup.clone(),
-        container: p.container.clone(),
-        orphaned: Some(p.orphaned),
     }
 }
 

@@ -42,7 +42,7 @@ use crate::journal::writer::{JournalWriter, WriterOptions};
 use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
 use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
 use crate::metrics::{self, Metrics};
-use crate::policy::{Context as PolicyContext, Decision, Policy, Verdict};
+use crate::policy::{Action, Context as PolicyContext, Decision, Policy, Verdict};
 use crate::reap::{self, BindProbe, Identity, StopOptions, TargetOutcome};
 use crate::util::{clock_ns, rfc3339, Proto};
 use config::{Config, OnJournalError};
@@ -611,7 +611,7 @@ impl Daemon {
         let mut holders: Vec<ProcessRef> = f
             .holders
             .iter()
-            .map(|(p, _, _)| procinfo::from_process(p))
+            .map(|(p, _, _)| ProcessRef::from(p))
             .collect();
         if f.scan.is_none() {
             // The live system could not be asked: the ledger's word, marked as such.
@@ -652,14 +652,18 @@ impl Daemon {
             last: rfc3339(burst.last),
             verdict: verdict.clone().or_else(|| {
                 f.scan_error.as_ref().map(|e| VerdictRecord {
-                    decision: "keep".into(),
+                    decision: Decision::Keep,
                     reasons: vec![format!(
                         "the holders could not be verified, so nothing is judged: {e}"
                     )],
                     rule: None,
                 })
             }),
-            action: if reap_any { "reap" } else { "report" }.to_string(),
+            action: if reap_any {
+                Action::Reap
+            } else {
+                Action::Report
+            },
         };
         self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
@@ -692,13 +696,7 @@ impl Daemon {
             let tx = self.tx.clone();
             let grace = self.config.reap_grace;
             let deadline = self.config.reap_deadline;
-            let at = Endpoint {
-                netns: Some(s.netns),
-                proto: s.proto.as_str().into(),
-                family: Some(s.family.as_str().into()),
-                addr: Some(s.addr.to_string()),
-                port: s.port,
-            };
+            let at = Endpoint::from(&s);
             tokio::task::spawn_blocking(move || {
                 let done = reap_one(p, s, v, at, grace, deadline);
                 let _ = tx.send(Work::Reaped(Box::new(done)));
@@ -741,12 +739,8 @@ impl Daemon {
     }
 
     fn reaped(&mut self, r: ReapDone) {
-        let outcome = match (&r.report.outcome, r.free_at) {
-            (TargetOutcome::Exited { .. }, Some(_)) => "freed",
-            (TargetOutcome::Exited { .. }, None) => "still_held",
-            (o, _) => o.word(),
-        };
-        self.metrics.reaping(outcome);
+        let outcome = r.report.outcome.outcome(r.free_at.is_some());
+        self.metrics.reaping(outcome.as_str());
         tracing::warn!(
             "reaping of pid {} ({}) on {}/{}: {outcome}",
             r.target.pid,
@@ -768,7 +762,7 @@ impl Daemon {
                     ts: s.ts.clone(),
                 })
                 .collect(),
-            outcome: outcome.to_string(),
+            outcome,
             port_free_at: r.free_at.map(|t| rfc3339(reap::wall_of(t))),
             elapsed_ms: Some(r.started.elapsed().as_millis() as u64),
             dry_run: false,
@@ -1157,8 +1151,9 @@ async fn next_events(
 fn endpoint(f: &Fact) -> Endpoint {
     Endpoint {
         netns: f.netns,
-        proto: f.proto.map(|p| p.as_str()).unwrap_or("?").to_string(),
-        family: f.family.map(|x| x.as_str().to_string()),
+        // A fact the ledger journals is of a TCP or UDP claim.
+        proto: f.proto.unwrap_or(Proto::Tcp),
+        family: f.family,
         addr: f.addr.clone(),
         port: f.port.unwrap_or(0),
     }
@@ -1174,8 +1169,8 @@ fn endpoint_of(r: &Record) -> Option<Endpoint> {
 fn claim_endpoint(c: &Claim) -> Endpoint {
     Endpoint {
         netns: Some(c.key.netns),
-        proto: c.key.proto.as_str().into(),
-        family: Some(c.family.as_str().into()),
+        proto: c.key.proto,
+        family: Some(c.family),
         addr: Some(c.key.addr.to_string()),
         port: c.key.port,
     }
@@ -1324,7 +1319,7 @@ fn reap_one(
             .ok()
             .map(Into::into);
     }
-    let target = procinfo::from_process(&p);
+    let target = ProcessRef::from(&p);
     let opts = StopOptions {
         grace,
         deadline: started + deadline,

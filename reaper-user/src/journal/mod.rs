@@ -5,10 +5,115 @@
 //! changes), each standing alone: who, what, when, from where. The schema is
 //! versioned by the `v` field and documented in docs/journal.md.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+
+pub use crate::policy::{Action, Decision};
+pub use crate::util::{Family, Proto};
 
 pub mod reader;
 pub mod writer;
+
+/// A word of the schema whose values this version knows, and which a newer
+/// writer may extend: read as the variant, or as `Other` holding the word
+/// as written (written back unchanged), so a report of a newer journal
+/// still shows it.
+macro_rules! open_word {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $var:ident = $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vmeta])* $var,)+
+            /// A word this version does not know, kept as written.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$var => $word,)+
+                    $name::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                match s.as_str() {
+                    $($word => $name::$var,)+
+                    _ => $name::Other(s),
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name::from(s.to_string())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(w: $name) -> String {
+                match w {
+                    $name::Other(s) => s,
+                    known => known.as_str().to_string(),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+open_word! {
+    /// How a reaping ended.
+    Outcome {
+        /// The holder exited and the port could be bound again.
+        Freed = "freed",
+        /// The holder exited (or was signalled) but the port stayed held.
+        StillHeld = "still_held",
+        /// Nothing was signalled: a holder was not judged `reap`.
+        Refused = "refused",
+        /// The pid names another process than the one judged: not signalled.
+        IdentityChanged = "identity_changed",
+        /// Only TIME_WAIT held the port: nothing to signal.
+        TimeWait = "time_wait",
+        /// `--dry-run`: what would have been signalled.
+        DryRun = "dry_run",
+        /// The holder was gone before a signal was needed.
+        Gone = "gone",
+        /// pidfd_open or pidfd_send_signal failed for another reason.
+        Failed = "failed",
+    }
+}
+
+open_word! {
+    /// How the daemon sees binds: a hook tier, or polling /proc.
+    Mode {
+        Cgroup = "cgroup",
+        Syscalls = "syscalls",
+        Fexit = "fexit",
+        /// Polling /proc (no hooks).
+        Proc = "proc",
+        /// Fallen back to polling after the hooks failed.
+        Degraded = "degraded",
+    }
+}
+
+impl Mode {
+    /// Whether the daemon was polling /proc instead of using kernel hooks
+    /// (older writers also said "poll" or "polling").
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Mode::Proc | Mode::Degraded)
+            || matches!(self, Mode::Other(s) if s == "poll" || s == "polling")
+    }
+}
 
 /// Version of the record schema; bump on an incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -43,25 +148,63 @@ pub struct ProcessRef {
     pub orphaned: Option<bool>,
 }
 
+/// A holder as the journal remembers it: empty argv and start time are
+/// left out rather than written empty.
+impl From<&crate::holders::Process> for ProcessRef {
+    fn from(p: &crate::holders::Process) -> ProcessRef {
+        ProcessRef {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
+            uid: Some(p.uid),
+            user: p.user.clone(),
+            started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
+            ppid: Some(p.ppid),
+            ancestors: p
+                .ancestors
+                .iter()
+                .map(|(pid, comm)| format!("{pid}:{comm}"))
+                .collect(),
+            cgroup: p.cgroup.clone(),
+            container: p.container.clone(),
+            orphaned: Some(p.orphaned),
+        }
+    }
+}
+
+/// Where a socket seen by a scan is bound.
+impl From<&crate::holders::Socket> for Endpoint {
+    fn from(s: &crate::holders::Socket) -> Endpoint {
+        Endpoint {
+            netns: Some(s.netns),
+            proto: s.proto,
+            family: Some(s.family),
+            addr: Some(s.addr.to_string()),
+            port: s.port,
+        }
+    }
+}
+
 /// Where: a port in a network namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
-    pub proto: String,
+    pub proto: Proto,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family: Option<String>,
+    pub family: Option<Family>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     pub port: u16,
 }
 
 /// The policy's judgment of one holder, with its reasons in plain words.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictRecord {
     /// "reap" (stale, may be signalled), "keep" (no rule matched) or
     /// "protect" (a protection holds, whatever the rules say).
-    pub decision: String,
+    pub decision: Decision,
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -127,7 +270,7 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<VerdictRecord>,
         /// "report" or "reap": what the matching rule asked for.
-        action: String,
+        action: Action,
     },
     /// reaper judged a holder and (maybe) signalled it.
     Reaping {
@@ -137,9 +280,7 @@ pub enum Body {
         verdict: VerdictRecord,
         #[serde(default)]
         signals: Vec<SignalRecord>,
-        /// "freed", "still_held", "refused", "identity_changed",
-        /// "time_wait", "dry_run", "gone".
-        outcome: String,
+        outcome: Outcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port_free_at: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +300,7 @@ pub enum Body {
     /// The daemon stopped cleanly.
     Stop { reason: String },
     /// Degraded (/proc polling) mode began or ended.
-    Mode { mode: String, reason: String },
+    Mode { mode: Mode, reason: String },
     /// The previous run ended without a `stop` record (crash, kill -9):
     /// records between `after` and this record's time may be missing.
     Gap { after: String },
@@ -204,3 +345,30 @@ pub fn hostname() -> String {
 /// Where the daemon writes its journal, and where `reaper report` reads
 /// when no `--journal` is given.
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_words_write_the_json_they_read() {
+        for line in [
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"cgroup","kind":"reaping","netns":1,"proto":"tcp","family":"ipv4","addr":"0.0.0.0","port":8080,"target":{"pid":7,"comm":"x"},"verdict":{"decision":"reap","reasons":["old"]},"signals":[],"outcome":"freed","dry_run":false}"#,
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"cgroup","kind":"conflict","proto":"udp","port":53,"tried":{"pid":8,"comm":"y"},"errno":"EADDRINUSE","errno_exact":true,"holders":[],"count":1,"first":"2024-05-14T10:04:07.000Z","last":"2024-05-14T10:04:07.000Z","action":"report"}"#,
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"proc","kind":"mode","mode":"degraded","reason":"hooks refused"}"#,
+        ] {
+            let r: Record = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn an_outcome_or_mode_this_version_does_not_know_is_kept_as_written() {
+        let o: Outcome = serde_json::from_str(r#""paused""#).unwrap();
+        assert_eq!(o, Outcome::Other("paused".into()));
+        assert_eq!(serde_json::to_string(&o).unwrap(), r#""paused""#);
+        assert_eq!(Outcome::from("still_held"), Outcome::StillHeld);
+        assert!(Mode::from("polling").is_degraded());
+        assert!(Mode::Proc.is_degraded() && !Mode::Cgroup.is_degraded());
+    }
+}

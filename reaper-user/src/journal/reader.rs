@@ -30,7 +30,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord, SCHEMA_VERSION};
+use super::{
+    Action, Body, Endpoint, Family, Mode, Outcome, ProcessRef, Proto, Record, SignalRecord,
+    VerdictRecord, SCHEMA_VERSION,
+};
 
 /// A longer line is garbage: bounded memory even on a file that is not a
 /// journal at all (a binary blob with no newline).
@@ -190,8 +193,8 @@ struct Wire {
     source: String,
     kind: String,
     netns: Option<u64>,
-    proto: Option<String>,
-    family: Option<String>,
+    proto: Option<Proto>,
+    family: Option<Family>,
     addr: Option<String>,
     port: Option<u16>,
     process: Option<ProcessRef>,
@@ -207,10 +210,10 @@ struct Wire {
     first: Option<String>,
     last: Option<String>,
     verdict: Option<VerdictRecord>,
-    action: Option<String>,
+    action: Option<Action>,
     target: Option<ProcessRef>,
     signals: Option<Vec<SignalRecord>>,
-    outcome: Option<String>,
+    outcome: Option<Outcome>,
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: Option<bool>,
@@ -219,7 +222,7 @@ struct Wire {
     tier: Option<String>,
     pid: Option<u32>,
     reason: Option<String>,
-    mode: Option<String>,
+    mode: Option<Mode>,
     after: Option<String>,
     added: Option<u64>,
     removed: Option<u64>,
@@ -231,8 +234,8 @@ impl Wire {
         let at = || -> Option<Endpoint> {
             Some(Endpoint {
                 netns: w.netns,
-                proto: w.proto.clone()?,
-                family: w.family.clone(),
+                proto: w.proto?,
+                family: w.family,
                 addr: w.addr.clone(),
                 port: w.port?,
             })

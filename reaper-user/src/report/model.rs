@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use super::view;
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
-use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+use crate::journal::{
+    Action, Body, Endpoint, Mode, Outcome, ProcessRef, Record, SignalRecord, VerdictRecord,
+};
 pub use crate::util::human_ms;
 
 /// The JSON schema name; bump the suffix on an incompatible change.
@@ -230,7 +232,7 @@ pub struct ConflictReport {
     pub held_since: Option<String>,
     pub verdict: Option<VerdictRecord>,
     /// What the matching rule asked for: "report" or "reap".
-    pub action: String,
+    pub action: Action,
     /// How the block ended: "released" (the holder let go), "reaped" (after
     /// a reaping), "rebound" (someone else bound it: the release was not
     /// seen), "open" (still blocked at the end of the window).
@@ -251,7 +253,7 @@ pub struct ReapingNote {
     pub target: ProcessRef,
     pub verdict: VerdictRecord,
     pub signals: Vec<SignalRecord>,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub port_free_at: Option<String>,
     pub elapsed_ms: Option<u64>,
     pub dry_run: bool,
@@ -596,7 +598,7 @@ impl Aggregator {
 
     fn key(&mut self, host: &str, at: &Endpoint) -> PortKey {
         let h = Self::intern(&mut self.hosts, &mut self.host_index, host);
-        let p = Self::intern(&mut self.protos, &mut self.proto_index, &at.proto);
+        let p = Self::intern(&mut self.protos, &mut self.proto_index, at.proto.as_str());
         (h, p, at.port)
     }
 
@@ -935,7 +937,7 @@ impl Aggregator {
         self.push_conflict(ConflictReport {
             id,
             host,
-            proto: ep.proto.clone(),
+            proto: ep.proto.as_str().into(),
             port: ep.port,
             netns: ep.netns,
             addr: ep.addr.clone(),
@@ -998,7 +1000,7 @@ impl Aggregator {
         *self
             .summary
             .reapings_by_outcome
-            .entry(outcome.clone())
+            .entry(outcome.to_string())
             .or_default() += 1;
         if dry_run {
             self.summary.dry_runs += 1;
@@ -1010,9 +1012,15 @@ impl Aggregator {
         let free_ms = port_free_at
             .as_deref()
             .and_then(crate::journal::reader::parse_ms);
-        let detail =
-            view::reaping_detail(&verdict, &signals, dry_run, &outcome, free_ms, elapsed_ms);
-        let freed = !dry_run && matches!(outcome.as_str(), "freed" | "gone");
+        let detail = view::reaping_detail(
+            &verdict,
+            &signals,
+            dry_run,
+            outcome.as_str(),
+            free_ms,
+            elapsed_ms,
+        );
+        let freed = !dry_run && matches!(outcome, Outcome::Freed | Outcome::Gone);
         let note = ReapingNote {
             ts: rfc(ms),
             target: target.clone(),
@@ -1069,14 +1077,14 @@ impl Aggregator {
         }
     }
 
-    fn fold_mode(&mut self, seen: Seen, mode: String, reason: String) {
+    fn fold_mode(&mut self, seen: Seen, mode: Mode, reason: String) {
         let Seen { host, ms, at } = seen;
-        let degraded = is_degraded(&mode);
+        let degraded = mode.is_degraded();
         let Some(h) = self.host_states.get_mut(&host) else {
             return;
         };
         match (degraded, h.degraded_since.take()) {
-            (true, None) => h.degraded_since = Some((ms, mode, reason, at)),
+            (true, None) => h.degraded_since = Some((ms, mode.to_string(), reason, at)),
             (true, Some(open)) => h.degraded_since = Some(open),
             (false, Some((from, m, r, a))) => {
                 let ev = self.place(a);
@@ -1793,11 +1801,6 @@ fn endpoint_of(b: &Body) -> Option<&Endpoint> {
         | Body::Reaping { at, .. } => Some(at),
         _ => None,
     }
-}
-
-/// `mode` values that mean the daemon fell back to polling /proc.
-fn is_degraded(mode: &str) -> bool {
-    matches!(mode, "proc" | "degraded" | "poll" | "polling")
 }
 
 /// "10:04:01.100": times inside a report whose window gives the date.

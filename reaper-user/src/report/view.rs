@@ -335,7 +335,7 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
     if let Some(v) = &c.verdict {
         rows.push(("Verdict", verdict_line(v)));
     }
-    rows.push(("Rule asked for", c.action.clone()));
+    rows.push(("Rule asked for", c.action.to_string()));
     if c.done.is_empty() {
         rows.push(("Done", "nothing recorded".to_string()));
     }
