@@ -220,6 +220,7 @@ fn setup(test_tools: bool) -> Result<()> {
             ("fuser", "psmisc"),
             ("bpftrace", "bpftrace"),
             ("promtool", "prometheus"),
+            ("nginx", "nginx-light"),
             ("chromium", "chromium"),
             ("python3", "python3"),
         ] {

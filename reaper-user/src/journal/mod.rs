@@ -90,6 +90,10 @@ open_word! {
         Gone = "gone",
         /// pidfd_open or pidfd_send_signal failed for another reason.
         Failed = "failed",
+        /// Written before the first signal; the outcome follows.
+        InProgress = "in_progress",
+        /// The daemon stopped in the middle of the reaping.
+        Interrupted = "interrupted",
     }
 }
 
@@ -210,6 +214,18 @@ pub struct VerdictRecord {
     pub rule: Option<String>,
 }
 
+/// One holder's verdict in a conflict record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderVerdict {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub verdict: VerdictRecord,
+    /// The tree root it shares the socket with, when it is not one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u32>,
+}
+
 /// A signal sent through a pidfd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
@@ -267,9 +283,14 @@ pub enum Body {
         count: u64,
         first: String,
         last: String,
+        /// The verdict that decided: the first holder's, or when a holder
+        /// keeps the port from being reaped, the first such holder's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<VerdictRecord>,
-        /// "report" or "reap": what the matching rule asked for.
+        /// Every holder's verdict (the plan), tree roots first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        verdicts: Vec<HolderVerdict>,
+        /// "reap" when the plan signals the holders, else "report".
         action: Action,
     },
     /// reaper judged a holder and (maybe) signalled it.
@@ -331,6 +352,50 @@ impl Record {
             source: source.to_string(),
             body,
         }
+    }
+}
+
+impl HolderVerdict {
+    pub fn of(j: &crate::reap::Judged) -> HolderVerdict {
+        HolderVerdict {
+            pid: j.process.pid,
+            comm: j.process.comm.clone(),
+            verdict: VerdictRecord::from(&j.verdict),
+            shares: match j.role {
+                crate::reap::Role::Shares { of, .. } => Some(of),
+                crate::reap::Role::Holder => None,
+            },
+        }
+    }
+}
+
+/// The `reaping` record of one process of a plan (`free` and the daemon
+/// write the same shape): its intent before the first signal
+/// ([`Outcome::InProgress`]), its outcome after.
+pub fn reaping(
+    j: &crate::reap::Judged,
+    signals: &[crate::reap::SignalSent],
+    outcome: Outcome,
+    port_free_at: Option<String>,
+    elapsed_ms: Option<u64>,
+    dry_run: bool,
+) -> Body {
+    Body::Reaping {
+        at: Endpoint::from(&j.sockets[0]),
+        target: ProcessRef::from(&j.process),
+        verdict: VerdictRecord::from(&j.verdict),
+        signals: signals
+            .iter()
+            .map(|s| SignalRecord {
+                pid: s.pid,
+                signal: s.signal.into(),
+                ts: s.ts.clone(),
+            })
+            .collect(),
+        outcome,
+        port_free_at,
+        elapsed_ms,
+        dry_run,
     }
 }
 

@@ -31,8 +31,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Action, Body, Endpoint, Family, Mode, Outcome, ProcessRef, Proto, Record, SignalRecord,
-    VerdictRecord, SCHEMA_VERSION,
+    Action, Body, Endpoint, Family, HolderVerdict, Mode, Outcome, ProcessRef, Proto, Record,
+    SignalRecord, VerdictRecord, SCHEMA_VERSION,
 };
 
 /// A longer line is garbage: bounded memory even on a file that is not a
@@ -210,6 +210,7 @@ struct Wire {
     first: Option<String>,
     last: Option<String>,
     verdict: Option<VerdictRecord>,
+    verdicts: Option<Vec<HolderVerdict>>,
     action: Option<Action>,
     target: Option<ProcessRef>,
     signals: Option<Vec<SignalRecord>>,
@@ -269,6 +270,7 @@ impl Wire {
                 first: w.first?,
                 last: w.last?,
                 verdict: w.verdict,
+                verdicts: w.verdicts.unwrap_or_default(),
                 action: w.action?,
             },
             "reaping" => Body::Reaping {
