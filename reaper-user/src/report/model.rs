@@ -996,6 +996,28 @@ impl Aggregator {
         self.entry(key, entry);
     }
 
+    /// An `in_progress` intent waits for its outcome (true: it is no reaping
+    /// yet); the outcome ends the wait; an `interrupted` one stays
+    /// unfinished.
+    fn is_intent(&mut self, key: PortKey, u: Unfinished) -> bool {
+        let identity = (key, u.target.pid, u.target.started_at.clone());
+        match u.outcome {
+            Outcome::InProgress => {
+                self.pending_reapings.insert(identity, u);
+                true
+            }
+            Outcome::Interrupted => {
+                self.pending_reapings.remove(&identity);
+                self.summary.unfinished.push(u);
+                false
+            }
+            _ => {
+                self.pending_reapings.remove(&identity);
+                false
+            }
+        }
+    }
+
     fn push_conflict(&mut self, report: ConflictReport) {
         self.conflicts.push_back(report);
         if self.conflicts.len() > self.limits.conflicts {
@@ -1021,27 +1043,18 @@ impl Aggregator {
         };
         let Seen { host, ms, at } = seen;
         let key = self.key(&host, &ep);
-        let identity = (key, target.pid, target.started_at.clone());
-        let unfinished = |evidence| Unfinished {
+        let u = Unfinished {
             ts: rfc(ms),
-            host: host.clone(),
+            host,
             proto: ep.proto.as_str().into(),
             port: ep.port,
             target: target.clone(),
             outcome: outcome.clone(),
             signals: signals.clone(),
-            evidence,
+            evidence: self.place(at),
         };
-        if outcome == Outcome::InProgress {
-            // The intent: a reaping only once its outcome follows.
-            let u = unfinished(self.place(at));
-            self.pending_reapings.insert(identity, u);
+        if self.is_intent(key, u) {
             return;
-        }
-        self.pending_reapings.remove(&identity);
-        if outcome == Outcome::Interrupted {
-            let u = unfinished(self.place(at));
-            self.summary.unfinished.push(u);
         }
         self.summary.reapings += 1;
         *self
