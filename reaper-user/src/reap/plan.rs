@@ -250,7 +250,7 @@ impl Plan {
                 .map(|j| j.process.pid.to_string())
                 .collect()
         };
-        let grace = humantime::format_duration(grace);
+        let grace = crate::util::human_duration(grace);
         let (roots, rest) = (pids(0), pids(1));
         let mut s = format!("would send SIGTERM to pid {}", roots.join(", "));
         if !rest.is_empty() {
@@ -648,7 +648,7 @@ mod tests {
         let words = p.steps_words(Duration::from_secs(3));
         assert!(
             words.starts_with(
-                "would send SIGTERM to pid 100, give pid 101, 102 up to 3s to exit with it"
+                "would send SIGTERM to pid 100, give pid 101, 102 up to 3.0 s to exit with it"
             ),
             "{words}"
         );
