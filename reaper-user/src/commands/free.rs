@@ -29,6 +29,7 @@ use crate::output::{self, Style};
 use crate::policy::{Context, Decision, FlagRule, Policy};
 use crate::reap::plan::{self, Judged, Plan, Tree, Unowned};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
+use crate::text::{shell_word, term};
 use crate::util::{human_duration, human_ms, Proto};
 
 /// The JSON document `--json` prints.
@@ -433,12 +434,12 @@ impl Run<'_> {
             };
             output::json_line(&report)?;
             if journal_err.is_some() {
-                eprintln!("reaper: {message}");
+                eprintln!("reaper: {}", term(message));
             }
         } else {
             output::print(&self.human(message, exit))?;
             if exit != Exit::Ok {
-                eprintln!("reaper: {message}");
+                eprintln!("reaper: {}", term(message));
             }
         }
         Ok(exit)
@@ -472,12 +473,12 @@ impl Run<'_> {
                 out,
                 "  pid {} {}  {}",
                 p.pid,
-                st.bold(&p.comm),
-                st.dim(&p.cmdline.join(" "))
+                st.bold(&term(&p.comm)),
+                st.dim(&argv_words(&p.cmdline))
             );
-            let _ = writeln!(out, "    {decision}{rule}");
+            let _ = writeln!(out, "    {decision}{}", term(&rule));
             for r in &j.verdict.reasons {
-                let _ = writeln!(out, "      - {r}");
+                let _ = writeln!(out, "      - {}", term(r));
             }
         }
         for u in &self.plan.unowned {
@@ -486,7 +487,7 @@ impl Run<'_> {
                 "  {} {}: {}{}",
                 u.socket,
                 u.state,
-                u.reason,
+                term(&u.reason),
                 expiry_words(u.expires_in_ms)
             );
         }
@@ -515,10 +516,15 @@ impl Run<'_> {
         }
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (at, what) in events {
-            let _ = writeln!(out, "  {}  {what}", st.dim(&format!("+{at:>8.1} ms")));
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                st.dim(&format!("+{at:>8.1} ms")),
+                term(&what)
+            );
         }
         if exit == Exit::Ok {
-            let _ = writeln!(out, "{}", st.green(message));
+            let _ = writeln!(out, "{}", st.green(&term(message)));
         }
         out
     }
@@ -568,4 +574,12 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// argv as a shell reads it back, every word safe on a terminal.
+fn argv_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| shell_word(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -50,6 +50,7 @@ use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
 use crate::metrics::{self, Metrics};
 use crate::policy::{Action, Context as PolicyContext, Decision, Policy};
 use crate::reap::{self, Plan, StopOptions, Tree};
+use crate::text::term;
 use crate::util::{clock_ns, rfc3339, Proto};
 use config::{Config, OnJournalError};
 
@@ -584,14 +585,18 @@ impl Daemon {
                 tracing::info!(
                     "conflict: pid {} ({}) failed to bind {}/{} in netns {} ({}){}",
                     fact.pid,
-                    fact.comm,
+                    term(&fact.comm),
                     port,
                     proto,
                     key.netns,
                     fact.errno.as_deref().unwrap_or("cause unknown"),
                     holder
                         .as_ref()
-                        .map(|c| format!("; the ledger says pid {} ({}) holds it", c.pid, c.comm))
+                        .map(|c| format!(
+                            "; the ledger says pid {} ({}) holds it",
+                            c.pid,
+                            term(&c.comm)
+                        ))
                         .unwrap_or_default()
                 );
                 let policy = self.config.policy.clone();
@@ -734,9 +739,10 @@ impl Daemon {
                 .any(|j| j.verdict.decision == Decision::Reap)
             {
                 tracing::info!(
-                    "conflict on {}/{}: nothing is signalled, the port is held by {why}",
+                    "conflict on {}/{}: nothing is signalled, the port is held by {}",
                     f.key.port,
-                    f.key.proto
+                    f.key.proto,
+                    term(&why)
                 );
             }
             return;
@@ -766,10 +772,10 @@ impl Daemon {
             tracing::warn!(
                 "reaping pid {} ({}) holding {}/{}: {}",
                 j.process.pid,
-                j.process.comm,
+                term(&j.process.comm),
                 key.port,
                 key.proto,
-                j.verdict
+                term(&j.verdict.to_string())
             );
             self.journal(journal::reaping(
                 j,
@@ -841,7 +847,7 @@ impl Daemon {
                 tracing::info!(
                     "ledger repair: pid {} ({}) no longer holds {}/{}; dropped",
                     c.pid,
-                    c.comm,
+                    term(&c.comm),
                     c.key.port,
                     c.key.proto
                 );
@@ -873,7 +879,7 @@ impl Daemon {
             tracing::warn!(
                 "reaping of pid {} ({}) on {}/{}: {outcome}",
                 j.process.pid,
-                j.process.comm,
+                term(&j.process.comm),
                 j.sockets[0].port,
                 j.sockets[0].proto
             );
@@ -939,7 +945,7 @@ impl Daemon {
                 tracing::warn!(
                     "reaping of pid {} ({}) interrupted by the stop after {}",
                     j.process.pid,
-                    j.process.comm,
+                    term(&j.process.comm),
                     if sent.is_empty() {
                         "no signal".to_string()
                     } else {

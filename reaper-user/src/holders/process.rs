@@ -82,7 +82,7 @@ fn status_euid(pid: u32) -> Option<u32> {
 /// reads as itself. An empty file is no argv at all (a kernel thread, a
 /// zombie); "\0" is an argv of one empty string, which a process can be
 /// exec'd with. The one parser of the crate: `reap::split_cmdline` is this
-/// function.
+/// function, so the identity compared before a signal reads argv alike.
 pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
     if b.is_empty() {
         return Vec::new();

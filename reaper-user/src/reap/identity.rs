@@ -207,7 +207,7 @@ mod tests {
         };
         let mut b = a.clone();
         b.cmdline = split_cmdline(b"x\0\0");
-        assert_eq!(b.cmdline, ["x"]);
+        assert_eq!(b.cmdline, ["x"], "trailing NULs are padding");
         assert!(a.differences(&b).is_empty());
         a.cmdline = split_cmdline(b"\0");
         b.cmdline = split_cmdline(b"");
