@@ -251,63 +251,10 @@ pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
             None
         }
     };
-    for (name, hook) in CGROUP_SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| refused(hook, e))?;
-        prog.attach(&cgroup_fd, CGROUP_MODE)
-            .map_err(|e| refused(hook, e))?;
-    }
-    for (name, hook) in CGROUP_SOCK {
-        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| refused(hook, e))?;
-        prog.attach(&cgroup_fd, CGROUP_MODE)
-            .map_err(|e| refused(hook, e))?;
-    }
+    attach_cgroup_hooks(&mut ebpf, &cgroup_fd)?;
     let btf = Btf::from_sys_fs().ok();
-    let listens = match &btf {
-        Some(btf) => {
-            let (name, tp) = LISTEN_PROG;
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            match prog.load(tp, btf).and_then(|_| prog.attach().map(|_| ())) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        "listens will not be seen: tp_btf/{tp} refused: {}",
-                        describe(&e)
-                    );
-                    false
-                }
-            }
-        }
-        None => {
-            tracing::warn!("listens will not be seen: no kernel BTF at /sys/kernel/btf/vmlinux");
-            false
-        }
-    };
-    match tier {
-        Tier::Cgroup => {}
-        Tier::Syscalls => {
-            ensure_tracefs();
-            let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
-            prog.load()
-                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
-            prog.attach("syscalls", "sys_exit_bind")
-                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
-        }
-        Tier::Fexit => {
-            let btf = btf.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup"
-                )
-            })?;
-            for (name, func) in FEXITS {
-                let prog: &mut FExit = program(&mut ebpf, name)?;
-                let hook = format!("fexit/{func}");
-                prog.load(func, btf).map_err(|e| refused(&hook, e))?;
-                prog.attach().map_err(|e| refused(&hook, e))?;
-            }
-        }
-    }
+    let listens = attach_listens(&mut ebpf, btf.as_ref())?;
+    attach_exact_errno(&mut ebpf, tier, btf.as_ref())?;
     let events = RingBuf::try_from(
         ebpf.take_map(reaper_common::MAP_EVENTS)
             .context("the eBPF object has no EVENTS map")?,
@@ -325,6 +272,73 @@ pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
         cgroup,
         _ebpf: ebpf,
     })
+}
+
+/// The cgroup programs every tier uses, on the cgroup v2 root.
+fn attach_cgroup_hooks(ebpf: &mut Ebpf, cgroup_fd: &File) -> Result<()> {
+    for (name, hook) in CGROUP_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    for (name, hook) in CGROUP_SOCK {
+        let prog: &mut CgroupSock = program(ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    Ok(())
+}
+
+/// The listen tp_btf, when the kernel allows it: listens are a bonus,
+/// so a refusal is said and not fatal. Whether listens will be seen.
+fn attach_listens(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<bool> {
+    let Some(btf) = btf else {
+        tracing::warn!("listens will not be seen: no kernel BTF at /sys/kernel/btf/vmlinux");
+        return Ok(false);
+    };
+    let (name, tp) = LISTEN_PROG;
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+    match prog.load(tp, btf).and_then(|_| prog.attach().map(|_| ())) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::warn!(
+                "listens will not be seen: tp_btf/{tp} refused: {}",
+                describe(&e)
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// The exact-errno programs of the `syscalls` and `fexit` tiers.
+fn attach_exact_errno(ebpf: &mut Ebpf, tier: Tier, btf: Option<&Btf>) -> Result<()> {
+    match tier {
+        Tier::Cgroup => {}
+        Tier::Syscalls => {
+            ensure_tracefs();
+            let prog: &mut TracePoint = program(ebpf, SYS_EXIT_BIND)?;
+            prog.load()
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+            prog.attach("syscalls", "sys_exit_bind")
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+        }
+        Tier::Fexit => {
+            let btf = btf.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup"
+                )
+            })?;
+            for (name, func) in FEXITS {
+                let prog: &mut FExit = program(ebpf, name)?;
+                let hook = format!("fexit/{func}");
+                prog.load(func, btf).map_err(|e| refused(&hook, e))?;
+                prog.attach().map_err(|e| refused(&hook, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
