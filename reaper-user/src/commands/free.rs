@@ -22,15 +22,16 @@ use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};
 use crate::error::{bad_input, Exit};
+use crate::holders::container::engine::ContainerStop;
 use crate::holders::{self, Query, ScanGaps};
 use crate::journal::writer::{JournalWriter, WriterOptions};
 use crate::journal::{self, Outcome, Record};
 use crate::output::{self, Style};
 use crate::policy::{Context, Decision, FlagRule, Policy};
-use crate::reap::plan::{self, Judged, Plan, Tree, Unowned};
-use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
+use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
+use crate::reap::{self, StopOptions, TargetOutcome, TargetReport};
 use crate::text::{shell_word, term};
-use crate::util::{human_duration, human_ms, Proto};
+use crate::util::Proto;
 
 /// The JSON document `--json` prints.
 #[derive(Serialize)]
@@ -42,6 +43,12 @@ struct Report<'a> {
     holders: &'a [Judged],
     #[serde(skip_serializing_if = "<[Unowned]>::is_empty")]
     unowned: &'a [Unowned],
+    /// Containers behind the engine's proxy, with their verdicts.
+    #[serde(skip_serializing_if = "<[JudgedContainer]>::is_empty")]
+    containers: &'a [JudgedContainer],
+    /// What stopping them through the engine did.
+    #[serde(skip_serializing_if = "<[ContainerStop]>::is_empty")]
+    container_stops: &'a [ContainerStop],
     signals: Vec<&'a reap::SignalSent>,
     targets: &'a [TargetReport],
     /// already_free, freed, still_held, refused, dry_run.
@@ -63,7 +70,17 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
     let policy = build_policy(&args)?;
     // The journal is opened before anything is scanned or signalled: a run
     // asked to keep a record must not act when it cannot keep one.
-    let journal = open_journal(&args)?;
+    let journal = match &args.journal {
+        Some(path) => Some(JournalWriter::open(path, WriterOptions::default()).with_context(
+            || {
+                format!(
+                    "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns (e.g. /var/lib/reaper/journal.jsonl), or leave out --journal",
+                    path.display()
+                )
+            },
+        )?),
+        None => None,
+    };
 
     let mut ctx = Context::current(None)
         .context("cannot read reaper's own process and namespace from /proc")?;
@@ -92,6 +109,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         scan_ms: scan.duration_ms,
         gaps: &scan.gaps,
         targets: Vec::new(),
+        container_stops: Vec::new(),
         free_at: None,
         journal,
     };
@@ -106,8 +124,83 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
     }
 
     let probes = plan.probes(&ctx, args.proto, args.port);
-    if plan.targets().is_empty() {
-        return run.no_process_holds_it(&probes, deadline);
+    let targets: Vec<&Judged> = plan.targets();
+
+    if targets.is_empty() && plan.container_targets().is_empty() {
+        // Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
+        let tw = plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
+        let first = reap::wait_bindable(&probes, Instant::now());
+        if first.free_at.is_some() {
+            run.free_at = first.free_at;
+            let msg = match tw {
+                Some(u) => format!(
+                    "port {}/{} is free: a TIME_WAIT socket ({}{}) is there but does not block a SO_REUSEADDR bind; nothing to kill",
+                    args.port,
+                    args.proto,
+                    u.socket,
+                    expiry_words(u.expires_in_ms)
+                ),
+                None => format!("port {}/{} is already free", args.port, args.proto),
+            };
+            return run.finish("already_free", &msg, Exit::Ok);
+        }
+        if args.dry_run {
+            let msg = format!(
+                "port {}/{} cannot be bound ({}) and no process holds it{}; nothing would be signalled",
+                args.port,
+                args.proto,
+                first.last_error.unwrap_or_default(),
+                tw.map(|u| format!(": only TIME_WAIT ({}{})", u.socket, expiry_words(u.expires_in_ms))).unwrap_or_default()
+            );
+            return run.finish("dry_run", &msg, Exit::StillHeld);
+        }
+        // Only the kernel's timer can free it: wait, up to the deadline.
+        let w = reap::wait_bindable(&probes, deadline);
+        run.free_at = w.free_at;
+        return match (w.free_at, tw) {
+            (Some(t), Some(u)) => {
+                let msg = format!(
+                    "port {}/{} free after {} ms: it was blocked only by TIME_WAIT ({}), which expired; nothing was killed",
+                    args.port,
+                    args.proto,
+                    reap::ms_since(start, t).round(),
+                    u.socket
+                );
+                run.finish("freed", &msg, Exit::Ok)
+            }
+            (Some(t), None) => {
+                let msg = format!(
+                    "port {}/{} free after {} ms; nothing was killed",
+                    args.port,
+                    args.proto,
+                    reap::ms_since(start, t).round()
+                );
+                run.finish("freed", &msg, Exit::Ok)
+            }
+            (None, Some(u)) => {
+                let msg = format!(
+                    "port {}/{} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
+                    args.port,
+                    args.proto,
+                    crate::util::human_duration(args.deadline),
+                    u.socket,
+                    expiry_words(u.expires_in_ms)
+                );
+                run.finish("still_held", &msg, Exit::StillHeld)
+            }
+            (None, None) => {
+                let msg = format!(
+                    "port {}/{} still not bindable after {} ({}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {} --netns all`",
+                    args.port,
+                    args.proto,
+                    crate::util::human_duration(args.deadline),
+                    w.last_error.unwrap_or_default(),
+                    scan.gaps.unreadable_pids,
+                    args.port
+                );
+                run.finish("still_held", &msg, Exit::StillHeld)
+            }
+        };
     }
 
     if args.dry_run {
@@ -132,25 +225,94 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         Err(why) => unreachable!("the plan refused after its refusal was checked: {why}"),
     };
     run.targets = done.targets;
+    run.container_stops = done.containers;
     run.free_at = done.free_at;
-    let (outcome, msg, exit) = run.stopped_words(done.last_error, &query);
-    run.finish(outcome, &msg, exit)
-}
-
-/// `--journal`, opened for appending; a path that cannot be written stops
-/// the run before anything is scanned.
-fn open_journal(args: &FreeArgs) -> Result<Option<JournalWriter>> {
-    let Some(path) = &args.journal else {
-        return Ok(None);
-    };
-    JournalWriter::open(path, WriterOptions::default())
-        .map(Some)
-        .with_context(|| {
+    let w_last_error = done.last_error;
+    let stopped: Vec<String> = run
+        .container_stops
+        .iter()
+        .filter(|c| c.stopped())
+        .map(|c| {
             format!(
-                "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns (e.g. /var/lib/reaper/journal.jsonl), or leave out --journal",
-                path.display()
+                "container {} ({}) stopped through the engine after {} ms, kept as {}",
+                c.name.as_deref().unwrap_or("?"),
+                crate::holders::container::short(&c.id),
+                c.stopped_at_ms.unwrap_or_default(),
+                c.state_after.as_deref().unwrap_or("?")
             )
         })
+        .collect();
+    let mut skipped: Vec<String> = run
+        .container_stops
+        .iter()
+        .filter_map(|c| c.error.clone())
+        .collect();
+    skipped.extend(run.targets.iter().filter_map(|t| match &t.outcome {
+        TargetOutcome::IdentityChanged { changes } => Some(format!(
+            "pid {} was not signalled: its identity changed since it was judged ({})",
+            t.pid,
+            changes.join("; ")
+        )),
+        TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
+        TargetOutcome::StillRunning => Some(format!(
+            "pid {} is still running after {}",
+            t.pid,
+            signals_words(t)
+        )),
+        _ => None,
+    }));
+    match run.free_at {
+        Some(t) => {
+            let mut msg = format!(
+                "port {}/{} free after {} ms",
+                args.port,
+                args.proto,
+                reap::ms_since(start, t).round()
+            );
+            let exits: Vec<String> = run
+                .targets
+                .iter()
+                .filter_map(|t| match &t.outcome {
+                    TargetOutcome::Exited { by, after_ms } => {
+                        Some(format!("pid {} exited on {by} after {after_ms} ms", t.pid))
+                    }
+                    TargetOutcome::Gone => Some(format!("pid {} was already gone", t.pid)),
+                    _ => None,
+                })
+                .collect();
+            if targets.len() == 1 && exits.len() == 1 {
+                msg.push_str(&format!(
+                    " ({})",
+                    exits[0].replacen(&format!("pid {} ", run.targets[0].pid), "holder ", 1)
+                ));
+            } else if !exits.is_empty() {
+                msg.push_str(&format!(" ({})", exits.join(", ")));
+            }
+            if !stopped.is_empty() {
+                msg.push_str(&format!(" ({})", stopped.join(", ")));
+            }
+            if !skipped.is_empty() {
+                msg.push_str(&format!("; {}", skipped.join("; ")));
+            }
+            run.finish("freed", &msg, Exit::Ok)
+        }
+        None => {
+            let mut msg = format!(
+                "port {}/{} still held after {} ms ({})",
+                args.port,
+                args.proto,
+                reap::ms_since(start, Instant::now()).round(),
+                w_last_error.unwrap_or_default()
+            );
+            if !skipped.is_empty() {
+                msg.push_str(&format!(": {}", skipped.join("; ")));
+            }
+            if let Some(now) = holders_now(&query) {
+                msg.push_str(&format!("; holders now: {now}"));
+            }
+            run.finish("still_held", &msg, Exit::StillHeld)
+        }
+    }
 }
 
 /// Flags and file, combined; refuses to run with no reap rule at all.
@@ -197,14 +359,9 @@ fn holders_now(query: &Query) -> Option<String> {
 
 fn expiry_words(ms: Option<u64>) -> String {
     match ms {
-        Some(ms) => format!(", expires in {}", human_ms(ms)),
+        Some(ms) => format!(", expires in {}", crate::util::human_ms(ms)),
         None => String::new(),
     }
-}
-
-/// A measured time in milliseconds, in words.
-fn ms_words(ms: f64) -> String {
-    human_ms(ms.round() as u64)
 }
 
 fn signals_words(t: &TargetReport) -> String {
@@ -226,6 +383,7 @@ struct Run<'a> {
     scan_ms: f64,
     gaps: &'a ScanGaps,
     targets: Vec<TargetReport>,
+    container_stops: Vec<ContainerStop>,
     free_at: Option<Instant>,
     /// Opened before any work (see `run`).
     journal: Option<JournalWriter>,
@@ -241,147 +399,6 @@ struct JournalStatus {
 }
 
 impl Run<'_> {
-    /// No process to signal (maybe TIME_WAIT): the bind probe tells the
-    /// truth, and only the kernel's timer can free it, up to the deadline.
-    fn no_process_holds_it(&mut self, probes: &[BindProbe], deadline: Instant) -> Result<Exit> {
-        let (port, proto) = (self.args.port, self.args.proto);
-        let tw = self.plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
-        let first = reap::wait_bindable(probes, Instant::now());
-        if first.free_at.is_some() {
-            self.free_at = first.free_at;
-            let msg = match tw {
-                Some(u) => format!(
-                    "port {port}/{proto} is free: a TIME_WAIT socket ({}{}) is there but does not block a SO_REUSEADDR bind; nothing to kill",
-                    u.socket,
-                    expiry_words(u.expires_in_ms)
-                ),
-                None => format!("port {port}/{proto} is already free"),
-            };
-            return self.finish("already_free", &msg, Exit::Ok);
-        }
-        if self.args.dry_run {
-            let msg = format!(
-                "port {port}/{proto} cannot be bound ({}) and no process holds it{}; nothing would be signalled",
-                first.last_error.unwrap_or_default(),
-                tw.map(|u| format!(": only TIME_WAIT ({}{})", u.socket, expiry_words(u.expires_in_ms))).unwrap_or_default()
-            );
-            return self.finish("dry_run", &msg, Exit::StillHeld);
-        }
-        let w = reap::wait_bindable(probes, deadline);
-        self.free_at = w.free_at;
-        let (outcome, msg, exit) = match (w.free_at, tw) {
-            (Some(t), Some(u)) => (
-                "freed",
-                format!(
-                    "port {port}/{proto} free after {}: it was blocked only by TIME_WAIT ({}), which expired; nothing was killed",
-                    ms_words(reap::ms_since(self.start, t)),
-                    u.socket
-                ),
-                Exit::Ok,
-            ),
-            (Some(t), None) => (
-                "freed",
-                format!(
-                    "port {port}/{proto} free after {}; nothing was killed",
-                    ms_words(reap::ms_since(self.start, t))
-                ),
-                Exit::Ok,
-            ),
-            (None, Some(u)) => (
-                "still_held",
-                format!(
-                    "port {port}/{proto} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
-                    human_duration(self.args.deadline),
-                    u.socket,
-                    expiry_words(u.expires_in_ms)
-                ),
-                Exit::StillHeld,
-            ),
-            (None, None) => (
-                "still_held",
-                format!(
-                    "port {port}/{proto} still not bindable after {} ({}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {port} --netns all`",
-                    human_duration(self.args.deadline),
-                    w.last_error.unwrap_or_default(),
-                    self.gaps.unreadable_pids,
-                ),
-                Exit::StillHeld,
-            ),
-        };
-        self.finish(outcome, &msg, exit)
-    }
-
-    /// What the signals achieved, in words: the outcome, the message and
-    /// the exit status.
-    fn stopped_words(
-        &self,
-        last_error: Option<String>,
-        query: &Query,
-    ) -> (&'static str, String, Exit) {
-        let (port, proto) = (self.args.port, self.args.proto);
-        let skipped: Vec<String> = self
-            .targets
-            .iter()
-            .filter_map(|t| match &t.outcome {
-                TargetOutcome::IdentityChanged { changes } => Some(format!(
-                    "pid {} was not signalled: its identity changed since it was judged ({})",
-                    t.pid,
-                    changes.join("; ")
-                )),
-                TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
-                TargetOutcome::StillRunning => Some(format!(
-                    "pid {} is still running after {}",
-                    t.pid,
-                    signals_words(t)
-                )),
-                _ => None,
-            })
-            .collect();
-        let Some(t) = self.free_at else {
-            let mut msg = format!(
-                "port {port}/{proto} still held after {} ({})",
-                ms_words(reap::ms_since(self.start, Instant::now())),
-                last_error.unwrap_or_default()
-            );
-            if !skipped.is_empty() {
-                msg.push_str(&format!(": {}", skipped.join("; ")));
-            }
-            if let Some(now) = holders_now(query) {
-                msg.push_str(&format!("; holders now: {now}"));
-            }
-            return ("still_held", msg, Exit::StillHeld);
-        };
-        let mut msg = format!(
-            "port {port}/{proto} free after {}",
-            ms_words(reap::ms_since(self.start, t))
-        );
-        let exits: Vec<String> = self
-            .targets
-            .iter()
-            .filter_map(|t| match &t.outcome {
-                TargetOutcome::Exited { by, after_ms } => Some(format!(
-                    "pid {} exited on {by} after {}",
-                    t.pid,
-                    ms_words(*after_ms as f64)
-                )),
-                TargetOutcome::Gone => Some(format!("pid {} was already gone", t.pid)),
-                _ => None,
-            })
-            .collect();
-        if self.plan.targets().len() == 1 && exits.len() == 1 {
-            msg.push_str(&format!(
-                " ({})",
-                exits[0].replacen(&format!("pid {} ", self.targets[0].pid), "holder ", 1)
-            ));
-        } else if !exits.is_empty() {
-            msg.push_str(&format!(" ({})", exits.join(", ")));
-        }
-        if !skipped.is_empty() {
-            msg.push_str(&format!("; {}", skipped.join("; ")));
-        }
-        ("freed", msg, Exit::Ok)
-    }
-
     fn finish(&mut self, outcome: &str, message: &str, exit: Exit) -> Result<Exit> {
         let elapsed_ms = reap::ms_since(self.start, Instant::now());
         let free_at = self.free_at.map(|t| crate::util::rfc3339(reap::wall_of(t)));
@@ -417,6 +434,8 @@ impl Run<'_> {
                 dry_run: self.args.dry_run,
                 holders: &self.plan.judged,
                 unowned: &self.plan.unowned,
+                containers: &self.plan.containers,
+                container_stops: &self.container_stops,
                 signals: self.targets.iter().flat_map(|t| t.signals.iter()).collect(),
                 targets: &self.targets,
                 outcome,
@@ -481,6 +500,33 @@ impl Run<'_> {
                 let _ = writeln!(out, "      - {}", term(r));
             }
         }
+        for c in &self.plan.containers {
+            let decision = match c.verdict.decision {
+                Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
+                Decision::Keep => st.yellow("KEEP"),
+                Decision::Protect => st.green("PROTECT"),
+            };
+            let rule = c
+                .verdict
+                .rule
+                .as_deref()
+                .map(|r| format!(" (rule '{}')", term(r)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  container {}  behind proxy pid {}",
+                st.bold(&term(&c.container.words())),
+                c.proxies
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(out, "    {decision}{rule}");
+            for r in &c.verdict.reasons {
+                let _ = writeln!(out, "      - {}", term(r));
+            }
+        }
         for u in &self.plan.unowned {
             let _ = writeln!(
                 out,
@@ -492,6 +538,21 @@ impl Run<'_> {
             );
         }
         let mut events: Vec<(f64, String)> = Vec::new();
+        for c in &self.container_stops {
+            let what = match (&c.error, c.stopped_at_ms) {
+                (Some(e), _) => {
+                    format!("container {}: {e}", crate::holders::container::short(&c.id))
+                }
+                (None, Some(_)) => format!(
+                    "container {} stopped by the engine ({})",
+                    crate::holders::container::short(&c.id),
+                    c.state_after.as_deref().unwrap_or("?")
+                ),
+                (None, None) => continue,
+            };
+            // Escaped where the events are printed.
+            events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
+        }
         for t in &self.targets {
             for s in &t.signals {
                 events.push((s.at_ms, format!("{} -> pid {}", s.signal, s.pid)));
@@ -535,8 +596,16 @@ impl Run<'_> {
         let Some(w) = self.journal.as_mut() else {
             return Ok(());
         };
-        for j in self.plan.targets() {
-            let body = journal::reaping(j, &[], Outcome::InProgress, None, None, false);
+        let containers =
+            self.plan.container_targets().into_iter().map(|c| {
+                journal::container_reaping(c, None, Outcome::InProgress, None, None, false)
+            });
+        let processes = self
+            .plan
+            .targets()
+            .into_iter()
+            .map(|j| journal::reaping(j, &[], Outcome::InProgress, None, None, false));
+        for body in containers.chain(processes) {
             w.append(&Record::new("proc", body)).with_context(|| {
                 "cannot write the reaping's intent to the journal; nothing was signalled. Free space there, or fix the path".to_string()
             })?;
@@ -552,6 +621,33 @@ impl Run<'_> {
         free_at: Option<String>,
         elapsed_ms: f64,
     ) -> Result<()> {
+        for (i, c) in self.plan.containers.iter().enumerate() {
+            let reaped = c.verdict.decision == Decision::Reap;
+            let stop = reaped
+                .then(|| {
+                    let k = self.plan.containers[..i]
+                        .iter()
+                        .filter(|x| x.verdict.decision == Decision::Reap)
+                        .count();
+                    self.container_stops.get(k)
+                })
+                .flatten();
+            let target_outcome = match (outcome, stop) {
+                ("dry_run", _) => "dry_run",
+                (_, Some(s)) => plan::container_outcome(s, free_at.is_some()),
+                (_, None) if !reaped => "refused",
+                (o, None) => o,
+            };
+            let body = journal::container_reaping(
+                c,
+                stop,
+                Outcome::from(target_outcome),
+                free_at.clone(),
+                Some(elapsed_ms.round() as u64),
+                self.args.dry_run,
+            );
+            w.append(&Record::new("proc", body))?;
+        }
         for j in &self.plan.judged {
             let report = self.targets.iter().find(|t| t.pid == j.process.pid);
             let target_outcome = match (outcome, report) {

@@ -770,6 +770,7 @@ impl Aggregator {
             Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
+            Body::ClaimsFull { .. } => {}
         }
     }
 
@@ -1037,6 +1038,7 @@ impl Aggregator {
             port_free_at,
             elapsed_ms,
             dry_run,
+            container,
         } = body
         else {
             return;
@@ -1072,7 +1074,7 @@ impl Aggregator {
         let free_ms = port_free_at
             .as_deref()
             .and_then(crate::journal::reader::parse_ms);
-        let detail = view::reaping_detail(
+        let mut detail = view::reaping_detail(
             &verdict,
             &signals,
             dry_run,
@@ -1080,6 +1082,14 @@ impl Aggregator {
             free_ms,
             elapsed_ms,
         );
+        if let Some(c) = &container {
+            detail = format!(
+                "container {} ({}, image {}) stopped through the engine; {detail}",
+                c.name.as_deref().unwrap_or("?"),
+                c.short_id,
+                c.image.as_deref().unwrap_or("?")
+            );
+        }
         let freed = !dry_run && matches!(outcome, Outcome::Freed | Outcome::Gone);
         let note = ReapingNote {
             ts: rfc(ms),
