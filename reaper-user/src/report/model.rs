@@ -1083,12 +1083,7 @@ impl Aggregator {
             elapsed_ms,
         );
         if let Some(c) = &container {
-            detail = format!(
-                "container {} ({}, image {}) stopped through the engine; {detail}",
-                c.name.as_deref().unwrap_or("?"),
-                c.short_id,
-                c.image.as_deref().unwrap_or("?")
-            );
+            detail = view::container_stopped(c, &detail);
         }
         let freed = !dry_run && matches!(outcome, Outcome::Freed | Outcome::Gone);
         let note = ReapingNote {

@@ -609,3 +609,13 @@ pub fn reaping_detail(
     }
     detail
 }
+
+/// A reaping of a container: the engine stopped it, then what happened.
+pub fn container_stopped(c: &crate::journal::ContainerRecord, detail: &str) -> String {
+    format!(
+        "container {} ({}, image {}) stopped through the engine; {detail}",
+        c.name.as_deref().unwrap_or("?"),
+        c.short_id,
+        c.image.as_deref().unwrap_or("?")
+    )
+}
