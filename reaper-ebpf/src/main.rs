@@ -518,10 +518,10 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     ev.protocol = reaper_common::IPPROTO_TCP;
     ev.sock_type = 1;
     let st = sock_state(sk as *mut _, true);
-    // SAFETY: this socket's storage, valid for this program run.
     let state = if st.is_null() {
         0
     } else {
+        // SAFETY: this socket's storage, valid for this program run.
         unsafe { (*st).state }
     };
     // A summarised ephemeral claim has no storage before this listen.

@@ -25,7 +25,7 @@ use crate::error::{bad_input, Exit};
 use crate::holders::container::engine::ContainerStop;
 use crate::holders::{self, Query, ScanGaps};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{self, Record};
+use crate::journal::{self, Outcome, Record};
 use crate::output::{self, Style};
 use crate::policy::{Context, Decision, FlagRule, Policy};
 use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
@@ -182,7 +182,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
                     "port {}/{} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
                     args.port,
                     args.proto,
-                    humantime::format_duration(args.deadline),
+                    crate::util::human_duration(args.deadline),
                     u.socket,
                     expiry_words(u.expires_in_ms)
                 );
@@ -193,7 +193,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
                     "port {}/{} still not bindable after {} ({}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {} --netns all`",
                     args.port,
                     args.proto,
-                    humantime::format_duration(args.deadline),
+                    crate::util::human_duration(args.deadline),
                     w.last_error.unwrap_or_default(),
                     scan.gaps.unreadable_pids,
                     args.port
@@ -359,7 +359,7 @@ fn holders_now(query: &Query) -> Option<String> {
 
 fn expiry_words(ms: Option<u64>) -> String {
     match ms {
-        Some(ms) => format!(", expires in {:.1} s", ms as f64 / 1000.0),
+        Some(ms) => format!(", expires in {}", crate::util::human_ms(ms)),
         None => String::new(),
     }
 }
@@ -598,13 +598,13 @@ impl Run<'_> {
         };
         let containers =
             self.plan.container_targets().into_iter().map(|c| {
-                journal::container_reaping(c, None, journal::IN_PROGRESS, None, None, false)
+                journal::container_reaping(c, None, Outcome::InProgress, None, None, false)
             });
         let processes = self
             .plan
             .targets()
             .into_iter()
-            .map(|j| journal::reaping(j, &[], journal::IN_PROGRESS, None, None, false));
+            .map(|j| journal::reaping(j, &[], Outcome::InProgress, None, None, false));
         for body in containers.chain(processes) {
             w.append(&Record::new("proc", body)).with_context(|| {
                 "cannot write the reaping's intent to the journal; nothing was signalled. Free space there, or fix the path".to_string()
@@ -641,7 +641,7 @@ impl Run<'_> {
             let body = journal::container_reaping(
                 c,
                 stop,
-                target_outcome,
+                Outcome::from(target_outcome),
                 free_at.clone(),
                 Some(elapsed_ms.round() as u64),
                 self.args.dry_run,
@@ -651,20 +651,16 @@ impl Run<'_> {
         for j in &self.plan.judged {
             let report = self.targets.iter().find(|t| t.pid == j.process.pid);
             let target_outcome = match (outcome, report) {
-                ("dry_run", _) => "dry_run".to_string(),
-                (_, None) if j.verdict.decision != Decision::Reap => "refused".to_string(),
-                (_, None) => outcome.to_string(),
-                (_, Some(r)) => match (&r.outcome, free_at.is_some()) {
-                    (TargetOutcome::Exited { .. }, true) => "freed".into(),
-                    (TargetOutcome::Exited { .. }, false) => "still_held".into(),
-                    (o, _) => o.word().into(),
-                },
+                ("dry_run", _) => Outcome::DryRun,
+                (_, None) if j.verdict.decision != Decision::Reap => Outcome::Refused,
+                (_, None) => Outcome::from(outcome),
+                (_, Some(r)) => r.outcome.outcome(free_at.is_some()),
             };
             let signals = report.map(|r| r.signals.as_slice()).unwrap_or_default();
             let body = journal::reaping(
                 j,
                 signals,
-                &target_outcome,
+                target_outcome,
                 free_at.clone(),
                 Some(elapsed_ms.round() as u64),
                 self.args.dry_run,

@@ -43,11 +43,13 @@ use crate::events::{EventStream, Matcher};
 use crate::holders::{self, Holding, Process, Query, Scan};
 use crate::hooks::{self, Attached};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{self, Body, Endpoint, HolderVerdict, ProcessRef, Record, VerdictRecord};
+use crate::journal::{
+    self, Body, Endpoint, HolderVerdict, Outcome, ProcessRef, Record, VerdictRecord,
+};
 use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
 use crate::metrics::{self, Metrics};
-use crate::policy::{Context as PolicyContext, Decision, Policy};
-use crate::reap::{self, Plan, StopOptions, TargetOutcome, Tree};
+use crate::policy::{Action, Context as PolicyContext, Decision, Policy};
+use crate::reap::{self, Plan, StopOptions, Tree};
 use crate::text::term;
 use crate::util::{clock_ns, rfc3339, Proto};
 use config::{Config, OnJournalError};
@@ -190,73 +192,13 @@ struct Daemon {
 impl Daemon {
     async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
         // 1. The journal, and whether the last run ended cleanly.
-        let (last, torn) = recovery::last_record(&config.journal).unwrap_or_else(|e| {
-            tracing::warn!("cannot read the end of the journal: {e:#}");
-            (None, false)
-        });
-        if torn {
-            tracing::warn!(
-                "the journal {} ends in a torn line (the last run died mid-write); it is kept and skipped by readers",
-                config.journal.display()
-            );
-            if let Err(e) = recovery::close_torn_line(&config.journal) {
-                tracing::warn!("{e:#}");
-            }
-        }
+        let last = last_record(&config.journal);
         let metrics = Metrics::new("proc");
-        let journal = match JournalWriter::open(&config.journal, writer_options(&config)) {
-            Ok(j) => Some(j),
-            Err(e) if config.on_journal_error == OnJournalError::KeepRunning => {
-                metrics.journal_errors.fetch_add(1, Relaxed);
-                tracing::error!(
-                    "cannot open the journal {}: {e}; running without it (on_journal_error = \"keep-running\")",
-                    config.journal.display()
-                );
-                None
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "opening the journal {} (on_journal_error = \"exit\")",
-                        config.journal.display()
-                    )
-                })
-            }
-        };
+        let journal = open_journal(&config, &metrics)?;
 
-        // 2. The hooks, or degraded mode.
-        let mut degraded_reason = None;
-        let mut attached = None;
-        match config.hooks.tier() {
-            None => degraded_reason = Some("hooks = \"none\" in the config".to_string()),
-            Some(_) if !crate::util::is_root() => {
-                degraded_reason = Some(
-                    "not running as root (the BPF hooks need CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
-                        .to_string(),
-                )
-            }
-            Some(tier) => match hooks::attach_with(
-                tier,
-                &hooks::Options {
-                    claims_max: config.claims_max,
-                    ..hooks::Options::new(config.ringbuf_size)
-                },
-            ) {
-                Ok(a) => attached = Some(a),
-                Err(e) => degraded_reason = Some(format!("the hooks could not be attached: {e:#}")),
-            },
-        }
-        // Least privilege from here on: the programs are attached (their fds
-        // stay valid); what is left to do needs only these capabilities.
-        // Before any thread starts, so every later thread inherits the drop.
-        if crate::util::is_root() {
-            match crate::caps::drop_except(crate::caps::DAEMON_KEEPS) {
-                Ok(()) => tracing::info!(
-                    "dropped every capability except KILL, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE"
-                ),
-                Err(e) => tracing::warn!("could not drop capabilities (running with all of them): {e:#}"),
-            }
-        }
+        // 2. The hooks, or degraded mode; then least privilege.
+        let (mut attached, degraded_reason) = attach_or_degrade(&config);
+        drop_capabilities();
         let source = attached
             .as_ref()
             .map(|a| a.tier.as_str().to_string())
@@ -270,14 +212,7 @@ impl Daemon {
         metrics
             .degraded
             .store(degraded_reason.is_some() as u64, Relaxed);
-        let stream = match attached.as_mut() {
-            Some(a) => Some(EventStream::new(
-                a.events
-                    .take()
-                    .context("the ring buffer was taken already")?,
-            )?),
-            None => None,
-        };
+        let stream = attached.as_mut().map(event_stream).transpose()?;
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
 
         let (tx, rx) = mpsc::unbounded_channel();
@@ -319,49 +254,7 @@ impl Daemon {
         };
 
         // 3. The records of the start.
-        if let Some(last) = &last {
-            if last.kind != "stop" {
-                tracing::warn!(
-                    "the previous run ended without a stop record (last record: {} at {}): journaling a gap",
-                    last.kind,
-                    last.ts
-                );
-                d.journal(Body::Gap {
-                    after: last.ts.clone(),
-                });
-            }
-        }
-        d.journal(Body::Start {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            tier: d.source.clone(),
-            pid: Some(std::process::id()),
-        });
-        match &degraded_reason {
-            Some(reason) => {
-                tracing::warn!(
-                    "degraded mode: {reason}; polling the sockets every {:?} instead (failed binds are not seen; claims are seen at poll granularity)",
-                    d.config.poll_interval
-                );
-                d.journal(Body::Mode {
-                    mode: "degraded".into(),
-                    reason: reason.clone(),
-                });
-            }
-            None => {
-                let a = d.attached.as_ref().unwrap();
-                tracing::info!(
-                    "attached tier {} (errno {}; listens {}; cgroup {})",
-                    a.tier.as_str(),
-                    if a.tier.exact_errno() {
-                        "exact"
-                    } else {
-                        "inferred"
-                    },
-                    if a.listens { "seen" } else { "not seen" },
-                    a.cgroup.display()
-                );
-            }
-        }
+        d.journal_start(last.as_ref(), degraded_reason.as_deref());
 
         // 4. Seed the ledger with holders that predate the daemon.
         let started = Utc::now();
@@ -372,19 +265,7 @@ impl Daemon {
         d.scanned("seed", started, seed, t.elapsed());
 
         // 5. The interfaces.
-        if let Some(addr) = d.config.metrics_listen {
-            let listener = metrics::bind(addr).await?;
-            d._tasks
-                .push(tokio::spawn(metrics::serve(listener, d.metrics.clone())));
-            tracing::info!("metrics on http://{addr}/metrics");
-        }
-        if let Some(path) = d.config.control_socket.clone() {
-            let listener = control::bind(&path)?;
-            d._tasks
-                .push(tokio::spawn(control::serve(listener, d.shared.clone())));
-            tracing::info!("control socket {}", path.display());
-            d.control_path = Some(path);
-        }
+        d.serve().await?;
         d.flush();
         if let Some(e) = d.fatal.take() {
             return Err(e);
@@ -399,6 +280,72 @@ impl Daemon {
             d.config.summary()
         );
         Ok(d)
+    }
+
+    /// A gap when the last run did not stop cleanly, the start, and the
+    /// mode when degraded.
+    fn journal_start(&mut self, last: Option<&recovery::LastRecord>, degraded: Option<&str>) {
+        if let Some(last) = last {
+            if last.kind != "stop" {
+                tracing::warn!(
+                    "the previous run ended without a stop record (last record: {} at {}): journaling a gap",
+                    last.kind,
+                    last.ts
+                );
+                self.journal(Body::Gap {
+                    after: last.ts.clone(),
+                });
+            }
+        }
+        self.journal(Body::Start {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tier: self.source.clone(),
+            pid: Some(std::process::id()),
+        });
+        match degraded {
+            Some(reason) => {
+                tracing::warn!(
+                    "degraded mode: {reason}; polling the sockets every {:?} instead (failed binds are not seen; claims are seen at poll granularity)",
+                    self.config.poll_interval
+                );
+                self.journal(Body::Mode {
+                    mode: "degraded".into(),
+                    reason: reason.to_string(),
+                });
+            }
+            None => {
+                let a = self.attached.as_ref().unwrap();
+                tracing::info!(
+                    "attached tier {} (errno {}; listens {}; cgroup {})",
+                    a.tier.as_str(),
+                    if a.tier.exact_errno() {
+                        "exact"
+                    } else {
+                        "inferred"
+                    },
+                    if a.listens { "seen" } else { "not seen" },
+                    a.cgroup.display()
+                );
+            }
+        }
+    }
+
+    /// The metrics endpoint and the control socket, when configured.
+    async fn serve(&mut self) -> Result<()> {
+        if let Some(addr) = self.config.metrics_listen {
+            let listener = metrics::bind(addr).await?;
+            self._tasks
+                .push(tokio::spawn(metrics::serve(listener, self.metrics.clone())));
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        if let Some(path) = self.config.control_socket.clone() {
+            let listener = control::bind(&path)?;
+            self._tasks
+                .push(tokio::spawn(control::serve(listener, self.shared.clone())));
+            tracing::info!("control socket {}", path.display());
+            self.control_path = Some(path);
+        }
+        Ok(())
     }
 
     async fn run(&mut self) -> Result<Exit> {
@@ -692,13 +639,13 @@ impl Daemon {
                     .as_ref()
                     .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
                     .map(|u| VerdictRecord {
-                        decision: "keep".into(),
+                        decision: Decision::Keep,
                         reasons: vec![format!("{}: {}", u.socket, u.reason)],
                         rule: None,
                     })
             });
         let reap_all = refusal.is_none() && !judged.is_empty();
-        let mut holders: Vec<ProcessRef> = f.holders.iter().map(procinfo::from_process).collect();
+        let mut holders: Vec<ProcessRef> = f.holders.iter().map(ProcessRef::from).collect();
         if f.scan.is_none() {
             // The live system could not be asked: the ledger's word, marked as such.
             if let Some(c) = &f.ledger_holder {
@@ -738,7 +685,7 @@ impl Daemon {
             last: rfc3339(burst.last),
             verdict: verdict.clone().or_else(|| {
                 f.scan_error.as_ref().map(|e| VerdictRecord {
-                    decision: "keep".into(),
+                    decision: Decision::Keep,
                     reasons: vec![format!(
                         "the holders could not be verified, so nothing is judged: {e}"
                     )],
@@ -746,7 +693,11 @@ impl Daemon {
                 })
             }),
             verdicts: judged.iter().map(HolderVerdict::of).collect(),
-            action: if reap_all { "reap" } else { "report" }.to_string(),
+            action: if reap_all {
+                Action::Reap
+            } else {
+                Action::Report
+            },
         };
         self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
@@ -811,7 +762,7 @@ impl Daemon {
             self.journal(journal::container_reaping(
                 c,
                 None,
-                journal::IN_PROGRESS,
+                Outcome::InProgress,
                 None,
                 None,
                 false,
@@ -829,7 +780,7 @@ impl Daemon {
             self.journal(journal::reaping(
                 j,
                 &[],
-                journal::IN_PROGRESS,
+                Outcome::InProgress,
                 None,
                 None,
                 false,
@@ -940,19 +891,15 @@ impl Daemon {
             self.journal(journal::container_reaping(
                 c,
                 Some(stop),
-                outcome,
+                Outcome::from(outcome),
                 free_at.clone(),
                 elapsed,
                 false,
             ));
         }
         for (j, t) in flight.plan.judged.iter().zip(&r.execution.targets) {
-            let outcome = match (&t.outcome, r.execution.free_at) {
-                (TargetOutcome::Exited { .. }, Some(_)) => "freed",
-                (TargetOutcome::Exited { .. }, None) => "still_held",
-                (o, _) => o.word(),
-            };
-            self.metrics.reaping(outcome);
+            let outcome = t.outcome.outcome(r.execution.free_at.is_some());
+            self.metrics.reaping(outcome.as_str());
             tracing::warn!(
                 "reaping of pid {} ({}) on {}/{}: {outcome}",
                 j.process.pid,
@@ -1012,11 +959,11 @@ impl Daemon {
         for (_, flight) in std::mem::take(&mut self.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
             for c in flight.plan.container_targets() {
-                self.metrics.reaping(journal::INTERRUPTED);
+                self.metrics.reaping(Outcome::Interrupted.as_str());
                 self.journal(journal::container_reaping(
                     c,
                     None,
-                    journal::INTERRUPTED,
+                    Outcome::Interrupted,
                     None,
                     elapsed,
                     false,
@@ -1029,7 +976,7 @@ impl Daemon {
                     .filter(|s| s.pid == j.process.pid)
                     .cloned()
                     .collect();
-                self.metrics.reaping(journal::INTERRUPTED);
+                self.metrics.reaping(Outcome::Interrupted.as_str());
                 tracing::warn!(
                     "reaping of pid {} ({}) interrupted by the stop after {}",
                     j.process.pid,
@@ -1046,7 +993,7 @@ impl Daemon {
                 self.journal(journal::reaping(
                     j,
                     &sent,
-                    journal::INTERRUPTED,
+                    Outcome::Interrupted,
                     None,
                     elapsed,
                     false,
@@ -1479,6 +1426,98 @@ impl Daemon {
     }
 }
 
+/// The journal's last record (to know whether the last run stopped
+/// cleanly); a torn last line is closed so that appends start clean.
+fn last_record(journal: &Path) -> Option<recovery::LastRecord> {
+    let (last, torn) = recovery::last_record(journal).unwrap_or_else(|e| {
+        tracing::warn!("cannot read the end of the journal: {e:#}");
+        (None, false)
+    });
+    if torn {
+        tracing::warn!(
+            "the journal {} ends in a torn line (the last run died mid-write); it is kept and skipped by readers",
+            journal.display()
+        );
+        if let Err(e) = recovery::close_torn_line(journal) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    last
+}
+
+/// The journal for appending; when it cannot be opened, `on_journal_error`
+/// decides between running without it and not starting.
+fn open_journal(config: &Config, metrics: &Metrics) -> Result<Option<JournalWriter>> {
+    match JournalWriter::open(&config.journal, writer_options(config)) {
+        Ok(j) => Ok(Some(j)),
+        Err(e) if config.on_journal_error == OnJournalError::KeepRunning => {
+            metrics.journal_errors.fetch_add(1, Relaxed);
+            tracing::error!(
+                "cannot open the journal {}: {e}; running without it (on_journal_error = \"keep-running\")",
+                config.journal.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "opening the journal {} (on_journal_error = \"exit\")",
+                config.journal.display()
+            )
+        }),
+    }
+}
+
+/// The configured hook tier attached, or why the daemon runs degraded.
+fn attach_or_degrade(config: &Config) -> (Option<Attached>, Option<String>) {
+    match config.hooks.tier() {
+        None => (None, Some("hooks = \"none\" in the config".to_string())),
+        Some(_) if !crate::util::is_root() => (
+            None,
+            Some(
+                "not running as root (the BPF hooks need CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
+                    .to_string(),
+            ),
+        ),
+        Some(tier) => match hooks::attach_with(
+            tier,
+            &hooks::Options {
+                claims_max: config.claims_max,
+                ..hooks::Options::new(config.ringbuf_size)
+            },
+        ) {
+            Ok(a) => (Some(a), None),
+            Err(e) => (
+                None,
+                Some(format!("the hooks could not be attached: {e:#}")),
+            ),
+        },
+    }
+}
+
+/// The attached programs' ring buffer, read from the daemon's loop.
+fn event_stream(a: &mut Attached) -> Result<EventStream> {
+    EventStream::new(
+        a.events
+            .take()
+            .context("the ring buffer was taken already")?,
+    )
+}
+
+/// Least privilege from here on: the programs are attached (their fds stay
+/// valid); what is left to do needs only these capabilities. Called before
+/// any thread starts, so every later thread inherits the drop.
+fn drop_capabilities() {
+    if !crate::util::is_root() {
+        return;
+    }
+    match crate::caps::drop_except(crate::caps::DAEMON_KEEPS) {
+        Ok(()) => tracing::info!(
+            "dropped every capability except KILL, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE"
+        ),
+        Err(e) => tracing::warn!("could not drop capabilities (running with all of them): {e:#}"),
+    }
+}
+
 fn writer_options(c: &Config) -> WriterOptions {
     WriterOptions {
         max_bytes: (c.journal_max_bytes > 0).then_some(c.journal_max_bytes),
@@ -1511,8 +1550,9 @@ async fn next_events(
 fn endpoint(f: &Fact) -> Endpoint {
     Endpoint {
         netns: f.netns,
-        proto: f.proto.map(|p| p.as_str()).unwrap_or("?").to_string(),
-        family: f.family.map(|x| x.as_str().to_string()),
+        // A fact the ledger journals is of a TCP or UDP claim.
+        proto: f.proto.unwrap_or(Proto::Tcp),
+        family: f.family,
         addr: f.addr.clone(),
         port: f.port.unwrap_or(0),
     }
@@ -1528,8 +1568,8 @@ fn endpoint_of(r: &Record) -> Option<Endpoint> {
 fn claim_endpoint(c: &Claim) -> Endpoint {
     Endpoint {
         netns: Some(c.key.netns),
-        proto: c.key.proto.as_str().into(),
-        family: Some(c.family.as_str().into()),
+        proto: c.key.proto,
+        family: Some(c.family),
         addr: Some(c.key.addr.to_string()),
         port: c.key.port,
     }

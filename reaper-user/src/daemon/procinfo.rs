@@ -2,41 +2,18 @@
 //! that failed to bind may exit a moment later, and a record that says only
 //! "pid 4242" answers nothing.
 
-use crate::holders::Process;
 use crate::journal::ProcessRef;
 use crate::reap::{Identity, ProcStat};
 
 /// How far up the parent chain a record goes.
 const ANCESTORS: usize = 8;
 
-/// A holder (from a scan) as the journal remembers it.
-pub fn from_process(p: &Process) -> ProcessRef {
-    ProcessRef {
-        pid: p.pid,
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
-        uid: Some(p.uid),
-        user: p.user.clone(),
-        started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
-        ppid: Some(p.ppid),
-        ancestors: p
-            .ancestors
-            .iter()
-            .map(|(pid, comm)| format!("{pid}:{comm}"))
-            .collect(),
-        cgroup: p.cgroup.clone(),
-        container: p.container.clone(),
-        orphaned: Some(p.orphaned),
-    }
-}
-
 /// The process `pid` as it is now. Uses the holder scanner's reader when it
 /// can; otherwise reads what it can itself. `comm` and `uid` come from the
 /// kernel event and stand when the process is already gone.
 pub fn now(pid: u32, comm: &str, uid: u32) -> ProcessRef {
     if let Some(p) = crate::holders::process(pid) {
-        return from_process(&p);
+        return ProcessRef::from(&p);
     }
     let mut r = ProcessRef {
         pid,

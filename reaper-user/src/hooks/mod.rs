@@ -341,63 +341,10 @@ pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
             None
         }
     };
-    for (name, hook) in CGROUP_SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| refused(hook, e))?;
-        prog.attach(&cgroup_fd, CGROUP_MODE)
-            .map_err(|e| refused(hook, e))?;
-    }
-    for (name, hook) in CGROUP_SOCK {
-        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| refused(hook, e))?;
-        prog.attach(&cgroup_fd, CGROUP_MODE)
-            .map_err(|e| refused(hook, e))?;
-    }
+    attach_cgroup_hooks(&mut ebpf, &cgroup_fd)?;
     let btf = Btf::from_sys_fs().ok();
-    let listens = match &btf {
-        Some(btf) => {
-            let (name, tp) = LISTEN_PROG;
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            match prog.load(tp, btf).and_then(|_| prog.attach().map(|_| ())) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        "listens will not be seen: tp_btf/{tp} refused: {}",
-                        describe(&e)
-                    );
-                    false
-                }
-            }
-        }
-        None => {
-            tracing::warn!("listens will not be seen: no kernel BTF at /sys/kernel/btf/vmlinux");
-            false
-        }
-    };
-    match tier {
-        Tier::Cgroup => {}
-        Tier::Syscalls => {
-            ensure_tracefs();
-            let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
-            prog.load()
-                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
-            prog.attach("syscalls", "sys_exit_bind")
-                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
-        }
-        Tier::Fexit => {
-            let btf = btf.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup"
-                )
-            })?;
-            for (name, func) in FEXITS {
-                let prog: &mut FExit = program(&mut ebpf, name)?;
-                let hook = format!("fexit/{func}");
-                prog.load(func, btf).map_err(|e| refused(&hook, e))?;
-                prog.attach().map_err(|e| refused(&hook, e))?;
-            }
-        }
-    }
+    let listens = attach_listens(&mut ebpf, btf.as_ref())?;
+    attach_exact_errno(&mut ebpf, tier, btf.as_ref())?;
     let events = RingBuf::try_from(
         ebpf.take_map(reaper_common::MAP_EVENTS)
             .context("the eBPF object has no EVENTS map")?,
@@ -434,6 +381,73 @@ pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
         cgroup,
         _ebpf: ebpf,
     })
+}
+
+/// The cgroup programs every tier uses, on the cgroup v2 root.
+fn attach_cgroup_hooks(ebpf: &mut Ebpf, cgroup_fd: &File) -> Result<()> {
+    for (name, hook) in CGROUP_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    for (name, hook) in CGROUP_SOCK {
+        let prog: &mut CgroupSock = program(ebpf, name)?;
+        prog.load().map_err(|e| refused(hook, e))?;
+        prog.attach(cgroup_fd, CGROUP_MODE)
+            .map_err(|e| refused(hook, e))?;
+    }
+    Ok(())
+}
+
+/// The listen tp_btf, when the kernel allows it: listens are a bonus,
+/// so a refusal is said and not fatal. Whether listens will be seen.
+fn attach_listens(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<bool> {
+    let Some(btf) = btf else {
+        tracing::warn!("listens will not be seen: no kernel BTF at /sys/kernel/btf/vmlinux");
+        return Ok(false);
+    };
+    let (name, tp) = LISTEN_PROG;
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+    match prog.load(tp, btf).and_then(|_| prog.attach().map(|_| ())) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::warn!(
+                "listens will not be seen: tp_btf/{tp} refused: {}",
+                describe(&e)
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// The exact-errno programs of the `syscalls` and `fexit` tiers.
+fn attach_exact_errno(ebpf: &mut Ebpf, tier: Tier, btf: Option<&Btf>) -> Result<()> {
+    match tier {
+        Tier::Cgroup => {}
+        Tier::Syscalls => {
+            ensure_tracefs();
+            let prog: &mut TracePoint = program(ebpf, SYS_EXIT_BIND)?;
+            prog.load()
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+            prog.attach("syscalls", "sys_exit_bind")
+                .map_err(|e| refused("tracepoint/syscalls/sys_exit_bind", e))?;
+        }
+        Tier::Fexit => {
+            let btf = btf.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the fexit tier needs kernel BTF (/sys/kernel/btf/vmlinux): use --hooks cgroup"
+                )
+            })?;
+            for (name, func) in FEXITS {
+                let prog: &mut FExit = program(ebpf, name)?;
+                let hook = format!("fexit/{func}");
+                prog.load(func, btf).map_err(|e| refused(&hook, e))?;
+                prog.attach().map_err(|e| refused(&hook, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -503,134 +517,160 @@ pub fn probe_all() -> Result<Vec<Probe>> {
         .context("loading reaper's eBPF object")?;
     let cgroup = cgroup2_root().ok();
     let cgroup_fd = cgroup.as_ref().and_then(|p| File::open(p).ok());
-    let btf = Btf::from_sys_fs().ok();
     let mut out = Vec::new();
-    let mut record = |hook: &str,
-                      ty: &str,
-                      used_by: Vec<&'static str>,
-                      load: std::result::Result<(), ProgramError>,
-                      attach: Option<std::result::Result<(), ProgramError>>| {
-        let (attaches, err) = match (&load, attach) {
-            (Err(e), _) => (false, Some(e.to_string()).map(|s| (s, errno_of(e)))),
-            (Ok(()), Some(Err(e))) => (false, Some((e.to_string(), errno_of(&e)))),
-            (Ok(()), Some(Ok(()))) => (true, None),
-            (Ok(()), None) => (false, None),
-        };
-        out.push(Probe {
-            hook: hook.to_string(),
-            program_type: ty.to_string(),
-            loads: load.is_ok(),
-            attaches,
-            errno: err
-                .as_ref()
-                .and_then(|(_, c)| c.map(crate::util::errno_name)),
-            error: err.map(|(s, _)| s.lines().next().unwrap_or_default().to_string()),
-            used_by,
-        });
+    probe_cgroup_hooks(&mut ebpf, cgroup_fd.as_ref(), &mut out)?;
+    out.push(probe_sys_exit_bind(&mut ebpf)?);
+    match Btf::from_sys_fs().ok() {
+        Some(btf) => probe_btf_hooks(&mut ebpf, &btf, &mut out)?,
+        None => out.extend(without_btf()),
+    }
+    Ok(out)
+}
+
+/// What loading (and, if it loaded, attaching then detaching) one program
+/// said. `attach` is None when it was not tried.
+fn probed(
+    hook: &str,
+    ty: &str,
+    used_by: Vec<&'static str>,
+    load: std::result::Result<(), ProgramError>,
+    attach: Option<std::result::Result<(), ProgramError>>,
+) -> Probe {
+    let (attaches, err) = match (&load, attach) {
+        (Err(e), _) => (false, Some(e.to_string()).map(|s| (s, errno_of(e)))),
+        (Ok(()), Some(Err(e))) => (false, Some((e.to_string(), errno_of(&e)))),
+        (Ok(()), Some(Ok(()))) => (true, None),
+        (Ok(()), None) => (false, None),
     };
+    Probe {
+        hook: hook.to_string(),
+        program_type: ty.to_string(),
+        loads: load.is_ok(),
+        attaches,
+        errno: err
+            .as_ref()
+            .and_then(|(_, c)| c.map(crate::util::errno_name)),
+        error: err.map(|(s, _)| s.lines().next().unwrap_or_default().to_string()),
+        used_by,
+    }
+}
+
+/// The cgroup programs every tier uses, attached to the cgroup v2 root
+/// when there is one.
+fn probe_cgroup_hooks(
+    ebpf: &mut Ebpf,
+    cgroup_fd: Option<&File>,
+    out: &mut Vec<Probe>,
+) -> Result<()> {
     let all = vec!["cgroup", "syscalls", "fexit"];
     for (name, hook) in CGROUP_SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         let load = prog.load();
-        let attach = match (&load, &cgroup_fd) {
+        let attach = match (&load, cgroup_fd) {
             (Ok(()), Some(fd)) => Some(prog.attach(fd, CGROUP_MODE).map(|link| {
                 let _ = prog.detach(link);
             })),
             _ => None,
         };
-        record(hook, "cgroup_sock_addr", all.clone(), load, attach);
+        out.push(probed(hook, "cgroup_sock_addr", all.clone(), load, attach));
     }
     for (name, hook) in CGROUP_SOCK {
-        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+        let prog: &mut CgroupSock = program(ebpf, name)?;
         let load = prog.load();
-        let attach = match (&load, &cgroup_fd) {
+        let attach = match (&load, cgroup_fd) {
             (Ok(()), Some(fd)) => Some(prog.attach(fd, CGROUP_MODE).map(|link| {
                 let _ = prog.detach(link);
             })),
             _ => None,
         };
-        record(hook, "cgroup_sock", all.clone(), load, attach);
+        out.push(probed(hook, "cgroup_sock", all.clone(), load, attach));
     }
-    {
-        ensure_tracefs();
-        let prog: &mut TracePoint = program(&mut ebpf, SYS_EXIT_BIND)?;
-        let load = prog.load();
+    Ok(())
+}
+
+fn probe_sys_exit_bind(ebpf: &mut Ebpf) -> Result<Probe> {
+    ensure_tracefs();
+    let prog: &mut TracePoint = program(ebpf, SYS_EXIT_BIND)?;
+    let load = prog.load();
+    let attach = load.is_ok().then(|| {
+        prog.attach("syscalls", "sys_exit_bind").map(|link| {
+            let _ = prog.detach(link);
+        })
+    });
+    Ok(probed(
+        "tracepoint/syscalls/sys_exit_bind",
+        "tracepoint",
+        vec!["syscalls"],
+        load,
+        attach,
+    ))
+}
+
+/// The programs that need kernel BTF: the listen tp_btf, the fexit pair,
+/// and the BPF LSM probe.
+fn probe_btf_hooks(ebpf: &mut Ebpf, btf: &Btf, out: &mut Vec<Probe>) -> Result<()> {
+    let (name, tp) = LISTEN_PROG;
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+    let load = prog.load(tp, btf);
+    let attach = load.is_ok().then(|| {
+        prog.attach().map(|link| {
+            let _ = prog.detach(link);
+        })
+    });
+    out.push(probed(
+        &format!("tp_btf/{tp}"),
+        "tracing (tp_btf)",
+        vec!["cgroup", "syscalls", "fexit"],
+        load,
+        attach,
+    ));
+    for (name, func) in FEXITS {
+        let prog: &mut FExit = program(ebpf, name)?;
+        let load = prog.load(func, btf);
         let attach = load.is_ok().then(|| {
-            prog.attach("syscalls", "sys_exit_bind").map(|link| {
+            prog.attach().map(|link| {
                 let _ = prog.detach(link);
             })
         });
-        record(
-            "tracepoint/syscalls/sys_exit_bind",
-            "tracepoint",
-            vec!["syscalls"],
+        out.push(probed(
+            &format!("fexit/{func}"),
+            "tracing (fexit)",
+            vec!["fexit"],
             load,
             attach,
-        );
+        ));
     }
-    match &btf {
-        Some(btf) => {
-            let (name, tp) = LISTEN_PROG;
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            let load = prog.load(tp, btf);
-            let attach = load.is_ok().then(|| {
-                prog.attach().map(|link| {
-                    let _ = prog.detach(link);
-                })
-            });
-            record(
-                &format!("tp_btf/{tp}"),
-                "tracing (tp_btf)",
-                all.clone(),
-                load,
-                attach,
-            );
-            for (name, func) in FEXITS {
-                let prog: &mut FExit = program(&mut ebpf, name)?;
-                let load = prog.load(func, btf);
-                let attach = load.is_ok().then(|| {
-                    prog.attach().map(|link| {
-                        let _ = prog.detach(link);
-                    })
-                });
-                record(
-                    &format!("fexit/{func}"),
-                    "tracing (fexit)",
-                    vec!["fexit"],
-                    load,
-                    attach,
-                );
-            }
-            let (name, hook) = LSM_PROBE;
-            let prog: &mut Lsm = program(&mut ebpf, name)?;
-            let load = prog.load(hook, btf);
-            let attach = load.is_ok().then(|| {
-                prog.attach().map(|link| {
-                    let _ = prog.detach(link);
-                })
-            });
-            record(&format!("lsm/{hook}"), "lsm", vec![], load, attach);
-        }
-        None => {
-            for hook in [
-                "tp_btf/inet_sock_set_state",
-                "fexit/inet_bind",
-                "fexit/inet6_bind",
-                "lsm/socket_bind",
-            ] {
-                out.push(Probe {
-                    hook: hook.into(),
-                    program_type: "tracing".into(),
-                    loads: false,
-                    attaches: false,
-                    errno: None,
-                    error: Some("no kernel BTF at /sys/kernel/btf/vmlinux".into()),
-                    used_by: vec![],
-                });
-            }
-        }
-    }
-    Ok(out)
+    let (name, hook) = LSM_PROBE;
+    let prog: &mut Lsm = program(ebpf, name)?;
+    let load = prog.load(hook, btf);
+    let attach = load.is_ok().then(|| {
+        prog.attach().map(|link| {
+            let _ = prog.detach(link);
+        })
+    });
+    out.push(probed(&format!("lsm/{hook}"), "lsm", vec![], load, attach));
+    Ok(())
+}
+
+/// Without kernel BTF the tracing programs cannot even load: said so.
+fn without_btf() -> Vec<Probe> {
+    [
+        "tp_btf/inet_sock_set_state",
+        "fexit/inet_bind",
+        "fexit/inet6_bind",
+        "lsm/socket_bind",
+    ]
+    .into_iter()
+    .map(|hook| Probe {
+        hook: hook.into(),
+        program_type: "tracing".into(),
+        loads: false,
+        attaches: false,
+        errno: None,
+        error: Some("no kernel BTF at /sys/kernel/btf/vmlinux".into()),
+        used_by: vec![],
+    })
+    .collect()
 }
 
 #[cfg(test)]

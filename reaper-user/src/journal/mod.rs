@@ -5,10 +5,119 @@
 //! changes), each standing alone: who, what, when, from where. The schema is
 //! versioned by the `v` field and documented in docs/journal.md.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+
+pub use crate::policy::{Action, Decision};
+pub use crate::util::{Family, Proto};
 
 pub mod reader;
 pub mod writer;
+
+/// A word of the schema whose values this version knows, and which a newer
+/// writer may extend: read as the variant, or as `Other` holding the word
+/// as written (written back unchanged), so a report of a newer journal
+/// still shows it.
+macro_rules! open_word {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $var:ident = $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vmeta])* $var,)+
+            /// A word this version does not know, kept as written.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$var => $word,)+
+                    $name::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                match s.as_str() {
+                    $($word => $name::$var,)+
+                    _ => $name::Other(s),
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name::from(s.to_string())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(w: $name) -> String {
+                match w {
+                    $name::Other(s) => s,
+                    known => known.as_str().to_string(),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+open_word! {
+    /// How a reaping ended.
+    Outcome {
+        /// The holder exited and the port could be bound again.
+        Freed = "freed",
+        /// The holder exited (or was signalled) but the port stayed held.
+        StillHeld = "still_held",
+        /// Nothing was signalled: a holder was not judged `reap`.
+        Refused = "refused",
+        /// The pid names another process than the one judged: not signalled.
+        IdentityChanged = "identity_changed",
+        /// Only TIME_WAIT held the port: nothing to signal.
+        TimeWait = "time_wait",
+        /// `--dry-run`: what would have been signalled.
+        DryRun = "dry_run",
+        /// The holder was gone before a signal was needed.
+        Gone = "gone",
+        /// pidfd_open or pidfd_send_signal failed for another reason.
+        Failed = "failed",
+        /// Written before the first signal; the outcome follows.
+        InProgress = "in_progress",
+        /// The daemon stopped in the middle of the reaping.
+        Interrupted = "interrupted",
+    }
+}
+
+open_word! {
+    /// How the daemon sees binds: a hook tier, or polling /proc.
+    Mode {
+        Cgroup = "cgroup",
+        Syscalls = "syscalls",
+        Fexit = "fexit",
+        /// Polling /proc (no hooks).
+        Proc = "proc",
+        /// Fallen back to polling after the hooks failed.
+        Degraded = "degraded",
+    }
+}
+
+impl Mode {
+    /// Whether the daemon was polling /proc instead of using kernel hooks
+    /// (older writers also said "poll" or "polling").
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Mode::Proc | Mode::Degraded)
+            || matches!(self, Mode::Other(s) if s == "poll" || s == "polling")
+    }
+}
 
 /// Version of the record schema; bump on an incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -43,32 +152,70 @@ pub struct ProcessRef {
     pub orphaned: Option<bool>,
 }
 
+/// A holder as the journal remembers it: empty argv and start time are
+/// left out rather than written empty.
+impl From<&crate::holders::Process> for ProcessRef {
+    fn from(p: &crate::holders::Process) -> ProcessRef {
+        ProcessRef {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
+            uid: Some(p.uid),
+            user: p.user.clone(),
+            started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
+            ppid: Some(p.ppid),
+            ancestors: p
+                .ancestors
+                .iter()
+                .map(|(pid, comm)| format!("{pid}:{comm}"))
+                .collect(),
+            cgroup: p.cgroup.clone(),
+            container: p.container.clone(),
+            orphaned: Some(p.orphaned),
+        }
+    }
+}
+
+/// Where a socket seen by a scan is bound.
+impl From<&crate::holders::Socket> for Endpoint {
+    fn from(s: &crate::holders::Socket) -> Endpoint {
+        Endpoint {
+            netns: Some(s.netns),
+            proto: s.proto,
+            family: Some(s.family),
+            addr: Some(s.addr.to_string()),
+            port: s.port,
+        }
+    }
+}
+
 /// Where: a port in a network namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
-    pub proto: String,
+    pub proto: Proto,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family: Option<String>,
+    pub family: Option<Family>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     pub port: u16,
 }
 
 /// The policy's judgment of one holder, with its reasons in plain words.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictRecord {
     /// "reap" (stale, may be signalled), "keep" (no rule matched) or
     /// "protect" (a protection holds, whatever the rules say).
-    pub decision: String,
+    pub decision: Decision,
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
 
 /// One holder's verdict in a conflict record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderVerdict {
     pub pid: u32,
     pub comm: String,
@@ -78,13 +225,6 @@ pub struct HolderVerdict {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<u32>,
 }
-
-/// The `outcome` of a reaping record written before the first signal; the
-/// record with the real outcome follows it.
-pub const IN_PROGRESS: &str = "in_progress";
-/// The `outcome` of a reaping the daemon stopped in the middle of (its
-/// signals so far are on the record; the target may still run).
-pub const INTERRUPTED: &str = "interrupted";
 
 /// A container reaped by stopping it through the engine.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +303,7 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         verdicts: Vec<HolderVerdict>,
         /// "reap" when the plan signals the holders, else "report".
-        action: String,
+        action: Action,
     },
     /// reaper judged a holder and (maybe) signalled it.
     Reaping {
@@ -173,11 +313,7 @@ pub enum Body {
         verdict: VerdictRecord,
         #[serde(default)]
         signals: Vec<SignalRecord>,
-        /// "freed", "still_held", "refused", "identity_changed",
-        /// "time_wait", "dry_run", "gone", "in_progress" (written before
-        /// the first signal), "interrupted" (the daemon stopped in the
-        /// middle).
-        outcome: String,
+        outcome: Outcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port_free_at: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,7 +338,7 @@ pub enum Body {
     /// The daemon stopped cleanly.
     Stop { reason: String },
     /// Degraded (/proc polling) mode began or ended.
-    Mode { mode: String, reason: String },
+    Mode { mode: Mode, reason: String },
     /// The previous run ended without a `stop` record (crash, kill -9):
     /// records between `after` and this record's time may be missing.
     Gap { after: String },
@@ -241,43 +377,6 @@ impl Record {
     }
 }
 
-impl Endpoint {
-    /// Where a scanned socket is.
-    pub fn of_socket(s: &crate::holders::Socket) -> Endpoint {
-        Endpoint {
-            netns: Some(s.netns),
-            proto: s.proto.as_str().into(),
-            family: Some(s.family.as_str().into()),
-            addr: Some(s.addr.to_string()),
-            port: s.port,
-        }
-    }
-}
-
-impl ProcessRef {
-    /// A scanned process, whole.
-    pub fn of_process(p: &crate::holders::Process) -> ProcessRef {
-        ProcessRef {
-            pid: p.pid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
-            uid: Some(p.uid),
-            user: p.user.clone(),
-            started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
-            ppid: Some(p.ppid),
-            ancestors: p
-                .ancestors
-                .iter()
-                .map(|(pid, comm)| format!("{pid}:{comm}"))
-                .collect(),
-            cgroup: p.cgroup.clone(),
-            container: p.container.clone(),
-            orphaned: Some(p.orphaned),
-        }
-    }
-}
-
 impl HolderVerdict {
     pub fn of(j: &crate::reap::Judged) -> HolderVerdict {
         HolderVerdict {
@@ -294,18 +393,18 @@ impl HolderVerdict {
 
 /// The `reaping` record of one process of a plan (`free` and the daemon
 /// write the same shape): its intent before the first signal
-/// ([`IN_PROGRESS`]), its outcome after.
+/// ([`Outcome::InProgress`]), its outcome after.
 pub fn reaping(
     j: &crate::reap::Judged,
     signals: &[crate::reap::SignalSent],
-    outcome: &str,
+    outcome: Outcome,
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: bool,
 ) -> Body {
     Body::Reaping {
-        at: Endpoint::of_socket(&j.sockets[0]),
-        target: ProcessRef::of_process(&j.process),
+        at: Endpoint::from(&j.sockets[0]),
+        target: ProcessRef::from(&j.process),
         verdict: VerdictRecord::from(&j.verdict),
         signals: signals
             .iter()
@@ -315,7 +414,7 @@ pub fn reaping(
                 ts: s.ts.clone(),
             })
             .collect(),
-        outcome: outcome.to_string(),
+        outcome,
         port_free_at,
         elapsed_ms,
         dry_run,
@@ -328,22 +427,22 @@ pub fn reaping(
 pub fn container_reaping(
     c: &crate::reap::JudgedContainer,
     stop: Option<&crate::holders::container::engine::ContainerStop>,
-    outcome: &str,
+    outcome: Outcome,
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: bool,
 ) -> Body {
     let ct = &c.container;
     Body::Reaping {
-        at: Endpoint::of_socket(&c.socket),
+        at: Endpoint::from(&c.socket),
         target: ct
             .listeners
             .first()
-            .map(ProcessRef::of_process)
+            .map(ProcessRef::from)
             .unwrap_or_default(),
         verdict: VerdictRecord::from(&c.verdict),
         signals: Vec::new(),
-        outcome: outcome.to_string(),
+        outcome,
         port_free_at,
         elapsed_ms,
         dry_run,
@@ -368,3 +467,30 @@ pub fn hostname() -> String {
 /// Where the daemon writes its journal, and where `reaper report` reads
 /// when no `--journal` is given.
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_words_write_the_json_they_read() {
+        for line in [
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"cgroup","kind":"reaping","netns":1,"proto":"tcp","family":"ipv4","addr":"0.0.0.0","port":8080,"target":{"pid":7,"comm":"x"},"verdict":{"decision":"reap","reasons":["old"]},"signals":[],"outcome":"freed","dry_run":false}"#,
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"cgroup","kind":"conflict","proto":"udp","port":53,"tried":{"pid":8,"comm":"y"},"errno":"EADDRINUSE","errno_exact":true,"holders":[],"count":1,"first":"2024-05-14T10:04:07.000Z","last":"2024-05-14T10:04:07.000Z","action":"report"}"#,
+            r#"{"v":1,"ts":"2024-05-14T10:04:07.000Z","host":"h","source":"proc","kind":"mode","mode":"degraded","reason":"hooks refused"}"#,
+        ] {
+            let r: Record = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn an_outcome_or_mode_this_version_does_not_know_is_kept_as_written() {
+        let o: Outcome = serde_json::from_str(r#""paused""#).unwrap();
+        assert_eq!(o, Outcome::Other("paused".into()));
+        assert_eq!(serde_json::to_string(&o).unwrap(), r#""paused""#);
+        assert_eq!(Outcome::from("still_held"), Outcome::StillHeld);
+        assert!(Mode::from("polling").is_degraded());
+        assert!(Mode::Proc.is_degraded() && !Mode::Cgroup.is_degraded());
+    }
+}

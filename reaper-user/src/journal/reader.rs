@@ -31,7 +31,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Body, Endpoint, HolderVerdict, ProcessRef, Record, SignalRecord, VerdictRecord, SCHEMA_VERSION,
+    Action, Body, Endpoint, Family, HolderVerdict, Mode, Outcome, ProcessRef, Proto, Record,
+    SignalRecord, VerdictRecord, SCHEMA_VERSION,
 };
 
 /// A longer line is garbage: bounded memory even on a file that is not a
@@ -193,8 +194,8 @@ struct Wire {
     source: String,
     kind: String,
     netns: Option<u64>,
-    proto: Option<String>,
-    family: Option<String>,
+    proto: Option<Proto>,
+    family: Option<Family>,
     addr: Option<String>,
     port: Option<u16>,
     process: Option<ProcessRef>,
@@ -211,10 +212,10 @@ struct Wire {
     last: Option<String>,
     verdict: Option<VerdictRecord>,
     verdicts: Option<Vec<HolderVerdict>>,
-    action: Option<String>,
+    action: Option<Action>,
     target: Option<ProcessRef>,
     signals: Option<Vec<SignalRecord>>,
-    outcome: Option<String>,
+    outcome: Option<Outcome>,
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: Option<bool>,
@@ -224,7 +225,7 @@ struct Wire {
     tier: Option<String>,
     pid: Option<u32>,
     reason: Option<String>,
-    mode: Option<String>,
+    mode: Option<Mode>,
     after: Option<String>,
     added: Option<u64>,
     removed: Option<u64>,
@@ -238,8 +239,8 @@ impl Wire {
         let at = || -> Option<Endpoint> {
             Some(Endpoint {
                 netns: w.netns,
-                proto: w.proto.clone()?,
-                family: w.family.clone(),
+                proto: w.proto?,
+                family: w.family,
                 addr: w.addr.clone(),
                 port: w.port?,
             })

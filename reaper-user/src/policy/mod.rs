@@ -33,7 +33,7 @@ pub use file::PolicyError;
 pub const COMM_MAX: usize = 15;
 
 /// What the policy says about one holder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Stale: may be signalled.
@@ -73,6 +73,18 @@ impl Verdict {
     }
 }
 
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.decision.as_str())?;
@@ -89,7 +101,7 @@ impl fmt::Display for Verdict {
 impl From<&Verdict> for VerdictRecord {
     fn from(v: &Verdict) -> VerdictRecord {
         VerdictRecord {
-            decision: v.decision.as_str().to_string(),
+            decision: v.decision,
             reasons: v.reasons.clone(),
             rule: v.rule.clone(),
         }
@@ -103,13 +115,22 @@ impl From<Verdict> for VerdictRecord {
 }
 
 /// What a matching rule asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Signal the holder (SIGTERM, then SIGKILL after the grace).
     Reap,
     /// Only record and report the holder (the daemon's "tell me" mode).
     Report,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reap => "reap",
+            Action::Report => "report",
+        }
+    }
 }
 
 /// A command line pattern: a substring, or a regex written `/like this/`.

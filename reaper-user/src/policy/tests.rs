@@ -274,7 +274,7 @@ fn a_file_policy_reaps_stale_servers_with_reasons() {
          cgroup /system.slice/runner.service; holds 127.0.0.1:8080/tcp"
     );
     let rec: VerdictRecord = v.into();
-    assert_eq!(rec.decision, "reap");
+    assert_eq!(rec.decision, Decision::Reap);
 }
 
 #[test]

@@ -197,7 +197,8 @@ mod tests {
     #[test]
     fn an_empty_argv_entry_is_no_identity_change() {
         // "\0" is one empty argument (argv [""]), "" no argv at all;
-        // trailing empty arguments never count as a change.
+        // NUL padding after the last argument is trimmed, and trailing
+        // empty arguments never count as a change.
         let mut a = Identity {
             pid: 1,
             start_ticks: 10,

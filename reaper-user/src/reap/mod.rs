@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::journal::Outcome;
+
 mod bind;
 mod identity;
 mod pidfd;
@@ -66,14 +68,17 @@ pub enum TargetOutcome {
 }
 
 impl TargetOutcome {
-    /// The journal's word for it.
-    pub fn word(&self) -> &'static str {
+    /// How the reaping of this target ended, in the journal's words (the
+    /// one mapping `free` and the daemon share); `port_free`: whether the
+    /// port could be bound again afterwards.
+    pub fn outcome(&self, port_free: bool) -> Outcome {
         match self {
-            TargetOutcome::Exited { .. } => "freed",
-            TargetOutcome::IdentityChanged { .. } => "identity_changed",
-            TargetOutcome::Gone => "gone",
-            TargetOutcome::StillRunning => "still_held",
-            TargetOutcome::Failed { .. } => "failed",
+            TargetOutcome::Exited { .. } if port_free => Outcome::Freed,
+            TargetOutcome::Exited { .. } => Outcome::StillHeld,
+            TargetOutcome::IdentityChanged { .. } => Outcome::IdentityChanged,
+            TargetOutcome::Gone => Outcome::Gone,
+            TargetOutcome::StillRunning => Outcome::StillHeld,
+            TargetOutcome::Failed { .. } => Outcome::Failed,
         }
     }
 }

@@ -337,7 +337,7 @@ impl Plan {
             .iter()
             .map(|c| c.container.words())
             .collect();
-        let grace = humantime::format_duration(grace);
+        let grace = crate::util::human_duration(grace);
         let (roots, rest) = (pids(0), pids(1));
         let stop_words = format!(
             "would stop container {} through the engine (SIGTERM, SIGKILL after {grace}; kept as exited, not removed)",
@@ -774,7 +774,7 @@ mod tests {
         let words = p.steps_words(Duration::from_secs(3));
         assert!(
             words.starts_with(
-                "would send SIGTERM to pid 100, give pid 101, 102 up to 3s to exit with it"
+                "would send SIGTERM to pid 100, give pid 101, 102 up to 3.0 s to exit with it"
             ),
             "{words}"
         );

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use super::view;
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
-use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+use crate::journal::{
+    Action, Body, Endpoint, Mode, Outcome, ProcessRef, Record, SignalRecord, VerdictRecord,
+};
 pub use crate::util::human_ms;
 
 /// The JSON schema name; bump the suffix on an incompatible change.
@@ -138,7 +140,7 @@ pub struct Unfinished {
     pub target: ProcessRef,
     /// `in_progress` (reaper stopped before it recorded an outcome) or
     /// `interrupted` (a daemon stop cut it short).
-    pub outcome: String,
+    pub outcome: Outcome,
     pub signals: Vec<SignalRecord>,
     pub evidence: String,
 }
@@ -250,7 +252,7 @@ pub struct ConflictReport {
     pub held_since: Option<String>,
     pub verdict: Option<VerdictRecord>,
     /// What the matching rule asked for: "report" or "reap".
-    pub action: String,
+    pub action: Action,
     /// How the block ended: "released" (the holder let go), "reaped" (after
     /// a reaping), "rebound" (someone else bound it: the release was not
     /// seen), "open" (still blocked at the end of the window).
@@ -271,7 +273,7 @@ pub struct ReapingNote {
     pub target: ProcessRef,
     pub verdict: VerdictRecord,
     pub signals: Vec<SignalRecord>,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub port_free_at: Option<String>,
     pub elapsed_ms: Option<u64>,
     pub dry_run: bool,
@@ -620,7 +622,7 @@ impl Aggregator {
 
     fn key(&mut self, host: &str, at: &Endpoint) -> PortKey {
         let h = Self::intern(&mut self.hosts, &mut self.host_index, host);
-        let p = Self::intern(&mut self.protos, &mut self.proto_index, &at.proto);
+        let p = Self::intern(&mut self.protos, &mut self.proto_index, at.proto.as_str());
         (h, p, at.port)
     }
 
@@ -961,7 +963,7 @@ impl Aggregator {
         self.push_conflict(ConflictReport {
             id,
             host,
-            proto: ep.proto.clone(),
+            proto: ep.proto.as_str().into(),
             port: ep.port,
             netns: ep.netns,
             addr: ep.addr.clone(),
@@ -995,6 +997,28 @@ impl Aggregator {
         self.entry(key, entry);
     }
 
+    /// An `in_progress` intent waits for its outcome (true: it is no reaping
+    /// yet); the outcome ends the wait; an `interrupted` one stays
+    /// unfinished.
+    fn is_intent(&mut self, key: PortKey, u: Unfinished) -> bool {
+        let identity = (key, u.target.pid, u.target.started_at.clone());
+        match u.outcome {
+            Outcome::InProgress => {
+                self.pending_reapings.insert(identity, u);
+                true
+            }
+            Outcome::Interrupted => {
+                self.pending_reapings.remove(&identity);
+                self.summary.unfinished.push(u);
+                false
+            }
+            _ => {
+                self.pending_reapings.remove(&identity);
+                false
+            }
+        }
+    }
+
     fn push_conflict(&mut self, report: ConflictReport) {
         self.conflicts.push_back(report);
         if self.conflicts.len() > self.limits.conflicts {
@@ -1021,43 +1045,24 @@ impl Aggregator {
         };
         let Seen { host, ms, at } = seen;
         let key = self.key(&host, &ep);
-        let identity = (key, target.pid, target.started_at.clone());
-        if outcome == crate::journal::IN_PROGRESS {
-            // The intent: a reaping only once its outcome follows.
-            let evidence = self.place(at);
-            self.pending_reapings.insert(
-                identity,
-                Unfinished {
-                    ts: rfc(ms),
-                    host: host.to_string(),
-                    proto: ep.proto.clone(),
-                    port: ep.port,
-                    target,
-                    outcome,
-                    signals,
-                    evidence,
-                },
-            );
+        let u = Unfinished {
+            ts: rfc(ms),
+            host,
+            proto: ep.proto.as_str().into(),
+            port: ep.port,
+            target: target.clone(),
+            outcome: outcome.clone(),
+            signals: signals.clone(),
+            evidence: self.place(at),
+        };
+        if self.is_intent(key, u) {
             return;
-        }
-        self.pending_reapings.remove(&identity);
-        if outcome == crate::journal::INTERRUPTED {
-            self.summary.unfinished.push(Unfinished {
-                ts: rfc(ms),
-                host: host.to_string(),
-                proto: ep.proto.clone(),
-                port: ep.port,
-                target: target.clone(),
-                outcome: outcome.clone(),
-                signals: signals.clone(),
-                evidence: self.place(at),
-            });
         }
         self.summary.reapings += 1;
         *self
             .summary
             .reapings_by_outcome
-            .entry(outcome.clone())
+            .entry(outcome.to_string())
             .or_default() += 1;
         if dry_run {
             self.summary.dry_runs += 1;
@@ -1069,17 +1074,18 @@ impl Aggregator {
         let free_ms = port_free_at
             .as_deref()
             .and_then(crate::journal::reader::parse_ms);
-        let mut detail =
-            view::reaping_detail(&verdict, &signals, dry_run, &outcome, free_ms, elapsed_ms);
+        let mut detail = view::reaping_detail(
+            &verdict,
+            &signals,
+            dry_run,
+            outcome.as_str(),
+            free_ms,
+            elapsed_ms,
+        );
         if let Some(c) = &container {
-            detail = format!(
-                "container {} ({}, image {}) stopped through the engine; {detail}",
-                c.name.as_deref().unwrap_or("?"),
-                c.short_id,
-                c.image.as_deref().unwrap_or("?")
-            );
+            detail = view::container_stopped(c, &detail);
         }
-        let freed = !dry_run && matches!(outcome.as_str(), "freed" | "gone");
+        let freed = !dry_run && matches!(outcome, Outcome::Freed | Outcome::Gone);
         let note = ReapingNote {
             ts: rfc(ms),
             target: target.clone(),
@@ -1136,14 +1142,14 @@ impl Aggregator {
         }
     }
 
-    fn fold_mode(&mut self, seen: Seen, mode: String, reason: String) {
+    fn fold_mode(&mut self, seen: Seen, mode: Mode, reason: String) {
         let Seen { host, ms, at } = seen;
-        let degraded = is_degraded(&mode);
+        let degraded = mode.is_degraded();
         let Some(h) = self.host_states.get_mut(&host) else {
             return;
         };
         match (degraded, h.degraded_since.take()) {
-            (true, None) => h.degraded_since = Some((ms, mode, reason, at)),
+            (true, None) => h.degraded_since = Some((ms, mode.to_string(), reason, at)),
             (true, Some(open)) => h.degraded_since = Some(open),
             (false, Some((from, m, r, a))) => {
                 let ev = self.place(a);
@@ -1866,11 +1872,6 @@ fn endpoint_of(b: &Body) -> Option<&Endpoint> {
     }
 }
 
-/// `mode` values that mean the daemon fell back to polling /proc.
-fn is_degraded(mode: &str) -> bool {
-    matches!(mode, "proc" | "degraded" | "poll" | "polling")
-}
-
 /// "10:04:01.100": times inside a report whose window gives the date.
 pub(super) fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -1954,7 +1955,7 @@ mod tests {
         let r = report_of(&text, Filter::default(), Limits::default());
         assert_eq!(r.summary.unfinished.len(), 1, "{:?}", r.summary.unfinished);
         assert_eq!(r.summary.unfinished[0].target.pid, 7);
-        assert_eq!(r.summary.unfinished[0].outcome, "in_progress");
+        assert_eq!(r.summary.unfinished[0].outcome, Outcome::InProgress);
         // Intents are not reapings; the outcome is.
         assert_eq!(r.summary.reapings, 1);
         let rows = super::super::view::summary_rows(&r);

@@ -29,7 +29,7 @@ pub fn unfinished_line(u: &super::model::Unfinished) -> String {
     } else {
         sent.join(", ")
     };
-    let what = if u.outcome == crate::journal::INTERRUPTED {
+    let what = if u.outcome == crate::journal::Outcome::Interrupted {
         format!(
             "{sent}; interrupted by a daemon stop at {}, the target may still run",
             TimeFmt::full(&u.ts)
@@ -93,6 +93,14 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
     let mut rows = vec![
         ("Conflicts", conflicts_in_all(r)),
         ("Reapings", reapings_in_all(s)),
+    ];
+    if !s.unfinished.is_empty() {
+        // Signals may have been sent with no outcome on the record: say so
+        // loudly, one sentence per reaping.
+        let v: Vec<String> = s.unfinished.iter().map(unfinished_line).collect();
+        rows.push(("Unfinished reapings", v.join("; ")));
+    }
+    rows.extend([
         ("Time ports stayed blocked", blocked_in_all(s)),
         (
             "Still blocked at the end",
@@ -140,13 +148,7 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
                 .collect();
             list_or_none(hosts, ", ")
         }),
-    ];
-    if !s.unfinished.is_empty() {
-        // Signals may have been sent with no outcome on the record: say so
-        // loudly, one sentence per reaping, right after the reapings.
-        let v: Vec<String> = s.unfinished.iter().map(unfinished_line).collect();
-        rows.insert(2, ("Unfinished reapings", v.join("; ")));
-    }
+    ]);
     rows
 }
 
@@ -375,7 +377,7 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
     if let Some(v) = &c.verdict {
         rows.push(("Verdict", verdict_line(v)));
     }
-    rows.push(("Rule asked for", c.action.clone()));
+    rows.push(("Rule asked for", c.action.to_string()));
     if c.done.is_empty() {
         rows.push(("Done", "nothing recorded".to_string()));
     }
@@ -606,4 +608,14 @@ pub fn reaping_detail(
         detail.push_str(&format!(" ({} after the first signal)", human_ms(e)));
     }
     detail
+}
+
+/// A reaping of a container: the engine stopped it, then what happened.
+pub fn container_stopped(c: &crate::journal::ContainerRecord, detail: &str) -> String {
+    format!(
+        "container {} ({}, image {}) stopped through the engine; {detail}",
+        c.name.as_deref().unwrap_or("?"),
+        c.short_id,
+        c.image.as_deref().unwrap_or("?")
+    )
 }
