@@ -84,7 +84,10 @@ fn count_lost<C: EbpfContext>(ctx: &C) {
         };
         // Say it once per power of two so a storm does not flood the log.
         if n & (n - 1) == 0 {
-            warn!(ctx, "reaper: ring buffer full, {} events lost on this cpu", n);
+            warn!(
+                ctx,
+                "reaper: ring buffer full, {} events lost on this cpu", n
+            );
         }
     }
 }
@@ -121,19 +124,30 @@ fn start_event<C: EbpfContext>(
 /// Stores an IPv4 address (network order, as the context holds it).
 /// The context itself must be read by the caller: the verifier checks those
 /// loads where they happen.
+///
+/// # Safety
+/// `ev` points at a reserved ring buffer record.
 #[inline(always)]
 unsafe fn set_addr4(ev: *mut Event, ip4: u32) {
     let a = ip4.to_ne_bytes();
-    (*ev).addr[0] = a[0];
-    (*ev).addr[1] = a[1];
-    (*ev).addr[2] = a[2];
-    (*ev).addr[3] = a[3];
+    // SAFETY: the caller's promise: `ev` is a reserved record.
+    unsafe {
+        (*ev).addr[0] = a[0];
+        (*ev).addr[1] = a[1];
+        (*ev).addr[2] = a[2];
+        (*ev).addr[3] = a[3];
+    }
 }
 
 /// Stores an IPv6 address given as four network-order words.
+///
+/// # Safety
+/// `ev` points at a reserved ring buffer record.
 #[inline(always)]
 unsafe fn set_addr6(ev: *mut Event, ip6: [u32; 4]) {
-    (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(ip6);
+    // SAFETY: the caller's promise: `ev` is a reserved record; [u32; 4]
+    // and [u8; 16] have the same size and any bits are valid for both.
+    unsafe { (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(ip6) };
 }
 
 // ---- cgroup tier: attempts -------------------------------------------------
@@ -273,6 +287,7 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     let _ = CLAIMED.insert(&cookie, &1, 0);
     // SAFETY: fixed, long-stable offsets inside struct sock_common.
     let port = unsafe { bpf_probe_read_kernel(sk.add(SKC_NUM_OFFSET) as *const u16) }.unwrap_or(0);
+    // SAFETY: as above.
     let family =
         unsafe { bpf_probe_read_kernel(sk.add(SKC_FAMILY_OFFSET) as *const u16) }.unwrap_or(0);
     if let Some(mut entry) = start_event(&ctx, KIND_LISTEN) {

@@ -39,22 +39,6 @@ pub const DAEMON_KEEPS: &[u32] = &[
     CAP_NET_BIND_SERVICE,
 ];
 
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 fn mask(keep: &[u32]) -> u64 {
     keep.iter().fold(0u64, |m, c| m | (1u64 << c))
 }
@@ -80,32 +64,14 @@ pub fn drop_except(keep: &[u32]) -> Result<()> {
             }
         }
     }
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget with a v3 header and two data structs, as the ABI says.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    } != 0
-    {
-        bail!("capget: {}", std::io::Error::last_os_error());
-    }
+    let mut data = crate::sys::capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
     for (i, d) in data.iter_mut().enumerate() {
         let m = (keep_mask >> (32 * i)) as u32;
         d.effective &= m;
         d.permitted &= m;
         d.inheritable = 0;
     }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } != 0 {
-        bail!("capset: {}", std::io::Error::last_os_error());
-    }
+    crate::sys::capset(&data).map_err(|e| anyhow::anyhow!("capset: {e}"))?;
     Ok(())
 }
 
@@ -117,23 +83,39 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// The effective set of a process, from /proc/PID/status.
+/// The capability sets of a process or thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapSets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    /// None on kernels too old to say.
+    pub bounding: Option<u64>,
+    pub ambient: Option<u64>,
+}
+
+/// The sets of `pid` from /proc/PID/status (procfs parses it): `pid` is a
+/// number, "self", or "PID/task/TID" for one thread.
+pub fn sets_of(pid: &str) -> Option<CapSets> {
+    use procfs::FromRead;
+    let s = procfs::process::Status::from_file(format!("/proc/{pid}/status")).ok()?;
+    Some(CapSets {
+        effective: s.capeff,
+        permitted: s.capprm,
+        inheritable: s.capinh,
+        bounding: s.capbnd,
+        ambient: s.capamb,
+    })
+}
+
+/// The effective set of a process.
 pub fn effective_of(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_cap_line(&status, "CapEff:")
+    sets_of(pid).map(|s| s.effective)
 }
 
 /// The bounding set of a process.
 pub fn bounding_of(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_cap_line(&status, "CapBnd:")
-}
-
-fn parse_cap_line(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    sets_of(pid)?.bounding
 }
 
 /// The mask `drop_except(keep)` leaves at most.
@@ -146,10 +128,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_status_lines() {
-        let s = "Name:\tx\nCapEff:\t000001ffffffffff\nCapBnd:\t0000000000003000\n";
-        assert_eq!(parse_cap_line(s, "CapEff:"), Some(0x1ff_ffff_ffff));
-        assert_eq!(parse_cap_line(s, "CapBnd:"), Some(0x3000));
+    fn reads_this_process_and_one_thread_of_it() {
+        let me = sets_of("self").expect("/proc/self/status");
+        // What capget says of this thread is what status says.
+        let raw = crate::sys::capget().unwrap();
+        let eff = u64::from(raw[0].effective) | u64::from(raw[1].effective) << 32;
+        assert_eq!(me.effective, eff);
+        assert!(me.bounding.is_some());
+        let tid = nix::unistd::gettid();
+        let thread = sets_of(&format!("self/task/{tid}")).expect("a thread's status");
+        assert_eq!(thread.effective, eff);
+        assert_eq!(effective_of("self"), Some(me.effective));
     }
 
     #[test]

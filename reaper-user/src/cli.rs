@@ -49,7 +49,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Flags every command takes. Shown under their own heading, after the
+/// command's own options, so the options a user came for come first.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Never use BPF: answer from a sock_diag + /proc scan.
     #[arg(long, global = true)]

@@ -44,4 +44,6 @@ pub mod policy;
 pub mod progress;
 pub mod reap;
 pub mod report;
+pub mod sys;
+pub mod text;
 pub mod util;

@@ -36,7 +36,9 @@ fn main() {
                     line.push_str(&c);
                 }
             }
-            eprintln!("{line}");
+            // Errors quote what processes chose (comm, cmdline, exe): never
+            // raw on a terminal.
+            eprintln!("{}", reaper::text::term(&line));
             exit.code()
         }
     };

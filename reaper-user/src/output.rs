@@ -1,5 +1,6 @@
 //! How reaper prints: logging on stderr, colour only on a terminal (and never
-//! with `NO_COLOR`), aligned tables, one JSON object a line.
+//! with `NO_COLOR`), aligned tables (in display columns), one JSON object a
+//! line. Text a process chose is escaped before it gets here (`crate::text`).
 
 use std::io::{IsTerminal, Write};
 
@@ -139,22 +140,11 @@ impl Table {
     }
 }
 
-/// Width of a string on a terminal, skipping ANSI escape sequences.
+/// Width of a cell on a terminal in columns (wide CJK and emoji count two),
+/// skipping reaper's own colour sequences. Cells that quote what a process
+/// chose are escaped by the caller (`crate::text::term`).
 pub fn visible_width(s: &str) -> usize {
-    let mut w = 0;
-    let mut in_esc = false;
-    for c in s.chars() {
-        if in_esc {
-            if c.is_ascii_alphabetic() {
-                in_esc = false;
-            }
-        } else if c == '\x1b' {
-            in_esc = true;
-        } else {
-            w += 1;
-        }
-    }
-    w
+    crate::text::width(s)
 }
 
 /// Writes one JSON value as a line and flushes, so a reader of a pipe sees
@@ -191,5 +181,15 @@ mod tests {
             s,
             "PORT  PID      COMM\n8080  \x1b[31m12\x1b[0m       platform-serve\n53    1234567  dns\n"
         );
+    }
+
+    #[test]
+    fn table_aligns_wide_names_in_display_columns() {
+        let mut t = Table::new(&["COMM", "PID"]);
+        t.row(vec!["服务器".into(), "1".into()]);
+        t.row(vec!["🦀".into(), "2".into()]);
+        t.row(vec!["srv".into(), "3".into()]);
+        let s = t.render(Style { on: false });
+        assert_eq!(s, "COMM    PID\n服务器  1\n🦀      2\nsrv     3\n");
     }
 }

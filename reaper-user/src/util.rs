@@ -1,5 +1,5 @@
 //! Small shared pieces: clocks, names of protocols and errnos, parsing of
-//! ports and durations from the command line.
+//! ports and durations from the command line, the accept loops' back-off.
 
 use std::time::Duration;
 
@@ -87,6 +87,24 @@ pub fn parse_port(s: &str) -> std::result::Result<u16, String> {
         1..=65535 => Ok(n as u16),
         _ => Err(format!("port {n} is out of range: give a number from 1 to 65535")),
     }
+}
+
+/// A duration as reaper words it everywhere (reports, verdict reasons,
+/// `who`, `watch`, `free`): "412 ms", "4.2 s", "3m 05s", "2h 14m", "1d 3h".
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{}.{} s", s, (ms % 1000) / 100),
+        60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// [`human_ms`] of a [`Duration`].
+pub fn human_duration(d: Duration) -> String {
+    human_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Parses a duration like `500ms`, `2s`, `1m30s` (humantime), or a bare
@@ -185,6 +203,62 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the accept loops (control socket, metrics) wait after a failed
+/// accept. A listener whose backlog holds a connection stays readable, so
+/// when accept fails for want of a resource (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM) retrying at once spins a core and floods the log until something
+/// else frees a descriptor. The wait starts at 10 ms and doubles to 1 s;
+/// an accepted connection resets it. A failure that belongs to one
+/// connection (it was aborted or refused before accept returned) is retried
+/// at once: the next one in the backlog may be fine.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    pub const FIRST: Duration = Duration::from_millis(10);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    pub fn new() -> AcceptBackoff {
+        AcceptBackoff { next: Self::FIRST }
+    }
+
+    /// After a failed accept: how long to wait before the next one (None:
+    /// retry now). Anything not known to be one connection's own failure
+    /// waits, so an unforeseen lasting error cannot spin either.
+    pub fn after(&mut self, e: &std::io::Error) -> Option<Duration> {
+        let one_connection = matches!(
+            e.raw_os_error(),
+            Some(
+                libc::ECONNABORTED
+                    | libc::ECONNRESET
+                    | libc::EPROTO
+                    | libc::EPERM
+                    | libc::EINTR
+                    | libc::EAGAIN
+            )
+        );
+        if one_connection {
+            return None;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(wait)
+    }
+
+    /// After an accepted connection.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> AcceptBackoff {
+        AcceptBackoff::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_well() {
+        assert_eq!(human_ms(412), "412 ms");
+        assert_eq!(human_ms(4_250), "4.2 s");
+        assert_eq!(human_ms(185_000), "3m 05s");
+        assert_eq!(human_ms(2 * 3_600_000 + 14 * 60_000), "2h 14m");
+        assert_eq!(human_ms(27 * 3_600_000), "1d 3h");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30.0 s");
+        assert_eq!(human_duration(Duration::MAX), human_ms(u64::MAX));
+    }
+
+    #[test]
     fn durations_accept_units_and_bare_seconds() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
@@ -211,5 +296,21 @@ mod tests {
     fn errno_names() {
         assert_eq!(errno_name(98), "EADDRINUSE");
         assert_eq!(errno_name(13), "EACCES");
+    }
+
+    #[test]
+    fn accept_backoff_grows_on_exhaustion_and_resets() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut b = AcceptBackoff::new();
+        let waits: Vec<_> = (0..9).map(|_| b.after(&emfile).unwrap()).collect();
+        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        for errno in [libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(b.after(&std::io::Error::from_raw_os_error(errno)).is_some());
+        }
+        b.reset();
+        assert_eq!(b.after(&emfile), Some(AcceptBackoff::FIRST));
+        let aborted = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.after(&aborted), None);
     }
 }

@@ -59,6 +59,20 @@ fn help_texts_match_their_golden_files() {
             text.contains("Examples:"),
             "reaper {sub} --help shows examples"
         );
+        // The command's own options first, the flags every command takes
+        // after them under their own heading.
+        let own = text.find("\nOptions:\n");
+        let global = text.find("\nGlobal options:\n");
+        assert!(
+            matches!((own, global), (Some(o), Some(g)) if o < g),
+            "reaper {sub} --help: own options, then global ones:\n{text}"
+        );
+        for flag in ["--no-bpf", "--hooks", "--verbose", "--color"] {
+            assert!(
+                text.find(flag) > global,
+                "reaper {sub} --help: {flag} is not under Global options"
+            );
+        }
         golden(
             &format!("help-{}.txt", if sub.is_empty() { "reaper" } else { sub }),
             &text,

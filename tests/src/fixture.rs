@@ -7,9 +7,11 @@
 //! a sleep.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::Duration;
+
+use reaper::reap::{wait_any, Pidfd};
 
 pub use crate::{require_root, workspace};
 
@@ -25,58 +27,34 @@ pub fn can_listen(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A pidfd: names one process for good, readable once it exited.
+/// A pidfd: names one process for good, readable once it exited (reaper's
+/// own, so the tests signal the way reaper does).
 #[derive(Debug)]
 pub struct ProcHandle {
     pub pid: u32,
-    fd: OwnedFd,
+    fd: Pidfd,
 }
 
 impl ProcHandle {
     pub fn open(pid: u32) -> ProcHandle {
-        // SAFETY: plain syscall; the fd is ours.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-        assert!(
-            fd >= 0,
-            "pidfd_open({pid}): {}",
-            std::io::Error::last_os_error()
-        );
-        ProcHandle {
-            pid,
-            // SAFETY: fresh fd from the kernel.
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        }
+        let fd = Pidfd::open(pid).unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"));
+        ProcHandle { pid, fd }
     }
 
     /// Still running (not exited, not a zombie).
     pub fn alive(&self) -> bool {
-        !self.wait_exit(0)
+        !self.fd.exited()
     }
 
     /// Waits up to `ms` for the exit (an event on the pidfd); true if it exited.
     pub fn wait_exit(&self, ms: i32) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        n > 0
+        let within = Duration::from_millis(ms.max(0) as u64);
+        matches!(wait_any(&[&self.fd], within), Ok(v) if !v.is_empty())
     }
 
     /// SIGKILL through the pidfd (never a stale pid); no error if gone.
     pub fn kill(&self) {
-        // SAFETY: valid fd, NULL info.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
+        let _ = self.fd.send(libc::SIGKILL);
     }
 
     /// The exe it runs now.

@@ -271,12 +271,7 @@ fn sigterm_stops_within_a_second_and_journals_stop() {
     need_root!();
     let mut d = Daemon::start("");
     // Least privilege once attached: no BPF, no PERFMON; KILL stays.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
+    let eff = reaper::caps::effective_of(&d.pid().to_string()).expect("the daemon's CapEff");
     assert_eq!(eff & (1 << 39), 0, "CAP_BPF dropped: {eff:x}");
     assert_eq!(eff & (1 << 38), 0, "CAP_PERFMON dropped: {eff:x}");
     assert_ne!(eff & (1 << 5), 0, "CAP_KILL kept: {eff:x}");

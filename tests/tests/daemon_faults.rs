@@ -17,11 +17,17 @@ fn kind(r: &Value) -> &str {
 }
 
 fn status_field(pid: &str, task: &str, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/task/{task}/status"))
+    let sets = reaper::caps::sets_of(&format!("{pid}/task/{task}"))
+        .unwrap_or_else(|| panic!("no /proc/{pid}/task/{task}/status"));
+    match field {
+        "CapEff:" => Some(sets.effective),
+        "CapPrm:" => Some(sets.permitted),
+        "CapInh:" => Some(sets.inheritable),
+        "CapBnd:" => sets.bounding,
+        "CapAmb:" => sets.ambient,
+        _ => None,
+    }
+    .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/task/{task}/status"))
 }
 
 /// Once attached, every thread of the daemon has exactly

@@ -276,8 +276,8 @@ fn a_process_that_exec_ed_something_else_in_the_same_pid_is_not_signalled() {
     let out = free_with_pause(
         &["free", &p, "--match", "platform-server", "--json"],
         || {
-            // SAFETY: signalling our own child, which is alive (its pidfd says so).
             assert!(srv.handle.alive());
+            // SAFETY: signalling our own child, which is alive (its pidfd says so).
             unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
             // stdout closes exactly at the exec.
             srv.wait_stdout_eof();

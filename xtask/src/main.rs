@@ -324,9 +324,16 @@ fn test(extra: &[String]) -> Result<()> {
         );
     }
     let t = Instant::now();
-    say("1/6 cargo fmt --check");
+    say("1/6 cargo fmt --check (the workspace, reaper-ebpf, fuzz)");
     check(cargo().args(["fmt", "--all", "--check"]))?;
-    say("2/6 cargo clippy --all-targets -- -D warnings");
+    for dir in ["reaper-ebpf", "fuzz"] {
+        check(
+            cargo()
+                .args(["fmt", "--all", "--check"])
+                .current_dir(root().join(dir)),
+        )?;
+    }
+    say("2/6 cargo clippy -- -D warnings (the workspace, then reaper-ebpf and fuzz on nightly)");
     check(cargo().args([
         "clippy",
         "--workspace",
@@ -335,6 +342,8 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    clippy_ebpf()?;
+    clippy_fuzz()?;
     say("3/6 building reaper and the storm benchmark for the integration tests");
     check(cargo().args(["build", "-p", "reaper-user", "-p", "reaper-bench"]))?;
     // The Engine is up before the tests (container tests rely on it) and
@@ -362,6 +371,50 @@ fn test(extra: &[String]) -> Result<()> {
     // The closing line CI reads: every test of every binary, summed.
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     Ok(())
+}
+
+/// `cargo` of the nightly toolchain in `dir`, with nothing of the outer
+/// cargo's environment (as reaper-user/build.rs does for the eBPF build).
+fn nightly_cargo(dir: &str) -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly", "cargo"])
+        .current_dir(root().join(dir));
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k == "CARGO"
+            || k == "RUSTFLAGS"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTDOC"
+        {
+            c.env_remove(&key);
+        }
+    }
+    c
+}
+
+/// Clippy on the kernel side, for the target it is built for (its own
+/// target dir: the outer build holds target/bpf).
+fn clippy_ebpf() -> Result<()> {
+    say("clippy: reaper-ebpf (nightly, bpfel-unknown-none)");
+    let target_dir = root().join("target").join("bpf-clippy");
+    check(
+        nightly_cargo("reaper-ebpf")
+            .args(["clippy", "--release", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--target-dir"])
+            .arg(&target_dir)
+            .args(["--", "-D", "warnings"]),
+    )
+}
+
+/// Clippy on the fuzz targets, built as `cargo fuzz` builds them (nightly).
+fn clippy_fuzz() -> Result<()> {
+    if !root().join("fuzz").exists() {
+        return Ok(());
+    }
+    say("clippy: fuzz (nightly)");
+    check(nightly_cargo("fuzz").args(["clippy", "--all-targets", "--", "-D", "warnings"]))
 }
 
 /// Runs `cargo test --workspace`, echoing its output, and sums the counts of

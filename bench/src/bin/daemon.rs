@@ -212,6 +212,7 @@ impl Idle {
             // (dup, pause, _exit) and never returns into Rust code.
             let pid = unsafe { libc::fork() };
             if pid == 0 {
+                // SAFETY: the forked child, as said above.
                 unsafe {
                     for _ in 0..fds {
                         libc::dup(null);
@@ -238,6 +239,7 @@ impl Drop for Idle {
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
         for &p in &self.0 {
+            // SAFETY: waitpid with a NULL status pointer writes nothing.
             unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
         }
     }
@@ -245,7 +247,7 @@ impl Drop for Idle {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!(
             "the daemon benchmark needs root (BPF hooks): run it with sudo or `cargo xtask bench`"
         );

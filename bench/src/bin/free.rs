@@ -17,7 +17,7 @@
 //!   cargo run -p reaper-bench --bin free [-- --quick] [--reaper PATH]
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -191,17 +191,12 @@ fn start_holder(server: &Path) -> Result<Holder> {
         .strip_prefix("ready ")
         .and_then(|p| p.trim().parse().ok())
         .with_context(|| format!("platform-server said {line:?}"))?;
-    // SAFETY: plain syscall; the fd is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd < 0 {
-        bail!("pidfd_open({pid}): {}", std::io::Error::last_os_error());
-    }
+    let pidfd = reaper::sys::pidfd_open(pid).with_context(|| format!("pidfd_open({pid})"))?;
     Ok(Holder {
         child,
         pid,
         port,
-        // SAFETY: fresh fd from the kernel.
-        pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        pidfd,
     })
 }
 

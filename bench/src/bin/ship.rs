@@ -65,8 +65,16 @@ fn main() -> Result<()> {
     );
 
     let subjects: [(&str, &Path, &[&str]); 3] = [
-        ("--version: static reaper (dist)", &static_bin, &["--version"]),
-        ("--version: release reaper (glibc)", &release, &["--version"]),
+        (
+            "--version: static reaper (dist)",
+            &static_bin,
+            &["--version"],
+        ),
+        (
+            "--version: release reaper (glibc)",
+            &release,
+            &["--version"],
+        ),
         ("spawn floor: /bin/true", Path::new("/bin/true"), &[]),
     ];
     let rounds = if quick { 50 } else { 300 };

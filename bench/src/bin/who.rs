@@ -126,6 +126,8 @@ fn start_idlers(n: usize, fds: usize) -> Result<Idlers> {
             );
         }
         if pid == 0 {
+            // SAFETY: the forked child: only async-signal-safe calls on its
+            // own fds and a buffer on its stack, then _exit.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 libc::close(rw);
@@ -173,8 +175,9 @@ fn reaper_bin() -> Result<PathBuf> {
 
 /// CPU seconds (user + system) of all waited-for children so far.
 fn children_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
+    // SAFETY: rusage is plain integers, valid all zero.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass, which outlives the call.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)

@@ -81,14 +81,7 @@ fn gather() -> Report {
             )
         })
         .unwrap_or_else(|| "unknown".into());
-    let cap_eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
+    let cap_eff = crate::caps::effective_of("self").unwrap_or(0);
     let capabilities = CAPS
         .iter()
         .map(|(bit, name, why)| Cap {

@@ -79,7 +79,7 @@ fn holders_cell(h: &Holding) -> String {
     }
     h.processes
         .iter()
-        .map(|p| format!("{} {}", p.pid, p.comm))
+        .map(|p| format!("{} {}", p.pid, crate::text::term(&p.comm)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -17,6 +17,36 @@ use crate::report::{self, Filter, Limits};
 
 pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
     let _ = global;
+    let filter = filter(&args)?;
+    let report = if args.demo {
+        if !args.journal.is_empty() {
+            return Err(bad_input(
+                "--demo reads the built-in example journal: leave out --journal",
+            ));
+        }
+        report::build_from(
+            vec![(
+                report::DEMO_NAME.to_string(),
+                report::DEMO_JOURNAL.as_bytes(),
+            )],
+            filter,
+            Limits::default(),
+        )?
+    } else {
+        let mut reader = JournalReader::open(&journal_paths(&args)?)?;
+        let _progress = crate::progress::Progress::start(
+            "reading journal",
+            "records",
+            &crate::progress::RECORDS_READ,
+        );
+        report::build(&mut reader, filter, Limits::default())?
+    };
+    write(&report, &args)?;
+    Ok(Exit::Ok)
+}
+
+/// The window and the filters, checked.
+fn filter(args: &ReportArgs) -> Result<Filter> {
     let now = chrono::Utc::now();
     let since_ms = args
         .since
@@ -37,53 +67,38 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
             )));
         }
     }
-    let filter = Filter {
+    Ok(Filter {
         since_ms,
         until_ms,
         port: args.port,
         host: args.host.clone(),
-    };
-    let report = if args.demo {
-        if !args.journal.is_empty() {
-            return Err(bad_input(
-                "--demo reads the built-in example journal: leave out --journal",
-            ));
-        }
-        report::build_from(
-            vec![(
-                report::DEMO_NAME.to_string(),
-                report::DEMO_JOURNAL.as_bytes(),
-            )],
-            filter,
-            Limits::default(),
-        )?
-    } else {
-        let paths = if args.journal.is_empty() {
-            // A running daemon knows where its journal is; else the default.
-            let default = daemon_journal().unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL));
-            if crate::journal::reader::rotated_chain(&default).is_err() {
-                return Err(bad_input(format!(
-                    "no journal at {} (is the daemon running here?): pass --journal PATH, or try --demo",
-                    default.display()
-                )));
-            }
-            vec![default]
-        } else {
-            args.journal.clone()
-        };
-        let mut reader = JournalReader::open(&paths)?;
-        let _progress = crate::progress::Progress::start(
-            "reading journal",
-            "records",
-            &crate::progress::RECORDS_READ,
-        );
-        report::build(&mut reader, filter, Limits::default())?
-    };
+    })
+}
+
+/// `--journal` as given, else the running daemon's journal, else the
+/// default path (which must exist).
+fn journal_paths(args: &ReportArgs) -> Result<Vec<PathBuf>> {
+    if !args.journal.is_empty() {
+        return Ok(args.journal.clone());
+    }
+    // A running daemon knows where its journal is; else the default.
+    let default = daemon_journal().unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL));
+    if crate::journal::reader::rotated_chain(&default).is_err() {
+        return Err(bad_input(format!(
+            "no journal at {} (is the daemon running here?): pass --journal PATH, or try --demo",
+            default.display()
+        )));
+    }
+    Ok(vec![default])
+}
+
+/// To `--output`, or to stdout (where a closed pipe is not an error).
+fn write(report: &report::Report, args: &ReportArgs) -> Result<()> {
     match &args.output {
         Some(path) => {
             let write = || -> std::io::Result<()> {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-                report::write(&report, args.format, &mut f)?;
+                report::write(report, args.format, &mut f)?;
                 f.flush()
             };
             write().with_context(|| format!("writing the report to {}", path.display()))?;
@@ -91,7 +106,7 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let done = report::write(&report, args.format, &mut out).and_then(|_| out.flush());
+            let done = report::write(report, args.format, &mut out).and_then(|_| out.flush());
             match done {
                 // A closed pipe (`| head`) is not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
@@ -99,7 +114,7 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
             }
         }
     }
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 /// The journal path of the daemon answering on the control socket, if any.

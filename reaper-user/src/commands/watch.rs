@@ -277,7 +277,13 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => "?".into(),
     };
     let netns = f.netns.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    let who = format!("pid {} ({}) uid {} netns {}", f.pid, f.comm, f.uid, netns);
+    let who = format!(
+        "pid {} ({}) uid {} netns {}",
+        f.pid,
+        crate::text::term(&f.comm),
+        f.uid,
+        netns
+    );
     match f.kind {
         "bind" if f.ok => {
             let req = match f.requested_port {
@@ -294,7 +300,7 @@ pub fn human(f: &Fact, style: Style) -> String {
             let errno = f.errno.clone().unwrap_or_else(|| "cause unknown".into());
             let how = if f.errno_exact { "" } else { " (inferred)" };
             let holder = match (f.holder_pid, &f.holder_comm) {
-                (Some(p), Some(c)) => format!("; held by pid {p} ({c})"),
+                (Some(p), Some(c)) => format!("; held by pid {p} ({})", crate::text::term(c)),
                 _ => String::new(),
             };
             format!(
@@ -310,12 +316,7 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => {
             let held = f
                 .held_ms
-                .map(|ms| {
-                    format!(
-                        "  held {}",
-                        humantime::format_duration(Duration::from_millis(ms))
-                    )
-                })
+                .map(|ms| format!("  held {}", crate::util::human_ms(ms)))
                 .unwrap_or_default();
             format!(
                 "{time}  {}  {proto} {at}  {who}{held}\n",

@@ -13,6 +13,7 @@ use crate::cli::{Global, WhoArgs};
 use crate::error::{bad_input, Exit};
 use crate::holders::{self, Holding, Process, Query, Scan, ScanGaps, Socket};
 use crate::output::{print, use_color, Style};
+use crate::text::term;
 use crate::util::Proto;
 
 /// The one JSON document `reaper who --json` prints. Field names are an
@@ -109,14 +110,17 @@ pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<crate::contr
         Ok(Some(r)) if !r.ok => {
             tracing::warn!(
                 "the daemon at {} refused: {}; scanning instead",
-                path.display(),
-                r.error.unwrap_or_default()
+                term(&path.display().to_string()),
+                term(&r.error.unwrap_or_default())
             );
             None
         }
         Ok(_) => None,
         Err(e) => {
-            tracing::warn!("asking the daemon failed: {e:#}; scanning instead");
+            tracing::warn!(
+                "asking the daemon failed: {}; scanning instead",
+                term(&format!("{e:#}"))
+            );
             None
         }
     }
@@ -129,7 +133,7 @@ pub fn parse_netns(s: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     // Also accept what `readlink /proc/PID/ns/net` prints.
-    let digits = crate::ledger::parse_ns_link(t)
+    let digits = crate::holders::netns::parse_ns_link(t)
         .map(|n| n.to_string())
         .unwrap_or_else(|| t.to_string());
     match digits.parse::<u64>() {
@@ -164,15 +168,15 @@ pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 /// one" for reaper's own.
 pub fn netns_label(netns: u64, scan: &Scan) -> String {
     match (scan.netns_names.get(&netns), scan.own_netns == Some(netns)) {
-        (Some(name), _) => format!("{netns} ({name})"),
+        (Some(name), _) => format!("{netns} ({})", term(name)),
         (None, true) => format!("{netns} (this one)"),
         (None, false) => netns.to_string(),
     }
 }
 
-/// Seconds-rounded, human: "2h 3m 4s".
+/// Seconds-rounded: "41m 03s".
 fn age(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    crate::util::human_duration(Duration::from_secs(d.as_secs()))
 }
 
 fn process_age(p: &Process) -> Option<Duration> {
@@ -217,7 +221,7 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
         out.push('\n');
     }
     for e in &scan.gaps.netns_errors {
-        out.push_str(&style.yellow(&format!("  {e}")));
+        out.push_str(&style.yellow(&format!("  {}", term(e))));
         out.push('\n');
     }
     let from = match source {
@@ -313,7 +317,7 @@ fn render_holding(
             out.push_str(&format!(
                 "  pid {}  {}  (details above)\n",
                 style.bold(&p.pid.to_string()),
-                p.comm
+                term(&p.comm)
             ));
             continue;
         }
@@ -330,21 +334,25 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     out.push_str(&format!(
         "  pid {}  {}\n",
         style.bold(&p.pid.to_string()),
-        style.bold(&p.comm)
+        style.bold(&term(&p.comm))
     ));
-    row(out, "exe", p.exe.as_deref().unwrap_or("? (unreadable)"));
+    row(
+        out,
+        "exe",
+        &p.exe.as_deref().map_or("? (unreadable)".into(), term),
+    );
     let cmdline = if p.cmdline.is_empty() {
         "? (empty: a kernel thread, or a zombie)".to_string()
     } else {
         p.cmdline
             .iter()
-            .map(|a| shell_quote(a))
+            .map(|a| crate::text::shell_word(a))
             .collect::<Vec<_>>()
             .join(" ")
     };
     row(out, "cmdline", &cmdline);
     let user = match &p.user {
-        Some(u) => format!("{u} ({})", p.uid),
+        Some(u) => format!("{} ({})", term(u), p.uid),
         None if p.uid == u32::MAX => "?".to_string(),
         None => p.uid.to_string(),
     };
@@ -361,15 +369,16 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     let chain = p
         .ancestors
         .iter()
-        .map(|(pid, comm)| format!("{pid} {comm}"))
+        .map(|(pid, comm)| format!("{pid} {}", term(comm)))
         .collect::<Vec<_>>()
         .join(" <- ");
     row(out, "parents", if chain.is_empty() { "-" } else { &chain });
     if let Some(cg) = &p.cgroup {
-        row(out, "cgroup", cg);
+        row(out, "cgroup", &term(cg));
     }
     if let Some(id) = &p.container {
-        row(out, "container", &id[..id.len().min(12)]);
+        let id = term(id);
+        row(out, "container", &id.chars().take(12).collect::<String>());
     }
     if let Some(ns) = p.netns {
         row(out, "netns", &ns.to_string());
@@ -392,19 +401,6 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
                 age(a)
             ),
         );
-    }
-}
-
-/// An argument as a shell would need it, so the line can be read back
-/// unambiguously (spaces, quotes, empty arguments).
-pub fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
     }
 }
 
@@ -547,13 +543,49 @@ mod tests {
             "orphaned  yes",
             "holding   for ~",
             "pid 10  a) b (c  (details above)",
-            "blocked by TIME_WAIT, expires in 42s",
+            "blocked by TIME_WAIT, expires in 42.0 s",
             "3 processes unreadable (EPERM), 1 vanished during the scan",
             "answered from a scan (sock_diag + /proc) in 12 ms; run `reaper daemon` for bind history",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn what_a_process_chose_is_shown_escaped() {
+        let mut p = proc_(10);
+        p.comm = "x\x1b[2J\u{9b}".into();
+        p.exe = Some("/tmp/\u{202e}gnp.exe".into());
+        p.cmdline = vec!["\x1b]52;c;Zm9v\x07".into(), "a\nb".into()];
+        p.cgroup = Some("/evil\x07".into());
+        p.ancestors = vec![(1, "in\x1bit".into())];
+        let scan = Scan {
+            holdings: vec![Holding {
+                socket: sock("LISTEN", IpAddr::V4(Ipv4Addr::LOCALHOST), 5),
+                processes: vec![p.clone(), p],
+                unowned_reason: None,
+            }],
+            netns_seen: vec![4026531840],
+            netns_names: [(4026531840, "n\x1bs".to_string())].into(),
+            ..Scan::default()
+        };
+        let text = render(8080, None, &scan, "proc", Style { on: false });
+        assert!(
+            !text.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)),
+            "{text:?}"
+        );
+        for want in [
+            "pid 10  x\\x1b[2J\\u{9b}\n",
+            "exe       /tmp/\\u{202e}gnp.exe",
+            "cmdline   $'\\x1b]52;c;Zm9v\\x07' $'a\\nb'",
+            "cgroup    /evil\\x07",
+            "parents   1 in\\x1bit",
+            "netns 4026531840 (n\\x1bs)",
+            "pid 10  x\\x1b[2J\\u{9b}  (details above)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -294,11 +294,21 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Serves requests until the task is dropped.
 pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+    let mut backoff = crate::util::AcceptBackoff::new();
     loop {
         let conn = match listener.accept().await {
-            Ok((c, _)) => c,
+            Ok((c, _)) => {
+                backoff.reset();
+                c
+            }
             Err(e) => {
-                tracing::warn!("control socket: accept failed: {e}");
+                match backoff.after(&e) {
+                    Some(wait) => {
+                        tracing::warn!("control socket: accept failed: {e}; next try in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => tracing::debug!("control socket: accept failed: {e}"),
+                }
                 continue;
             }
         };
@@ -473,10 +483,11 @@ pub fn scan_of(resp: &Response) -> crate::holders::Scan {
 /// "bound 12:01:02 by pid 4242 (parent 4200 bash); 3 failed binds since,
 /// the last by pid 5151 (python3) EADDRINUSE": the history a scan cannot tell.
 pub fn history_lines(resp: &Response) -> String {
+    use crate::text::term;
     let mut out = String::new();
     for c in &resp.claims {
         let parent = match (c.binder.ppid, &c.binder.parent_comm) {
-            (Some(p), Some(n)) => format!(" (parent {p} {n})"),
+            (Some(p), Some(n)) => format!(" (parent {p} {})", term(n)),
             (Some(p), None) => format!(" (parent {p})"),
             _ => String::new(),
         };
@@ -487,7 +498,13 @@ pub fn history_lines(resp: &Response) -> String {
         };
         out.push_str(&format!(
             "  {}:{}/{} netns {}: {how} {} by pid {} ({}){parent}",
-            c.addr, c.port, c.proto, c.netns, c.bound_at, c.pid, c.comm
+            c.addr,
+            c.port,
+            c.proto,
+            c.netns,
+            c.bound_at,
+            c.pid,
+            term(&c.comm)
         ));
         if let Some(l) = &c.listening_at {
             out.push_str(&format!(", listening since {l}"));
@@ -504,7 +521,7 @@ pub fn history_lines(resp: &Response) -> String {
                 },
                 last.ts,
                 last.pid,
-                last.comm,
+                term(&last.comm),
                 last.errno.as_deref().unwrap_or("cause unknown")
             ));
         }

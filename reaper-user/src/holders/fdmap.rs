@@ -200,31 +200,10 @@ fn still_holds(r: &Ref) -> bool {
         == Some(r.inode)
 }
 
-/// kcmp(2) of two fds of two processes: 0 when they are the same file.
-fn kcmp_file(pid1: u32, pid2: u32, fd1: i32, fd2: i32) -> Result<bool, Errno> {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes plain integers and touches no memory of ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid1 as libc::c_long,
-            pid2 as libc::c_long,
-            KCMP_FILE,
-            fd1 as libc::c_long,
-            fd2 as libc::c_long,
-        )
-    };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r == 0)
-    }
-}
-
 /// kcmp needs CONFIG_KCMP (checkpoint/restore support); probe it once.
 fn kcmp_works(fd: RawFd) -> bool {
     let me = std::process::id();
-    kcmp_file(me, me, fd, fd) == Ok(true)
+    crate::sys::kcmp_file(me, me, fd, fd) == Ok(true)
 }
 
 /// How one fd of a process is examined.
@@ -257,7 +236,7 @@ impl Probe<'_> {
             },
             Probe::Kcmp(refs) => {
                 for r in refs {
-                    match kcmp_file(r.pid, pid, r.fd, fd) {
+                    match crate::sys::kcmp_file(r.pid, pid, r.fd, fd) {
                         Ok(true) => {
                             hits.push(r.inode);
                             return Ok(true);
@@ -612,9 +591,18 @@ mod tests {
             eprintln!("kcmp is not available on this kernel (CONFIG_KCMP off): readlink only");
             return;
         }
-        assert_eq!(kcmp_file(me, me, a.as_raw_fd(), dup.as_raw_fd()), Ok(true));
-        assert_eq!(kcmp_file(me, me, a.as_raw_fd(), b.as_raw_fd()), Ok(false));
-        assert_eq!(kcmp_file(me, me, a.as_raw_fd(), 1 << 20), Err(Errno::EBADF));
+        assert_eq!(
+            crate::sys::kcmp_file(me, me, a.as_raw_fd(), dup.as_raw_fd()),
+            Ok(true)
+        );
+        assert_eq!(
+            crate::sys::kcmp_file(me, me, a.as_raw_fd(), b.as_raw_fd()),
+            Ok(false)
+        );
+        assert_eq!(
+            crate::sys::kcmp_file(me, me, a.as_raw_fd(), 1 << 20),
+            Err(Errno::EBADF)
+        );
     }
 
     #[test]

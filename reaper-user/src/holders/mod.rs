@@ -16,6 +16,22 @@
 //!           readlink until one holder is known, then kcmp against it)
 //! process   details of those pids only
 //! ```
+//!
+//! Which /proc reads use the `procfs` crate, and which are written here:
+//! - procfs parses /proc/PID/status (a holder's uid; the capability sets in
+//!   `caps`): a few reads per command, of a file whose process-chosen text
+//!   (Name) the kernel escapes, so a tested parser is better than another.
+//! - Written here, and fuzzed (fuzz/): the fd walk in `fdmap` (openat +
+//!   readlinkat into a stack buffer, then kcmp against one known holder,
+//!   never a String or a PathBuf per fd: it visits every fd of every
+//!   process; the `who` bench measures the scan at about a quarter of
+//!   `ss`'s wall time, and procfs's `fd()` iterator, like `ss`, builds a
+//!   path and reads a link target per fd);
+//!   /proc/net in `procnet` (the same); and stat, cmdline and cgroup in
+//!   `process`, because procfs reads cmdline as UTF-8 and drops its empty
+//!   arguments (reaper keeps argv exactly, lossily decoded, for the
+//!   identity check before a signal), and stat is read once per ancestor
+//!   and per identity check, where its 52 fields would be parsed to use 6.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

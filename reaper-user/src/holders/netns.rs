@@ -19,7 +19,6 @@ use nix::fcntl::readlinkat;
 use nix::sched::{setns, CloneFlags};
 
 use super::{procnet, sockdiag, Socket};
-use crate::ledger::parse_ns_link;
 use crate::util::Proto;
 
 /// One network namespace and a way into it.
@@ -33,6 +32,18 @@ pub struct Namespace {
     pub pid: Option<u32>,
     /// Its `ip netns` name, when it has one.
     pub name: Option<String>,
+}
+
+/// The netns inode of a process, from /proc/PID/ns/net; None when the
+/// process is gone or its links are not ours to read.
+pub fn netns_of_pid(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(&link.to_string_lossy())
+}
+
+/// Parses "net:[4026531840]", the target of /proc/PID/ns/net.
+pub fn parse_ns_link(s: &str) -> Option<u64> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Where `ip netns` pins named namespaces.

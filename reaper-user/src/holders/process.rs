@@ -3,9 +3,11 @@
 //! Who a holder is, from /proc/PID/{stat,status,cmdline,cgroup,exe,ns/net}:
 //! name, command line, user, start time, parent chain, cgroup and container,
 //! and whether it looks orphaned. Read only for the few pids that hold a
-//! matching socket. The parsers are pure functions over bytes so that they
-//! can be fuzzed: /proc content is partly chosen by the process (comm,
-//! argv), so nothing in it is trusted to be UTF-8 or well-formed.
+//! matching socket. status is parsed by procfs (the kernel escapes what the
+//! process chose in it); stat, cmdline and cgroup by the pure functions
+//! here, fuzzed, because /proc content there is partly chosen by the
+//! process (comm, argv) and nothing in it is trusted to be UTF-8 or
+//! well-formed (see holders/mod.rs for why not procfs).
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -63,24 +65,21 @@ pub fn parse_stat(b: &[u8]) -> Option<Stat> {
     })
 }
 
-/// The effective uid from /proc/PID/status (`Uid: real effective saved fs`):
-/// the one `ps -o user` shows and the one permissions are checked against.
-pub fn parse_status_uid(b: &[u8]) -> Option<u32> {
-    for line in b.split(|&c| c == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"Uid:") {
-            let text = std::str::from_utf8(rest).ok()?;
-            let mut ids = text.split_ascii_whitespace();
-            let real = ids.next()?;
-            return ids.next().unwrap_or(real).parse().ok();
-        }
-    }
-    None
+/// The effective uid from /proc/PID/status (procfs parses it): the one
+/// `ps -o user` shows and the one permissions are checked against.
+fn status_euid(pid: u32) -> Option<u32> {
+    use procfs::FromRead;
+    let status = procfs::process::Status::from_file(format!("/proc/{pid}/status")).ok()?;
+    Some(status.euid)
 }
 
 /// argv from /proc/PID/cmdline: NUL-separated, lossily decoded. Empty
 /// arguments in the middle are kept (they are real argv entries); the
 /// trailing NUL does not make an extra one. A process that rewrote its argv
 /// (setproctitle) may leave no NUL at all: then it is one argument.
+/// An empty file is no argv at all (a kernel thread, a zombie); "\0" is an
+/// argv of one empty string, which a process can be exec'd with. The one
+/// parser of the crate: reap's identity check reads argv with it too.
 pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
     if b.is_empty() {
         return Vec::new();
@@ -215,9 +214,7 @@ impl Reader {
     /// One process's details; None when it is gone (or its stat unreadable).
     pub fn process(&mut self, pid: u32) -> Option<Process> {
         let stat = self.stat(pid)?;
-        let uid = read(pid, "status")
-            .and_then(|b| parse_status_uid(&b))
-            .unwrap_or(u32::MAX);
+        let uid = status_euid(pid).unwrap_or(u32::MAX);
         let cmdline = read(pid, "cmdline")
             .map(|b| parse_cmdline(&b))
             .unwrap_or_default();
@@ -258,7 +255,7 @@ impl Reader {
             },
             cgroup,
             container,
-            netns: crate::ledger::netns_of_pid(pid),
+            netns: super::netns::netns_of_pid(pid),
             ancestors,
             orphaned: looks_orphaned(&stat),
         })
@@ -322,17 +319,6 @@ mod tests {
         // Exactly up to field 22 is enough.
         let s = parse_stat(b"12 (y) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 5").unwrap();
         assert_eq!(s.start_ticks, 5);
-    }
-
-    #[test]
-    fn status_uid_is_effective() {
-        let b = b"Name:\tx\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
-        assert_eq!(parse_status_uid(b), Some(0));
-        assert_eq!(parse_status_uid(b"Uid:\t7\n"), Some(7));
-        assert_eq!(parse_status_uid(b"Name:\tUid:\t5\n"), None);
-        assert_eq!(parse_status_uid(b"Uid:\n"), None);
-        assert_eq!(parse_status_uid(b"Uid:\t\xff 1\n"), None);
-        assert_eq!(parse_status_uid(b""), None);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl NetnsNames {
                 return Some(*ino);
             }
         }
-        let ino = netns_of_pid(tgid)?;
+        let ino = crate::holders::netns::netns_of_pid(tgid)?;
         if cookie != 0 {
             self.by_cookie.insert(cookie, ino);
         }
@@ -130,17 +130,6 @@ impl NetnsNames {
             self.by_cookie.insert(cookie, ino);
         }
     }
-}
-
-/// The netns inode of a process, from /proc/PID/ns/net.
-pub fn netns_of_pid(pid: u32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    parse_ns_link(&link.to_string_lossy())
-}
-
-/// Parses "net:[4026531840]".
-pub fn parse_ns_link(s: &str) -> Option<u64> {
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// How many failed binds the ledger keeps (oldest dropped first).
@@ -595,11 +584,5 @@ mod tests {
         assert!(addrs_collide(any6, lo4), "dual-stack wildcard blocks v4");
         assert!(!addrs_collide(any4, lo6));
         assert!(addrs_collide(lo6, lo6));
-    }
-
-    #[test]
-    fn ns_links_parse() {
-        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
-        assert_eq!(parse_ns_link("mnt:[1]"), None);
     }
 }

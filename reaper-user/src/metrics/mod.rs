@@ -242,11 +242,21 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let mut backoff = crate::util::AcceptBackoff::new();
     loop {
         let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                backoff.reset();
+                c
+            }
             Err(e) => {
-                tracing::warn!("metrics: accept failed: {e}");
+                match backoff.after(&e) {
+                    Some(wait) => {
+                        tracing::warn!("metrics: accept failed: {e}; next try in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => tracing::debug!("metrics: accept failed: {e}"),
+                }
                 continue;
             }
         };

@@ -20,6 +20,7 @@ use regex::Regex;
 
 use crate::holders::{Process, Socket};
 use crate::journal::VerdictRecord;
+use crate::util::human_duration;
 
 pub(crate) mod file;
 
@@ -375,14 +376,14 @@ impl Matcher {
                 Some(a) if a >= min => why.push(format!(
                     "started {} ({} ago, at least {})",
                     clock_words(&p.started_at),
-                    human(a),
-                    human(min)
+                    human_duration(a),
+                    human_duration(min)
                 )),
                 Some(a) => {
                     return Err(format!(
                         "started only {} ago, younger than min_age {}",
-                        human(a),
-                        human(min)
+                        human_duration(a),
+                        human_duration(min)
                     ))
                 }
                 None => {
@@ -838,22 +839,6 @@ fn clock_words(rfc3339: &str) -> String {
     DateTime::parse_from_rfc3339(rfc3339)
         .map(|t| t.with_timezone(&Utc).format("%H:%M:%S UTC").to_string())
         .unwrap_or_else(|_| rfc3339.to_string())
-}
-
-/// A duration in the words people use: 850ms, 42s, 3m12s, 2h5m.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    if s < 60 {
-        return format!("{s}s");
-    }
-    if s < 3600 {
-        return format!("{}m{}s", s / 60, s % 60);
-    }
-    format!("{}h{}m", s / 3600, (s % 3600) / 60)
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ fn a_file_policy_reaps_stale_servers_with_reasons() {
     assert_eq!(
         text,
         "matches exe=/usr/local/bin/platform-server; runs as ci (uid 1001); \
-         started 12:01:03 UTC (3m57s ago, at least 30s); orphaned (reparented to pid 1 systemd); \
+         started 12:01:03 UTC (3m 57s ago, at least 30.0 s); orphaned (reparented to pid 1 systemd); \
          cgroup /system.slice/runner.service; holds 127.0.0.1:8080/tcp"
     );
     let rec: VerdictRecord = v.into();
@@ -285,7 +285,7 @@ fn file_conditions_that_fail_are_named() {
     assert!(
         v.reasons
             .iter()
-            .any(|r| r.contains("started only 10s ago, younger than min_age 30s")),
+            .any(|r| r.contains("started only 10.0 s ago, younger than min_age 30.0 s")),
         "{v}"
     );
 

@@ -114,30 +114,22 @@ fn trim_args(args: &[String]) -> &[String] {
     &args[..end]
 }
 
-/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded.
+/// argv from /proc/PID/cmdline: the holders' parser, so the identity
+/// compared before a signal is read the way the verdict's was.
 pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
-    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    if raw.is_empty() {
-        return Vec::new();
-    }
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    crate::holders::process::parse_cmdline(raw)
 }
 
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
 pub fn netns_of(pid: u32) -> io::Result<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
     let s = link.to_string_lossy();
-    s.strip_prefix("net:[")
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/ns/net points at '{s}'"),
-            )
-        })
+    crate::holders::netns::parse_ns_link(&s).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/ns/net points at '{s}'"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -195,5 +187,26 @@ mod tests {
     fn cmdline_split() {
         assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
         assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn an_empty_argv_entry_is_no_identity_change() {
+        // "\0" is one empty argument (argv [""]), "" no argv at all;
+        // trailing empty arguments never count as a change.
+        let mut a = Identity {
+            pid: 1,
+            start_ticks: 10,
+            exe: Some("/bin/x".into()),
+            cmdline: split_cmdline(b"x\0"),
+        };
+        let mut b = a.clone();
+        b.cmdline = split_cmdline(b"x\0\0");
+        assert_eq!(b.cmdline, ["x", ""]);
+        assert!(a.differences(&b).is_empty());
+        a.cmdline = split_cmdline(b"\0");
+        b.cmdline = split_cmdline(b"");
+        assert_eq!(a.cmdline, [""]);
+        assert!(b.cmdline.is_empty());
+        assert!(a.differences(&b).is_empty());
     }
 }

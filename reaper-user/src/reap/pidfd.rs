@@ -4,7 +4,7 @@
 //! exits, so waiting for an exit is an event rather than a sleep.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// An open pidfd.
@@ -17,15 +17,8 @@ pub struct Pidfd {
 impl Pidfd {
     /// `pidfd_open(2)`. ESRCH: no such process (it is gone).
     pub fn open(pid: u32) -> io::Result<Pidfd> {
-        // SAFETY: plain syscall with integer arguments; the result is a new fd we own.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this fd to us (it is CLOEXEC by default).
         Ok(Pidfd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            fd: crate::sys::pidfd_open(pid)?,
             pid,
         })
     }
@@ -33,20 +26,7 @@ impl Pidfd {
     /// `pidfd_send_signal(2)`: reaches this process or nobody (ESRCH once it
     /// has exited, even if its pid now names another process).
     pub fn send(&self, signal: i32) -> io::Result<()> {
-        // SAFETY: valid fd; info NULL means "as kill(2) would send it".
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_uint,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        crate::sys::pidfd_send_signal(self.fd.as_fd(), signal)
     }
 
     /// Whether the process has exited (the pidfd is readable), without waiting.

@@ -11,7 +11,7 @@
 use std::fmt::Write;
 
 use super::escape_html as esc;
-use super::model::{human_ms, PortReport, Report, TimeFmt};
+use super::model::{human_ms, Bar, PortReport, Report, TimeFmt};
 use super::view;
 use crate::journal::reader::parse_ms;
 
@@ -82,6 +82,30 @@ fn slug(s: &str) -> String {
 pub fn render(r: &Report) -> String {
     let tf = TimeFmt::of(r);
     let mut out = String::with_capacity(64 * 1024);
+    head(&mut out, r);
+    // The pictures first: a reader sees who held what, and when it broke,
+    // before any table.
+    timelines(&mut out, r, tf);
+    out.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n");
+    kv_table(&mut out, &view::summary_rows(r));
+    out.push_str("</section>\n");
+    conflicts(&mut out, r, tf);
+    out.push_str("<section id=\"ports\">\n<h2>Ports</h2>\n");
+    if r.ports.is_empty() {
+        out.push_str("<p>No port saw a conflict or a reaping in the window.</p>\n");
+    }
+    for p in &r.ports {
+        port_section(&mut out, p, tf);
+    }
+    out.push_str("</section>\n");
+    quiet_ports(&mut out, r, tf);
+    data_quality(&mut out, r, tf);
+    inputs(&mut out, r);
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}
+
+fn head(out: &mut String, r: &Report) {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     let title = match r.filter.port {
@@ -104,28 +128,27 @@ pub fn render(r: &Report) -> String {
         "<p class=\"meta\"><b>Read:</b> {}</p>",
         esc(&view::scope_line(r))
     );
+}
 
-    // The pictures first: a reader sees who held what, and when it broke,
-    // before any table.
-    if !r.ports.is_empty() {
-        out.push_str("<section id=\"timelines\">\n<h2>Timelines</h2>\n");
-        for p in &r.ports {
-            let id = port_id(p);
-            let _ = writeln!(
-                out,
-                "<h3><a href=\"#{id}\">{}</a></h3>",
-                esc(&view::port_name(&p.proto, p.port, &p.host))
-            );
-            timeline_svg(&mut out, r, p, &id, tf);
-        }
-        out.push_str(LEGEND);
-        out.push_str("</section>\n");
+fn timelines(out: &mut String, r: &Report, tf: TimeFmt) {
+    if r.ports.is_empty() {
+        return;
     }
-
-    out.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n");
-    kv_table(&mut out, &view::summary_rows(r));
+    out.push_str("<section id=\"timelines\">\n<h2>Timelines</h2>\n");
+    for p in &r.ports {
+        let id = port_id(p);
+        let _ = writeln!(
+            out,
+            "<h3><a href=\"#{id}\">{}</a></h3>",
+            esc(&view::port_name(&p.proto, p.port, &p.host))
+        );
+        timeline_svg(out, r, p, &id, tf);
+    }
+    out.push_str(LEGEND);
     out.push_str("</section>\n");
+}
 
+fn conflicts(out: &mut String, r: &Report, tf: TimeFmt) {
     out.push_str("<section id=\"conflicts\">\n<h2>Conflicts</h2>\n");
     if r.conflicts.is_empty() {
         out.push_str("<p>No failed bind of a held port in the window.</p>\n");
@@ -155,52 +178,46 @@ pub fn render(r: &Report) -> String {
         out.push_str("</table>\n</article>\n");
     }
     out.push_str("</section>\n");
+}
 
-    out.push_str("<section id=\"ports\">\n<h2>Ports</h2>\n");
-    if r.ports.is_empty() {
-        out.push_str("<p>No port saw a conflict or a reaping in the window.</p>\n");
+fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
+    if r.quiet_ports.total == 0 {
+        return;
     }
-    for p in &r.ports {
-        port_section(&mut out, p, tf);
-    }
-    out.push_str("</section>\n");
-
-    if r.quiet_ports.total > 0 {
-        let q = &r.quiet_ports;
-        out.push_str("<section id=\"other-ports\">\n<h2>Other ports</h2>\n");
+    let q = &r.quiet_ports;
+    out.push_str("<section id=\"other-ports\">\n<h2>Other ports</h2>\n");
+    let _ = writeln!(
+        out,
+        "<p>{} saw {} and no conflict{}.</p>",
+        esc(&view::plural(q.total, "port", "ports")),
+        esc(&view::plural(q.claims, "claim", "claims")),
+        if q.shown.len() < q.total as usize {
+            format!(
+                "; the {} busiest (use <code>--port P</code> for one's timeline)",
+                q.shown.len()
+            )
+        } else {
+            " (use <code>--port P</code> for one's timeline)".into()
+        }
+    );
+    out.push_str("<table>\n<tr><th>Port</th><th>Host</th><th>Claims</th><th>Releases</th><th>Held at end</th><th>Last seen</th></tr>\n");
+    for p in &q.shown {
         let _ = writeln!(
             out,
-            "<p>{} saw {} and no conflict{}.</p>",
-            esc(&view::plural(q.total, "port", "ports")),
-            esc(&view::plural(q.claims, "claim", "claims")),
-            if q.shown.len() < q.total as usize {
-                format!(
-                    "; the {} busiest (use <code>--port P</code> for one's timeline)",
-                    q.shown.len()
-                )
-            } else {
-                " (use <code>--port P</code> for one's timeline)".into()
-            }
+            "<tr><td>{}/{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"when\">{}</td></tr>",
+            esc(&p.proto),
+            p.port,
+            esc(&p.host),
+            p.claims,
+            p.releases,
+            p.held_at_end,
+            esc(&tf.at(&p.last))
         );
-        out.push_str("<table>\n<tr><th>Port</th><th>Host</th><th>Claims</th><th>Releases</th><th>Held at end</th><th>Last seen</th></tr>\n");
-        for p in &q.shown {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}/{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"when\">{}</td></tr>",
-                esc(&p.proto),
-                p.port,
-                esc(&p.host),
-                p.claims,
-                p.releases,
-                p.held_at_end,
-                esc(&tf.at(&p.last))
-            );
-        }
-        out.push_str("</table>\n</section>\n");
     }
+    out.push_str("</table>\n</section>\n");
+}
 
-    data_quality(&mut out, r, tf);
-
+fn inputs(out: &mut String, r: &Report) {
     out.push_str("<section id=\"inputs\">\n<h2>Inputs</h2>\n<table>\n<tr><th>File</th><th>Lines</th><th>Records</th></tr>\n");
     for f in &r.inputs {
         let _ = writeln!(
@@ -217,8 +234,6 @@ pub fn render(r: &Report) -> String {
         "<p class=\"note\">reaper report, schema <code>{}</code></p>",
         super::model::SCHEMA
     );
-    out.push_str("</main>\n</body>\n</html>\n");
-    out
 }
 
 const LEGEND: &str = "<p class=\"legend\"><span><i style=\"background:#3b6ea5\"></i>held, listening</span><span><i style=\"background:#8fb0d6\"></i>bound, not listening</span><span><i style=\"background:#c2571a\"></i>held by a process later reaped</span><span><i style=\"background:#cf222e\"></i>failed binds</span><span><i style=\"background:#111111\"></i>reaping</span><span><i style=\"background:#f5c451\"></i>port blocked</span></p>\n";
@@ -336,9 +351,64 @@ const STEPS: &[i64] = &[
     604_800_000,
 ];
 
+/// The picture's geometry: where a time falls, where the lanes are.
+struct Chart {
+    /// The padded span shown.
+    t0: i64,
+    t1: i64,
+    /// What was added on each side of the data.
+    pad: i64,
+    /// Top of the lanes, and their height together.
+    top: f64,
+    height: f64,
+}
+
+impl Chart {
+    fn x(&self, t: i64) -> f64 {
+        let span = (self.t1 - self.t0) as f64;
+        let plot_w = SVG_W - LEFT - RIGHT;
+        LEFT + (t - self.t0) as f64 / span * plot_w
+    }
+
+    fn bottom(&self) -> f64 {
+        self.top + self.height
+    }
+}
+
+fn ms(s: &str) -> i64 {
+    parse_ms(s).unwrap_or(0)
+}
+
 fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: TimeFmt) {
-    let ms = |s: &str| parse_ms(s).unwrap_or(0);
-    // The picture spans the kept entries and bars, to the window's end.
+    let Some((t0, t1)) = time_span(r, p) else {
+        return;
+    };
+    // Some room on both sides so marks at the edges stay visible.
+    let pad = (t1 - t0).max(1_000) / 40;
+    let (placed, lanes) = lanes(&p.bars);
+    let chart = Chart {
+        t0: t0 - pad,
+        t1: t1 + pad,
+        pad,
+        top: MARKS_H,
+        height: lanes as f64 * LANE_H,
+    };
+    let h = chart.bottom() + AXIS_H;
+    let _ = writeln!(
+        out,
+        "<svg class=\"timeline\" id=\"{id}-timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {SVG_W} {h}\" width=\"{SVG_W}\" height=\"{h}\" role=\"img\" aria-label=\"Timeline of {}\">",
+        esc(&view::port_name(&p.proto, p.port, &p.host))
+    );
+    axis(out, &chart, tf);
+    blocked_periods(out, r, p, id, &chart);
+    claim_bars(out, p, &placed, id, &chart, tf);
+    failed_binds_and_reapings(out, p, id, &chart, tf);
+    out.push_str("</svg>\n");
+}
+
+/// The picture spans the kept entries and bars, to the window's end; None
+/// when there is nothing to draw.
+fn time_span(r: &Report, p: &PortReport) -> Option<(i64, i64)> {
     let mut t0 = i64::MAX;
     let mut t1 = i64::MIN;
     for e in &p.timeline {
@@ -352,21 +422,18 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
     if let Some(end) = r.window.end.as_deref() {
         t1 = t1.max(ms(end));
     }
-    if t0 == i64::MAX {
-        return;
-    }
-    // Some room on both sides so marks at the edges stay visible.
-    let span0 = (t1 - t0).max(1_000);
-    let pad = span0 / 40;
-    let (t0, t1) = (t0 - pad, t1 + pad);
-    let span = (t1 - t0) as f64;
-    let plot_w = SVG_W - LEFT - RIGHT;
-    let x = |t: i64| LEFT + (t - t0) as f64 / span * plot_w;
+    (t0 != i64::MAX).then_some((t0, t1))
+}
 
-    // Lanes: a bar goes in the first lane free at its start.
+/// A bar with its lane, from and to.
+type Placed<'a> = (usize, &'a Bar, i64, i64);
+
+/// A bar goes in the first lane free at its start (the last lane takes the
+/// rest past [`MAX_LANES`]). Returns the bars placed and the lane count.
+fn lanes(bars: &[Bar]) -> (Vec<Placed<'_>>, usize) {
     let mut lane_end: Vec<i64> = Vec::new();
     let mut placed = Vec::new();
-    for b in &p.bars {
+    for b in bars {
         let (f, t) = (ms(&b.from), ms(&b.to));
         let lane = match lane_end.iter().position(|&e| e <= f) {
             Some(l) => l,
@@ -379,26 +446,21 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
         lane_end[lane] = lane_end[lane].max(t);
         placed.push((lane, b, f, t));
     }
-    let lanes = lane_end.len().max(1);
-    let chart_top = MARKS_H;
-    let chart_h = lanes as f64 * LANE_H;
-    let h = chart_top + chart_h + AXIS_H;
-    let _ = writeln!(
-        out,
-        "<svg class=\"timeline\" id=\"{id}-timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {SVG_W} {h}\" width=\"{SVG_W}\" height=\"{h}\" role=\"img\" aria-label=\"Timeline of {}\">",
-        esc(&view::port_name(&p.proto, p.port, &p.host))
-    );
+    (placed, lane_end.len().max(1))
+}
 
-    // Axis: a gridline and a label per tick.
+/// A gridline and a label per tick.
+fn axis(out: &mut String, chart: &Chart, tf: TimeFmt) {
+    let span = (chart.t1 - chart.t0) as f64;
     let step = STEPS
         .iter()
         .copied()
         .find(|s| span / *s as f64 <= 8.0)
         .unwrap_or(604_800_000);
     out.push_str("<g class=\"axis\">\n");
-    let mut t = (t0 / step + 1) * step;
-    while t < t1 {
-        let xt = x(t);
+    let mut t = (chart.t0 / step + 1) * step;
+    while t < chart.t1 {
+        let xt = chart.x(t);
         let label = chrono::DateTime::from_timestamp_millis(t)
             .map(|d| {
                 if step >= 86_400_000 || !tf.one_day && step >= 3_600_000 {
@@ -412,35 +474,53 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "<line x1=\"{xt:.1}\" x2=\"{xt:.1}\" y1=\"{chart_top}\" y2=\"{:.1}\"/><text x=\"{xt:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            chart_top + chart_h,
-            chart_top + chart_h + 16.0,
+            "<line x1=\"{xt:.1}\" x2=\"{xt:.1}\" y1=\"{}\" y2=\"{:.1}\"/><text x=\"{xt:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            chart.top,
+            chart.bottom(),
+            chart.bottom() + 16.0,
             esc(&label)
         );
         t += step;
     }
     out.push_str("</g>\n");
+}
 
-    // Blocked periods, under everything else.
+/// The port's blocked periods, under everything else.
+fn blocked_periods(out: &mut String, r: &Report, p: &PortReport, id: &str, chart: &Chart) {
     for c in r
         .conflicts
         .iter()
         .filter(|c| c.port == p.port && c.host == p.host && c.proto == p.proto)
     {
         let from = ms(&c.first);
-        let to = c.blocked_until.as_deref().map(ms).unwrap_or(t1 - pad);
+        let to = c
+            .blocked_until
+            .as_deref()
+            .map(ms)
+            .unwrap_or(chart.t1 - chart.pad);
         let _ = writeln!(
             out,
-            "<rect class=\"blocked\" id=\"{id}-blocked-{}\" x=\"{:.1}\" y=\"{chart_top}\" width=\"{:.1}\" height=\"{chart_h}\"><title>blocked {} (conflict #{})</title></rect>",
+            "<rect class=\"blocked\" id=\"{id}-blocked-{}\" x=\"{:.1}\" y=\"{}\" width=\"{:.1}\" height=\"{}\"><title>blocked {} (conflict #{})</title></rect>",
             c.id,
-            x(from),
-            (x(to) - x(from)).max(1.0),
+            chart.x(from),
+            chart.top,
+            (chart.x(to) - chart.x(from)).max(1.0),
+            chart.height,
             esc(&human_ms(c.blocked_ms)),
             c.id
         );
     }
+}
 
-    // A bar per claim.
+/// A bar per claim, labelled with its process.
+fn claim_bars(
+    out: &mut String,
+    p: &PortReport,
+    placed: &[Placed],
+    id: &str,
+    chart: &Chart,
+    tf: TimeFmt,
+) {
     let reaped: Vec<u32> = p
         .timeline
         .iter()
@@ -448,10 +528,9 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
         .map(|e| e.pid)
         .collect();
     for (i, (lane, b, f, t)) in placed.iter().enumerate() {
-        let bx = x(*f);
-        let bw = (x(*t) - bx).max(2.0);
-        let by = chart_top + *lane as f64 * LANE_H + (LANE_H - BAR_H) / 2.0;
-        let label = format!("{} {}", b.pid, b.comm);
+        let bx = chart.x(*f);
+        let bw = (chart.x(*t) - bx).max(2.0);
+        let by = chart.top + *lane as f64 * LANE_H + (LANE_H - BAR_H) / 2.0;
         let end_words = if b.open {
             "held at the end of the window".to_string()
         } else {
@@ -475,34 +554,46 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
             reaped.contains(&b.pid),
             esc(&tip)
         );
-        // The label sits inside a wide bar, else beside it.
-        let text_w = label.chars().count() as f64 * 6.4 + 8.0;
-        let ty = by + BAR_H - 5.0;
-        let (tx, anchor, outside) = if bw >= text_w {
-            (bx + 5.0, "start", false)
-        } else if bx + bw + text_w <= SVG_W - RIGHT {
-            (bx + bw + 4.0, "start", true)
-        } else {
-            (bx - 4.0, "end", true)
-        };
-        let _ = writeln!(
-            out,
-            "<text class=\"bar-label{}\" x=\"{tx:.1}\" y=\"{ty:.1}\" text-anchor=\"{anchor}\">{}</text>",
-            if outside { " outside" } else { "" },
-            esc(&label)
-        );
+        bar_label(out, &format!("{} {}", b.pid, b.comm), bx, bw, by);
     }
+}
 
-    // Failed binds (red) and reapings (black): a line across the lanes and
-    // a marker above them.
-    let bottom = chart_top + chart_h;
+/// The label sits inside a wide bar, else beside it.
+fn bar_label(out: &mut String, label: &str, bx: f64, bw: f64, by: f64) {
+    let text_w = label.chars().count() as f64 * 6.4 + 8.0;
+    let ty = by + BAR_H - 5.0;
+    let (tx, anchor, outside) = if bw >= text_w {
+        (bx + 5.0, "start", false)
+    } else if bx + bw + text_w <= SVG_W - RIGHT {
+        (bx + bw + 4.0, "start", true)
+    } else {
+        (bx - 4.0, "end", true)
+    };
+    let _ = writeln!(
+        out,
+        "<text class=\"bar-label{}\" x=\"{tx:.1}\" y=\"{ty:.1}\" text-anchor=\"{anchor}\">{}</text>",
+        if outside { " outside" } else { "" },
+        esc(label)
+    );
+}
+
+/// Failed binds (red) and reapings (black): a line across the lanes and a
+/// marker above them.
+fn failed_binds_and_reapings(
+    out: &mut String,
+    p: &PortReport,
+    id: &str,
+    chart: &Chart,
+    tf: TimeFmt,
+) {
+    let bottom = chart.bottom();
     for (i, e) in p.timeline.iter().enumerate() {
         let (class, what) = match e.event.as_str() {
             "conflict" => ("failed-bind", "failed bind"),
             "reaping" => ("reaping", "reaping"),
             _ => continue,
         };
-        let mx = x(ms(&e.ts));
+        let mx = chart.x(ms(&e.ts));
         let tip = format!(
             "{} {}: pid {} {}: {}",
             what,
@@ -531,7 +622,6 @@ fn timeline_svg(out: &mut String, r: &Report, p: &PortReport, id: &str, tf: Time
             esc(&tip)
         );
     }
-    out.push_str("</svg>\n");
 }
 
 fn data_quality(out: &mut String, r: &Report, tf: TimeFmt) {

@@ -98,10 +98,13 @@ pub fn parse_time(flag: &str, value: &str, now: DateTime<Utc>) -> Result<i64> {
     )))
 }
 
-/// Escapes text for an HTML or SVG text node or attribute.
+/// Escapes text for an HTML or SVG text node or attribute. Control and bidi
+/// characters a process chose are shown visibly first (`crate::text::term`):
+/// a right-to-left override would reorder the page, and the page may be read
+/// with `cat`.
 pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    for c in crate::text::term(s).chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
@@ -122,6 +125,14 @@ mod tests {
         DateTime::parse_from_rfc3339("2024-05-14T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn html_escapes_entities_and_shows_controls() {
+        assert_eq!(
+            escape_html("<b a='1'>&\"\x1b]52;c;x\x07\u{202e}"),
+            "&lt;b a=&#39;1&#39;&gt;&amp;&quot;\\x1b]52;c;x\\x07\\u{202e}"
+        );
     }
 
     #[test]

@@ -26,8 +26,10 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::view;
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
 use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+pub use crate::util::human_ms;
 
 /// The JSON schema name; bump the suffix on an incompatible change.
 pub const SCHEMA: &str = "reaper.report/v1";
@@ -433,6 +435,32 @@ struct Entry {
     at: Location,
 }
 
+impl Entry {
+    /// An entry about `p`, with nothing else known yet.
+    fn about(kind: Kind, ms: i64, at: Location, p: Rc<ProcessRef>) -> Entry {
+        Entry {
+            ms,
+            kind,
+            pid: p.pid,
+            comm: p.comm.as_str().into(),
+            process: Some(p),
+            verdict: None,
+            netns: None,
+            cookie: None,
+            detail: String::new(),
+            conflict: None,
+            at,
+        }
+    }
+}
+
+/// Where a record was seen: its host, its time and its file:line.
+struct Seen {
+    host: String,
+    ms: i64,
+    at: Location,
+}
+
 struct OpenClaim {
     ms: i64,
     pid: u32,
@@ -511,18 +539,6 @@ fn rfc(ms: i64) -> String {
 
 fn dur_ms(from: i64, to: i64) -> u64 {
     (to - from).max(0) as u64
-}
-
-/// "412 ms", "4.2 s", "3m 05s", "2h 14m", "1d 3h".
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match ms {
-        0..=999 => format!("{ms} ms"),
-        1000..=59_999 => format!("{}.{} s", s, (ms % 1000) / 100),
-        60_000..=3_599_999 => format!("{}m {:02}s", s / 60, s % 60),
-        3_600_000..=86_399_999 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
-    }
 }
 
 impl Aggregator {
@@ -697,453 +713,401 @@ impl Aggregator {
     }
 
     fn fold(&mut self, record: Record, ms: i64, at: Location) {
-        let host_name = record.host;
+        let seen = Seen {
+            host: record.host,
+            ms,
+            at,
+        };
         match record.body {
             Body::Claim {
                 at: ep,
                 process,
                 cookie,
                 requested_port,
-            } => {
-                let key = self.key(&host_name, &ep);
-                // Quiet ports keep no entries: skip the words too.
-                let detail = if self.keeps(key) {
-                    claim_detail(ep.addr.as_deref(), ep.port, requested_port)
-                } else {
-                    String::new()
-                };
-                let process = Rc::new(process);
-                // A claim by someone else ends a block whose release we did
-                // not see: the port was free.
-                let rebind = self.close_episode_on_claim(key, &process, ms, at);
-                let cap = self.limits.open_claims_per_port;
-                let port = self.port(key, ms, ep.netns);
-                port.counts.claims += 1;
-                push_open(
-                    port,
-                    cap,
-                    OpenClaim {
-                        ms,
-                        pid: process.pid,
-                        netns: ep.netns,
-                        cookie,
-                        process: process.clone(),
-                        listening: false,
-                        at,
-                        addr: ep.addr.clone(),
-                        requested_port,
-                        listen: None,
-                    },
-                );
-                let conflict = rebind;
-                self.entry(
-                    key,
-                    Entry {
-                        ms,
-                        kind: Kind::Claim,
-                        pid: process.pid,
-                        comm: process.comm.as_str().into(),
-                        process: Some(process),
-                        verdict: None,
-                        netns: ep.netns,
-                        cookie,
-                        detail,
-                        conflict,
-                        at,
-                    },
-                );
-            }
+            } => self.fold_claim(seen, ep, process, cookie, requested_port),
             Body::Listen {
                 at: ep,
                 process,
                 cookie,
-            } => {
-                let key = self.key(&host_name, &ep);
-                let cap = self.limits.open_claims_per_port;
-                let port = self.port(key, ms, ep.netns);
-                port.counts.listens += 1;
-                let shared = match port
-                    .open
-                    .iter_mut()
-                    .find(|c| same_socket(c, ep.netns, cookie, process.pid))
-                {
-                    Some(c) => {
-                        c.listening = true;
-                        c.listen = Some((ms, at));
-                        c.process.clone()
-                    }
-                    None => {
-                        // The claim was not seen (lost, or before the files):
-                        // the listen proves the hold.
-                        let p = Rc::new(process);
-                        push_open(
-                            port,
-                            cap,
-                            OpenClaim {
-                                ms,
-                                pid: p.pid,
-                                netns: ep.netns,
-                                cookie,
-                                process: p.clone(),
-                                listening: true,
-                                at,
-                                addr: ep.addr.clone(),
-                                requested_port: None,
-                                listen: Some((ms, at)),
-                            },
-                        );
-                        p
-                    }
-                };
-                self.entry(
-                    key,
-                    Entry {
-                        ms,
-                        kind: Kind::Listen,
-                        pid: shared.pid,
-                        comm: shared.comm.as_str().into(),
-                        process: Some(shared),
-                        verdict: None,
-                        netns: ep.netns,
-                        cookie,
-                        detail: "listening".into(),
-                        conflict: None,
-                        at,
-                    },
-                );
-            }
+            } => self.fold_listen(seen, ep, process, cookie),
             Body::Release {
                 at: ep,
                 process,
                 held_ms,
                 cookie,
-            } => {
-                let key = self.key(&host_name, &ep);
-                let port = self.port(key, ms, ep.netns);
-                port.counts.releases += 1;
-                let pid = process.as_ref().map(|p| p.pid);
-                let open = take_open(port, ep.netns, cookie, pid);
-                if port.open.is_empty() {
-                    // Tens of thousands of ports go quiet again: free it.
-                    port.open = Vec::new();
-                }
-                let held = held_ms.or_else(|| open.as_ref().map(|c| dur_ms(c.ms, ms)));
-                let detail = match held {
-                    Some(h) if self.keeps(key) => format!("released after {}", human_ms(h)),
-                    _ => "released".to_string(),
-                };
-                let proc_rc = match (process, &open) {
-                    (Some(p), _) => Some(Rc::new(p)),
-                    (None, Some(c)) => Some(c.process.clone()),
-                    (None, None) => None,
-                };
-                let pid = proc_rc.as_ref().map_or(0, |p| p.pid);
-                let conflict =
-                    self.close_episode_on_release(key, proc_rc.as_ref().map(|p| p.pid), ms, at);
-                let comm: Box<str> = proc_rc
-                    .as_ref()
-                    .map_or("?".into(), |p| p.comm.as_str().into());
-                self.entry(
-                    key,
-                    Entry {
+            } => self.fold_release(seen, ep, process, held_ms, cookie),
+            body @ Body::Conflict { .. } => self.fold_conflict(seen, body),
+            body @ Body::Reaping { .. } => self.fold_reaping(seen, body),
+            Body::Loss { lost } => self.fold_loss(seen, lost),
+            Body::Start { version, tier, .. } => self.fold_start(seen, version, tier),
+            Body::Stop { .. } => {}
+            Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
+            Body::Gap { after } => self.fold_gap(seen, after),
+            Body::Reconcile { .. } => self.quality.reconciles += 1,
+        }
+    }
+
+    fn fold_claim(
+        &mut self,
+        seen: Seen,
+        ep: Endpoint,
+        process: ProcessRef,
+        cookie: Option<u64>,
+        requested_port: Option<u16>,
+    ) {
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        // Quiet ports keep no entries: skip the words too.
+        let detail = if self.keeps(key) {
+            view::claim_detail(ep.addr.as_deref(), ep.port, requested_port)
+        } else {
+            String::new()
+        };
+        let process = Rc::new(process);
+        // A claim by someone else ends a block whose release we did
+        // not see: the port was free.
+        let conflict = self.close_episode_on_claim(key, &process, ms, at);
+        let cap = self.limits.open_claims_per_port;
+        let port = self.port(key, ms, ep.netns);
+        port.counts.claims += 1;
+        push_open(
+            port,
+            cap,
+            OpenClaim {
+                ms,
+                pid: process.pid,
+                netns: ep.netns,
+                cookie,
+                process: process.clone(),
+                listening: false,
+                at,
+                addr: ep.addr.clone(),
+                requested_port,
+                listen: None,
+            },
+        );
+        let entry = Entry {
+            netns: ep.netns,
+            cookie,
+            detail,
+            conflict,
+            ..Entry::about(Kind::Claim, ms, at, process)
+        };
+        self.entry(key, entry);
+    }
+
+    fn fold_listen(&mut self, seen: Seen, ep: Endpoint, process: ProcessRef, cookie: Option<u64>) {
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        let cap = self.limits.open_claims_per_port;
+        let port = self.port(key, ms, ep.netns);
+        port.counts.listens += 1;
+        let shared = match port
+            .open
+            .iter_mut()
+            .find(|c| same_socket(c, ep.netns, cookie, process.pid))
+        {
+            Some(c) => {
+                c.listening = true;
+                c.listen = Some((ms, at));
+                c.process.clone()
+            }
+            None => {
+                // The claim was not seen (lost, or before the files):
+                // the listen proves the hold.
+                let p = Rc::new(process);
+                push_open(
+                    port,
+                    cap,
+                    OpenClaim {
                         ms,
-                        kind: Kind::Release,
-                        pid,
-                        comm,
-                        process: proc_rc,
-                        verdict: None,
+                        pid: p.pid,
                         netns: ep.netns,
                         cookie,
-                        detail,
-                        conflict,
+                        process: p.clone(),
+                        listening: true,
                         at,
+                        addr: ep.addr.clone(),
+                        requested_port: None,
+                        listen: Some((ms, at)),
                     },
                 );
+                p
             }
-            Body::Conflict {
-                at: ep,
-                tried,
-                errno,
-                errno_exact,
-                holders,
-                held_since,
-                count,
-                first,
-                last,
-                verdict,
-                action,
-            } => {
-                let key = self.key(&host_name, &ep);
-                let first_ms = crate::journal::reader::parse_ms(&first).unwrap_or(ms);
-                self.summary.conflicts += 1;
-                self.summary.failed_binds += count;
-                let id = self.next_conflict;
-                self.next_conflict += 1;
-                let place = self.place(at);
-                let proto = ep.proto.clone();
-                self.port(key, ms, ep.netns);
-                self.promote(key);
-                let port = self.port(key, ms, ep.netns);
-                port.counts.conflicts += 1;
-                port.counts.failed_binds += count;
-                // Evidence of the hold: the claims of the holders we saw.
-                let holder_pids: Vec<u32> = holders.iter().map(|h| h.pid).collect();
-                let mut evidence = Vec::new();
-                let mut since_ms = None;
-                for c in port
-                    .open
-                    .iter()
-                    .filter(|c| holder_pids.is_empty() || holder_pids.contains(&c.pid))
-                {
-                    evidence.push((c.at, c.ms));
-                    since_ms = Some(since_ms.map_or(c.ms, |s: i64| s.min(c.ms)));
-                }
-                match &mut port.episode {
-                    Some(ep_) => {
-                        ep_.ids.push(id);
-                        for p in &holder_pids {
-                            if !ep_.holder_pids.contains(p) {
-                                ep_.holder_pids.push(*p);
-                            }
-                            if !ep_.all_pids.contains(p) {
-                                ep_.all_pids.push(*p);
-                            }
-                        }
-                    }
-                    None => {
-                        port.episode = Some(Box::new(Episode {
-                            start_ms: first_ms,
-                            ids: vec![id],
-                            holder_pids: holder_pids.clone(),
-                            all_pids: holder_pids.clone(),
-                        }));
-                    }
-                }
-                evidence.sort();
-                let mut ev: Vec<String> = evidence.iter().map(|(l, _)| self.place(*l)).collect();
-                ev.push(place);
-                let holders_short = holders
-                    .iter()
-                    .map(|h| format!("{} {}", h.pid, h.comm))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let detail = format!(
-                    "{count} failed bind{} ({errno}) {}; held by {}",
-                    if count == 1 { "" } else { "s" },
-                    if first == last {
-                        format!("at {}", clock(first_ms))
-                    } else {
-                        format!(
-                            "{} to {}",
-                            clock(first_ms),
-                            crate::journal::reader::parse_ms(&last).map_or(last.clone(), clock)
-                        )
-                    },
-                    if holders_short.is_empty() {
-                        "unknown".into()
-                    } else {
-                        holders_short
-                    }
-                );
-                let report = ConflictReport {
-                    id,
-                    host: host_name.clone(),
-                    proto,
-                    port: ep.port,
-                    netns: ep.netns,
-                    addr: ep.addr.clone(),
-                    first: rfc(first_ms),
-                    last,
-                    count,
-                    errno,
-                    errno_exact,
-                    tried: tried.clone(),
-                    holders: holders.clone(),
-                    held_since: held_since.or_else(|| since_ms.map(rfc)),
-                    verdict: verdict.clone(),
-                    action,
-                    resolution: "open".into(),
-                    blocked_ms: 0,
-                    blocked_until: None,
-                    done: Vec::new(),
-                    rebound_by: None,
+        };
+        let entry = Entry {
+            netns: ep.netns,
+            cookie,
+            detail: "listening".into(),
+            ..Entry::about(Kind::Listen, ms, at, shared)
+        };
+        self.entry(key, entry);
+    }
+
+    fn fold_release(
+        &mut self,
+        seen: Seen,
+        ep: Endpoint,
+        process: Option<ProcessRef>,
+        held_ms: Option<u64>,
+        cookie: Option<u64>,
+    ) {
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        let port = self.port(key, ms, ep.netns);
+        port.counts.releases += 1;
+        let pid = process.as_ref().map(|p| p.pid);
+        let open = take_open(port, ep.netns, cookie, pid);
+        if port.open.is_empty() {
+            // Tens of thousands of ports go quiet again: free it.
+            port.open = Vec::new();
+        }
+        let held = held_ms.or_else(|| open.as_ref().map(|c| dur_ms(c.ms, ms)));
+        let detail = match held {
+            Some(h) if self.keeps(key) => view::release_detail(h),
+            _ => "released".to_string(),
+        };
+        let proc_rc = match (process, &open) {
+            (Some(p), _) => Some(Rc::new(p)),
+            (None, Some(c)) => Some(c.process.clone()),
+            (None, None) => None,
+        };
+        let pid = proc_rc.as_ref().map_or(0, |p| p.pid);
+        let conflict = self.close_episode_on_release(key, proc_rc.as_ref().map(|p| p.pid), ms, at);
+        let comm: Box<str> = proc_rc
+            .as_ref()
+            .map_or("?".into(), |p| p.comm.as_str().into());
+        self.entry(
+            key,
+            Entry {
+                ms,
+                kind: Kind::Release,
+                pid,
+                comm,
+                process: proc_rc,
+                verdict: None,
+                netns: ep.netns,
+                cookie,
+                detail,
+                conflict,
+                at,
+            },
+        );
+    }
+
+    /// `body` is a [`Body::Conflict`] (fold passes nothing else).
+    fn fold_conflict(&mut self, seen: Seen, body: Body) {
+        let Body::Conflict {
+            at: ep,
+            tried,
+            errno,
+            errno_exact,
+            holders,
+            held_since,
+            count,
+            first,
+            last,
+            verdict,
+            action,
+        } = body
+        else {
+            return;
+        };
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        let first_ms = crate::journal::reader::parse_ms(&first).unwrap_or(ms);
+        self.summary.conflicts += 1;
+        self.summary.failed_binds += count;
+        let id = self.next_conflict;
+        self.next_conflict += 1;
+        self.port(key, ms, ep.netns);
+        self.promote(key);
+        let port = self.port(key, ms, ep.netns);
+        port.counts.conflicts += 1;
+        port.counts.failed_binds += count;
+        let holder_pids: Vec<u32> = holders.iter().map(|h| h.pid).collect();
+        let (claims, since_ms) = hold_evidence(port, &holder_pids);
+        join_episode(port, id, first_ms, &holder_pids);
+        let mut evidence: Vec<String> = claims.iter().map(|l| self.place(*l)).collect();
+        evidence.push(self.place(at));
+        let span_to = (first != last).then_some(last.as_str());
+        let detail = view::conflict_detail(count, &errno, first_ms, span_to, &holders);
+        self.push_conflict(ConflictReport {
+            id,
+            host,
+            proto: ep.proto.clone(),
+            port: ep.port,
+            netns: ep.netns,
+            addr: ep.addr.clone(),
+            first: rfc(first_ms),
+            last,
+            count,
+            errno,
+            errno_exact,
+            tried: tried.clone(),
+            holders: holders.clone(),
+            held_since: held_since.or_else(|| since_ms.map(rfc)),
+            verdict: verdict.clone(),
+            action,
+            resolution: "open".into(),
+            blocked_ms: 0,
+            blocked_until: None,
+            done: Vec::new(),
+            rebound_by: None,
+            evidence,
+        });
+        // Holder identities: the conflict names them fully.
+        for h in &holders {
+            self.remember_identity(key, h, verdict.as_ref());
+        }
+        let entry = Entry {
+            netns: ep.netns,
+            detail,
+            conflict: Some(id),
+            ..Entry::about(Kind::Conflict, first_ms.min(ms), at, Rc::new(tried))
+        };
+        self.entry(key, entry);
+    }
+
+    fn push_conflict(&mut self, report: ConflictReport) {
+        self.conflicts.push_back(report);
+        if self.conflicts.len() > self.limits.conflicts {
+            self.conflicts.pop_front();
+            self.conflicts_dropped += 1;
+        }
+    }
+
+    /// `body` is a [`Body::Reaping`] (fold passes nothing else).
+    fn fold_reaping(&mut self, seen: Seen, body: Body) {
+        let Body::Reaping {
+            at: ep,
+            target,
+            verdict,
+            signals,
+            outcome,
+            port_free_at,
+            elapsed_ms,
+            dry_run,
+        } = body
+        else {
+            return;
+        };
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        self.summary.reapings += 1;
+        *self
+            .summary
+            .reapings_by_outcome
+            .entry(outcome.clone())
+            .or_default() += 1;
+        if dry_run {
+            self.summary.dry_runs += 1;
+        }
+        self.port(key, ms, ep.netns);
+        self.promote(key);
+        let port = self.port(key, ms, ep.netns);
+        port.counts.reapings += 1;
+        let free_ms = port_free_at
+            .as_deref()
+            .and_then(crate::journal::reader::parse_ms);
+        let detail =
+            view::reaping_detail(&verdict, &signals, dry_run, &outcome, free_ms, elapsed_ms);
+        let freed = !dry_run && matches!(outcome.as_str(), "freed" | "gone");
+        let note = ReapingNote {
+            ts: rfc(ms),
+            target: target.clone(),
+            verdict: verdict.clone(),
+            signals,
+            outcome,
+            port_free_at,
+            elapsed_ms,
+            dry_run,
+            evidence: self.place(at),
+        };
+        let conflict = self.attach_reaping(key, note, freed, free_ms.unwrap_or(ms));
+        self.remember_identity(key, &target, Some(&verdict));
+        let entry = Entry {
+            verdict: Some(Box::new(verdict)),
+            netns: ep.netns,
+            detail,
+            conflict,
+            ..Entry::about(Kind::Reaping, ms, at, Rc::new(target))
+        };
+        self.entry(key, entry);
+    }
+
+    fn fold_loss(&mut self, seen: Seen, lost: u64) {
+        self.quality.lost_events += lost;
+        self.quality.loss_records += 1;
+        if self.quality.losses.len() < self.limits.notes {
+            let evidence = self.place(seen.at);
+            self.quality.losses.push(LossNote {
+                host: seen.host,
+                ts: rfc(seen.ms),
+                lost,
+                evidence,
+            });
+        } else {
+            self.quality.notes_dropped += 1;
+        }
+    }
+
+    fn fold_start(&mut self, seen: Seen, version: String, tier: String) {
+        let evidence = self.place(seen.at);
+        let notes = self.limits.notes;
+        if let Some(h) = self.host_states.get_mut(&seen.host) {
+            if h.starts.len() < notes {
+                h.starts.push(StartNote {
+                    ts: rfc(seen.ms),
+                    tier,
+                    version,
+                    evidence,
+                });
+            } else {
+                h.starts_dropped += 1;
+            }
+        }
+    }
+
+    fn fold_mode(&mut self, seen: Seen, mode: String, reason: String) {
+        let Seen { host, ms, at } = seen;
+        let degraded = is_degraded(&mode);
+        let Some(h) = self.host_states.get_mut(&host) else {
+            return;
+        };
+        match (degraded, h.degraded_since.take()) {
+            (true, None) => h.degraded_since = Some((ms, mode, reason, at)),
+            (true, Some(open)) => h.degraded_since = Some(open),
+            (false, Some((from, m, r, a))) => {
+                let ev = self.place(a);
+                self.push_degraded(DegradedPeriod {
+                    host,
+                    mode: m,
+                    reason: r,
+                    from: rfc(from),
+                    to: Some(rfc(ms)),
+                    ms: dur_ms(from, ms),
                     evidence: ev,
-                };
-                self.conflicts.push_back(report);
-                if self.conflicts.len() > self.limits.conflicts {
-                    self.conflicts.pop_front();
-                    self.conflicts_dropped += 1;
-                }
-                // Holder identities: the conflict names them fully.
-                for h in &holders {
-                    self.remember_identity(key, h, verdict.as_ref());
-                }
-                let tried_rc = Rc::new(tried);
-                self.entry(
-                    key,
-                    Entry {
-                        ms: first_ms.min(ms),
-                        kind: Kind::Conflict,
-                        pid: tried_rc.pid,
-                        comm: tried_rc.comm.as_str().into(),
-                        process: Some(tried_rc),
-                        verdict: None,
-                        netns: ep.netns,
-                        cookie: None,
-                        detail,
-                        conflict: Some(id),
-                        at,
-                    },
-                );
+                });
             }
-            Body::Reaping {
-                at: ep,
-                target,
-                verdict,
-                signals,
-                outcome,
-                port_free_at,
-                elapsed_ms,
-                dry_run,
-            } => {
-                let key = self.key(&host_name, &ep);
-                self.summary.reapings += 1;
-                *self
-                    .summary
-                    .reapings_by_outcome
-                    .entry(outcome.clone())
-                    .or_default() += 1;
-                if dry_run {
-                    self.summary.dry_runs += 1;
-                }
-                self.port(key, ms, ep.netns);
-                self.promote(key);
-                let port = self.port(key, ms, ep.netns);
-                port.counts.reapings += 1;
-                let free_ms = port_free_at
-                    .as_deref()
-                    .and_then(crate::journal::reader::parse_ms);
-                let sigs: Vec<String> = signals
-                    .iter()
-                    .map(|s| format!("{} {}", s.signal, clock_str(&s.ts)))
-                    .collect();
-                let mut detail = format!("{}: {}", verdict.decision, verdict.reasons.join("; "));
-                if dry_run {
-                    detail.push_str("; dry run, nothing signalled");
-                } else if !sigs.is_empty() {
-                    detail.push_str(&format!("; sent {}", sigs.join(", ")));
-                }
-                detail.push_str(&format!("; outcome {outcome}"));
-                if let Some(f) = free_ms {
-                    detail.push_str(&format!(", port free at {}", clock(f)));
-                }
-                if let Some(e) = elapsed_ms {
-                    detail.push_str(&format!(" ({} after the first signal)", human_ms(e)));
-                }
-                let note = ReapingNote {
-                    ts: rfc(ms),
-                    target: target.clone(),
-                    verdict: verdict.clone(),
-                    signals,
-                    outcome: outcome.clone(),
-                    port_free_at: port_free_at.clone(),
-                    elapsed_ms,
-                    dry_run,
-                    evidence: self.place(at),
-                };
-                let freed = !dry_run && matches!(outcome.as_str(), "freed" | "gone");
-                let conflict = self.attach_reaping(key, note, freed, free_ms.unwrap_or(ms));
-                self.remember_identity(key, &target, Some(&verdict));
-                let target_rc = Rc::new(target);
-                self.entry(
-                    key,
-                    Entry {
-                        ms,
-                        kind: Kind::Reaping,
-                        pid: target_rc.pid,
-                        comm: target_rc.comm.as_str().into(),
-                        process: Some(target_rc),
-                        verdict: Some(Box::new(verdict)),
-                        netns: ep.netns,
-                        cookie: None,
-                        detail,
-                        conflict,
-                        at,
-                    },
-                );
-            }
-            Body::Loss { lost } => {
-                self.quality.lost_events += lost;
-                self.quality.loss_records += 1;
-                if self.quality.losses.len() < self.limits.notes {
-                    let evidence = self.place(at);
-                    self.quality.losses.push(LossNote {
-                        host: host_name,
-                        ts: rfc(ms),
-                        lost,
-                        evidence,
-                    });
-                } else {
-                    self.quality.notes_dropped += 1;
-                }
-            }
-            Body::Start { version, tier, .. } => {
-                let evidence = self.place(at);
-                let notes = self.limits.notes;
-                if let Some(h) = self.host_states.get_mut(&host_name) {
-                    if h.starts.len() < notes {
-                        h.starts.push(StartNote {
-                            ts: rfc(ms),
-                            tier,
-                            version,
-                            evidence,
-                        });
-                    } else {
-                        h.starts_dropped += 1;
-                    }
-                }
-            }
-            Body::Stop { .. } => {}
-            Body::Mode { mode, reason } => {
-                let degraded = is_degraded(&mode);
-                let Some(h) = self.host_states.get_mut(&host_name) else {
-                    return;
-                };
-                match (degraded, h.degraded_since.take()) {
-                    (true, None) => h.degraded_since = Some((ms, mode, reason, at)),
-                    (true, Some(open)) => h.degraded_since = Some(open),
-                    (false, Some((from, m, r, a))) => {
-                        let ev = self.place(a);
-                        self.push_degraded(DegradedPeriod {
-                            host: host_name,
-                            mode: m,
-                            reason: r,
-                            from: rfc(from),
-                            to: Some(rfc(ms)),
-                            ms: dur_ms(from, ms),
-                            evidence: ev,
-                        });
-                    }
-                    (false, None) => {}
-                }
-            }
-            Body::Gap { after } => {
-                self.quality.gaps_total += 1;
-                if self.quality.gaps.len() < self.limits.notes {
-                    let a = crate::journal::reader::parse_ms(&after);
-                    let evidence = self.place(at);
-                    self.quality.gaps.push(GapNote {
-                        host: host_name,
-                        after: a.map_or(after, rfc),
-                        noticed: rfc(ms),
-                        ms: a.map(|a| dur_ms(a, ms)),
-                        evidence,
-                    });
-                } else {
-                    self.quality.notes_dropped += 1;
-                }
-            }
-            Body::Reconcile { .. } => self.quality.reconciles += 1,
+            (false, None) => {}
+        }
+    }
+
+    fn fold_gap(&mut self, seen: Seen, after: String) {
+        self.quality.gaps_total += 1;
+        if self.quality.gaps.len() < self.limits.notes {
+            let a = crate::journal::reader::parse_ms(&after);
+            let evidence = self.place(seen.at);
+            self.quality.gaps.push(GapNote {
+                host: seen.host,
+                after: a.map_or(after, rfc),
+                noticed: rfc(seen.ms),
+                ms: a.map(|a| dur_ms(a, seen.ms)),
+                evidence,
+            });
+        } else {
+            self.quality.notes_dropped += 1;
         }
     }
 
@@ -1204,7 +1168,7 @@ impl Aggregator {
                 verdict: None,
                 netns: c.netns,
                 cookie: c.cookie,
-                detail: claim_detail(c.addr.as_deref(), key.2, c.requested_port),
+                detail: view::claim_detail(c.addr.as_deref(), key.2, c.requested_port),
                 conflict: None,
                 at: c.at,
             });
@@ -1429,116 +1393,13 @@ impl Aggregator {
     pub fn finish(mut self, stats: &ReadStats) -> Report {
         self.sync_files(stats);
         let end_ms = self.filter.until_ms.or(self.last_ms);
-        // Unresolved blocks last until the end of the window.
-        let keys: Vec<PortKey> = self.ports.keys().copied().collect();
-        for key in keys {
-            let Some(end) = end_ms else { break };
-            let port = self.ports.get_mut(&key).expect("key listed");
-            if let Some(ep) = port.episode.take() {
-                port.blocked_ms += dur_ms(ep.start_ms, end);
-                self.summary.still_blocked += 1;
-                let ids = ep.ids.clone();
-                port.episode = Some(ep);
-                for id in ids {
-                    if let Some(c) = self.conflict_mut(id) {
-                        let first = crate::journal::reader::parse_ms(&c.first).unwrap_or(end);
-                        c.blocked_ms = dur_ms(first, end);
-                        c.resolution = "open".into();
-                        c.blocked_until = None;
-                    }
-                }
-            }
+        if let Some(end) = end_ms {
+            self.close_open_blocks(end);
         }
-        // Degraded periods still open.
-        let open_degraded: Vec<(String, (i64, String, String, Location))> = self
-            .host_states
-            .iter_mut()
-            .filter_map(|(h, s)| s.degraded_since.take().map(|d| (h.clone(), d)))
-            .collect();
-        for (host, (from, mode, reason, at)) in open_degraded {
-            let evidence = self.place(at);
-            let to = end_ms.unwrap_or(from);
-            self.push_degraded(DegradedPeriod {
-                host,
-                mode,
-                reason,
-                from: rfc(from),
-                to: None,
-                ms: dur_ms(from, to),
-                evidence,
-            });
-        }
-
-        let mut ports = Vec::new();
-        let mut quiet = QuietPorts::default();
-        let mut quiet_rows = Vec::new();
-        let mut involved = 0;
-        let mut longest: Option<Block> = None;
-        // Taken apart as the report is built, so the two are not both whole
-        // in memory at once.
-        let port_states = std::mem::take(&mut self.ports);
-        for (key, port) in port_states {
-            let (h, p, n) = key;
-            let host = self.hosts[h as usize].clone();
-            let proto = self.protos[p as usize].clone();
-            let is_involved = port.counts.conflicts > 0 || port.counts.reapings > 0;
-            if is_involved {
-                involved += 1;
-                self.summary.blocked_ms += port.blocked_ms;
-            }
-            if !(is_involved || self.filter.port.is_some()) {
-                if port.counts.claims > 0 || port.counts.listens > 0 {
-                    quiet.total += 1;
-                    quiet.claims += port.counts.claims;
-                    quiet_rows.push(QuietPort {
-                        host,
-                        proto,
-                        port: n,
-                        claims: port.counts.claims,
-                        releases: port.counts.releases,
-                        last: rfc(port.last_ms),
-                        held_at_end: port.open.len() as u64,
-                    });
-                }
-                continue;
-            }
-            let end = end_ms.unwrap_or(port.last_ms);
-            ports.push(self.port_report(&host, &proto, n, port, end));
-        }
-        for c in &self.conflicts {
-            if longest.as_ref().is_none_or(|l| c.blocked_ms > l.ms) {
-                longest = Some(Block {
-                    host: c.host.clone(),
-                    proto: c.proto.clone(),
-                    port: c.port,
-                    ms: c.blocked_ms,
-                    conflict: c.id,
-                });
-            }
-        }
-        ports.sort_by(|a, b| (a.port, &a.host, &a.proto).cmp(&(b.port, &b.host, &b.proto)));
-        quiet_rows.sort_by(|a, b| {
-            b.claims
-                .cmp(&a.claims)
-                .then((a.port, &a.host, &a.proto).cmp(&(b.port, &b.host, &b.proto)))
-        });
-        quiet_rows.truncate(self.limits.quiet_ports_shown);
-        quiet.shown = quiet_rows;
-
-        self.summary.ports_involved = involved;
-        self.summary.longest_block = longest;
-        self.summary.hosts = self
-            .host_states
-            .iter()
-            .map(|(name, s)| HostSummary {
-                name: name.clone(),
-                records: s.records,
-                first: rfc(s.first_ms),
-                last: rfc(s.last_ms),
-                starts: s.starts.clone(),
-                starts_dropped: s.starts_dropped,
-            })
-            .collect();
+        self.close_degraded(end_ms);
+        let (ports, quiet_ports) = self.port_reports(end_ms);
+        self.summary.longest_block = longest_block(&self.conflicts);
+        self.summary.hosts = self.host_summaries();
         let mut quality = self.quality;
         quality.torn_lines = stats.torn_lines;
         quality.garbage_lines = stats.garbage_lines;
@@ -1565,8 +1426,115 @@ impl Aggregator {
             conflicts: self.conflicts.into_iter().collect(),
             conflicts_dropped: self.conflicts_dropped,
             ports,
-            quiet_ports: quiet,
+            quiet_ports,
         }
+    }
+
+    /// Unresolved blocks last until the end of the window.
+    fn close_open_blocks(&mut self, end: i64) {
+        let keys: Vec<PortKey> = self.ports.keys().copied().collect();
+        for key in keys {
+            let port = self.ports.get_mut(&key).expect("key listed");
+            if let Some(ep) = port.episode.take() {
+                port.blocked_ms += dur_ms(ep.start_ms, end);
+                self.summary.still_blocked += 1;
+                let ids = ep.ids.clone();
+                port.episode = Some(ep);
+                for id in ids {
+                    if let Some(c) = self.conflict_mut(id) {
+                        let first = crate::journal::reader::parse_ms(&c.first).unwrap_or(end);
+                        c.blocked_ms = dur_ms(first, end);
+                        c.resolution = "open".into();
+                        c.blocked_until = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Degraded periods still open at the end of the window.
+    fn close_degraded(&mut self, end_ms: Option<i64>) {
+        let open_degraded: Vec<(String, (i64, String, String, Location))> = self
+            .host_states
+            .iter_mut()
+            .filter_map(|(h, s)| s.degraded_since.take().map(|d| (h.clone(), d)))
+            .collect();
+        for (host, (from, mode, reason, at)) in open_degraded {
+            let evidence = self.place(at);
+            let to = end_ms.unwrap_or(from);
+            self.push_degraded(DegradedPeriod {
+                host,
+                mode,
+                reason,
+                from: rfc(from),
+                to: None,
+                ms: dur_ms(from, to),
+                evidence,
+            });
+        }
+    }
+
+    /// The ports with a conflict or a reaping (or the one `--port` asked
+    /// for) in full, in port order; the quiet ones counted, the busiest
+    /// few listed.
+    fn port_reports(&mut self, end_ms: Option<i64>) -> (Vec<PortReport>, QuietPorts) {
+        let mut ports = Vec::new();
+        let mut quiet = QuietPorts::default();
+        let mut quiet_rows = Vec::new();
+        // Taken apart as the report is built, so the two are not both whole
+        // in memory at once.
+        let port_states = std::mem::take(&mut self.ports);
+        for (key, port) in port_states {
+            let (h, p, n) = key;
+            let host = self.hosts[h as usize].clone();
+            let proto = self.protos[p as usize].clone();
+            let is_involved = port.counts.conflicts > 0 || port.counts.reapings > 0;
+            if is_involved {
+                self.summary.ports_involved += 1;
+                self.summary.blocked_ms += port.blocked_ms;
+            }
+            if !(is_involved || self.filter.port.is_some()) {
+                if port.counts.claims > 0 || port.counts.listens > 0 {
+                    quiet.total += 1;
+                    quiet.claims += port.counts.claims;
+                    quiet_rows.push(QuietPort {
+                        host,
+                        proto,
+                        port: n,
+                        claims: port.counts.claims,
+                        releases: port.counts.releases,
+                        last: rfc(port.last_ms),
+                        held_at_end: port.open.len() as u64,
+                    });
+                }
+                continue;
+            }
+            let end = end_ms.unwrap_or(port.last_ms);
+            ports.push(self.port_report(&host, &proto, n, port, end));
+        }
+        ports.sort_by(|a, b| (a.port, &a.host, &a.proto).cmp(&(b.port, &b.host, &b.proto)));
+        quiet_rows.sort_by(|a, b| {
+            b.claims
+                .cmp(&a.claims)
+                .then((a.port, &a.host, &a.proto).cmp(&(b.port, &b.host, &b.proto)))
+        });
+        quiet_rows.truncate(self.limits.quiet_ports_shown);
+        quiet.shown = quiet_rows;
+        (ports, quiet)
+    }
+
+    fn host_summaries(&self) -> Vec<HostSummary> {
+        self.host_states
+            .iter()
+            .map(|(name, s)| HostSummary {
+                name: name.clone(),
+                records: s.records,
+                first: rfc(s.first_ms),
+                last: rfc(s.last_ms),
+                starts: s.starts.clone(),
+                starts_dropped: s.starts_dropped,
+            })
+            .collect()
     }
 
     fn port_report(
@@ -1578,40 +1546,14 @@ impl Aggregator {
         end_ms: i64,
     ) -> PortReport {
         let bars = bars(&port.entries, end_ms);
-        // Distinct identities of the kept entries, first seen first.
-        let mut holders: Vec<Holder> = Vec::new();
-        let mut seen: HashMap<*const ProcessRef, usize> = HashMap::new();
+        let mut holders = Holders::default();
         let mut timeline = Vec::with_capacity(port.entries.len());
         // Conflicts sit at their first failed bind, before the record that
         // reports them was written: order by time for reading.
         let mut entries: Vec<Entry> = std::mem::take(&mut port.entries).into();
         entries.sort_by_key(|e| e.ms);
         for e in entries {
-            let holder = e.process.as_ref().map(|p| {
-                // One row per identity seen: the same pid before and after
-                // it was orphaned reads as two rows, which is the story.
-                // Shared identities are found by pointer, copies by value.
-                let found = seen
-                    .get(&Rc::as_ptr(p))
-                    .copied()
-                    .or_else(|| holders.iter().position(|h| h.process == **p));
-                let i = match found {
-                    Some(i) => i,
-                    None => {
-                        holders.push(Holder {
-                            process: (**p).clone(),
-                            netns: e.netns,
-                            verdict: None,
-                        });
-                        holders.len() - 1
-                    }
-                };
-                seen.insert(Rc::as_ptr(p), i);
-                if let Some(v) = &e.verdict {
-                    holders[i].verdict = Some((**v).clone());
-                }
-                i
-            });
+            let holder = holders.index_of(&e);
             timeline.push(TimelineEntry {
                 ts: rfc(e.ms),
                 event: e.kind.name().into(),
@@ -1637,7 +1579,7 @@ impl Aggregator {
             timeline,
             timeline_dropped: port.dropped,
             timeline_cap: self.limits.timeline,
-            holders,
+            holders: holders.rows,
             bars,
             held_at_end: port
                 .open
@@ -1651,6 +1593,62 @@ impl Aggregator {
                 .collect(),
         }
     }
+}
+
+/// Distinct identities of a port's kept entries, first seen first.
+#[derive(Default)]
+struct Holders {
+    rows: Vec<Holder>,
+    seen: HashMap<*const ProcessRef, usize>,
+}
+
+impl Holders {
+    /// The row of the entry's process (added when new); its verdict, if
+    /// the entry has one, becomes the row's.
+    fn index_of(&mut self, e: &Entry) -> Option<usize> {
+        let p = e.process.as_ref()?;
+        // One row per identity seen: the same pid before and after it was
+        // orphaned reads as two rows, which is the story. Shared identities
+        // are found by pointer, copies by value.
+        let found = self
+            .seen
+            .get(&Rc::as_ptr(p))
+            .copied()
+            .or_else(|| self.rows.iter().position(|h| h.process == **p));
+        let i = match found {
+            Some(i) => i,
+            None => {
+                self.rows.push(Holder {
+                    process: (**p).clone(),
+                    netns: e.netns,
+                    verdict: None,
+                });
+                self.rows.len() - 1
+            }
+        };
+        self.seen.insert(Rc::as_ptr(p), i);
+        if let Some(v) = &e.verdict {
+            self.rows[i].verdict = Some((**v).clone());
+        }
+        Some(i)
+    }
+}
+
+/// The conflict that kept its port blocked longest (the first of equals).
+fn longest_block(conflicts: &VecDeque<ConflictReport>) -> Option<Block> {
+    let mut longest: Option<Block> = None;
+    for c in conflicts {
+        if longest.as_ref().is_none_or(|l| c.blocked_ms > l.ms) {
+            longest = Some(Block {
+                host: c.host.clone(),
+                proto: c.proto.clone(),
+                port: c.port,
+                ms: c.blocked_ms,
+                conflict: c.id,
+            });
+        }
+    }
+    longest
 }
 
 /// Claims of the kept entries as intervals: a claim opens a bar, the
@@ -1714,12 +1712,42 @@ fn bars(entries: &VecDeque<Entry>, end_ms: i64) -> Vec<Bar> {
     out.into_iter().map(|(_, b)| b).collect()
 }
 
-fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) -> String {
-    match (requested_port, addr) {
-        (Some(0), Some(a)) => format!("bound {a}:{port} (the kernel chose the port)"),
-        (Some(0), None) => "bound (the kernel chose the port)".to_string(),
-        (_, Some(a)) => format!("bound {a}:{port}"),
-        (_, None) => "bound".to_string(),
+/// The claims that show the hold, in time order, and the earliest of them:
+/// those of the named holders (all open claims when none is named).
+fn hold_evidence(port: &PortState, holder_pids: &[u32]) -> (Vec<Location>, Option<i64>) {
+    let mut claims: Vec<(Location, i64)> = port
+        .open
+        .iter()
+        .filter(|c| holder_pids.is_empty() || holder_pids.contains(&c.pid))
+        .map(|c| (c.at, c.ms))
+        .collect();
+    let since = claims.iter().map(|(_, ms)| *ms).min();
+    claims.sort();
+    (claims.into_iter().map(|(at, _)| at).collect(), since)
+}
+
+/// A conflict opens the port's block, or joins the one already open.
+fn join_episode(port: &mut PortState, id: u64, first_ms: i64, holder_pids: &[u32]) {
+    match &mut port.episode {
+        Some(ep) => {
+            ep.ids.push(id);
+            for p in holder_pids {
+                if !ep.holder_pids.contains(p) {
+                    ep.holder_pids.push(*p);
+                }
+                if !ep.all_pids.contains(p) {
+                    ep.all_pids.push(*p);
+                }
+            }
+        }
+        None => {
+            port.episode = Some(Box::new(Episode {
+                start_ms: first_ms,
+                ids: vec![id],
+                holder_pids: holder_pids.to_vec(),
+                all_pids: holder_pids.to_vec(),
+            }));
+        }
     }
 }
 
@@ -1773,12 +1801,12 @@ fn is_degraded(mode: &str) -> bool {
 }
 
 /// "10:04:01.100": times inside a report whose window gives the date.
-fn clock(ms: i64) -> String {
+pub(super) fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.format("%H:%M:%S%.3f").to_string())
 }
 
-fn clock_str(ts: &str) -> String {
+pub(super) fn clock_str(ts: &str) -> String {
     crate::journal::reader::parse_ms(ts).map_or_else(|| ts.to_string(), clock)
 }
 
@@ -1987,14 +2015,5 @@ mod tests {
             Limits::default(),
         );
         assert_eq!(late.summary.conflicts, 0);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_ms(412), "412 ms");
-        assert_eq!(human_ms(4_250), "4.2 s");
-        assert_eq!(human_ms(185_000), "3m 05s");
-        assert_eq!(human_ms(2 * 3_600_000 + 14 * 60_000), "2h 14m");
-        assert_eq!(human_ms(27 * 3_600_000), "1d 3h");
     }
 }

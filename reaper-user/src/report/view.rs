@@ -1,11 +1,15 @@
 //! model -> **view** -> markdown / html.
 //!
 //! The sentences both human formats print, as plain text: the summary's
-//! rows, a conflict's facts, a holder's identity. Markdown and HTML differ
+//! rows, a conflict's facts, a holder's identity, and the one-line words of
+//! each timeline entry (which the model stores as it folds). Markdown and HTML differ
 //! only in markup, so what a reader learns cannot drift between them.
 
-use super::model::{human_ms, ConflictReport, Holder, PortReport, Report, TimeFmt};
-use crate::journal::ProcessRef;
+use super::model::{
+    clock, clock_str, human_ms, ConflictReport, DataQuality, Holder, PortReport, ReapingNote,
+    Report, Summary, TimeFmt,
+};
+use crate::journal::{ProcessRef, SignalRecord, VerdictRecord};
 
 /// "tcp/8080 on runner-7".
 pub fn port_name(proto: &str, port: u16, host: &str) -> String {
@@ -53,73 +57,120 @@ pub fn scope_line(r: &Report) -> String {
 pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
     let s = &r.summary;
     let q = &r.data_quality;
-    let mut rows = Vec::new();
-    rows.push((
-        "Conflicts",
-        if s.conflicts == 0 {
-            "none".to_string()
-        } else {
-            let ports = r.ports.iter().filter(|p| p.counts.conflicts > 0).count() as u64;
-            format!(
-                "{} ({}) on {}",
-                s.conflicts,
-                plural(s.failed_binds, "failed bind", "failed binds"),
-                plural(ports, "port", "ports")
-            )
-        },
-    ));
-    rows.push((
-        "Reapings",
-        if s.reapings == 0 {
-            "none".to_string()
-        } else {
-            let by: Vec<String> = s
-                .reapings_by_outcome
+    vec![
+        ("Conflicts", conflicts_in_all(r)),
+        ("Reapings", reapings_in_all(s)),
+        ("Time ports stayed blocked", blocked_in_all(s)),
+        (
+            "Still blocked at the end",
+            none_or(s.still_blocked, || plural(s.still_blocked, "port", "ports")),
+        ),
+        (
+            "Data losses",
+            if q.loss_records == 0 {
+                "none reported by the kernel side".to_string()
+            } else {
+                format!(
+                    "{} lost ({}): claims or releases may be missing",
+                    plural(q.lost_events, "event", "events"),
+                    plural(q.loss_records, "loss record", "loss records")
+                )
+            },
+        ),
+        ("Journal damage", journal_damage(q)),
+        (
+            "Degraded (/proc polling)",
+            if q.degraded_total == 0 {
+                "never".to_string()
+            } else {
+                format!(
+                    "{}, {} in all",
+                    plural(q.degraded_total, "period", "periods"),
+                    human_ms(q.degraded_ms)
+                )
+            },
+        ),
+        (
+            "Gaps (daemon died without a stop)",
+            none_or(q.gaps_total, || plural(q.gaps_total, "gap", "gaps")),
+        ),
+        ("Hook tiers (daemon starts)", hook_tiers(s)),
+        ("Records by source", {
+            let sources: Vec<String> = s.sources.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            list_or_none(sources, ", ")
+        }),
+        ("Hosts", {
+            let hosts: Vec<String> = s
+                .hosts
                 .iter()
-                .map(|(o, n)| format!("{o} {n}"))
+                .map(|h| format!("{} ({})", h.name, plural(h.records, "record", "records")))
                 .collect();
-            let mut v = format!("{}: {}", s.reapings, by.join(", "));
-            // A dry run is usually its own outcome; say so only if not.
-            if s.dry_runs > 0 && !s.reapings_by_outcome.contains_key("dry_run") {
-                v.push_str(&format!(" ({} dry runs)", s.dry_runs));
-            }
-            v
-        },
-    ));
-    rows.push((
-        "Time ports stayed blocked",
-        match &s.longest_block {
-            None if s.blocked_ms == 0 => "none".to_string(),
-            None => human_ms(s.blocked_ms),
-            Some(b) => format!(
-                "{} in all; longest {} ({}, conflict #{})",
-                human_ms(s.blocked_ms),
-                human_ms(b.ms),
-                port_name(&b.proto, b.port, &b.host),
-                b.conflict
-            ),
-        },
-    ));
-    rows.push((
-        "Still blocked at the end",
-        if s.still_blocked == 0 {
-            "none".to_string()
-        } else {
-            plural(s.still_blocked, "port", "ports")
-        },
-    ));
-    rows.push((
-        "Data losses",
-        if q.loss_records == 0 {
-            "none reported by the kernel side".to_string()
-        } else {
-            format!(
-                "{} lost ({}): claims or releases may be missing",
-                plural(q.lost_events, "event", "events"),
-                plural(q.loss_records, "loss record", "loss records")
-            )
-        },
-    ));
+            list_or_none(hosts, ", ")
+        }),
+    ]
+}
+
+/// "none" for zero, else what `some` says.
+fn none_or(n: u64, some: impl FnOnce() -> String) -> String {
+    if n == 0 {
+        "none".to_string()
+    } else {
+        some()
+    }
+}
+
+fn list_or_none(items: Vec<String>, sep: &str) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(sep)
+    }
+}
+
+fn conflicts_in_all(r: &Report) -> String {
+    let s = &r.summary;
+    none_or(s.conflicts, || {
+        let ports = r.ports.iter().filter(|p| p.counts.conflicts > 0).count() as u64;
+        format!(
+            "{} ({}) on {}",
+            s.conflicts,
+            plural(s.failed_binds, "failed bind", "failed binds"),
+            plural(ports, "port", "ports")
+        )
+    })
+}
+
+fn reapings_in_all(s: &Summary) -> String {
+    none_or(s.reapings, || {
+        let by: Vec<String> = s
+            .reapings_by_outcome
+            .iter()
+            .map(|(o, n)| format!("{o} {n}"))
+            .collect();
+        let mut v = format!("{}: {}", s.reapings, by.join(", "));
+        // A dry run is usually its own outcome; say so only if not.
+        if s.dry_runs > 0 && !s.reapings_by_outcome.contains_key("dry_run") {
+            v.push_str(&format!(" ({} dry runs)", s.dry_runs));
+        }
+        v
+    })
+}
+
+fn blocked_in_all(s: &Summary) -> String {
+    match &s.longest_block {
+        None if s.blocked_ms == 0 => "none".to_string(),
+        None => human_ms(s.blocked_ms),
+        Some(b) => format!(
+            "{} in all; longest {} ({}, conflict #{})",
+            human_ms(s.blocked_ms),
+            human_ms(b.ms),
+            port_name(&b.proto, b.port, &b.host),
+            b.conflict
+        ),
+    }
+}
+
+fn journal_damage(q: &DataQuality) -> String {
     let mut damage = Vec::new();
     if q.torn_lines > 0 {
         damage.push(plural(q.torn_lines, "torn line", "torn lines"));
@@ -131,52 +182,24 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
             "unreadable lines",
         ));
     }
-    if q.unknown_version > 0 {
-        damage.push(format!(
-            "{} from a newer schema",
-            plural(q.unknown_version, "record", "records")
-        ));
+    for (n, what) in [
+        (q.unknown_version, "from a newer schema"),
+        (q.unknown_kind, "of an unknown kind"),
+        (q.out_of_order, "out of time order"),
+    ] {
+        if n > 0 {
+            damage.push(format!("{} {what}", plural(n, "record", "records")));
+        }
     }
-    if q.unknown_kind > 0 {
-        damage.push(format!(
-            "{} of an unknown kind",
-            plural(q.unknown_kind, "record", "records")
-        ));
+    if damage.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{} (skipped; see Data quality)", damage.join(", "))
     }
-    if q.out_of_order > 0 {
-        damage.push(format!(
-            "{} out of time order",
-            plural(q.out_of_order, "record", "records")
-        ));
-    }
-    rows.push((
-        "Journal damage",
-        if damage.is_empty() {
-            "none".to_string()
-        } else {
-            format!("{} (skipped; see Data quality)", damage.join(", "))
-        },
-    ));
-    rows.push((
-        "Degraded (/proc polling)",
-        if q.degraded_total == 0 {
-            "never".to_string()
-        } else {
-            format!(
-                "{}, {} in all",
-                plural(q.degraded_total, "period", "periods"),
-                human_ms(q.degraded_ms)
-            )
-        },
-    ));
-    rows.push((
-        "Gaps (daemon died without a stop)",
-        if q.gaps_total == 0 {
-            "none".to_string()
-        } else {
-            plural(q.gaps_total, "gap", "gaps")
-        },
-    ));
+}
+
+/// Per host, the distinct hook tiers its daemon started with.
+fn hook_tiers(s: &Summary) -> String {
     let tiers: Vec<String> = s
         .hosts
         .iter()
@@ -192,37 +215,11 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
             format!("{}: {}", h.name, t.join(", "))
         })
         .collect();
-    rows.push((
-        "Hook tiers (daemon starts)",
-        if tiers.is_empty() {
-            "no start record in the window".into()
-        } else {
-            tiers.join("; ")
-        },
-    ));
-    let sources: Vec<String> = s.sources.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    rows.push((
-        "Records by source",
-        if sources.is_empty() {
-            "none".into()
-        } else {
-            sources.join(", ")
-        },
-    ));
-    let hosts: Vec<String> = s
-        .hosts
-        .iter()
-        .map(|h| format!("{} ({})", h.name, plural(h.records, "record", "records")))
-        .collect();
-    rows.push((
-        "Hosts",
-        if hosts.is_empty() {
-            "none".into()
-        } else {
-            hosts.join(", ")
-        },
-    ));
-    rows
+    if tiers.is_empty() {
+        "no start record in the window".into()
+    } else {
+        tiers.join("; ")
+    }
 }
 
 /// "pid 4242 platform-server".
@@ -333,24 +330,7 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
         rows.push(("Who held", format!("not identified{addr}")));
     }
     for h in &c.holders {
-        let since = c
-            .held_since
-            .as_deref()
-            .map(|s| format!(" since {}", tf.at(s)))
-            .unwrap_or_default();
-        let orphan = if h.orphaned == Some(true) {
-            ", orphaned"
-        } else {
-            ""
-        };
-        rows.push(("Who held", format!("{}{addr}{since}{orphan}", who(h))));
-        let id: Vec<String> = identity(h, c.netns)
-            .into_iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        if !id.is_empty() {
-            rows.push(("Holder identity", id.join("; ")));
-        }
+        holder_rows(&mut rows, c, h, &addr, tf);
     }
     if let Some(v) = &c.verdict {
         rows.push(("Verdict", verdict_line(v)));
@@ -360,28 +340,7 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
         rows.push(("Done", "nothing recorded".to_string()));
     }
     for d in &c.done {
-        let mut s = if d.dry_run {
-            format!("dry run on {}: would signal", who(&d.target))
-        } else if d.signals.is_empty() {
-            format!("{}: no signal sent", who(&d.target))
-        } else {
-            {
-                let sent: Vec<String> = d
-                    .signals
-                    .iter()
-                    .map(|s| format!("{} {}", s.signal, tf.at(&s.ts)))
-                    .collect();
-                format!("{}: sent {}", who(&d.target), sent.join(", "))
-            }
-        };
-        s.push_str(&format!("; outcome {}", d.outcome));
-        if let Some(f) = &d.port_free_at {
-            s.push_str(&format!(", port free at {}", tf.at(f)));
-        }
-        if let Some(e) = d.elapsed_ms {
-            s.push_str(&format!(" ({} after the first signal)", human_ms(e)));
-        }
-        rows.push(("Done", s));
+        rows.push(("Done", done_line(d, tf)));
     }
     let until = match &c.blocked_until {
         Some(u) => format!("{} to {}", tf.at(&c.first), tf.at(u)),
@@ -405,6 +364,58 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
         ));
     }
     rows
+}
+
+/// "Who held" and its identity, for one holder of `c`.
+fn holder_rows(
+    rows: &mut Vec<(&'static str, String)>,
+    c: &ConflictReport,
+    h: &ProcessRef,
+    addr: &str,
+    tf: TimeFmt,
+) {
+    let since = c
+        .held_since
+        .as_deref()
+        .map(|s| format!(" since {}", tf.at(s)))
+        .unwrap_or_default();
+    let orphan = if h.orphaned == Some(true) {
+        ", orphaned"
+    } else {
+        ""
+    };
+    rows.push(("Who held", format!("{}{addr}{since}{orphan}", who(h))));
+    let id: Vec<String> = identity(h, c.netns)
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !id.is_empty() {
+        rows.push(("Holder identity", id.join("; ")));
+    }
+}
+
+/// A reaping during a conflict, in one line.
+fn done_line(d: &ReapingNote, tf: TimeFmt) -> String {
+    let mut s = if d.dry_run {
+        format!("dry run on {}: would signal", who(&d.target))
+    } else if d.signals.is_empty() {
+        format!("{}: no signal sent", who(&d.target))
+    } else {
+        let sent: Vec<String> = d
+            .signals
+            .iter()
+            .map(|s| format!("{} {}", s.signal, tf.at(&s.ts)))
+            .collect();
+        format!("{}: sent {}", who(&d.target), sent.join(", "))
+    };
+    s.push_str(&format!("; outcome {}", d.outcome));
+    if let Some(f) = &d.port_free_at {
+        s.push_str(&format!(", port free at {}", tf.at(f)));
+    }
+    if let Some(e) = d.elapsed_ms {
+        s.push_str(&format!(" ({} after the first signal)", human_ms(e)));
+    }
+    s
 }
 
 pub fn resolution_words(r: &str) -> &'static str {
@@ -475,4 +486,84 @@ pub fn holder_verdict(h: &Holder) -> String {
         .as_ref()
         .map(verdict_line)
         .unwrap_or_else(|| "-".into())
+}
+
+// ------------------------------------------------- timeline entries' words
+
+/// A claim's entry: "bound 0.0.0.0:8080 (the kernel chose the port)".
+pub fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) -> String {
+    match (requested_port, addr) {
+        (Some(0), Some(a)) => format!("bound {a}:{port} (the kernel chose the port)"),
+        (Some(0), None) => "bound (the kernel chose the port)".to_string(),
+        (_, Some(a)) => format!("bound {a}:{port}"),
+        (_, None) => "bound".to_string(),
+    }
+}
+
+/// A release's entry when the hold's length is known.
+pub fn release_detail(held_ms: u64) -> String {
+    format!("released after {}", human_ms(held_ms))
+}
+
+/// "4242 platform-server, 4243 worker".
+pub fn holders_short(holders: &[ProcessRef]) -> String {
+    holders
+        .iter()
+        .map(|h| format!("{} {}", h.pid, h.comm))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A conflict's entry: "3 failed binds (EADDRINUSE) 10:04:01.100 to
+/// 10:04:03.900; held by 4242 platform-server". `last`: the last failed
+/// bind's time when it differs from the first.
+pub fn conflict_detail(
+    count: u64,
+    errno: &str,
+    first_ms: i64,
+    last: Option<&str>,
+    holders: &[ProcessRef],
+) -> String {
+    let span = match last {
+        None => format!("at {}", clock(first_ms)),
+        Some(l) => format!("{} to {}", clock(first_ms), clock_str(l)),
+    };
+    let held_by = if holders.is_empty() {
+        "unknown".to_string()
+    } else {
+        holders_short(holders)
+    };
+    format!(
+        "{count} failed bind{} ({errno}) {span}; held by {held_by}",
+        if count == 1 { "" } else { "s" },
+    )
+}
+
+/// A reaping's entry: the verdict, what was sent, how it ended.
+pub fn reaping_detail(
+    verdict: &VerdictRecord,
+    signals: &[SignalRecord],
+    dry_run: bool,
+    outcome: &str,
+    free_ms: Option<i64>,
+    elapsed_ms: Option<u64>,
+) -> String {
+    let sigs: Vec<String> = signals
+        .iter()
+        .map(|s| format!("{} {}", s.signal, clock_str(&s.ts)))
+        .collect();
+    let mut detail = format!("{}: {}", verdict.decision, verdict.reasons.join("; "));
+    if dry_run {
+        detail.push_str("; dry run, nothing signalled");
+    } else if !sigs.is_empty() {
+        detail.push_str(&format!("; sent {}", sigs.join(", ")));
+    }
+    detail.push_str(&format!("; outcome {outcome}"));
+    if let Some(f) = free_ms {
+        detail.push_str(&format!(", port free at {}", clock(f)));
+    }
+    if let Some(e) = elapsed_ms {
+        detail.push_str(&format!(" ({} after the first signal)", human_ms(e)));
+    }
+    detail
 }

@@ -66,8 +66,9 @@ fn main() {
     }
     // SIGUSR1 is taken with sigwait in the main loop, so exec happens in
     // ordinary code, not in a signal handler.
-    // SAFETY: plain sigset manipulation on a local set.
+    // SAFETY: a sigset_t is plain data, valid all zero (emptied next).
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain sigset manipulation on a local set.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGUSR1);

@@ -112,8 +112,11 @@ fn main() {
                     die("fork");
                 }
                 if child == 0 {
+                    // SAFETY: prctl with integer arguments.
                     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
                     wait_stdin_eof();
+                    // SAFETY: _exit ends this forked child without running
+                    // the parent's atexit handlers or flushing its buffers.
                     unsafe { libc::_exit(0) };
                 }
                 line.push_str(&format!(" {child}"));
@@ -137,6 +140,8 @@ fn main() {
                 // (socket, setsockopt, bind, listen, nanosleep, _exit).
                 let child = unsafe { libc::fork() };
                 if child == 0 {
+                    // SAFETY: as the fork above says; `one`, `sa` and `ts`
+                    // live on this stack for the calls that read them.
                     unsafe {
                         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -170,9 +175,12 @@ fn main() {
                 n += 1;
                 // Reap what has exited; every 8 forks, wait for all of them,
                 // so that a handful are alive at any time.
+                // SAFETY: waitpid with a NULL status pointer writes nothing.
                 if n.is_multiple_of(8) {
+                    // SAFETY: as above.
                     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
                 } else {
+                    // SAFETY: as above.
                     unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
                 }
             }
