@@ -78,6 +78,9 @@ pub fn version() -> Result<String> {
 pub fn dist() -> Result<Dist> {
     setup_musl()?;
     setup_cargo_deb()?;
+    if !have("objcopy") || !have("readelf") {
+        crate::apt_install(&["binutils"], "objcopy splits the debug info off")?;
+    }
     let t = Instant::now();
     let version = version()?;
     let target = root().join("target");
@@ -255,12 +258,17 @@ pub fn image(dist: &Dist) -> Result<String> {
     }
     let tag = format!("{IMAGE}:{}", dist.version);
     say(&format!("building the image {tag} (deploy/Dockerfile)"));
+    // The build context holds the binary alone (not reaper.debug and the
+    // packages beside it in target/dist).
+    let context = root().join("target/dist-stage/image");
+    std::fs::create_dir_all(&context)?;
+    std::fs::copy(dist.dir.join("reaper"), context.join("reaper"))?;
     check(
         Command::new("docker")
             .args(["build", "--quiet", "--file"])
             .arg(root().join("deploy/Dockerfile"))
             .args(["--tag", &tag, "--tag", &format!("{IMAGE}:latest")])
-            .arg(&dist.dir),
+            .arg(&context),
     )?;
     Ok(tag)
 }
@@ -285,10 +293,11 @@ impl Dockerd {
         }
         say("starting dockerd in the background for the container tests");
         let log = root().join("target/dockerd.log");
+        let out = std::fs::File::create(&log)?;
         let child = Command::new("dockerd")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(&log)?)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
             .context("starting dockerd")?;
         let d = Dockerd {

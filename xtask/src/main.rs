@@ -237,6 +237,7 @@ fn setup(test_tools: bool) -> Result<()> {
             ("chromium", "chromium"),
             ("python3", "python3"),
             ("dockerd", "docker.io"),
+            ("curl", "curl"),
         ] {
             if !have(bin) && !missing.contains(&pkg) {
                 missing.push(pkg);
