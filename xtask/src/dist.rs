@@ -250,6 +250,18 @@ pub fn dist() -> Result<Dist> {
     Ok(Dist { version, dir })
 }
 
+/// `cargo xtask image`: dist, then the image, with the Engine running (it
+/// is started for the build, and stopped after, when it was not running).
+pub fn build_image() -> Result<()> {
+    let built = dist()?;
+    let Some(_engine) = Dockerd::ensure()? else {
+        bail!("no Docker Engine (dockerd): `cargo xtask setup --test` installs Debian's docker.io");
+    };
+    let tag = image(&built)?;
+    say(&format!("built {tag}; deploy/k8s names it"));
+    Ok(())
+}
+
 /// Builds the image from target/dist/reaper (run `dist` first), tagged
 /// with the version and `latest`.
 pub fn image(dist: &Dist) -> Result<String> {

@@ -86,10 +86,7 @@ fn main() {
         }
         Cmd::Man => setup(false).and_then(|_| man()),
         Cmd::Dist => setup(false).and_then(|_| dist::dist()).map(|_| ()),
-        Cmd::Image => setup(false)
-            .and_then(|_| dist::dist())
-            .and_then(|d| dist::image(&d))
-            .map(|_| ()),
+        Cmd::Image => setup(false).and_then(|_| dist::build_image()),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
