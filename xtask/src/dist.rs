@@ -94,10 +94,43 @@ pub fn dist() -> Result<Dist> {
         }
         std::fs::create_dir_all(d)?;
     }
-
     say(&format!(
         "dist 1/5: building the static reaper ({MUSL}, profile {PROFILE})"
     ));
+    let built = build_static()?;
+    say("dist 2/5: splitting the debug info into reaper.debug, stripping reaper");
+    let bin = split_debug_info(&built, &dir, &version)?;
+    say("dist 3/5: man page and shell completions");
+    stage_files(&bin, &stage)?;
+    let name = format!("reaper-{version}-x86_64-linux-musl");
+    say(&format!("dist 4/5: {name}.tar.gz"));
+    tarball(&stage, &name, &dir)?;
+    say("dist 5/5: the .deb (cargo-deb) and SHA256SUMS");
+    check(
+        cargo()
+            .args([
+                "deb",
+                "--quiet",
+                "-p",
+                "reaper-user",
+                "--no-build",
+                "--no-strip",
+            ])
+            .args(["--target", MUSL, "--profile", PROFILE, "--output"])
+            .arg(&dir),
+    )?;
+    let files = checksums(&dir)?;
+    say(&format!(
+        "dist: target/dist/ has {} and SHA256SUMS (reaper: {:.1} MB) in {:.0} s",
+        files.join(", "),
+        std::fs::metadata(&bin)?.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(Dist { version, dir })
+}
+
+/// `cargo build` of the static binary; returns its path.
+fn build_static() -> Result<PathBuf> {
     check(cargo().args([
         "build",
         "-p",
@@ -109,14 +142,21 @@ pub fn dist() -> Result<Dist> {
         "--target",
         MUSL,
     ]))?;
-    let built = target.join(MUSL).join(PROFILE).join("reaper");
+    Ok(root()
+        .join("target")
+        .join(MUSL)
+        .join(PROFILE)
+        .join("reaper"))
+}
 
-    say("dist 2/5: splitting the debug info into reaper.debug, stripping reaper");
+/// target/dist/reaper (stripped, with a debuglink) and reaper.debug; checks
+/// the size limit and that the binary runs.
+fn split_debug_info(built: &Path, dir: &Path, version: &str) -> Result<PathBuf> {
     let bin = dir.join("reaper");
     check(
         Command::new("objcopy")
             .arg("--only-keep-debug")
-            .arg(&built)
+            .arg(built)
             .arg(dir.join("reaper.debug")),
     )?;
     // The debuglink names reaper.debug, so gdb finds it beside the binary
@@ -124,9 +164,9 @@ pub fn dist() -> Result<Dist> {
     check(
         Command::new("objcopy")
             .args(["--strip-all", "--add-gnu-debuglink=reaper.debug"])
-            .arg(&built)
+            .arg(built)
             .arg("reaper")
-            .current_dir(&dir),
+            .current_dir(dir),
     )?;
     let size = std::fs::metadata(&bin)?.len();
     if size > MAX_BYTES {
@@ -142,10 +182,14 @@ pub fn dist() -> Result<Dist> {
             bin.display()
         );
     }
+    Ok(bin)
+}
 
-    say("dist 3/5: man page and shell completions");
+/// What the tarball and the .deb are made of, in `stage`: the binary, the
+/// man page (plain and gzipped), completions, and the unit for /usr/bin.
+fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     let from_bin = |args: &[&str], to: &Path| -> Result<()> {
-        let out = Command::new(&bin)
+        let out = Command::new(bin)
             .args(args)
             .output()
             .with_context(|| format!("running reaper {}", args.join(" ")))?;
@@ -167,9 +211,9 @@ pub fn dist() -> Result<Dist> {
     check(
         Command::new("gzip")
             .args(["-9", "-n", "-k", "reaper.1"])
-            .current_dir(&stage),
+            .current_dir(stage),
     )?;
-    std::fs::copy(&bin, stage.join("reaper"))?;
+    std::fs::copy(bin, stage.join("reaper"))?;
     // The .deb installs reaper in /usr/bin; the unit in deploy/ is written
     // for an install by hand into /usr/local/bin.
     let unit = std::fs::read_to_string(root().join("deploy/reaper.service"))?;
@@ -178,17 +222,26 @@ pub fn dist() -> Result<Dist> {
         stage.join("deb/reaper.service"),
         unit.replace("/usr/local/bin/reaper", "/usr/bin/reaper"),
     )?;
+    Ok(())
+}
 
-    let name = format!("reaper-{version}-x86_64-linux-musl");
-    say(&format!("dist 4/5: {name}.tar.gz"));
-    let top = stage.join(&name);
+/// `dir`/`name`.tar.gz: one top directory `name` with the binary, the man
+/// page, completions, the unit, the example config and the README.
+fn tarball(stage: &Path, name: &str, dir: &Path) -> Result<()> {
+    let top = stage.join(name);
     std::fs::create_dir_all(top.join("completions"))?;
     for (from, to) in [
         (stage.join("reaper"), "reaper"),
         (stage.join("reaper.1"), "reaper.1"),
-        (completions.join("reaper.bash"), "completions/reaper.bash"),
-        (completions.join("_reaper"), "completions/_reaper"),
-        (completions.join("reaper.fish"), "completions/reaper.fish"),
+        (
+            stage.join("completions/reaper.bash"),
+            "completions/reaper.bash",
+        ),
+        (stage.join("completions/_reaper"), "completions/_reaper"),
+        (
+            stage.join("completions/reaper.fish"),
+            "completions/reaper.fish",
+        ),
         (root().join("deploy/reaper.service"), "reaper.service"),
         (root().join("deploy/reaper.toml"), "reaper.toml"),
         (root().join("README.md"), "README.md"),
@@ -209,45 +262,28 @@ pub fn dist() -> Result<Dist> {
                 "-cf",
             ])
             .arg(dir.join(format!("{name}.tar.gz")))
-            .arg(&name)
-            .current_dir(&stage),
-    )?;
+            .arg(name)
+            .current_dir(stage),
+    )
+}
 
-    say("dist 5/5: the .deb (cargo-deb) and SHA256SUMS");
-    check(
-        cargo()
-            .args([
-                "deb",
-                "--quiet",
-                "-p",
-                "reaper-user",
-                "--no-build",
-                "--no-strip",
-            ])
-            .args(["--target", MUSL, "--profile", PROFILE, "--output"])
-            .arg(&dir),
-    )?;
-    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+/// SHA256SUMS over every file in `dir`; returns their names.
+fn checksums(dir: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
     let sums = Command::new("sha256sum")
         .args(&files)
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .context("running sha256sum")?;
     if !sums.status.success() {
         bail!("sha256sum failed");
     }
     std::fs::write(dir.join("SHA256SUMS"), sums.stdout)?;
-    say(&format!(
-        "dist: target/dist/ has {} and SHA256SUMS (reaper: {:.1} MB) in {:.0} s",
-        files.join(", "),
-        size as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    ));
-    Ok(Dist { version, dir })
+    Ok(files)
 }
 
 /// `cargo xtask image`: dist, then the image, with the Engine running (it
