@@ -676,3 +676,34 @@ fn the_action_installs_reaper_from_the_release_tarball_and_checks_its_sum() {
         show(&out)
     );
 }
+
+#[test]
+fn every_input_of_the_action_reaches_its_script() {
+    let action = std::fs::read_to_string(workspace().join("action.yml")).unwrap();
+    let script = std::fs::read_to_string(workspace().join("deploy/action/run.sh")).unwrap();
+    let inputs: Vec<&str> = action
+        .split("\ninputs:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\noutputs:\n").next())
+        .expect("an inputs: block before outputs:")
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    for want in [
+        "port", "match", "exe", "grace", "deadline", "policy", "journal",
+    ] {
+        assert!(
+            inputs.contains(&want),
+            "action.yml has no input {want}: {inputs:?}"
+        );
+    }
+    for input in &inputs {
+        let var = format!("INPUT_{}", input.to_uppercase().replace('-', "_"));
+        assert!(
+            action.contains(&format!("{var}: ${{{{ inputs.{input} }}}}")),
+            "action.yml does not hand {input} to the script as {var}"
+        );
+        assert!(script.contains(&var), "run.sh never reads {var}");
+    }
+}
