@@ -201,7 +201,9 @@ pub struct FreeArgs {
     /// How long to wait in all for the port to bind again.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub deadline: Duration,
-    /// Also stop the holder's descendants that share the socket.
+    /// Also stop the holder's descendants that share the socket and do not
+    /// match the rule on their own (those that match, like nginx workers,
+    /// are judged on their own without it).
     #[arg(long)]
     pub tree: bool,
     /// Print verdicts and what would be signalled; signal nothing.

@@ -40,12 +40,21 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub metrics: std::net::SocketAddr,
     pub log: PathBuf,
+    /// `reap_grace` in the config (default "2s").
+    pub reap_grace: String,
+    /// `reap_deadline` in the config (default "10s").
+    pub reap_deadline: String,
 }
 
 impl Daemon {
     /// Writes a config (the given extra TOML after the test's own keys) and
     /// starts the daemon; returns once the control socket answers.
     pub fn start(extra: &str) -> Daemon {
+        Daemon::start_with_grace(extra, "2s", "10s")
+    }
+
+    /// [`Daemon::start`] with another `reap_grace` and `reap_deadline`.
+    pub fn start_with_grace(extra: &str, reap_grace: &str, reap_deadline: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("reaper-daemon-")
             .tempdir()
@@ -59,6 +68,8 @@ impl Daemon {
             log: dir.path().join("daemon.log"),
             metrics,
             dir,
+            reap_grace: reap_grace.to_string(),
+            reap_deadline: reap_deadline.to_string(),
         };
         d.write_config(extra);
         d.restart()
@@ -66,10 +77,12 @@ impl Daemon {
 
     pub fn write_config(&self, extra: &str) {
         let text = format!(
-            "journal = \"{}\"\nmetrics_listen = \"{}\"\ncontrol_socket = \"{}\"\nconflict_window = \"2s\"\nreap_grace = \"2s\"\nreap_deadline = \"10s\"\n{extra}",
+            "journal = \"{}\"\nmetrics_listen = \"{}\"\ncontrol_socket = \"{}\"\nconflict_window = \"2s\"\nreap_grace = \"{}\"\nreap_deadline = \"{}\"\n{extra}",
             self.journal.display(),
             self.metrics,
-            self.socket.display()
+            self.socket.display(),
+            self.reap_grace,
+            self.reap_deadline
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -142,8 +155,17 @@ impl Daemon {
 
     /// Waits until a record satisfies `pred`; returns it.
     pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(what, Duration::from_secs(20), || {
-            self.records().into_iter().find(|r| pred(r))
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(what, Duration::from_secs(20), || {
+                self.records().into_iter().find(|r| pred(r))
+            })
+        }));
+        found.unwrap_or_else(|e| {
+            // The daemon's own words say why (losses, a slow scan).
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("the daemon's log, last lines first:\n{}", tail.join("\n"));
+            std::panic::resume_unwind(e)
         })
     }
 
@@ -236,18 +258,18 @@ pub struct Orphan {
 
 impl Orphan {
     pub fn spawn(port: u16, tag: &str) -> Orphan {
+        Orphan::spawn_with(port, tag, &[])
+    }
+
+    /// [`Orphan::spawn`] with more platform-server options (`--ignore-term`,
+    /// `--fork-child --child-exec PROG`).
+    pub fn spawn_with(port: u16, tag: &str, more: &[&str]) -> Orphan {
         assert!(tag.len() <= 15, "a comm holds 15 bytes");
-        let server = crate::fixture::Server::start_orphan(
-            &crate::fixture_bin("platform-server"),
-            &[
-                "--port",
-                &port.to_string(),
-                "--addr",
-                "0.0.0.0",
-                "--comm",
-                tag,
-            ],
-        );
+        let port = port.to_string();
+        let mut args = vec!["--port", &port, "--addr", "0.0.0.0", "--comm", tag];
+        args.extend_from_slice(more);
+        let server =
+            crate::fixture::Server::start_orphan(&crate::fixture_bin("platform-server"), &args);
         Orphan {
             server,
             tag: tag.to_string(),

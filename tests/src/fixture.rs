@@ -111,14 +111,14 @@ impl Server {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(sh.stdout.take().unwrap());
-        let (pid, _) = read_ready(&mut stdout, &line);
+        let (pid, fork) = read_ready(&mut stdout, &line);
         let handle = ProcHandle::open(pid);
         let status = sh.wait().unwrap();
         assert!(status.success(), "the runner shell failed: {status}");
         Server {
             child: None,
             handle,
-            fork_child: None,
+            fork_child: fork.map(ProcHandle::open),
             stdout,
         }
     }

@@ -129,8 +129,14 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(conflict["held_since"].is_string());
 
     let reaping = d.wait_record("a reaping record", |r| {
-        kind(r) == "reaping" && r["port"] == port
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] != "in_progress"
     });
+    // Its intent came first, before any signal.
+    let intent = d.wait_record("the reaping's intent", |r| {
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] == "in_progress"
+    });
+    assert_eq!(intent["target"]["pid"], holder.pid());
+    assert!(intent["signals"].as_array().unwrap().is_empty());
     assert_eq!(reaping["target"]["pid"], holder.pid());
     assert_eq!(reaping["outcome"], "freed", "{reaping}");
     assert_eq!(reaping["signals"][0]["signal"], "SIGTERM");
@@ -151,7 +157,10 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     );
     let records = d.records();
     assert_eq!(
-        records.iter().filter(|r| kind(r) == "reaping").count(),
+        records
+            .iter()
+            .filter(|r| kind(r) == "reaping" && r["outcome"] != "in_progress")
+            .count(),
         1,
         "one reaping per holder"
     );
@@ -484,5 +493,177 @@ fn report_without_journal_reads_the_running_daemons_journal() {
     assert!(
         text.contains(&d.journal.display().to_string()),
         "the report names the daemon's journal as its input: {text:.400}"
+    );
+}
+
+/// Other tests on the host may storm binds: 64 MiB of ring buffer keeps
+/// this test's failed binds from being lost, and no rotation keeps its
+/// records in one file (top-level keys: before any rule).
+const BIG_RINGBUF: &str = "ringbuf_size = 67108864\njournal_max_bytes = 0\n";
+
+/// Failed binds on `port` until the daemon journals a conflict for it: a
+/// failed bind's event can be dropped when other tests storm binds on the
+/// host (the daemon then journals a loss), so the binder tries again.
+/// Returns the conflict and the binders (alive: the daemon reads them).
+fn conflict_after_binds(d: &Daemon, port: u16) -> (Value, Vec<Binder>) {
+    let mut binders = Vec::new();
+    for _ in 0..6 {
+        let (b, failed) = Binder::run(port, 3);
+        assert!(failed >= 1, "the port was held, binds must fail");
+        binders.push(b);
+        let found = reaper_tests::poll_for(Duration::from_secs(10), || {
+            d.records()
+                .into_iter()
+                .find(|r| kind(r) == "conflict" && r["port"] == port)
+        });
+        if let Some(c) = found {
+            return (c, binders);
+        }
+    }
+    panic!(
+        "no conflict record for port {port} after 6 rounds of failed binds; the daemon's log:\n{}",
+        d.log_text()
+    );
+}
+
+/// The reaping records of one port, in journal order.
+fn reapings(d: &Daemon, port: u16) -> Vec<Value> {
+    d.records()
+        .into_iter()
+        .filter(|r| kind(r) == "reaping" && r["port"] == port)
+        .collect()
+}
+
+#[test]
+fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_rule_says_tree() {
+    need_root!();
+    let port = free_port();
+    // An orphaned platform-server whose child became another program
+    // (sleep) and kept the listening socket.
+    let holder = Orphan::spawn_with(
+        port,
+        "rp-tree",
+        &["--fork-child", "--child-exec", "/bin/sleep"],
+    );
+    let child = holder
+        .server
+        .fork_child
+        .as_ref()
+        .expect("the sharing child");
+    let rule = format!(
+        "{BIG_RINGBUF}{}",
+        holder.rule("stale tree holder", Some("reap"))
+    );
+
+    // 1. No tree key: the child keeps the port, so nothing is signalled.
+    let d = Daemon::start(&rule);
+    let (conflict, _binders) = conflict_after_binds(&d, port);
+    assert_eq!(conflict["action"], "report", "{conflict}");
+    let verdicts = conflict["verdicts"]
+        .as_array()
+        .expect("every holder's verdict");
+    assert_eq!(verdicts.len(), 2, "{conflict}");
+    assert_eq!(verdicts[0]["pid"], holder.pid());
+    assert_eq!(verdicts[0]["decision"], "reap");
+    assert_eq!(verdicts[1]["pid"], child.pid);
+    assert_eq!(verdicts[1]["shares"], holder.pid());
+    assert_eq!(verdicts[1]["decision"], "keep");
+    assert!(
+        verdicts[1]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("set tree = true in rule 'stale tree holder'"),
+        "{conflict}"
+    );
+    // The verdict that decided is the child's.
+    assert_eq!(conflict["verdict"]["decision"], "keep", "{conflict}");
+    // A reaping's intent is written in the same batch as its conflict: none.
+    assert!(reapings(&d, port).is_empty(), "{:?}", reapings(&d, port));
+    assert!(holder.alive() && child.alive());
+    assert!(!bindable(port));
+    drop(d);
+
+    // 2. tree = true in the rule: both stopped (the root first), port free.
+    let d = Daemon::start(&rule.replace("match = ", "tree = true\nmatch = "));
+    let (conflict, _binders) = conflict_after_binds(&d, port);
+    assert_eq!(conflict["action"], "reap", "{conflict}");
+    assert_eq!(conflict["verdicts"][1]["decision"], "reap", "{conflict}");
+    let done = wait_for(
+        "both outcomes on the record",
+        Duration::from_secs(20),
+        || {
+            let r = reapings(&d, port);
+            (r.iter().filter(|r| r["outcome"] != "in_progress").count() == 2).then_some(r)
+        },
+    );
+    // Intents first (before any signal), then the outcomes.
+    assert_eq!(done[0]["outcome"], "in_progress");
+    assert_eq!(done[1]["outcome"], "in_progress");
+    assert_eq!(done[2]["target"]["pid"], holder.pid());
+    assert_eq!(done[3]["target"]["pid"], child.pid);
+    for r in &done[2..] {
+        assert_eq!(r["outcome"], "freed", "{r}");
+        assert_eq!(r["signals"][0]["signal"], "SIGTERM", "{r}");
+    }
+    assert!(child.wait_exit(5000));
+    wait_for("the holder to be gone", Duration::from_secs(5), || {
+        (!holder.alive()).then_some(())
+    });
+    assert!(bindable(port));
+}
+
+#[test]
+fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfinished() {
+    need_root!();
+    let port = free_port();
+    let holder = Orphan::spawn_with(port, "rp-grace", &["--ignore-term"]);
+    let mut d = Daemon::start_with_grace(
+        &format!("{BIG_RINGBUF}{}", holder.rule("stale holder", Some("reap"))),
+        "60s",
+        "120s",
+    );
+    let (_conflict, _binders) = conflict_after_binds(&d, port);
+    d.wait_record("the reaping's intent", |r| {
+        kind(r) == "reaping" && r["port"] == port && r["outcome"] == "in_progress"
+    });
+    // The holder ignores SIGTERM and the grace is a minute: stop the daemon
+    // in the middle. It waits a bounded while, then records what it did.
+    // Bounded well under the grace (the daemon waits at most 5 s; draining
+    // a ring buffer under other tests' bind storms takes a few more).
+    assert_eq!(d.stop(Duration::from_secs(45)), Some(0));
+    let records = d.records();
+    let r: Vec<&Value> = records
+        .iter()
+        .filter(|r| kind(r) == "reaping" && r["port"] == port)
+        .collect();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["outcome"], "interrupted", "{}", r[1]);
+    assert_eq!(r[1]["target"]["pid"], holder.pid());
+    assert_eq!(r[1]["signals"][0]["signal"], "SIGTERM", "{}", r[1]);
+    assert_eq!(kind(records.last().unwrap()), "stop");
+    assert!(holder.alive(), "no SIGKILL after the daemon stopped");
+
+    // `reaper report` shows it unfinished, in JSON and for people.
+    let out = Command::new(reaper_bin())
+        .args(["report", "--format", "json", "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &doc["summary"]["unfinished"];
+    assert_eq!(u[0]["outcome"], "interrupted", "{doc}");
+    assert_eq!(u[0]["target"]["pid"], holder.pid());
+    let out = Command::new(reaper_bin())
+        .args(["report", "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Unfinished reapings"), "{text}");
+    assert!(
+        text.contains(&format!("pid {} (rp-grace)", holder.pid()))
+            && text.contains("interrupted by a daemon stop"),
+        "{text}"
     );
 }

@@ -205,12 +205,9 @@ fn watch_lines_show_the_hostile_binder_escaped() {
     );
 }
 
-/// `free --dry-run` prints the holders it judged. Its human output is
-/// written in commands/free.rs, which this change leaves alone (it is being
-/// rewritten); run with `--ignored` once free.rs passes what it prints of a
-/// process through `reaper::text::term`.
+/// `free --dry-run` prints the holders it judged, their verdicts' reasons
+/// and, when it refuses, a message quoting them: none reaches the terminal raw.
 #[test]
-#[ignore = "needs reaper::text::term applied in commands/free.rs (lead, after the merge)"]
 fn free_dry_run_shows_the_hostile_holder_escaped() {
     let h = Hostile::start();
     let port = h.port.to_string();

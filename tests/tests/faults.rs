@@ -295,30 +295,42 @@ fn an_unwritable_journal_directory_stops_the_run_before_any_signal() {
     assert!(!can_listen_on("127.0.0.1", h.port));
 }
 
-/// The disk fills between opening the journal and writing the record: the
-/// port work is done and cannot be undone, so the run says the port is free
-/// and that the record is missing, and ends with status 6.
+/// The disk fills after the intent is on the record and before the outcome
+/// is: the port work is done and cannot be undone, so the run says the port
+/// is free and that the record is missing, and ends with status 6. A disk
+/// already full when the intent is due stops the run before any signal.
 #[test]
 fn a_full_disk_after_the_work_says_the_port_is_free_and_the_record_missing() {
     require_root();
     let fs = Mount::tmpfs(64 * 1024);
     let journal = fs.dir.join("journal.jsonl");
     std::fs::File::create(&journal).unwrap(); // ours (root), empty
-    fs.fill();
     let h = Holder::listen("127.0.0.1", 0, &[]);
     let handle = h.handle();
-    let out = run_reaper(
-        &[
-            "free",
-            &h.port.to_string(),
-            "--match",
-            "fault-holder",
-            "--json",
-            "--journal",
-            journal.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let port = h.port.to_string();
+    let args = [
+        "free",
+        &port,
+        "--match",
+        "fault-holder",
+        "--json",
+        "--journal",
+        journal.to_str().unwrap(),
+    ];
+    // The pause is after the intent and before the first signal.
+    let out = free_paused(&args, || {
+        let text = std::fs::read_to_string(&journal).unwrap();
+        assert!(text.contains(r#""outcome":"in_progress""#), "{text}");
+        fs.fill();
+        // The intent's page has room left: fill it with empty lines
+        // (readers skip them) so the outcome's append finds none.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        while f.write_all(b"\n").is_ok() {}
+    });
     assert_eq!(out.status.code(), Some(6), "{}", show(&out));
     assert!(handle.wait_exit(5000), "the holder was not stopped");
     assert!(can_listen_on("127.0.0.1", h.port));
@@ -337,6 +349,29 @@ fn a_full_disk_after_the_work_says_the_port_is_free_and_the_record_missing() {
             && err.contains(&journal.display().to_string()),
         "{err}"
     );
+
+    // Full before the intent: nothing is signalled.
+    let h = Holder::listen("127.0.0.1", 0, &[]);
+    let port = h.port.to_string();
+    let out = run_reaper(
+        &[
+            "free",
+            &port,
+            "--match",
+            "fault-holder",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("intent") && err.contains("nothing was signalled"),
+        "{err}"
+    );
+    assert!(h.handle().alive());
+    assert!(!can_listen_on("127.0.0.1", h.port));
 }
 
 /// Links and files another user plants where the journal goes are refused

@@ -93,9 +93,18 @@ fn orphaned_server_is_freed_and_the_port_binds_at_once() {
         "{doc}"
     );
 
-    // The journal has the record, whole.
+    // The journal has the intent (before the signal), then the outcome.
     let text = std::fs::read_to_string(&journal).unwrap();
-    let rec: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{text}");
+    assert_eq!(recs[0]["kind"], "reaping");
+    assert_eq!(recs[0]["outcome"], "in_progress");
+    assert_eq!(recs[0]["target"]["pid"], srv.pid());
+    assert!(recs[0]["signals"].as_array().unwrap().is_empty());
+    let rec = &recs[1];
     assert_eq!(rec["kind"], "reaping");
     assert_eq!(rec["outcome"], "freed");
     assert_eq!(rec["target"]["pid"], srv.pid());
@@ -180,12 +189,60 @@ fn a_holder_ignoring_sigterm_gets_sigkill_after_the_grace() {
     assert!(can_listen(port));
 }
 
+fn signalled_pids(doc: &Value) -> Vec<u64> {
+    doc["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect()
+}
+
 #[test]
-fn a_socket_shared_with_a_forked_child_needs_tree() {
+fn a_forked_child_of_the_same_program_is_judged_on_its_own() {
     require_root();
     let port = free_port();
     let p = port.to_string();
     let srv = Server::start(server(), &["--port", &p, "--fork-child"]);
+    let child = srv.fork_child.as_ref().expect("fork child");
+    // No --tree: the child matches --match by itself. The parent is
+    // signalled first; the child (which ignores its parent's death) gets
+    // its own SIGTERM once the grace is over.
+    let out = run_reaper(
+        &[
+            "free",
+            &p,
+            "--match",
+            "platform-server",
+            "--grace",
+            "300ms",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json(&out);
+    assert_eq!(
+        signalled_pids(&doc),
+        [srv.pid() as u64, child.pid as u64],
+        "the tree root first: {doc}"
+    );
+    assert_eq!(doc["holders"][0]["role"]["kind"], "holder");
+    assert_eq!(doc["holders"][1]["role"]["kind"], "shares");
+    assert_eq!(doc["holders"][1]["verdict"]["decision"], "reap");
+    assert!(srv.handle.wait_exit(5000) && child.wait_exit(5000));
+    assert!(can_listen(port));
+}
+
+#[test]
+fn a_child_of_another_program_sharing_the_socket_needs_tree() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let srv = Server::start(
+        server(),
+        &["--port", &p, "--fork-child", "--child-exec", "/bin/sleep"],
+    );
     let child = srv.fork_child.as_ref().expect("fork child");
 
     // Without --tree: refused before any signal, both alive, port held.
@@ -202,27 +259,134 @@ fn a_socket_shared_with_a_forked_child_needs_tree() {
         )),
         "{msg}"
     );
+    // The dry run prints the same plan: refused.
+    let dry = run_reaper(
+        &["free", &p, "--match", "platform-server", "--dry-run"],
+        &[],
+    );
+    assert_eq!(dry.status.code(), Some(4), "{}", show(&dry));
     assert!(srv.handle.alive() && child.alive());
     assert!(!can_listen(port));
 
-    // With --tree: both stopped, port free.
+    // With --tree: both stopped, the root first, port free.
     let out = run_reaper(
-        &["free", &p, "--match", "platform-server", "--tree", "--json"],
+        &[
+            "free",
+            &p,
+            "--match",
+            "platform-server",
+            "--tree",
+            "--grace",
+            "300ms",
+            "--json",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let doc = json(&out);
-    let mut pids: Vec<u64> = doc["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["pid"].as_u64().unwrap())
-        .collect();
-    pids.sort();
-    let mut want = vec![srv.pid() as u64, child.pid as u64];
-    want.sort();
-    assert_eq!(pids, want);
+    assert_eq!(
+        signalled_pids(&doc),
+        [srv.pid() as u64, child.pid as u64],
+        "{doc}"
+    );
     assert!(srv.handle.wait_exit(5000) && child.wait_exit(5000));
+    assert!(can_listen(port));
+}
+
+/// nginx from Debian with its config in a temp dir: a master and two
+/// workers sharing the listening socket, all /usr/sbin/nginx.
+struct Nginx {
+    master: Server,
+    workers: Vec<fixture::ProcHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Workers outlive a SIGKILLed master: never leave them listening.
+        for w in &self.workers {
+            w.kill();
+        }
+    }
+}
+
+fn start_nginx(port: u16) -> Nginx {
+    let nginx = Path::new("/usr/sbin/nginx");
+    assert!(
+        nginx.exists(),
+        "this test needs nginx: apt-get install -y nginx-light (cargo xtask setup --test installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    // nginx prints nothing when ready: a shell prints the ready line
+    // (pid of the exec'd nginx) first, then becomes nginx.
+    let master = Server::start_cmd(Command::new("sh").arg("-c").arg(format!(
+        "echo ready $$; exec {} -c {} -p {d} -e {d}/error.log",
+        nginx.display(),
+        conf.display()
+    )));
+    let pid = master.pid();
+    let workers = reaper_tests::poll_until(
+        "nginx's two workers to listen",
+        Duration::from_secs(10),
+        || {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            let kids: Vec<u32> = kids
+                .split_whitespace()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            (kids.len() == 2 && !can_listen(port)).then_some(kids)
+        },
+    );
+    Nginx {
+        master,
+        workers: workers.into_iter().map(fixture::ProcHandle::open).collect(),
+        _dir: dir,
+    }
+}
+
+#[test]
+fn an_nginx_master_and_its_workers_are_freed_by_match_without_tree() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let ng = start_nginx(port);
+    let out = run_reaper(&["free", &p, "--match", "nginx", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json(&out);
+    let holders = doc["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 3, "{doc}");
+    assert_eq!(
+        holders[0]["process"]["pid"],
+        ng.master.pid(),
+        "the master first"
+    );
+    for h in &holders[1..] {
+        let pid = h["process"]["pid"].as_u64().unwrap() as u32;
+        assert!(ng.workers.iter().any(|w| w.pid == pid), "{h}");
+        assert_eq!(h["role"]["of"], ng.master.pid());
+        // The padding nginx leaves after its new title is trimmed.
+        assert_eq!(
+            h["process"]["cmdline"],
+            serde_json::json!(["nginx: worker process"]),
+            "{h}"
+        );
+    }
+    // The master stops its workers: one SIGTERM, to the master.
+    assert_eq!(signalled_pids(&doc)[0], ng.master.pid() as u64, "{doc}");
+    assert!(ng.master.handle.wait_exit(5000));
+    assert!(ng.workers.iter().all(|w| w.wait_exit(5000)));
     assert!(can_listen(port));
 }
 

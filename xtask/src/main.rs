@@ -231,6 +231,7 @@ fn setup(test_tools: bool) -> Result<()> {
             ("fuser", "psmisc"),
             ("bpftrace", "bpftrace"),
             ("promtool", "prometheus"),
+            ("nginx", "nginx-light"),
             ("chromium", "chromium"),
             ("python3", "python3"),
             ("dockerd", "docker.io"),

@@ -177,6 +177,11 @@ impl Reaped {
         }
     }
 
+    /// Whether an identity was reaped (or is being reaped) already.
+    pub fn seen(&self, id: &HolderIdentity) -> bool {
+        self.set.contains(id)
+    }
+
     /// True the first time an identity is seen (go ahead and reap it).
     pub fn first_time(&mut self, id: HolderIdentity) -> bool {
         if !self.set.insert(id) {

@@ -4,7 +4,8 @@
 //! hooks -> events (Matcher) -> ledger --(failed bind)--> conflict
 //!                                 ^                         |  targeted scan (holders)
 //!   holders::scan (seed, degraded |                         v
-//!   polling, reconcile on loss) --+                  policy -> reap (pidfd)
+//!   polling, reconcile on loss) --+       policy -> plan (reap::plan, as
+//!                                         `free`) -> reap (pidfd, waves)
 //!                                                           |
 //!          journal <---- every claim, listen, release, conflict, reaping
 //!          metrics (/metrics), control socket (who/ports/conflicts)
@@ -14,7 +15,10 @@
 //! observations to the ledger (shared with the control socket behind a
 //! mutex held only per batch), journals each fact, and hands slow work
 //! (scans, reapings) to blocking threads whose results come back on a
-//! channel. Nothing slow runs on the loop, so SIGTERM is answered at once.
+//! channel. Nothing slow runs on the loop, so SIGTERM is answered at once;
+//! a stop then waits (bounded) for the reapings in flight and records the
+//! rest as `interrupted`. A SIGHUP reload leaves reapings in flight alone:
+//! they finish on their thread with the grace they started with.
 
 pub mod config;
 mod procinfo;
@@ -36,14 +40,15 @@ use crate::conflict::{is_conflict_errno, Bursts, ConflictKey, Noted, Reaped};
 use crate::control::{self, Shared};
 use crate::error::Exit;
 use crate::events::{EventStream, Matcher};
-use crate::holders::{self, Holding, Process, Query, Scan, Socket};
+use crate::holders::{self, Holding, Process, Query, Scan};
 use crate::hooks::{self, Attached};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord};
+use crate::journal::{self, Body, Endpoint, HolderVerdict, ProcessRef, Record, VerdictRecord};
 use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
 use crate::metrics::{self, Metrics};
-use crate::policy::{Context as PolicyContext, Decision, Policy, Verdict};
-use crate::reap::{self, BindProbe, Identity, StopOptions, TargetOutcome};
+use crate::policy::{Context as PolicyContext, Decision, Policy};
+use crate::reap::{self, Plan, StopOptions, TargetOutcome, Tree};
+use crate::text::term;
 use crate::util::{clock_ns, rfc3339, Proto};
 use config::{Config, OnJournalError};
 
@@ -52,6 +57,10 @@ pub const READY: &str = "reaper daemon ready";
 
 /// How long a binder's /proc details are reused for its next binds.
 const BINDER_TTL: Duration = Duration::from_secs(1);
+
+/// The longest a clean stop waits for reapings in flight (their grace
+/// bounds it first); what is still running then is journaled `interrupted`.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the loop waits on the ring buffer before it looks at timers.
 const TICK: Duration = Duration::from_millis(50);
@@ -76,6 +85,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<Exit> {
 enum Work {
     /// A conflict's targeted scan and verdicts.
     Verified(Box<Finding>),
+    /// A signal a reaping in flight sent (kept for a stop in the middle).
+    Signalled {
+        reaping: u64,
+        sent: reap::SignalSent,
+    },
     /// A reaping's outcome.
     Reaped(Box<ReapDone>),
     /// A full scan: "seed", "poll" or "reconcile".
@@ -94,21 +108,33 @@ struct Finding {
     tried: ProcessRef,
     /// The ledger's claim on the port when the failure was seen.
     ledger_holder: Option<Claim>,
-    /// The live holders of colliding sockets, each with its verdict.
-    holders: Vec<(Process, Socket, Verdict)>,
+    /// The live processes holding colliding sockets (listeners and
+    /// connections alike), for the record.
+    holders: Vec<Process>,
+    /// The decision over the colliding blocking sockets, the one
+    /// `reaper free` makes (None when the holders could not be verified).
+    plan: Option<Plan>,
+    /// The context the plan was judged in (its netns, for the bind probes).
+    ctx: Option<PolicyContext>,
     /// Why the live system could not be asked, when it could not.
     scan_error: Option<String>,
     scan: Option<Scan>,
     took: Duration,
 }
 
-struct ReapDone {
-    at: Endpoint,
-    target: ProcessRef,
-    verdict: VerdictRecord,
-    report: reap::TargetReport,
-    free_at: Option<Instant>,
+/// A reaping the daemon started and has not journaled the outcome of.
+struct InFlight {
+    plan: Plan,
+    /// Signals sent so far, by target pid.
+    signals: Vec<reap::SignalSent>,
     started: Instant,
+    /// When its last wave's grace ends: how long a clean stop waits for it.
+    grace_end: Instant,
+}
+
+struct ReapDone {
+    reaping: u64,
+    execution: reap::Execution,
 }
 
 struct Daemon {
@@ -124,6 +150,9 @@ struct Daemon {
     shared: Arc<Mutex<Shared>>,
     bursts: Bursts,
     reaped: Reaped,
+    /// Reapings started and not finished, by id.
+    in_flight: std::collections::BTreeMap<u64, InFlight>,
+    next_reaping: u64,
     tx: mpsc::UnboundedSender<Work>,
     rx: mpsc::UnboundedReceiver<Work>,
     /// A full scan is running (one at a time).
@@ -233,6 +262,8 @@ impl Daemon {
         let mut d = Daemon {
             bursts: Bursts::new(config.conflict_window),
             reaped: Reaped::new(65536),
+            in_flight: std::collections::BTreeMap::new(),
+            next_reaping: 0,
             config,
             config_path,
             journal,
@@ -385,6 +416,10 @@ impl Daemon {
 
     /// Detaches, resolves what is pending, journals the stop.
     fn shutdown(&mut self, reason: &str) {
+        // The reapings first: their signals are real, and the drain below
+        // can take seconds under a bind storm.
+        self.finish_reapings();
+        self.flush();
         if let Some(stream) = self.stream.as_mut() {
             let mut raw = Vec::new();
             stream.drain_now(&mut raw);
@@ -548,14 +583,18 @@ impl Daemon {
                 tracing::info!(
                     "conflict: pid {} ({}) failed to bind {}/{} in netns {} ({}){}",
                     fact.pid,
-                    fact.comm,
+                    term(&fact.comm),
                     port,
                     proto,
                     key.netns,
                     fact.errno.as_deref().unwrap_or("cause unknown"),
                     holder
                         .as_ref()
-                        .map(|c| format!("; the ledger says pid {} ({}) holds it", c.pid, c.comm))
+                        .map(|c| format!(
+                            "; the ledger says pid {} ({}) holds it",
+                            c.pid,
+                            term(&c.comm)
+                        ))
                         .unwrap_or_default()
                 );
                 let policy = self.config.policy.clone();
@@ -571,6 +610,11 @@ impl Daemon {
     fn work(&mut self, w: Work) {
         match w {
             Work::Verified(f) => self.verified(*f),
+            Work::Signalled { reaping, sent } => {
+                if let Some(r) = self.in_flight.get_mut(&reaping) {
+                    r.signals.push(sent);
+                }
+            }
             Work::Reaped(r) => self.reaped(*r),
             Work::Scanned {
                 kind,
@@ -603,16 +647,27 @@ impl Daemon {
         let Some(burst) = self.bursts.get_mut(&f.key, f.id) else {
             return;
         };
-        let verdict = f.holders.first().map(|(_, _, v)| VerdictRecord::from(v));
-        let reap_any = f
-            .holders
+        let refusal = f.plan.as_ref().and_then(|p| p.refusal());
+        let judged: &[reap::Judged] = f.plan.as_ref().map(|p| p.judged.as_slice()).unwrap_or(&[]);
+        // The verdict that decided: a holder that keeps the port from being
+        // reaped, else the first holder's.
+        let verdict = judged
             .iter()
-            .any(|(_, _, v)| v.decision == Decision::Reap);
-        let mut holders: Vec<ProcessRef> = f
-            .holders
-            .iter()
-            .map(|(p, _, _)| procinfo::from_process(p))
-            .collect();
+            .find(|j| j.verdict.decision != Decision::Reap)
+            .or_else(|| judged.first())
+            .map(|j| VerdictRecord::from(&j.verdict))
+            .or_else(|| {
+                f.plan
+                    .as_ref()
+                    .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
+                    .map(|u| VerdictRecord {
+                        decision: "keep".into(),
+                        reasons: vec![format!("{}: {}", u.socket, u.reason)],
+                        rule: None,
+                    })
+            });
+        let reap_all = refusal.is_none() && !judged.is_empty();
+        let mut holders: Vec<ProcessRef> = f.holders.iter().map(procinfo::from_process).collect();
         if f.scan.is_none() {
             // The live system could not be asked: the ledger's word, marked as such.
             if let Some(c) = &f.ledger_holder {
@@ -631,7 +686,7 @@ impl Daemon {
             .or_else(|| {
                 f.holders
                     .first()
-                    .map(|(p, _, _)| p.started_at.clone())
+                    .map(|p| p.started_at.clone())
                     .filter(|s| !s.is_empty())
             });
         let errno = f
@@ -659,7 +714,8 @@ impl Daemon {
                     rule: None,
                 })
             }),
-            action: if reap_any { "reap" } else { "report" }.to_string(),
+            verdicts: judged.iter().map(HolderVerdict::of).collect(),
+            action: if reap_all { "reap" } else { "report" }.to_string(),
         };
         self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
@@ -667,43 +723,108 @@ impl Daemon {
         let record = self.journal(body);
         self.shared.lock().unwrap().push_conflict(record);
 
-        // At most one reaping per holder identity, however long the burst.
-        for (p, s, v) in f.holders {
-            if v.decision != Decision::Reap {
+        let (Some(plan), Some(ctx)) = (f.plan, f.ctx) else {
+            return;
+        };
+        if let Some(why) = refusal {
+            if plan
+                .judged
+                .iter()
+                .any(|j| j.verdict.decision == Decision::Reap)
+            {
                 tracing::info!(
-                    "conflict on {}/{}: pid {} ({}) is kept: {v}",
+                    "conflict on {}/{}: nothing is signalled, the port is held by {}",
                     f.key.port,
                     f.key.proto,
-                    p.pid,
-                    p.comm
+                    term(&why)
                 );
-                continue;
             }
-            if !self.reaped.first_time((p.pid, p.start_ticks)) {
-                continue;
-            }
-            tracing::warn!(
-                "reaping pid {} ({}) holding {}/{}: {v}",
-                p.pid,
-                p.comm,
-                s.port,
-                s.proto
-            );
-            let tx = self.tx.clone();
-            let grace = self.config.reap_grace;
-            let deadline = self.config.reap_deadline;
-            let at = Endpoint {
-                netns: Some(s.netns),
-                proto: s.proto.as_str().into(),
-                family: Some(s.family.as_str().into()),
-                addr: Some(s.addr.to_string()),
-                port: s.port,
-            };
-            tokio::task::spawn_blocking(move || {
-                let done = reap_one(p, s, v, at, grace, deadline);
-                let _ = tx.send(Work::Reaped(Box::new(done)));
-            });
+            return;
         }
+        if plan.judged.is_empty() {
+            return;
+        }
+        self.start_reaping(plan, ctx, f.key);
+    }
+
+    /// Executes a plan on a blocking thread: its intent is on the record
+    /// (flushed) before the first signal, at most one reaping per holder
+    /// identity however long the burst.
+    fn start_reaping(&mut self, plan: Plan, ctx: PolicyContext, key: ConflictKey) {
+        let ids: Vec<(u32, u64)> = plan
+            .judged
+            .iter()
+            .map(|j| (j.process.pid, j.process.start_ticks))
+            .collect();
+        if ids.iter().any(|id| self.reaped.seen(id)) {
+            return;
+        }
+        for id in ids {
+            self.reaped.first_time(id);
+        }
+        for j in &plan.judged {
+            tracing::warn!(
+                "reaping pid {} ({}) holding {}/{}: {}",
+                j.process.pid,
+                term(&j.process.comm),
+                key.port,
+                key.proto,
+                term(&j.verdict.to_string())
+            );
+            self.journal(journal::reaping(
+                j,
+                &[],
+                journal::IN_PROGRESS,
+                None,
+                None,
+                false,
+            ));
+        }
+        self.flush();
+        let id = self.next_reaping;
+        self.next_reaping += 1;
+        let started = Instant::now();
+        let grace = self.config.reap_grace;
+        let waves = plan.judged.iter().map(|j| j.wave()).max().unwrap_or(0) as u32 + 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                plan: plan.clone(),
+                signals: Vec::new(),
+                started,
+                grace_end: started + grace * waves,
+            },
+        );
+        let tx = self.tx.clone();
+        let opts = StopOptions {
+            grace,
+            deadline: started + self.config.reap_deadline,
+            start: started,
+            pause_fifo: None,
+        };
+        tokio::task::spawn_blocking(move || {
+            // The probes pin the port's namespace while the holders live.
+            let probes = plan.probes(&ctx, key.proto, key.port);
+            let signals = tx.clone();
+            let mut on_signal = |s: &reap::SignalSent| {
+                let _ = signals.send(Work::Signalled {
+                    reaping: id,
+                    sent: s.clone(),
+                });
+            };
+            let execution = match reap::execute(&plan, &probes, &opts, &mut on_signal) {
+                Ok(e) => e,
+                Err(_) => reap::Execution {
+                    targets: Vec::new(),
+                    free_at: None,
+                    last_error: None,
+                },
+            };
+            let _ = tx.send(Work::Reaped(Box::new(ReapDone {
+                reaping: id,
+                execution,
+            })));
+        });
     }
 
     /// The targeted scan is the truth about this port: a ledger claim it
@@ -720,7 +841,7 @@ impl Daemon {
                 tracing::info!(
                     "ledger repair: pid {} ({}) no longer holds {}/{}; dropped",
                     c.pid,
-                    c.comm,
+                    term(&c.comm),
                     c.key.port,
                     c.key.proto
                 );
@@ -741,38 +862,107 @@ impl Daemon {
     }
 
     fn reaped(&mut self, r: ReapDone) {
-        let outcome = match (&r.report.outcome, r.free_at) {
-            (TargetOutcome::Exited { .. }, Some(_)) => "freed",
-            (TargetOutcome::Exited { .. }, None) => "still_held",
-            (o, _) => o.word(),
+        let Some(flight) = self.in_flight.remove(&r.reaping) else {
+            return;
         };
-        self.metrics.reaping(outcome);
-        tracing::warn!(
-            "reaping of pid {} ({}) on {}/{}: {outcome}",
-            r.target.pid,
-            r.target.comm,
-            r.at.port,
-            r.at.proto
-        );
-        self.journal(Body::Reaping {
-            at: r.at,
-            target: r.target,
-            verdict: r.verdict,
-            signals: r
-                .report
-                .signals
-                .iter()
-                .map(|s| SignalRecord {
-                    pid: s.pid,
-                    signal: s.signal.to_string(),
-                    ts: s.ts.clone(),
-                })
-                .collect(),
-            outcome: outcome.to_string(),
-            port_free_at: r.free_at.map(|t| rfc3339(reap::wall_of(t))),
-            elapsed_ms: Some(r.started.elapsed().as_millis() as u64),
-            dry_run: false,
-        });
+        let free_at = r.execution.free_at.map(|t| rfc3339(reap::wall_of(t)));
+        let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+        for (j, t) in flight.plan.judged.iter().zip(&r.execution.targets) {
+            let outcome = match (&t.outcome, r.execution.free_at) {
+                (TargetOutcome::Exited { .. }, Some(_)) => "freed",
+                (TargetOutcome::Exited { .. }, None) => "still_held",
+                (o, _) => o.word(),
+            };
+            self.metrics.reaping(outcome);
+            tracing::warn!(
+                "reaping of pid {} ({}) on {}/{}: {outcome}",
+                j.process.pid,
+                term(&j.process.comm),
+                j.sockets[0].port,
+                j.sockets[0].proto
+            );
+            self.journal(journal::reaping(
+                j,
+                &t.signals,
+                outcome,
+                free_at.clone(),
+                elapsed,
+                false,
+            ));
+        }
+    }
+
+    /// A clean stop: wait (bounded by their grace, and by [`STOP_WAIT`]) for
+    /// the reapings in flight to end; record the rest as interrupted, with
+    /// the signals they sent.
+    fn finish_reapings(&mut self) {
+        let until = self
+            .in_flight
+            .values()
+            .map(|r| r.grace_end)
+            .max()
+            .map(|t| t.min(Instant::now() + STOP_WAIT));
+        if let Some(until) = until {
+            tracing::info!(
+                "stopping: waiting up to {:?} for {} reaping(s) in flight",
+                until.saturating_duration_since(Instant::now()),
+                self.in_flight.len()
+            );
+        }
+        while let Some(until) = until.filter(|_| !self.in_flight.is_empty()) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Only reaping news is handled now; a scan's result is moot.
+            match self.rx.try_recv() {
+                Ok(w @ (Work::Signalled { .. } | Work::Reaped(_))) => self.work(w),
+                Ok(_) => {}
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(left.min(Duration::from_millis(10)))
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+        // Signals reported just before the deadline.
+        while let Ok(w) = self.rx.try_recv() {
+            if matches!(w, Work::Signalled { .. } | Work::Reaped(_)) {
+                self.work(w);
+            }
+        }
+        for (_, flight) in std::mem::take(&mut self.in_flight) {
+            let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+            for j in &flight.plan.judged {
+                let sent: Vec<reap::SignalSent> = flight
+                    .signals
+                    .iter()
+                    .filter(|s| s.pid == j.process.pid)
+                    .cloned()
+                    .collect();
+                self.metrics.reaping(journal::INTERRUPTED);
+                tracing::warn!(
+                    "reaping of pid {} ({}) interrupted by the stop after {}",
+                    j.process.pid,
+                    term(&j.process.comm),
+                    if sent.is_empty() {
+                        "no signal".to_string()
+                    } else {
+                        sent.iter()
+                            .map(|s| s.signal)
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    }
+                );
+                self.journal(journal::reaping(
+                    j,
+                    &sent,
+                    journal::INTERRUPTED,
+                    None,
+                    elapsed,
+                    false,
+                ));
+            }
+        }
     }
 
     fn close_burst(&mut self, burst: crate::conflict::Burst) {
@@ -788,6 +978,7 @@ impl Daemon {
             held_since,
             first,
             verdict,
+            verdicts,
             action,
             ..
         }) = burst.record
@@ -811,6 +1002,7 @@ impl Daemon {
             first: first.clone(),
             last: rfc3339(burst.last),
             verdict,
+            verdicts,
             action,
         };
         let record = self.journal(body);
@@ -1240,7 +1432,8 @@ fn claim_of(h: &Holding) -> Option<Claim> {
 }
 
 /// The blocking half of a conflict: ask the live system who holds the port
-/// in that namespace, and judge each holder.
+/// in that namespace, and build the plan over the colliding sockets (the
+/// one `reaper free` builds; the rules' `tree` keys give tree semantics).
 fn verify(
     key: ConflictKey,
     id: u64,
@@ -1264,37 +1457,39 @@ fn verify(
         tried,
         ledger_holder,
         holders: Vec::new(),
+        plan: None,
+        ctx: None,
         scan_error: None,
         scan: None,
         took: Duration::ZERO,
     };
     match holders::scan(&q) {
         Ok(scan) => {
-            let ctx = PolicyContext::current(Some(key.netns));
-            for h in &scan.holdings {
-                if let Some(w) = want {
-                    if !addrs_collide(h.socket.addr, w) {
-                        continue;
-                    }
+            // The colliding sockets, without the failed binder's own.
+            let colliding: Vec<Holding> = scan
+                .holdings
+                .iter()
+                .filter(|h| want.is_none_or(|w| addrs_collide(h.socket.addr, w)))
+                .filter(|h| {
+                    !(h.socket.cookie == finding.fact.cookie
+                        && h.processes.iter().any(|p| p.pid == finding.fact.pid))
+                })
+                .cloned()
+                .collect();
+            for p in colliding.iter().flat_map(|h| &h.processes) {
+                if !finding.holders.iter().any(|q| q.pid == p.pid) {
+                    finding.holders.push(p.clone());
                 }
-                for p in &h.processes {
-                    if p.pid == finding.fact.pid && h.socket.cookie == finding.fact.cookie {
-                        continue;
-                    }
-                    if finding.holders.iter().any(|(q, _, _)| q.pid == p.pid) {
-                        continue;
-                    }
-                    let verdict = match &ctx {
-                        Ok(ctx) => policy.judge(p, &h.socket, ctx),
-                        Err(e) => Verdict {
-                            decision: Decision::Keep,
-                            reasons: vec![format!(
-                                "reaper cannot read its own context ({e}), so nothing is judged"
-                            )],
-                            rule: None,
-                        },
-                    };
-                    finding.holders.push((p.clone(), h.socket.clone(), verdict));
+            }
+            match PolicyContext::current(Some(key.netns)) {
+                Ok(mut ctx) => {
+                    finding.plan = Some(Plan::build(&colliding, policy, &mut ctx, Tree::Rules));
+                    finding.ctx = Some(ctx);
+                }
+                Err(e) => {
+                    finding.scan_error = Some(format!(
+                        "reaper cannot read its own context ({e}), so nothing is judged"
+                    ))
                 }
             }
             finding.scan = Some(scan);
@@ -1303,50 +1498,6 @@ fn verify(
     }
     finding.took = t.elapsed();
     finding
-}
-
-/// The blocking half of a reaping: the reap module's pidfd path (identity
-/// re-checked after the pidfd is open), then wait until the port binds.
-fn reap_one(
-    p: Process,
-    s: Socket,
-    v: Verdict,
-    at: Endpoint,
-    grace: Duration,
-    deadline: Duration,
-) -> ReapDone {
-    let started = Instant::now();
-    // The namespace the port lives in, pinned while the holder is alive.
-    let mut probe = BindProbe::new(s.proto, s.addr, s.port, s.dual_stack);
-    let own = reap::netns_of(std::process::id()).ok();
-    if Some(s.netns) != own {
-        probe.netns = std::fs::File::open(format!("/proc/{}/ns/net", p.pid))
-            .ok()
-            .map(Into::into);
-    }
-    let target = procinfo::from_process(&p);
-    let opts = StopOptions {
-        grace,
-        deadline: started + deadline,
-        start: started,
-        pause_fifo: None,
-    };
-    let report = reap::stop(&[Identity::of(&p)], &opts)
-        .into_iter()
-        .next()
-        .expect("one report per target");
-    let free_at = match report.outcome {
-        TargetOutcome::Exited { .. } => reap::wait_bindable(&[probe], started + deadline).free_at,
-        _ => None,
-    };
-    ReapDone {
-        at,
-        target,
-        verdict: VerdictRecord::from(&v),
-        report,
-        free_at,
-        started,
-    }
 }
 
 /// `--check-config`: validates and says what the file sets up.

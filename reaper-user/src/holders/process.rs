@@ -76,15 +76,23 @@ fn status_euid(pid: u32) -> Option<u32> {
 /// argv from /proc/PID/cmdline: NUL-separated, lossily decoded. Empty
 /// arguments in the middle are kept (they are real argv entries); the
 /// trailing NUL does not make an extra one. A process that rewrote its argv
-/// (setproctitle) may leave no NUL at all: then it is one argument.
-/// An empty file is no argv at all (a kernel thread, a zombie); "\0" is an
-/// argv of one empty string, which a process can be exec'd with. The one
-/// parser of the crate: reap's identity check reads argv with it too.
+/// (setproctitle) may leave no NUL at all: then it is one argument; the
+/// padding such a process leaves after its new title (nginx fills the old
+/// argv area with spaces or NULs) is trimmed, so "nginx: worker process"
+/// reads as itself. An empty file is no argv at all (a kernel thread, a
+/// zombie); "\0" is an argv of one empty string, which a process can be
+/// exec'd with. The one parser of the crate: `reap::split_cmdline` is this
+/// function, so the identity compared before a signal reads argv alike.
 pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
     if b.is_empty() {
         return Vec::new();
     }
     let body = b.strip_suffix(b"\0").unwrap_or(b);
+    // Padding: trailing spaces and NULs after the last argument's text.
+    let body = match body.iter().rposition(|&c| c != 0 && c != b' ') {
+        Some(end) => &body[..=end],
+        None => body,
+    };
     body.split(|&c| c == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
@@ -333,6 +341,14 @@ mod tests {
         assert_eq!(
             parse_cmdline(b"nginx: worker process"),
             ["nginx: worker process"]
+        );
+        assert_eq!(
+            parse_cmdline(b"nginx: worker process                  "),
+            ["nginx: worker process"]
+        );
+        assert_eq!(
+            parse_cmdline(b"nginx: master process nginx -c x\0\0\0\0"),
+            ["nginx: master process nginx -c x"]
         );
         assert_eq!(parse_cmdline(b"x\xff\0y"), ["x\u{fffd}", "y"]);
     }

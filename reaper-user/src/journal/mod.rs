@@ -67,6 +67,25 @@ pub struct VerdictRecord {
     pub rule: Option<String>,
 }
 
+/// One holder's verdict in a conflict record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderVerdict {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub verdict: VerdictRecord,
+    /// The tree root it shares the socket with, when it is not one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u32>,
+}
+
+/// The `outcome` of a reaping record written before the first signal; the
+/// record with the real outcome follows it.
+pub const IN_PROGRESS: &str = "in_progress";
+/// The `outcome` of a reaping the daemon stopped in the middle of (its
+/// signals so far are on the record; the target may still run).
+pub const INTERRUPTED: &str = "interrupted";
+
 /// A signal sent through a pidfd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
@@ -124,9 +143,14 @@ pub enum Body {
         count: u64,
         first: String,
         last: String,
+        /// The verdict that decided: the first holder's, or when a holder
+        /// keeps the port from being reaped, the first such holder's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<VerdictRecord>,
-        /// "report" or "reap": what the matching rule asked for.
+        /// Every holder's verdict (the plan), tree roots first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        verdicts: Vec<HolderVerdict>,
+        /// "reap" when the plan signals the holders, else "report".
         action: String,
     },
     /// reaper judged a holder and (maybe) signalled it.
@@ -138,7 +162,9 @@ pub enum Body {
         #[serde(default)]
         signals: Vec<SignalRecord>,
         /// "freed", "still_held", "refused", "identity_changed",
-        /// "time_wait", "dry_run", "gone".
+        /// "time_wait", "dry_run", "gone", "in_progress" (written before
+        /// the first signal), "interrupted" (the daemon stopped in the
+        /// middle).
         outcome: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port_free_at: Option<String>,
@@ -190,6 +216,87 @@ impl Record {
             source: source.to_string(),
             body,
         }
+    }
+}
+
+impl Endpoint {
+    /// Where a scanned socket is.
+    pub fn of_socket(s: &crate::holders::Socket) -> Endpoint {
+        Endpoint {
+            netns: Some(s.netns),
+            proto: s.proto.as_str().into(),
+            family: Some(s.family.as_str().into()),
+            addr: Some(s.addr.to_string()),
+            port: s.port,
+        }
+    }
+}
+
+impl ProcessRef {
+    /// A scanned process, whole.
+    pub fn of_process(p: &crate::holders::Process) -> ProcessRef {
+        ProcessRef {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
+            uid: Some(p.uid),
+            user: p.user.clone(),
+            started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
+            ppid: Some(p.ppid),
+            ancestors: p
+                .ancestors
+                .iter()
+                .map(|(pid, comm)| format!("{pid}:{comm}"))
+                .collect(),
+            cgroup: p.cgroup.clone(),
+            container: p.container.clone(),
+            orphaned: Some(p.orphaned),
+        }
+    }
+}
+
+impl HolderVerdict {
+    pub fn of(j: &crate::reap::Judged) -> HolderVerdict {
+        HolderVerdict {
+            pid: j.process.pid,
+            comm: j.process.comm.clone(),
+            verdict: VerdictRecord::from(&j.verdict),
+            shares: match j.role {
+                crate::reap::Role::Shares { of, .. } => Some(of),
+                crate::reap::Role::Holder => None,
+            },
+        }
+    }
+}
+
+/// The `reaping` record of one process of a plan (`free` and the daemon
+/// write the same shape): its intent before the first signal
+/// ([`IN_PROGRESS`]), its outcome after.
+pub fn reaping(
+    j: &crate::reap::Judged,
+    signals: &[crate::reap::SignalSent],
+    outcome: &str,
+    port_free_at: Option<String>,
+    elapsed_ms: Option<u64>,
+    dry_run: bool,
+) -> Body {
+    Body::Reaping {
+        at: Endpoint::of_socket(&j.sockets[0]),
+        target: ProcessRef::of_process(&j.process),
+        verdict: VerdictRecord::from(&j.verdict),
+        signals: signals
+            .iter()
+            .map(|s| SignalRecord {
+                pid: s.pid,
+                signal: s.signal.into(),
+                ts: s.ts.clone(),
+            })
+            .collect(),
+        outcome: outcome.to_string(),
+        port_free_at,
+        elapsed_ms,
+        dry_run,
     }
 }
 

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Body, Endpoint, ProcessRef, Record, SignalRecord, VerdictRecord, SCHEMA_VERSION};
+use super::{
+    Body, Endpoint, HolderVerdict, ProcessRef, Record, SignalRecord, VerdictRecord, SCHEMA_VERSION,
+};
 
 /// A longer line is garbage: bounded memory even on a file that is not a
 /// journal at all (a binary blob with no newline).
@@ -207,6 +209,7 @@ struct Wire {
     first: Option<String>,
     last: Option<String>,
     verdict: Option<VerdictRecord>,
+    verdicts: Option<Vec<HolderVerdict>>,
     action: Option<String>,
     target: Option<ProcessRef>,
     signals: Option<Vec<SignalRecord>>,
@@ -266,6 +269,7 @@ impl Wire {
                 first: w.first?,
                 last: w.last?,
                 verdict: w.verdict,
+                verdicts: w.verdicts.unwrap_or_default(),
                 action: w.action?,
             },
             "reaping" => Body::Reaping {

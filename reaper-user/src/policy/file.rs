@@ -11,6 +11,7 @@
 //! name = "stale platform-server"
 //! match = { exe = "/usr/local/bin/platform-server", orphaned = true, min_age = "30s" }
 //! action = "reap"          # or "report"
+//! tree = false             # true: stop its children that share the socket too
 //! ```
 
 use std::fmt;
@@ -74,6 +75,10 @@ struct RuleToml {
     matcher: MatchToml,
     #[serde(default = "default_action")]
     action: Action,
+    /// Children (or process-group members) sharing the socket that do not
+    /// match on their own are stopped with the holder (`free --tree`).
+    #[serde(default)]
+    tree: bool,
 }
 
 fn default_action() -> Action {
@@ -243,6 +248,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
             name: r.name,
             matcher: m,
             action: r.action,
+            tree: r.tree,
         });
     }
     for p in file.protect {

@@ -528,6 +528,9 @@ pub struct Rule {
     pub name: String,
     pub matcher: Matcher,
     pub action: Action,
+    /// Tree semantics for what this rule reaps (see `reap::plan`): holders'
+    /// children sharing the socket are stopped with them.
+    pub tree: bool,
 }
 
 /// A protection: whatever it matches is never signalled.
@@ -646,6 +649,7 @@ impl Policy {
                 name: FLAG_RULE.to_string(),
                 matcher: m,
                 action: Action::Reap,
+                tree: false,
             });
         }
         Ok(p)

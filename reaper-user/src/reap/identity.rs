@@ -115,7 +115,8 @@ fn trim_args(args: &[String]) -> &[String] {
 }
 
 /// argv from /proc/PID/cmdline: the holders' parser, so the identity
-/// compared before a signal is read the way the verdict's was.
+/// compared at signal time is read exactly as the judged one was (padding
+/// of a rewritten argv trimmed alike).
 pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
     crate::holders::process::parse_cmdline(raw)
 }
@@ -187,6 +188,10 @@ mod tests {
     fn cmdline_split() {
         assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
         assert!(split_cmdline(b"").is_empty());
+        assert_eq!(
+            split_cmdline(b"nginx: worker process          \0\0\0"),
+            ["nginx: worker process"]
+        );
     }
 
     #[test]
@@ -201,7 +206,7 @@ mod tests {
         };
         let mut b = a.clone();
         b.cmdline = split_cmdline(b"x\0\0");
-        assert_eq!(b.cmdline, ["x", ""]);
+        assert_eq!(b.cmdline, ["x"], "trailing NULs are padding");
         assert!(a.differences(&b).is_empty());
         a.cmdline = split_cmdline(b"\0");
         b.cmdline = split_cmdline(b"");

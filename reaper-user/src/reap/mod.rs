@@ -1,4 +1,4 @@
-//! policy -> **reap** -> journal.
+//! policy -> plan -> **reap** -> journal.
 //!
 //! Signals a stale holder without ever hitting the wrong process: a pidfd is
 //! opened, the identity (start time, exe, cmdline) re-read and compared, and
@@ -6,7 +6,9 @@
 //! fixed sleeps, until the port can really be bound again.
 //!
 //! Only processes the policy judged `Reap` reach [`stop`]; it does not judge,
-//! it only makes sure that what it signals is what was judged.
+//! it only makes sure that what it signals is what was judged. The decision
+//! (who, in what order, why) is [`plan::Plan`]; [`plan::execute`] is the one
+//! path from a plan to signals, for `reaper free` and the daemon alike.
 
 use std::io;
 use std::path::Path;
@@ -18,10 +20,12 @@ use serde::Serialize;
 mod bind;
 mod identity;
 mod pidfd;
+pub mod plan;
 
 pub use bind::{wait_bindable, BindProbe, BindWait};
 pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
 pub use pidfd::{wait_any, Pidfd};
+pub use plan::{execute, Execution, Judged, Plan, Role, Tree, Unowned};
 
 /// Test-only hook: when this variable names a path (a FIFO), `reaper free`
 /// opens it for reading after the verdicts and before opening any pidfd, and
@@ -101,6 +105,7 @@ pub struct StopOptions {
 
 struct Live {
     idx: usize,
+    wave: usize,
     fd: Pidfd,
 }
 
@@ -108,9 +113,22 @@ struct Live {
 /// the grace, SIGKILL, wait up to the deadline. Returns one report per
 /// target, in order.
 pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
+    let waved: Vec<(Identity, usize)> = targets.iter().map(|t| (t.clone(), 0)).collect();
+    stop_in_waves(&waved, opts, &mut |_| {})
+}
+
+/// [`stop`] in waves: every pidfd is opened and every identity re-checked
+/// before the first signal; then each wave in turn gets SIGTERM (those of
+/// it still running) and the grace, during which any target may exit; what
+/// outlives the last grace gets SIGKILL. `on_signal` sees each signal sent.
+pub fn stop_in_waves(
+    targets: &[(Identity, usize)],
+    opts: &StopOptions,
+    on_signal: &mut dyn FnMut(&SignalSent),
+) -> Vec<TargetReport> {
     let mut reports: Vec<TargetReport> = targets
         .iter()
-        .map(|t| TargetReport {
+        .map(|(t, _)| TargetReport {
             pid: t.pid,
             signals: Vec::new(),
             outcome: TargetOutcome::StillRunning,
@@ -125,7 +143,7 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
     // process, and the /proc read after it proves the pinned process is the
     // judged one (a reused pid has another start time; an exec another exe).
     let mut live: Vec<Live> = Vec::new();
-    for (idx, t) in targets.iter().enumerate() {
+    for (idx, (t, wave)) in targets.iter().enumerate() {
         let fd = match Pidfd::open(t.pid) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
@@ -161,18 +179,27 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
                 continue;
             }
         }
-        live.push(Live { idx, fd });
+        live.push(Live {
+            idx,
+            wave: *wave,
+            fd,
+        });
     }
 
-    let send = |live: &mut Vec<Live>,
-                reports: &mut Vec<TargetReport>,
-                sig: i32,
-                name: &'static str| {
+    let mut send = |live: &mut Vec<Live>,
+                    reports: &mut Vec<TargetReport>,
+                    wave: Option<usize>,
+                    sig: i32,
+                    name: &'static str| {
         live.retain(|l| {
+            if wave.is_some_and(|w| w != l.wave) {
+                return true;
+            }
             // Stamped before the syscall: the process may exit before it returns.
             let record = signal_record(l.fd.pid, name, opts.start);
             match l.fd.send(sig) {
                 Ok(()) => {
+                    on_signal(&record);
                     reports[l.idx].signals.push(record);
                     true
                 }
@@ -182,7 +209,7 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
                     if r.signals.is_empty() {
                         r.outcome = TargetOutcome::Gone;
                     } else {
-                        mark_exited(r, opts.start);
+                        mark_exited(r, opts.start, None);
                     }
                     false
                 }
@@ -196,12 +223,23 @@ pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
         });
     };
 
-    send(&mut live, &mut reports, libc::SIGTERM, "SIGTERM");
-    let term_at = Instant::now();
-    let kill_at = (term_at + opts.grace).min(opts.deadline);
-    wait_exits(&mut live, &mut reports, kill_at, opts.start);
+    let waves = targets.iter().map(|(_, w)| *w).max().unwrap_or(0);
+    for wave in 0..=waves {
+        if !live.iter().any(|l| l.wave == wave) || Instant::now() >= opts.deadline {
+            continue;
+        }
+        send(
+            &mut live,
+            &mut reports,
+            Some(wave),
+            libc::SIGTERM,
+            "SIGTERM",
+        );
+        let kill_at = (Instant::now() + opts.grace).min(opts.deadline);
+        wait_exits(&mut live, &mut reports, kill_at, opts.start);
+    }
     if !live.is_empty() && Instant::now() < opts.deadline {
-        send(&mut live, &mut reports, libc::SIGKILL, "SIGKILL");
+        send(&mut live, &mut reports, None, libc::SIGKILL, "SIGKILL");
         wait_exits(&mut live, &mut reports, opts.deadline, opts.start);
     }
     for l in &live {
@@ -225,26 +263,39 @@ fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant
             }
             continue;
         }
+        // A tree member that exits unsignalled went with the first signal.
+        let first = reports
+            .iter()
+            .filter_map(|r| r.signals.first().map(|s| s.at_ms))
+            .reduce(f64::min);
         let mut i = 0;
         live.retain(|l| {
             let done = ready.contains(&i);
             i += 1;
             if done {
-                mark_exited(&mut reports[l.idx], start);
+                mark_exited(&mut reports[l.idx], start, first);
             }
             !done
         });
     }
 }
 
-fn mark_exited(r: &mut TargetReport, start: Instant) {
+/// `first_any`: the run's first signal (ms), for a target that exits
+/// before its own.
+fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
     let now = Instant::now();
+    // A tree member that exits before its own signal went with its root.
     let by = r
         .signals
         .last()
         .map(|s| s.signal.to_string())
-        .unwrap_or_default();
-    let first = r.signals.first().map(|s| s.at_ms).unwrap_or(0.0);
+        .unwrap_or_else(|| "its tree root's SIGTERM".to_string());
+    let first = r
+        .signals
+        .first()
+        .map(|s| s.at_ms)
+        .or(first_any)
+        .unwrap_or(0.0);
     let at_ms = ms_since(start, now);
     r.outcome = TargetOutcome::Exited {
         by,
@@ -347,6 +398,58 @@ mod tests {
         assert_eq!(names, ["SIGTERM", "SIGKILL"]);
         assert!(matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGKILL"));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn waves_signal_the_root_first_and_spare_a_member_that_exits_with_it() {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap()
+        };
+        let grace = Duration::from_millis(200);
+        // Both outlive the root's SIGTERM: the member gets its own after the grace.
+        let (mut root, mut member) = (spawn(), spawn());
+        let ids = [
+            (Identity::read(root.id()).unwrap(), 0),
+            (Identity::read(member.id()).unwrap(), 1),
+        ];
+        let r = stop_in_waves(&ids, &opts(grace), &mut |_| {});
+        assert_eq!(r[0].signals.len(), 1);
+        assert_eq!(r[1].signals.len(), 1);
+        let gap = r[1].signals[0].at_ms - r[0].signals[0].at_ms;
+        // at_ms is rounded to microseconds and subtracted as floats: allow
+        // a millisecond below the grace (a member signalled with the root
+        // would show a gap near 0).
+        assert!(
+            gap >= 199.0,
+            "the member was signalled {gap} ms after the root"
+        );
+        root.wait().unwrap();
+        member.wait().unwrap();
+
+        // The member exits during the root's grace (as nginx workers do
+        // when their master stops): it is never signalled.
+        let (mut root, member) = (spawn(), std::cell::RefCell::new(spawn()));
+        let ids = [
+            (Identity::read(root.id()).unwrap(), 0),
+            (Identity::read(member.borrow().id()).unwrap(), 1),
+        ];
+        let mut seen = Vec::new();
+        let r = stop_in_waves(&ids, &opts(Duration::from_secs(5)), &mut |s| {
+            seen.push(s.pid);
+            member.borrow_mut().kill().unwrap();
+        });
+        assert_eq!(seen, [root.id()]);
+        assert!(r[1].signals.is_empty());
+        assert!(
+            matches!(&r[1].outcome, TargetOutcome::Exited { by, .. } if by == "its tree root's SIGTERM"),
+            "{:?}",
+            r[1]
+        );
+        root.wait().unwrap();
+        member.borrow_mut().wait().unwrap();
     }
 
     #[test]

@@ -121,6 +121,26 @@ pub struct Summary {
     pub hosts: Vec<HostSummary>,
     /// Records by `source`: the hook tier a fact came from, or "proc".
     pub sources: BTreeMap<String, u64>,
+    /// Reapings that never recorded an outcome (an `in_progress` intent
+    /// with nothing after it) or that a daemon stop interrupted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// A reaping whose signals may have been sent with no outcome on the record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Unfinished {
+    /// When the intent (or the interruption) was written.
+    pub ts: String,
+    pub host: String,
+    pub proto: String,
+    pub port: u16,
+    pub target: ProcessRef,
+    /// `in_progress` (reaper stopped before it recorded an outcome) or
+    /// `interrupted` (a daemon stop cut it short).
+    pub outcome: String,
+    pub signals: Vec<SignalRecord>,
+    pub evidence: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -528,6 +548,9 @@ pub struct Aggregator {
     quality: DataQuality,
     first_ms: Option<i64>,
     last_ms: Option<i64>,
+    /// `in_progress` reapings waiting for their outcome record, by port
+    /// and target identity (pid, start time).
+    pending_reapings: BTreeMap<(PortKey, u32, Option<String>), Unfinished>,
 }
 
 fn rfc(ms: i64) -> String {
@@ -560,6 +583,7 @@ impl Aggregator {
             quality: DataQuality::default(),
             first_ms: None,
             last_ms: None,
+            pending_reapings: BTreeMap::new(),
         }
     }
 
@@ -909,6 +933,7 @@ impl Aggregator {
             last,
             verdict,
             action,
+            ..
         } = body
         else {
             return;
@@ -994,6 +1019,38 @@ impl Aggregator {
         };
         let Seen { host, ms, at } = seen;
         let key = self.key(&host, &ep);
+        let identity = (key, target.pid, target.started_at.clone());
+        if outcome == crate::journal::IN_PROGRESS {
+            // The intent: a reaping only once its outcome follows.
+            let evidence = self.place(at);
+            self.pending_reapings.insert(
+                identity,
+                Unfinished {
+                    ts: rfc(ms),
+                    host: host.to_string(),
+                    proto: ep.proto.clone(),
+                    port: ep.port,
+                    target,
+                    outcome,
+                    signals,
+                    evidence,
+                },
+            );
+            return;
+        }
+        self.pending_reapings.remove(&identity);
+        if outcome == crate::journal::INTERRUPTED {
+            self.summary.unfinished.push(Unfinished {
+                ts: rfc(ms),
+                host: host.to_string(),
+                proto: ep.proto.clone(),
+                port: ep.port,
+                target: target.clone(),
+                outcome: outcome.clone(),
+                signals: signals.clone(),
+                evidence: self.place(at),
+            });
+        }
         self.summary.reapings += 1;
         *self
             .summary
@@ -1392,6 +1449,10 @@ impl Aggregator {
     /// The report; `stats` is the reader's, for the inputs and the damage.
     pub fn finish(mut self, stats: &ReadStats) -> Report {
         self.sync_files(stats);
+        // Intents with no outcome after them: reaper stopped in the middle.
+        let pending = std::mem::take(&mut self.pending_reapings);
+        self.summary.unfinished.extend(pending.into_values());
+        self.summary.unfinished.sort_by(|a, b| a.ts.cmp(&b.ts));
         let end_ms = self.filter.until_ms.or(self.last_ms);
         if let Some(end) = end_ms {
             self.close_open_blocks(end);
@@ -1864,6 +1925,40 @@ mod tests {
             agg.push(rec);
         }
         agg.finish(&r.stats)
+    }
+
+    #[test]
+    fn an_intent_without_an_outcome_is_an_unfinished_reaping() {
+        let intent = |pid: u32, ts: &str| {
+            format!(
+                r#"{{"v":1,"ts":"{ts}","host":"h","source":"proc","kind":"reaping","proto":"tcp","port":8080,"target":{{"pid":{pid},"comm":"srv","started_at":"2026-11-30T10:00:00Z"}},"verdict":{{"decision":"reap","reasons":["r"]}},"outcome":"in_progress"}}"#
+            )
+        };
+        let text = [
+            intent(7, "2026-11-30T12:00:00.000Z"),
+            // pid 8's intent is followed by its outcome: finished.
+            intent(8, "2026-11-30T12:00:01.000Z"),
+            r#"{"v":1,"ts":"2026-11-30T12:00:02.000Z","host":"h","source":"proc","kind":"reaping","proto":"tcp","port":8080,"target":{"pid":8,"comm":"srv","started_at":"2026-11-30T10:00:00Z"},"verdict":{"decision":"reap","reasons":["r"]},"signals":[{"pid":8,"signal":"SIGTERM","ts":"2026-11-30T12:00:01.500Z"}],"outcome":"freed"}"#.to_string(),
+        ]
+        .join("\n");
+        let r = report_of(&text, Filter::default(), Limits::default());
+        assert_eq!(r.summary.unfinished.len(), 1, "{:?}", r.summary.unfinished);
+        assert_eq!(r.summary.unfinished[0].target.pid, 7);
+        assert_eq!(r.summary.unfinished[0].outcome, "in_progress");
+        // Intents are not reapings; the outcome is.
+        assert_eq!(r.summary.reapings, 1);
+        let rows = super::super::view::summary_rows(&r);
+        let row = rows
+            .iter()
+            .find(|(k, _)| *k == "Unfinished reapings")
+            .unwrap();
+        assert!(
+            row.1
+                .starts_with("pid 7 (srv) on tcp/8080 on h: started at"),
+            "{}",
+            row.1
+        );
+        assert!(row.1.contains("never finished"), "{}", row.1);
     }
 
     fn demo() -> Report {

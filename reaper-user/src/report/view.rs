@@ -16,6 +16,39 @@ pub fn port_name(proto: &str, port: u16, host: &str) -> String {
     format!("{proto}/{port} on {host}")
 }
 
+/// "pid 42 (platform-server) on tcp/8080 on runner-7: SIGTERM at 12:00:01,
+/// interrupted by a daemon stop at 12:00:02 (port-side outcome unknown)".
+pub fn unfinished_line(u: &super::model::Unfinished) -> String {
+    let sent: Vec<String> = u
+        .signals
+        .iter()
+        .map(|s| format!("{} at {}", s.signal, TimeFmt::full(&s.ts)))
+        .collect();
+    let sent = if sent.is_empty() {
+        "no signal on the record".to_string()
+    } else {
+        sent.join(", ")
+    };
+    let what = if u.outcome == crate::journal::INTERRUPTED {
+        format!(
+            "{sent}; interrupted by a daemon stop at {}, the target may still run",
+            TimeFmt::full(&u.ts)
+        )
+    } else {
+        format!(
+            "started at {} and never finished (reaper stopped before it recorded an outcome: signals may have been sent)",
+            TimeFmt::full(&u.ts)
+        )
+    };
+    format!(
+        "pid {} ({}) on {}: {what} [{}]",
+        u.target.pid,
+        u.target.comm,
+        port_name(&u.proto, u.port, &u.host),
+        u.evidence
+    )
+}
+
 pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -57,7 +90,7 @@ pub fn scope_line(r: &Report) -> String {
 pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
     let s = &r.summary;
     let q = &r.data_quality;
-    vec![
+    let mut rows = vec![
         ("Conflicts", conflicts_in_all(r)),
         ("Reapings", reapings_in_all(s)),
         ("Time ports stayed blocked", blocked_in_all(s)),
@@ -107,7 +140,14 @@ pub fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
                 .collect();
             list_or_none(hosts, ", ")
         }),
-    ]
+    ];
+    if !s.unfinished.is_empty() {
+        // Signals may have been sent with no outcome on the record: say so
+        // loudly, one sentence per reaping, right after the reapings.
+        let v: Vec<String> = s.unfinished.iter().map(unfinished_line).collect();
+        rows.insert(2, ("Unfinished reapings", v.join("; ")));
+    }
+    rows
 }
 
 /// "none" for zero, else what `some` says.

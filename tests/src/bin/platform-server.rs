@@ -8,6 +8,9 @@
 //!   --udp                bind a UDP socket instead of listening on TCP
 //!   --ignore-term        ignore SIGTERM (only SIGKILL stops it)
 //!   --fork-child         after listening, fork a child that shares the socket
+//!   --child-exec PROG    with --fork-child: the child execs `PROG 1000`
+//!                        keeping the socket (another program sharing it);
+//!                        "ready" is written once the exec is done
 //!   --comm NAME          set the comm (prctl PR_SET_NAME): a decoy's disguise
 //!   --exec-on-usr1 PROG  on SIGUSR1, exec `PROG 1000` in the same pid
 //!                        (stdout is closed at that exec, so a reader sees EOF
@@ -19,7 +22,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -28,6 +31,7 @@ fn main() {
     let (mut udp, mut ignore_term, mut fork_child) = (false, false, false);
     let mut comm: Option<String> = None;
     let mut exec_prog: Option<String> = None;
+    let mut child_exec: Option<String> = None;
     let mut ready_fd: i32 = 1;
     while let Some(a) = args.next() {
         let mut val = || {
@@ -46,6 +50,7 @@ fn main() {
             "--fork-child" => fork_child = true,
             "--comm" => comm = Some(val()),
             "--exec-on-usr1" => exec_prog = Some(val()),
+            "--child-exec" => child_exec = Some(val()),
             "--ready-fd" => {
                 ready_fd = val()
                     .parse()
@@ -78,24 +83,49 @@ fn main() {
     let sa = SocketAddr::new(addr, port);
     // Kept alive for the life of the process (std sockets are CLOEXEC, so
     // an exec drops them).
-    let _held: Box<dyn std::any::Any> = if udp {
-        Box::new(UdpSocket::bind(sa).unwrap_or_else(|e| die(&format!("bind {sa}/udp: {e}"))))
+    let (_held, sock_fd): (Box<dyn std::any::Any>, i32) = if udp {
+        let s = UdpSocket::bind(sa).unwrap_or_else(|e| die(&format!("bind {sa}/udp: {e}")));
+        let fd = s.as_raw_fd();
+        (Box::new(s), fd)
     } else {
-        Box::new(TcpListener::bind(sa).unwrap_or_else(|e| die(&format!("listen {sa}/tcp: {e}"))))
+        let s = TcpListener::bind(sa).unwrap_or_else(|e| die(&format!("listen {sa}/tcp: {e}")));
+        let fd = s.as_raw_fd();
+        (Box::new(s), fd)
     };
 
     let mut line = format!("ready {}", std::process::id());
     if fork_child {
-        // SAFETY: single-threaded here; the child only pauses.
+        // A close-on-exec pipe: EOF on it means the child's exec is done.
+        let mut done = [0i32; 2];
+        // SAFETY: a valid array for the two fds.
+        if unsafe { libc::pipe2(done.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            die("pipe2 failed");
+        }
+        // SAFETY: single-threaded here; the child only pauses or execs.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             die("fork failed");
         }
         if pid == 0 {
+            if let Some(prog) = &child_exec {
+                exec_sharing(prog, sock_fd);
+            }
+            // SAFETY: our own pipe fds: closing them tells the parent we run.
+            unsafe {
+                libc::close(done[0]);
+                libc::close(done[1]);
+            }
             loop {
                 // SAFETY: pause just waits for a signal.
                 unsafe { libc::pause() };
             }
+        }
+        // SAFETY: our own pipe fds; read returns 0 at EOF (the exec).
+        unsafe {
+            libc::close(done[1]);
+            let mut b = [0u8; 1];
+            while libc::read(done[0], b.as_mut_ptr().cast(), 1) > 0 {}
+            libc::close(done[0]);
         }
         line.push_str(&format!(" child {pid}"));
     }
@@ -115,6 +145,25 @@ fn main() {
             }
         }
     }
+}
+
+/// The forked child becomes `prog 1000`, keeping the listening socket
+/// (its close-on-exec flag cleared): another program sharing it.
+fn exec_sharing(prog: &str, fd: i32) -> ! {
+    let p = std::ffi::CString::new(prog).unwrap();
+    let arg = std::ffi::CString::new("1000").unwrap();
+    // SAFETY: our own fd's flags, then execv with a valid argv.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, 0);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        libc::dup2(null, 1);
+        let argv = [p.as_ptr(), arg.as_ptr(), std::ptr::null()];
+        libc::execv(p.as_ptr(), argv.as_ptr());
+    }
+    die(&format!(
+        "child exec {prog} failed: {}",
+        std::io::Error::last_os_error()
+    ))
 }
 
 /// Replaces this program with `prog 1000`, same pid. stdout is moved to a

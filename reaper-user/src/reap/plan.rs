@@ -1,0 +1,728 @@
+//! holders (sock_diag + /proc) -> conflict -> policy -> **plan** -> reap
+//! (pidfd) -> journal.
+//!
+//! The one reaping decision of reaper: given the holders of one port and a
+//! policy, what will be signalled, in what order, and why. `reaper free`
+//! (real run and `--dry-run`) and the daemon both build a [`Plan`] and hand
+//! it to [`execute`], so a preview can never disagree with the act and the
+//! daemon can never signal what `free` would refuse.
+//!
+//! The rules the plan enforces:
+//! - Nothing is signalled unless every process holding a blocking socket of
+//!   the port is judged `reap` and every blocking socket has a process that
+//!   could be judged ([`Plan::refusal`]): killing some holders while another
+//!   keeps the port would do harm and free nothing.
+//! - A process sharing the socket with an ancestor (or process-group leader)
+//!   that holds it too is in that holder's tree. If it matches a rule on its
+//!   own (an nginx worker), it is judged on its own. If not, it is stopped
+//!   with its tree root only under tree semantics (`free --tree`, or a rule's
+//!   `tree = true`), and never when a protection covers it.
+//! - Execution signals the tree roots first and gives the rest the grace to
+//!   exit with them (most masters stop their workers), then signals what
+//!   remains, then SIGKILLs what outlives its grace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::holders::{Holding, Process, Socket};
+use crate::policy::{socket_words, Context, Decision, Policy, Verdict};
+use crate::util::Proto;
+
+use super::{BindProbe, Identity, ProcStat, SignalSent, StopOptions, TargetOutcome, TargetReport};
+
+/// Why a process is in the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Role {
+    /// A tree root: judged on its own, signalled in the first wave.
+    Holder,
+    /// Shares a socket with `of`, an ancestor or its process-group leader
+    /// holding the same socket; signalled after the roots had their grace.
+    Shares { of: u32, how: String },
+}
+
+/// One process holding the port, with its verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Judged {
+    pub process: Process,
+    /// The sockets on the port it holds.
+    pub sockets: Vec<Socket>,
+    pub role: Role,
+    pub verdict: Verdict,
+}
+
+impl Judged {
+    /// The wave it is signalled in: tree roots first.
+    pub fn wave(&self) -> usize {
+        match self.role {
+            Role::Holder => 0,
+            Role::Shares { .. } => 1,
+        }
+    }
+}
+
+/// A socket with no process: TIME_WAIT, or an owner that could not be read.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unowned {
+    pub socket: String,
+    pub state: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    /// Why no process could be read ("unreadable", "EPERM"), for a socket
+    /// that has no TIME_WAIT excuse.
+    #[serde(skip)]
+    pub cause: Option<String>,
+}
+
+/// Where tree semantics come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tree {
+    /// `reaper free`: `--tree` given (true) or not; a policy rule's
+    /// `tree = true` counts too.
+    Flag(bool),
+    /// The daemon: each rule's `tree` key decides for the trees it reaps.
+    Rules,
+}
+
+/// The holders of the port and what to do, in signalling order (tree roots
+/// first).
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub judged: Vec<Judged>,
+    pub unowned: Vec<Unowned>,
+    /// Sockets whose holders are judged (LISTEN for TCP, every UDP socket).
+    pub blocking: Vec<Socket>,
+}
+
+impl Plan {
+    /// Builds the plan from a scan: discovers kernel threads among the
+    /// holders (into `ctx`) and reads process groups from /proc.
+    pub fn build(holdings: &[Holding], policy: &Policy, ctx: &mut Context, tree: Tree) -> Plan {
+        discover_kernel_threads(holdings, ctx);
+        let pgrp = |pid: u32| ProcStat::read(pid).ok().map(|s| s.pgrp);
+        Plan::judge(holdings, policy, ctx, tree, &pgrp)
+    }
+
+    /// Judges every holder of the port. Pure apart from `pgrp_of` (so the
+    /// tree logic is unit-tested with made-up processes).
+    pub fn judge(
+        holdings: &[Holding],
+        policy: &Policy,
+        ctx: &Context,
+        tree: Tree,
+        pgrp_of: &dyn Fn(u32) -> Option<u32>,
+    ) -> Plan {
+        let mut out = Plan::default();
+        // pid -> (process, sockets, role); the first socket decides the role.
+        let mut by_pid: BTreeMap<u32, (Process, Vec<Socket>, Role)> = BTreeMap::new();
+        for h in holdings {
+            if h.socket.state == "TIME-WAIT" {
+                out.unowned.push(Unowned {
+                    socket: socket_words(&h.socket),
+                    state: h.socket.state.clone(),
+                    reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
+                    expires_in_ms: h.socket.timer_ms,
+                    cause: None,
+                });
+                continue;
+            }
+            if !blocks(&h.socket) {
+                continue;
+            }
+            out.blocking.push(h.socket.clone());
+            if h.processes.is_empty() {
+                let cause = h.unowned_reason.as_deref().unwrap_or("unknown");
+                out.unowned.push(Unowned {
+                    socket: socket_words(&h.socket),
+                    state: h.socket.state.clone(),
+                    reason: format!(
+                        "reaper cannot read the process that holds it ({cause}), and cannot judge what it cannot see"
+                    ),
+                    expires_in_ms: None,
+                    cause: Some(cause.to_string()),
+                });
+                continue;
+            }
+            let pids: BTreeSet<u32> = h.processes.iter().map(|p| p.pid).collect();
+            for p in &h.processes {
+                let role = role_of(p, &pids, pgrp_of);
+                let entry = by_pid
+                    .entry(p.pid)
+                    .or_insert_with(|| (p.clone(), Vec::new(), role));
+                entry.1.push(h.socket.clone());
+            }
+        }
+        // Roots first, so sharers can point at their root's verdict.
+        let mut verdicts: BTreeMap<u32, Verdict> = BTreeMap::new();
+        for (pid, (p, socks, role)) in &by_pid {
+            if *role == Role::Holder {
+                verdicts.insert(*pid, judge_all(policy, p, socks, ctx));
+            }
+        }
+        let mut sharers = Vec::new();
+        for (pid, (p, socks, role)) in by_pid {
+            let verdict = match &role {
+                Role::Holder => verdicts[&pid].clone(),
+                Role::Shares { of, how } => {
+                    sharer_verdict(policy, ctx, tree, &p, &socks, *of, how, verdicts.get(of))
+                }
+            };
+            let j = Judged {
+                process: p,
+                sockets: socks,
+                role,
+                verdict,
+            };
+            if j.role == Role::Holder {
+                out.judged.push(j);
+            } else {
+                sharers.push(j);
+            }
+        }
+        out.judged.extend(sharers);
+        out
+    }
+
+    /// The processes the policy does not let reaper signal.
+    pub fn refused(&self) -> Vec<&Judged> {
+        self.judged
+            .iter()
+            .filter(|j| j.verdict.decision != Decision::Reap)
+            .collect()
+    }
+
+    /// Blocking sockets without a process reaper could judge.
+    pub fn unjudgeable(&self) -> Vec<&Unowned> {
+        self.unowned
+            .iter()
+            .filter(|u| u.state != "TIME-WAIT")
+            .collect()
+    }
+
+    /// Why nothing may be signalled, in words to follow "held by" ("pid 7
+    /// (x) which the policy keeps: ...; and by 127.0.0.1:80/tcp, a socket
+    /// whose process reaper cannot read (EPERM)"); None when every holder
+    /// is judged `reap`.
+    pub fn refusal(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .refused()
+            .iter()
+            .map(|j| {
+                let what = match j.verdict.decision {
+                    Decision::Protect => "protects",
+                    _ => "keeps",
+                };
+                format!(
+                    "pid {} ({}) which the policy {what}: {}",
+                    j.process.pid, j.process.comm, j.verdict.reasons[0]
+                )
+            })
+            .collect();
+        parts.extend(self.unjudgeable().iter().map(|u| {
+            format!(
+                "{}, a socket whose process reaper cannot read ({})",
+                u.socket,
+                u.cause.as_deref().unwrap_or("unknown")
+            )
+        }));
+        (!parts.is_empty()).then(|| parts.join("; and by "))
+    }
+
+    /// The processes [`execute`] signals, in order; empty when the plan
+    /// refuses.
+    pub fn targets(&self) -> Vec<&Judged> {
+        if self.refusal().is_some() {
+            return Vec::new();
+        }
+        self.judged.iter().collect()
+    }
+
+    /// What a run would do, in words: the dry run's message.
+    pub fn steps_words(&self, grace: Duration) -> String {
+        let pids = |wave: usize| -> Vec<String> {
+            self.targets()
+                .iter()
+                .filter(|j| j.wave() == wave)
+                .map(|j| j.process.pid.to_string())
+                .collect()
+        };
+        let grace = humantime::format_duration(grace);
+        let (roots, rest) = (pids(0), pids(1));
+        let mut s = format!("would send SIGTERM to pid {}", roots.join(", "));
+        if !rest.is_empty() {
+            s.push_str(&format!(
+                ", give pid {} up to {grace} to exit with {}, then send SIGTERM to those still running",
+                rest.join(", "),
+                if roots.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        s.push_str(&format!(
+            ", then SIGKILL after {grace} to any still running"
+        ));
+        s
+    }
+
+    /// What to bind to test the port: what the holders had (same family,
+    /// address, dual-stack), else the wildcards. A probe for a socket in
+    /// another namespace carries an fd on that namespace, opened now, while
+    /// a holder lives.
+    pub fn probes(&self, ctx: &Context, proto: Proto, port: u16) -> Vec<BindProbe> {
+        let mut seen = BTreeSet::new();
+        let mut probes = Vec::new();
+        for s in &self.blocking {
+            if !seen.insert((s.addr, s.dual_stack, s.netns)) {
+                continue;
+            }
+            let mut p = BindProbe::new(proto, s.addr, port, s.dual_stack);
+            if s.netns != ctx.caller_netns {
+                p.netns = self
+                    .judged
+                    .iter()
+                    .filter(|j| j.process.netns == Some(s.netns))
+                    .find_map(|j| open_netns(j.process.pid));
+            }
+            probes.push(p);
+        }
+        if probes.is_empty() {
+            probes = BindProbe::wildcards(proto, port);
+        }
+        probes
+    }
+}
+
+/// The nearest ancestor that holds the same socket makes a process a
+/// sharer; failing that, a process-group leader that holds it.
+fn role_of(p: &Process, pids: &BTreeSet<u32>, pgrp_of: &dyn Fn(u32) -> Option<u32>) -> Role {
+    let parent = p
+        .ancestors
+        .iter()
+        .map(|(a, _)| *a)
+        .find(|a| pids.contains(a));
+    match parent {
+        Some(a) => Role::Shares {
+            of: a,
+            how: if a == p.ppid {
+                "a child".into()
+            } else {
+                "a descendant".into()
+            },
+        },
+        None => match pgrp_of(p.pid) {
+            Some(g) if g != p.pid && pids.contains(&g) => Role::Shares {
+                of: g,
+                how: "in its process group".into(),
+            },
+            _ => Role::Holder,
+        },
+    }
+}
+
+/// A sharer that matches a rule on its own is judged on its own; otherwise
+/// it follows its root only under tree semantics. Protections hold either way.
+#[allow(clippy::too_many_arguments)]
+fn sharer_verdict(
+    policy: &Policy,
+    ctx: &Context,
+    tree: Tree,
+    p: &Process,
+    socks: &[Socket],
+    of: u32,
+    how: &str,
+    root: Option<&Verdict>,
+) -> Verdict {
+    let pid = p.pid;
+    let share = format!(
+        "socket {} also held by pid {pid}, {how} of pid {of}",
+        socket_words(&socks[0])
+    );
+    let mut own = judge_all(policy, p, socks, ctx);
+    if own.decision == Decision::Reap {
+        own.reasons
+            .push(format!("{share}; it matches on its own and is judged so"));
+        return own;
+    }
+    if own.decision == Decision::Protect || policy.protection(p, &socks[0], ctx).is_some() {
+        return own;
+    }
+    let root_reaped = root.is_some_and(|v| v.decision == Decision::Reap);
+    let rule = root.and_then(|v| v.rule.clone());
+    let rule_tree = rule
+        .as_deref()
+        .is_some_and(|r| policy.rules.iter().any(|x| x.name == r && x.tree));
+    let on = rule_tree || tree == Tree::Flag(true);
+    if !on {
+        let hint = match (tree, rule.as_deref()) {
+            (Tree::Flag(_), _) => "use --tree to stop it too".to_string(),
+            (Tree::Rules, Some(r)) => format!("set tree = true in rule '{r}' to stop it too"),
+            (Tree::Rules, None) => "a rule with tree = true would stop it too".to_string(),
+        };
+        return Verdict::new(Decision::Keep, None, vec![format!("{share}; {hint}")]);
+    }
+    if root_reaped {
+        let by = if rule_tree && tree != Tree::Flag(true) {
+            format!("rule '{}' has tree = true", rule.as_deref().unwrap_or(""))
+        } else {
+            "--tree".to_string()
+        };
+        Verdict::new(
+            Decision::Reap,
+            rule,
+            vec![format!("{share}, which is reaped; {by} stops it too")],
+        )
+    } else {
+        Verdict::new(
+            Decision::Keep,
+            None,
+            vec![format!("{share}, which is not reaped")],
+        )
+    }
+}
+
+/// A process holding several sockets on the port (v4 and v6) is reaped only
+/// if every one of them says so; the first non-reap verdict is the answer.
+fn judge_all(policy: &Policy, p: &Process, socks: &[Socket], ctx: &Context) -> Verdict {
+    let mut first: Option<Verdict> = None;
+    for s in socks {
+        let v = policy.judge(p, s, ctx);
+        if v.decision != Decision::Reap {
+            return v;
+        }
+        match &mut first {
+            None => first = Some(v),
+            Some(f) => f.reasons.push(format!("holds {}", socket_words(s))),
+        }
+    }
+    first.expect("a holder has at least one socket")
+}
+
+/// Whether a socket keeps the next server from binding: a TCP listener, or
+/// any UDP socket on the port. Connections that share the local port do not
+/// block a SO_REUSEADDR bind and are not judged.
+pub fn blocks(s: &Socket) -> bool {
+    match s.proto {
+        Proto::Tcp => s.state == "LISTEN",
+        Proto::Udp => s.state != "TIME-WAIT",
+    }
+}
+
+/// Kernel threads (PF_KTHREAD) among the holders go into `ctx`, where the
+/// built-in protection finds them.
+pub fn discover_kernel_threads(holdings: &[Holding], ctx: &mut Context) {
+    for h in holdings {
+        for p in &h.processes {
+            if ProcStat::read(p.pid).is_ok_and(|s| s.is_kernel_thread()) {
+                ctx.kernel_threads.insert(p.pid);
+            }
+        }
+    }
+}
+
+fn open_netns(pid: u32) -> Option<OwnedFd> {
+    std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// What executing a plan did.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// One per target of the plan, in the plan's order.
+    pub targets: Vec<TargetReport>,
+    /// When a probe first bound the port again.
+    pub free_at: Option<Instant>,
+    /// The last probe's error when it never bound.
+    pub last_error: Option<String>,
+}
+
+impl Execution {
+    /// Every target exited (or was gone before a signal).
+    pub fn all_gone(&self) -> bool {
+        self.targets.iter().all(|t| {
+            matches!(
+                t.outcome,
+                TargetOutcome::Exited { .. } | TargetOutcome::Gone
+            )
+        })
+    }
+}
+
+/// Executes a plan: every target's pidfd opened and identity re-checked
+/// before the first signal, SIGTERM to the tree roots, their grace for the
+/// whole tree, SIGTERM to what remains, SIGKILL after the grace, then the
+/// bind probe (until `opts.deadline` when every target is gone, one probe
+/// otherwise). `on_signal` sees each signal as it is sent (the daemon
+/// records them for a stop in the middle). Err (nothing signalled) when
+/// the plan refuses.
+pub fn execute(
+    plan: &Plan,
+    probes: &[BindProbe],
+    opts: &StopOptions,
+    on_signal: &mut dyn FnMut(&SignalSent),
+) -> Result<Execution, String> {
+    if let Some(why) = plan.refusal() {
+        return Err(why);
+    }
+    let targets = plan.targets();
+    let ids: Vec<(Identity, usize)> = targets
+        .iter()
+        .map(|j| (Identity::of(&j.process), j.wave()))
+        .collect();
+    let reports = super::stop_in_waves(&ids, opts, on_signal);
+    let mut ex = Execution {
+        targets: reports,
+        free_at: None,
+        last_error: None,
+    };
+    // Wait for the port only when every target is gone; otherwise one probe
+    // says whether it happens to be free anyway.
+    let until = if ex.all_gone() {
+        opts.deadline
+    } else {
+        Instant::now()
+    };
+    let w = super::wait_bindable(probes, until);
+    ex.free_at = w.free_at;
+    ex.last_error = w.last_error;
+    Ok(ex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::FlagRule;
+    use crate::util::Family;
+
+    const NS: u64 = 4026531833;
+
+    fn proc_(pid: u32, ppid: u32, ancestors: &[u32]) -> Process {
+        Process {
+            pid,
+            ppid,
+            comm: "platform-server".into(),
+            exe: Some("/opt/platform-server".into()),
+            cmdline: vec!["/opt/platform-server".into()],
+            start_ticks: 1,
+            started_at: "2026-11-28T12:00:00Z".into(),
+            uid: 0,
+            user: Some("root".into()),
+            cgroup: None,
+            container: None,
+            netns: Some(NS),
+            ancestors: ancestors.iter().map(|&a| (a, "x".into())).collect(),
+            orphaned: false,
+        }
+    }
+
+    fn other(pid: u32, ppid: u32, ancestors: &[u32]) -> Process {
+        let mut p = proc_(pid, ppid, ancestors);
+        p.comm = "helper".into();
+        p.exe = Some("/usr/bin/helper".into());
+        p.cmdline = vec!["helper".into()];
+        p
+    }
+
+    fn holding(state: &str, procs: Vec<Process>) -> Holding {
+        Holding {
+            socket: Socket {
+                netns: NS,
+                proto: Proto::Tcp,
+                family: Family::Ipv4,
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 8080,
+                peer: None,
+                state: state.into(),
+                inode: 7,
+                cookie: 0,
+                uid: 0,
+                dual_stack: false,
+                timer_ms: Some(59_000),
+            },
+            unowned_reason: procs.is_empty().then(|| "time-wait".into()),
+            processes: procs,
+        }
+    }
+
+    fn ctx() -> Context {
+        Context {
+            reaper_pid: 9999,
+            caller_chain: vec![9998, 1],
+            caller_netns: NS,
+            netns: NS,
+            now: chrono::Utc::now(),
+            kernel_threads: BTreeSet::new(),
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::from_flags(&FlagRule {
+            name: Some("platform-server".into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    const NO_PGRP: &dyn Fn(u32) -> Option<u32> = &|_| None;
+
+    #[test]
+    fn a_child_of_another_program_sharing_the_socket_needs_tree() {
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), other(101, 100, &[100, 1])],
+        )];
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert_eq!(p.judged.len(), 2);
+        assert_eq!(p.judged[0].verdict.decision, Decision::Reap);
+        assert_eq!(p.judged[1].verdict.decision, Decision::Keep);
+        assert_eq!(
+            p.judged[1].verdict.reasons[0],
+            "socket 127.0.0.1:8080/tcp also held by pid 101, a child of pid 100; use --tree to stop it too"
+        );
+        assert_eq!(p.refused().len(), 1);
+        assert!(p.targets().is_empty(), "a refusing plan has no targets");
+        assert!(p
+            .refusal()
+            .unwrap()
+            .starts_with("pid 101 (helper) which the policy keeps"));
+
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(true), NO_PGRP);
+        assert!(p.refusal().is_none());
+        assert_eq!(
+            p.judged[1].role,
+            Role::Shares {
+                of: 100,
+                how: "a child".into()
+            }
+        );
+        assert_eq!(
+            p.judged[1].verdict.rule.as_deref(),
+            Some(crate::policy::FLAG_RULE)
+        );
+        assert_eq!(
+            p.targets().iter().map(|j| j.wave()).collect::<Vec<_>>(),
+            [0, 1]
+        );
+    }
+
+    #[test]
+    fn the_daemon_takes_tree_from_the_rule() {
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), other(101, 100, &[100, 1])],
+        )];
+        let mut pol = policy();
+        let p = Plan::judge(&h, &pol, &ctx(), Tree::Rules, NO_PGRP);
+        assert!(p.judged[1].verdict.reasons[0]
+            .ends_with("set tree = true in rule 'command line' to stop it too"));
+        pol.rules[0].tree = true;
+        let p = Plan::judge(&h, &pol, &ctx(), Tree::Rules, NO_PGRP);
+        assert!(p.refusal().is_none());
+        assert!(p.judged[1].verdict.reasons[0].contains("rule 'command line' has tree = true"));
+    }
+
+    #[test]
+    fn a_worker_that_matches_on_its_own_needs_no_tree() {
+        // A master and two workers of the same program, the workers listed
+        // first: the plan still signals the master first.
+        let h = vec![holding(
+            "LISTEN",
+            vec![
+                proc_(102, 100, &[100, 1]),
+                proc_(101, 100, &[100, 1]),
+                proc_(100, 1, &[1]),
+            ],
+        )];
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert!(p.refusal().is_none(), "{:?}", p.refused());
+        let order: Vec<u32> = p.targets().iter().map(|j| j.process.pid).collect();
+        assert_eq!(order, [100, 101, 102]);
+        assert!(p.judged[1]
+            .verdict
+            .reasons
+            .last()
+            .unwrap()
+            .ends_with("a child of pid 100; it matches on its own and is judged so"));
+        let words = p.steps_words(Duration::from_secs(3));
+        assert!(
+            words.starts_with(
+                "would send SIGTERM to pid 100, give pid 101, 102 up to 3s to exit with it"
+            ),
+            "{words}"
+        );
+    }
+
+    #[test]
+    fn tree_members_keep_their_protections() {
+        // The caller runs under the holder: the holder's child is reaper's parent.
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), proc_(9998, 100, &[100, 1])],
+        )];
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(true), NO_PGRP);
+        assert_eq!(p.judged[1].verdict.decision, Decision::Protect);
+        // And the holder itself is an ancestor of the caller in that case.
+        let mut c = ctx();
+        c.caller_chain = vec![9998, 100, 1];
+        let p = Plan::judge(&h, &policy(), &c, Tree::Flag(true), NO_PGRP);
+        assert_eq!(p.judged[0].verdict.decision, Decision::Protect);
+        // A kernel thread sharing is protected too.
+        let mut c = ctx();
+        c.kernel_threads.insert(101);
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), other(101, 100, &[100, 1])],
+        )];
+        let p = Plan::judge(&h, &policy(), &c, Tree::Flag(true), NO_PGRP);
+        assert_eq!(p.judged[1].verdict.decision, Decision::Protect);
+        assert!(p.refusal().is_some());
+    }
+
+    #[test]
+    fn a_process_group_member_is_a_sharer() {
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), other(105, 50, &[50, 1])],
+        )];
+        let pg = |pid: u32| Some(if pid == 105 { 100 } else { pid });
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(true), &pg);
+        assert_eq!(
+            p.judged[1].role,
+            Role::Shares {
+                of: 100,
+                how: "in its process group".into()
+            }
+        );
+        assert_eq!(p.judged[1].verdict.decision, Decision::Reap);
+    }
+
+    #[test]
+    fn time_wait_is_noted_not_judged_and_connections_ignored() {
+        let h = vec![
+            holding("TIME-WAIT", vec![]),
+            holding("ESTAB", vec![proc_(300, 1, &[1])]),
+        ];
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert!(p.judged.is_empty());
+        assert!(p.blocking.is_empty());
+        assert_eq!(p.unowned.len(), 1);
+        assert_eq!(p.unowned[0].expires_in_ms, Some(59_000));
+        assert!(p.unjudgeable().is_empty());
+        assert!(p.refusal().is_none());
+    }
+
+    #[test]
+    fn an_unreadable_listener_blocks_judgment() {
+        let mut h = holding("LISTEN", vec![]);
+        h.unowned_reason = Some("unreadable".into());
+        let p = Plan::judge(&[h], &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert_eq!(p.unjudgeable().len(), 1);
+        assert!(p.unjudgeable()[0].reason.contains("unreadable"));
+        assert_eq!(
+            p.refusal().unwrap(),
+            "127.0.0.1:8080/tcp, a socket whose process reaper cannot read (unreadable)"
+        );
+    }
+}
