@@ -35,6 +35,14 @@ fn process(pid: u32, netns: u64) -> Process {
         netns: Some(netns),
         ancestors: vec![(1, "init".into())],
         orphaned: true,
+        // In a CI job that ended, so `job = "ended"` rules are exercised.
+        job: Some(reaper::holders::job::Job {
+            provider: "github".into(),
+            id: "github_1f2e".into(),
+            run: None,
+            name: None,
+            ended: Some(true),
+        }),
     }
 }
 
@@ -90,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
             .unwrap()
             .into(),
         kernel_threads: BTreeSet::new(),
+        workload: Default::default(),
     };
     let s = socket();
     for (pid, netns) in [(4242, NS), (1, NS), (999, NS), (998, NS), (4243, NS + 1)] {

@@ -6,6 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use reaper::holders::container::{from_cgroup, proxy_target};
+use reaper::holders::job::parse_environ;
 use reaper::holders::process::{container_id, parse_cgroup, parse_cmdline, parse_stat};
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +22,21 @@ fuzz_target!(|data: &[u8]| {
         if let Some(id) = container_id(&path) {
             assert!(id.len() == 64 && id.bytes().all(|c| c.is_ascii_hexdigit()));
         }
+        // A container from any path: a non-empty id, 64 hex digits unless it
+        // is an nspawn machine name; a pod UID is always 36 characters.
+        if let Some(c) = from_cgroup(&path) {
+            assert!(!c.id.is_empty());
+            if c.runtime != Some("systemd-nspawn") {
+                assert!(c.id.len() == 64 && c.id.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            assert!(c.pod_uid.is_none_or(|u| u.len() == 36));
+        }
     }
+    // The environment (a process chooses it) and a proxy's argv.
+    if let Some(job) = parse_environ(data) {
+        assert!(!job.id.is_empty());
+    }
+    let _ = proxy_target(&argv);
 
     // The bytes as a comm inside a stat line.
     let mut line = b"4242 (".to_vec();

@@ -9,11 +9,16 @@
 //! kernel side captures facts only; every judgment happens in userspace.
 #![no_std]
 
-/// `bind()` reached the inet layer (cgroup `bind4`/`bind6`), before the
-/// kernel looked for a conflict. Carries the *requested* address and port.
+/// `bind()` of a fixed port reached the inet layer (cgroup `bind4`/`bind6`),
+/// before the kernel looked for a conflict. Carries the *requested* address
+/// and port. Sent only by the exact-errno tiers, whose outcome event follows;
+/// the cgroup tier stashes the request in the socket's storage instead and
+/// sends one event per bind ([`KIND_BOUND`] or [`KIND_FAILED`]).
 pub const KIND_ATTEMPT: u8 = 1;
 /// The bind succeeded (cgroup `post_bind4`/`post_bind6`). Carries the port
-/// actually bound: a request for port 0 resolves to the ephemeral port here.
+/// actually bound: a request for port 0 resolves to the ephemeral port here
+/// and [`FLAG_EPHEMERAL`] is set. The claim is also in the [`MAP_CLAIMS`] map
+/// (unless [`FLAG_UNSTORED`]).
 pub const KIND_BOUND: u8 = 2;
 /// A TCP socket entered `LISTEN` (tp_btf `inet_sock_set_state`).
 pub const KIND_LISTEN: u8 = 3;
@@ -24,6 +29,10 @@ pub const KIND_RELEASE: u8 = 4;
 /// The exact return value of a bind (`sys_exit_bind` tracepoint or fexit on
 /// `inet_bind`/`inet6_bind`), matched to its attempt by thread id.
 pub const KIND_OUTCOME: u8 = 5;
+/// A bind of a fixed port that never succeeded (cgroup tier): found when the
+/// socket binds again or is released. Carries the stashed request (address,
+/// port, the attempt's time); the identity is the releasing task's.
+pub const KIND_FAILED: u8 = 6;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
@@ -32,6 +41,11 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Set in [`Event::flags`] when the program could not read the comm.
 pub const FLAG_NO_COMM: u8 = 1;
+/// Set on [`KIND_BOUND`] when the request was port 0 (the kernel picked it).
+pub const FLAG_EPHEMERAL: u8 = 2;
+/// Set on [`KIND_BOUND`]/[`KIND_LISTEN`] when the claim could not be stored
+/// in [`MAP_CLAIMS`] (the map was full; counted in [`MAP_CLAIMS_FULL`]).
+pub const FLAG_UNSTORED: u8 = 4;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -41,6 +55,28 @@ pub const MAP_LOST: &str = "LOST";
 /// Global set by userspace: 1 when an exact-errno tier (syscalls, fexit) is
 /// attached, so the bind hooks remember the thread for its outcome.
 pub const GLOBAL_EXACT: &str = "REAPER_EXACT";
+/// Global set by userspace: 1 to send an event for every bind, ephemeral
+/// ones included (`watch --all`); 0 summarises port-0 binds kernel-side.
+pub const GLOBAL_ALL: &str = "REAPER_ALL";
+/// The kernel-side claims: socket cookie -> the [`Event`] of its bind (or
+/// listen), removed by the release hook. Read by userspace when it needs the
+/// truth (start, after a loss, ephemeral claims) instead of scanning /proc.
+pub const MAP_CLAIMS: &str = "CLAIMS";
+/// Default capacity of [`MAP_CLAIMS`]; userspace may resize it before load.
+pub const CLAIMS_MAX_DEFAULT: u32 = 65536;
+/// Per-CPU counters of the kernel side, indexed by the `COUNT_*` slots.
+pub const MAP_COUNTS: &str = "COUNTS";
+/// Claims [`MAP_CLAIMS`] had no room for.
+pub const COUNT_CLAIMS_FULL: u32 = 0;
+/// Ephemeral binds summarised (not sent).
+pub const COUNT_EPHEMERAL: u32 = 1;
+/// Releases of summarised claims (not sent).
+pub const COUNT_EPHEMERAL_RELEASES: u32 = 2;
+/// Slots in [`MAP_COUNTS`].
+pub const COUNTS: u32 = 3;
+/// Per-CPU, per-process (tgid) count of ephemeral binds summarised instead
+/// of sent (LRU: the oldest processes leave first).
+pub const MAP_EPHEMERAL: &str = "EPHEMERAL";
 
 /// One kernel observation. 88 bytes, 8-byte aligned; the layout is checked
 /// by a unit test so both sides agree.

@@ -1,31 +1,46 @@
-//! reaper's kernel side: **kernel hooks** -> ring buffer.
+//! reaper's kernel side: **kernel hooks** -> ring buffer (and the kernel-side
+//! claims map userspace reads when it needs the truth).
 //!
 //! Small and dumb on purpose: each program captures what happened and who
-//! did it (pid, tid, comm, uid, cgroup, netns cookie, socket cookie, time),
-//! ships one `reaper_common::Event`, and returns. Every judgment (matching
-//! attempts to outcomes, inferring causes, policy) happens in userspace.
+//! did it (pid, tid, comm, uid, cgroup, netns cookie, socket cookie, time)
+//! and returns. Every judgment (inferring causes, policy) happens in
+//! userspace. What the kernel side keeps:
+//! - per socket (`SOCKS`, socket storage, freed with the socket): a fixed
+//!   port's bind request between `bind4` and `post_bind4` (a socket without
+//!   storage at `post_bind` asked for port 0: no allocation for those), and
+//!   whether userspace was told about the socket (so only those releases are
+//!   sent);
+//! - `CLAIMS`: socket cookie -> the claim's record, inserted at `post_bind`
+//!   (or listen) and removed at release. A lost event loses a notification,
+//!   never a claim. When the map is full the claim is counted in `COUNTS`
+//!   and its event carries `FLAG_UNSTORED`.
+//! - `EPHEMERAL`: binds to port 0 are summarised per process (count), not
+//!   sent, unless userspace sets `REAPER_ALL` (`watch --all`).
 //!
 //! Tiers (chosen and attached by `reaper-user/src/hooks`):
-//! - `cgroup` (default): `bind4`/`bind6` see every inet bind attempt,
-//!   `post_bind4`/`post_bind6` every success with the real port,
-//!   `sock_release` the end of a claim, tp_btf `inet_sock_set_state` the
-//!   listens. Only binds pay; other syscalls are untouched.
-//! - `syscalls`: the above plus `sys_exit_bind` for the exact errno. Attaching
-//!   any syscall tracepoint slows every syscall on the host.
+//! - `cgroup` (default): `bind4`/`bind6` stash the request, `post_bind4`/
+//!   `post_bind6` send one event per successful bind with the real port,
+//!   `sock_release` ends the claim (and sends a failure for a fixed-port bind
+//!   that never succeeded), tp_btf `inet_sock_set_state` the listens. Only
+//!   binds pay; other syscalls are untouched.
+//! - `syscalls`: the above plus `sys_exit_bind` for the exact errno (fixed
+//!   port attempts are sent at `bind4` to be joined with it). Attaching any
+//!   syscall tracepoint slows every syscall on the host.
 //! - `fexit`: the above plus fexit on `inet_bind`/`inet6_bind` for the exact
 //!   errno without the syscall tax (refused on some kernels).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::{bpf_sock, bpf_sock_addr, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get,
     },
-    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit, lsm, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    macros::{btf_map, btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit, lsm, map, tracepoint},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FExitContext, LsmContext, SockAddrContext, SockContext,
         TracePointContext,
@@ -34,7 +49,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reaper_common::{
-    Event, FLAG_NO_COMM, KIND_ATTEMPT, KIND_BOUND, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
+    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_UNSTORED, KIND_ATTEMPT, KIND_BOUND, KIND_FAILED,
+    KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
 };
 
 /// Allowed: cgroup sock/sock_addr programs return 1 to let the call go on.
@@ -53,20 +69,63 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets that tried to bind or listened: only their release matters. A
-/// failed bind's socket is in it too, so its close resolves the failure at
-/// once. A plain hash, not LRU: cheaper per bind; every entry leaves at
-/// release.
-#[map(name = "CLAIMED")]
-static CLAIMED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+/// The claims alive: socket cookie -> the record of its bind or listen. A
+/// plain (preallocated) hash, not LRU: a full map refuses, and the refusal is
+/// counted, instead of silently evicting a live claim. Userspace may resize
+/// it before load (`claims_max`).
+#[map(name = "CLAIMS")]
+static CLAIMS: HashMap<u64, Event> =
+    HashMap::with_max_entries(reaper_common::CLAIMS_MAX_DEFAULT, 0);
+
+/// Counters userspace reads cheaply (one lookup): claims `CLAIMS` had no
+/// room for, ephemeral binds and releases summarised.
+#[map(name = "COUNTS")]
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reaper_common::COUNTS, 0);
+
+/// Ephemeral (port 0) binds per process, summarised instead of sent.
+#[map(name = "EPHEMERAL")]
+static EPHEMERAL: LruPerCpuHashMap<u32, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Threads inside a bind whose exact outcome an exact tier will report.
 #[map(name = "PENDING")]
 static PENDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// What the kernel side remembers of one socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockState {
+    /// The last bind attempt: when (CLOCK_BOOTTIME) and by whom.
+    ts_ns: u64,
+    pid_tgid: u64,
+    /// Its requested address (as in [`Event::addr`]) and port (host order).
+    addr: [u8; 16],
+    port: u16,
+    family: u8,
+    /// `ST_*` bits.
+    state: u8,
+    protocol: u8,
+    sock_type: u8,
+    _pad: u16,
+}
+
+/// A fixed-port bind was attempted and has not succeeded (cgroup tier).
+const ST_PENDING: u8 = 1;
+/// The socket's claim is in `CLAIMS`.
+const ST_CLAIMED: u8 = 2;
+/// Userspace was told of this socket: its release is sent.
+const ST_NOTIFIED: u8 = 4;
+
+/// Per-socket state, freed by the kernel with the socket.
+#[btf_map]
+static SOCKS: SkStorage<SockState> = SkStorage::new();
+
 /// Set by userspace to 1 when an exact-errno program is attached.
 #[no_mangle]
 static REAPER_EXACT: u8 = 0;
+
+/// Set by userspace to 1 to send every bind (ephemeral ones too).
+#[no_mangle]
+static REAPER_ALL: u8 = 0;
 
 #[inline(always)]
 fn exact_tier() -> bool {
@@ -75,20 +134,65 @@ fn exact_tier() -> bool {
 }
 
 #[inline(always)]
-fn count_lost<C: EbpfContext>(ctx: &C) {
-    if let Some(p) = LOST.get_ptr_mut(0) {
+fn send_all() -> bool {
+    // SAFETY: as in exact_tier.
+    unsafe { core::ptr::read_volatile(&REAPER_ALL) != 0 }
+}
+
+/// The socket storage of `sk` (a pointer the verifier accepts for this
+/// program type: the cgroup sock context itself, the sock_addr context's
+/// `sk`, or a tracing `struct sock *`); created when `create`.
+#[inline(always)]
+fn sock_state(sk: *mut core::ffi::c_void, create: bool) -> *mut SockState {
+    let map = &SOCKS as *const SkStorage<SockState> as *mut core::ffi::c_void;
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    // SAFETY: the helper checks the map and socket; NULL when absent.
+    unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) as *mut SockState }
+}
+
+#[inline(always)]
+fn bump(counter: &PerCpuArray<u64>, slot: u32) -> u64 {
+    match counter.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        let n = unsafe {
+        Some(p) => unsafe {
             *p += 1;
             *p
-        };
-        // Say it once per power of two so a storm does not flood the log.
-        if n & (n - 1) == 0 {
-            warn!(
-                ctx,
-                "reaper: ring buffer full, {} events lost on this cpu", n
-            );
-        }
+        },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn count_lost<C: EbpfContext>(ctx: &C) {
+    let n = bump(&LOST, 0);
+    // Say it once per power of two so a storm does not flood the log.
+    if n != 0 && n & (n - 1) == 0 {
+        warn!(
+            ctx,
+            "reaper: ring buffer full, {} events lost on this cpu", n
+        );
+    }
+}
+
+/// The caller's identity and the time.
+#[inline(always)]
+fn fill_identity(ev: &mut Event) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helpers without preconditions.
+    unsafe {
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.cgroup_id = bpf_get_current_cgroup_id();
+    }
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    match bpf_get_current_comm() {
+        Ok(comm) => ev.comm = comm,
+        Err(_) => ev.flags |= FLAG_NO_COMM,
     }
 }
 
@@ -102,52 +206,50 @@ fn start_event<C: EbpfContext>(
         count_lost(ctx);
         return None;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let mut ev = Event::zeroed();
     ev.kind = kind;
-    // SAFETY: helpers without preconditions.
-    unsafe {
-        ev.ts_ns = bpf_ktime_get_boot_ns();
-        ev.cgroup_id = bpf_get_current_cgroup_id();
-    }
-    ev.tgid = (pid_tgid >> 32) as u32;
-    ev.tid = pid_tgid as u32;
-    ev.uid = bpf_get_current_uid_gid() as u32;
-    match bpf_get_current_comm() {
-        Ok(comm) => ev.comm = comm,
-        Err(_) => ev.flags |= FLAG_NO_COMM,
-    }
+    fill_identity(&mut ev);
     entry.write(ev);
     Some(entry)
+}
+
+/// Sends a record built on the stack; counts a loss when there is no room.
+#[inline(always)]
+fn send<C: EbpfContext>(ctx: &C, ev: &Event) {
+    if EVENTS.output::<Event>(ev, 0).is_err() {
+        count_lost(ctx);
+    }
+}
+
+/// Stores a claim in `CLAIMS`; false (and counted) when the map is full.
+#[inline(always)]
+fn store_claim(ev: &Event) -> bool {
+    if CLAIMS.insert(&ev.cookie, ev, 0).is_ok() {
+        return true;
+    }
+    bump(&COUNTS, reaper_common::COUNT_CLAIMS_FULL);
+    false
 }
 
 /// Stores an IPv4 address (network order, as the context holds it).
 /// The context itself must be read by the caller: the verifier checks those
 /// loads where they happen.
-///
-/// # Safety
-/// `ev` points at a reserved ring buffer record.
 #[inline(always)]
-unsafe fn set_addr4(ev: *mut Event, ip4: u32) {
+fn addr4(ip4: u32) -> [u8; 16] {
     let a = ip4.to_ne_bytes();
-    // SAFETY: the caller's promise: `ev` is a reserved record.
-    unsafe {
-        (*ev).addr[0] = a[0];
-        (*ev).addr[1] = a[1];
-        (*ev).addr[2] = a[2];
-        (*ev).addr[3] = a[3];
-    }
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
 }
 
-/// Stores an IPv6 address given as four network-order words.
-///
-/// # Safety
-/// `ev` points at a reserved ring buffer record.
+/// An IPv6 address given as four network-order words.
 #[inline(always)]
-unsafe fn set_addr6(ev: *mut Event, ip6: [u32; 4]) {
-    // SAFETY: the caller's promise: `ev` is a reserved record; [u32; 4]
-    // and [u8; 16] have the same size and any bits are valid for both.
-    unsafe { (*ev).addr = core::mem::transmute::<[u32; 4], [u8; 16]>(ip6) };
+fn addr6(ip6: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, plain bytes.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(ip6) }
 }
 
 // ---- cgroup tier: attempts -------------------------------------------------
@@ -167,9 +269,59 @@ pub fn reaper_bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn on_bind(ctx: &SockAddrContext, v6: bool) {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: ctx fields are read with the loads the verifier allows.
+    let (port, family, protocol, sock_type, addr, sk) = unsafe {
+        let addr = if v6 {
+            addr6([
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ])
+        } else {
+            addr4((*sa).user_ip4)
+        };
+        (
+            u16::from_be((*sa).user_port as u16),
+            (*sa).family as u8,
+            (*sa).protocol as u8,
+            (*sa).type_ as u8,
+            addr,
+            (*sa).__bindgen_anon_1.sk,
+        )
+    };
+    let exact = exact_tier();
+    // Only a fixed port's request is stashed (storage is allocated for it):
+    // a socket without storage at post_bind asked for port 0, the common
+    // case a bind storm is made of, which then costs no allocation.
+    let st = sock_state(sk.cast(), port != 0);
+    if !st.is_null() {
+        // SAFETY: the storage is this socket's, valid for this program run.
+        unsafe {
+            if (*st).state & ST_PENDING != 0 {
+                // The socket binds again: its previous fixed-port bind failed.
+                send_failed(ctx, &*st, ctx.as_ptr());
+            }
+            (*st).ts_ns = bpf_ktime_get_boot_ns();
+            (*st).pid_tgid = bpf_get_current_pid_tgid();
+            (*st).addr = addr;
+            (*st).port = port;
+            (*st).family = family;
+            (*st).protocol = protocol;
+            (*st).sock_type = sock_type;
+            (*st).state &= !ST_PENDING;
+            if port != 0 && !exact {
+                (*st).state |= ST_PENDING;
+            }
+        }
+    }
+    // The exact tiers send fixed-port attempts now, to be joined with the
+    // outcome; so does any tier when the socket has no storage.
+    if port == 0 || (!exact && !st.is_null()) {
+        return;
+    }
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = CLAIMED.insert(&cookie, &1, 0);
     let Some(mut entry) = start_event(ctx, KIND_ATTEMPT) else {
         return;
     };
@@ -179,26 +331,43 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
     unsafe {
         (*ev).cookie = cookie;
         (*ev).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
-        (*ev).family = (*sa).family as u8;
-        (*ev).protocol = (*sa).protocol as u8;
-        (*ev).sock_type = (*sa).type_ as u8;
-        (*ev).port = u16::from_be((*sa).user_port as u16);
-        if v6 {
-            let a = [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ];
-            set_addr6(ev, a);
-        } else {
-            set_addr4(ev, (*sa).user_ip4);
-        }
-        if exact_tier() {
+        (*ev).family = family;
+        (*ev).protocol = protocol;
+        (*ev).sock_type = sock_type;
+        (*ev).port = port;
+        (*ev).addr = addr;
+        if exact {
             let _ = PENDING.insert(&(*ev).tid, &1, 0);
+        }
+        if !st.is_null() {
+            (*st).state |= ST_NOTIFIED;
         }
     }
     entry.submit(0);
+}
+
+/// A fixed-port bind of this socket that never succeeded: its stashed
+/// request, with the time of the attempt. `cookie_ctx` is the program's
+/// context, for the cookie helpers.
+#[inline(always)]
+fn send_failed<C: EbpfContext>(ctx: &C, st: &SockState, cookie_ctx: *mut core::ffi::c_void) {
+    let mut ev = Event::zeroed();
+    ev.kind = KIND_FAILED;
+    fill_identity(&mut ev);
+    ev.ts_ns = st.ts_ns;
+    ev.tgid = (st.pid_tgid >> 32) as u32;
+    ev.tid = st.pid_tgid as u32;
+    ev.port = st.port;
+    ev.family = st.family;
+    ev.protocol = st.protocol;
+    ev.sock_type = st.sock_type;
+    ev.addr = st.addr;
+    // SAFETY: helpers on the program's own context.
+    unsafe {
+        ev.cookie = bpf_get_socket_cookie(cookie_ctx);
+        ev.netns_cookie = bpf_get_netns_cookie(cookie_ctx);
+    }
+    send(ctx, &ev);
 }
 
 // ---- cgroup tier: successes (the real port) and releases --------------------
@@ -218,45 +387,99 @@ pub fn reaper_post_bind6(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn on_post_bind(ctx: &SockContext, v6: bool) {
     let sk: *mut bpf_sock = ctx.sock;
-    // SAFETY: helper on the program's own context.
-    // (The cookie entered CLAIMED at the attempt.)
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(mut entry) = start_event(ctx, KIND_BOUND) else {
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: as in on_bind.
+    let mut ev = Event::zeroed();
+    ev.kind = KIND_BOUND;
+    fill_identity(&mut ev);
+    // SAFETY: helpers on the program's own context; ctx fields with the
+    // loads the verifier allows.
     unsafe {
-        (*ev).cookie = cookie;
-        (*ev).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
-        (*ev).family = (*sk).family as u8;
-        (*ev).protocol = (*sk).protocol as u8;
-        (*ev).sock_type = (*sk).type_ as u8;
-        (*ev).port = (*sk).src_port as u16;
-        if v6 {
-            let a = [
+        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        ev.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
+        ev.family = (*sk).family as u8;
+        ev.protocol = (*sk).protocol as u8;
+        ev.sock_type = (*sk).type_ as u8;
+        ev.port = (*sk).src_port as u16;
+        ev.addr = if v6 {
+            addr6([
                 (*sk).src_ip6[0],
                 (*sk).src_ip6[1],
                 (*sk).src_ip6[2],
                 (*sk).src_ip6[3],
-            ];
-            set_addr6(ev, a);
+            ])
         } else {
-            set_addr4(ev, (*sk).src_ip4);
+            addr4((*sk).src_ip4)
+        };
+    }
+    // The request, stashed at bind4: none (port 0 asked for), or its port.
+    let mut st = sock_state(ctx.as_ptr(), false);
+    // SAFETY: this socket's storage, valid for this program run.
+    let ephemeral = st.is_null() || unsafe { (*st).port } == 0;
+    if ephemeral {
+        ev.flags |= FLAG_EPHEMERAL;
+    }
+    if !store_claim(&ev) {
+        ev.flags |= FLAG_UNSTORED;
+    }
+    // Summarised: no one fights over a port the kernel picked. A claim that
+    // could not be stored is always sent, so it is not lost twice.
+    let notify = !ephemeral || send_all() || ev.flags & FLAG_UNSTORED != 0;
+    if notify && st.is_null() {
+        // Its release must be sent too: remember the socket.
+        st = sock_state(ctx.as_ptr(), true);
+    }
+    if !st.is_null() {
+        // SAFETY: this socket's storage.
+        unsafe {
+            (*st).state = ((*st).state & !ST_PENDING) | ST_CLAIMED;
+            if notify {
+                (*st).state |= ST_NOTIFIED;
+            }
         }
     }
-    entry.submit(0);
+    if notify {
+        send(ctx, &ev);
+    } else {
+        bump(&COUNTS, reaper_common::COUNT_EPHEMERAL);
+        match EPHEMERAL.get_ptr_mut(ev.tgid) {
+            // SAFETY: per-CPU value, no concurrent writer on this CPU.
+            Some(n) => unsafe { *n += 1 },
+            None => {
+                let _ = EPHEMERAL.insert(&ev.tgid, &1, BPF_NOEXIST as u64);
+            }
+        }
+    }
 }
 
 #[cgroup_sock(sock_release)]
 pub fn reaper_release(ctx: SockContext) -> i32 {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is not kept past this line.
-    if unsafe { CLAIMED.get(&cookie) }.is_none() {
+    let st = sock_state(ctx.as_ptr(), false);
+    if st.is_null() {
+        // Never bound to a fixed port, never sent: at most a summarised
+        // ephemeral claim to end.
+        // One delete, whether or not it is there: a lookup first would cost
+        // every bound socket a second walk of the bucket.
+        if CLAIMS.remove(&cookie).is_ok() {
+            bump(&COUNTS, reaper_common::COUNT_EPHEMERAL_RELEASES);
+        }
         return ALLOW;
     }
-    let _ = CLAIMED.remove(&cookie);
+    // SAFETY: this socket's storage, valid for this program run.
+    let state = unsafe { (*st).state };
+    if state & ST_CLAIMED != 0 {
+        let _ = CLAIMS.remove(&cookie);
+    }
+    if state & ST_PENDING != 0 {
+        // SAFETY: as above.
+        send_failed(&ctx, unsafe { &*st }, ctx.as_ptr());
+    }
+    if state & ST_NOTIFIED == 0 {
+        if state & ST_CLAIMED != 0 {
+            bump(&COUNTS, reaper_common::COUNT_EPHEMERAL_RELEASES);
+        }
+        return ALLOW;
+    }
     let sk: *mut bpf_sock = ctx.sock;
     if let Some(mut entry) = start_event(&ctx, KIND_RELEASE) {
         let ev = entry.as_mut_ptr();
@@ -282,26 +505,47 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
+    let mut ev = Event::zeroed();
+    ev.kind = KIND_LISTEN;
+    fill_identity(&mut ev);
     // SAFETY: `sk` is the tracepoint's struct sock; the helper accepts it.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let _ = CLAIMED.insert(&cookie, &1, 0);
+    ev.cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     // SAFETY: fixed, long-stable offsets inside struct sock_common.
-    let port = unsafe { bpf_probe_read_kernel(sk.add(SKC_NUM_OFFSET) as *const u16) }.unwrap_or(0);
+    ev.port = unsafe { bpf_probe_read_kernel(sk.add(SKC_NUM_OFFSET) as *const u16) }.unwrap_or(0);
     // SAFETY: as above.
-    let family =
-        unsafe { bpf_probe_read_kernel(sk.add(SKC_FAMILY_OFFSET) as *const u16) }.unwrap_or(0);
-    if let Some(mut entry) = start_event(&ctx, KIND_LISTEN) {
-        let ev = entry.as_mut_ptr();
-        // SAFETY: `ev` points at the reserved record.
-        unsafe {
-            (*ev).cookie = cookie;
-            (*ev).port = port;
-            (*ev).family = family as u8;
-            (*ev).protocol = reaper_common::IPPROTO_TCP;
-            (*ev).sock_type = 1;
+    ev.family = unsafe { bpf_probe_read_kernel(sk.add(SKC_FAMILY_OFFSET) as *const u16) }
+        .unwrap_or(0) as u8;
+    ev.protocol = reaper_common::IPPROTO_TCP;
+    ev.sock_type = 1;
+    let st = sock_state(sk as *mut _, true);
+    // SAFETY: this socket's storage, valid for this program run.
+    let state = if st.is_null() {
+        0
+    } else {
+        unsafe { (*st).state }
+    };
+    // A summarised ephemeral claim has no storage before this listen.
+    // SAFETY: only whether the entry exists is used.
+    let claimed = state & ST_CLAIMED != 0 || unsafe { CLAIMS.get(&ev.cookie) }.is_some();
+    if claimed && state & ST_NOTIFIED == 0 {
+        // A summarised ephemeral claim starts to matter: send its bind first.
+        // SAFETY: the value is copied out at once.
+        if let Some(bound) = unsafe { CLAIMS.get(&ev.cookie) } {
+            let bound = *bound;
+            send(&ctx, &bound);
         }
-        entry.submit(0);
     }
+    if !claimed {
+        // listen() without bind(): the kernel picked the port (autobind).
+        if !store_claim(&ev) {
+            ev.flags |= FLAG_UNSTORED;
+        }
+    }
+    if !st.is_null() {
+        // SAFETY: as above.
+        unsafe { (*st).state |= ST_CLAIMED | ST_NOTIFIED };
+    }
+    send(&ctx, &ev);
     0
 }
 

@@ -133,6 +133,12 @@ pub struct WatchArgs {
     /// Size of the BPF ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 256 * 1024)]
     pub ringbuf_size: u32,
+    /// Show every bind, ephemeral ones (port 0) too. By default the kernel
+    /// side counts those per process instead of sending each: no one fights
+    /// over a port the kernel picked. Their listens and failures are shown
+    /// either way.
+    #[arg(long)]
+    pub all: bool,
     /// Without BPF: poll the sockets at this interval and show changes.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub poll_interval: Duration,

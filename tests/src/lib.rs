@@ -329,6 +329,7 @@ pub fn own_netns() -> u64 {
     reaper::holders::netns::netns_of_pid(std::process::id()).expect("/proc/self/ns/net is readable")
 }
 
+pub mod containers;
 pub mod daemon;
 pub mod faults;
 pub mod fixture;

@@ -144,7 +144,8 @@ fn the_syscalls_tier_reports_the_exact_errno() {
 
 #[test]
 fn ipv6_and_udp_binds_are_seen() {
-    let mut w = Watch::start(&[]);
+    // --all: the port-0 UDP bind is summarised kernel-side without it.
+    let mut w = Watch::start(&["--all"]);
     let (h6, port6) = hold(&["::1", "0", "listen"]);
     let b = w.expect("the v6 bind", |v| is(v, "bind", h6.pid()));
     assert_eq!(b["family"], "ipv6");
@@ -164,6 +165,26 @@ fn ipv6_and_udp_binds_are_seen() {
         b.get("requested_port").is_none(),
         "asked port = bound port: {b}"
     );
+}
+
+#[test]
+fn ephemeral_binds_are_counted_not_sent_unless_all_is_asked() {
+    let mut w = Watch::start(&["--duration", "8s"]);
+    let (he, _) = hold(&["127.0.0.1", "0", "udp"]);
+    let want = free_port();
+    let (hf, _) = hold(&["127.0.0.1", &want.to_string(), "udp"]);
+    // The ring buffer keeps the order of the binds: when the fixed one is
+    // out, the ephemeral one would have been before it.
+    let fixed = w.expect("the fixed udp bind", |v| {
+        assert!(
+            !is(v, "bind", he.pid()),
+            "an ephemeral bind was sent without --all: {v}"
+        );
+        is(v, "bind", hf.pid())
+    });
+    assert_eq!(fixed["port"], want);
+    let err = w.s.wait_err("ephemeral", Duration::from_secs(20));
+    assert!(err.contains("--all shows each"), "{err}");
 }
 
 #[test]

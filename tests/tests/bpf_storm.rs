@@ -12,7 +12,7 @@ use serde_json::Value;
 fn a_storm_that_overflows_a_small_ring_buffer_reports_losses() {
     require_root();
     let mut cmd = Command::new(reaper_bin());
-    cmd.args(["watch", "--json", "--ringbuf-size", "4096"]);
+    cmd.args(["watch", "--json", "--all", "--ringbuf-size", "4096"]);
     let mut w = Spawned::spawn(&mut cmd);
     w.wait_err("attached", Duration::from_secs(30));
     let mut storm = Spawned::spawn(binder().args(["storm", "2", "20000"]));

@@ -1,25 +1,50 @@
 //! The daemon under a bind storm that overflows a deliberately small ring
-//! buffer: the losses are journaled and counted, and a reconciliation scan
-//! repairs the ledger. In its own test binary so the storm cannot starve the
-//! daemons of the other tests (cargo runs test binaries one at a time).
+//! buffer: the losses are journaled and counted, and the ledger is repaired
+//! from the kernel-side claims map (no /proc scan), so a claim made during
+//! the loss window is still answered with its pid and bind time. And a full
+//! kernel-side claims map is reported, not silent. In its own test binary so
+//! the storm cannot starve the daemons of the other tests (cargo runs test
+//! binaries one at a time).
 
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reaper_tests::daemon::*;
 use serde_json::Value;
 
+/// One test at a time: every daemon's hooks see every bind on the host, so
+/// one test's storm would overflow the other's ring buffer.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn kind(r: &Value) -> &str {
     r["kind"].as_str().unwrap_or("")
 }
 
-fn bind_storm(n: u32) {
+/// A port free now (the kernel's pick, released at once).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Binds `port` (a fixed port, so every bind is sent, not summarised) and
+/// closes, `n` times or until `stop`.
+fn bind_storm(port: u16, n: u32, stop: &AtomicBool) {
     for _ in 0..n {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         // SAFETY: plain syscalls on an fd this loop owns.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             assert!(fd >= 0);
             let mut a: libc::sockaddr_in = std::mem::zeroed();
             a.sin_family = libc::AF_INET as u16;
+            a.sin_port = port.to_be();
             a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
             libc::bind(
                 fd,
@@ -31,29 +56,130 @@ fn bind_storm(n: u32) {
     }
 }
 
+/// UDP sockets bound to fixed ports, held.
+fn hold_fixed(n: usize) -> Vec<(UdpSocket, chrono::DateTime<chrono::Utc>)> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let port = free_udp_port();
+        let at = chrono::Utc::now();
+        if let Ok(s) = UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((s, at));
+        }
+    }
+    held
+}
+
 #[test]
-fn ring_buffer_losses_are_journaled_and_the_ledger_is_reconciled() {
+fn claims_made_in_a_loss_window_are_answered_from_the_kernel_map_without_a_scan() {
     assert!(
         is_root(),
         "this test needs root: run `cargo xtask test` as root"
     );
-    // The smallest ring buffer: a storm must overflow it.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The smallest ring buffer: a storm of fixed-port binds must overflow it.
     let d = Daemon::start("ringbuf_size = 4096\n");
-    bind_storm(20_000);
+    // Two storms on two ports: the same port from two threads would make
+    // conflicts, whose targeted scans are not what this test is about.
+    let (storm_port, own_port) = (free_udp_port(), free_udp_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let stop = stop.clone();
+        std::thread::spawn(move || bind_storm(storm_port, 200_000, &stop))
+    };
+    // Claims made while the storm runs: some of their events are lost.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.extend(hold_fixed(2));
+        bind_storm(own_port, 500, &AtomicBool::new(false));
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    bind_storm(20_000);
+    let lport = listener.local_addr().unwrap().port();
+    bind_storm(own_port, 5_000, &AtomicBool::new(false));
+    stop.store(true, Ordering::Relaxed);
+    storm.join().unwrap();
+
     let loss = d.wait_record("a loss record", |r| kind(r) == "loss");
     assert!(loss["lost"].as_u64().unwrap() > 0);
     d.wait_record("a reconcile record", |r| kind(r) == "reconcile");
     assert!(d.metric("reaper_ringbuf_lost_events_total") > Some(0.0));
-    // Whether its bind event was lost or not, after reconciling the ledger
-    // knows the listener made during the storm.
+    // Every claim is answered with its pid and bind time, whether its event
+    // was lost or not.
+    let me = std::process::id();
+    for (s, at) in &held {
+        let port = s.local_addr().unwrap().port();
+        let c = wait_for(
+            &format!("the daemon to know the claim on udp/{port}"),
+            Duration::from_secs(10),
+            || {
+                let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"udp"}}"#));
+                let c = r["claims"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["pid"] == me)?
+                    .clone();
+                Some(c)
+            },
+        );
+        let bound: chrono::DateTime<chrono::Utc> = c["bound_at"].as_str().unwrap().parse().unwrap();
+        let off = (bound - *at).num_milliseconds().abs();
+        assert!(
+            off < 1_000,
+            "bound_at {bound} is {off} ms from the bind at {at}: {c}"
+        );
+    }
     wait_for(
-        "the ledger to know the listener",
+        "the daemon to know the listener",
         Duration::from_secs(10),
         || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{port}}}"#));
+            let r = d.query(&format!(r#"{{"cmd":"who","port":{lport}}}"#));
+            (r["claims"][0]["pid"] == me).then_some(())
+        },
+    );
+    let claims_journaled = d
+        .records()
+        .iter()
+        .filter(|r| kind(r) == "claim" && r["process"]["pid"] == me && r["proto"] == "udp")
+        .count();
+    eprintln!(
+        "{} of {} held claims were journaled from their events; the rest came from the kernel map",
+        claims_journaled,
+        held.len()
+    );
+    // No /proc scan repaired the ledger: the only scan is the start's seed.
+    let scrape = d.scrape();
+    assert!(
+        !scrape.contains("kind=\"reconcile\""),
+        "a reconcile scan ran:\n{scrape}"
+    );
+    assert!(metric_in(&scrape, "reaper_ledger_repairs_total") > Some(0.0));
+    promtool_check(&scrape).unwrap();
+}
+
+#[test]
+fn a_full_kernel_side_claims_map_is_journaled_and_counted() {
+    assert!(
+        is_root(),
+        "this test needs root: run `cargo xtask test` as root"
+    );
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("claims_max = 16\n");
+    assert_eq!(d.metric("reaper_claims_map_capacity"), Some(16.0));
+    let held = hold_fixed(40);
+    let full = d.wait_record("a claims_full record", |r| kind(r) == "claims_full");
+    assert_eq!(full["capacity"], 16, "{full}");
+    assert!(full["unstored"].as_u64().unwrap() > 0, "{full}");
+    wait_for(
+        "the unstored-claims counter",
+        Duration::from_secs(10),
+        || (d.metric("reaper_claims_unstored_total") > Some(0.0)).then_some(()),
+    );
+    // The claims the map had no room for are still known from their events.
+    let port = held.last().unwrap().0.local_addr().unwrap().port();
+    wait_for(
+        "the daemon to know the last claim",
+        Duration::from_secs(10),
+        || {
+            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"udp"}}"#));
             (r["claims"][0]["pid"] == std::process::id()).then_some(())
         },
     );

@@ -84,11 +84,20 @@ fn a_bind_storm_leaves_reaper_up_bounded_and_honest_about_losses() {
                     made - seen - lost.min(made - seen)
                 );
             }
-            "daemon" => assert_eq!(
-                u(r, "journaled_lost"),
-                lost,
-                "the daemon's loss counter and its journal disagree: {r}"
-            ),
+            "daemon" => {
+                assert_eq!(
+                    u(r, "journaled_lost"),
+                    lost,
+                    "the daemon's loss counter and its journal disagree: {r}"
+                );
+                assert!(u(r, "held_claims") > 0, "no claims held at the end: {r}");
+                assert_eq!(
+                    u(r, "known_claims"),
+                    u(r, "held_claims"),
+                    "claims alive at the end that the daemon did not know with their pid: {r}"
+                );
+                assert_eq!(u(r, "reconcile_scans"), 0, "a /proc scan reconciled: {r}");
+            }
             _ => panic!("unknown condition {c}"),
         }
     }

@@ -93,6 +93,74 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The targets the benchmarks are held to (issue 12: the daemon under a bind
+/// storm): (bench, subject, the highest median that meets it, what it means).
+const TARGETS: &[(&str, &str, f64, &str)] = &[
+    (
+        "daemon",
+        "daemon CPU per bind (port 0)",
+        1.0,
+        "daemon CPU <= 1.0 us per bind, one thread binding flat out",
+    ),
+    (
+        "daemon",
+        "claims the kernel-side map had no room for (port 0)",
+        0.0,
+        "0 lost claims",
+    ),
+    (
+        "daemon",
+        "events lost in the bind storm (fixed port)",
+        0.0,
+        "0 lost events for non-ephemeral binds at that rate",
+    ),
+    (
+        "daemon",
+        "binder tax (port 0): attached - detached, per round",
+        0.5,
+        "binder tax <= +0.5 us per bind vs detached",
+    ),
+    (
+        "storm",
+        "daemon: claims alive at the end not known with their pid",
+        0.0,
+        "8 workers: every claim alive at the end known to the daemon with its pid",
+    ),
+    (
+        "storm",
+        "reaper daemon peak RSS",
+        20.0,
+        "8 workers: daemon RSS under 20 MiB",
+    ),
+    (
+        "daemon",
+        "`reaper who PORT` answered by the daemon",
+        2.0,
+        "`reaper who PORT` via the daemon, whole process, <= 2 ms",
+    ),
+];
+
+/// The targets as a table: each with its median and whether it is met.
+fn targets(figures: &[Value]) -> String {
+    let mut s = String::from("## Targets\n\n| target | median | met |\n|---|---:|---|\n");
+    for (bench, subject, limit, what) in TARGETS {
+        let f = figures
+            .iter()
+            .find(|f| f["bench"] == *bench && f["subject"] == *subject);
+        let (median, met) = match f.and_then(|f| Some((f["median"].as_f64()?, f["unit"].as_str()?)))
+        {
+            Some((m, unit)) => (
+                format!("{} {unit}", fmt_num(m)),
+                if m <= *limit { "yes" } else { "**no**" },
+            ),
+            None => ("not measured".to_string(), "?"),
+        };
+        s.push_str(&format!("| {what} | {median} | {met} |\n"));
+    }
+    s.push('\n');
+    s
+}
+
 fn machine() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
@@ -136,6 +204,8 @@ fn markdown(machine: &Value, quick: bool, figures: &[Value]) -> String {
         if quick { " with --quick" } else { "" }
     ));
     s.push_str("Comparisons were interleaved in the same run; absolute numbers drift on shared machines, ratios less so. Reproduce with `cargo xtask bench`.\n\n");
+    s.push_str(&targets(figures));
+    s.push_str("## Figures\n\n");
     s.push_str("| benchmark | subject | median | min | max | n | note |\n|---|---|---:|---:|---:|---:|---|\n");
     for f in figures {
         let num = |k: &str| f[k].as_f64().map(fmt_num).unwrap_or_default();

@@ -1,11 +1,17 @@
 //! The daemon's cost and capacity, on the real kernel (root):
 //!
-//! 1. A bind storm (socket + bind 127.0.0.1:0 + close, one thread) with the
-//!    daemon attached vs detached, interleaved round by round: ns per bind.
-//! 2. The daemon's RSS (VmRSS) and CPU (utime+stime from /proc/PID/stat over
-//!    wall time) idle and under the storm.
-//! 3. The highest paced bind rate with zero ring-buffer losses: the rate is
-//!    ramped; losses are read from `reaper_ringbuf_lost_events_total`.
+//! 1. A bind storm (socket + bind + close, one thread) with the daemon
+//!    attached vs detached, interleaved round by round: ns per bind and the
+//!    binder's tax (attached - detached, per round). Two storms: port 0
+//!    (ephemeral: the kernel side counts them, sends nothing) and one fixed
+//!    port bound and closed again and again (every bind and release sent).
+//! 2. The daemon's RSS (VmRSS) and CPU (utime+stime from /proc/PID/stat)
+//!    idle and under each storm, as % of a core and as us per bind; the
+//!    events it lost and the claims its kernel-side map had no room for;
+//!    with `kernel.bpf_stats_enabled`, each program's ns per run.
+//! 3. The highest paced (fixed-port) bind rate with zero ring-buffer losses:
+//!    the rate is ramped; losses are read from
+//!    `reaper_ringbuf_lost_events_total`.
 //! 4. `who` latency through the control socket with 2,000 idle processes
 //!    (50 fds each) running, next to a `reaper who --no-bpf` scan.
 //!
@@ -149,8 +155,8 @@ fn ticks_per_sec() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
-/// One socket + bind(127.0.0.1:0) + close. Returns false on failure.
-fn one_bind() -> bool {
+/// One socket + bind(127.0.0.1:PORT) + close. Returns false on failure.
+fn one_bind(port: u16) -> bool {
     // SAFETY: plain syscalls on an fd we own.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -159,6 +165,7 @@ fn one_bind() -> bool {
         }
         let mut a: libc::sockaddr_in = std::mem::zeroed();
         a.sin_family = libc::AF_INET as u16;
+        a.sin_port = port.to_be();
         a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
         let ok = libc::bind(
             fd,
@@ -171,24 +178,24 @@ fn one_bind() -> bool {
 }
 
 /// Binds as fast as one thread can for `n` binds; ns per bind.
-fn storm(n: u32) -> f64 {
+fn storm(n: u32, port: u16) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
-        one_bind();
+        one_bind(port);
     }
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
 /// Binds at `rate` per second for `window`, paced in 1 ms slices; returns
 /// the rate achieved.
-fn paced(rate: u64, window: Duration) -> f64 {
+fn paced(rate: u64, window: Duration, port: u16) -> f64 {
     let start = Instant::now();
     let mut done: u64 = 0;
     while start.elapsed() < window {
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         if done < due {
             for _ in done..due {
-                one_bind();
+                one_bind(port);
             }
             done = due;
         } else {
@@ -245,6 +252,48 @@ impl Drop for Idle {
     }
 }
 
+/// Per program of `pid`: (name, run_cnt, run_time_ns), from `bpftool prog
+/// show` (counted while kernel.bpf_stats_enabled is 1).
+fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["pids"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["pid"] == pid))
+        })
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["run_cnt"].as_u64().unwrap_or(0),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// Sets kernel.bpf_stats_enabled; returns the old value.
+fn bpf_stats(on: bool) -> Option<String> {
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old = std::fs::read_to_string(path).ok()?;
+    std::fs::write(path, if on { "1" } else { "0" }).ok()?;
+    Some(old.trim().to_string())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if !nix::unistd::geteuid().is_root() {
@@ -265,64 +314,166 @@ fn main() -> Result<()> {
     let hz = ticks_per_sec();
 
     // 1 + 2: interleaved attached/detached storms, and the daemon's usage.
-    let (mut detached, mut attached) = (Vec::new(), Vec::new());
-    let (mut idle_cpu, mut idle_rss, mut storm_cpu, mut storm_rss) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_daemon in order {
-            if !with_daemon {
-                detached.push(storm(binds));
-                continue;
+    let fixed_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let kinds: [(&str, u16); 2] = [("port 0", 0), ("fixed port", fixed_port)];
+    let stats_was = bpf_stats(true);
+    if stats_was.is_none() {
+        eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
+    }
+    let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
+    for (kind, port) in kinds {
+        let (mut detached, mut attached, mut tax) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut storm_cpu, mut cpu_per_bind, mut storm_rss) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut lost, mut unstored) = (Vec::new(), Vec::new());
+        let mut progs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut pair = [0.0f64; 2];
+            for with_daemon in order {
+                if !with_daemon {
+                    pair[0] = storm(binds, port);
+                    detached.push(pair[0]);
+                    continue;
+                }
+                let d = Daemon::start(&format!("r{round}"), "")?;
+                let pid = d.pid();
+                if port == 0 {
+                    let (t0, _) = usage(pid)?;
+                    let w0 = Instant::now();
+                    std::thread::sleep(window);
+                    let (t1, rss) = usage(pid)?;
+                    idle_cpu.push(100.0 * (t1 - t0) as f64 / hz / w0.elapsed().as_secs_f64());
+                    idle_rss.push(rss as f64 / 1024.0);
+                }
+                let seen = |d: &Daemon| -> Result<f64> {
+                    Ok(d.metric("reaper_binds_total")?
+                        + d.metric("reaper_ephemeral_binds_summarised_total")?
+                        + d.metric("reaper_ringbuf_lost_events_total")? / 2.0)
+                };
+                let before = seen(&d)?;
+                let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
+                let stats0 = prog_stats(pid);
+                let (t1, _) = usage(pid)?;
+                let w1 = Instant::now();
+                pair[1] = storm(binds, port);
+                attached.push(pair[1]);
+                let stats1 = prog_stats(pid);
+                // The daemon's CPU counts until it has taken in what the
+                // storm left (or lost it, which is counted).
+                let end = Instant::now() + Duration::from_secs(60);
+                while seen(&d)? < before + binds as f64 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let (t2, rss) = usage(pid)?;
+                let cpu_s = (t2 - t1) as f64 / hz;
+                storm_cpu.push(100.0 * cpu_s / w1.elapsed().as_secs_f64());
+                cpu_per_bind.push(cpu_s * 1e6 / binds as f64);
+                storm_rss.push(rss as f64 / 1024.0);
+                lost.push(d.metric("reaper_ringbuf_lost_events_total")? - lost0);
+                unstored.push(d.metric("reaper_claims_unstored_total")?);
+                for (name, cnt, ns) in &stats1 {
+                    let (c0, n0) = stats0
+                        .iter()
+                        .find(|(n, _, _)| n == name)
+                        .map(|(_, c, t)| (*c, *t))
+                        .unwrap_or((0, 0));
+                    let e = progs.entry(name.clone()).or_default();
+                    e.0 += cnt - c0;
+                    e.1 += ns - n0;
+                }
+                d.stop()?;
             }
-            let d = Daemon::start(&format!("r{round}"), "")?;
-            let pid = d.pid();
-            let (t0, _) = usage(pid)?;
-            let w0 = Instant::now();
-            std::thread::sleep(window);
-            let (t1, rss) = usage(pid)?;
-            idle_cpu.push(100.0 * (t1 - t0) as f64 / hz / w0.elapsed().as_secs_f64());
-            idle_rss.push(rss as f64 / 1024.0);
-            let before = d.metric("reaper_binds_total")?;
-            let w1 = Instant::now();
-            attached.push(storm(binds));
-            // The daemon's CPU counts until it has journaled what the storm
-            // left in the ring buffer (or lost it, which the ramp measures).
-            let end = Instant::now() + Duration::from_secs(60);
-            while d.metric("reaper_binds_total")?
-                + d.metric("reaper_ringbuf_lost_events_total")? / 3.0
-                < before + binds as f64
-                && Instant::now() < end
-            {
-                std::thread::sleep(Duration::from_millis(5));
+            tax.push((pair[1] - pair[0]) / 1e3);
+        }
+        let note = Some(format!(
+            "{build} build; socket+bind(127.0.0.1:{})+close, one thread, {binds} binds a round",
+            if port == 0 {
+                "0".to_string()
+            } else {
+                "P".to_string()
             }
-            let (t2, rss) = usage(pid)?;
-            storm_cpu.push(100.0 * (t2 - t1) as f64 / hz / w1.elapsed().as_secs_f64());
-            storm_rss.push(rss as f64 / 1024.0);
-            d.stop()?;
+        ));
+        emit(
+            BENCH,
+            &format!("bind storm ({kind}), no daemon"),
+            "ns/bind",
+            &detached,
+            note.clone(),
+        );
+        emit(
+            BENCH,
+            &format!("bind storm ({kind}), daemon attached (cgroup)"),
+            "ns/bind",
+            &attached,
+            note,
+        );
+        emit(
+            BENCH,
+            &format!("binder tax ({kind}): attached - detached, per round"),
+            "us/bind",
+            &tax,
+            Some(format!(
+                "target <= +0.5 us; medians {:.0} vs {:.0} ns/bind",
+                median(&attached),
+                median(&detached)
+            )),
+        );
+        emit(
+            BENCH,
+            &format!("daemon CPU under the bind storm ({kind})"),
+            "% of a core",
+            &storm_cpu,
+            Some(format!("{build} build; while one thread binds flat out")),
+        );
+        emit(
+            BENCH,
+            &format!("daemon CPU per bind ({kind})"),
+            "us/bind",
+            &cpu_per_bind,
+            Some("target <= 1.0 us; utime+stime over the storm and its drain".into()),
+        );
+        emit(
+            BENCH,
+            &format!("daemon RSS under the bind storm ({kind})"),
+            "MiB",
+            &storm_rss,
+            None,
+        );
+        emit(
+            BENCH,
+            &format!("events lost in the bind storm ({kind})"),
+            "events",
+            &lost,
+            Some("target 0 for fixed ports; default ring buffer (1 MiB)".into()),
+        );
+        emit(
+            BENCH,
+            &format!("claims the kernel-side map had no room for ({kind})"),
+            "claims",
+            &unstored,
+            Some("lost claims: target 0".into()),
+        );
+        for (name, (cnt, ns)) in &progs {
+            if *cnt > 0 {
+                emit(
+                    BENCH,
+                    &format!("kernel program {name} ({kind} storm)"),
+                    "ns/run",
+                    &[*ns as f64 / *cnt as f64],
+                    Some(format!("kernel.bpf_stats_enabled; {cnt} runs")),
+                );
+            }
         }
     }
-    let note = Some(format!(
-        "{build} build; socket+bind(127.0.0.1:0)+close, one thread, {binds} binds a round"
-    ));
-    emit(
-        BENCH,
-        "bind storm, no daemon",
-        "ns/bind",
-        &detached,
-        note.clone(),
-    );
-    emit(
-        BENCH,
-        "bind storm, daemon attached (cgroup)",
-        "ns/bind",
-        &attached,
-        note,
-    );
+    if let Some(old) = stats_was {
+        let _ = bpf_stats(old == "1");
+    }
     emit(
         BENCH,
         "daemon CPU idle",
@@ -331,20 +482,6 @@ fn main() -> Result<()> {
         Some(format!("{build} build; over {window:?}")),
     );
     emit(BENCH, "daemon RSS idle", "MiB", &idle_rss, None);
-    emit(
-        BENCH,
-        "daemon CPU under the bind storm",
-        "% of a core",
-        &storm_cpu,
-        Some(format!("{build} build; while one thread binds flat out")),
-    );
-    emit(
-        BENCH,
-        "daemon RSS under the bind storm",
-        "MiB",
-        &storm_rss,
-        None,
-    );
 
     // 3: ramp the paced rate until the ring buffer loses events.
     let d = Daemon::start("ramp", "")?;
@@ -355,7 +492,7 @@ fn main() -> Result<()> {
     ];
     for &rate in rates {
         let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
-        let achieved = paced(rate, window);
+        let achieved = paced(rate, window, fixed_port);
         // Let the daemon catch up so a loss at the end of the window counts.
         std::thread::sleep(Duration::from_millis(300));
         let lost = d.metric("reaper_ringbuf_lost_events_total")? - lost0;
@@ -377,8 +514,8 @@ fn main() -> Result<()> {
         "binds/s",
         &[best],
         Some(match first_loss {
-            Some((r, a, l)) => format!("{build} build, ringbuf 256 KiB; losses began at a paced {r}/s (achieved {a:.0}/s, {l} lost)"),
-            None => format!("{build} build, ringbuf 256 KiB; no loss up to what one generator thread reaches"),
+            Some((r, a, l)) => format!("{build} build, default ring buffer (1 MiB), one fixed port; losses began at a paced {r}/s (achieved {a:.0}/s, {l} lost)"),
+            None => format!("{build} build, default ring buffer (1 MiB), one fixed port; no loss up to what one generator thread reaches"),
         }),
     );
 

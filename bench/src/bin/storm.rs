@@ -6,8 +6,12 @@
 //! every 20 ms, how many of the workers' binds reaper reported, and how many
 //! events it said it lost.
 //!
-//! Conditions: `none`; `watch` (`reaper watch --json`, every line read);
-//! `daemon` (`reaper daemon` with a throwaway config and journal).
+//! Conditions: `none`; `watch` (`reaper watch --json --all`, every line
+//! read: the port-0 binds are summarised kernel-side without `--all`);
+//! `daemon` (`reaper daemon` with a throwaway config and journal). At the end
+//! of each storm every worker keeps [`HOLD`] more port-0 sockets open; under
+//! the daemon, each is asked of it (`who`, control socket): every claim
+//! alive must be known with its pid, without a /proc scan.
 //!
 //! ```text
 //! storm [--secs N] [--rounds R] [--workers W] [--with watch,daemon] [--summary FILE] [--quick]
@@ -32,7 +36,11 @@ fn reaper_bin() -> String {
     std::env::var("REAPER_BIN").unwrap_or_else(|_| "target/release/reaper".into())
 }
 
-/// One worker: bind and release until the time is up; prints the count.
+/// Sockets each worker keeps bound at the end of its storm.
+const HOLD: usize = 16;
+
+/// One worker: bind and release until the time is up; then binds [`HOLD`]
+/// sockets and prints "COUNT PORT,PORT,..."; holds them until stdin closes.
 fn worker(secs: f64) {
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let mut n = 0u64;
@@ -54,7 +62,17 @@ fn worker(secs: f64) {
             }
         }
     }
-    println!("{n}");
+    let held: Vec<std::net::UdpSocket> = (0..HOLD)
+        .filter_map(|_| std::net::UdpSocket::bind("127.0.0.1:0").ok())
+        .collect();
+    let ports: Vec<String> = held
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| a.port().to_string())
+        .collect();
+    println!("{n} {}", ports.join(","));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
 }
 
 /// What one storm under one condition did.
@@ -80,6 +98,14 @@ struct Round {
     rss_samples: u64,
     /// Exit status of reaper after SIGINT/SIGTERM (0 when it stopped cleanly).
     reaper_exit: Option<i32>,
+    /// `daemon`: sockets the workers held at the end, and how many of them
+    /// the daemon answered `who` for with the right pid (within 5 s).
+    held_claims: u64,
+    known_claims: u64,
+    /// `daemon`: ms until the daemon knew every held claim.
+    known_after_ms: u64,
+    /// `daemon`: /proc scans run to reconcile the ledger (want 0).
+    reconcile_scans: u64,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -121,28 +147,93 @@ impl Sampler {
     }
 }
 
-/// Runs the workers for `secs`; returns their pids and total binds.
-fn storm(workers: usize, secs: f64) -> (Vec<u32>, u64) {
+/// A storm that ran: the workers (holding their last sockets), their
+/// binds, and the ports they hold.
+struct Storm {
+    children: Vec<Child>,
+    pids: Vec<u32>,
+    binds: u64,
+    /// (pid, port) of every socket held.
+    held: Vec<(u32, u16)>,
+}
+
+impl Storm {
+    /// Lets the workers close their sockets and exit.
+    fn end(self) {
+        for mut c in self.children {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the workers for `secs`; they hold their last sockets until
+/// [`Storm::end`].
+fn storm_held(workers: usize, secs: f64) -> Storm {
     let me = std::env::current_exe().expect("own path");
-    let children: Vec<Child> = (0..workers)
+    let mut children: Vec<Child> = (0..workers)
         .map(|_| {
             Command::new(&me)
                 .args(["--worker", &secs.to_string()])
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("starting a worker")
         })
         .collect();
-    let pids = children.iter().map(|c| c.id()).collect();
-    let mut total = 0;
-    for c in children {
-        let out = c.wait_with_output().expect("a worker");
-        total += String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .expect("a worker's count");
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let (mut binds, mut held) = (0, Vec::new());
+    for c in children.iter_mut() {
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("a worker's line");
+        let (n, ports) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        binds += n.parse::<u64>().expect("a worker's count");
+        held.extend(
+            ports
+                .split(',')
+                .filter_map(|p| p.parse::<u16>().ok())
+                .map(|p| (c.id(), p)),
+        );
     }
-    (pids, total)
+    Storm {
+        children,
+        pids,
+        binds,
+        held,
+    }
+}
+
+/// Runs the workers for `secs`; returns their pids and total binds.
+fn storm(workers: usize, secs: f64) -> (Vec<u32>, u64) {
+    let s = storm_held(workers, secs);
+    let out = (s.pids.clone(), s.binds);
+    s.end();
+    out
+}
+
+/// Asks the daemon's control socket who holds `port`/udp: the pids.
+fn who_pids(sock: &std::path::Path, port: u16) -> Vec<u64> {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("{{\"cmd\":\"who\",\"port\":{port},\"proto\":\"udp\"}}\n").as_bytes())
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| {
+            v["claims"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c["pid"].as_u64()).collect())
+        })
+        .unwrap_or_default()
 }
 
 fn interrupt(c: &mut Child, sig: i32) -> Option<i32> {
@@ -164,7 +255,7 @@ fn interrupt(c: &mut Child, sig: i32) -> Option<i32> {
 
 fn with_watch(workers: usize, secs: f64, round: usize) -> Round {
     let mut child = Command::new(reaper_bin())
-        .args(["watch", "--json"])
+        .args(["watch", "--json", "--all"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -294,7 +385,22 @@ fn with_daemon(workers: usize, secs: f64, round: usize) -> Round {
         std::thread::sleep(Duration::from_millis(20));
     }
     let sampler = Sampler::start(child.id());
-    let (pids, binds) = storm(workers, secs);
+    let st = storm_held(workers, secs);
+    // Every claim alive now must be known to the daemon with its pid.
+    let sock = dir.join("reaper.sock");
+    let asked = Instant::now();
+    let mut unknown: Vec<(u32, u16)> = st.held.clone();
+    while !unknown.is_empty() && asked.elapsed() < Duration::from_secs(5) {
+        unknown.retain(|(pid, port)| !who_pids(&sock, *port).contains(&(*pid as u64)));
+        if !unknown.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let known_after_ms = asked.elapsed().as_millis() as u64;
+    let held_claims = st.held.len() as u64;
+    let known_claims = held_claims - unknown.len() as u64;
+    let (pids, binds) = (st.pids.clone(), st.binds);
+    st.end();
     // The daemon journals a loss on the loop turn after it counts it: read
     // the counter and the journal until they agree (or 10 s pass, and the
     // disagreement is what the summary shows).
@@ -323,6 +429,9 @@ fn with_daemon(workers: usize, secs: f64, round: usize) -> Round {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let reconcile_scans = scrape(&metrics)
+        .and_then(|t| metric(&t, "reaper_scan_duration_seconds_count{kind=\"reconcile\"}"))
+        .unwrap_or(0);
     let exit = interrupt(&mut child, libc::SIGTERM);
     let (first, max, n) = sampler.finish();
     let _ = std::fs::remove_dir_all(&dir);
@@ -336,6 +445,10 @@ fn with_daemon(workers: usize, secs: f64, round: usize) -> Round {
         lost,
         loss_lines,
         journaled_lost: journaled,
+        held_claims,
+        known_claims,
+        known_after_ms,
+        reconcile_scans,
         rss_first_kib: first,
         rss_max_kib: max,
         rss_samples: n,
@@ -425,6 +538,27 @@ fn main() {
             &pick(c, &|r| r.lost as f64),
             None,
         );
+        if *c == "daemon" {
+            let held: u64 = rounds.iter().map(|r| r.held_claims).sum();
+            let known: u64 = rounds.iter().map(|r| r.known_claims).sum();
+            let scans: u64 = rounds.iter().map(|r| r.reconcile_scans).sum();
+            emit(
+                "storm",
+                "daemon: claims alive at the end not known with their pid",
+                "claims",
+                &pick(c, &|r| (r.held_claims - r.known_claims) as f64),
+                Some(format!(
+                    "{known} of {held} held were known within 5 s; {scans} reconcile scans"
+                )),
+            );
+            emit(
+                "storm",
+                "daemon: time until every held claim was known",
+                "ms",
+                &pick(c, &|r| r.known_after_ms as f64),
+                None,
+            );
+        }
     }
     if let Some(path) = val("--summary") {
         std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap())

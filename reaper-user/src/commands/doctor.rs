@@ -27,6 +27,8 @@ struct Report {
     /// Whether that tier gives exact errnos.
     errno_exact: bool,
     fallback: String,
+    /// What the BPF tiers send and what they only count (null for "proc").
+    summary: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +128,7 @@ fn gather() -> Report {
         probes,
         probe_error,
         errno_exact: false,
+        summary: (tier != "proc").then(|| crate::hooks::SUMMARY.to_string()),
         tier,
         fallback: "sock_diag netlink (or /proc/net) + /proc/PID/fd scan: who holds a port now, without bind history or failed attempts".into(),
     }
@@ -205,6 +208,9 @@ fn human(r: &Report, style: Style) -> String {
         )),
     };
     s.push_str(&format!("tier        {tier_line}\n"));
+    if let Some(summary) = &r.summary {
+        s.push_str(&format!("summarised  {summary}\n"));
+    }
     s.push_str(&format!("fallback    {}\n", r.fallback));
     s
 }

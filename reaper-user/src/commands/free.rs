@@ -22,12 +22,13 @@ use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};
 use crate::error::{bad_input, Exit};
+use crate::holders::container::engine::ContainerStop;
 use crate::holders::{self, Query, ScanGaps};
 use crate::journal::writer::{JournalWriter, WriterOptions};
 use crate::journal::{self, Record};
 use crate::output::{self, Style};
 use crate::policy::{Context, Decision, FlagRule, Policy};
-use crate::reap::plan::{self, Judged, Plan, Tree, Unowned};
+use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
 use crate::reap::{self, StopOptions, TargetOutcome, TargetReport};
 use crate::text::{shell_word, term};
 use crate::util::Proto;
@@ -42,6 +43,12 @@ struct Report<'a> {
     holders: &'a [Judged],
     #[serde(skip_serializing_if = "<[Unowned]>::is_empty")]
     unowned: &'a [Unowned],
+    /// Containers behind the engine's proxy, with their verdicts.
+    #[serde(skip_serializing_if = "<[JudgedContainer]>::is_empty")]
+    containers: &'a [JudgedContainer],
+    /// What stopping them through the engine did.
+    #[serde(skip_serializing_if = "<[ContainerStop]>::is_empty")]
+    container_stops: &'a [ContainerStop],
     signals: Vec<&'a reap::SignalSent>,
     targets: &'a [TargetReport],
     /// already_free, freed, still_held, refused, dry_run.
@@ -102,6 +109,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         scan_ms: scan.duration_ms,
         gaps: &scan.gaps,
         targets: Vec::new(),
+        container_stops: Vec::new(),
         free_at: None,
         journal,
     };
@@ -118,7 +126,7 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
     let probes = plan.probes(&ctx, args.proto, args.port);
     let targets: Vec<&Judged> = plan.targets();
 
-    if targets.is_empty() {
+    if targets.is_empty() && plan.container_targets().is_empty() {
         // Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
         let tw = plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
         let first = reap::wait_bindable(&probes, Instant::now());
@@ -217,26 +225,42 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         Err(why) => unreachable!("the plan refused after its refusal was checked: {why}"),
     };
     run.targets = done.targets;
+    run.container_stops = done.containers;
     run.free_at = done.free_at;
     let w_last_error = done.last_error;
-    let skipped: Vec<String> = run
-        .targets
+    let stopped: Vec<String> = run
+        .container_stops
         .iter()
-        .filter_map(|t| match &t.outcome {
-            TargetOutcome::IdentityChanged { changes } => Some(format!(
-                "pid {} was not signalled: its identity changed since it was judged ({})",
-                t.pid,
-                changes.join("; ")
-            )),
-            TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
-            TargetOutcome::StillRunning => Some(format!(
-                "pid {} is still running after {}",
-                t.pid,
-                signals_words(t)
-            )),
-            _ => None,
+        .filter(|c| c.stopped())
+        .map(|c| {
+            format!(
+                "container {} ({}) stopped through the engine after {} ms, kept as {}",
+                c.name.as_deref().unwrap_or("?"),
+                crate::holders::container::short(&c.id),
+                c.stopped_at_ms.unwrap_or_default(),
+                c.state_after.as_deref().unwrap_or("?")
+            )
         })
         .collect();
+    let mut skipped: Vec<String> = run
+        .container_stops
+        .iter()
+        .filter_map(|c| c.error.clone())
+        .collect();
+    skipped.extend(run.targets.iter().filter_map(|t| match &t.outcome {
+        TargetOutcome::IdentityChanged { changes } => Some(format!(
+            "pid {} was not signalled: its identity changed since it was judged ({})",
+            t.pid,
+            changes.join("; ")
+        )),
+        TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
+        TargetOutcome::StillRunning => Some(format!(
+            "pid {} is still running after {}",
+            t.pid,
+            signals_words(t)
+        )),
+        _ => None,
+    }));
     match run.free_at {
         Some(t) => {
             let mut msg = format!(
@@ -263,6 +287,9 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
                 ));
             } else if !exits.is_empty() {
                 msg.push_str(&format!(" ({})", exits.join(", ")));
+            }
+            if !stopped.is_empty() {
+                msg.push_str(&format!(" ({})", stopped.join(", ")));
             }
             if !skipped.is_empty() {
                 msg.push_str(&format!("; {}", skipped.join("; ")));
@@ -356,6 +383,7 @@ struct Run<'a> {
     scan_ms: f64,
     gaps: &'a ScanGaps,
     targets: Vec<TargetReport>,
+    container_stops: Vec<ContainerStop>,
     free_at: Option<Instant>,
     /// Opened before any work (see `run`).
     journal: Option<JournalWriter>,
@@ -406,6 +434,8 @@ impl Run<'_> {
                 dry_run: self.args.dry_run,
                 holders: &self.plan.judged,
                 unowned: &self.plan.unowned,
+                containers: &self.plan.containers,
+                container_stops: &self.container_stops,
                 signals: self.targets.iter().flat_map(|t| t.signals.iter()).collect(),
                 targets: &self.targets,
                 outcome,
@@ -470,6 +500,33 @@ impl Run<'_> {
                 let _ = writeln!(out, "      - {}", term(r));
             }
         }
+        for c in &self.plan.containers {
+            let decision = match c.verdict.decision {
+                Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
+                Decision::Keep => st.yellow("KEEP"),
+                Decision::Protect => st.green("PROTECT"),
+            };
+            let rule = c
+                .verdict
+                .rule
+                .as_deref()
+                .map(|r| format!(" (rule '{}')", term(r)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  container {}  behind proxy pid {}",
+                st.bold(&term(&c.container.words())),
+                c.proxies
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(out, "    {decision}{rule}");
+            for r in &c.verdict.reasons {
+                let _ = writeln!(out, "      - {}", term(r));
+            }
+        }
         for u in &self.plan.unowned {
             let _ = writeln!(
                 out,
@@ -481,6 +538,21 @@ impl Run<'_> {
             );
         }
         let mut events: Vec<(f64, String)> = Vec::new();
+        for c in &self.container_stops {
+            let what = match (&c.error, c.stopped_at_ms) {
+                (Some(e), _) => {
+                    format!("container {}: {e}", crate::holders::container::short(&c.id))
+                }
+                (None, Some(_)) => format!(
+                    "container {} stopped by the engine ({})",
+                    crate::holders::container::short(&c.id),
+                    c.state_after.as_deref().unwrap_or("?")
+                ),
+                (None, None) => continue,
+            };
+            // Escaped where the events are printed.
+            events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
+        }
         for t in &self.targets {
             for s in &t.signals {
                 events.push((s.at_ms, format!("{} -> pid {}", s.signal, s.pid)));
@@ -524,8 +596,16 @@ impl Run<'_> {
         let Some(w) = self.journal.as_mut() else {
             return Ok(());
         };
-        for j in self.plan.targets() {
-            let body = journal::reaping(j, &[], journal::IN_PROGRESS, None, None, false);
+        let containers =
+            self.plan.container_targets().into_iter().map(|c| {
+                journal::container_reaping(c, None, journal::IN_PROGRESS, None, None, false)
+            });
+        let processes = self
+            .plan
+            .targets()
+            .into_iter()
+            .map(|j| journal::reaping(j, &[], journal::IN_PROGRESS, None, None, false));
+        for body in containers.chain(processes) {
             w.append(&Record::new("proc", body)).with_context(|| {
                 "cannot write the reaping's intent to the journal; nothing was signalled. Free space there, or fix the path".to_string()
             })?;
@@ -541,6 +621,33 @@ impl Run<'_> {
         free_at: Option<String>,
         elapsed_ms: f64,
     ) -> Result<()> {
+        for (i, c) in self.plan.containers.iter().enumerate() {
+            let reaped = c.verdict.decision == Decision::Reap;
+            let stop = reaped
+                .then(|| {
+                    let k = self.plan.containers[..i]
+                        .iter()
+                        .filter(|x| x.verdict.decision == Decision::Reap)
+                        .count();
+                    self.container_stops.get(k)
+                })
+                .flatten();
+            let target_outcome = match (outcome, stop) {
+                ("dry_run", _) => "dry_run",
+                (_, Some(s)) => plan::container_outcome(s, free_at.is_some()),
+                (_, None) if !reaped => "refused",
+                (o, None) => o,
+            };
+            let body = journal::container_reaping(
+                c,
+                stop,
+                target_outcome,
+                free_at.clone(),
+                Some(elapsed_ms.round() as u64),
+                self.args.dry_run,
+            );
+            w.append(&Record::new("proc", body))?;
+        }
         for j in &self.plan.judged {
             let report = self.targets.iter().find(|t| t.pid == j.process.pid);
             let target_outcome = match (outcome, report) {

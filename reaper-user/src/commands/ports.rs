@@ -42,6 +42,7 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
             if let Some(n) = netns {
                 scan.holdings.retain(|h| h.socket.netns == n);
             }
+            holders::enrich(&mut scan.holdings);
             scan
         }
         None => {
@@ -77,11 +78,28 @@ fn holders_cell(h: &Holding) -> String {
     if h.processes.is_empty() {
         return format!("- ({})", h.unowned_reason.as_deref().unwrap_or("none"));
     }
-    h.processes
+    let mut cell = h
+        .processes
         .iter()
         .map(|p| format!("{} {}", p.pid, crate::text::term(&p.comm)))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if let Some(c) = &h.container {
+        cell.push_str(&match (c.stale, &c.name) {
+            (true, _) => " [stale proxy: its container is gone]".to_string(),
+            (false, Some(n)) => format!(" [container {} {}]", crate::text::term(n), c.short_id),
+            (false, None) if !c.id.is_empty() => format!(" [container {}]", c.short_id),
+            (false, None) => " [container ?]".to_string(),
+        });
+    }
+    if let Some(j) = h.processes.iter().find_map(|p| p.job.as_ref()) {
+        cell.push_str(&format!(
+            " [{} job{}]",
+            j.provider,
+            if j.ended == Some(true) { " ended" } else { "" }
+        ));
+    }
+    cell
 }
 
 /// The table, then the gaps and where the answer came from.

@@ -45,7 +45,11 @@ pub fn run(global: &Global, args: WatchArgs) -> Result<Exit> {
         eprintln!("reaper: watching binds needs root (CAP_BPF, CAP_PERFMON); run `sudo reaper watch`. Polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
         return rt.block_on(poll_view(args, style));
     }
-    let attached = match hooks::attach(global.hooks, args.ringbuf_size) {
+    let opts = hooks::Options {
+        all: args.all,
+        ..hooks::Options::new(args.ringbuf_size)
+    };
+    let attached = match hooks::attach_with(global.hooks, &opts) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("reaper: cannot stream binds: {e:#}");
@@ -129,6 +133,18 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     if lost > lost_seen {
         report_loss(lost - lost_seen, lost, source, args.json, style)?;
     }
+    if !attached.all {
+        let summarised = attached.ephemeral_by_pid();
+        let n: u64 = summarised.iter().map(|(_, n)| n).sum();
+        if n > 0 {
+            let procs = summarised.len();
+            eprintln!(
+                "reaper: {n} ephemeral (port 0) bind{} by {procs} process{} counted, not shown (--all shows each)",
+                if n == 1 { "" } else { "s" },
+                if procs == 1 { "" } else { "es" },
+            );
+        }
+    }
     if bad_records > 0 {
         eprintln!("reaper: {bad_records} ring buffer records were too short to decode (the eBPF object and reaper disagree: rebuild with `cargo xtask build`)");
     }
@@ -179,11 +195,21 @@ fn emit(
         if !fact.ok && fact.holder_pid.is_none() {
             scans.confirm(&mut fact);
         }
+        if fact.container.is_none() {
+            fact.container = scans.containers.of(fact.pid, fact.cgroup_id);
+        }
         if json {
             text.push_str(&serde_json::to_string(&fact)?);
             text.push('\n');
         } else {
-            text.push_str(&human(&fact, style));
+            let line = human(&fact, style);
+            match &fact.container {
+                Some(c) => {
+                    text.push_str(line.trim_end_matches('\n'));
+                    text.push_str(&format!("  container {}\n", crate::text::term(&c.words())));
+                }
+                None => text.push_str(&line),
+            }
         }
     }
     print(&text)?;
@@ -198,6 +224,8 @@ struct ScanCache {
     /// (netns, proto, port) -> when scanned, and the holders' (pid, comm);
     /// None when the scan failed, pid 0 for a socket no readable process holds.
     seen: HashMap<PortKey, (Instant, Option<Holders>)>,
+    /// The containers of the processes in the stream.
+    containers: ContainerCache,
 }
 
 type PortKey = (Option<u64>, Proto, u16);
@@ -262,6 +290,55 @@ impl ScanCache {
 }
 
 /// One human line per fact.
+/// Which container a process in the stream runs in, remembered by cgroup
+/// id (the BPF event carries it), so a storm reads /proc/PID/cgroup once per
+/// cgroup and asks the engine once per new container.
+#[derive(Default)]
+struct ContainerCache {
+    by_cgroup: HashMap<u64, Option<holders::container::Container>>,
+    engine: Option<(Instant, holders::container::EngineView)>,
+}
+
+impl ContainerCache {
+    fn of(&mut self, pid: u32, cgroup_id: u64) -> Option<holders::container::Container> {
+        if cgroup_id != 0 {
+            if let Some(c) = self.by_cgroup.get(&cgroup_id) {
+                return c.clone();
+            }
+        }
+        let path = std::fs::read(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|b| holders::process::parse_cgroup(&b));
+        let found = path
+            .as_deref()
+            .and_then(holders::container::from_cgroup)
+            .map(|ident| {
+                let stale = self.engine.as_ref().is_none_or(|(at, view)| {
+                    !view.containers.contains_key(&ident.id)
+                        && at.elapsed() > Duration::from_secs(1)
+                });
+                if stale {
+                    self.engine = Some((Instant::now(), holders::container::EngineView::query()));
+                }
+                let view = self.engine.as_ref().map(|(_, v)| v);
+                let mut c = view
+                    .and_then(|v| v.containers.get(&ident.id).cloned())
+                    .unwrap_or_else(|| holders::container::Container::from_identity(&ident));
+                // A line per event: name, id and image, not the whole port map.
+                c.labels.clear();
+                c.ports.clear();
+                c.addresses.clear();
+                // Its state when first seen would be stale on later lines.
+                c.state = None;
+                c
+            });
+        if cgroup_id != 0 {
+            self.by_cgroup.insert(cgroup_id, found.clone());
+        }
+        found
+    }
+}
+
 pub fn human(f: &Fact, style: Style) -> String {
     let time = chrono::DateTime::parse_from_rfc3339(&f.ts)
         .map(|t| {
@@ -369,6 +446,7 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
                     holder_pid: None,
                     holder_comm: None,
                     holder_claim: None,
+                    container: h.container.clone(),
                 },
             );
         }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cli::{Global, WhoArgs};
 use crate::error::{bad_input, Exit};
+use crate::holders::container::{self, Container, Via};
 use crate::holders::{self, Holding, Process, Query, Scan, ScanGaps, Socket};
 use crate::output::{print, use_color, Style};
 use crate::text::term;
@@ -34,6 +35,10 @@ struct Answer<'a> {
     gaps: &'a ScanGaps,
     netns_seen: &'a [u64],
     duration_ms: f64,
+    /// The container the engine publishes the port for by DNAT, when no
+    /// socket holds it on the host (userland-proxy off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published_by: Option<&'a Container>,
 }
 
 pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
@@ -46,7 +51,11 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
     };
     let daemon = answer_from_daemon(global, &query);
     let (scan, source) = match &daemon {
-        Some(resp) => (crate::control::scan_of(resp), "daemon"),
+        Some(resp) => {
+            let mut scan = crate::control::scan_of(resp);
+            holders::enrich(&mut scan.holdings);
+            (scan, "daemon")
+        }
         None => {
             let _progress = crate::progress::Progress::start(
                 "scanning processes",
@@ -62,6 +71,16 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
     };
     check_netns_found(netns, &scan)?;
     let held = !scan.holdings.is_empty();
+    // No socket: the engine may still publish it by DNAT (no proxy).
+    let published_by = if held {
+        None
+    } else {
+        let view = container::EngineView::query();
+        [Proto::Tcp, Proto::Udp]
+            .into_iter()
+            .filter(|p| args.proto.is_none_or(|want| want == *p))
+            .find_map(|p| container::dnat_publisher(&view, p, args.port))
+    };
     if args.json {
         let answer = Answer {
             port: args.port,
@@ -73,6 +92,7 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
             netns_seen: &scan.netns_seen,
             duration_ms: scan.duration_ms,
             ledger: daemon.as_ref().map(|r| r.claims.as_slice()),
+            published_by: published_by.as_ref(),
         };
         let mut text = serde_json::to_string_pretty(&answer)?;
         text.push('\n');
@@ -82,6 +102,9 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
             on: use_color(global.color),
         };
         print(&render(args.port, args.proto, &scan, source, style))?;
+        if let Some(c) = &published_by {
+            print(&dnat_lines(args.port, c, style))?;
+        }
         if let Some(resp) = &daemon {
             print(&crate::control::history_lines(resp))?;
         }
@@ -292,6 +315,9 @@ fn render_holding(
             "  bound but neither listening nor connected: it holds the port all the same\n",
         );
     }
+    if let Some(c) = &h.container {
+        render_container(out, c, style);
+    }
     if h.processes.is_empty() {
         let timer = s.timer_ms.map(|ms| age(Duration::from_millis(ms + 999)));
         let why = match (h.unowned_reason.as_deref(), &timer) {
@@ -323,6 +349,115 @@ fn render_holding(
         }
         render_process(out, p, from_ledger, style);
     }
+}
+
+/// The container a holding belongs to, how it was tied, what listens inside.
+fn render_container(out: &mut String, c: &Container, style: Style) {
+    let how = match c.via {
+        Some(Via::Proxy) => "published through the engine's proxy",
+        Some(Via::Dnat) => "published by DNAT (no proxy)",
+        _ => "the holder runs inside it",
+    };
+    if c.stale {
+        let target = c
+            .ports
+            .first()
+            .map(|p| {
+                let ip = c
+                    .addresses
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                format!(" (it forwards to {ip}:{})", p.container_port)
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {}
+",
+            style.yellow(&format!(
+                "stale proxy: no running container publishes this port any more{target}"
+            ))
+        ));
+        out.push_str(&format!(
+            "  fix: {}
+",
+            container::STALE_PROXY_FIX
+        ));
+        return;
+    }
+    if c.id.is_empty() {
+        out.push_str(&format!(
+            "  container unknown: {how}, and the engine did not answer
+"
+        ));
+        return;
+    }
+    out.push_str(&format!(
+        "  container {}: {how}
+",
+        style.bold(&term(&c.words()))
+    ));
+    let row = |out: &mut String, key: &str, value: &str| {
+        out.push_str(&format!(
+            "    {key:<10}{value}
+"
+        ));
+    };
+    if let Some(st) = &c.state {
+        row(out, "state", &term(st));
+    }
+    if let (Some(p), s) = (&c.compose_project, &c.compose_service) {
+        row(
+            out,
+            "compose",
+            &term(&format!(
+                "project {p}, service {}",
+                s.as_deref().unwrap_or("?")
+            )),
+        );
+    }
+    if c.pod_uid.is_some() || c.pod_name.is_some() {
+        row(
+            out,
+            "pod",
+            &term(&format!(
+                "{}/{} (uid {})",
+                c.pod_namespace.as_deref().unwrap_or("?"),
+                c.pod_name.as_deref().unwrap_or("?"),
+                c.pod_uid.as_deref().unwrap_or("?")
+            )),
+        );
+    }
+    for p in &c.listeners {
+        row(
+            out,
+            "inside",
+            &format!(
+                "pid {} {} ({})",
+                p.pid,
+                term(&p.comm),
+                p.cmdline
+                    .iter()
+                    .map(|a| crate::text::shell_word(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+    }
+}
+
+/// A port no socket holds that the engine publishes by DNAT.
+fn dnat_lines(port: u16, c: &Container, style: Style) -> String {
+    let mut out = format!(
+        "
+port {port} is published by the container engine without a proxy (DNAT): no socket holds it on the host, connections go to container {}
+",
+        style.bold(&term(&c.words()))
+    );
+    let mut rest = String::new();
+    render_container(&mut rest, c, style);
+    out.push_str(&rest);
+    out
 }
 
 /// `from_ledger`: the daemon's history below says when the port was bound,
@@ -382,6 +517,9 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     }
     if let Some(ns) = p.netns {
         row(out, "netns", &ns.to_string());
+    }
+    if let Some(j) = &p.job {
+        row(out, "job", &term(&j.words()));
     }
     if p.orphaned {
         row(
@@ -482,6 +620,7 @@ mod tests {
             netns: Some(4026531840),
             ancestors: vec![(1, "init".into())],
             orphaned: true,
+            job: None,
         }
     }
 
@@ -506,16 +645,19 @@ mod tests {
                     socket: sock("LISTEN", IpAddr::V6(Ipv6Addr::UNSPECIFIED), 5),
                     processes: vec![proc_(10), proc_(11)],
                     unowned_reason: None,
+                    container: None,
                 },
                 Holding {
                     socket: sock("ESTAB", IpAddr::V4(Ipv4Addr::LOCALHOST), 6),
                     processes: vec![proc_(10)],
                     unowned_reason: None,
+                    container: None,
                 },
                 Holding {
                     socket: sock("TIME-WAIT", IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                     processes: vec![],
                     unowned_reason: Some("time-wait".into()),
+                    container: None,
                 },
             ],
             gaps: ScanGaps {
@@ -565,6 +707,17 @@ mod tests {
                 socket: sock("LISTEN", IpAddr::V4(Ipv4Addr::LOCALHOST), 5),
                 processes: vec![p.clone(), p],
                 unowned_reason: None,
+                // Whoever starts a container names it and its labels.
+                container: Some(Container {
+                    id: "0123456789abcdef".into(),
+                    short_id: "0123456789ab".into(),
+                    name: Some("web\x1b]0;pwned\x07".into()),
+                    image: Some("img\u{202e}".into()),
+                    state: Some("running".into()),
+                    compose_project: Some("p\x1b[2J".into()),
+                    via: Some(Via::Proxy),
+                    ..Container::default()
+                }),
             }],
             netns_seen: vec![4026531840],
             netns_names: [(4026531840, "n\x1bs".to_string())].into(),
@@ -583,6 +736,8 @@ mod tests {
             "parents   1 in\\x1bit",
             "netns 4026531840 (n\\x1bs)",
             "pid 10  x\\x1b[2J\\u{9b}  (details above)",
+            "container web\\x1b]0;pwned\\x07 (0123456789ab, image img\\u{202e})",
+            "compose   project p\\x1b[2J, service ?",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

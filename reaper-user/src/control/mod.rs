@@ -465,6 +465,7 @@ pub fn scan_of(resp: &Response) -> crate::holders::Scan {
             socket,
             unowned_reason: process.is_none().then(|| "exited".to_string()),
             processes: process.into_iter().collect(),
+            container: None,
         });
     }
     netns_seen.sort_unstable();

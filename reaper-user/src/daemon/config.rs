@@ -86,6 +86,11 @@ pub struct Config {
     pub hooks: HooksChoice,
     #[serde(deserialize_with = "ringbuf")]
     pub ringbuf_size: u32,
+    /// Entries of the kernel-side claims map (every claim alive on the host
+    /// that a BPF tier saw). When it is full, further claims are known from
+    /// their events only, and the daemon says so (metric, journal).
+    #[serde(deserialize_with = "claims_max")]
+    pub claims_max: u32,
     /// Degraded mode: rescan the sockets this often.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
@@ -127,7 +132,8 @@ impl Default for Config {
             metrics_allow_non_loopback: false,
             control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             hooks: HooksChoice::Auto,
-            ringbuf_size: 256 * 1024,
+            ringbuf_size: 1024 * 1024,
+            claims_max: reaper_common::CLAIMS_MAX_DEFAULT,
             poll_interval: Duration::from_secs(1),
             conflict_window: Duration::from_secs(5),
             reap_grace: Duration::from_secs(3),
@@ -187,6 +193,17 @@ fn ringbuf<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     if !ok {
         return Err(serde::de::Error::custom(format!(
             "{n} is not allowed: give a power of two from 4096 to 1073741824 bytes (e.g. 262144)"
+        )));
+    }
+    Ok(n as u32)
+}
+
+fn claims_max<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(16..=(1i64 << 22)).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is not allowed: give 16 to 4194304 entries (default {})",
+            reaper_common::CLAIMS_MAX_DEFAULT
         )));
     }
     Ok(n as u32)
@@ -403,6 +420,8 @@ mod tests {
         let e = parse("ringbuf_size = 5000\n").unwrap_err();
         assert_eq!(e.line, Some(1));
         assert!(e.message.contains("power of two"), "{e}");
+        let e = parse("claims_max = 3\n").unwrap_err();
+        assert!(e.message.contains("16 to 4194304"), "{e}");
         let e = parse("x = 1\nhooks = \"kprobe\"\n").unwrap_err();
         assert!(e.message.contains('x'), "{e}");
         let e = parse("hooks = \"kprobe\"\n").unwrap_err();

@@ -64,6 +64,9 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the loop waits on the ring buffer before it looks at timers.
 const TICK: Duration = Duration::from_millis(50);
+/// At most one repair of the ledger from the kernel-side claims map per
+/// interval, however many losses or summarised claims come.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` None: all defaults.
 pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<Exit> {
@@ -160,6 +163,17 @@ struct Daemon {
     /// Losses were seen while a scan ran: reconcile again after it.
     reconcile_pending: bool,
     lost_seen: u64,
+    /// A repair from the kernel-side claims map is due: after losses
+    /// (journaled as a reconcile), or to learn summarised ephemeral claims.
+    repair_after_loss: bool,
+    repair_for_summary: bool,
+    last_repair: Option<Instant>,
+    /// The kernel side's counters as last read: claims it had no room for,
+    /// and ephemeral binds + releases it summarised.
+    unstored_seen: u64,
+    summarised_seen: u64,
+    /// The claims map as last read (reused: no allocation per repair).
+    kernel_claims: Vec<reaper_common::Event>,
     /// Set when a journal error must stop the daemon.
     fatal: Option<anyhow::Error>,
     control_path: Option<PathBuf>,
@@ -221,7 +235,13 @@ impl Daemon {
                         .to_string(),
                 )
             }
-            Some(tier) => match hooks::attach(tier, config.ringbuf_size) {
+            Some(tier) => match hooks::attach_with(
+                tier,
+                &hooks::Options {
+                    claims_max: config.claims_max,
+                    ..hooks::Options::new(config.ringbuf_size)
+                },
+            ) {
                 Ok(a) => attached = Some(a),
                 Err(e) => degraded_reason = Some(format!("the hooks could not be attached: {e:#}")),
             },
@@ -242,6 +262,11 @@ impl Daemon {
             .map(|a| a.tier.as_str().to_string())
             .unwrap_or_else(|| "proc".to_string());
         metrics.set_tier(&source);
+        if let Some(a) = &attached {
+            metrics
+                .claims_capacity
+                .store(a.claims.capacity() as u64, Relaxed);
+        }
         metrics
             .degraded
             .store(degraded_reason.is_some() as u64, Relaxed);
@@ -278,6 +303,12 @@ impl Daemon {
             scanning: false,
             reconcile_pending: false,
             lost_seen: 0,
+            repair_after_loss: false,
+            repair_for_summary: false,
+            last_repair: None,
+            unstored_seen: 0,
+            summarised_seen: 0,
+            kernel_claims: Vec::new(),
             fatal: None,
             control_path: None,
             _tasks: Vec::new(),
@@ -741,7 +772,7 @@ impl Daemon {
             }
             return;
         }
-        if plan.judged.is_empty() {
+        if plan.judged.is_empty() && plan.container_targets().is_empty() {
             return;
         }
         self.start_reaping(plan, ctx, f.key);
@@ -751,16 +782,40 @@ impl Daemon {
     /// (flushed) before the first signal, at most one reaping per holder
     /// identity however long the burst.
     fn start_reaping(&mut self, plan: Plan, ctx: PolicyContext, key: ConflictKey) {
+        // A container is known by the process inside that listens.
         let ids: Vec<(u32, u64)> = plan
             .judged
             .iter()
-            .map(|j| (j.process.pid, j.process.start_ticks))
+            .map(|j| &j.process)
+            .chain(
+                plan.container_targets()
+                    .into_iter()
+                    .filter_map(|c| c.container.listeners.first()),
+            )
+            .map(|p| (p.pid, p.start_ticks))
             .collect();
         if ids.iter().any(|id| self.reaped.seen(id)) {
             return;
         }
         for id in ids {
             self.reaped.first_time(id);
+        }
+        for c in plan.container_targets() {
+            tracing::warn!(
+                "reaping container {} publishing {}/{}: stopping it through the engine: {}",
+                crate::text::term(&c.container.words()),
+                key.port,
+                key.proto,
+                c.verdict
+            );
+            self.journal(journal::container_reaping(
+                c,
+                None,
+                journal::IN_PROGRESS,
+                None,
+                None,
+                false,
+            ));
         }
         for j in &plan.judged {
             tracing::warn!(
@@ -818,6 +873,7 @@ impl Daemon {
                     targets: Vec::new(),
                     free_at: None,
                     last_error: None,
+                    containers: Vec::new(),
                 },
             };
             let _ = tx.send(Work::Reaped(Box::new(ReapDone {
@@ -867,6 +923,29 @@ impl Daemon {
         };
         let free_at = r.execution.free_at.map(|t| rfc3339(reap::wall_of(t)));
         let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+        for (c, stop) in flight
+            .plan
+            .container_targets()
+            .into_iter()
+            .zip(&r.execution.containers)
+        {
+            let outcome = reap::plan::container_outcome(stop, free_at.is_some());
+            self.metrics.reaping(outcome);
+            tracing::warn!(
+                "reaping of container {} on {}/{}: {outcome}",
+                crate::text::term(&c.container.words()),
+                c.socket.port,
+                c.socket.proto
+            );
+            self.journal(journal::container_reaping(
+                c,
+                Some(stop),
+                outcome,
+                free_at.clone(),
+                elapsed,
+                false,
+            ));
+        }
         for (j, t) in flight.plan.judged.iter().zip(&r.execution.targets) {
             let outcome = match (&t.outcome, r.execution.free_at) {
                 (TargetOutcome::Exited { .. }, Some(_)) => "freed",
@@ -932,6 +1011,17 @@ impl Daemon {
         }
         for (_, flight) in std::mem::take(&mut self.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
+            for c in flight.plan.container_targets() {
+                self.metrics.reaping(journal::INTERRUPTED);
+                self.journal(journal::container_reaping(
+                    c,
+                    None,
+                    journal::INTERRUPTED,
+                    None,
+                    elapsed,
+                    false,
+                ));
+            }
             for j in &flight.plan.judged {
                 let sent: Vec<reap::SignalSent> = flight
                     .signals
@@ -1020,23 +1110,92 @@ impl Daemon {
         }
     }
 
-    /// Ring buffer losses: journal them and reconcile the ledger with a scan.
+    /// The kernel side's counters: ring-buffer losses (journaled), a full
+    /// claims map (journaled, counted), summarised ephemeral claims. Each
+    /// makes a repair of the ledger from the kernel-side claims map due; at
+    /// most one runs per [`REPAIR_INTERVAL`], however many losses come, and
+    /// it never scans /proc.
     fn check_losses(&mut self) {
         let Some(a) = &self.attached else {
             return;
         };
         let lost = a.lost_total();
+        let unstored = a.claims_full_total();
+        let summarised = a.count(reaper_common::COUNT_EPHEMERAL)
+            + a.count(reaper_common::COUNT_EPHEMERAL_RELEASES);
+        let capacity = a.claims.capacity();
         if lost > self.lost_seen {
             let n = lost - self.lost_seen;
             self.lost_seen = lost;
             self.metrics.ringbuf_lost.store(lost, Relaxed);
-            tracing::warn!("{n} events lost (ring buffer full; {lost} in all): reconciling the ledger with a scan (a larger ringbuf_size helps)");
+            tracing::warn!("{n} events lost (ring buffer full; {lost} in all): the ledger will be repaired from the kernel-side claims map (a larger ringbuf_size helps)");
             self.journal(Body::Loss { lost: n });
-            if self.scanning {
-                self.reconcile_pending = true;
-            } else {
-                self.start_scan("reconcile");
+            self.repair_after_loss = true;
+        }
+        if unstored > self.unstored_seen {
+            self.unstored_seen = unstored;
+            self.metrics.claims_unstored.store(unstored, Relaxed);
+            tracing::warn!("the kernel-side claims map is full ({capacity} entries): {unstored} claims in all are known from their events only (raise claims_max)");
+            self.journal(Body::ClaimsFull {
+                unstored,
+                capacity: capacity as u64,
+            });
+        }
+        if summarised != self.summarised_seen {
+            self.summarised_seen = summarised;
+            self.metrics.ephemeral_summarised.store(
+                self.attached
+                    .as_ref()
+                    .map(|a| a.count(reaper_common::COUNT_EPHEMERAL))
+                    .unwrap_or(0),
+                Relaxed,
+            );
+            self.repair_for_summary = true;
+        }
+        let due = self
+            .last_repair
+            .is_none_or(|t| t.elapsed() >= REPAIR_INTERVAL);
+        if due && (self.repair_after_loss || self.repair_for_summary) {
+            self.repair();
+        }
+    }
+
+    /// Repairs the ledger from the kernel-side claims map: claims whose
+    /// event was lost or summarised are added, claims whose release was
+    /// lost are dropped.
+    fn repair(&mut self) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        let after_loss = std::mem::take(&mut self.repair_after_loss);
+        self.repair_for_summary = false;
+        self.last_repair = Some(Instant::now());
+        let t = Instant::now();
+        let read_at = clock_ns(libc::CLOCK_BOOTTIME);
+        if let Err(e) = a.claims.read_all(&mut self.kernel_claims) {
+            tracing::warn!("reading the kernel-side claims map failed: {e}");
+            return;
+        }
+        let (added, removed) = {
+            let mut shared = self.shared.lock().unwrap();
+            let (added, removed) = shared.ledger.repair(&self.kernel_claims, read_at);
+            for c in &removed {
+                shared.binders.remove(&c.cookie);
             }
+            self.metrics
+                .ledger_claims
+                .store(shared.ledger.len() as u64, Relaxed);
+            (added.len() as u64, removed.len() as u64)
+        };
+        self.metrics.repairs.fetch_add(1, Relaxed);
+        self.metrics.scan("repair", t.elapsed());
+        if after_loss {
+            tracing::info!(
+                "repaired the ledger from the kernel-side claims map ({} claims, {:.1} ms): {added} added, {removed} removed",
+                self.kernel_claims.len(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            self.journal(Body::Reconcile { added, removed });
         }
     }
 
@@ -1193,6 +1352,7 @@ impl Daemon {
         for (what, changed) in [
             ("hooks", new.hooks != self.config.hooks),
             ("ringbuf_size", new.ringbuf_size != self.config.ringbuf_size),
+            ("claims_max", new.claims_max != self.config.claims_max),
             (
                 "metrics_listen",
                 new.metrics_listen != self.config.metrics_listen,
@@ -1225,6 +1385,7 @@ impl Daemon {
         let summary = new.summary();
         let hooks = self.config.hooks;
         let ringbuf = self.config.ringbuf_size;
+        let claims_max = self.config.claims_max;
         let metrics = self.config.metrics_listen;
         let control = self.config.control_socket.clone();
         self.config = new;
@@ -1232,6 +1393,7 @@ impl Daemon {
         // and acted on is what really runs.
         self.config.hooks = hooks;
         self.config.ringbuf_size = ringbuf;
+        self.config.claims_max = claims_max;
         self.config.metrics_listen = metrics;
         self.config.control_socket = control;
         self.metrics.reloads.fetch_add(1, Relaxed);

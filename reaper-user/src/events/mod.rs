@@ -1,18 +1,25 @@
 //! kernel hooks -> **ring buffer** -> ledger.
 //!
-//! Reads raw records from the BPF ring buffer (tokio `AsyncFd`), decodes
-//! them, and joins each bind attempt with what became of it: a success (the
-//! `post_bind` hook fired, with the real port), an exact failure (an
-//! exact-errno tier reported the return value), or an inferred failure (the
-//! thread moved on, the socket was released, or the attempt settled without
-//! a success). The result is a stream of [`Observation`]s for the ledger.
+//! Reads raw records from the BPF ring buffer (tokio `AsyncFd`) in batches,
+//! into a reused buffer (no allocation per record), decodes them, and turns
+//! them into [`Observation`]s for the ledger. In the cgroup tier the kernel
+//! side already joined each bind with its request: one `BOUND` record per
+//! success (flagged when the port was ephemeral), one `FAILED` record for a
+//! fixed-port bind that never succeeded. The exact-errno tiers still send an
+//! attempt and its outcome, joined here by thread id: a success (the
+//! `post_bind` hook fired, with the real port), an exact failure, or an
+//! inferred one (the thread moved on, the socket was released, or the
+//! attempt settled without a success).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use reaper_common::{Event, KIND_ATTEMPT, KIND_BOUND, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE};
+use reaper_common::{
+    Event, FLAG_EPHEMERAL, KIND_ATTEMPT, KIND_BOUND, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME,
+    KIND_RELEASE,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::util::{Family, Proto};
@@ -123,6 +130,9 @@ impl Matcher {
                 }
                 let attempt = match self.pending.get(&ev.tid) {
                     Some(a) if a.cookie == ev.cookie => self.pending.remove(&ev.tid).unwrap(),
+                    // The cgroup tier joined the request kernel-side: only
+                    // whether it asked for port 0 differs from the success.
+                    _ if ev.flags & FLAG_EPHEMERAL != 0 => requested(ev, 0),
                     // A success without its attempt (the attempt was lost, or
                     // reaper started mid-bind): the success stands alone.
                     _ => ev,
@@ -139,6 +149,13 @@ impl Matcher {
                 if let Some(a) = self.pending.remove(&ev.tid) {
                     out.push(failed(a, Some(-ev.ret)));
                 }
+            }
+            KIND_FAILED => {
+                if event_proto(&ev).is_none() {
+                    return;
+                }
+                self.pending.retain(|_, a| a.cookie != ev.cookie);
+                out.push(failed(requested(ev, ev.port), None));
             }
             KIND_LISTEN => out.push(Observation::Listen(ev)),
             KIND_RELEASE => {
@@ -186,6 +203,13 @@ impl Matcher {
     }
 }
 
+/// The attempt a kernel-joined record stands for.
+fn requested(mut ev: Event, port: u16) -> Event {
+    ev.kind = KIND_ATTEMPT;
+    ev.port = port;
+    ev
+}
+
 fn failed(attempt: Event, errno: Option<i32>) -> Observation {
     Observation::Bind(BindResult {
         attempt,
@@ -195,9 +219,17 @@ fn failed(attempt: Event, errno: Option<i32>) -> Observation {
     })
 }
 
+/// At most this many records are drained per batch: what a storm left in
+/// the ring buffer is taken in slices, so the memory of one batch (records,
+/// observations, journal lines) stays bounded however large the ring is.
+pub const BATCH_MAX: usize = 4096;
+
 /// The ring buffer, readable from tokio.
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at [`BATCH_MAX`]: records are waiting, and the
+    /// kernel does not wake a consumer that has not caught up.
+    more: bool,
 }
 
 impl EventStream {
@@ -211,7 +243,7 @@ impl EventStream {
                     e.into_parts().1
                 )
             })?;
-        Ok(EventStream { fd })
+        Ok(EventStream { fd, more: false })
     }
 
     /// Waits until the ring buffer has data, or `timeout` passes, then drains
@@ -222,7 +254,10 @@ impl EventStream {
         out: &mut Vec<Event>,
         timeout: std::time::Duration,
     ) -> Result<u64> {
-        if let Ok(guard) = tokio::time::timeout(timeout, self.fd.readable_mut()).await {
+        if self.more {
+            // Records are waiting: take the next slice at once.
+            tokio::task::yield_now().await;
+        } else if let Ok(guard) = tokio::time::timeout(timeout, self.fd.readable_mut()).await {
             let mut guard = guard?;
             guard.clear_ready();
             // Let a burst gather before draining: while records wait unread,
@@ -230,24 +265,35 @@ impl EventStream {
             // busy host pays one wake-up per batch instead of one per record.
             tokio::time::sleep(BATCH_WINDOW).await;
         }
-        Ok(drain(self.fd.get_mut(), out))
+        let (bad, more) = drain(self.fd.get_mut(), out, BATCH_MAX);
+        self.more = more;
+        Ok(bad)
     }
 
-    /// Drains what is there without waiting.
+    /// Drains everything that is there without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Event>) -> u64 {
-        drain(self.fd.get_mut(), out)
+        self.more = false;
+        drain(self.fd.get_mut(), out, usize::MAX).0
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
+/// Decodes up to `max` records into `out` (a buffer the caller reuses: no
+/// allocation per record); returns the undecodable ones and whether `max`
+/// was reached.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, max: usize) -> (u64, bool) {
     let mut bad = 0;
-    while let Some(item) = ring.next() {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else {
+            return (bad, false);
+        };
         match Event::from_bytes(&item) {
             Some(ev) => out.push(ev),
             None => bad += 1,
         }
+        n += 1;
     }
-    bad
+    (bad, true)
 }
 
 #[cfg(test)]
@@ -325,6 +371,25 @@ mod tests {
         o.ret = -98;
         m.feed(o, &mut out);
         assert_eq!(binds(&out), vec![(8080, false, Some(98), true)]);
+    }
+
+    #[test]
+    fn kernel_joined_records_make_one_observation_each() {
+        let mut m = Matcher::new(false);
+        let mut out = vec![];
+        let mut b = ev(KIND_BOUND, 7, 1, 41234, 10);
+        b.flags |= FLAG_EPHEMERAL;
+        m.feed(b, &mut out);
+        m.feed(ev(KIND_FAILED, 8, 2, 8080, 11), &mut out);
+        assert_eq!(
+            binds(&out),
+            vec![(41234, true, None, true), (8080, false, None, false)]
+        );
+        match &out[0] {
+            Observation::Bind(r) => assert_eq!(r.attempt.port, 0, "asked for port 0"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(m.pending(), 0);
     }
 
     #[test]

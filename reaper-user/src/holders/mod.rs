@@ -43,7 +43,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::{Family, Proto};
 
+pub mod container;
 pub mod fdmap;
+pub mod job;
 pub mod netns;
 pub mod process;
 pub mod procnet;
@@ -102,6 +104,9 @@ pub struct Process {
     pub ancestors: Vec<(u32, String)>,
     /// Reparented to init or a subreaper: its original parent is gone.
     pub orphaned: bool,
+    /// The CI job it runs in (from its environment), when one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<job::Job>,
 }
 
 /// A socket and every process holding it.
@@ -113,6 +118,10 @@ pub struct Holding {
     pub processes: Vec<Process>,
     /// Why there is no process: "time-wait", "orphaned", "unreadable".
     pub unowned_reason: Option<String>,
+    /// The container the port belongs to: the one its holder runs in, or
+    /// the one a proxy (docker-proxy) publishes it for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<container::Container>,
 }
 
 /// What a scan could not see, counted rather than hidden.
@@ -134,6 +143,10 @@ pub struct ScanGaps {
     /// because netlink failed there.
     #[serde(default)]
     pub netns_errors: Vec<String>,
+    /// The container engine's socket is there but did not answer: containers
+    /// are named from their cgroup only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
 }
 
 impl ScanGaps {
@@ -237,8 +250,19 @@ fn walk_threads() -> usize {
 }
 
 /// Scans the live system. Never fails because one process or namespace is
-/// unreadable: those are counted in `gaps`.
+/// unreadable: those are counted in `gaps`. Holdings are tied to their
+/// containers and jobs ([`enrich`]).
 pub fn scan(query: &Query) -> anyhow::Result<Scan> {
+    let started = Instant::now();
+    let mut scan = scan_sockets(query)?;
+    let engine = enrich(&mut scan.holdings);
+    scan.gaps.engine_error = engine.error;
+    scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(scan)
+}
+
+/// The scan without containers and jobs: sockets and their processes.
+pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
     let started = Instant::now();
     let mut proc = fdmap::open_proc().context("opening /proc (is procfs mounted?)")?;
     let pids = fdmap::list_pids(&mut proc);
@@ -342,6 +366,7 @@ pub fn scan(query: &Query) -> anyhow::Result<Scan> {
                 socket,
                 processes,
                 unowned_reason,
+                container: None,
             }
         })
         .collect();
@@ -369,6 +394,78 @@ pub fn scan(query: &Query) -> anyhow::Result<Scan> {
         netns_names,
         own_netns: own,
     })
+}
+
+/// Ties holdings to their containers and marks the jobs of their
+/// processes that ended. The engine is asked only when a holder is in a
+/// container or is a proxy; what it said is returned (for DNAT look-ups).
+pub fn enrich(holdings: &mut [Holding]) -> container::EngineView {
+    job::mark_ended(holdings.iter_mut().flat_map(|h| h.processes.iter_mut()));
+    let wanted = holdings.iter().flat_map(|h| &h.processes).any(|p| {
+        container::is_proxy(p)
+            || p.cgroup
+                .as_deref()
+                .and_then(container::from_cgroup)
+                .is_some()
+    });
+    if !wanted {
+        return container::EngineView::default();
+    }
+    let asked = Instant::now();
+    let view = container::EngineView::query();
+    tracing::debug!(
+        containers = view.containers.len(),
+        answered = view.answered,
+        ms = asked.elapsed().as_secs_f64() * 1e3,
+        "asked the container engine"
+    );
+    for h in holdings.iter_mut() {
+        h.container = container::attribute(h, &view);
+        if let Some(c) = h.container.as_mut() {
+            if c.via == Some(container::Via::Proxy) && !c.stale && !c.id.is_empty() {
+                let t = Instant::now();
+                c.listeners = listeners_inside(c, h.socket.proto, h.socket.port);
+                tracing::debug!(
+                    listeners = c.listeners.len(),
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    "scanned inside the container"
+                );
+            }
+        }
+    }
+    view
+}
+
+/// The processes inside a container that listen on the port it publishes
+/// as `host_port`: a scan of the container's network namespace.
+pub fn listeners_inside(c: &container::Container, proto: Proto, host_port: u16) -> Vec<Process> {
+    let Some(port) = c
+        .ports
+        .iter()
+        .find(|p| p.host_port == host_port && p.proto == proto.to_string())
+        .map(|p| p.container_port)
+    else {
+        return Vec::new();
+    };
+    let pid = match c.pid {
+        Some(p) => Some(p),
+        None => container::engine::main_pid(&c.id).ok().flatten(),
+    };
+    let Some(netns) = pid.and_then(netns::netns_of_pid) else {
+        return Vec::new();
+    };
+    let query = Query {
+        port: Some(port),
+        proto: Some(proto),
+        netns: Some(netns),
+        listening_only: true,
+    };
+    let mut found: Vec<Process> = scan_sockets(&query)
+        .map(|s| s.holdings.into_iter().flat_map(|h| h.processes).collect())
+        .unwrap_or_default();
+    found.sort_by_key(|p| p.pid);
+    found.dedup_by_key(|p| p.pid);
+    found
 }
 
 /// Reads one process's details; None when it is gone.

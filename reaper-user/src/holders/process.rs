@@ -266,6 +266,7 @@ impl Reader {
             netns: super::netns::netns_of_pid(pid),
             ancestors,
             orphaned: looks_orphaned(&stat),
+            job: super::job::of_pid(pid),
         })
     }
 }

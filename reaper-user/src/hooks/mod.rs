@@ -8,8 +8,13 @@
 //! Tiers, cheapest complete one first:
 //! - `cgroup`: cgroup `bind4`/`bind6`, `post_bind4`/`post_bind6`,
 //!   `sock_release` on the cgroup v2 root, plus tp_btf
-//!   `inet_sock_set_state` for listens. Only binds pay for it. A failed bind
-//!   is seen as an attempt with no success; its cause is inferred.
+//!   `inet_sock_set_state` for listens. Only binds pay for it. The request
+//!   of a fixed-port bind waits in the socket's storage: a success is sent
+//!   once at `post_bind`, a failure when the socket binds again or is
+//!   released (a failing server usually exits or retries at once), and its
+//!   cause is inferred. Binds to port 0 are counted, not sent, unless
+//!   [`Options::all`]; every claim is kept in the kernel-side map
+//!   ([`claims`]).
 //! - `syscalls`: `cgroup` + the `sys_exit_bind` tracepoint: exact errno, but
 //!   every syscall on the host takes the slow path while attached.
 //! - `fexit`: `cgroup` + fexit on `inet_bind`/`inet6_bind`: exact errno at the
@@ -19,18 +24,23 @@
 //! syscall on the host, and an exact errno is a luxury the ledger can mostly
 //! infer (the holder is known).
 
+pub mod claims;
+
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError,
     TracePoint,
 };
 use aya::{Btf, Ebpf, EbpfLoader};
 use serde::Serialize;
+
+/// What the BPF tiers send and what they only count, for `reaper doctor`.
+pub const SUMMARY: &str = "binds to port 0 are counted per process kernel-side, not sent one by one (`watch --all` sends each; their listens and failures are always sent); every claim is kept in a kernel-side map (65536 entries by default, `claims_max`) the daemon reads after losses";
 
 /// The eBPF object, built by build.rs from `reaper-ebpf`.
 pub static BPF_OBJECT: &[u8] =
@@ -110,6 +120,15 @@ pub struct Attached {
     /// The ring buffer; `events::EventStream` takes it.
     pub events: Option<RingBuf<MapData>>,
     pub lost: PerCpuArray<MapData, u64>,
+    /// The kernel-side claims (socket cookie -> bind record).
+    pub claims: claims::ClaimsMap,
+    /// The kernel side's counters (`reaper_common::COUNT_*`).
+    pub counts: PerCpuArray<MapData, u64>,
+    /// Ephemeral binds summarised per process instead of sent.
+    pub ephemeral: PerCpuHashMap<MapData, u32, u64>,
+    /// Whether every bind is sent (`watch --all`), or ephemeral ones are
+    /// summarised.
+    pub all: bool,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub cgroup: PathBuf,
     /// Keeps the programs and links alive.
@@ -122,6 +141,54 @@ impl Attached {
         match self.lost.get(&0, 0) {
             Ok(values) => values.iter().sum(),
             Err(_) => 0,
+        }
+    }
+
+    /// One of the kernel side's counters (`reaper_common::COUNT_*`),
+    /// summed over CPUs.
+    pub fn count(&self, slot: u32) -> u64 {
+        match self.counts.get(&slot, 0) {
+            Ok(values) => values.iter().sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Claims the kernel-side map had no room for.
+    pub fn claims_full_total(&self) -> u64 {
+        self.count(reaper_common::COUNT_CLAIMS_FULL)
+    }
+
+    /// Ephemeral binds summarised kernel-side, per process (pid, count),
+    /// biggest first. The table keeps the 4,096 most recent processes.
+    pub fn ephemeral_by_pid(&self) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = self
+            .ephemeral
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(pid, per_cpu)| (pid, per_cpu.iter().sum()))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// How to load the hooks.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Ring buffer bytes (a power of two, at least 4096).
+    pub ringbuf_size: u32,
+    /// Entries of the kernel-side claims map.
+    pub claims_max: u32,
+    /// Send every bind, ephemeral ones too (`watch --all`).
+    pub all: bool,
+}
+
+impl Options {
+    pub fn new(ringbuf_size: u32) -> Options {
+        Options {
+            ringbuf_size,
+            claims_max: reaper_common::CLAIMS_MAX_DEFAULT,
+            all: false,
         }
     }
 }
@@ -210,9 +277,10 @@ pub fn ensure_tracefs() -> bool {
     }
 }
 
-fn loader(ringbuf_size: u32, exact: bool) -> EbpfLoader<'static> {
+fn loader(opts: &Options, exact: bool) -> EbpfLoader<'static> {
     let mut l = EbpfLoader::new();
-    l.map_max_entries(reaper_common::MAP_EVENTS, ringbuf_size);
+    l.map_max_entries(reaper_common::MAP_EVENTS, opts.ringbuf_size);
+    l.map_max_entries(reaper_common::MAP_CLAIMS, opts.claims_max);
     static ON: u8 = 1;
     static OFF: u8 = 0;
     l.override_global(
@@ -220,7 +288,23 @@ fn loader(ringbuf_size: u32, exact: bool) -> EbpfLoader<'static> {
         if exact { &ON } else { &OFF },
         true,
     );
+    l.override_global(
+        reaper_common::GLOBAL_ALL,
+        if opts.all { &ON } else { &OFF },
+        true,
+    );
     l
+}
+
+/// Checks a claims map size.
+pub fn check_claims_max(n: u32) -> Result<()> {
+    if !(16..=1 << 22).contains(&n) {
+        return Err(crate::error::bad_input(format!(
+            "claims map size {n} is not allowed: give 16 to 4194304 entries (default {})",
+            reaper_common::CLAIMS_MAX_DEFAULT
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a ring buffer size: the kernel wants a power of two and a multiple
@@ -234,14 +318,20 @@ pub fn check_ringbuf_size(size: u32) -> Result<()> {
     Ok(())
 }
 
-/// Loads and attaches the hooks of a tier.
+/// Loads and attaches the hooks of a tier with the default options.
 pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
-    check_ringbuf_size(ringbuf_size)?;
+    attach_with(choice, &Options::new(ringbuf_size))
+}
+
+/// Loads and attaches the hooks of a tier.
+pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
+    check_ringbuf_size(opts.ringbuf_size)?;
+    check_claims_max(opts.claims_max)?;
     let tier = choice.resolve();
     let cgroup = cgroup2_root()?;
     let cgroup_fd = File::open(&cgroup)
         .with_context(|| format!("opening the cgroup v2 root {}", cgroup.display()))?;
-    let mut ebpf = loader(ringbuf_size, tier.exact_errno())
+    let mut ebpf = loader(opts, tier.exact_errno())
         .load(BPF_OBJECT)
         .context("loading reaper's eBPF object (maps could not be created; is BPF allowed here? see `reaper doctor`)")?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -316,11 +406,30 @@ pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
         ebpf.take_map(reaper_common::MAP_LOST)
             .context("the eBPF object has no LOST map")?,
     )?;
+    let claims = match ebpf
+        .take_map(reaper_common::MAP_CLAIMS)
+        .context("the eBPF object has no CLAIMS map")?
+    {
+        Map::HashMap(data) => claims::ClaimsMap::new(data),
+        _ => anyhow::bail!("the eBPF object's CLAIMS map is not a hash map (rebuild)"),
+    };
+    let counts = PerCpuArray::try_from(
+        ebpf.take_map(reaper_common::MAP_COUNTS)
+            .context("the eBPF object has no COUNTS map")?,
+    )?;
+    let ephemeral = PerCpuHashMap::try_from(
+        ebpf.take_map(reaper_common::MAP_EPHEMERAL)
+            .context("the eBPF object has no EPHEMERAL map")?,
+    )?;
     Ok(Attached {
         tier,
         listens,
         events: Some(events),
         lost,
+        claims,
+        counts,
+        ephemeral,
+        all: opts.all,
         logger,
         cgroup,
         _ebpf: ebpf,
@@ -389,7 +498,7 @@ pub struct Probe {
 
 /// Loads and attaches each hook once, then detaches: what this kernel allows.
 pub fn probe_all() -> Result<Vec<Probe>> {
-    let mut ebpf = loader(4096, false)
+    let mut ebpf = loader(&Options::new(4096), false)
         .load(BPF_OBJECT)
         .context("loading reaper's eBPF object")?;
     let cgroup = cgroup2_root().ok();

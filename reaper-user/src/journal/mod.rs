@@ -86,6 +86,18 @@ pub const IN_PROGRESS: &str = "in_progress";
 /// signals so far are on the record; the target may still run).
 pub const INTERRUPTED: &str = "interrupted";
 
+/// A container reaped by stopping it through the engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub short_id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    /// The engine's stop (absent in the intent and in a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<crate::holders::container::engine::ContainerStop>,
+}
+
 /// A signal sent through a pidfd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
@@ -172,6 +184,11 @@ pub enum Body {
         elapsed_ms: Option<u64>,
         #[serde(default)]
         dry_run: bool,
+        /// When the holder was a container (behind the engine's proxy):
+        /// which, and what stopping it through the engine did. `target` is
+        /// then the process inside that listened.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<ContainerRecord>,
     },
     /// The kernel side could not hand over `lost` events (ring buffer full).
     Loss { lost: u64 },
@@ -189,8 +206,13 @@ pub enum Body {
     /// The previous run ended without a `stop` record (crash, kill -9):
     /// records between `after` and this record's time may be missing.
     Gap { after: String },
-    /// A reconciliation scan repaired the ledger after losses.
+    /// The ledger was repaired after losses (from the kernel-side claims
+    /// map, or a scan without BPF).
     Reconcile { added: u64, removed: u64 },
+    /// The kernel-side claims map was full: `unstored` more claims (in all
+    /// since the start) are known only from their events, not kept
+    /// kernel-side; `capacity` is the map's size (`claims_max`).
+    ClaimsFull { unstored: u64, capacity: u64 },
 }
 
 /// One journal line.
@@ -297,6 +319,41 @@ pub fn reaping(
         port_free_at,
         elapsed_ms,
         dry_run,
+        container: None,
+    }
+}
+
+/// A reaping record for a container target: `target` is the first process
+/// inside that listened on the published port.
+pub fn container_reaping(
+    c: &crate::reap::JudgedContainer,
+    stop: Option<&crate::holders::container::engine::ContainerStop>,
+    outcome: &str,
+    port_free_at: Option<String>,
+    elapsed_ms: Option<u64>,
+    dry_run: bool,
+) -> Body {
+    let ct = &c.container;
+    Body::Reaping {
+        at: Endpoint::of_socket(&c.socket),
+        target: ct
+            .listeners
+            .first()
+            .map(ProcessRef::of_process)
+            .unwrap_or_default(),
+        verdict: VerdictRecord::from(&c.verdict),
+        signals: Vec::new(),
+        outcome: outcome.to_string(),
+        port_free_at,
+        elapsed_ms,
+        dry_run,
+        container: Some(ContainerRecord {
+            id: ct.id.clone(),
+            short_id: ct.short_id.clone(),
+            name: ct.name.clone(),
+            image: ct.image.clone(),
+            stop: stop.cloned(),
+        }),
     }
 }
 

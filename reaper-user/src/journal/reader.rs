@@ -55,6 +55,7 @@ const KNOWN_KINDS: &[&str] = &[
     "mode",
     "gap",
     "reconcile",
+    "claims_full",
 ];
 
 /// Where a record came from: an index into [`ReadStats::files`] and a
@@ -217,6 +218,7 @@ struct Wire {
     port_free_at: Option<String>,
     elapsed_ms: Option<u64>,
     dry_run: Option<bool>,
+    container: Option<super::ContainerRecord>,
     lost: Option<u64>,
     version: Option<String>,
     tier: Option<String>,
@@ -226,6 +228,8 @@ struct Wire {
     after: Option<String>,
     added: Option<u64>,
     removed: Option<u64>,
+    unstored: Option<u64>,
+    capacity: Option<u64>,
 }
 
 impl Wire {
@@ -281,6 +285,7 @@ impl Wire {
                 port_free_at: w.port_free_at,
                 elapsed_ms: w.elapsed_ms,
                 dry_run: w.dry_run.unwrap_or_default(),
+                container: w.container,
             },
             "loss" => Body::Loss { lost: w.lost? },
             "start" => Body::Start {
@@ -297,6 +302,10 @@ impl Wire {
             "reconcile" => Body::Reconcile {
                 added: w.added?,
                 removed: w.removed?,
+            },
+            "claims_full" => Body::ClaimsFull {
+                unstored: w.unstored?,
+                capacity: w.capacity?,
             },
             _ => return None,
         };

@@ -7,7 +7,7 @@
 //! [`Fact`]: the self-contained line `reaper watch` prints and the daemon
 //! journals.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -102,6 +102,10 @@ pub struct Fact {
     /// record); not printed.
     #[serde(skip)]
     pub holder_claim: Option<Claim>,
+    /// The container the process runs in, when `watch` found one (from the
+    /// cgroup, named by the engine when it answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::holders::container::Container>,
 }
 
 /// Maps BPF netns cookies to the inode numbers people see in
@@ -143,6 +147,9 @@ pub struct Ledger {
     /// the holder already left (the cgroup tier resolves failures late).
     released: VecDeque<(Claim, DateTime<Utc>)>,
     failures: VecDeque<FailedBind>,
+    /// Claims whose bind the kernel side could not keep in its claims map
+    /// (it was full): a repair from that map must not drop them.
+    unstored: HashSet<u64>,
     pub netns: NetnsNames,
     clock: BootClock,
     source: String,
@@ -159,6 +166,7 @@ impl Ledger {
             claims: HashMap::new(),
             released: VecDeque::new(),
             failures: VecDeque::new(),
+            unstored: HashSet::new(),
             netns: NetnsNames::default(),
             clock: BootClock::now(),
             source: source.to_string(),
@@ -250,6 +258,7 @@ impl Ledger {
             holder_pid: None,
             holder_comm: None,
             holder_claim: None,
+            container: None,
         }
     }
 
@@ -281,6 +290,9 @@ impl Ledger {
                 requested_port: fact.requested_port,
                 source: self.source.clone(),
             };
+            if bound.flags & reaper_common::FLAG_UNSTORED != 0 {
+                self.unstored.insert(bound.cookie);
+            }
             self.claims.insert(bound.cookie, claim);
             return fact;
         }
@@ -417,6 +429,7 @@ impl Ledger {
     /// fact.
     fn apply_release(&mut self, ev: &Event) -> Option<Fact> {
         let at = self.clock.to_wall(ev.ts_ns);
+        self.unstored.remove(&ev.cookie);
         let c = self.claims.remove(&ev.cookie)?;
         let mut fact = self.base_fact("release", ev);
         fact.netns = Some(c.key.netns);
@@ -430,6 +443,74 @@ impl Ledger {
             self.released.pop_front();
         }
         Some(fact)
+    }
+}
+
+impl Ledger {
+    /// Repairs the ledger from the kernel side's claims map, read whole
+    /// (`kernel`, the read having started at `read_at_ns` CLOCK_BOOTTIME):
+    /// a claim the map holds and the ledger lacks (its event was lost, or it
+    /// was summarised) is added with its pid and bind time; a claim of this
+    /// tier the ledger holds and the map no longer does (its release was
+    /// lost) is dropped, unless it is newer than the read or the map had no
+    /// room for it. Claims found by a scan ("proc") are left alone: the
+    /// kernel side never saw them. Returns (added, removed).
+    pub fn repair(&mut self, kernel: &[Event], read_at_ns: u64) -> (Vec<Claim>, Vec<Claim>) {
+        let mut added = Vec::new();
+        for ev in kernel {
+            if self.claims.contains_key(&ev.cookie) {
+                continue;
+            }
+            if let Some(c) = self.claim_of(ev) {
+                added.push(c.clone());
+                self.claims.insert(ev.cookie, c);
+            }
+        }
+        let read_at = self.clock.to_wall(read_at_ns);
+        let live: HashSet<u64> = kernel.iter().map(|e| e.cookie).collect();
+        let stale: Vec<u64> = self
+            .claims
+            .values()
+            .filter(|c| {
+                c.source == self.source
+                    && c.bound_at < read_at
+                    && !live.contains(&c.cookie)
+                    && !self.unstored.contains(&c.cookie)
+            })
+            .map(|c| c.cookie)
+            .collect();
+        let removed = stale
+            .into_iter()
+            .filter_map(|cookie| self.claims.remove(&cookie))
+            .collect();
+        (added, removed)
+    }
+
+    /// A claim from a record of the kernel side's claims map.
+    fn claim_of(&mut self, ev: &Event) -> Option<Claim> {
+        let proto = event_proto(ev)?;
+        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid).unwrap_or(0);
+        let at = self.clock.to_wall(ev.ts_ns);
+        let listen = ev.kind == reaper_common::KIND_LISTEN;
+        Some(Claim {
+            key: ClaimKey {
+                netns,
+                proto,
+                addr: event_addr(ev),
+                port: ev.port,
+            },
+            family: event_family(ev).unwrap_or(Family::Ipv4),
+            cookie: ev.cookie,
+            pid: ev.tgid,
+            tid: ev.tid,
+            comm: comm_from_bytes(&ev.comm),
+            uid: ev.uid,
+            cgroup_id: ev.cgroup_id,
+            bound_at: at,
+            listening_at: listen.then_some(at),
+            requested_port: (ev.flags & reaper_common::FLAG_EPHEMERAL != 0).then_some(0),
+            source: self.source.clone(),
+        })
     }
 }
 
@@ -556,6 +637,34 @@ mod tests {
         assert_eq!(f.port, Some(8080));
         assert!(f.held_ms.is_some());
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_repair_from_the_kernel_map_adds_lost_claims_and_drops_lost_releases() {
+        let mut l = Ledger::new("cgroup");
+        let mut old = bound(100, 1, 8080);
+        if let Observation::Bind(r) = &mut old {
+            r.bound.as_mut().unwrap().ts_ns = 1_000;
+        }
+        l.apply(&old);
+        // The kernel map: claim 1 was released (its release lost), claim 2
+        // was made (its event lost), ephemeral claim 3 was summarised.
+        let mut lost = ev(KIND_BOUND, 200, 2, 9090, [127, 0, 0, 1]);
+        lost.ts_ns = 2_000;
+        let mut eph = ev(KIND_BOUND, 300, 3, 41000, [127, 0, 0, 1]);
+        eph.flags |= reaper_common::FLAG_EPHEMERAL;
+        let (added, removed) = l.repair(&[lost, eph], 3_000);
+        assert_eq!(added.len(), 2);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].cookie, 1);
+        let c = l.claims_on(9090, None, None)[0].clone();
+        assert_eq!(c.pid, 200);
+        assert_eq!(c.bound_at, l.clock.to_wall(2_000));
+        assert_eq!(l.claims_on(41000, None, None)[0].requested_port, Some(0));
+        // A claim newer than the read stays.
+        l.apply(&bound(400, 4, 7070));
+        let (_, removed) = l.repair(&[], 0);
+        assert!(removed.iter().all(|c| c.cookie != 4));
     }
 
     #[test]

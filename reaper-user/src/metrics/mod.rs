@@ -37,6 +37,14 @@ pub struct Metrics {
     pub releases: AtomicU64,
     pub conflicts: AtomicU64,
     pub ringbuf_lost: AtomicU64,
+    /// Claims the kernel-side claims map had no room for.
+    pub claims_unstored: AtomicU64,
+    /// The kernel-side claims map's size.
+    pub claims_capacity: AtomicU64,
+    /// Ephemeral binds the kernel side counted instead of sending.
+    pub ephemeral_summarised: AtomicU64,
+    /// Ledger repairs from the kernel-side claims map.
+    pub repairs: AtomicU64,
     pub journal_errors: AtomicU64,
     pub ledger_claims: AtomicU64,
     pub degraded: AtomicU64,
@@ -135,6 +143,24 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "reaper_claims_unstored_total",
+            "Claims the kernel-side claims map had no room for (it was full: see reaper_claims_map_capacity); they are known from their events only.",
+            self.claims_unstored.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "reaper_ephemeral_binds_summarised_total",
+            "Binds to port 0 the kernel side counted per process instead of sending each.",
+            self.ephemeral_summarised.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "reaper_ledger_repairs_total",
+            "Times the ledger was repaired from the kernel-side claims map (after losses, or to learn summarised claims).",
+            self.repairs.load(Relaxed),
+        );
+        counter(
+            &mut out,
             "reaper_journal_errors_total",
             "Journal records that could not be written.",
             self.journal_errors.load(Relaxed),
@@ -174,6 +200,12 @@ impl Metrics {
             "reaper_ledger_claims",
             "Claims in the ledger now.",
             self.ledger_claims.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "reaper_claims_map_capacity",
+            "Entries of the kernel-side claims map (claims_max; 0 without BPF).",
+            self.claims_capacity.load(Relaxed),
         );
         gauge(
             &mut out,

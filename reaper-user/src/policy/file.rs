@@ -22,7 +22,8 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    Action, ExePattern, Glob, Matcher, NetnsSpec, Policy, Protect, Rule, TextPattern, UserSpec,
+    Action, ContainerMatch, ExePattern, Glob, JobState, Matcher, NetnsSpec, Policy, Protect, Rule,
+    TextPattern, UserSpec,
 };
 
 /// A policy that cannot be used, with where and why.
@@ -108,7 +109,10 @@ struct MatchToml {
     min_age: Option<Duration>,
     orphaned: Option<bool>,
     cgroup: Option<String>,
-    container: Option<String>,
+    #[serde(default, deserialize_with = "de_container")]
+    container: Option<ContainerMatch>,
+    #[serde(default, deserialize_with = "de_job")]
+    job: Option<JobState>,
     #[serde(default, deserialize_with = "de_netns")]
     netns: Option<NetnsSpec>,
 }
@@ -162,6 +166,79 @@ fn de_user<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UserSpec>, D::Error
     }
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ContainerToml {
+    Id(String),
+    Table(ContainerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerTable {
+    id: Option<String>,
+    name: Option<String>,
+    image: Option<String>,
+    label: Option<String>,
+}
+
+/// `container = "3f2a9c"` (id prefix) or `container = { name = "web-*",
+/// image = "nginx", label = "com.docker.compose.project=shop" }`.
+fn de_container<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ContainerMatch>, D::Error> {
+    let bad = |m: &str| serde::de::Error::custom(m);
+    let table = match ContainerToml::deserialize(d).map_err(|_| {
+        bad("container is a container id prefix (\"3f2a9c\") or a table { id, name, image, label }")
+    })? {
+        ContainerToml::Id(id) => ContainerTable {
+            id: Some(id),
+            name: None,
+            image: None,
+            label: None,
+        },
+        ContainerToml::Table(t) => t,
+    };
+    let glob = |what: &str, v: Option<String>| match v {
+        Some(s) if s.is_empty() => Err(bad(&format!(
+            "container {what} is empty: give a value or leave the key out"
+        ))),
+        other => Ok(other.as_deref().map(Glob::new)),
+    };
+    let label = match table.label {
+        Some(l) if l.is_empty() || l.starts_with('=') => {
+            return Err(bad(
+                "container label is empty: give \"key\" or \"key=value\"",
+            ))
+        }
+        Some(l) => Some(match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (l, None),
+        }),
+        None => None,
+    };
+    let m = ContainerMatch {
+        id: glob("id", table.id)?,
+        name: glob("name", table.name)?,
+        image: glob("image", table.image)?,
+        label,
+    };
+    if m == ContainerMatch::default() {
+        return Err(bad(
+            "container is an empty table: give at least one of id, name, image, label",
+        ));
+    }
+    Ok(Some(m))
+}
+
+fn de_job<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobState>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "ended" => Ok(Some(JobState::Ended)),
+        "current" => Ok(Some(JobState::Current)),
+        other => Err(serde::de::Error::custom(format!(
+            "job '{other}' is not known: use \"ended\" (no process of the holder's CI job is attached to a live runner) or \"current\" (reaper's own job)"
+        ))),
+    }
+}
+
 fn de_netns<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NetnsSpec>, D::Error> {
     let bad = |what: &str| {
         serde::de::Error::custom(format!(
@@ -193,7 +270,8 @@ impl MatchToml {
             min_age: self.min_age,
             orphaned: self.orphaned,
             cgroup: self.cgroup.as_deref().map(Glob::new),
-            container: self.container.as_deref().map(Glob::new),
+            container: self.container,
+            job: self.job,
             netns: self.netns.unwrap_or_default(),
         }
     }
@@ -239,7 +317,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
             return Err(at(
                 line,
                 format!(
-                    "rule '{}' reaps without naming a program: its match needs at least one of exe, cmdline, name, comm",
+                    "rule '{}' reaps without naming a program: its match needs at least one of exe, cmdline, name, comm, or a container name, image or label",
                     r.name
                 ),
             ));
@@ -307,5 +385,6 @@ fn is_empty(m: &Matcher) -> bool {
         && m.orphaned.is_none()
         && m.cgroup.is_none()
         && m.container.is_none()
+        && m.job.is_none()
         && m.netns == NetnsSpec::Caller
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use regex::Regex;
 
-use crate::holders::{Process, Socket};
+use crate::holders::container::Container;
+use crate::holders::job::Job;
+use crate::holders::{Holding, Process, Socket};
 use crate::journal::VerdictRecord;
 use crate::util::human_duration;
 
@@ -284,16 +286,108 @@ pub struct Matcher {
     pub orphaned: Option<bool>,
     /// Substring of the cgroup path, or a glob when it has `*`/`?`.
     pub cgroup: Option<Glob>,
-    /// Prefix of the container id, or a glob when it has `*`/`?`.
-    pub container: Option<Glob>,
+    /// The container the process runs in: id prefix, name, image, label.
+    pub container: Option<ContainerMatch>,
+    /// The CI job the process runs in: ended, or the caller's own.
+    pub job: Option<JobState>,
     pub netns: NetnsSpec,
+}
+
+/// `container = "ID-PREFIX"` or `container = { id, name, image, label }`:
+/// every part given must hold. Name and image are globs (`*`, `?`) or exact;
+/// a label is `key` (present) or `key=value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerMatch {
+    /// Prefix of the container id, or a glob when it has `*`/`?`.
+    pub id: Option<Glob>,
+    pub name: Option<Glob>,
+    pub image: Option<Glob>,
+    pub label: Option<(String, Option<String>)>,
+}
+
+impl ContainerMatch {
+    /// Names the workload (name, image or label): as strong as naming a program.
+    pub fn names_a_workload(&self) -> bool {
+        self.name.is_some() || self.image.is_some() || self.label.is_some()
+    }
+
+    /// Checks a container; Ok carries what matched, Err what did not.
+    pub fn check(&self, c: &Container) -> Result<Vec<String>, String> {
+        let mut why = Vec::new();
+        let exact_or_glob = |g: &Glob, text: &str| {
+            if g.has_wildcards() {
+                g.matches(text)
+            } else {
+                g.pattern == text
+            }
+        };
+        if let Some(g) = &self.id {
+            let ok = if g.has_wildcards() {
+                g.matches(&c.id)
+            } else {
+                c.id.starts_with(g.pattern.as_str())
+            };
+            if !ok {
+                return Err(format!("container is {}, not {}", c.short_id, g.pattern));
+            }
+            why.push(format!("in container {}", c.short_id));
+        }
+        if let Some(g) = &self.name {
+            match &c.name {
+                Some(n) if exact_or_glob(g, n) => why.push(format!("container name {n}")),
+                Some(n) => return Err(format!("container name is {n}, not {}", g.pattern)),
+                None => {
+                    return Err(format!(
+                        "container {} has no name known (the engine did not answer), so it cannot be checked against {}",
+                        c.short_id, g.pattern
+                    ))
+                }
+            }
+        }
+        if let Some(g) = &self.image {
+            let image = c.image.as_deref().unwrap_or("");
+            // `image = "nginx"` matches nginx:1.27 too.
+            let base = image.split(':').next().unwrap_or(image);
+            if !(exact_or_glob(g, image) || exact_or_glob(g, base)) {
+                return Err(format!("container image is '{image}', not {}", g.pattern));
+            }
+            why.push(format!("container image {image}"));
+        }
+        if let Some((k, v)) = &self.label {
+            match (c.labels.get(k), v) {
+                (Some(have), Some(want)) if have == want => why.push(format!("label {k}={want}")),
+                (Some(_), None) => why.push(format!("label {k}")),
+                (Some(have), Some(want)) => {
+                    return Err(format!("container label {k} is '{have}', not '{want}'"))
+                }
+                (None, _) => return Err(format!("container has no label {k}")),
+            }
+        }
+        Ok(why)
+    }
+}
+
+/// `job = "ended"` or `job = "current"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// No process of the holder's job is attached to a live runner.
+    Ended,
+    /// The holder's job is the one reaper runs in.
+    Current,
 }
 
 impl Matcher {
     /// Whether the rule names the program (exe, cmdline, name or comm): a
     /// reap rule must, so that "every orphan of uid 1000" is never a rule.
     pub fn names_a_program(&self) -> bool {
-        self.name.is_some() || self.comm.is_some() || self.exe.is_some() || self.cmdline.is_some()
+        self.name.is_some()
+            || self.comm.is_some()
+            || self.exe.is_some()
+            || self.cmdline.is_some()
+            || self
+                .container
+                .as_ref()
+                .is_some_and(|c| c.names_a_workload())
     }
 
     /// Checks every condition. Ok carries what matched, Err the first
@@ -423,19 +517,14 @@ impl Matcher {
             }
             why.push(format!("cgroup {cg}"));
         }
-        if let Some(g) = &self.container {
-            let Some(id) = p.container.as_deref() else {
+        if let Some(want) = &self.container {
+            let Some(c) = ctx.workload.container_of(p) else {
                 return Err("is not in a container (no container id in its cgroup)".into());
             };
-            let ok = if g.has_wildcards() {
-                g.matches(id)
-            } else {
-                id.starts_with(g.pattern.as_str())
-            };
-            if !ok {
-                return Err(format!("container is {id}, not {}", g.pattern));
-            }
-            why.push(format!("in container {}", shorten(id, 12)));
+            why.extend(want.check(&c)?);
+        }
+        if let Some(want) = self.job {
+            why.push(check_job(want, p, ctx)?);
         }
         match self.netns {
             NetnsSpec::Any => {}
@@ -554,6 +643,72 @@ pub struct Context {
     pub now: DateTime<Utc>,
     /// Pids known to be kernel threads (PF_KTHREAD in /proc/PID/stat).
     pub kernel_threads: BTreeSet<u32>,
+    /// The containers and the job around the holders.
+    pub workload: Workload,
+}
+
+/// What judging knows about containers and CI jobs: the containers of the
+/// scanned holders (named by the engine when it answered) and reaper's own job.
+#[derive(Clone, Debug, Default)]
+pub struct Workload {
+    /// By full container id.
+    pub containers: std::collections::BTreeMap<String, Container>,
+    pub own_job: Option<Job>,
+}
+
+impl Workload {
+    /// Learns the containers of these holdings.
+    pub fn learn(&mut self, holdings: &[Holding]) {
+        for c in holdings.iter().filter_map(|h| h.container.as_ref()) {
+            if !c.id.is_empty() {
+                self.containers
+                    .entry(c.id.clone())
+                    .or_insert_with(|| c.clone());
+            }
+        }
+    }
+
+    /// The container a process runs in, as well as it is known.
+    pub fn container_of(&self, p: &Process) -> Option<Container> {
+        let ident = crate::holders::container::from_cgroup(p.cgroup.as_deref()?)?;
+        Some(
+            self.containers
+                .get(&ident.id)
+                .cloned()
+                .unwrap_or_else(|| Container::from_identity(&ident)),
+        )
+    }
+}
+
+/// `job = "ended" | "current"` against a process.
+fn check_job(want: JobState, p: &Process, ctx: &Context) -> Result<String, String> {
+    let Some(job) = &p.job else {
+        return Err("is not in a CI job (no job id in its environment)".into());
+    };
+    match want {
+        JobState::Ended => match job.ended {
+            Some(true) => Ok(format!(
+                "{} has ended (no process of it is attached to a live runner)",
+                job_words(job)
+            )),
+            Some(false) => Err(format!(
+                "{} is still running (a process of it is attached to its runner)",
+                job_words(job)
+            )),
+            None => Err(format!("{} was not checked for an end", job_words(job))),
+        },
+        JobState::Current => match &ctx.workload.own_job {
+            Some(mine) if mine.key() == job.key() => {
+                Ok(format!("{} is reaper's own job", job_words(job)))
+            }
+            Some(mine) => Err(format!(
+                "{} is not reaper's own job ({})",
+                job_words(job),
+                job_words(mine)
+            )),
+            None => Err("reaper itself does not run in a CI job".into()),
+        },
+    }
 }
 
 impl Context {
@@ -580,6 +735,10 @@ impl Context {
             netns: netns.unwrap_or(caller_netns),
             now: Utc::now(),
             kernel_threads: BTreeSet::new(),
+            workload: Workload {
+                own_job: crate::holders::job::own(),
+                ..Workload::default()
+            },
         })
     }
 }
@@ -725,6 +884,107 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Judges a container that a proxy (docker-proxy) publishes the port
+    /// for: reaping it means stopping the container through the engine, never
+    /// signalling the proxy. A rule matches when it matches a process that
+    /// listens inside on the published port (`--match NAME` names the server,
+    /// not the proxy); the network namespace condition is the published
+    /// socket's, on the host. `protect` rules hold for those processes too.
+    pub fn judge_container(&self, c: &Container, s: &Socket, ctx: &Context) -> Verdict {
+        let holds = format!("publishes {}", socket_words(s));
+        if c.stale {
+            return Verdict::new(
+                Decision::Protect,
+                None,
+                vec![
+                    crate::holders::container::STALE_PROXY_FIX.to_string(),
+                    holds,
+                ],
+            );
+        }
+        if c.id.is_empty() {
+            return Verdict::new(
+                Decision::Keep,
+                None,
+                vec![
+                    "the container behind the proxy is unknown (the engine did not answer)".into(),
+                    holds,
+                ],
+            );
+        }
+        if c.listeners.is_empty() {
+            return Verdict::new(
+                Decision::Keep,
+                None,
+                vec![
+                    format!(
+                        "no process inside container {} listens on the published port",
+                        c.words()
+                    ),
+                    holds,
+                ],
+            );
+        }
+        // The listeners' container is this one, as the engine named it.
+        let mut known = ctx.clone();
+        known.workload.containers.insert(c.id.clone(), c.clone());
+        let ctx = &known;
+        let mut misses = Vec::new();
+        for p in &c.listeners {
+            for prot in &self.protects {
+                if let Ok(mut why) = prot.matcher.check(p, s, ctx) {
+                    why.insert(0, format!("protected by rule '{}'", prot.name));
+                    why.push(format!("inside container {}", c.words()));
+                    why.push(holds);
+                    return Verdict::new(Decision::Protect, Some(prot.name.clone()), why);
+                }
+            }
+        }
+        for rule in &self.rules {
+            for p in &c.listeners {
+                match rule.matcher.check(p, s, ctx) {
+                    Ok(mut why) => {
+                        why.insert(
+                            0,
+                            format!(
+                                "pid {} {} listens inside container {}",
+                                p.pid,
+                                p.comm,
+                                c.words()
+                            ),
+                        );
+                        let decision = match rule.action {
+                            Action::Reap => {
+                                why.push("reaping it stops the container through the engine (the proxy is never signalled)".into());
+                                Decision::Reap
+                            }
+                            Action::Report => {
+                                why.insert(
+                                    0,
+                                    "the matching rule only reports (action = \"report\")".into(),
+                                );
+                                Decision::Keep
+                            }
+                        };
+                        why.push(holds);
+                        return Verdict::new(decision, Some(rule.name.clone()), why);
+                    }
+                    Err(miss) => misses.push(format!(
+                        "rule '{}' does not match pid {} inside container {}: {miss}",
+                        rule.name, p.pid, c.short_id
+                    )),
+                }
+            }
+        }
+        if misses.is_empty() {
+            misses.push("no rule to match it against".into());
+        }
+        misses.push(holds);
+        Verdict::new(Decision::Keep, None, misses)
+    }
+}
+
 /// The protections no rule can lift.
 fn builtin_protection(p: &Process, s: &Socket, ctx: &Context) -> Option<String> {
     if p.pid == 1 {
@@ -742,6 +1002,12 @@ fn builtin_protection(p: &Process, s: &Socket, ctx: &Context) -> Option<String> 
                 p.pid
             )
         });
+    }
+    if let Some(engine) = engine_program(p) {
+        return Some(format!(
+            "pid {} is {engine}, part of the container engine: never signalled (stop the container through the engine instead)",
+            p.pid
+        ));
     }
     if ctx.kernel_threads.contains(&p.pid) || (p.exe.is_none() && p.cmdline.is_empty()) {
         return Some(format!("pid {} ({}) is a kernel thread", p.pid, p.comm));
@@ -768,6 +1034,33 @@ fn builtin_protection(p: &Process, s: &Socket, ctx: &Context) -> Option<String> 
         ));
     }
     None
+}
+
+/// The container engine's own programs, never signalled: killing them
+/// breaks every container's ports (the proxy) or the containers themselves.
+pub const ENGINE_PROGRAMS: &[&str] = &[
+    "docker-proxy",
+    "dockerd",
+    "containerd",
+    "containerd-shim*",
+    "runc",
+    "conmon",
+    "podman",
+    "kubelet",
+    "rootlesskit",
+    "slirp4netns",
+    "pasta",
+];
+
+/// Which engine program a process is (by exe or argv[0] basename; the comm
+/// may be a truncation and is not trusted alone).
+fn engine_program(p: &Process) -> Option<&'static str> {
+    let exe = p.exe.as_deref().map(|e| basename(strip_deleted(e)));
+    let argv0 = p.cmdline.first().map(|a| basename(a));
+    ENGINE_PROGRAMS.iter().copied().find(|prog| {
+        let g = Glob::new(prog);
+        [exe, argv0].into_iter().flatten().any(|b| g.matches(b))
+    })
 }
 
 /// "127.0.0.1:8080/tcp", "[::]:8080/tcp (dual-stack)", with the state
@@ -813,6 +1106,10 @@ fn shorten(s: &str, max: usize) -> String {
         t.push('…');
         t
     }
+}
+
+fn job_words(j: &Job) -> String {
+    format!("{} job {}", j.provider, shorten(&j.id, 40))
 }
 
 fn user_words(p: &Process) -> String {

@@ -23,6 +23,7 @@ fn server() -> Process {
         netns: Some(NS),
         ancestors: vec![(1, "systemd".into())],
         orphaned: true,
+        job: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn ctx() -> Context {
             .unwrap()
             .with_timezone(&Utc),
         kernel_threads: BTreeSet::new(),
+        workload: Default::default(),
     }
 }
 
@@ -462,4 +464,171 @@ fn a_lone_carriage_return_is_an_error_with_words() {
         assert!(!e.message.trim().is_empty(), "{text:?}: {e:?}");
         assert!(e.line.is_some(), "{text:?}: {e:?}");
     }
+}
+
+const CID: &str = "83377f63992de6a7305ed5f6104295003cfd4b343747da10f8ef90d2054c1319";
+
+fn job(ended: bool) -> crate::holders::job::Job {
+    crate::holders::job::Job {
+        provider: "github".into(),
+        id: "github_1f2e".into(),
+        run: None,
+        name: None,
+        ended: Some(ended),
+    }
+}
+
+fn proxy() -> Process {
+    let mut p = server();
+    p.comm = "docker-proxy".into();
+    p.exe = Some("/usr/sbin/docker-proxy".into());
+    p.cmdline = vec![
+        "/usr/sbin/docker-proxy".into(),
+        "-proto".into(),
+        "tcp".into(),
+    ];
+    p.uid = 0;
+    p.orphaned = false;
+    p
+}
+
+fn web() -> Container {
+    let labels = [("com.docker.compose.project", "shop")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut inside = server();
+    inside.cgroup = Some(format!("/docker/{CID}"));
+    inside.container = Some(CID.into());
+    inside.netns = Some(4026532999);
+    Container {
+        id: CID.into(),
+        short_id: CID[..12].into(),
+        name: Some("shop-web-1".into()),
+        image: Some("shop/web:1.4".into()),
+        state: Some("running".into()),
+        listeners: vec![inside],
+        ..Container::default()
+    }
+    .with_labels(labels)
+}
+
+#[test]
+fn engine_programs_are_protected_whatever_the_rules_say() {
+    let v = flags(Some("docker-proxy"), None, None).judge(&proxy(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Protect, "{v}");
+    assert!(v.reasons[0].contains("part of the container engine"), "{v}");
+    for (exe, argv0) in [
+        (
+            "/usr/bin/containerd-shim-runc-v2",
+            "containerd-shim-runc-v2",
+        ),
+        ("/usr/sbin/dockerd", "dockerd"),
+        ("/usr/bin/conmon", "conmon"),
+        ("/usr/bin/kubelet", "kubelet"),
+    ] {
+        let mut p = proxy();
+        p.exe = Some(exe.into());
+        p.cmdline = vec![argv0.into()];
+        let v = Policy::from_toml_str(
+            "[[rule]]\nname = \"all\"\nmatch = { cmdline = \"/./\", netns = \"any\" }\n",
+        )
+        .unwrap()
+        .judge(&p, &socket(), &ctx());
+        assert_eq!(v.decision, Decision::Protect, "{exe}: {v}");
+    }
+}
+
+#[test]
+fn job_ended_and_current() {
+    let policy = Policy::from_toml_str(
+        "[[rule]]\nname = \"stale\"\nmatch = { exe = \"platform-server\", job = \"ended\" }\n",
+    )
+    .unwrap();
+    let mut p = server();
+    let v = policy.judge(&p, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(v.reasons[0].contains("is not in a CI job"), "{v}");
+    p.job = Some(job(false));
+    let v = policy.judge(&p, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep);
+    assert!(v.reasons[0].contains("is still running"), "{v}");
+    p.job = Some(job(true));
+    let v = policy.judge(&p, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap, "{v}");
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("github job github_1f2e has ended")),
+        "{v}"
+    );
+
+    let current = Policy::from_toml_str(
+        "[[rule]]\nname = \"mine\"\nmatch = { exe = \"platform-server\", job = \"current\" }\n",
+    )
+    .unwrap();
+    let mut c = ctx();
+    assert_eq!(current.judge(&p, &socket(), &c).decision, Decision::Keep);
+    c.workload.own_job = Some(job(false));
+    assert_eq!(current.judge(&p, &socket(), &c).decision, Decision::Reap);
+    assert!(
+        err("[[rule]]\nname = \"x\"\nmatch = { exe = \"a\", job = \"over\" }\n")
+            .contains("job 'over' is not known")
+    );
+}
+
+#[test]
+fn container_tables_parse_and_match() {
+    let p = Policy::from_toml_str(
+        "[[rule]]\nname = \"shop\"\nmatch = { container = { label = \"com.docker.compose.project=shop\", image = \"shop/web\" } }\n",
+    )
+    .unwrap();
+    let v = p.judge_container(&web(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap, "{v}");
+    assert!(
+        v.reasons[0].contains("listens inside container shop-web-1"),
+        "{v}"
+    );
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("label com.docker.compose.project=shop")),
+        "{v}"
+    );
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("stops the container through the engine")),
+        "{v}"
+    );
+
+    let other = Policy::from_toml_str(
+        "[[rule]]\nname = \"other\"\nmatch = { container = { label = \"com.docker.compose.project=blog\" } }\n",
+    )
+    .unwrap();
+    let v = other.judge_container(&web(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Keep, "{v}");
+    assert!(
+        v.reasons[0].contains("label com.docker.compose.project is 'shop', not 'blog'"),
+        "{v}"
+    );
+
+    // --match NAME names the server inside, not the proxy.
+    let v = flags(Some("platform-server"), None, None).judge_container(&web(), &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Reap, "{v}");
+    // A stale proxy is never reaped, and the fix is named.
+    let mut gone = web();
+    gone.stale = true;
+    let v = flags(Some("platform-server"), None, None).judge_container(&gone, &socket(), &ctx());
+    assert_eq!(v.decision, Decision::Protect);
+    assert!(v.reasons[0].contains("restart the engine"), "{v}");
+
+    // The id-prefix form still parses; an empty table does not.
+    Policy::from_toml_str("[[protect]]\nname = \"c\"\nmatch = { container = \"83377f\" }\n")
+        .unwrap();
+    assert!(err("[[protect]]\nname = \"c\"\nmatch = { container = {} }\n").contains("empty table"));
+    assert!(
+        err("[[rule]]\nname = \"c\"\nmatch = { container = { nam = \"x\" } }\n")
+            .contains("container is a container id prefix")
+    );
 }

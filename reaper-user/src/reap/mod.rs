@@ -25,7 +25,7 @@ pub mod plan;
 pub use bind::{wait_bindable, BindProbe, BindWait};
 pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
 pub use pidfd::{wait_any, Pidfd};
-pub use plan::{execute, Execution, Judged, Plan, Role, Tree, Unowned};
+pub use plan::{execute, Execution, Judged, JudgedContainer, Plan, Role, Tree, Unowned};
 
 /// Test-only hook: when this variable names a path (a FIFO), `reaper free`
 /// opens it for reading after the verdicts and before opening any pidfd, and

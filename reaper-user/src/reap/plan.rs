@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::holders::container::engine::{self, ContainerStop};
+use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
 use crate::policy::{socket_words, Context, Decision, Policy, Verdict};
 use crate::util::Proto;
@@ -96,6 +98,22 @@ pub struct Plan {
     pub unowned: Vec<Unowned>,
     /// Sockets whose holders are judged (LISTEN for TCP, every UDP socket).
     pub blocking: Vec<Socket>,
+    /// Containers that publish the port through the engine's proxy, with
+    /// their verdicts: reaping one stops the container through the engine.
+    pub containers: Vec<JudgedContainer>,
+}
+
+/// A container behind a proxy-held port, and its verdict. When it is
+/// reaped, its proxies are left out of `judged` (the engine stops them with
+/// the container; they are never signalled).
+#[derive(Clone, Debug, Serialize)]
+pub struct JudgedContainer {
+    pub container: Container,
+    /// The published socket on the host (the first, when v4 and v6).
+    pub socket: Socket,
+    /// The engine's proxy processes that hold the port for it.
+    pub proxies: Vec<u32>,
+    pub verdict: Verdict,
 }
 
 impl Plan {
@@ -147,8 +165,48 @@ impl Plan {
                 });
                 continue;
             }
+            // A port a proxy holds for a container: the container is judged;
+            // when it is reaped, the proxies go with it, not in `judged`.
+            let reaped_container = match h.container.as_ref().filter(|c| c.via == Some(Via::Proxy))
+            {
+                Some(c) => {
+                    let proxies: Vec<u32> = h
+                        .processes
+                        .iter()
+                        .filter(|p| container::is_proxy(p))
+                        .map(|p| p.pid)
+                        .collect();
+                    let known = out
+                        .containers
+                        .iter_mut()
+                        .find(|j| !c.id.is_empty() && j.container.id == c.id);
+                    let j = match known {
+                        Some(j) => {
+                            j.proxies.extend(proxies);
+                            j
+                        }
+                        None => {
+                            out.containers.push(JudgedContainer {
+                                container: c.clone(),
+                                socket: h.socket.clone(),
+                                proxies,
+                                verdict: policy.judge_container(c, &h.socket, ctx),
+                            });
+                            out.containers.last_mut().expect("just pushed")
+                        }
+                    };
+                    (j.verdict.decision == Decision::Reap).then(|| j.proxies.clone())
+                }
+                None => None,
+            };
             let pids: BTreeSet<u32> = h.processes.iter().map(|p| p.pid).collect();
             for p in &h.processes {
+                if reaped_container
+                    .as_ref()
+                    .is_some_and(|px| px.contains(&p.pid))
+                {
+                    continue;
+                }
                 let role = role_of(p, &pids, pgrp_of);
                 let entry = by_pid
                     .entry(p.pid)
@@ -216,8 +274,20 @@ impl Plan {
                     Decision::Protect => "protects",
                     _ => "keeps",
                 };
+                let behind = self
+                    .containers
+                    .iter()
+                    .find(|c| c.proxies.contains(&j.process.pid))
+                    .map(|c| {
+                        format!(
+                            " (it publishes the port for container {}, which the policy does not reap: {})",
+                            c.container.words(),
+                            c.verdict.reasons[0]
+                        )
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "pid {} ({}) which the policy {what}: {}",
+                    "pid {} ({}) which the policy {what}: {}{behind}",
                     j.process.pid, j.process.comm, j.verdict.reasons[0]
                 )
             })
@@ -230,6 +300,18 @@ impl Plan {
             )
         }));
         (!parts.is_empty()).then(|| parts.join("; and by "))
+    }
+
+    /// The containers [`execute`] stops through the engine; empty when the
+    /// plan refuses.
+    pub fn container_targets(&self) -> Vec<&JudgedContainer> {
+        if self.refusal().is_some() {
+            return Vec::new();
+        }
+        self.containers
+            .iter()
+            .filter(|c| c.verdict.decision == Decision::Reap)
+            .collect()
     }
 
     /// The processes [`execute`] signals, in order; empty when the plan
@@ -250,9 +332,26 @@ impl Plan {
                 .map(|j| j.process.pid.to_string())
                 .collect()
         };
+        let stops: Vec<String> = self
+            .container_targets()
+            .iter()
+            .map(|c| c.container.words())
+            .collect();
         let grace = humantime::format_duration(grace);
         let (roots, rest) = (pids(0), pids(1));
-        let mut s = format!("would send SIGTERM to pid {}", roots.join(", "));
+        let stop_words = format!(
+            "would stop container {} through the engine (SIGTERM, SIGKILL after {grace}; kept as exited, not removed)",
+            stops.join(", ")
+        );
+        if roots.is_empty() && rest.is_empty() {
+            return stop_words;
+        }
+        let mut s = if stops.is_empty() {
+            String::new()
+        } else {
+            format!("{stop_words}, then ")
+        };
+        s.push_str(&format!("would send SIGTERM to pid {}", roots.join(", ")));
         if !rest.is_empty() {
             s.push_str(&format!(
                 ", give pid {} up to {grace} to exit with {}, then send SIGTERM to those still running",
@@ -427,6 +526,19 @@ fn open_netns(pid: u32) -> Option<OwnedFd> {
         .map(OwnedFd::from)
 }
 
+/// The journal's outcome word for a container stop: `freed`, `still_held`
+/// (stopped, the port still held), `identity_changed` (the engine's
+/// container is not the one judged), `gone`, or `failed`.
+pub fn container_outcome(stop: &ContainerStop, port_free: bool) -> &'static str {
+    match (&stop.error, stop.stopped(), port_free) {
+        (None, true, true) => "freed",
+        (None, true, false) => "still_held",
+        (Some(e), _, _) if e.contains("changed since it was judged") => "identity_changed",
+        (Some(e), _, _) if e.contains("is gone since it was judged") => "gone",
+        _ => "failed",
+    }
+}
+
 /// What executing a plan did.
 #[derive(Clone, Debug)]
 pub struct Execution {
@@ -436,17 +548,20 @@ pub struct Execution {
     pub free_at: Option<Instant>,
     /// The last probe's error when it never bound.
     pub last_error: Option<String>,
+    /// One per container target, in the plan's order.
+    pub containers: Vec<ContainerStop>,
 }
 
 impl Execution {
-    /// Every target exited (or was gone before a signal).
+    /// Every target exited (or was gone before a signal), and every
+    /// container target stopped.
     pub fn all_gone(&self) -> bool {
         self.targets.iter().all(|t| {
             matches!(
                 t.outcome,
                 TargetOutcome::Exited { .. } | TargetOutcome::Gone
             )
-        })
+        }) && self.containers.iter().all(|c| c.stopped())
     }
 }
 
@@ -466,6 +581,13 @@ pub fn execute(
     if let Some(why) = plan.refusal() {
         return Err(why);
     }
+    // Containers first: the engine re-checks each (same id, image, still
+    // running) and stops it with the grace; nothing of it is signalled here.
+    let containers = plan
+        .container_targets()
+        .iter()
+        .map(|c| engine::stop_judged(&c.container, opts.grace))
+        .collect();
     let targets = plan.targets();
     let ids: Vec<(Identity, usize)> = targets
         .iter()
@@ -476,6 +598,7 @@ pub fn execute(
         targets: reports,
         free_at: None,
         last_error: None,
+        containers,
     };
     // Wait for the port only when every target is gone; otherwise one probe
     // says whether it happens to be free anyway.
@@ -514,6 +637,7 @@ mod tests {
             netns: Some(NS),
             ancestors: ancestors.iter().map(|&a| (a, "x".into())).collect(),
             orphaned: false,
+            job: None,
         }
     }
 
@@ -543,6 +667,7 @@ mod tests {
             },
             unowned_reason: procs.is_empty().then(|| "time-wait".into()),
             processes: procs,
+            container: None,
         }
     }
 
@@ -554,6 +679,7 @@ mod tests {
             netns: NS,
             now: chrono::Utc::now(),
             kernel_threads: BTreeSet::new(),
+            workload: Default::default(),
         }
     }
 
@@ -724,5 +850,64 @@ mod tests {
             p.refusal().unwrap(),
             "127.0.0.1:8080/tcp, a socket whose process reaper cannot read (unreadable)"
         );
+    }
+
+    /// docker-proxy holds the port for a container whose server listens inside.
+    fn proxied() -> Holding {
+        let mut proxy = other(70, 60, &[60, 1]);
+        proxy.comm = "docker-proxy".into();
+        proxy.exe = Some("/usr/sbin/docker-proxy".into());
+        proxy.cmdline = vec!["/usr/sbin/docker-proxy".into()];
+        let mut inside = proc_(900, 880, &[880]);
+        inside.cgroup = Some(format!("/docker/{}", "a".repeat(64)));
+        inside.netns = Some(NS + 7);
+        let mut h = holding("LISTEN", vec![proxy]);
+        h.container = Some(Container {
+            id: "a".repeat(64),
+            short_id: "a".repeat(12),
+            name: Some("web".into()),
+            image: Some("shop/web:1".into()),
+            state: Some("running".into()),
+            via: Some(Via::Proxy),
+            listeners: vec![inside],
+            ..Container::default()
+        });
+        h
+    }
+
+    #[test]
+    fn a_container_behind_a_proxy_is_the_target_and_the_proxy_never_is() {
+        let p = Plan::judge(&[proxied()], &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert_eq!(p.refusal(), None);
+        assert!(
+            p.judged.is_empty(),
+            "the proxy is in judged: {:?}",
+            p.judged
+        );
+        assert!(p.targets().is_empty());
+        let c = p.container_targets();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].proxies, vec![70]);
+        assert!(p.steps_words(Duration::from_secs(3)).starts_with(
+            "would stop container web (aaaaaaaaaaaa, image shop/web:1) through the engine"
+        ));
+
+        // --match docker-proxy: the container is kept, the proxy protected.
+        let by_proxy = Policy::from_flags(&FlagRule {
+            name: Some("docker-proxy".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = Plan::judge(&[proxied()], &by_proxy, &ctx(), Tree::Flag(false), NO_PGRP);
+        let why = p.refusal().unwrap();
+        assert!(
+            why.contains("pid 70 (docker-proxy) which the policy protects"),
+            "{why}"
+        );
+        assert!(
+            why.contains("it publishes the port for container web"),
+            "{why}"
+        );
+        assert!(p.container_targets().is_empty());
     }
 }

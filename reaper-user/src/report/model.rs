@@ -768,6 +768,7 @@ impl Aggregator {
             Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
+            Body::ClaimsFull { .. } => {}
         }
     }
 
@@ -1013,6 +1014,7 @@ impl Aggregator {
             port_free_at,
             elapsed_ms,
             dry_run,
+            container,
         } = body
         else {
             return;
@@ -1067,8 +1069,16 @@ impl Aggregator {
         let free_ms = port_free_at
             .as_deref()
             .and_then(crate::journal::reader::parse_ms);
-        let detail =
+        let mut detail =
             view::reaping_detail(&verdict, &signals, dry_run, &outcome, free_ms, elapsed_ms);
+        if let Some(c) = &container {
+            detail = format!(
+                "container {} ({}, image {}) stopped through the engine; {detail}",
+                c.name.as_deref().unwrap_or("?"),
+                c.short_id,
+                c.image.as_deref().unwrap_or("?")
+            );
+        }
         let freed = !dry_run && matches!(outcome.as_str(), "freed" | "gone");
         let note = ReapingNote {
             ts: rfc(ms),

@@ -1,0 +1,240 @@
+//! holders: process details -> **job** -> policy.
+//!
+//! Which CI job a holder belongs to, from the variables the runners put in
+//! each job's environment (/proc/PID/environ, readable by root and the
+//! owner): GitHub Actions `RUNNER_TRACKING_ID` (with `GITHUB_RUN_ID` and
+//! `GITHUB_JOB`), GitLab `CI_JOB_ID`, Jenkins `BUILD_TAG` /
+//! `JENKINS_NODE_COOKIE`, Buildkite `BUILDKITE_JOB_ID`.
+//!
+//! A job has *ended* when no process of it is still attached to a live
+//! runner: every process carrying its id is an orphan (reparented to init).
+//! A server left behind by a cancelled job is then stale by a better
+//! definition than "orphaned and old".
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A CI job, as its environment names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Job {
+    /// `github`, `gitlab`, `jenkins`, `buildkite`.
+    pub provider: String,
+    /// The job's id for that provider (GitHub: the runner's tracking id).
+    pub id: String,
+    /// The run/pipeline/build it belongs to, when the environment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The job's name, when the environment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// No process of the job is attached to a live runner any more (None:
+    /// not looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<bool>,
+}
+
+impl Job {
+    /// The job's identity: provider and id.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.provider, &self.id)
+    }
+
+    /// "github job github_9f2c… (ended)" in plain words.
+    pub fn words(&self) -> String {
+        let mut w = format!("{} job {}", self.provider, self.id);
+        if let Some(n) = &self.name {
+            w.push_str(&format!(" ({n})"));
+        }
+        match self.ended {
+            Some(true) => w.push_str(", ended"),
+            Some(false) => w.push_str(", running"),
+            None => {}
+        }
+        w
+    }
+}
+
+/// The variables of an environ block (NUL-separated `KEY=value`).
+fn vars(environ: &[u8]) -> BTreeMap<&[u8], &[u8]> {
+    environ
+        .split(|&c| c == 0)
+        .filter_map(|kv| {
+            let eq = kv.iter().position(|&c| c == b'=')?;
+            Some((&kv[..eq], &kv[eq + 1..]))
+        })
+        .collect()
+}
+
+/// The job named by an environ block; None outside CI jobs. Values are
+/// process-controlled text: decoded lossily, shown escaped.
+pub fn parse_environ(environ: &[u8]) -> Option<Job> {
+    let v = vars(environ);
+    let get = |k: &str| {
+        v.get(k.as_bytes())
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    };
+    let job = |provider: &str, id: String, run: Option<String>, name: Option<String>| Job {
+        provider: provider.into(),
+        id,
+        run,
+        name,
+        ended: None,
+    };
+    if let Some(id) = get("RUNNER_TRACKING_ID") {
+        return Some(job("github", id, get("GITHUB_RUN_ID"), get("GITHUB_JOB")));
+    }
+    if let (Some(run), Some(name)) = (get("GITHUB_RUN_ID"), get("GITHUB_JOB")) {
+        return Some(job(
+            "github",
+            format!("{run}/{name}"),
+            Some(run),
+            Some(name),
+        ));
+    }
+    if let Some(id) = get("CI_JOB_ID") {
+        return Some(job("gitlab", id, get("CI_PIPELINE_ID"), get("CI_JOB_NAME")));
+    }
+    if let Some(id) = get("BUILD_TAG").or_else(|| get("JENKINS_NODE_COOKIE")) {
+        if v.contains_key(&b"JENKINS_URL"[..])
+            || v.contains_key(&b"JENKINS_NODE_COOKIE"[..])
+            || id.starts_with("jenkins-")
+        {
+            return Some(job("jenkins", id, get("BUILD_NUMBER"), get("JOB_NAME")));
+        }
+    }
+    if let Some(id) = get("BUILDKITE_JOB_ID") {
+        return Some(job(
+            "buildkite",
+            id,
+            get("BUILDKITE_BUILD_ID"),
+            get("BUILDKITE_LABEL"),
+        ));
+    }
+    None
+}
+
+/// The job of a process (None: not in a job, gone, or unreadable).
+pub fn of_pid(pid: u32) -> Option<Job> {
+    parse_environ(&std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+}
+
+/// The job reaper itself runs in (for `job = "current"`).
+pub fn own() -> Option<Job> {
+    parse_environ(&std::fs::read("/proc/self/environ").ok()?)
+}
+
+/// Which of these jobs still have a process attached to a live runner
+/// (one that is not an orphan). One walk of /proc for all of them.
+pub fn attached(jobs: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+    let mut live = BTreeSet::new();
+    if jobs.is_empty() {
+        return live;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(job) = of_pid(pid) else { continue };
+        let key = (job.provider, job.id);
+        if !jobs.contains(&key) || live.contains(&key) {
+            continue;
+        }
+        match super::process::read_stat(pid) {
+            Some(st) if !super::process::looks_orphaned(&st) && st.state != 'Z' => {
+                live.insert(key);
+            }
+            _ => {}
+        }
+    }
+    live
+}
+
+/// Sets `ended` on every job of these processes.
+pub fn mark_ended<'a>(processes: impl Iterator<Item = &'a mut super::Process>) {
+    let mut procs: Vec<&mut super::Process> = processes.filter(|p| p.job.is_some()).collect();
+    let keys: BTreeSet<(String, String)> = procs
+        .iter()
+        .filter_map(|p| p.job.as_ref())
+        .map(|j| (j.provider.clone(), j.id.clone()))
+        .collect();
+    let live = attached(&keys);
+    for p in procs.iter_mut() {
+        if let Some(j) = p.job.as_mut() {
+            j.ended = Some(!live.contains(&(j.provider.clone(), j.id.clone())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for p in pairs {
+            b.extend_from_slice(p.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn github_actions() {
+        let j = parse_environ(&env(&[
+            "PATH=/usr/bin",
+            "RUNNER_TRACKING_ID=github_9f2c7a1e-1111-2222-3333-444455556666",
+            "GITHUB_RUN_ID=8123456789",
+            "GITHUB_JOB=integration",
+        ]))
+        .unwrap();
+        assert_eq!(
+            j.key(),
+            ("github", "github_9f2c7a1e-1111-2222-3333-444455556666")
+        );
+        assert_eq!(j.run.as_deref(), Some("8123456789"));
+        assert_eq!(j.name.as_deref(), Some("integration"));
+        // Without the tracking id, the run and job name identify the job.
+        let j = parse_environ(&env(&["GITHUB_RUN_ID=81", "GITHUB_JOB=build"])).unwrap();
+        assert_eq!(j.key(), ("github", "81/build"));
+    }
+
+    #[test]
+    fn gitlab_jenkins_buildkite() {
+        let j = parse_environ(&env(&[
+            "CI_JOB_ID=4242",
+            "CI_PIPELINE_ID=7",
+            "CI_JOB_NAME=test",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (j.key(), j.name.as_deref()),
+            (("gitlab", "4242"), Some("test"))
+        );
+        let j = parse_environ(&env(&["BUILD_TAG=jenkins-shop-42", "BUILD_NUMBER=42"])).unwrap();
+        assert_eq!(j.key(), ("jenkins", "jenkins-shop-42"));
+        let j = parse_environ(&env(&["JENKINS_NODE_COOKIE=5e1f"])).unwrap();
+        assert_eq!(j.key(), ("jenkins", "5e1f"));
+        let j =
+            parse_environ(&env(&["BUILDKITE_JOB_ID=0190-ab", "BUILDKITE_BUILD_ID=b1"])).unwrap();
+        assert_eq!(j.key(), ("buildkite", "0190-ab"));
+    }
+
+    #[test]
+    fn not_a_job() {
+        assert_eq!(parse_environ(&env(&["PATH=/bin", "HOME=/root"])), None);
+        // A BUILD_TAG alone is not Jenkins (many tools set it).
+        assert_eq!(parse_environ(&env(&["BUILD_TAG=v1.2"])), None);
+        assert_eq!(parse_environ(&env(&["RUNNER_TRACKING_ID="])), None);
+        assert_eq!(parse_environ(b""), None);
+        assert_eq!(parse_environ(b"\0\0=\0garbage"), None);
+    }
+}
