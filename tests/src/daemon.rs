@@ -171,15 +171,7 @@ impl Daemon {
 
     /// GET /metrics.
     pub fn scrape(&self) -> String {
-        let mut s = TcpStream::connect(self.metrics).expect("connecting to the metrics port");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
+        scrape_at(&self.metrics)
     }
 
     /// The value of one sample line of the metrics, e.g.
@@ -366,6 +358,19 @@ impl Drop for Binder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET /metrics from a daemon listening at `addr` (one in a container too).
+pub fn scrape_at(addr: &std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connecting to the metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
 }
 
 /// Runs `promtool check metrics` on a scrape; returns its output on failure.

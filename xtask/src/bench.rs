@@ -44,6 +44,10 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     if names.is_empty() {
         bail!("no benchmark matches");
     }
+    if names.iter().any(|n| n == "ship") {
+        // The ship benchmark measures what `cargo xtask dist` makes.
+        crate::dist::dist()?;
+    }
     let mut figures: Vec<Value> = Vec::new();
     let mut failed = Vec::new();
     for name in &names {

@@ -8,6 +8,8 @@
 //! - `test`   every test: fmt, clippy, unit, integration (real kernel), fuzz smoke.
 //! - `bench`  every benchmark; writes bench/results.{md,json}.
 //! - `man`    the man page, generated from the clap definitions.
+//! - `dist`   the static binary, tarball, .deb and SHA256SUMS in target/dist/.
+//! - `image`  the container image (deploy/Dockerfile) from that binary.
 //!
 //! Each step says what it does before it does it.
 
@@ -19,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test reaper")]
@@ -65,6 +68,10 @@ enum Cmd {
     },
     /// Generate the man page into target/man/reaper.1.
     Man,
+    /// Build what ships into target/dist/: static reaper (+ reaper.debug), tarball, .deb, SHA256SUMS.
+    Dist,
+    /// Build the container image (deploy/Dockerfile) from the static binary, with the local Docker Engine.
+    Image,
 }
 
 fn main() {
@@ -78,6 +85,8 @@ fn main() {
             setup(true).and_then(|_| bench::run(&root(), quick, only.as_deref()))
         }
         Cmd::Man => setup(false).and_then(|_| man()),
+        Cmd::Dist => setup(false).and_then(|_| dist::dist()).map(|_| ()),
+        Cmd::Image => setup(false).and_then(|_| dist::build_image()),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
@@ -210,7 +219,9 @@ fn setup(test_tools: bool) -> Result<()> {
                 .env("LLVM_PREFIX", &prefix),
         )?;
     }
-    // 3. The tools the tests use as independent oracles and real clients.
+    // 3. The static (musl) target for `cargo xtask dist`.
+    dist::setup_musl()?;
+    // 4. The tools the tests use as independent oracles and real clients.
     if test_tools {
         let mut missing = Vec::new();
         for (bin, pkg) in [
@@ -223,6 +234,8 @@ fn setup(test_tools: bool) -> Result<()> {
             ("nginx", "nginx-light"),
             ("chromium", "chromium"),
             ("python3", "python3"),
+            ("dockerd", "docker.io"),
+            ("curl", "curl"),
         ] {
             if !have(bin) && !missing.contains(&pkg) {
                 missing.push(pkg);
@@ -236,6 +249,7 @@ fn setup(test_tools: bool) -> Result<()> {
             say("installing cargo-fuzz (for the fuzz smoke run)");
             check(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
         }
+        dist::setup_cargo_deb()?;
     }
     say(&format!(
         "setup: everything is in place ({:.1} s)",
@@ -309,7 +323,7 @@ fn test(extra: &[String]) -> Result<()> {
         );
     }
     let t = Instant::now();
-    say("1/5 cargo fmt --check (the workspace, reaper-ebpf, fuzz)");
+    say("1/6 cargo fmt --check (the workspace, reaper-ebpf, fuzz)");
     check(cargo().args(["fmt", "--all", "--check"]))?;
     for dir in ["reaper-ebpf", "fuzz"] {
         check(
@@ -318,7 +332,7 @@ fn test(extra: &[String]) -> Result<()> {
                 .current_dir(root().join(dir)),
         )?;
     }
-    say("2/5 cargo clippy -- -D warnings (the workspace, then reaper-ebpf and fuzz on nightly)");
+    say("2/6 cargo clippy -- -D warnings (the workspace, then reaper-ebpf and fuzz on nightly)");
     check(cargo().args([
         "clippy",
         "--workspace",
@@ -329,15 +343,25 @@ fn test(extra: &[String]) -> Result<()> {
     ]))?;
     clippy_ebpf()?;
     clippy_fuzz()?;
-    say("3/5 building reaper and the storm benchmark for the integration tests");
+    say("3/6 building reaper and the storm benchmark for the integration tests");
     check(cargo().args(["build", "-p", "reaper-user", "-p", "reaper-bench"]))?;
-    say("4/5 cargo test: unit tests, then integration tests against the real kernel (tests/)");
+    // The Engine is up before the tests (container tests rely on it) and
+    // stopped at the end when this run started it.
+    let dockerd = dist::Dockerd::ensure()?;
+    say(
+        "4/6 what ships: static binary, tarball, .deb (tests/tests/ship.rs checks them), the image",
+    );
+    let built = dist::dist()?;
+    if dockerd.is_some() {
+        dist::image(&built)?;
+    }
+    say("5/6 cargo test: unit tests, then integration tests against the real kernel (tests/)");
     let (passed, failed, ignored) = cargo_test(extra)?;
     if root().join("fuzz").exists() {
-        say("5/5 fuzz smoke: every fuzz target for a few seconds");
+        say("6/6 fuzz smoke: every fuzz target for a few seconds");
         fuzz_smoke()?;
     } else {
-        say("5/5 fuzz smoke: no fuzz/ directory yet, nothing to run");
+        say("6/6 fuzz smoke: no fuzz/ directory yet, nothing to run");
     }
     say(&format!(
         "all tests passed in {:.0} s",
