@@ -174,6 +174,10 @@ impl Churn {
                     drop(l);
                     n += 1;
                 }
+                // Paced, not flat out: records keep flowing (about a
+                // thousand a second) while the journal stays small enough
+                // never to rotate during the test, so every gap stays on disk.
+                std::thread::sleep(Duration::from_millis(1));
             }
             n
         });
@@ -225,7 +229,8 @@ fn kill9_at_random_moments_while_writing_keeps_the_journal_readable() {
         });
     eprintln!("kill moments from REAPER_KILL_SEED={seed}");
     let mut rng = XorShift(seed);
-    let mut d = Daemon::start("");
+    // Large enough that the test's records never rotate a file away.
+    let mut d = Daemon::start("journal_max_bytes = 1073741824\n");
     let _churn = Churn::start();
     let mut crashes = 0;
     let mut torn_tails = 0;
