@@ -559,56 +559,10 @@ impl Run<'_> {
             if n == 1 { "" } else { "s" }
         );
         for j in &self.plan.judged {
-            let p = &j.process;
-            let decision = match j.verdict.decision {
-                Decision::Reap => st.red("REAP"),
-                Decision::Keep => st.yellow("KEEP"),
-                Decision::Protect => st.green("PROTECT"),
-            };
-            let rule = j
-                .verdict
-                .rule
-                .as_deref()
-                .map(|r| format!(" (rule '{r}')"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  pid {} {}  {}",
-                p.pid,
-                st.bold(&term(&p.comm)),
-                st.dim(&argv_words(&p.cmdline))
-            );
-            let _ = writeln!(out, "    {decision}{}", term(&rule));
-            for r in &j.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
+            self.human_holder(&mut out, j);
         }
         for c in &self.plan.containers {
-            let decision = match c.verdict.decision {
-                Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
-                Decision::Keep => st.yellow("KEEP"),
-                Decision::Protect => st.green("PROTECT"),
-            };
-            let rule = c
-                .verdict
-                .rule
-                .as_deref()
-                .map(|r| format!(" (rule '{}')", term(r)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  container {}  behind proxy pid {}",
-                st.bold(&term(&c.container.words())),
-                c.proxies
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let _ = writeln!(out, "    {decision}{rule}");
-            for r in &c.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
+            self.human_container(&mut out, c);
         }
         for u in &self.plan.unowned {
             let _ = writeln!(
@@ -620,6 +574,80 @@ impl Run<'_> {
                 expiry_words(u.expires_in_ms)
             );
         }
+        for (at, what) in self.events() {
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                st.dim(&format!("+{at:>8.1} ms")),
+                term(&what)
+            );
+        }
+        if exit == Exit::Ok {
+            let _ = writeln!(out, "{}", st.green(&term(message)));
+        }
+        out
+    }
+
+    /// A judged process: who, the verdict, and its reasons.
+    fn human_holder(&self, out: &mut String, j: &Judged) {
+        let st = self.style;
+        let p = &j.process;
+        let decision = match j.verdict.decision {
+            Decision::Reap => st.red("REAP"),
+            Decision::Keep => st.yellow("KEEP"),
+            Decision::Protect => st.green("PROTECT"),
+        };
+        let rule = j
+            .verdict
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule '{r}')"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  pid {} {}  {}",
+            p.pid,
+            st.bold(&term(&p.comm)),
+            st.dim(&argv_words(&p.cmdline))
+        );
+        let _ = writeln!(out, "    {decision}{}", term(&rule));
+        for r in &j.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+    }
+
+    /// A container behind the engine's proxy: which, the verdict, its reasons.
+    fn human_container(&self, out: &mut String, c: &JudgedContainer) {
+        let st = self.style;
+        let decision = match c.verdict.decision {
+            Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
+            Decision::Keep => st.yellow("KEEP"),
+            Decision::Protect => st.green("PROTECT"),
+        };
+        let rule = c
+            .verdict
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule '{}')", term(r)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  container {}  behind proxy pid {}",
+            st.bold(&term(&c.container.words())),
+            c.proxies
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(out, "    {decision}{rule}");
+        for r in &c.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+    }
+
+    /// What happened, in time order (ms since the start), not yet escaped.
+    fn events(&self) -> Vec<(f64, String)> {
         let mut events: Vec<(f64, String)> = Vec::new();
         for c in &self.container_stops {
             let what = match (&c.error, c.stopped_at_ms) {
@@ -633,7 +661,6 @@ impl Run<'_> {
                 ),
                 (None, None) => continue,
             };
-            // Escaped where the events are printed.
             events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
         }
         for t in &self.targets {
@@ -659,18 +686,7 @@ impl Run<'_> {
             }
         }
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (at, what) in events {
-            let _ = writeln!(
-                out,
-                "  {}  {}",
-                st.dim(&format!("+{at:>8.1} ms")),
-                term(&what)
-            );
-        }
-        if exit == Exit::Ok {
-            let _ = writeln!(out, "{}", st.green(&term(message)));
-        }
-        out
+        events
     }
 
     /// The intent, before the first signal: one `in_progress` reaping
