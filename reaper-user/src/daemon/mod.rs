@@ -733,6 +733,23 @@ impl Daemon {
     /// (flushed) before the first signal, at most one reaping per holder
     /// identity however long the burst.
     fn start_reaping(&mut self, plan: Plan, ctx: PolicyContext, key: ConflictKey) {
+        if !self.first_reaping_of(&plan) {
+            return;
+        }
+        self.record_intent(&plan, key);
+        let started = Instant::now();
+        let id = self.track_in_flight(&plan, started);
+        let opts = StopOptions {
+            grace: self.config.reap_grace,
+            deadline: started + self.config.reap_deadline,
+            start: started,
+            pause_fifo: None,
+        };
+        spawn_execution(self.tx.clone(), id, plan, ctx, key, opts);
+    }
+
+    /// Whether no holder of the plan was reaped before; marks them all.
+    fn first_reaping_of(&mut self, plan: &Plan) -> bool {
         // A container is known by the process inside that listens.
         let ids: Vec<(u32, u64)> = plan
             .judged
@@ -746,11 +763,16 @@ impl Daemon {
             .map(|p| (p.pid, p.start_ticks))
             .collect();
         if ids.iter().any(|id| self.reaped.seen(id)) {
-            return;
+            return false;
         }
         for id in ids {
             self.reaped.first_time(id);
         }
+        true
+    }
+
+    /// The log lines and the `in_progress` records, flushed.
+    fn record_intent(&mut self, plan: &Plan, key: ConflictKey) {
         for c in plan.container_targets() {
             tracing::warn!(
                 "reaping container {} publishing {}/{}: stopping it through the engine: {}",
@@ -787,10 +809,12 @@ impl Daemon {
             ));
         }
         self.flush();
+    }
+
+    /// A new reaping id, with the plan kept until its execution reports.
+    fn track_in_flight(&mut self, plan: &Plan, started: Instant) -> u64 {
         let id = self.next_reaping;
         self.next_reaping += 1;
-        let started = Instant::now();
-        let grace = self.config.reap_grace;
         let waves = plan.judged.iter().map(|j| j.wave()).max().unwrap_or(0) as u32 + 1;
         self.in_flight.insert(
             id,
@@ -798,40 +822,10 @@ impl Daemon {
                 plan: plan.clone(),
                 signals: Vec::new(),
                 started,
-                grace_end: started + grace * waves,
+                grace_end: started + self.config.reap_grace * waves,
             },
         );
-        let tx = self.tx.clone();
-        let opts = StopOptions {
-            grace,
-            deadline: started + self.config.reap_deadline,
-            start: started,
-            pause_fifo: None,
-        };
-        tokio::task::spawn_blocking(move || {
-            // The probes pin the port's namespace while the holders live.
-            let probes = plan.probes(&ctx, key.proto, key.port);
-            let signals = tx.clone();
-            let mut on_signal = |s: &reap::SignalSent| {
-                let _ = signals.send(Work::Signalled {
-                    reaping: id,
-                    sent: s.clone(),
-                });
-            };
-            let execution = match reap::execute(&plan, &probes, &opts, &mut on_signal) {
-                Ok(e) => e,
-                Err(_) => reap::Execution {
-                    targets: Vec::new(),
-                    free_at: None,
-                    last_error: None,
-                    containers: Vec::new(),
-                },
-            };
-            let _ = tx.send(Work::Reaped(Box::new(ReapDone {
-                reaping: id,
-                execution,
-            })));
-        });
+        id
     }
 
     /// The targeted scan is the truth about this port: a ledger claim it
@@ -1424,6 +1418,42 @@ impl Daemon {
         self.pending = batch;
         self.pending.clear();
     }
+}
+
+/// Runs the plan on a blocking thread; its signals and its end come back
+/// as `Work`.
+fn spawn_execution(
+    tx: mpsc::UnboundedSender<Work>,
+    id: u64,
+    plan: Plan,
+    ctx: PolicyContext,
+    key: ConflictKey,
+    opts: StopOptions,
+) {
+    tokio::task::spawn_blocking(move || {
+        // The probes pin the port's namespace while the holders live.
+        let probes = plan.probes(&ctx, key.proto, key.port);
+        let signals = tx.clone();
+        let mut on_signal = |s: &reap::SignalSent| {
+            let _ = signals.send(Work::Signalled {
+                reaping: id,
+                sent: s.clone(),
+            });
+        };
+        let execution = match reap::execute(&plan, &probes, &opts, &mut on_signal) {
+            Ok(e) => e,
+            Err(_) => reap::Execution {
+                targets: Vec::new(),
+                free_at: None,
+                last_error: None,
+                containers: Vec::new(),
+            },
+        };
+        let _ = tx.send(Work::Reaped(Box::new(ReapDone {
+            reaping: id,
+            execution,
+        })));
+    });
 }
 
 /// The journal's last record (to know whether the last run stopped
