@@ -914,83 +914,52 @@ impl Policy {
     /// socket's, on the host. `protect` rules hold for those processes too.
     pub fn judge_container(&self, c: &Container, s: &Socket, ctx: &Context) -> Verdict {
         let holds = format!("publishes {}", socket_words(s));
-        if c.stale {
-            return Verdict::new(
-                Decision::Protect,
-                None,
-                vec![
-                    crate::holders::container::STALE_PROXY_FIX.to_string(),
-                    holds,
-                ],
-            );
-        }
-        if c.id.is_empty() {
-            return Verdict::new(
-                Decision::Keep,
-                None,
-                vec![
-                    "the container behind the proxy is unknown (the engine did not answer)".into(),
-                    holds,
-                ],
-            );
-        }
-        if c.listeners.is_empty() {
-            return Verdict::new(
-                Decision::Keep,
-                None,
-                vec![
-                    format!(
-                        "no process inside container {} listens on the published port",
-                        c.words()
-                    ),
-                    holds,
-                ],
-            );
+        if let Some(verdict) = container_unjudgeable(c, &holds) {
+            return verdict;
         }
         // The listeners' container is this one, as the engine named it.
         let mut known = ctx.clone();
         known.workload.containers.insert(c.id.clone(), c.clone());
         let ctx = &known;
-        let mut misses = Vec::new();
+        if let Some(verdict) = self.protect_container(c, s, ctx, &holds) {
+            return verdict;
+        }
+        self.rule_container(c, s, ctx, holds)
+    }
+
+    /// A `protect` rule that matches a process listening inside.
+    fn protect_container(
+        &self,
+        c: &Container,
+        s: &Socket,
+        ctx: &Context,
+        holds: &str,
+    ) -> Option<Verdict> {
         for p in &c.listeners {
             for prot in &self.protects {
                 if let Ok(mut why) = prot.matcher.check(p, s, ctx) {
                     why.insert(0, format!("protected by rule '{}'", prot.name));
                     why.push(format!("inside container {}", c.words()));
-                    why.push(holds);
-                    return Verdict::new(Decision::Protect, Some(prot.name.clone()), why);
+                    why.push(holds.to_string());
+                    return Some(Verdict::new(
+                        Decision::Protect,
+                        Some(prot.name.clone()),
+                        why,
+                    ));
                 }
             }
         }
+        None
+    }
+
+    /// The first rule that matches a process listening inside, or Keep with
+    /// every miss.
+    fn rule_container(&self, c: &Container, s: &Socket, ctx: &Context, holds: String) -> Verdict {
+        let mut misses = Vec::new();
         for rule in &self.rules {
             for p in &c.listeners {
                 match rule.matcher.check(p, s, ctx) {
-                    Ok(mut why) => {
-                        why.insert(
-                            0,
-                            format!(
-                                "pid {} {} listens inside container {}",
-                                p.pid,
-                                p.comm,
-                                c.words()
-                            ),
-                        );
-                        let decision = match rule.action {
-                            Action::Reap => {
-                                why.push("reaping it stops the container through the engine (the proxy is never signalled)".into());
-                                Decision::Reap
-                            }
-                            Action::Report => {
-                                why.insert(
-                                    0,
-                                    "the matching rule only reports (action = \"report\")".into(),
-                                );
-                                Decision::Keep
-                            }
-                        };
-                        why.push(holds);
-                        return Verdict::new(decision, Some(rule.name.clone()), why);
-                    }
+                    Ok(why) => return container_match(rule, p, c, why, holds),
                     Err(miss) => misses.push(format!(
                         "rule '{}' does not match pid {} inside container {}: {miss}",
                         rule.name, p.pid, c.short_id
@@ -1004,6 +973,83 @@ impl Policy {
         misses.push(holds);
         Verdict::new(Decision::Keep, None, misses)
     }
+}
+
+/// A container reaper cannot judge by its listeners: a stale proxy, an
+/// engine that did not answer, nothing listening inside.
+fn container_unjudgeable(c: &Container, holds: &str) -> Option<Verdict> {
+    let holds = holds.to_string();
+    if c.stale {
+        return Some(Verdict::new(
+            Decision::Protect,
+            None,
+            vec![
+                crate::holders::container::STALE_PROXY_FIX.to_string(),
+                holds,
+            ],
+        ));
+    }
+    if c.id.is_empty() {
+        return Some(Verdict::new(
+            Decision::Keep,
+            None,
+            vec![
+                "the container behind the proxy is unknown (the engine did not answer)".into(),
+                holds,
+            ],
+        ));
+    }
+    if c.listeners.is_empty() {
+        return Some(Verdict::new(
+            Decision::Keep,
+            None,
+            vec![
+                format!(
+                    "no process inside container {} listens on the published port",
+                    c.words()
+                ),
+                holds,
+            ],
+        ));
+    }
+    None
+}
+
+/// The verdict of a rule that matched process `p` inside container `c`.
+fn container_match(
+    rule: &Rule,
+    p: &Process,
+    c: &Container,
+    mut why: Vec<String>,
+    holds: String,
+) -> Verdict {
+    why.insert(
+        0,
+        format!(
+            "pid {} {} listens inside container {}",
+            p.pid,
+            p.comm,
+            c.words()
+        ),
+    );
+    let decision = match rule.action {
+        Action::Reap => {
+            why.push(
+                "reaping it stops the container through the engine (the proxy is never signalled)"
+                    .into(),
+            );
+            Decision::Reap
+        }
+        Action::Report => {
+            why.insert(
+                0,
+                "the matching rule only reports (action = \"report\")".into(),
+            );
+            Decision::Keep
+        }
+    };
+    why.push(holds);
+    Verdict::new(decision, Some(rule.name.clone()), why)
 }
 
 /// The protections no rule can lift.
