@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::conflict::{is_conflict_errno, Bursts, ConflictKey, Noted, Reaped};
+use crate::conflict::{is_conflict_errno, Burst, Bursts, ConflictKey, Noted, Reaped};
 use crate::control::{self, Shared};
 use crate::error::Exit;
 use crate::events::{EventStream, Matcher};
@@ -626,85 +626,18 @@ impl Daemon {
             return;
         };
         let refusal = f.plan.as_ref().and_then(|p| p.refusal());
-        let judged: &[reap::Judged] = f.plan.as_ref().map(|p| p.judged.as_slice()).unwrap_or(&[]);
-        // The verdict that decided: a holder that keeps the port from being
-        // reaped, else the first holder's.
-        let verdict = judged
-            .iter()
-            .find(|j| j.verdict.decision != Decision::Reap)
-            .or_else(|| judged.first())
-            .map(|j| VerdictRecord::from(&j.verdict))
-            .or_else(|| {
-                f.plan
-                    .as_ref()
-                    .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
-                    .map(|u| VerdictRecord {
-                        decision: Decision::Keep,
-                        reasons: vec![format!("{}: {}", u.socket, u.reason)],
-                        rule: None,
-                    })
-            });
-        let reap_all = refusal.is_none() && !judged.is_empty();
-        let mut holders: Vec<ProcessRef> = f.holders.iter().map(ProcessRef::from).collect();
-        if f.scan.is_none() {
-            // The live system could not be asked: the ledger's word, marked as such.
-            if let Some(c) = &f.ledger_holder {
-                holders.push(ProcessRef {
-                    pid: c.pid,
-                    comm: c.comm.clone(),
-                    uid: Some(c.uid),
-                    ..ProcessRef::default()
-                });
-            }
-        }
-        let held_since = f
-            .ledger_holder
-            .as_ref()
-            .map(|c| rfc3339(c.bound_at))
-            .or_else(|| {
-                f.holders
-                    .first()
-                    .map(|p| p.started_at.clone())
-                    .filter(|s| !s.is_empty())
-            });
-        let errno = f
-            .fact
-            .errno
-            .clone()
-            .or_else(|| (!holders.is_empty()).then(|| "EADDRINUSE".to_string()))
-            .unwrap_or_else(|| "UNKNOWN".to_string());
-        let body = Body::Conflict {
-            at: endpoint(&f.fact),
-            tried: f.tried.clone(),
-            errno,
-            errno_exact: f.fact.errno_exact,
-            holders,
-            held_since,
-            count: burst.count,
-            first: rfc3339(burst.first),
-            last: rfc3339(burst.last),
-            verdict: verdict.clone().or_else(|| {
-                f.scan_error.as_ref().map(|e| VerdictRecord {
-                    decision: Decision::Keep,
-                    reasons: vec![format!(
-                        "the holders could not be verified, so nothing is judged: {e}"
-                    )],
-                    rule: None,
-                })
-            }),
-            verdicts: judged.iter().map(HolderVerdict::of).collect(),
-            action: if reap_all {
-                Action::Reap
-            } else {
-                Action::Report
-            },
-        };
+        let body = conflict_body(&f, burst, refusal.is_none());
         self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
         burst.journaled_count = burst.count;
         let record = self.journal(body);
         self.shared.lock().unwrap().push_conflict(record);
+        self.reap_conflict(f, refusal);
+    }
 
+    /// Starts the reaping of a journaled conflict's plan, unless it refuses
+    /// or has nothing to stop.
+    fn reap_conflict(&mut self, f: Finding, refusal: Option<String>) {
         let (Some(plan), Some(ctx)) = (f.plan, f.ctx) else {
             return;
         };
@@ -1454,6 +1387,98 @@ fn spawn_execution(
             execution,
         })));
     });
+}
+
+/// The conflict record of a verified finding; `not_refused` when its plan
+/// (if any) does not refuse.
+fn conflict_body(f: &Finding, burst: &Burst, not_refused: bool) -> Body {
+    let judged: &[reap::Judged] = f.plan.as_ref().map(|p| p.judged.as_slice()).unwrap_or(&[]);
+    let reap_all = not_refused && !judged.is_empty();
+    let holders = conflict_holders(f);
+    let errno = f
+        .fact
+        .errno
+        .clone()
+        .or_else(|| (!holders.is_empty()).then(|| "EADDRINUSE".to_string()))
+        .unwrap_or_else(|| "UNKNOWN".to_string());
+    Body::Conflict {
+        at: endpoint(&f.fact),
+        tried: f.tried.clone(),
+        errno,
+        errno_exact: f.fact.errno_exact,
+        holders,
+        held_since: held_since(f),
+        count: burst.count,
+        first: rfc3339(burst.first),
+        last: rfc3339(burst.last),
+        verdict: deciding_verdict(f, judged).or_else(|| {
+            f.scan_error.as_ref().map(|e| VerdictRecord {
+                decision: Decision::Keep,
+                reasons: vec![format!(
+                    "the holders could not be verified, so nothing is judged: {e}"
+                )],
+                rule: None,
+            })
+        }),
+        verdicts: judged.iter().map(HolderVerdict::of).collect(),
+        action: if reap_all {
+            Action::Reap
+        } else {
+            Action::Report
+        },
+    }
+}
+
+/// The verdict that decided: a holder that keeps the port from being
+/// reaped, else the first holder's, else why a blocking socket could not
+/// be judged.
+fn deciding_verdict(f: &Finding, judged: &[reap::Judged]) -> Option<VerdictRecord> {
+    judged
+        .iter()
+        .find(|j| j.verdict.decision != Decision::Reap)
+        .or_else(|| judged.first())
+        .map(|j| VerdictRecord::from(&j.verdict))
+        .or_else(|| {
+            f.plan
+                .as_ref()
+                .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
+                .map(|u| VerdictRecord {
+                    decision: Decision::Keep,
+                    reasons: vec![format!("{}: {}", u.socket, u.reason)],
+                    rule: None,
+                })
+        })
+}
+
+/// The live holders, or the ledger's word (marked as such) when the live
+/// system could not be asked.
+fn conflict_holders(f: &Finding) -> Vec<ProcessRef> {
+    let mut holders: Vec<ProcessRef> = f.holders.iter().map(ProcessRef::from).collect();
+    if f.scan.is_none() {
+        if let Some(c) = &f.ledger_holder {
+            holders.push(ProcessRef {
+                pid: c.pid,
+                comm: c.comm.clone(),
+                uid: Some(c.uid),
+                ..ProcessRef::default()
+            });
+        }
+    }
+    holders
+}
+
+/// Since when the port is held: the ledger's bind, else the first
+/// holder's start.
+fn held_since(f: &Finding) -> Option<String> {
+    f.ledger_holder
+        .as_ref()
+        .map(|c| rfc3339(c.bound_at))
+        .or_else(|| {
+            f.holders
+                .first()
+                .map(|p| p.started_at.clone())
+                .filter(|s| !s.is_empty())
+        })
 }
 
 /// The journal's last record (to know whether the last run stopped
