@@ -1111,53 +1111,7 @@ impl Daemon {
                 return;
             }
         };
-        let live: Vec<(Claim, Option<control::Binder>)> = scan
-            .holdings
-            .iter()
-            .filter(|h| holds_for_binds(h))
-            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
-            .collect();
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut shared = self.shared.lock().unwrap();
-            let known: HashSet<(u64, Proto, IpAddr, u16)> =
-                shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
-            for (c, b) in &live {
-                if !known.contains(&key_tuple(&c.key)) {
-                    added.push(c.clone());
-                    if let Some(b) = b {
-                        shared.binders.insert(c.cookie, b.clone());
-                    }
-                    shared.ledger.seed(c.clone());
-                }
-            }
-            if kind != "seed" {
-                // A claim no socket backs any more. Claims made after the
-                // scan began may be newer than it: they stay.
-                let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
-                    .holdings
-                    .iter()
-                    .filter(|h| h.socket.state != "TIME-WAIT")
-                    .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
-                    .collect();
-                let stale: Vec<u64> = shared
-                    .ledger
-                    .claims()
-                    .filter(|c| c.bound_at < started && !backed.contains(&key_tuple(&c.key)))
-                    .map(|c| c.cookie)
-                    .collect();
-                for cookie in stale {
-                    if let Some(c) = shared.ledger.forget(cookie) {
-                        shared.binders.remove(&cookie);
-                        removed.push(c);
-                    }
-                }
-            }
-            self.metrics
-                .ledger_claims
-                .store(shared.ledger.len() as u64, Relaxed);
-        }
+        let (added, removed) = self.merge_scan(kind, started, &scan);
         match kind {
             "seed" => tracing::info!(
                 "seeded the ledger with {} claims that predate the daemon ({:.1} ms)",
@@ -1179,33 +1133,91 @@ impl Daemon {
                     self.start_scan("reconcile");
                 }
             }
-            _ => {
-                // Degraded polling: the changes are the claims and releases.
-                for c in added {
-                    self.metrics.binds.fetch_add(1, Relaxed);
-                    let process = procinfo::now(c.pid, &c.comm, c.uid);
-                    self.journal(Body::Claim {
-                        at: claim_endpoint(&c),
-                        process,
-                        cookie: Some(c.cookie),
-                        requested_port: None,
-                    });
+            _ => self.journal_polled(added, removed),
+        }
+    }
+
+    /// Seeds the ledger with the scan's claims it lacks and (but for the
+    /// seed scan) forgets the claims no socket backs; returns both.
+    fn merge_scan(
+        &mut self,
+        kind: &str,
+        started: DateTime<Utc>,
+        scan: &Scan,
+    ) -> (Vec<Claim>, Vec<Claim>) {
+        let live: Vec<(Claim, Option<control::Binder>)> = scan
+            .holdings
+            .iter()
+            .filter(|h| holds_for_binds(h))
+            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
+            .collect();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut shared = self.shared.lock().unwrap();
+        let known: HashSet<(u64, Proto, IpAddr, u16)> =
+            shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
+        for (c, b) in &live {
+            if !known.contains(&key_tuple(&c.key)) {
+                added.push(c.clone());
+                if let Some(b) = b {
+                    shared.binders.insert(c.cookie, b.clone());
                 }
-                for c in removed {
-                    self.metrics.releases.fetch_add(1, Relaxed);
-                    self.journal(Body::Release {
-                        at: claim_endpoint(&c),
-                        process: Some(ProcessRef {
-                            pid: c.pid,
-                            comm: c.comm.clone(),
-                            uid: Some(c.uid),
-                            ..ProcessRef::default()
-                        }),
-                        held_ms: Some((Utc::now() - c.bound_at).num_milliseconds().max(0) as u64),
-                        cookie: Some(c.cookie),
-                    });
+                shared.ledger.seed(c.clone());
+            }
+        }
+        if kind != "seed" {
+            // A claim no socket backs any more. Claims made after the
+            // scan began may be newer than it: they stay.
+            let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
+                .holdings
+                .iter()
+                .filter(|h| h.socket.state != "TIME-WAIT")
+                .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
+                .collect();
+            let stale: Vec<u64> = shared
+                .ledger
+                .claims()
+                .filter(|c| c.bound_at < started && !backed.contains(&key_tuple(&c.key)))
+                .map(|c| c.cookie)
+                .collect();
+            for cookie in stale {
+                if let Some(c) = shared.ledger.forget(cookie) {
+                    shared.binders.remove(&cookie);
+                    removed.push(c);
                 }
             }
+        }
+        self.metrics
+            .ledger_claims
+            .store(shared.ledger.len() as u64, Relaxed);
+        (added, removed)
+    }
+
+    /// Degraded polling: the changes are the claims and releases.
+    fn journal_polled(&mut self, added: Vec<Claim>, removed: Vec<Claim>) {
+        for c in added {
+            self.metrics.binds.fetch_add(1, Relaxed);
+            let process = procinfo::now(c.pid, &c.comm, c.uid);
+            self.journal(Body::Claim {
+                at: claim_endpoint(&c),
+                process,
+                cookie: Some(c.cookie),
+                requested_port: None,
+            });
+        }
+        for c in removed {
+            self.metrics.releases.fetch_add(1, Relaxed);
+            self.journal(Body::Release {
+                at: claim_endpoint(&c),
+                process: Some(ProcessRef {
+                    pid: c.pid,
+                    comm: c.comm.clone(),
+                    uid: Some(c.uid),
+                    ..ProcessRef::default()
+                }),
+                held_ms: Some((Utc::now() - c.bound_at).num_milliseconds().max(0) as u64),
+                cookie: Some(c.cookie),
+            });
         }
     }
 
