@@ -199,19 +199,7 @@ impl Daemon {
         // 2. The hooks, or degraded mode; then least privilege.
         let (mut attached, degraded_reason) = attach_or_degrade(&config);
         drop_capabilities();
-        let source = attached
-            .as_ref()
-            .map(|a| a.tier.as_str().to_string())
-            .unwrap_or_else(|| "proc".to_string());
-        metrics.set_tier(&source);
-        if let Some(a) = &attached {
-            metrics
-                .claims_capacity
-                .store(a.claims.capacity() as u64, Relaxed);
-        }
-        metrics
-            .degraded
-            .store(degraded_reason.is_some() as u64, Relaxed);
+        let source = publish_tier(&metrics, attached.as_ref(), degraded_reason.is_some());
         let stream = attached.as_mut().map(event_stream).transpose()?;
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
 
@@ -257,12 +245,7 @@ impl Daemon {
         d.journal_start(last.as_ref(), degraded_reason.as_deref());
 
         // 4. Seed the ledger with holders that predate the daemon.
-        let started = Utc::now();
-        let t = Instant::now();
-        let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
-            .await
-            .context("the seed scan panicked")?;
-        d.scanned("seed", started, seed, t.elapsed());
+        d.seed().await?;
 
         // 5. The interfaces.
         d.serve().await?;
@@ -280,6 +263,17 @@ impl Daemon {
             d.config.summary()
         );
         Ok(d)
+    }
+
+    /// Seeds the ledger with the holders that predate the daemon.
+    async fn seed(&mut self) -> Result<()> {
+        let started = Utc::now();
+        let t = Instant::now();
+        let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
+            .await
+            .context("the seed scan panicked")?;
+        self.scanned("seed", started, seed, t.elapsed());
+        Ok(())
     }
 
     /// A gap when the last run did not stop cleanly, the start, and the
@@ -1363,6 +1357,22 @@ impl Daemon {
         self.pending = batch;
         self.pending.clear();
     }
+}
+
+/// The hook tier the daemon runs on ("proc" in degraded mode), published
+/// in the metrics with the claims map's capacity.
+fn publish_tier(metrics: &Metrics, attached: Option<&Attached>, degraded: bool) -> String {
+    let source = attached
+        .map(|a| a.tier.as_str().to_string())
+        .unwrap_or_else(|| "proc".to_string());
+    metrics.set_tier(&source);
+    if let Some(a) = attached {
+        metrics
+            .claims_capacity
+            .store(a.claims.capacity() as u64, Relaxed);
+    }
+    metrics.degraded.store(degraded as u64, Relaxed);
+    source
 }
 
 /// Runs the plan on a blocking thread; its signals and its end come back
