@@ -72,21 +72,7 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     let mut ledger = Ledger::new(source);
     let mut scans = ScanCache::default();
     let deadline = args.duration.map(|d| Instant::now() + d);
-    eprintln!(
-        "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
-        if tier.exact_errno() {
-            "exact"
-        } else {
-            "inferred"
-        },
-        if attached.listens { "seen" } else { "not seen" },
-        attached.cgroup.display(),
-        if deadline.is_some() {
-            ""
-        } else {
-            ", Ctrl-C to stop"
-        }
-    );
+    announce(&attached, deadline.is_some());
     let mut raw = Vec::new();
     let mut obs = Vec::new();
     let mut lost_seen = 0u64;
@@ -133,6 +119,30 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     if lost > lost_seen {
         report_loss(lost - lost_seen, lost, source, args.json, style)?;
     }
+    summarise_end(&attached, bad_records, lost);
+    Ok(Exit::Ok)
+}
+
+/// What the watch attached to, on stderr.
+fn announce(attached: &hooks::Attached, bounded: bool) {
+    let tier = attached.tier;
+    let source = tier.as_str();
+    eprintln!(
+        "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
+        if tier.exact_errno() {
+            "exact"
+        } else {
+            "inferred"
+        },
+        if attached.listens { "seen" } else { "not seen" },
+        attached.cgroup.display(),
+        if bounded { "" } else { ", Ctrl-C to stop" }
+    );
+}
+
+/// The counts a watch ends with, on stderr: ephemeral binds not shown,
+/// undecodable records, lost events.
+fn summarise_end(attached: &hooks::Attached, bad_records: u64, lost: u64) {
     if !attached.all {
         let summarised = attached.ephemeral_by_pid();
         let n: u64 = summarised.iter().map(|(_, n)| n).sum();
@@ -151,7 +161,6 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     if lost > 0 {
         eprintln!("reaper: {lost} events were lost in all because the ring buffer was full (try a larger --ringbuf-size)");
     }
-    Ok(Exit::Ok)
 }
 
 fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Result<()> {
