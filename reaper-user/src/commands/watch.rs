@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::{Global, WatchArgs};
 use crate::error::Exit;
 use crate::events::{EventStream, Matcher};
-use crate::holders::{self, Query};
+use crate::holders::{self, Holding, Query};
 use crate::hooks;
 use crate::ledger::{Fact, Ledger};
 use crate::output::{json_line, print, use_color, Style};
@@ -425,40 +425,7 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
     tokio::pin!(ctrl_c);
     loop {
         let scan = holders::scan(&q).context("scanning sockets")?;
-        let mut now: BTreeMap<(u64, u64, u16), Fact> = BTreeMap::new();
-        for h in &scan.holdings {
-            let s = &h.socket;
-            let p = h.processes.first();
-            now.insert(
-                (s.netns, s.inode, s.port),
-                Fact {
-                    ts: rfc3339(chrono::Utc::now()),
-                    kind: "bind",
-                    pid: p.map(|p| p.pid).unwrap_or(0),
-                    tid: p.map(|p| p.pid).unwrap_or(0),
-                    comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
-                    uid: s.uid,
-                    netns: Some(s.netns),
-                    proto: Some(s.proto),
-                    family: Some(s.family),
-                    addr: Some(s.addr.to_string()),
-                    port: Some(s.port),
-                    ok: true,
-                    errno: None,
-                    errno_exact: false,
-                    source: "proc".into(),
-                    cookie: s.cookie,
-                    netns_cookie: 0,
-                    cgroup_id: 0,
-                    requested_port: None,
-                    held_ms: None,
-                    holder_pid: None,
-                    holder_comm: None,
-                    holder_claim: None,
-                    container: h.container.clone(),
-                },
-            );
-        }
+        let now = listening_now(&scan.holdings);
         if first {
             eprintln!(
                 "reaper: polling: {} listening sockets now; printing what appears and goes away",
@@ -497,6 +464,51 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// The listening sockets of a poll, keyed by (netns, inode, port).
+fn listening_now(holdings: &[Holding]) -> BTreeMap<(u64, u64, u16), Fact> {
+    holdings
+        .iter()
+        .map(|h| {
+            (
+                (h.socket.netns, h.socket.inode, h.socket.port),
+                polled_fact(h),
+            )
+        })
+        .collect()
+}
+
+/// A listening socket seen by a poll, as the bind fact a stream would show.
+fn polled_fact(h: &Holding) -> Fact {
+    let s = &h.socket;
+    let p = h.processes.first();
+    Fact {
+        ts: rfc3339(chrono::Utc::now()),
+        kind: "bind",
+        pid: p.map(|p| p.pid).unwrap_or(0),
+        tid: p.map(|p| p.pid).unwrap_or(0),
+        comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+        uid: s.uid,
+        netns: Some(s.netns),
+        proto: Some(s.proto),
+        family: Some(s.family),
+        addr: Some(s.addr.to_string()),
+        port: Some(s.port),
+        ok: true,
+        errno: None,
+        errno_exact: false,
+        source: "proc".into(),
+        cookie: s.cookie,
+        netns_cookie: 0,
+        cgroup_id: 0,
+        requested_port: None,
+        held_ms: None,
+        holder_pid: None,
+        holder_comm: None,
+        holder_claim: None,
+        container: h.container.clone(),
+    }
 }
 
 fn out(f: &Fact, json: bool, style: Style) -> Result<()> {
