@@ -29,7 +29,7 @@ use crate::journal::{self, Outcome, Record};
 use crate::output::{self, Style};
 use crate::policy::{Context, Decision, FlagRule, Policy};
 use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
-use crate::reap::{self, StopOptions, TargetOutcome, TargetReport};
+use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
 use crate::text::{shell_word, term};
 use crate::util::Proto;
 
@@ -66,22 +66,8 @@ struct Report<'a> {
 
 pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
     let start = Instant::now();
-    let deadline = start + args.deadline;
     let policy = build_policy(&args)?;
-    // The journal is opened before anything is scanned or signalled: a run
-    // asked to keep a record must not act when it cannot keep one.
-    let journal = match &args.journal {
-        Some(path) => Some(JournalWriter::open(path, WriterOptions::default()).with_context(
-            || {
-                format!(
-                    "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns (e.g. /var/lib/reaper/journal.jsonl), or leave out --journal",
-                    path.display()
-                )
-            },
-        )?),
-        None => None,
-    };
-
+    let journal = open_journal(&args)?;
     let mut ctx = Context::current(None)
         .context("cannot read reaper's own process and namespace from /proc")?;
     let query = Query {
@@ -113,204 +99,70 @@ pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
         free_at: None,
         journal,
     };
+    let ended = run.act(&query)?;
+    let (outcome, exit) = ended.status();
+    let message = run.words(&ended);
+    run.finish(outcome, &message, exit)
+}
 
-    // Refuse before anything is signalled.
-    if let Some(why) = plan.refusal() {
-        let msg = format!(
-            "port {}/{} is held by {why}; nothing was signalled",
-            args.port, args.proto
-        );
-        return run.finish("refused", &msg, Exit::Refused);
-    }
-
-    let probes = plan.probes(&ctx, args.proto, args.port);
-    let targets: Vec<&Judged> = plan.targets();
-
-    if targets.is_empty() && plan.container_targets().is_empty() {
-        // Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
-        let tw = plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
-        let first = reap::wait_bindable(&probes, Instant::now());
-        if first.free_at.is_some() {
-            run.free_at = first.free_at;
-            let msg = match tw {
-                Some(u) => format!(
-                    "port {}/{} is free: a TIME_WAIT socket ({}{}) is there but does not block a SO_REUSEADDR bind; nothing to kill",
-                    args.port,
-                    args.proto,
-                    u.socket,
-                    expiry_words(u.expires_in_ms)
-                ),
-                None => format!("port {}/{} is already free", args.port, args.proto),
-            };
-            return run.finish("already_free", &msg, Exit::Ok);
-        }
-        if args.dry_run {
-            let msg = format!(
-                "port {}/{} cannot be bound ({}) and no process holds it{}; nothing would be signalled",
-                args.port,
-                args.proto,
-                first.last_error.unwrap_or_default(),
-                tw.map(|u| format!(": only TIME_WAIT ({}{})", u.socket, expiry_words(u.expires_in_ms))).unwrap_or_default()
-            );
-            return run.finish("dry_run", &msg, Exit::StillHeld);
-        }
-        // Only the kernel's timer can free it: wait, up to the deadline.
-        let w = reap::wait_bindable(&probes, deadline);
-        run.free_at = w.free_at;
-        return match (w.free_at, tw) {
-            (Some(t), Some(u)) => {
-                let msg = format!(
-                    "port {}/{} free after {} ms: it was blocked only by TIME_WAIT ({}), which expired; nothing was killed",
-                    args.port,
-                    args.proto,
-                    reap::ms_since(start, t).round(),
-                    u.socket
-                );
-                run.finish("freed", &msg, Exit::Ok)
-            }
-            (Some(t), None) => {
-                let msg = format!(
-                    "port {}/{} free after {} ms; nothing was killed",
-                    args.port,
-                    args.proto,
-                    reap::ms_since(start, t).round()
-                );
-                run.finish("freed", &msg, Exit::Ok)
-            }
-            (None, Some(u)) => {
-                let msg = format!(
-                    "port {}/{} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
-                    args.port,
-                    args.proto,
-                    crate::util::human_duration(args.deadline),
-                    u.socket,
-                    expiry_words(u.expires_in_ms)
-                );
-                run.finish("still_held", &msg, Exit::StillHeld)
-            }
-            (None, None) => {
-                let msg = format!(
-                    "port {}/{} still not bindable after {} ({}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {} --netns all`",
-                    args.port,
-                    args.proto,
-                    crate::util::human_duration(args.deadline),
-                    w.last_error.unwrap_or_default(),
-                    scan.gaps.unreadable_pids,
-                    args.port
-                );
-                run.finish("still_held", &msg, Exit::StillHeld)
-            }
-        };
-    }
-
-    if args.dry_run {
-        let msg = format!(
-            "dry run: {}; nothing was signalled",
-            plan.steps_words(args.grace)
-        );
-        return run.finish("dry_run", &msg, Exit::Ok);
-    }
-
-    let opts = StopOptions {
-        grace: args.grace,
-        deadline,
-        start,
-        pause_fifo: std::env::var_os(reap::TEST_PAUSE_ENV).map(Into::into),
+/// The journal is opened before anything is scanned or signalled: a run
+/// asked to keep a record must not act when it cannot keep one.
+fn open_journal(args: &FreeArgs) -> Result<Option<JournalWriter>> {
+    let Some(path) = &args.journal else {
+        return Ok(None);
     };
-    // The intent on the record before the first signal: a run killed in
-    // the middle leaves "in_progress", not silence.
-    run.intent()?;
-    let done = match reap::execute(&plan, &probes, &opts, &mut |_| {}) {
-        Ok(done) => done,
-        Err(why) => unreachable!("the plan refused after its refusal was checked: {why}"),
-    };
-    run.targets = done.targets;
-    run.container_stops = done.containers;
-    run.free_at = done.free_at;
-    let w_last_error = done.last_error;
-    let stopped: Vec<String> = run
-        .container_stops
-        .iter()
-        .filter(|c| c.stopped())
-        .map(|c| {
-            format!(
-                "container {} ({}) stopped through the engine after {} ms, kept as {}",
-                c.name.as_deref().unwrap_or("?"),
-                crate::holders::container::short(&c.id),
-                c.stopped_at_ms.unwrap_or_default(),
-                c.state_after.as_deref().unwrap_or("?")
-            )
-        })
-        .collect();
-    let mut skipped: Vec<String> = run
-        .container_stops
-        .iter()
-        .filter_map(|c| c.error.clone())
-        .collect();
-    skipped.extend(run.targets.iter().filter_map(|t| match &t.outcome {
-        TargetOutcome::IdentityChanged { changes } => Some(format!(
-            "pid {} was not signalled: its identity changed since it was judged ({})",
-            t.pid,
-            changes.join("; ")
-        )),
-        TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
-        TargetOutcome::StillRunning => Some(format!(
-            "pid {} is still running after {}",
-            t.pid,
-            signals_words(t)
-        )),
-        _ => None,
-    }));
-    match run.free_at {
-        Some(t) => {
-            let mut msg = format!(
-                "port {}/{} free after {} ms",
-                args.port,
-                args.proto,
-                reap::ms_since(start, t).round()
-            );
-            let exits: Vec<String> = run
-                .targets
-                .iter()
-                .filter_map(|t| match &t.outcome {
-                    TargetOutcome::Exited { by, after_ms } => {
-                        Some(format!("pid {} exited on {by} after {after_ms} ms", t.pid))
-                    }
-                    TargetOutcome::Gone => Some(format!("pid {} was already gone", t.pid)),
-                    _ => None,
-                })
-                .collect();
-            if targets.len() == 1 && exits.len() == 1 {
-                msg.push_str(&format!(
-                    " ({})",
-                    exits[0].replacen(&format!("pid {} ", run.targets[0].pid), "holder ", 1)
-                ));
-            } else if !exits.is_empty() {
-                msg.push_str(&format!(" ({})", exits.join(", ")));
-            }
-            if !stopped.is_empty() {
-                msg.push_str(&format!(" ({})", stopped.join(", ")));
-            }
-            if !skipped.is_empty() {
-                msg.push_str(&format!("; {}", skipped.join("; ")));
-            }
-            run.finish("freed", &msg, Exit::Ok)
-        }
-        None => {
-            let mut msg = format!(
-                "port {}/{} still held after {} ms ({})",
-                args.port,
-                args.proto,
-                reap::ms_since(start, Instant::now()).round(),
-                w_last_error.unwrap_or_default()
-            );
-            if !skipped.is_empty() {
-                msg.push_str(&format!(": {}", skipped.join("; ")));
-            }
-            if let Some(now) = holders_now(&query) {
-                msg.push_str(&format!("; holders now: {now}"));
-            }
-            run.finish("still_held", &msg, Exit::StillHeld)
+    let w = JournalWriter::open(path, WriterOptions::default()).with_context(|| {
+        format!(
+            "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns (e.g. /var/lib/reaper/journal.jsonl), or leave out --journal",
+            path.display()
+        )
+    })?;
+    Ok(Some(w))
+}
+
+/// How a run ended, before it is put into words ([`Run::words`]).
+enum Ended<'a> {
+    /// The plan refuses (the words say who holds it); nothing was signalled.
+    Refused(String),
+    /// Bindable at once; maybe a TIME_WAIT socket there that does not block.
+    AlreadyFree { time_wait: Option<&'a Unowned> },
+    /// A dry run, no process holds it, and it cannot be bound.
+    Unbindable {
+        error: String,
+        time_wait: Option<&'a Unowned>,
+    },
+    /// No process held it; it became bindable at `free_at` (a timer expired).
+    Expired {
+        free_at: Instant,
+        time_wait: Option<&'a Unowned>,
+    },
+    /// No process held it, and it outlasted the deadline.
+    Outlasted {
+        error: String,
+        time_wait: Option<&'a Unowned>,
+    },
+    /// A dry run of a plan with targets.
+    DryRun,
+    /// The plan was executed and the port is free.
+    Freed { free_at: Instant },
+    /// The plan was executed and the port is still held.
+    StillHeld {
+        after_ms: f64,
+        error: String,
+        holders_now: Option<String>,
+    },
+}
+
+impl Ended<'_> {
+    /// The JSON `outcome` and the exit status.
+    fn status(&self) -> (&'static str, Exit) {
+        match self {
+            Ended::Refused(_) => ("refused", Exit::Refused),
+            Ended::AlreadyFree { .. } => ("already_free", Exit::Ok),
+            Ended::Unbindable { .. } => ("dry_run", Exit::StillHeld),
+            Ended::Expired { .. } | Ended::Freed { .. } => ("freed", Exit::Ok),
+            Ended::Outlasted { .. } | Ended::StillHeld { .. } => ("still_held", Exit::StillHeld),
+            Ended::DryRun => ("dry_run", Exit::Ok),
         }
     }
 }
@@ -398,6 +250,237 @@ struct JournalStatus {
     error: Option<String>,
 }
 
+impl<'a> Run<'a> {
+    /// Refuses, waits or executes the plan: everything but the words.
+    fn act(&mut self, query: &Query) -> Result<Ended<'a>> {
+        let plan = self.plan;
+        // Refuse before anything is signalled.
+        if let Some(why) = plan.refusal() {
+            return Ok(Ended::Refused(why));
+        }
+        let probes = plan.probes(self.ctx, self.args.proto, self.args.port);
+        if plan.targets().is_empty() && plan.container_targets().is_empty() {
+            return Ok(self.wait_unowned(&probes));
+        }
+        if self.args.dry_run {
+            return Ok(Ended::DryRun);
+        }
+        self.execute(&probes, query)
+    }
+
+    /// Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
+    fn wait_unowned(&mut self, probes: &[BindProbe]) -> Ended<'a> {
+        let time_wait = self.plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
+        let first = reap::wait_bindable(probes, Instant::now());
+        if first.free_at.is_some() {
+            self.free_at = first.free_at;
+            return Ended::AlreadyFree { time_wait };
+        }
+        if self.args.dry_run {
+            return Ended::Unbindable {
+                error: first.last_error.unwrap_or_default(),
+                time_wait,
+            };
+        }
+        // Only the kernel's timer can free it: wait, up to the deadline.
+        let w = reap::wait_bindable(probes, self.start + self.args.deadline);
+        self.free_at = w.free_at;
+        match w.free_at {
+            Some(free_at) => Ended::Expired { free_at, time_wait },
+            None => Ended::Outlasted {
+                error: w.last_error.unwrap_or_default(),
+                time_wait,
+            },
+        }
+    }
+
+    /// Signals the plan's targets and waits for the port.
+    fn execute(&mut self, probes: &[BindProbe], query: &Query) -> Result<Ended<'a>> {
+        let opts = StopOptions {
+            grace: self.args.grace,
+            deadline: self.start + self.args.deadline,
+            start: self.start,
+            pause_fifo: std::env::var_os(reap::TEST_PAUSE_ENV).map(Into::into),
+        };
+        // The intent on the record before the first signal: a run killed in
+        // the middle leaves "in_progress", not silence.
+        self.intent()?;
+        let done = match reap::execute(self.plan, probes, &opts, &mut |_| {}) {
+            Ok(done) => done,
+            Err(why) => unreachable!("the plan refused after its refusal was checked: {why}"),
+        };
+        self.targets = done.targets;
+        self.container_stops = done.containers;
+        self.free_at = done.free_at;
+        Ok(match done.free_at {
+            Some(free_at) => Ended::Freed { free_at },
+            None => Ended::StillHeld {
+                after_ms: reap::ms_since(self.start, Instant::now()),
+                error: done.last_error.unwrap_or_default(),
+                holders_now: holders_now(query),
+            },
+        })
+    }
+
+    /// The run's message: the last line for a person, `message` in JSON.
+    fn words(&self, ended: &Ended) -> String {
+        let (port, proto) = (self.args.port, self.args.proto);
+        match ended {
+            Ended::Refused(why) => {
+                format!("port {port}/{proto} is held by {why}; nothing was signalled")
+            }
+            Ended::AlreadyFree { time_wait: Some(u) } => format!(
+                "port {port}/{proto} is free: a TIME_WAIT socket ({}{}) is there but does not block a SO_REUSEADDR bind; nothing to kill",
+                u.socket,
+                expiry_words(u.expires_in_ms)
+            ),
+            Ended::AlreadyFree { time_wait: None } => {
+                format!("port {port}/{proto} is already free")
+            }
+            Ended::Unbindable { error, time_wait } => format!(
+                "port {port}/{proto} cannot be bound ({error}) and no process holds it{}; nothing would be signalled",
+                time_wait
+                    .map(|u| format!(": only TIME_WAIT ({}{})", u.socket, expiry_words(u.expires_in_ms)))
+                    .unwrap_or_default()
+            ),
+            Ended::Expired {
+                free_at,
+                time_wait: Some(u),
+            } => format!(
+                "port {port}/{proto} free after {} ms: it was blocked only by TIME_WAIT ({}), which expired; nothing was killed",
+                reap::ms_since(self.start, *free_at).round(),
+                u.socket
+            ),
+            Ended::Expired {
+                free_at,
+                time_wait: None,
+            } => format!(
+                "port {port}/{proto} free after {} ms; nothing was killed",
+                reap::ms_since(self.start, *free_at).round()
+            ),
+            Ended::Outlasted {
+                time_wait: Some(u),
+                ..
+            } => format!(
+                "port {port}/{proto} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
+                crate::util::human_duration(self.args.deadline),
+                u.socket,
+                expiry_words(u.expires_in_ms)
+            ),
+            Ended::Outlasted {
+                error,
+                time_wait: None,
+            } => format!(
+                "port {port}/{proto} still not bindable after {} ({error}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {port} --netns all`",
+                crate::util::human_duration(self.args.deadline),
+                self.gaps.unreadable_pids,
+            ),
+            Ended::DryRun => format!(
+                "dry run: {}; nothing was signalled",
+                self.plan.steps_words(self.args.grace)
+            ),
+            Ended::Freed { free_at } => self.freed_words(*free_at),
+            Ended::StillHeld {
+                after_ms,
+                error,
+                holders_now,
+            } => {
+                let mut msg = format!(
+                    "port {port}/{proto} still held after {} ms ({error})",
+                    after_ms.round()
+                );
+                let skipped = self.skipped_words();
+                if !skipped.is_empty() {
+                    msg.push_str(&format!(": {}", skipped.join("; ")));
+                }
+                if let Some(now) = holders_now {
+                    msg.push_str(&format!("; holders now: {now}"));
+                }
+                msg
+            }
+        }
+    }
+
+    /// "port 80/tcp free after 12 ms (holder exited on SIGTERM after 3 ms)".
+    fn freed_words(&self, free_at: Instant) -> String {
+        let mut msg = format!(
+            "port {}/{} free after {} ms",
+            self.args.port,
+            self.args.proto,
+            reap::ms_since(self.start, free_at).round()
+        );
+        let exits = self.exit_words();
+        if self.plan.targets().len() == 1 && exits.len() == 1 {
+            msg.push_str(&format!(
+                " ({})",
+                exits[0].replacen(&format!("pid {} ", self.targets[0].pid), "holder ", 1)
+            ));
+        } else if !exits.is_empty() {
+            msg.push_str(&format!(" ({})", exits.join(", ")));
+        }
+        let stopped = self.stopped_words();
+        if !stopped.is_empty() {
+            msg.push_str(&format!(" ({})", stopped.join(", ")));
+        }
+        let skipped = self.skipped_words();
+        if !skipped.is_empty() {
+            msg.push_str(&format!("; {}", skipped.join("; ")));
+        }
+        msg
+    }
+
+    /// One phrase per target that exited or was gone.
+    fn exit_words(&self) -> Vec<String> {
+        self.targets
+            .iter()
+            .filter_map(|t| match &t.outcome {
+                TargetOutcome::Exited { by, after_ms } => {
+                    Some(format!("pid {} exited on {by} after {after_ms} ms", t.pid))
+                }
+                TargetOutcome::Gone => Some(format!("pid {} was already gone", t.pid)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One phrase per container the engine stopped.
+    fn stopped_words(&self) -> Vec<String> {
+        self.container_stops
+            .iter()
+            .filter(|c| c.stopped())
+            .map(|c| {
+                format!(
+                    "container {} ({}) stopped through the engine after {} ms, kept as {}",
+                    c.name.as_deref().unwrap_or("?"),
+                    crate::holders::container::short(&c.id),
+                    c.stopped_at_ms.unwrap_or_default(),
+                    c.state_after.as_deref().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    /// One phrase per container or process that was not stopped, and why.
+    fn skipped_words(&self) -> Vec<String> {
+        let containers = self.container_stops.iter().filter_map(|c| c.error.clone());
+        let processes = self.targets.iter().filter_map(|t| match &t.outcome {
+            TargetOutcome::IdentityChanged { changes } => Some(format!(
+                "pid {} was not signalled: its identity changed since it was judged ({})",
+                t.pid,
+                changes.join("; ")
+            )),
+            TargetOutcome::Failed { error } => Some(format!("pid {}: {error}", t.pid)),
+            TargetOutcome::StillRunning => Some(format!(
+                "pid {} is still running after {}",
+                t.pid,
+                signals_words(t)
+            )),
+            _ => None,
+        });
+        containers.chain(processes).collect()
+    }
+}
+
 impl Run<'_> {
     fn finish(&mut self, outcome: &str, message: &str, exit: Exit) -> Result<Exit> {
         let elapsed_ms = reap::ms_since(self.start, Instant::now());
@@ -476,56 +559,10 @@ impl Run<'_> {
             if n == 1 { "" } else { "s" }
         );
         for j in &self.plan.judged {
-            let p = &j.process;
-            let decision = match j.verdict.decision {
-                Decision::Reap => st.red("REAP"),
-                Decision::Keep => st.yellow("KEEP"),
-                Decision::Protect => st.green("PROTECT"),
-            };
-            let rule = j
-                .verdict
-                .rule
-                .as_deref()
-                .map(|r| format!(" (rule '{r}')"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  pid {} {}  {}",
-                p.pid,
-                st.bold(&term(&p.comm)),
-                st.dim(&argv_words(&p.cmdline))
-            );
-            let _ = writeln!(out, "    {decision}{}", term(&rule));
-            for r in &j.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
+            self.human_holder(&mut out, j);
         }
         for c in &self.plan.containers {
-            let decision = match c.verdict.decision {
-                Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
-                Decision::Keep => st.yellow("KEEP"),
-                Decision::Protect => st.green("PROTECT"),
-            };
-            let rule = c
-                .verdict
-                .rule
-                .as_deref()
-                .map(|r| format!(" (rule '{}')", term(r)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  container {}  behind proxy pid {}",
-                st.bold(&term(&c.container.words())),
-                c.proxies
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let _ = writeln!(out, "    {decision}{rule}");
-            for r in &c.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
+            self.human_container(&mut out, c);
         }
         for u in &self.plan.unowned {
             let _ = writeln!(
@@ -537,6 +574,80 @@ impl Run<'_> {
                 expiry_words(u.expires_in_ms)
             );
         }
+        for (at, what) in self.events() {
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                st.dim(&format!("+{at:>8.1} ms")),
+                term(&what)
+            );
+        }
+        if exit == Exit::Ok {
+            let _ = writeln!(out, "{}", st.green(&term(message)));
+        }
+        out
+    }
+
+    /// A judged process: who, the verdict, and its reasons.
+    fn human_holder(&self, out: &mut String, j: &Judged) {
+        let st = self.style;
+        let p = &j.process;
+        let decision = match j.verdict.decision {
+            Decision::Reap => st.red("REAP"),
+            Decision::Keep => st.yellow("KEEP"),
+            Decision::Protect => st.green("PROTECT"),
+        };
+        let rule = j
+            .verdict
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule '{r}')"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  pid {} {}  {}",
+            p.pid,
+            st.bold(&term(&p.comm)),
+            st.dim(&argv_words(&p.cmdline))
+        );
+        let _ = writeln!(out, "    {decision}{}", term(&rule));
+        for r in &j.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+    }
+
+    /// A container behind the engine's proxy: which, the verdict, its reasons.
+    fn human_container(&self, out: &mut String, c: &JudgedContainer) {
+        let st = self.style;
+        let decision = match c.verdict.decision {
+            Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
+            Decision::Keep => st.yellow("KEEP"),
+            Decision::Protect => st.green("PROTECT"),
+        };
+        let rule = c
+            .verdict
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule '{}')", term(r)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  container {}  behind proxy pid {}",
+            st.bold(&term(&c.container.words())),
+            c.proxies
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(out, "    {decision}{rule}");
+        for r in &c.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+    }
+
+    /// What happened, in time order (ms since the start), not yet escaped.
+    fn events(&self) -> Vec<(f64, String)> {
         let mut events: Vec<(f64, String)> = Vec::new();
         for c in &self.container_stops {
             let what = match (&c.error, c.stopped_at_ms) {
@@ -550,7 +661,6 @@ impl Run<'_> {
                 ),
                 (None, None) => continue,
             };
-            // Escaped where the events are printed.
             events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
         }
         for t in &self.targets {
@@ -576,18 +686,7 @@ impl Run<'_> {
             }
         }
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (at, what) in events {
-            let _ = writeln!(
-                out,
-                "  {}  {}",
-                st.dim(&format!("+{at:>8.1} ms")),
-                term(&what)
-            );
-        }
-        if exit == Exit::Ok {
-            let _ = writeln!(out, "{}", st.green(&term(message)));
-        }
-        out
+        events
     }
 
     /// The intent, before the first signal: one `in_progress` reaping

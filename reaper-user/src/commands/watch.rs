@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::{Global, WatchArgs};
 use crate::error::Exit;
 use crate::events::{EventStream, Matcher};
-use crate::holders::{self, Query};
+use crate::holders::{self, Holding, Query};
 use crate::hooks;
 use crate::ledger::{Fact, Ledger};
 use crate::output::{json_line, print, use_color, Style};
@@ -72,21 +72,7 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     let mut ledger = Ledger::new(source);
     let mut scans = ScanCache::default();
     let deadline = args.duration.map(|d| Instant::now() + d);
-    eprintln!(
-        "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
-        if tier.exact_errno() {
-            "exact"
-        } else {
-            "inferred"
-        },
-        if attached.listens { "seen" } else { "not seen" },
-        attached.cgroup.display(),
-        if deadline.is_some() {
-            ""
-        } else {
-            ", Ctrl-C to stop"
-        }
-    );
+    announce(&attached, deadline.is_some());
     let mut raw = Vec::new();
     let mut obs = Vec::new();
     let mut lost_seen = 0u64;
@@ -133,6 +119,30 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     if lost > lost_seen {
         report_loss(lost - lost_seen, lost, source, args.json, style)?;
     }
+    summarise_end(&attached, bad_records, lost);
+    Ok(Exit::Ok)
+}
+
+/// What the watch attached to, on stderr.
+fn announce(attached: &hooks::Attached, bounded: bool) {
+    let tier = attached.tier;
+    let source = tier.as_str();
+    eprintln!(
+        "reaper: attached (tier {source}; errno {}; listens {}; cgroup {}); watching binds{}",
+        if tier.exact_errno() {
+            "exact"
+        } else {
+            "inferred"
+        },
+        if attached.listens { "seen" } else { "not seen" },
+        attached.cgroup.display(),
+        if bounded { "" } else { ", Ctrl-C to stop" }
+    );
+}
+
+/// The counts a watch ends with, on stderr: ephemeral binds not shown,
+/// undecodable records, lost events.
+fn summarise_end(attached: &hooks::Attached, bad_records: u64, lost: u64) {
     if !attached.all {
         let summarised = attached.ephemeral_by_pid();
         let n: u64 = summarised.iter().map(|(_, n)| n).sum();
@@ -151,7 +161,6 @@ async fn stream(mut attached: hooks::Attached, args: WatchArgs, style: Style) ->
     if lost > 0 {
         eprintln!("reaper: {lost} events were lost in all because the ring buffer was full (try a larger --ringbuf-size)");
     }
-    Ok(Exit::Ok)
 }
 
 fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Result<()> {
@@ -416,40 +425,7 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
     tokio::pin!(ctrl_c);
     loop {
         let scan = holders::scan(&q).context("scanning sockets")?;
-        let mut now: BTreeMap<(u64, u64, u16), Fact> = BTreeMap::new();
-        for h in &scan.holdings {
-            let s = &h.socket;
-            let p = h.processes.first();
-            now.insert(
-                (s.netns, s.inode, s.port),
-                Fact {
-                    ts: rfc3339(chrono::Utc::now()),
-                    kind: "bind",
-                    pid: p.map(|p| p.pid).unwrap_or(0),
-                    tid: p.map(|p| p.pid).unwrap_or(0),
-                    comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
-                    uid: s.uid,
-                    netns: Some(s.netns),
-                    proto: Some(s.proto),
-                    family: Some(s.family),
-                    addr: Some(s.addr.to_string()),
-                    port: Some(s.port),
-                    ok: true,
-                    errno: None,
-                    errno_exact: false,
-                    source: "proc".into(),
-                    cookie: s.cookie,
-                    netns_cookie: 0,
-                    cgroup_id: 0,
-                    requested_port: None,
-                    held_ms: None,
-                    holder_pid: None,
-                    holder_comm: None,
-                    holder_claim: None,
-                    container: h.container.clone(),
-                },
-            );
-        }
+        let now = listening_now(&scan.holdings);
         if first {
             eprintln!(
                 "reaper: polling: {} listening sockets now; printing what appears and goes away",
@@ -488,6 +464,51 @@ async fn poll_view(args: WatchArgs, style: Style) -> Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// The listening sockets of a poll, keyed by (netns, inode, port).
+fn listening_now(holdings: &[Holding]) -> BTreeMap<(u64, u64, u16), Fact> {
+    holdings
+        .iter()
+        .map(|h| {
+            (
+                (h.socket.netns, h.socket.inode, h.socket.port),
+                polled_fact(h),
+            )
+        })
+        .collect()
+}
+
+/// A listening socket seen by a poll, as the bind fact a stream would show.
+fn polled_fact(h: &Holding) -> Fact {
+    let s = &h.socket;
+    let p = h.processes.first();
+    Fact {
+        ts: rfc3339(chrono::Utc::now()),
+        kind: "bind",
+        pid: p.map(|p| p.pid).unwrap_or(0),
+        tid: p.map(|p| p.pid).unwrap_or(0),
+        comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+        uid: s.uid,
+        netns: Some(s.netns),
+        proto: Some(s.proto),
+        family: Some(s.family),
+        addr: Some(s.addr.to_string()),
+        port: Some(s.port),
+        ok: true,
+        errno: None,
+        errno_exact: false,
+        source: "proc".into(),
+        cookie: s.cookie,
+        netns_cookie: 0,
+        cgroup_id: 0,
+        requested_port: None,
+        held_ms: None,
+        holder_pid: None,
+        holder_comm: None,
+        holder_claim: None,
+        container: h.container.clone(),
+    }
 }
 
 fn out(f: &Fact, json: bool, style: Style) -> Result<()> {

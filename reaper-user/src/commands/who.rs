@@ -359,30 +359,7 @@ fn render_container(out: &mut String, c: &Container, style: Style) {
         _ => "the holder runs inside it",
     };
     if c.stale {
-        let target = c
-            .ports
-            .first()
-            .map(|p| {
-                let ip = c
-                    .addresses
-                    .first()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                format!(" (it forwards to {ip}:{})", p.container_port)
-            })
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  {}
-",
-            style.yellow(&format!(
-                "stale proxy: no running container publishes this port any more{target}"
-            ))
-        ));
-        out.push_str(&format!(
-            "  fix: {}
-",
-            container::STALE_PROXY_FIX
-        ));
+        render_stale_proxy(out, c, style);
         return;
     }
     if c.id.is_empty() {
@@ -397,6 +374,39 @@ fn render_container(out: &mut String, c: &Container, style: Style) {
 ",
         style.bold(&term(&c.words()))
     ));
+    render_container_rows(out, c);
+}
+
+/// A proxy left behind by a container that is gone, and the fix.
+fn render_stale_proxy(out: &mut String, c: &Container, style: Style) {
+    let target = c
+        .ports
+        .first()
+        .map(|p| {
+            let ip = c
+                .addresses
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            format!(" (it forwards to {ip}:{})", p.container_port)
+        })
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "  {}
+",
+        style.yellow(&format!(
+            "stale proxy: no running container publishes this port any more{target}"
+        ))
+    ));
+    out.push_str(&format!(
+        "  fix: {}
+",
+        container::STALE_PROXY_FIX
+    ));
+}
+
+/// The container's state, compose project, pod and listeners, one row each.
+fn render_container_rows(out: &mut String, c: &Container) {
     let row = |out: &mut String, key: &str, value: &str| {
         out.push_str(&format!(
             "    {key:<10}{value}

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::conflict::{is_conflict_errno, Bursts, ConflictKey, Noted, Reaped};
+use crate::conflict::{is_conflict_errno, Burst, Bursts, ConflictKey, Noted, Reaped};
 use crate::control::{self, Shared};
 use crate::error::Exit;
 use crate::events::{EventStream, Matcher};
@@ -199,19 +199,7 @@ impl Daemon {
         // 2. The hooks, or degraded mode; then least privilege.
         let (mut attached, degraded_reason) = attach_or_degrade(&config);
         drop_capabilities();
-        let source = attached
-            .as_ref()
-            .map(|a| a.tier.as_str().to_string())
-            .unwrap_or_else(|| "proc".to_string());
-        metrics.set_tier(&source);
-        if let Some(a) = &attached {
-            metrics
-                .claims_capacity
-                .store(a.claims.capacity() as u64, Relaxed);
-        }
-        metrics
-            .degraded
-            .store(degraded_reason.is_some() as u64, Relaxed);
+        let source = publish_tier(&metrics, attached.as_ref(), degraded_reason.is_some());
         let stream = attached.as_mut().map(event_stream).transpose()?;
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
 
@@ -257,12 +245,7 @@ impl Daemon {
         d.journal_start(last.as_ref(), degraded_reason.as_deref());
 
         // 4. Seed the ledger with holders that predate the daemon.
-        let started = Utc::now();
-        let t = Instant::now();
-        let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
-            .await
-            .context("the seed scan panicked")?;
-        d.scanned("seed", started, seed, t.elapsed());
+        d.seed().await?;
 
         // 5. The interfaces.
         d.serve().await?;
@@ -280,6 +263,17 @@ impl Daemon {
             d.config.summary()
         );
         Ok(d)
+    }
+
+    /// Seeds the ledger with the holders that predate the daemon.
+    async fn seed(&mut self) -> Result<()> {
+        let started = Utc::now();
+        let t = Instant::now();
+        let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
+            .await
+            .context("the seed scan panicked")?;
+        self.scanned("seed", started, seed, t.elapsed());
+        Ok(())
     }
 
     /// A gap when the last run did not stop cleanly, the start, and the
@@ -626,85 +620,18 @@ impl Daemon {
             return;
         };
         let refusal = f.plan.as_ref().and_then(|p| p.refusal());
-        let judged: &[reap::Judged] = f.plan.as_ref().map(|p| p.judged.as_slice()).unwrap_or(&[]);
-        // The verdict that decided: a holder that keeps the port from being
-        // reaped, else the first holder's.
-        let verdict = judged
-            .iter()
-            .find(|j| j.verdict.decision != Decision::Reap)
-            .or_else(|| judged.first())
-            .map(|j| VerdictRecord::from(&j.verdict))
-            .or_else(|| {
-                f.plan
-                    .as_ref()
-                    .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
-                    .map(|u| VerdictRecord {
-                        decision: Decision::Keep,
-                        reasons: vec![format!("{}: {}", u.socket, u.reason)],
-                        rule: None,
-                    })
-            });
-        let reap_all = refusal.is_none() && !judged.is_empty();
-        let mut holders: Vec<ProcessRef> = f.holders.iter().map(ProcessRef::from).collect();
-        if f.scan.is_none() {
-            // The live system could not be asked: the ledger's word, marked as such.
-            if let Some(c) = &f.ledger_holder {
-                holders.push(ProcessRef {
-                    pid: c.pid,
-                    comm: c.comm.clone(),
-                    uid: Some(c.uid),
-                    ..ProcessRef::default()
-                });
-            }
-        }
-        let held_since = f
-            .ledger_holder
-            .as_ref()
-            .map(|c| rfc3339(c.bound_at))
-            .or_else(|| {
-                f.holders
-                    .first()
-                    .map(|p| p.started_at.clone())
-                    .filter(|s| !s.is_empty())
-            });
-        let errno = f
-            .fact
-            .errno
-            .clone()
-            .or_else(|| (!holders.is_empty()).then(|| "EADDRINUSE".to_string()))
-            .unwrap_or_else(|| "UNKNOWN".to_string());
-        let body = Body::Conflict {
-            at: endpoint(&f.fact),
-            tried: f.tried.clone(),
-            errno,
-            errno_exact: f.fact.errno_exact,
-            holders,
-            held_since,
-            count: burst.count,
-            first: rfc3339(burst.first),
-            last: rfc3339(burst.last),
-            verdict: verdict.clone().or_else(|| {
-                f.scan_error.as_ref().map(|e| VerdictRecord {
-                    decision: Decision::Keep,
-                    reasons: vec![format!(
-                        "the holders could not be verified, so nothing is judged: {e}"
-                    )],
-                    rule: None,
-                })
-            }),
-            verdicts: judged.iter().map(HolderVerdict::of).collect(),
-            action: if reap_all {
-                Action::Reap
-            } else {
-                Action::Report
-            },
-        };
+        let body = conflict_body(&f, burst, refusal.is_none());
         self.metrics.conflicts.fetch_add(1, Relaxed);
         burst.record = Some(body.clone());
         burst.journaled_count = burst.count;
         let record = self.journal(body);
         self.shared.lock().unwrap().push_conflict(record);
+        self.reap_conflict(f, refusal);
+    }
 
+    /// Starts the reaping of a journaled conflict's plan, unless it refuses
+    /// or has nothing to stop.
+    fn reap_conflict(&mut self, f: Finding, refusal: Option<String>) {
         let (Some(plan), Some(ctx)) = (f.plan, f.ctx) else {
             return;
         };
@@ -733,6 +660,23 @@ impl Daemon {
     /// (flushed) before the first signal, at most one reaping per holder
     /// identity however long the burst.
     fn start_reaping(&mut self, plan: Plan, ctx: PolicyContext, key: ConflictKey) {
+        if !self.first_reaping_of(&plan) {
+            return;
+        }
+        self.record_intent(&plan, key);
+        let started = Instant::now();
+        let id = self.track_in_flight(&plan, started);
+        let opts = StopOptions {
+            grace: self.config.reap_grace,
+            deadline: started + self.config.reap_deadline,
+            start: started,
+            pause_fifo: None,
+        };
+        spawn_execution(self.tx.clone(), id, plan, ctx, key, opts);
+    }
+
+    /// Whether no holder of the plan was reaped before; marks them all.
+    fn first_reaping_of(&mut self, plan: &Plan) -> bool {
         // A container is known by the process inside that listens.
         let ids: Vec<(u32, u64)> = plan
             .judged
@@ -746,11 +690,16 @@ impl Daemon {
             .map(|p| (p.pid, p.start_ticks))
             .collect();
         if ids.iter().any(|id| self.reaped.seen(id)) {
-            return;
+            return false;
         }
         for id in ids {
             self.reaped.first_time(id);
         }
+        true
+    }
+
+    /// The log lines and the `in_progress` records, flushed.
+    fn record_intent(&mut self, plan: &Plan, key: ConflictKey) {
         for c in plan.container_targets() {
             tracing::warn!(
                 "reaping container {} publishing {}/{}: stopping it through the engine: {}",
@@ -787,10 +736,12 @@ impl Daemon {
             ));
         }
         self.flush();
+    }
+
+    /// A new reaping id, with the plan kept until its execution reports.
+    fn track_in_flight(&mut self, plan: &Plan, started: Instant) -> u64 {
         let id = self.next_reaping;
         self.next_reaping += 1;
-        let started = Instant::now();
-        let grace = self.config.reap_grace;
         let waves = plan.judged.iter().map(|j| j.wave()).max().unwrap_or(0) as u32 + 1;
         self.in_flight.insert(
             id,
@@ -798,40 +749,10 @@ impl Daemon {
                 plan: plan.clone(),
                 signals: Vec::new(),
                 started,
-                grace_end: started + grace * waves,
+                grace_end: started + self.config.reap_grace * waves,
             },
         );
-        let tx = self.tx.clone();
-        let opts = StopOptions {
-            grace,
-            deadline: started + self.config.reap_deadline,
-            start: started,
-            pause_fifo: None,
-        };
-        tokio::task::spawn_blocking(move || {
-            // The probes pin the port's namespace while the holders live.
-            let probes = plan.probes(&ctx, key.proto, key.port);
-            let signals = tx.clone();
-            let mut on_signal = |s: &reap::SignalSent| {
-                let _ = signals.send(Work::Signalled {
-                    reaping: id,
-                    sent: s.clone(),
-                });
-            };
-            let execution = match reap::execute(&plan, &probes, &opts, &mut on_signal) {
-                Ok(e) => e,
-                Err(_) => reap::Execution {
-                    targets: Vec::new(),
-                    free_at: None,
-                    last_error: None,
-                    containers: Vec::new(),
-                },
-            };
-            let _ = tx.send(Work::Reaped(Box::new(ReapDone {
-                reaping: id,
-                execution,
-            })));
-        });
+        id
     }
 
     /// The targeted scan is the truth about this port: a ledger claim it
@@ -1184,53 +1105,7 @@ impl Daemon {
                 return;
             }
         };
-        let live: Vec<(Claim, Option<control::Binder>)> = scan
-            .holdings
-            .iter()
-            .filter(|h| holds_for_binds(h))
-            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
-            .collect();
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut shared = self.shared.lock().unwrap();
-            let known: HashSet<(u64, Proto, IpAddr, u16)> =
-                shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
-            for (c, b) in &live {
-                if !known.contains(&key_tuple(&c.key)) {
-                    added.push(c.clone());
-                    if let Some(b) = b {
-                        shared.binders.insert(c.cookie, b.clone());
-                    }
-                    shared.ledger.seed(c.clone());
-                }
-            }
-            if kind != "seed" {
-                // A claim no socket backs any more. Claims made after the
-                // scan began may be newer than it: they stay.
-                let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
-                    .holdings
-                    .iter()
-                    .filter(|h| h.socket.state != "TIME-WAIT")
-                    .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
-                    .collect();
-                let stale: Vec<u64> = shared
-                    .ledger
-                    .claims()
-                    .filter(|c| c.bound_at < started && !backed.contains(&key_tuple(&c.key)))
-                    .map(|c| c.cookie)
-                    .collect();
-                for cookie in stale {
-                    if let Some(c) = shared.ledger.forget(cookie) {
-                        shared.binders.remove(&cookie);
-                        removed.push(c);
-                    }
-                }
-            }
-            self.metrics
-                .ledger_claims
-                .store(shared.ledger.len() as u64, Relaxed);
-        }
+        let (added, removed) = self.merge_scan(kind, started, &scan);
         match kind {
             "seed" => tracing::info!(
                 "seeded the ledger with {} claims that predate the daemon ({:.1} ms)",
@@ -1252,33 +1127,91 @@ impl Daemon {
                     self.start_scan("reconcile");
                 }
             }
-            _ => {
-                // Degraded polling: the changes are the claims and releases.
-                for c in added {
-                    self.metrics.binds.fetch_add(1, Relaxed);
-                    let process = procinfo::now(c.pid, &c.comm, c.uid);
-                    self.journal(Body::Claim {
-                        at: claim_endpoint(&c),
-                        process,
-                        cookie: Some(c.cookie),
-                        requested_port: None,
-                    });
+            _ => self.journal_polled(added, removed),
+        }
+    }
+
+    /// Seeds the ledger with the scan's claims it lacks and (but for the
+    /// seed scan) forgets the claims no socket backs; returns both.
+    fn merge_scan(
+        &mut self,
+        kind: &str,
+        started: DateTime<Utc>,
+        scan: &Scan,
+    ) -> (Vec<Claim>, Vec<Claim>) {
+        let live: Vec<(Claim, Option<control::Binder>)> = scan
+            .holdings
+            .iter()
+            .filter(|h| holds_for_binds(h))
+            .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
+            .collect();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut shared = self.shared.lock().unwrap();
+        let known: HashSet<(u64, Proto, IpAddr, u16)> =
+            shared.ledger.claims().map(|c| key_tuple(&c.key)).collect();
+        for (c, b) in &live {
+            if !known.contains(&key_tuple(&c.key)) {
+                added.push(c.clone());
+                if let Some(b) = b {
+                    shared.binders.insert(c.cookie, b.clone());
                 }
-                for c in removed {
-                    self.metrics.releases.fetch_add(1, Relaxed);
-                    self.journal(Body::Release {
-                        at: claim_endpoint(&c),
-                        process: Some(ProcessRef {
-                            pid: c.pid,
-                            comm: c.comm.clone(),
-                            uid: Some(c.uid),
-                            ..ProcessRef::default()
-                        }),
-                        held_ms: Some((Utc::now() - c.bound_at).num_milliseconds().max(0) as u64),
-                        cookie: Some(c.cookie),
-                    });
+                shared.ledger.seed(c.clone());
+            }
+        }
+        if kind != "seed" {
+            // A claim no socket backs any more. Claims made after the
+            // scan began may be newer than it: they stay.
+            let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
+                .holdings
+                .iter()
+                .filter(|h| h.socket.state != "TIME-WAIT")
+                .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
+                .collect();
+            let stale: Vec<u64> = shared
+                .ledger
+                .claims()
+                .filter(|c| c.bound_at < started && !backed.contains(&key_tuple(&c.key)))
+                .map(|c| c.cookie)
+                .collect();
+            for cookie in stale {
+                if let Some(c) = shared.ledger.forget(cookie) {
+                    shared.binders.remove(&cookie);
+                    removed.push(c);
                 }
             }
+        }
+        self.metrics
+            .ledger_claims
+            .store(shared.ledger.len() as u64, Relaxed);
+        (added, removed)
+    }
+
+    /// Degraded polling: the changes are the claims and releases.
+    fn journal_polled(&mut self, added: Vec<Claim>, removed: Vec<Claim>) {
+        for c in added {
+            self.metrics.binds.fetch_add(1, Relaxed);
+            let process = procinfo::now(c.pid, &c.comm, c.uid);
+            self.journal(Body::Claim {
+                at: claim_endpoint(&c),
+                process,
+                cookie: Some(c.cookie),
+                requested_port: None,
+            });
+        }
+        for c in removed {
+            self.metrics.releases.fetch_add(1, Relaxed);
+            self.journal(Body::Release {
+                at: claim_endpoint(&c),
+                process: Some(ProcessRef {
+                    pid: c.pid,
+                    comm: c.comm.clone(),
+                    uid: Some(c.uid),
+                    ..ProcessRef::default()
+                }),
+                held_ms: Some((Utc::now() - c.bound_at).num_milliseconds().max(0) as u64),
+                cookie: Some(c.cookie),
+            });
         }
     }
 
@@ -1424,6 +1357,150 @@ impl Daemon {
         self.pending = batch;
         self.pending.clear();
     }
+}
+
+/// The hook tier the daemon runs on ("proc" in degraded mode), published
+/// in the metrics with the claims map's capacity.
+fn publish_tier(metrics: &Metrics, attached: Option<&Attached>, degraded: bool) -> String {
+    let source = attached
+        .map(|a| a.tier.as_str().to_string())
+        .unwrap_or_else(|| "proc".to_string());
+    metrics.set_tier(&source);
+    if let Some(a) = attached {
+        metrics
+            .claims_capacity
+            .store(a.claims.capacity() as u64, Relaxed);
+    }
+    metrics.degraded.store(degraded as u64, Relaxed);
+    source
+}
+
+/// Runs the plan on a blocking thread; its signals and its end come back
+/// as `Work`.
+fn spawn_execution(
+    tx: mpsc::UnboundedSender<Work>,
+    id: u64,
+    plan: Plan,
+    ctx: PolicyContext,
+    key: ConflictKey,
+    opts: StopOptions,
+) {
+    tokio::task::spawn_blocking(move || {
+        // The probes pin the port's namespace while the holders live.
+        let probes = plan.probes(&ctx, key.proto, key.port);
+        let signals = tx.clone();
+        let mut on_signal = |s: &reap::SignalSent| {
+            let _ = signals.send(Work::Signalled {
+                reaping: id,
+                sent: s.clone(),
+            });
+        };
+        let execution = match reap::execute(&plan, &probes, &opts, &mut on_signal) {
+            Ok(e) => e,
+            Err(_) => reap::Execution {
+                targets: Vec::new(),
+                free_at: None,
+                last_error: None,
+                containers: Vec::new(),
+            },
+        };
+        let _ = tx.send(Work::Reaped(Box::new(ReapDone {
+            reaping: id,
+            execution,
+        })));
+    });
+}
+
+/// The conflict record of a verified finding; `not_refused` when its plan
+/// (if any) does not refuse.
+fn conflict_body(f: &Finding, burst: &Burst, not_refused: bool) -> Body {
+    let judged: &[reap::Judged] = f.plan.as_ref().map(|p| p.judged.as_slice()).unwrap_or(&[]);
+    let reap_all = not_refused && !judged.is_empty();
+    let holders = conflict_holders(f);
+    let errno = f
+        .fact
+        .errno
+        .clone()
+        .or_else(|| (!holders.is_empty()).then(|| "EADDRINUSE".to_string()))
+        .unwrap_or_else(|| "UNKNOWN".to_string());
+    Body::Conflict {
+        at: endpoint(&f.fact),
+        tried: f.tried.clone(),
+        errno,
+        errno_exact: f.fact.errno_exact,
+        holders,
+        held_since: held_since(f),
+        count: burst.count,
+        first: rfc3339(burst.first),
+        last: rfc3339(burst.last),
+        verdict: deciding_verdict(f, judged).or_else(|| {
+            f.scan_error.as_ref().map(|e| VerdictRecord {
+                decision: Decision::Keep,
+                reasons: vec![format!(
+                    "the holders could not be verified, so nothing is judged: {e}"
+                )],
+                rule: None,
+            })
+        }),
+        verdicts: judged.iter().map(HolderVerdict::of).collect(),
+        action: if reap_all {
+            Action::Reap
+        } else {
+            Action::Report
+        },
+    }
+}
+
+/// The verdict that decided: a holder that keeps the port from being
+/// reaped, else the first holder's, else why a blocking socket could not
+/// be judged.
+fn deciding_verdict(f: &Finding, judged: &[reap::Judged]) -> Option<VerdictRecord> {
+    judged
+        .iter()
+        .find(|j| j.verdict.decision != Decision::Reap)
+        .or_else(|| judged.first())
+        .map(|j| VerdictRecord::from(&j.verdict))
+        .or_else(|| {
+            f.plan
+                .as_ref()
+                .and_then(|p| p.unjudgeable().first().map(|u| (*u).clone()))
+                .map(|u| VerdictRecord {
+                    decision: Decision::Keep,
+                    reasons: vec![format!("{}: {}", u.socket, u.reason)],
+                    rule: None,
+                })
+        })
+}
+
+/// The live holders, or the ledger's word (marked as such) when the live
+/// system could not be asked.
+fn conflict_holders(f: &Finding) -> Vec<ProcessRef> {
+    let mut holders: Vec<ProcessRef> = f.holders.iter().map(ProcessRef::from).collect();
+    if f.scan.is_none() {
+        if let Some(c) = &f.ledger_holder {
+            holders.push(ProcessRef {
+                pid: c.pid,
+                comm: c.comm.clone(),
+                uid: Some(c.uid),
+                ..ProcessRef::default()
+            });
+        }
+    }
+    holders
+}
+
+/// Since when the port is held: the ledger's bind, else the first
+/// holder's start.
+fn held_since(f: &Finding) -> Option<String> {
+    f.ledger_holder
+        .as_ref()
+        .map(|c| rfc3339(c.bound_at))
+        .or_else(|| {
+            f.holders
+                .first()
+                .map(|p| p.started_at.clone())
+                .filter(|s| !s.is_empty())
+        })
 }
 
 /// The journal's last record (to know whether the last run stopped

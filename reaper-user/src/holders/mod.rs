@@ -278,50 +278,16 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
         ms = started.elapsed().as_secs_f64() * 1e3,
         "listed processes and namespaces"
     );
-    let protos: Vec<Proto> = match query.proto {
-        Some(p) => vec![p],
-        None => vec![Proto::Tcp, Proto::Udp],
-    };
-
     let mut gaps = ScanGaps::default();
-    let mut sources = std::collections::BTreeSet::new();
-    let mut sockets = Vec::new();
-    let mut netns_seen = Vec::new();
-    let mut netns_names = BTreeMap::new();
-    for ns in &namespaces {
-        match netns::sockets_in(ns, own, &protos, query.listening_only) {
-            Ok(listing) => {
-                netns_seen.push(ns.inode);
-                sources.insert(listing.source);
-                if let Some(e) = listing.netlink_error {
-                    gaps.netns_errors.push(format!(
-                        "netns {}: sock_diag failed ({e}); read /proc/net instead",
-                        ns.inode
-                    ));
-                }
-                sockets.extend(listing.sockets.into_iter().filter(|s| matches(query, s)));
-            }
-            Err(e) => {
-                gaps.unreadable_netns += 1;
-                gaps.netns_errors.push(format!(
-                    "netns {} (via {}): {e}",
-                    ns.inode,
-                    ns.entry.display()
-                ));
-            }
-        }
-        if let Some(name) = &ns.name {
-            netns_names.insert(ns.inode, name.clone());
-        }
-    }
-    gaps.socket_source = sources.into_iter().collect::<Vec<_>>().join("+");
+    let mut listed = list_sockets(query, &namespaces, own, &mut gaps);
     tracing::debug!(
-        sockets = sockets.len(),
+        sockets = listed.sockets.len(),
         ms = started.elapsed().as_secs_f64() * 1e3,
         "listed sockets"
     );
 
-    let wanted: HashSet<u64> = sockets
+    let wanted: HashSet<u64> = listed
+        .sockets
         .iter()
         .map(|s| s.inode)
         .filter(|&i| i != 0)
@@ -336,6 +302,78 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
         "walked fd tables"
     );
 
+    let details = read_holders(&walk, &mut gaps);
+    let holdings = holdings_of(listed.sockets, &walk, &details, &gaps);
+    listed.netns_seen.sort_unstable();
+    Ok(Scan {
+        holdings,
+        gaps,
+        netns_seen: listed.netns_seen,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        netns_names: listed.netns_names,
+        own_netns: own,
+    })
+}
+
+/// The sockets a scan found, and the namespaces it read them from.
+struct Listed {
+    sockets: Vec<Socket>,
+    netns_seen: Vec<u64>,
+    netns_names: BTreeMap<u64, String>,
+}
+
+/// The query's sockets in every namespace; a namespace that cannot be
+/// read is a gap, not an error.
+fn list_sockets(
+    query: &Query,
+    namespaces: &[netns::Namespace],
+    own: Option<u64>,
+    gaps: &mut ScanGaps,
+) -> Listed {
+    let protos: Vec<Proto> = match query.proto {
+        Some(p) => vec![p],
+        None => vec![Proto::Tcp, Proto::Udp],
+    };
+    let mut sources = std::collections::BTreeSet::new();
+    let mut listed = Listed {
+        sockets: Vec::new(),
+        netns_seen: Vec::new(),
+        netns_names: BTreeMap::new(),
+    };
+    for ns in namespaces {
+        match netns::sockets_in(ns, own, &protos, query.listening_only) {
+            Ok(listing) => {
+                listed.netns_seen.push(ns.inode);
+                sources.insert(listing.source);
+                if let Some(e) = listing.netlink_error {
+                    gaps.netns_errors.push(format!(
+                        "netns {}: sock_diag failed ({e}); read /proc/net instead",
+                        ns.inode
+                    ));
+                }
+                listed
+                    .sockets
+                    .extend(listing.sockets.into_iter().filter(|s| matches(query, s)));
+            }
+            Err(e) => {
+                gaps.unreadable_netns += 1;
+                gaps.netns_errors.push(format!(
+                    "netns {} (via {}): {e}",
+                    ns.inode,
+                    ns.entry.display()
+                ));
+            }
+        }
+        if let Some(name) = &ns.name {
+            listed.netns_names.insert(ns.inode, name.clone());
+        }
+    }
+    gaps.socket_source = sources.into_iter().collect::<Vec<_>>().join("+");
+    listed
+}
+
+/// The details of every process that holds a wanted socket.
+fn read_holders(walk: &fdmap::FdWalk, gaps: &mut ScanGaps) -> HashMap<u32, Process> {
     let mut reader = process::Reader::new();
     let holder_pids: std::collections::BTreeSet<u32> =
         walk.holders.values().flatten().copied().collect();
@@ -349,6 +387,17 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
             None => gaps.vanished_pids += 1,
         }
     }
+    details
+}
+
+/// One holding per socket with its processes, in the order people read:
+/// port, proto, netns, state.
+fn holdings_of(
+    sockets: Vec<Socket>,
+    walk: &fdmap::FdWalk,
+    details: &HashMap<u32, Process>,
+    gaps: &ScanGaps,
+) -> Vec<Holding> {
     let mut holdings: Vec<Holding> = sockets
         .into_iter()
         .map(|socket| {
@@ -361,7 +410,7 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
                 .collect();
             let unowned_reason = processes
                 .is_empty()
-                .then(|| unowned_reason(&socket, &gaps).to_string());
+                .then(|| unowned_reason(&socket, gaps).to_string());
             Holding {
                 socket,
                 processes,
@@ -385,15 +434,7 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
         };
         key(a).cmp(&key(b))
     });
-    netns_seen.sort_unstable();
-    Ok(Scan {
-        holdings,
-        gaps,
-        netns_seen,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-        netns_names,
-        own_netns: own,
-    })
+    holdings
 }
 
 /// Ties holdings to their containers and marks the jobs of their

@@ -234,37 +234,39 @@ struct Wire {
 }
 
 impl Wire {
+    /// Where a bind record happened.
+    fn at(&self) -> Option<Endpoint> {
+        Some(Endpoint {
+            netns: self.netns,
+            proto: self.proto?,
+            family: self.family,
+            addr: self.addr.clone(),
+            port: self.port?,
+        })
+    }
+
     fn into_record(self) -> Option<Record> {
         let w = self;
-        let at = || -> Option<Endpoint> {
-            Some(Endpoint {
-                netns: w.netns,
-                proto: w.proto?,
-                family: w.family,
-                addr: w.addr.clone(),
-                port: w.port?,
-            })
-        };
         let body = match w.kind.as_str() {
             "claim" => Body::Claim {
-                at: at()?,
+                at: w.at()?,
                 process: w.process?,
                 cookie: w.cookie,
                 requested_port: w.requested_port,
             },
             "listen" => Body::Listen {
-                at: at()?,
+                at: w.at()?,
                 process: w.process?,
                 cookie: w.cookie,
             },
             "release" => Body::Release {
-                at: at()?,
+                at: w.at()?,
                 process: w.process,
                 held_ms: w.held_ms,
                 cookie: w.cookie,
             },
             "conflict" => Body::Conflict {
-                at: at()?,
+                at: w.at()?,
                 tried: w.tried?,
                 errno: w.errno?,
                 errno_exact: w.errno_exact?,
@@ -278,7 +280,7 @@ impl Wire {
                 action: w.action?,
             },
             "reaping" => Body::Reaping {
-                at: at()?,
+                at: w.at()?,
                 target: w.target?,
                 verdict: w.verdict?,
                 signals: w.signals.unwrap_or_default(),

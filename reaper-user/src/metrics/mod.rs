@@ -105,72 +105,89 @@ impl Metrics {
     /// The text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            &mut out,
+        self.render_counters(&mut out);
+        self.render_by_label(&mut out);
+        self.render_gauges(&mut out);
+        self.render_scans(&mut out);
+        out
+    }
+
+    /// The plain counters.
+    fn render_counters(&self, out: &mut String) {
+        sample(
+            "counter",
+            out,
             "reaper_binds_total",
             "Successful binds seen.",
             self.binds.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_listens_total",
             "TCP sockets seen entering LISTEN.",
             self.listens.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_releases_total",
             "Claims seen released.",
             self.releases.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_conflicts_total",
             "Conflicts (bursts of failed binds of one netns/proto/port) opened.",
             self.conflicts.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_ringbuf_lost_events_total",
             "Events the kernel side could not hand over because the ring buffer was full.",
             self.ringbuf_lost.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_claims_unstored_total",
             "Claims the kernel-side claims map had no room for (it was full: see reaper_claims_map_capacity); they are known from their events only.",
             self.claims_unstored.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_ephemeral_binds_summarised_total",
             "Binds to port 0 the kernel side counted per process instead of sending each.",
             self.ephemeral_summarised.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_ledger_repairs_total",
             "Times the ledger was repaired from the kernel-side claims map (after losses, or to learn summarised claims).",
             self.repairs.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_journal_errors_total",
             "Journal records that could not be written.",
             self.journal_errors.load(Relaxed),
         );
-        counter(
-            &mut out,
+        sample(
+            "counter",
+            out,
             "reaper_config_reloads_total",
             "Configs applied by SIGHUP.",
             self.reloads.load(Relaxed),
         );
+    }
+
+    /// The counters by errno and by outcome.
+    fn render_by_label(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP reaper_bind_failures_total Failed binds seen, by errno (UNKNOWN: the cause could not be found).");
         let _ = writeln!(out, "# TYPE reaper_bind_failures_total counter");
         for (errno, v) in self.bind_failures.lock().unwrap().iter() {
@@ -192,23 +209,27 @@ impl Metrics {
                 escape(outcome)
             );
         }
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
+    }
+
+    /// The gauges, the hook tier among them.
+    fn render_gauges(&self, out: &mut String) {
+        sample(
+            "gauge",
+            out,
             "reaper_ledger_claims",
             "Claims in the ledger now.",
             self.ledger_claims.load(Relaxed),
         );
-        gauge(
-            &mut out,
+        sample(
+            "gauge",
+            out,
             "reaper_claims_map_capacity",
             "Entries of the kernel-side claims map (claims_max; 0 without BPF).",
             self.claims_capacity.load(Relaxed),
         );
-        gauge(
-            &mut out,
+        sample(
+            "gauge",
+            out,
             "reaper_degraded",
             "1 when no BPF tier is attached and the daemon polls /proc instead.",
             self.degraded.load(Relaxed),
@@ -223,6 +244,10 @@ impl Metrics {
             "reaper_tier{{tier=\"{}\"}} 1",
             escape(&self.tier.lock().unwrap())
         );
+    }
+
+    /// The scan durations, one histogram per kind.
+    fn render_scans(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP reaper_scan_duration_seconds Duration of socket/process scans, by kind."
@@ -253,8 +278,15 @@ impl Metrics {
                 h.count
             );
         }
-        out
     }
+}
+
+/// One unlabelled sample with its HELP and TYPE lines.
+fn sample(kind: &str, out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
 }
 
 /// Label values escape backslash, quote and newline.

@@ -415,36 +415,17 @@ impl Matcher {
     /// condition that failed, both in plain words.
     fn check(&self, p: &Process, s: &Socket, ctx: &Context) -> Result<Vec<String>, String> {
         let mut why = Vec::new();
-        let exe = p.exe.as_deref().map(strip_deleted);
         // Identity that does not rest on the comm alone: exe, cmdline, or a
         // name that matched exe/argv[0].
         let mut strong_identity = false;
 
         if let Some(want) = &self.exe {
-            match exe {
-                Some(e) if want.is_match(e) => {
-                    strong_identity = true;
-                    why.push(format!("matches exe={e}{}", deleted_note(p)));
-                }
-                Some(e) => return Err(format!("exe is {e}, not {want}")),
-                None => {
-                    return Err(format!(
-                        "exe is unreadable, so it cannot be checked against {want}"
-                    ))
-                }
-            }
+            why.push(check_exe(want, p)?);
+            strong_identity = true;
         }
         if let Some(pat) = &self.cmdline {
-            let line = p.cmdline.join(" ");
-            if pat.is_match(&line) {
-                strong_identity = true;
-                why.push(format!("cmdline '{}' matches {pat}", shorten(&line, 120)));
-            } else {
-                return Err(format!(
-                    "cmdline '{}' does not match {pat}",
-                    shorten(&line, 120)
-                ));
-            }
+            why.push(check_cmdline(pat, p)?);
+            strong_identity = true;
         }
         if let Some(name) = &self.name {
             let how = match_name(name, p)?;
@@ -452,91 +433,19 @@ impl Matcher {
             why.push(how.reason);
         }
         if let Some(want) = &self.comm {
-            let truncated = p.comm.len() >= COMM_MAX;
-            let equal = p.comm == *want;
-            let prefix = truncated && want.starts_with(p.comm.as_str());
-            if !(equal || prefix) {
-                return Err(format!("comm is '{}', not '{want}'", p.comm));
-            }
-            if truncated && !strong_identity {
-                return Err(format!(
-                    "comm '{}' is {} bytes and may be truncated, so it is not enough alone: add exe= or cmdline= to the rule",
-                    p.comm,
-                    p.comm.len()
-                ));
-            }
-            if truncated {
-                why.push(format!(
-                    "comm '{}' is {} bytes and may be truncated (the exe/cmdline match above confirms it)",
-                    p.comm,
-                    p.comm.len()
-                ));
-            } else {
-                why.push(format!("comm is '{want}'"));
-            }
+            why.push(check_comm(want, p, strong_identity)?);
         }
         if let Some(user) = &self.user {
-            let ok = match user {
-                UserSpec::Uid(u) => p.uid == *u,
-                UserSpec::Name(n) => p.user.as_deref() == Some(n.as_str()),
-            };
-            let who = user_words(p);
-            if !ok {
-                return Err(format!("runs as {who}, not {user}"));
-            }
-            why.push(format!("runs as {who}"));
+            why.push(check_user(user, p)?);
         }
         if let Some(min) = self.min_age {
-            match age(p, ctx.now) {
-                Some(a) if a >= min => why.push(format!(
-                    "started {} ({} ago, at least {})",
-                    clock_words(&p.started_at),
-                    human_duration(a),
-                    human_duration(min)
-                )),
-                Some(a) => {
-                    return Err(format!(
-                        "started only {} ago, younger than min_age {}",
-                        human_duration(a),
-                        human_duration(min)
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "start time '{}' is unreadable, so min_age cannot be checked",
-                        p.started_at
-                    ))
-                }
-            }
+            why.push(check_min_age(min, p, ctx)?);
         }
         if let Some(want) = self.orphaned {
-            if p.orphaned != want {
-                return Err(if p.orphaned {
-                    format!("is orphaned (parent pid {}), the rule wants a process with its parent alive", p.ppid)
-                } else {
-                    format!("is not orphaned (parent {} is alive)", parent_words(p))
-                });
-            }
-            if want {
-                why.push(format!("orphaned (reparented to {})", parent_words(p)));
-            } else {
-                why.push(format!("parent {} is alive", parent_words(p)));
-            }
+            why.push(check_orphaned(want, p)?);
         }
         if let Some(g) = &self.cgroup {
-            let cg = p.cgroup.as_deref().unwrap_or("");
-            let ok = if g.has_wildcards() {
-                g.matches(cg)
-            } else {
-                cg.contains(g.pattern.as_str())
-            };
-            if !ok {
-                return Err(format!(
-                    "cgroup is '{cg}', which does not match '{}'",
-                    g.pattern
-                ));
-            }
-            why.push(format!("cgroup {cg}"));
+            why.push(check_cgroup(g, p)?);
         }
         if let Some(want) = &self.container {
             let Some(c) = ctx.workload.container_of(p) else {
@@ -547,27 +456,154 @@ impl Matcher {
         if let Some(want) = self.job {
             why.push(check_job(want, p, ctx)?);
         }
-        match self.netns {
-            NetnsSpec::Any => {}
-            NetnsSpec::Caller => {
-                if s.netns != ctx.caller_netns {
-                    return Err(format!(
-                        "the socket is in network namespace {}, not reaper's own ({}); the rule needs netns = \"any\" or {}",
-                        s.netns, ctx.caller_netns, s.netns
-                    ));
-                }
-            }
-            NetnsSpec::Inode(n) => {
-                if s.netns != n {
-                    return Err(format!(
-                        "the socket is in network namespace {}, not {n}",
-                        s.netns
-                    ));
-                }
-            }
-        }
+        check_netns(&self.netns, s, ctx)?;
         Ok(why)
     }
+}
+
+/// `exe = ...`: the executable, " (deleted)" stripped.
+fn check_exe(want: &ExePattern, p: &Process) -> Result<String, String> {
+    match p.exe.as_deref().map(strip_deleted) {
+        Some(e) if want.is_match(e) => Ok(format!("matches exe={e}{}", deleted_note(p))),
+        Some(e) => Err(format!("exe is {e}, not {want}")),
+        None => Err(format!(
+            "exe is unreadable, so it cannot be checked against {want}"
+        )),
+    }
+}
+
+/// `cmdline = ...`: the argv joined by spaces.
+fn check_cmdline(pat: &TextPattern, p: &Process) -> Result<String, String> {
+    let line = p.cmdline.join(" ");
+    if pat.is_match(&line) {
+        Ok(format!("cmdline '{}' matches {pat}", shorten(&line, 120)))
+    } else {
+        Err(format!(
+            "cmdline '{}' does not match {pat}",
+            shorten(&line, 120)
+        ))
+    }
+}
+
+/// `comm = ...`: a 15-byte comm may be a truncation, so it holds only
+/// with a strong identity beside it.
+fn check_comm(want: &str, p: &Process, strong_identity: bool) -> Result<String, String> {
+    let truncated = p.comm.len() >= COMM_MAX;
+    let equal = p.comm == *want;
+    let prefix = truncated && want.starts_with(p.comm.as_str());
+    if !(equal || prefix) {
+        return Err(format!("comm is '{}', not '{want}'", p.comm));
+    }
+    if truncated && !strong_identity {
+        return Err(format!(
+            "comm '{}' is {} bytes and may be truncated, so it is not enough alone: add exe= or cmdline= to the rule",
+            p.comm,
+            p.comm.len()
+        ));
+    }
+    if truncated {
+        Ok(format!(
+            "comm '{}' is {} bytes and may be truncated (the exe/cmdline match above confirms it)",
+            p.comm,
+            p.comm.len()
+        ))
+    } else {
+        Ok(format!("comm is '{want}'"))
+    }
+}
+
+/// `user = ...`: a uid or a user name.
+fn check_user(user: &UserSpec, p: &Process) -> Result<String, String> {
+    let ok = match user {
+        UserSpec::Uid(u) => p.uid == *u,
+        UserSpec::Name(n) => p.user.as_deref() == Some(n.as_str()),
+    };
+    let who = user_words(p);
+    if !ok {
+        return Err(format!("runs as {who}, not {user}"));
+    }
+    Ok(format!("runs as {who}"))
+}
+
+/// `min_age = ...`: started at least that long ago.
+fn check_min_age(min: Duration, p: &Process, ctx: &Context) -> Result<String, String> {
+    match age(p, ctx.now) {
+        Some(a) if a >= min => Ok(format!(
+            "started {} ({} ago, at least {})",
+            clock_words(&p.started_at),
+            human_duration(a),
+            human_duration(min)
+        )),
+        Some(a) => Err(format!(
+            "started only {} ago, younger than min_age {}",
+            human_duration(a),
+            human_duration(min)
+        )),
+        None => Err(format!(
+            "start time '{}' is unreadable, so min_age cannot be checked",
+            p.started_at
+        )),
+    }
+}
+
+/// `orphaned = true|false`.
+fn check_orphaned(want: bool, p: &Process) -> Result<String, String> {
+    if p.orphaned != want {
+        return Err(if p.orphaned {
+            format!(
+                "is orphaned (parent pid {}), the rule wants a process with its parent alive",
+                p.ppid
+            )
+        } else {
+            format!("is not orphaned (parent {} is alive)", parent_words(p))
+        });
+    }
+    if want {
+        Ok(format!("orphaned (reparented to {})", parent_words(p)))
+    } else {
+        Ok(format!("parent {} is alive", parent_words(p)))
+    }
+}
+
+/// `cgroup = ...`: a substring of the cgroup path, or a glob.
+fn check_cgroup(g: &Glob, p: &Process) -> Result<String, String> {
+    let cg = p.cgroup.as_deref().unwrap_or("");
+    let ok = if g.has_wildcards() {
+        g.matches(cg)
+    } else {
+        cg.contains(g.pattern.as_str())
+    };
+    if !ok {
+        return Err(format!(
+            "cgroup is '{cg}', which does not match '{}'",
+            g.pattern
+        ));
+    }
+    Ok(format!("cgroup {cg}"))
+}
+
+/// `netns = ...`: the socket's network namespace (nothing said when it holds).
+fn check_netns(netns: &NetnsSpec, s: &Socket, ctx: &Context) -> Result<(), String> {
+    match *netns {
+        NetnsSpec::Any => {}
+        NetnsSpec::Caller => {
+            if s.netns != ctx.caller_netns {
+                return Err(format!(
+                    "the socket is in network namespace {}, not reaper's own ({}); the rule needs netns = \"any\" or {}",
+                    s.netns, ctx.caller_netns, s.netns
+                ));
+            }
+        }
+        NetnsSpec::Inode(n) => {
+            if s.netns != n {
+                return Err(format!(
+                    "the socket is in network namespace {}, not {n}",
+                    s.netns
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How a `--match NAME` matched.
@@ -914,83 +950,52 @@ impl Policy {
     /// socket's, on the host. `protect` rules hold for those processes too.
     pub fn judge_container(&self, c: &Container, s: &Socket, ctx: &Context) -> Verdict {
         let holds = format!("publishes {}", socket_words(s));
-        if c.stale {
-            return Verdict::new(
-                Decision::Protect,
-                None,
-                vec![
-                    crate::holders::container::STALE_PROXY_FIX.to_string(),
-                    holds,
-                ],
-            );
-        }
-        if c.id.is_empty() {
-            return Verdict::new(
-                Decision::Keep,
-                None,
-                vec![
-                    "the container behind the proxy is unknown (the engine did not answer)".into(),
-                    holds,
-                ],
-            );
-        }
-        if c.listeners.is_empty() {
-            return Verdict::new(
-                Decision::Keep,
-                None,
-                vec![
-                    format!(
-                        "no process inside container {} listens on the published port",
-                        c.words()
-                    ),
-                    holds,
-                ],
-            );
+        if let Some(verdict) = container_unjudgeable(c, &holds) {
+            return verdict;
         }
         // The listeners' container is this one, as the engine named it.
         let mut known = ctx.clone();
         known.workload.containers.insert(c.id.clone(), c.clone());
         let ctx = &known;
-        let mut misses = Vec::new();
+        if let Some(verdict) = self.protect_container(c, s, ctx, &holds) {
+            return verdict;
+        }
+        self.rule_container(c, s, ctx, holds)
+    }
+
+    /// A `protect` rule that matches a process listening inside.
+    fn protect_container(
+        &self,
+        c: &Container,
+        s: &Socket,
+        ctx: &Context,
+        holds: &str,
+    ) -> Option<Verdict> {
         for p in &c.listeners {
             for prot in &self.protects {
                 if let Ok(mut why) = prot.matcher.check(p, s, ctx) {
                     why.insert(0, format!("protected by rule '{}'", prot.name));
                     why.push(format!("inside container {}", c.words()));
-                    why.push(holds);
-                    return Verdict::new(Decision::Protect, Some(prot.name.clone()), why);
+                    why.push(holds.to_string());
+                    return Some(Verdict::new(
+                        Decision::Protect,
+                        Some(prot.name.clone()),
+                        why,
+                    ));
                 }
             }
         }
+        None
+    }
+
+    /// The first rule that matches a process listening inside, or Keep with
+    /// every miss.
+    fn rule_container(&self, c: &Container, s: &Socket, ctx: &Context, holds: String) -> Verdict {
+        let mut misses = Vec::new();
         for rule in &self.rules {
             for p in &c.listeners {
                 match rule.matcher.check(p, s, ctx) {
-                    Ok(mut why) => {
-                        why.insert(
-                            0,
-                            format!(
-                                "pid {} {} listens inside container {}",
-                                p.pid,
-                                p.comm,
-                                c.words()
-                            ),
-                        );
-                        let decision = match rule.action {
-                            Action::Reap => {
-                                why.push("reaping it stops the container through the engine (the proxy is never signalled)".into());
-                                Decision::Reap
-                            }
-                            Action::Report => {
-                                why.insert(
-                                    0,
-                                    "the matching rule only reports (action = \"report\")".into(),
-                                );
-                                Decision::Keep
-                            }
-                        };
-                        why.push(holds);
-                        return Verdict::new(decision, Some(rule.name.clone()), why);
-                    }
+                    Ok(why) => return container_match(rule, p, c, why, holds),
                     Err(miss) => misses.push(format!(
                         "rule '{}' does not match pid {} inside container {}: {miss}",
                         rule.name, p.pid, c.short_id
@@ -1004,6 +1009,83 @@ impl Policy {
         misses.push(holds);
         Verdict::new(Decision::Keep, None, misses)
     }
+}
+
+/// A container reaper cannot judge by its listeners: a stale proxy, an
+/// engine that did not answer, nothing listening inside.
+fn container_unjudgeable(c: &Container, holds: &str) -> Option<Verdict> {
+    let holds = holds.to_string();
+    if c.stale {
+        return Some(Verdict::new(
+            Decision::Protect,
+            None,
+            vec![
+                crate::holders::container::STALE_PROXY_FIX.to_string(),
+                holds,
+            ],
+        ));
+    }
+    if c.id.is_empty() {
+        return Some(Verdict::new(
+            Decision::Keep,
+            None,
+            vec![
+                "the container behind the proxy is unknown (the engine did not answer)".into(),
+                holds,
+            ],
+        ));
+    }
+    if c.listeners.is_empty() {
+        return Some(Verdict::new(
+            Decision::Keep,
+            None,
+            vec![
+                format!(
+                    "no process inside container {} listens on the published port",
+                    c.words()
+                ),
+                holds,
+            ],
+        ));
+    }
+    None
+}
+
+/// The verdict of a rule that matched process `p` inside container `c`.
+fn container_match(
+    rule: &Rule,
+    p: &Process,
+    c: &Container,
+    mut why: Vec<String>,
+    holds: String,
+) -> Verdict {
+    why.insert(
+        0,
+        format!(
+            "pid {} {} listens inside container {}",
+            p.pid,
+            p.comm,
+            c.words()
+        ),
+    );
+    let decision = match rule.action {
+        Action::Reap => {
+            why.push(
+                "reaping it stops the container through the engine (the proxy is never signalled)"
+                    .into(),
+            );
+            Decision::Reap
+        }
+        Action::Report => {
+            why.insert(
+                0,
+                "the matching rule only reports (action = \"report\")".into(),
+            );
+            Decision::Keep
+        }
+    };
+    why.push(holds);
+    Verdict::new(decision, Some(rule.name.clone()), why)
 }
 
 /// The protections no rule can lift.

@@ -144,113 +144,122 @@ pub fn stop_in_waves(
     if let Some(fifo) = &opts.pause_fifo {
         test_pause(fifo);
     }
-    // Open every pidfd, then re-read each identity: the pidfd pins the
-    // process, and the /proc read after it proves the pinned process is the
-    // judged one (a reused pid has another start time; an exec another exe).
     let mut live: Vec<Live> = Vec::new();
     for (idx, (t, wave)) in targets.iter().enumerate() {
-        let fd = match Pidfd::open(t.pid) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                reports[idx].outcome = TargetOutcome::Gone;
-                continue;
-            }
-            Err(e) => {
-                reports[idx].outcome = TargetOutcome::Failed {
-                    error: format!("pidfd_open({}) failed: {e}", t.pid),
-                };
-                continue;
-            }
-        };
-        match Identity::read(t.pid) {
-            Ok(now) => {
-                let changes = t.differences(&now);
-                if !changes.is_empty() {
-                    reports[idx].outcome = TargetOutcome::IdentityChanged { changes };
-                    continue;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound || fd.exited() => {
-                reports[idx].outcome = TargetOutcome::Gone;
-                continue;
-            }
-            Err(e) => {
-                reports[idx].outcome = TargetOutcome::Failed {
-                    error: format!(
-                        "cannot re-read the identity of pid {} from /proc ({e}); not signalled",
-                        t.pid
-                    ),
-                };
-                continue;
-            }
+        match pin(t) {
+            Ok(fd) => live.push(Live {
+                idx,
+                wave: *wave,
+                fd,
+            }),
+            Err(outcome) => reports[idx].outcome = outcome,
         }
-        live.push(Live {
-            idx,
-            wave: *wave,
-            fd,
-        });
     }
-
-    let mut send = |live: &mut Vec<Live>,
-                    reports: &mut Vec<TargetReport>,
-                    wave: Option<usize>,
-                    sig: i32,
-                    name: &'static str| {
-        live.retain(|l| {
-            if wave.is_some_and(|w| w != l.wave) {
-                return true;
-            }
-            // Stamped before the syscall: the process may exit before it returns.
-            let record = signal_record(l.fd.pid, name, opts.start);
-            match l.fd.send(sig) {
-                Ok(()) => {
-                    on_signal(&record);
-                    reports[l.idx].signals.push(record);
-                    true
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    // Exited between the check and the signal: nothing was hit.
-                    let r = &mut reports[l.idx];
-                    if r.signals.is_empty() {
-                        r.outcome = TargetOutcome::Gone;
-                    } else {
-                        mark_exited(r, opts.start, None);
-                    }
-                    false
-                }
-                Err(e) => {
-                    reports[l.idx].outcome = TargetOutcome::Failed {
-                        error: format!("pidfd_send_signal({name}) to pid {} failed: {e}", l.fd.pid),
-                    };
-                    false
-                }
-            }
-        });
-    };
 
     let waves = targets.iter().map(|(_, w)| *w).max().unwrap_or(0);
     for wave in 0..=waves {
         if !live.iter().any(|l| l.wave == wave) || Instant::now() >= opts.deadline {
             continue;
         }
+        let term = (libc::SIGTERM, "SIGTERM");
         send(
             &mut live,
             &mut reports,
             Some(wave),
-            libc::SIGTERM,
-            "SIGTERM",
+            term,
+            opts.start,
+            on_signal,
         );
         let kill_at = (Instant::now() + opts.grace).min(opts.deadline);
         wait_exits(&mut live, &mut reports, kill_at, opts.start);
     }
     if !live.is_empty() && Instant::now() < opts.deadline {
-        send(&mut live, &mut reports, None, libc::SIGKILL, "SIGKILL");
+        let kill = (libc::SIGKILL, "SIGKILL");
+        send(&mut live, &mut reports, None, kill, opts.start, on_signal);
         wait_exits(&mut live, &mut reports, opts.deadline, opts.start);
     }
     for l in &live {
         reports[l.idx].outcome = TargetOutcome::StillRunning;
     }
     reports
+}
+
+/// Opens the target's pidfd, then re-reads its identity: the pidfd pins the
+/// process, and the /proc read after it proves the pinned process is the
+/// judged one (a reused pid has another start time; an exec another exe).
+/// Err is the outcome of a target that must not be signalled.
+fn pin(t: &Identity) -> Result<Pidfd, TargetOutcome> {
+    let fd = match Pidfd::open(t.pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(TargetOutcome::Gone),
+        Err(e) => {
+            return Err(TargetOutcome::Failed {
+                error: format!("pidfd_open({}) failed: {e}", t.pid),
+            })
+        }
+    };
+    match Identity::read(t.pid) {
+        Ok(now) => {
+            let changes = t.differences(&now);
+            if !changes.is_empty() {
+                return Err(TargetOutcome::IdentityChanged { changes });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound || fd.exited() => {
+            return Err(TargetOutcome::Gone);
+        }
+        Err(e) => {
+            return Err(TargetOutcome::Failed {
+                error: format!(
+                    "cannot re-read the identity of pid {} from /proc ({e}); not signalled",
+                    t.pid
+                ),
+            });
+        }
+    }
+    Ok(fd)
+}
+
+/// Sends a signal through the pidfds of `wave` (every live target when
+/// None); a target that is gone or cannot be signalled leaves `live`.
+fn send(
+    live: &mut Vec<Live>,
+    reports: &mut [TargetReport],
+    wave: Option<usize>,
+    (sig, name): (i32, &'static str),
+    start: Instant,
+    on_signal: &mut dyn FnMut(&SignalSent),
+) {
+    live.retain(|l| {
+        if wave.is_some_and(|w| w != l.wave) {
+            return true;
+        }
+        // Stamped before the syscall: the process may exit before it returns.
+        let record = signal_record(l.fd.pid, name, start);
+        match l.fd.send(sig) {
+            Ok(()) => {
+                on_signal(&record);
+                reports[l.idx].signals.push(record);
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                // Exited between the check and the signal: nothing was hit.
+                let r = &mut reports[l.idx];
+                if r.signals.is_empty() {
+                    r.outcome = TargetOutcome::Gone;
+                } else {
+                    mark_exited(r, start, None);
+                }
+                false
+            }
+            Err(e) => {
+                reports[l.idx].outcome = TargetOutcome::Failed {
+                    error: format!("pidfd_send_signal({name}) to pid {} failed: {e}", l.fd.pid),
+                };
+                false
+            }
+        }
+    });
 }
 
 /// Waits on the pidfds until all exit or `until` passes; exited ones leave `live`.

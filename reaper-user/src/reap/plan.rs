@@ -136,16 +136,10 @@ impl Plan {
     ) -> Plan {
         let mut out = Plan::default();
         // pid -> (process, sockets, role); the first socket decides the role.
-        let mut by_pid: BTreeMap<u32, (Process, Vec<Socket>, Role)> = BTreeMap::new();
+        let mut by_pid: ByPid = BTreeMap::new();
         for h in holdings {
             if h.socket.state == "TIME-WAIT" {
-                out.unowned.push(Unowned {
-                    socket: socket_words(&h.socket),
-                    state: h.socket.state.clone(),
-                    reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
-                    expires_in_ms: h.socket.timer_ms,
-                    cause: None,
-                });
+                out.unowned.push(time_wait(&h.socket));
                 continue;
             }
             if !blocks(&h.socket) {
@@ -153,55 +147,18 @@ impl Plan {
             }
             out.blocking.push(h.socket.clone());
             if h.processes.is_empty() {
-                let cause = h.unowned_reason.as_deref().unwrap_or("unknown");
-                out.unowned.push(Unowned {
-                    socket: socket_words(&h.socket),
-                    state: h.socket.state.clone(),
-                    reason: format!(
-                        "reaper cannot read the process that holds it ({cause}), and cannot judge what it cannot see"
-                    ),
-                    expires_in_ms: None,
-                    cause: Some(cause.to_string()),
-                });
+                out.unowned.push(unreadable(h));
                 continue;
             }
             // A port a proxy holds for a container: the container is judged;
             // when it is reaped, the proxies go with it, not in `judged`.
-            let reaped_container = match h.container.as_ref().filter(|c| c.via == Some(Via::Proxy))
-            {
-                Some(c) => {
-                    let proxies: Vec<u32> = h
-                        .processes
-                        .iter()
-                        .filter(|p| container::is_proxy(p))
-                        .map(|p| p.pid)
-                        .collect();
-                    let known = out
-                        .containers
-                        .iter_mut()
-                        .find(|j| !c.id.is_empty() && j.container.id == c.id);
-                    let j = match known {
-                        Some(j) => {
-                            j.proxies.extend(proxies);
-                            j
-                        }
-                        None => {
-                            out.containers.push(JudgedContainer {
-                                container: c.clone(),
-                                socket: h.socket.clone(),
-                                proxies,
-                                verdict: policy.judge_container(c, &h.socket, ctx),
-                            });
-                            out.containers.last_mut().expect("just pushed")
-                        }
-                    };
-                    (j.verdict.decision == Decision::Reap).then(|| j.proxies.clone())
-                }
+            let reaped_proxies = match h.container.as_ref().filter(|c| c.via == Some(Via::Proxy)) {
+                Some(c) => out.judge_container(h, c, policy, ctx),
                 None => None,
             };
             let pids: BTreeSet<u32> = h.processes.iter().map(|p| p.pid).collect();
             for p in &h.processes {
-                if reaped_container
+                if reaped_proxies
                     .as_ref()
                     .is_some_and(|px| px.contains(&p.pid))
                 {
@@ -214,6 +171,49 @@ impl Plan {
                 entry.1.push(h.socket.clone());
             }
         }
+        out.judge_processes(by_pid, policy, ctx, tree);
+        out
+    }
+
+    /// Judges the container a proxy publishes the port for (once per
+    /// container); its proxies when it is to be reaped.
+    fn judge_container(
+        &mut self,
+        h: &Holding,
+        c: &Container,
+        policy: &Policy,
+        ctx: &Context,
+    ) -> Option<Vec<u32>> {
+        let proxies: Vec<u32> = h
+            .processes
+            .iter()
+            .filter(|p| container::is_proxy(p))
+            .map(|p| p.pid)
+            .collect();
+        let known = self
+            .containers
+            .iter_mut()
+            .find(|j| !c.id.is_empty() && j.container.id == c.id);
+        let j = match known {
+            Some(j) => {
+                j.proxies.extend(proxies);
+                j
+            }
+            None => {
+                self.containers.push(JudgedContainer {
+                    container: c.clone(),
+                    socket: h.socket.clone(),
+                    proxies,
+                    verdict: policy.judge_container(c, &h.socket, ctx),
+                });
+                self.containers.last_mut().expect("just pushed")
+            }
+        };
+        (j.verdict.decision == Decision::Reap).then(|| j.proxies.clone())
+    }
+
+    /// Verdicts for the processes, holders first, then the sharers.
+    fn judge_processes(&mut self, by_pid: ByPid, policy: &Policy, ctx: &Context, tree: Tree) {
         // Roots first, so sharers can point at their root's verdict.
         let mut verdicts: BTreeMap<u32, Verdict> = BTreeMap::new();
         for (pid, (p, socks, role)) in &by_pid {
@@ -236,13 +236,12 @@ impl Plan {
                 verdict,
             };
             if j.role == Role::Holder {
-                out.judged.push(j);
+                self.judged.push(j);
             } else {
                 sharers.push(j);
             }
         }
-        out.judged.extend(sharers);
-        out
+        self.judged.extend(sharers);
     }
 
     /// The processes the policy does not let reaper signal.
@@ -390,6 +389,34 @@ impl Plan {
             probes = BindProbe::wildcards(proto, port);
         }
         probes
+    }
+}
+
+/// pid -> (process, the sockets it holds, its role), while judging.
+type ByPid = BTreeMap<u32, (Process, Vec<Socket>, Role)>;
+
+/// A TIME_WAIT socket: no process, only the kernel's timer.
+fn time_wait(socket: &Socket) -> Unowned {
+    Unowned {
+        socket: socket_words(socket),
+        state: socket.state.clone(),
+        reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
+        expires_in_ms: socket.timer_ms,
+        cause: None,
+    }
+}
+
+/// A blocking socket whose holder reaper could not read.
+fn unreadable(h: &Holding) -> Unowned {
+    let cause = h.unowned_reason.as_deref().unwrap_or("unknown");
+    Unowned {
+        socket: socket_words(&h.socket),
+        state: h.socket.state.clone(),
+        reason: format!(
+            "reaper cannot read the process that holds it ({cause}), and cannot judge what it cannot see"
+        ),
+        expires_in_ms: None,
+        cause: Some(cause.to_string()),
     }
 }
 
