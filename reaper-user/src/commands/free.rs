@@ -27,7 +27,7 @@ use crate::holders::{self, Query, ScanGaps};
 use crate::journal::writer::{JournalWriter, WriterOptions};
 use crate::journal::{self, Outcome, Record};
 use crate::output::{self, Style};
-use crate::policy::{Context, Decision, FlagRule, Policy};
+use crate::policy::{Context, Decision, FlagRule, Policy, Verdict};
 use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
 use crate::text::{shell_word, term};
@@ -592,17 +592,6 @@ impl Run<'_> {
     fn human_holder(&self, out: &mut String, j: &Judged) {
         let st = self.style;
         let p = &j.process;
-        let decision = match j.verdict.decision {
-            Decision::Reap => st.red("REAP"),
-            Decision::Keep => st.yellow("KEEP"),
-            Decision::Protect => st.green("PROTECT"),
-        };
-        let rule = j
-            .verdict
-            .rule
-            .as_deref()
-            .map(|r| format!(" (rule '{r}')"))
-            .unwrap_or_default();
         let _ = writeln!(
             out,
             "  pid {} {}  {}",
@@ -610,26 +599,12 @@ impl Run<'_> {
             st.bold(&term(&p.comm)),
             st.dim(&argv_words(&p.cmdline))
         );
-        let _ = writeln!(out, "    {decision}{}", term(&rule));
-        for r in &j.verdict.reasons {
-            let _ = writeln!(out, "      - {}", term(r));
-        }
+        self.human_verdict(out, &j.verdict, "REAP");
     }
 
     /// A container behind the engine's proxy: which, the verdict, its reasons.
     fn human_container(&self, out: &mut String, c: &JudgedContainer) {
         let st = self.style;
-        let decision = match c.verdict.decision {
-            Decision::Reap => st.red("STOP THROUGH THE ENGINE"),
-            Decision::Keep => st.yellow("KEEP"),
-            Decision::Protect => st.green("PROTECT"),
-        };
-        let rule = c
-            .verdict
-            .rule
-            .as_deref()
-            .map(|r| format!(" (rule '{}')", term(r)))
-            .unwrap_or_default();
         let _ = writeln!(
             out,
             "  container {}  behind proxy pid {}",
@@ -640,8 +615,25 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        self.human_verdict(out, &c.verdict, "STOP THROUGH THE ENGINE");
+    }
+
+    /// The decision (`reap` in the words of what reaping does here), the
+    /// rule that decided, and the reasons, each escaped.
+    fn human_verdict(&self, out: &mut String, v: &Verdict, reap: &str) {
+        let st = self.style;
+        let decision = match v.decision {
+            Decision::Reap => st.red(reap),
+            Decision::Keep => st.yellow("KEEP"),
+            Decision::Protect => st.green("PROTECT"),
+        };
+        let rule = v
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule '{}')", term(r)))
+            .unwrap_or_default();
         let _ = writeln!(out, "    {decision}{rule}");
-        for r in &c.verdict.reasons {
+        for r in &v.reasons {
             let _ = writeln!(out, "      - {}", term(r));
         }
     }
