@@ -16,8 +16,8 @@ fn read(rel: &str) -> String {
 /// The value of `key=` in a unit file (the last one wins, as in systemd).
 fn unit_value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
 }
 
 fn seconds(v: &str) -> Duration {
