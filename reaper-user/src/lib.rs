@@ -47,4 +47,5 @@ pub mod reap;
 pub mod report;
 pub mod sys;
 pub mod text;
+pub mod users;
 pub mod util;

@@ -516,7 +516,9 @@ fn check_comm(want: &str, p: &Process, strong_identity: bool) -> Result<String, 
 fn check_user(user: &UserSpec, p: &Process) -> Result<String, String> {
     let ok = match user {
         UserSpec::Uid(u) => p.uid == *u,
-        UserSpec::Name(n) => p.user.as_deref() == Some(n.as_str()),
+        UserSpec::Name(n) => {
+            p.user.as_deref() == Some(n.as_str()) || crate::users::uid_of(n) == Some(p.uid)
+        }
     };
     let who = user_words(p);
     if !ok {
@@ -835,7 +837,13 @@ impl Policy {
             line: None,
             message: format!("cannot read it ({e})"),
         })?;
-        file::parse(&text).map_err(|e| e.with_path(path))
+        let policy = file::parse(&text).map_err(|e| e.with_path(path))?;
+        policy.check_users().map_err(|message| PolicyError {
+            path: Some(path.to_path_buf()),
+            line: None,
+            message,
+        })?;
+        Ok(policy)
     }
 
     /// One reap rule from `--match`, `--exe`, `--cmdline` (all given must
@@ -1244,6 +1252,8 @@ fn clock_words(rfc3339: &str) -> String {
         .map(|t| t.with_timezone(&Utc).format("%H:%M:%S UTC").to_string())
         .unwrap_or_else(|_| rfc3339.to_string())
 }
+
+mod users;
 
 #[cfg(test)]
 mod tests;
