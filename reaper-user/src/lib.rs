@@ -36,6 +36,7 @@ pub mod error;
 pub mod events;
 pub mod holders;
 pub mod hooks;
+pub mod job;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;
