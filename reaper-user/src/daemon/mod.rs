@@ -62,7 +62,7 @@ const BINDER_TTL: Duration = Duration::from_secs(1);
 
 /// The longest a clean stop waits for reapings in flight (their grace
 /// bounds it first); what is still running then is journaled `interrupted`.
-const STOP_WAIT: Duration = Duration::from_secs(5);
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the loop waits on the ring buffer before it looks at timers.
 const TICK: Duration = Duration::from_millis(50);
