@@ -28,6 +28,7 @@
 //! types; `main.rs` only parses and dispatches. The library exports what the
 //! binary, the integration tests, the benchmarks and the fuzz targets use.
 
+pub mod bindmodel;
 pub mod caps;
 mod conflict;
 pub mod control;
