@@ -118,3 +118,116 @@ fn systemd_analyze_verifies_the_unit_and_the_runner_drop_in() {
     );
     assert!(Path::new(&bin).is_file());
 }
+
+/// The capability names of a unit key, as setpriv spells them: `+bpf,+kill`.
+fn setpriv_caps(unit: &str, key: &str) -> String {
+    let caps = unit_value(unit, key).unwrap_or_else(|| panic!("no {key}= in the unit"));
+    let list: Vec<String> = caps
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("-all,{}", list.join(","))
+}
+
+/// A mask of a unit key's capabilities.
+fn unit_mask(unit: &str, key: &str) -> u64 {
+    unit_value(unit, key)
+        .unwrap()
+        .split_whitespace()
+        .map(|c| {
+            let name = c.trim_start_matches("CAP_");
+            (0..64)
+                .find(|&i| reaper::caps::names(1 << i) == name)
+                .unwrap_or_else(|| panic!("{c}: not a capability reaper knows"))
+        })
+        .fold(0u64, |m, i| m | 1 << i)
+}
+
+/// A port below 1024 nothing holds now.
+fn low_port() -> u16 {
+    (700..1000)
+        .rev()
+        .find(|&p| reaper_tests::daemon::bindable(p))
+        .expect("a free port below 1024")
+}
+
+/// The daemon run with exactly the unit's bounding, inheritable and ambient
+/// sets (setpriv, as systemd would set them): no warning about the bounding
+/// set it may not touch, a log line saying what it runs with, exactly what
+/// it keeps of the unit's set, and it frees a stale holder of a port below
+/// 1024 (its bind probe needs CAP_NET_BIND_SERVICE) as `freed`.
+#[test]
+fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
+    use reaper_tests::daemon::{wait_for, Binder, Daemon, Orphan};
+    reaper_tests::require_root();
+    let unit = read("deploy/reaper.service");
+    let port = low_port();
+    let holder = Orphan::spawn(port, "rp-lowport");
+    let mut d = Daemon::start(&holder.rule("stale low port", Some("reap")));
+    d.stop(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&d.socket);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.log)
+        .unwrap();
+    let bounding = setpriv_caps(&unit, "CapabilityBoundingSet");
+    let ambient = setpriv_caps(&unit, "AmbientCapabilities");
+    let child = Command::new("setpriv")
+        .args(["--bounding-set", &bounding, "--inh-caps", &ambient])
+        .args(["--ambient-caps", &ambient])
+        .arg(reaper_bin())
+        .args(["daemon", "--config"])
+        .arg(&d.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("setpriv (util-linux) is needed");
+    d.child = Some(child);
+    wait_for(
+        "the daemon under the unit's capabilities to answer",
+        Duration::from_secs(30),
+        || {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited ({st}):\n{}", d.log_text());
+            }
+            d.try_query(r#"{"cmd":"ports"}"#).ok()
+        },
+    );
+    let log = d.log_text();
+    assert!(
+        !log.contains("could not drop capabilities"),
+        "the daemon warns under the unit's sets:\n{log}"
+    );
+    assert!(
+        log.contains("capabilities: effective") && log.contains("reducing it needs CAP_SETPCAP"),
+        "the daemon says what it runs with:\n{log}"
+    );
+    let unit_set = unit_mask(&unit, "CapabilityBoundingSet");
+    let keeps = reaper::caps::mask_of(reaper::caps::DAEMON_KEEPS) & unit_set;
+    let sets = reaper::caps::sets_of(&d.pid().to_string()).unwrap();
+    assert_eq!(
+        (sets.effective, sets.permitted),
+        (keeps, keeps),
+        "effective/permitted: {} / {}, want {}",
+        reaper::caps::names(sets.effective),
+        reaper::caps::names(sets.permitted),
+        reaper::caps::names(keeps)
+    );
+    assert_eq!(
+        sets.bounding,
+        Some(unit_set),
+        "the bounding set is the unit's"
+    );
+    assert_eq!(sets.ambient, Some(0));
+
+    let (_binder, failed) = Binder::run(port, 3);
+    assert!(failed >= 1, "the binder's binds of :{port} failed");
+    let reaping = d.wait_record("the reaping of the low port's holder", |r| {
+        r["kind"] == "reaping" && r["port"] == port && r["outcome"] != "in_progress"
+    });
+    assert_eq!(reaping["outcome"], "freed", "{reaping}");
+    wait_for("the holder to be gone", Duration::from_secs(5), || {
+        (!holder.alive()).then_some(())
+    });
+}

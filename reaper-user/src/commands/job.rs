@@ -7,13 +7,13 @@ use std::io::Write as _;
 use anyhow::{Context as _, Result};
 
 use crate::cli::{Global, JobCommand, JobCommon};
-use crate::error::{bad_input, Exit};
-use crate::job::{self, flow, render};
-use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{Body, Record};
-use crate::output;
-use crate::policy::Policy;
-use crate::text::term;
+use reaper::error::{bad_input, Exit};
+use reaper::job::{self, flow, render};
+use reaper::journal::writer::{JournalWriter, WriterOptions};
+use reaper::journal::{Body, Record};
+use reaper::output;
+use reaper::policy::Policy;
+use reaper::text::term;
 
 pub fn run(_global: &Global, cmd: JobCommand) -> Result<Exit> {
     match cmd {
@@ -42,7 +42,7 @@ fn prepare(
     c: &JobCommon,
     all: bool,
 ) -> Result<(
-    crate::holders::job::Job,
+    reaper::holders::job::Job,
     flow::Options,
     Option<JournalWriter>,
 )> {
