@@ -340,4 +340,3 @@ pub struct JobEndArgs {
     #[command(flatten)]
     pub common: JobCommon,
 }
-
