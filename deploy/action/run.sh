@@ -13,6 +13,8 @@ set -euo pipefail
 
 say() { echo "reaper-action: $*" >&2; }
 fail() { say "$*"; exit 2; }
+# shellcheck source=deploy/action/inputs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/inputs.sh"
 
 port="${INPUT_PORT:-}"
 [[ "$port" =~ ^[0-9]+$ ]] || fail "input 'port' must be a port number (1-65535), got '${port}'"
@@ -20,6 +22,8 @@ grace="${INPUT_GRACE:-3s}"
 deadline="${INPUT_DEADLINE:-10s}"
 temp="${RUNNER_TEMP:-${TMPDIR:-/tmp}}"
 summary="${GITHUB_STEP_SUMMARY:-/dev/null}"
+tree=$(bool_input tree "${INPUT_TREE:-}")
+dry_run=$(bool_input dry-run "${INPUT_DRY_RUN:-}")
 
 # reaper needs root (BPF, other users' processes): sudo on hosted runners.
 run=()
@@ -33,15 +37,22 @@ fi
 if command -v reaper >/dev/null && [[ -z "${INPUT_TARBALL_URL:-}" ]]; then
   reaper=$(command -v reaper)
 else
-  version="${INPUT_VERSION:?input 'version' is needed to install reaper}"
+  require_x86_64
+  version="${INPUT_VERSION:-}"
+  [[ -n "$version" ]] || version=$(action_version)
   name="reaper-${version}-x86_64-linux-musl"
-  url="${INPUT_TARBALL_URL:-${GITHUB_SERVER_URL:-https://github.com}/${ACTION_REPOSITORY:?}/releases/download/v${version}/${name}.tar.gz}"
+  url="${INPUT_TARBALL_URL:-}"
+  [[ -n "$url" ]] || url="$(action_releases)/v${version}/${name}.tar.gz"
   base="${url%/*}"
   dir="$temp/reaper-action"
   mkdir -p "$dir"
   say "installing reaper ${version} from ${url}"
-  curl --fail --silent --show-error --location --retry 3 -o "$dir/${url##*/}" "$url"
-  curl --fail --silent --show-error --location --retry 3 -o "$dir/SHA256SUMS" "$base/SHA256SUMS"
+  fetch() {
+    curl --fail --silent --show-error --location --retry 3 --connect-timeout 20 -o "$2" "$1" ||
+      fail "could not download $1 (see curl's message above): check the input 'version', or give 'tarball-url'"
+  }
+  fetch "$url" "$dir/${url##*/}"
+  fetch "$base/SHA256SUMS" "$dir/SHA256SUMS"
   (cd "$dir" && grep -F " ${url##*/}" SHA256SUMS | sha256sum --check --strict) >&2 ||
     fail "${url##*/} does not match the release's SHA256SUMS"
   tar -xzf "$dir/${url##*/}" -C "$dir"
@@ -57,8 +68,8 @@ args=(free "$port" --grace "$grace" --deadline "$deadline" --journal "$journal")
 [[ -n "${INPUT_EXE:-}" ]] && args+=(--exe "$INPUT_EXE")
 [[ -n "${INPUT_CMDLINE:-}" ]] && args+=(--cmdline "$INPUT_CMDLINE")
 [[ -n "${INPUT_POLICY:-}" ]] && args+=(--policy "$INPUT_POLICY")
-[[ "${INPUT_TREE:-false}" == true ]] && args+=(--tree)
-[[ "${INPUT_DRY_RUN:-false}" == true ]] && args+=(--dry-run)
+[[ "$tree" == true ]] && args+=(--tree)
+[[ "$dry_run" == true ]] && args+=(--dry-run)
 
 since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 status=0
@@ -72,6 +83,10 @@ status=0
     echo "(no report: reaper report failed, see the step's log)"
   echo
 } >>"$summary"
+# The journal reaper wrote as root (0600) is the job's: later steps read it.
+if [[ ${#run[@]} -gt 0 && -e "$journal" ]]; then
+  "${run[@]}" chown "$(id -u):$(id -g)" "$journal" || say "could not hand ${journal} to $(id -un)"
+fi
 [[ -n "${GITHUB_OUTPUT:-}" ]] && {
   echo "status=${status}"
   echo "journal=${journal}"
