@@ -14,6 +14,7 @@ pub mod ports;
 pub mod report;
 pub mod watch;
 pub mod who;
+pub mod why;
 
 pub fn dispatch(cli: Cli) -> Result<Exit> {
     let global = cli.global;
@@ -21,6 +22,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Watch(args) => watch::run(&global, args),
         Command::Doctor(args) => doctor::run(&global, args),
         Command::Who(args) => who::run(&global, args),
+        Command::Why(args) => why::run(&global, args),
         Command::Ports(args) => ports::run(&global, args),
         Command::Free(args) => free::run(&global, args),
         Command::Daemon(args) => daemon::run(&global, args),
