@@ -45,6 +45,24 @@ pub fn read(ns: Option<&Namespace>, own: Option<u64>) -> io::Result<Sysctls> {
     })
 }
 
+/// Reads them in the namespace with inode `netns`, found as a scan finds
+/// namespaces (a process in it, or an `ip netns` name).
+pub fn read_netns(netns: u64) -> io::Result<Sysctls> {
+    use std::os::fd::AsRawFd;
+    let own = crate::holders::netns::own_inode();
+    if Some(netns) == own {
+        return Ok(read_here());
+    }
+    let mut proc = crate::holders::fdmap::open_proc().map_err(io::Error::from)?;
+    let pids = crate::holders::fdmap::list_pids(&mut proc);
+    let namespaces = crate::holders::netns::list(proc.as_raw_fd(), &pids);
+    let ns = namespaces
+        .iter()
+        .find(|n| n.inode == netns)
+        .ok_or_else(|| io::Error::other(format!("no network namespace {netns}")))?;
+    read(Some(ns), own)
+}
+
 fn read_here() -> Sysctls {
     // /proc/sys/net answers for the reading thread's namespace (the
     // kernel looks at current->nsproxy), so a thread that entered another

@@ -13,14 +13,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::holdings::{endpoint, holders_cell, netns_label};
-use crate::bindmodel::predict::{predict, Outcome, Prediction, Setting, Verdict};
-use crate::bindmodel::{facts, setting, Request};
 use crate::cli::{Global, WhyArgs};
-use crate::error::{bad_input, Exit};
-use crate::holders::{self, Holding, Query, Scan};
-use crate::output::{print, use_color, Style};
-use crate::text::term;
-use crate::util::Proto;
+use reaper::bindmodel::predict::{predict, Outcome, Prediction, Setting, Verdict};
+use reaper::bindmodel::{facts, setting, Request};
+use reaper::error::{bad_input, Exit};
+use reaper::holders::{self, Holding, Query, Scan};
+use reaper::output::{print, use_color, Style};
+use reaper::text::term;
+use reaper::util::Proto;
 
 /// `reaper why --json`. Field names are an interface.
 #[derive(Serialize)]
@@ -78,7 +78,7 @@ pub fn run(global: &Global, args: WhyArgs) -> Result<Exit> {
     })
     .with_context(|| format!("scanning the sockets on port {}", args.port))?;
     super::holdings::check_netns_found(Some(netns), &scan)?;
-    let sysctls = read_sysctls(netns, own)?;
+    let sysctls = read_sysctls(netns)?;
     let setting = Setting {
         unprivileged_port_start: sysctls.unprivileged_port_start,
         cap_net_bind_service: can_bind_service(args.uid),
@@ -138,21 +138,13 @@ fn parse_addr(args: &WhyArgs) -> Result<IpAddr> {
 fn can_bind_service(uid: Option<u32>) -> bool {
     match uid {
         Some(u) => u == 0,
-        None => crate::caps::effective_of("self")
-            .is_some_and(|m| m & (1 << crate::caps::CAP_NET_BIND_SERVICE) != 0),
+        None => reaper::caps::effective_of("self")
+            .is_some_and(|m| m & (1 << reaper::caps::CAP_NET_BIND_SERVICE) != 0),
     }
 }
 
-fn read_sysctls(netns: u64, own: Option<u64>) -> Result<setting::Sysctls> {
-    if Some(netns) == own {
-        return setting::read(None, own).context("reading net.ipv4 sysctls");
-    }
-    let mut proc = holders::fdmap::open_proc().context("opening /proc")?;
-    let pids = holders::fdmap::list_pids(&mut proc);
-    use std::os::fd::AsRawFd;
-    let namespaces = holders::netns::list(proc.as_raw_fd(), &pids);
-    let ns = namespaces.iter().find(|n| n.inode == netns);
-    setting::read(ns, own).with_context(|| format!("reading net.ipv4 sysctls in netns {netns}"))
+fn read_sysctls(netns: u64) -> Result<setting::Sysctls> {
+    setting::read_netns(netns).with_context(|| format!("reading net.ipv4 sysctls in netns {netns}"))
 }
 
 fn print_json(req: &Request, p: &Prediction, scan: &Scan) -> Result<()> {
@@ -190,7 +182,7 @@ fn holding_of<'a>(scan: &'a Scan, v: &Verdict) -> &'a Holding {
                 && h.socket.port == v.existing.port
                 && h.socket.netns == v.existing.netns
                 && h.socket.proto == v.existing.proto
-                && crate::bindmodel::facts::activity(&h.socket) == v.existing.activity
+                && reaper::bindmodel::facts::activity(&h.socket) == v.existing.activity
         })
         .expect("every verdict comes from a scanned holding")
 }
