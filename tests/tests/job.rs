@@ -294,3 +294,53 @@ fn bad_input_is_refused_with_exit_2_and_nothing_signalled() {
     assert!(alive(holder.pid()), "bad input signalled a holder");
     assert!(!can_listen(port));
 }
+
+#[test]
+fn the_hook_scripts_and_the_action_work_as_the_runner_runs_them() {
+    require_root();
+    let ws = reaper_tests::workspace();
+    let bin = reaper_tests::reaper_bin();
+    let mut runner = Runner::start();
+
+    // deploy/hooks: job-start with REAPER_JOB_PORTS, job-end.
+    let mut f = runner.job("f", "9007");
+    let pf = free_port();
+    let out = f.run(&format!(
+        "REAPER='{}' REAPER_JOB_PORTS={pf} '{}'",
+        bin.display(),
+        ws.join("deploy/hooks/job-start.sh").display()
+    ));
+    assert!(out.contains(&format!("port {pf}/tcp: free")), "{out}");
+    let server = f.server(pf, false);
+    runner.track(server);
+    let out = f.run(&format!(
+        "REAPER='{}' '{}'",
+        bin.display(),
+        ws.join("deploy/hooks/job-end.sh").display()
+    ));
+    assert!(out.contains(&format!("port {pf}/tcp: freed")), "{out}");
+    assert!(!alive(server) && can_listen(pf));
+
+    // The Action's `mode: job-end`, through its script as action.yml runs it.
+    let mut g = runner.job("g", "9008");
+    let pg = free_port();
+    let server = g.server(pg, false);
+    runner.track(server);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.md");
+    g.run(&format!(
+        "INPUT_MODE=job-end RUNNER_TEMP='{}' GITHUB_STEP_SUMMARY='{}' PATH='{}':\"$PATH\" bash '{}'",
+        dir.path().display(),
+        summary.display(),
+        bin.parent().unwrap().display(),
+        ws.join("deploy/action/run.sh").display()
+    ));
+    assert!(!alive(server) && can_listen(pg));
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.contains(&format!("| {pg}/tcp | pid {server} platform-server |")),
+        "{md}"
+    );
+    let journal = std::fs::read_to_string(dir.path().join("reaper-journal.jsonl")).unwrap();
+    assert!(journal.contains("\"kind\":\"job\""), "{journal}");
+}
