@@ -16,6 +16,12 @@ fail() { say "$*"; exit 2; }
 # shellcheck source=deploy/action/inputs.sh
 source "$(dirname "${BASH_SOURCE[0]}")/inputs.sh"
 
+# mode: job-start / job-end are `reaper job` (deploy/action/job.sh).
+case "${INPUT_MODE:-free}" in
+free) ;;
+*) exec bash "$(dirname "${BASH_SOURCE[0]}")/job.sh" ;;
+esac
+
 port="${INPUT_PORT:-}"
 [[ "$port" =~ ^[0-9]+$ ]] || fail "input 'port' must be a port number (1-65535), got '${port}'"
 grace="${INPUT_GRACE:-3s}"
