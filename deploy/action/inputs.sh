@@ -58,3 +58,47 @@ require_x86_64() {
   [[ "$arch" == x86_64 ]] ||
     fail "this runner is ${arch}: reaper's releases are built for x86_64 only. Install a reaper built for ${arch} on the runner's PATH (cargo xtask build), and this action uses it"
 }
+
+# Sets $reaper: the one on PATH (unless 'tarball-url' is given), or the
+# release tarball of the input 'version' (default: the action's own), checked
+# against the release's SHA256SUMS before anything in it runs. Later steps
+# find it on PATH. $1: where to download (RUNNER_TEMP).
+find_reaper() {
+  local temp="$1" version name url base dir
+  if command -v reaper >/dev/null && [[ -z "${INPUT_TARBALL_URL:-}" ]]; then
+    reaper=$(command -v reaper)
+    return
+  fi
+  require_x86_64
+  version="${INPUT_VERSION:-}"
+  [[ -n "$version" ]] || version=$(action_version)
+  name="reaper-${version}-x86_64-linux-musl"
+  url="${INPUT_TARBALL_URL:-}"
+  [[ -n "$url" ]] || url="$(action_releases)/v${version}/${name}.tar.gz"
+  base="${url%/*}"
+  dir="$temp/reaper-action"
+  mkdir -p "$dir"
+  say "installing reaper ${version} from ${url}"
+  fetch "$url" "$dir/${url##*/}"
+  fetch "$base/SHA256SUMS" "$dir/SHA256SUMS"
+  (cd "$dir" && grep -F " ${url##*/}" SHA256SUMS | sha256sum --check --strict) >&2 ||
+    fail "${url##*/} does not match the release's SHA256SUMS"
+  tar -xzf "$dir/${url##*/}" -C "$dir"
+  reaper="$dir/${name}/reaper"
+  if [[ -n "${GITHUB_PATH:-}" ]]; then echo "$dir/${name}" >>"$GITHUB_PATH"; fi
+}
+
+fetch() {
+  curl --fail --silent --show-error --location --retry 3 --connect-timeout 20 -o "$2" "$1" ||
+    fail "could not download $1 (see curl's message above): check the input 'version', or give 'tarball-url'"
+}
+
+# The journal reaper wrote as root (0600) belongs to the job's user
+# afterwards, so later steps can read the `journal` output. Uses $run (sudo
+# when the job is not root).
+hand_journal() {
+  local journal="$1"
+  if [[ ${#run[@]} -gt 0 && -e "$journal" ]]; then
+    "${run[@]}" chown "$(id -u):$(id -g)" "$journal" || say "could not hand ${journal} to $(id -un)"
+  fi
+}

@@ -38,33 +38,8 @@ if [[ "$(id -u)" != 0 ]]; then
   run=(sudo --preserve-env=REAPER_JOURNAL)
 fi
 
-# 1. reaper: the one on PATH, or the release tarball (checked against the
-# release's SHA256SUMS before anything in it runs).
-if command -v reaper >/dev/null && [[ -z "${INPUT_TARBALL_URL:-}" ]]; then
-  reaper=$(command -v reaper)
-else
-  require_x86_64
-  version="${INPUT_VERSION:-}"
-  [[ -n "$version" ]] || version=$(action_version)
-  name="reaper-${version}-x86_64-linux-musl"
-  url="${INPUT_TARBALL_URL:-}"
-  [[ -n "$url" ]] || url="$(action_releases)/v${version}/${name}.tar.gz"
-  base="${url%/*}"
-  dir="$temp/reaper-action"
-  mkdir -p "$dir"
-  say "installing reaper ${version} from ${url}"
-  fetch() {
-    curl --fail --silent --show-error --location --retry 3 --connect-timeout 20 -o "$2" "$1" ||
-      fail "could not download $1 (see curl's message above): check the input 'version', or give 'tarball-url'"
-  }
-  fetch "$url" "$dir/${url##*/}"
-  fetch "$base/SHA256SUMS" "$dir/SHA256SUMS"
-  (cd "$dir" && grep -F " ${url##*/}" SHA256SUMS | sha256sum --check --strict) >&2 ||
-    fail "${url##*/} does not match the release's SHA256SUMS"
-  tar -xzf "$dir/${url##*/}" -C "$dir"
-  reaper="$dir/${name}/reaper"
-  [[ -n "${GITHUB_PATH:-}" ]] && echo "$dir/${name}" >>"$GITHUB_PATH"
-fi
+# 1. reaper: the one on PATH, or the action's release (inputs.sh).
+find_reaper "$temp"
 say "using $("$reaper" --version) at $reaper"
 
 # 2. reaper free, with the inputs given.
@@ -89,10 +64,7 @@ status=0
     echo "(no report: reaper report failed, see the step's log)"
   echo
 } >>"$summary"
-# The journal reaper wrote as root (0600) is the job's: later steps read it.
-if [[ ${#run[@]} -gt 0 && -e "$journal" ]]; then
-  "${run[@]}" chown "$(id -u):$(id -g)" "$journal" || say "could not hand ${journal} to $(id -un)"
-fi
+hand_journal "$journal"
 [[ -n "${GITHUB_OUTPUT:-}" ]] && {
   echo "status=${status}"
   echo "journal=${journal}"

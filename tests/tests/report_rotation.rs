@@ -57,8 +57,7 @@ fn reports_read_a_journal_that_rotates_under_them() {
     let churn = Churn::start();
     let inode = || std::fs::metadata(&d.journal).map(|m| m.ino()).ok();
     // Rotation is under way: the live file was replaced at least once.
-    let first =
-        reaper_tests::poll_until("the journal to exist", Duration::from_secs(10), || inode());
+    let first = reaper_tests::poll_until("the journal to exist", Duration::from_secs(10), &inode);
     let mut rotations = 0u32;
     let mut last = first;
     let mut runs = 0u32;
