@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 pub use crate::policy::{Action, Decision};
 pub use crate::util::{Family, Proto};
 
+pub mod job;
 pub mod reader;
 pub mod writer;
+
+pub use job::JobRecord;
 
 /// A word of the schema whose values this version knows, and which a newer
 /// writer may extend: read as the variant, or as `Other` holding the word
@@ -349,6 +352,8 @@ pub enum Body {
     /// since the start) are known only from their events, not kept
     /// kernel-side; `capacity` is the map's size (`claims_max`).
     ClaimsFull { unstored: u64, capacity: u64 },
+    /// A `reaper job start` / `job end` run (see [`JobRecord`]).
+    Job(Box<JobRecord>),
 }
 
 /// One journal line.
