@@ -13,6 +13,7 @@ pub mod ports;
 pub mod report;
 pub mod watch;
 pub mod who;
+pub mod why;
 
 /// What a command returns: how it ended, or an [`Error`] whose kind
 /// gives the exit status.
@@ -24,6 +25,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Watch(args) => watch::run(&global, args),
         Command::Doctor(args) => doctor::run(&global, args),
         Command::Who(args) => who::run(&global, args),
+        Command::Why(args) => why::run(&global, args),
         Command::Ports(args) => ports::run(&global, args),
         Command::Free(args) => free::run(&global, args),
         Command::Job(args) => job::run(&global, args),
