@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::hooks::TierChoice;
-use crate::util::{parse_duration, parse_port, Proto};
+use crate::util::{parse_duration, parse_port};
+use crate::vocab::Proto;
 
 const EXIT_TABLE: &str = "\
 Exit status:

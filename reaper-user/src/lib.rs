@@ -23,6 +23,10 @@
 //! report / metrics / control   forensics, Prometheus, the daemon's socket
 //! ```
 //!
+//! Under all of them, `vocab` holds the words they share (protocol, family,
+//! socket state, decision, action, outcome, source, signal, why a socket has
+//! no process) and uses nothing of reaper's.
+//!
 //! `commands` holds one function per CLI subcommand over these types; `cli`
 //! holds the clap definitions; `main.rs` only parses and dispatches.
 
@@ -47,3 +51,4 @@ pub mod report;
 pub mod sys;
 pub mod text;
 pub mod util;
+pub mod vocab;

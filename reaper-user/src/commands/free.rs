@@ -25,13 +25,13 @@ use crate::error::{bad_input, Exit};
 use crate::holders::container::engine::ContainerStop;
 use crate::holders::{self, Query, ScanGaps};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{self, Outcome, Record};
+use crate::journal::{self, Record};
 use crate::output::{self, Style};
-use crate::policy::{Context, Decision, FlagRule, Policy, Verdict};
+use crate::policy::{Context, FlagRule, Policy, Verdict};
 use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
 use crate::text::{shell_word, term};
-use crate::util::Proto;
+use crate::vocab::{Decision, Outcome, Proto, SocketState};
 
 /// The JSON document `--json` prints.
 #[derive(Serialize)]
@@ -217,7 +217,7 @@ fn expiry_words(ms: Option<u64>) -> String {
 }
 
 fn signals_words(t: &TargetReport) -> String {
-    let s: Vec<&str> = t.signals.iter().map(|s| s.signal).collect();
+    let s: Vec<&str> = t.signals.iter().map(|s| s.signal.as_str()).collect();
     if s.is_empty() {
         "no signal".into()
     } else {
@@ -270,7 +270,11 @@ impl<'a> Run<'a> {
 
     /// Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
     fn wait_unowned(&mut self, probes: &[BindProbe]) -> Ended<'a> {
-        let time_wait = self.plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
+        let time_wait = self
+            .plan
+            .unowned
+            .iter()
+            .find(|u| u.state == SocketState::TimeWait);
         let first = reap::wait_bindable(probes, Instant::now());
         if first.free_at.is_some() {
             self.free_at = first.free_at;

@@ -13,6 +13,7 @@ use crate::commands::who::{check_netns_found, endpoint, gaps_line, netns_label, 
 use crate::error::Exit;
 use crate::holders::{self, Holding, Query, Scan};
 use crate::output::{print, use_color, Style, Table};
+use crate::vocab::SocketState;
 
 pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     let netns = parse_netns(&args.netns)?;
@@ -57,7 +58,8 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     if daemon.is_none() {
         check_netns_found(netns, &scan)?;
     }
-    scan.holdings.retain(|h| h.socket.state != "TIME-WAIT");
+    scan.holdings
+        .retain(|h| h.socket.state != SocketState::TimeWait);
     if args.json {
         let mut text = serde_json::to_string_pretty(&scan.holdings)?;
         text.push('\n');
@@ -76,7 +78,7 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
 
 fn holders_cell(h: &Holding) -> String {
     if h.processes.is_empty() {
-        return format!("- ({})", h.unowned_reason.as_deref().unwrap_or("none"));
+        return format!("- ({})", h.unowned_reason.map_or("none", |r| r.as_str()));
     }
     let mut cell = h
         .processes
@@ -118,7 +120,7 @@ pub fn render(scan: &Scan, style: Style) -> String {
             s.peer
                 .map(|(a, p)| endpoint(a, p))
                 .unwrap_or_else(|| "*".into()),
-            s.state.clone(),
+            s.state.to_string(),
             netns_label(s.netns, scan),
             holders_cell(h),
         ]);

@@ -16,7 +16,8 @@ use crate::holders::{self, Holding, Query};
 use crate::hooks;
 use crate::ledger::{Fact, Ledger};
 use crate::output::{json_line, print, use_color, Style};
-use crate::util::{clock_ns, rfc3339, Proto};
+use crate::util::{clock_ns, rfc3339};
+use crate::vocab::Proto;
 
 /// A line saying events were lost: never hidden.
 #[derive(Serialize)]

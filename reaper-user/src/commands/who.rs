@@ -15,7 +15,7 @@ use crate::holders::container::{self, Container, Via};
 use crate::holders::{self, Holding, Process, Query, Scan, ScanGaps, Socket};
 use crate::output::{print, use_color, Style};
 use crate::text::term;
-use crate::util::Proto;
+use crate::vocab::{Proto, SocketState, UnownedReason};
 
 /// The one JSON document `reaper who --json` prints. Field names are an
 /// interface: scripts read them.
@@ -271,10 +271,10 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
 }
 
 fn state_styled(s: &Socket, style: Style) -> String {
-    match s.state.as_str() {
-        "LISTEN" | "UNCONN" => style.green(&s.state),
-        "TIME-WAIT" => style.yellow(&s.state),
-        _ => s.state.clone(),
+    match s.state {
+        SocketState::Listen | SocketState::Unconn => style.green(s.state.as_str()),
+        SocketState::TimeWait => style.yellow(s.state.as_str()),
+        _ => s.state.to_string(),
     }
 }
 
@@ -310,7 +310,7 @@ fn render_holding(
             }
         ));
     }
-    if s.state == "BOUND-INACTIVE" {
+    if s.state == SocketState::BoundInactive {
         out.push_str(
             "  bound but neither listening nor connected: it holds the port all the same\n",
         );
@@ -320,14 +320,14 @@ fn render_holding(
     }
     if h.processes.is_empty() {
         let timer = s.timer_ms.map(|ms| age(Duration::from_millis(ms + 999)));
-        let why = match (h.unowned_reason.as_deref(), &timer) {
-            (Some("time-wait"), Some(t)) => format!("blocked by TIME_WAIT, expires in {t} (the port is not free until then, unless the new socket sets SO_REUSEADDR)"),
-            (Some("time-wait"), None) => "blocked by TIME_WAIT".to_string(),
-            (Some("orphaned"), t) => format!(
+        let why = match (h.unowned_reason, &timer) {
+            (Some(UnownedReason::TimeWait), Some(t)) => format!("blocked by TIME_WAIT, expires in {t} (the port is not free until then, unless the new socket sets SO_REUSEADDR)"),
+            (Some(UnownedReason::TimeWait), None) => "blocked by TIME_WAIT".to_string(),
+            (Some(UnownedReason::Orphaned), t) => format!(
                 "orphaned: no process has it open; the kernel is finishing the close{}",
                 t.as_ref().map(|t| format!(", timer {t}")).unwrap_or_default()
             ),
-            (Some("unreadable"), _) => {
+            (Some(UnownedReason::Unreadable), _) => {
                 "no readable process holds it: the holder is probably one of the unreadable processes counted below".to_string()
             }
             _ => "no process holds it: the kernel does, a file in flight over a unix socket, or it closed during the scan".to_string(),
@@ -590,7 +590,7 @@ pub fn gaps_line(g: &ScanGaps) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::Family;
+    use crate::vocab::Family;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn sock(state: &str, addr: IpAddr, inode: u64) -> Socket {
@@ -605,7 +605,7 @@ mod tests {
             addr,
             port: 8080,
             peer: None,
-            state: state.into(),
+            state: SocketState::from_word(state).unwrap(),
             inode,
             cookie: 1,
             uid: 0,
@@ -666,7 +666,7 @@ mod tests {
                 Holding {
                     socket: sock("TIME-WAIT", IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                     processes: vec![],
-                    unowned_reason: Some("time-wait".into()),
+                    unowned_reason: Some(UnownedReason::TimeWait),
                     container: None,
                 },
             ],

@@ -28,10 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use super::view;
 use crate::journal::reader::{BadLine, FileRead, Located, Location, ReadStats};
-use crate::journal::{
-    Action, Body, Endpoint, Mode, Outcome, ProcessRef, Record, SignalRecord, VerdictRecord,
-};
+use crate::journal::{Body, Endpoint, Mode, ProcessRef, Record, SignalRecord, VerdictRecord};
 pub use crate::util::human_ms;
+use crate::vocab::{Action, Outcome};
 
 /// The JSON schema name; bump the suffix on an incompatible change.
 pub const SCHEMA: &str = "reaper.report/v1";
@@ -654,10 +653,10 @@ impl Aggregator {
         self.last_ms = Some(self.last_ms.map_or(ms, |l| l.max(ms)));
         self.summary.records += 1;
         // Looked up before inserting: no key allocation per record.
-        match self.summary.sources.get_mut(&record.source) {
+        match self.summary.sources.get_mut(record.source.as_str()) {
             Some(n) => *n += 1,
             None => {
-                self.summary.sources.insert(record.source.clone(), 1);
+                self.summary.sources.insert(record.source.to_string(), 1);
             }
         }
         if !self.host_states.contains_key(&record.host) {

@@ -29,7 +29,7 @@ pub fn unfinished_line(u: &super::model::Unfinished) -> String {
     } else {
         sent.join(", ")
     };
-    let what = if u.outcome == crate::journal::Outcome::Interrupted {
+    let what = if u.outcome == crate::vocab::Outcome::Interrupted {
         format!(
             "{sent}; interrupted by a daemon stop at {}, the target may still run",
             TimeFmt::full(&u.ts)
