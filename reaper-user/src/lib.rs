@@ -30,6 +30,7 @@
 //! `commands` holds one function per CLI subcommand over these types; `cli`
 //! holds the clap definitions; `main.rs` only parses and dispatches.
 
+pub mod bindmodel;
 pub mod caps;
 pub mod cli;
 pub mod commands;
