@@ -6,19 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::hooks::TierChoice;
-use crate::util::{parse_duration, parse_port};
-use crate::vocab::Proto;
-
-const EXIT_TABLE: &str = "\
-Exit status:
-  0  success (who: the port is held; free: the port is free)
-  1  who: the port is not held
-  2  bad input (usage, port, config or policy file)
-  3  free: still held after the deadline
-  4  free: held by something the policy refuses to kill
-  5  could not do the job (needs root, BPF refused, I/O error)
-  6  free: the port work succeeded but its journal record could not be written";
+use reaper::hooks::TierChoice;
+use reaper::output::ColorChoice;
+use reaper::report::Format as ReportFormat;
+use reaper::util::{parse_duration, parse_port};
+use reaper::vocab::Proto;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,13 +59,6 @@ pub struct Global {
     /// Colour: auto (only on a terminal, not with NO_COLOR), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,13 +255,6 @@ pub struct ReportArgs {
     pub demo: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportFormat {
-    Md,
-    Html,
-    Json,
-}
-
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
     #[arg(value_enum)]
@@ -288,9 +266,4 @@ pub enum Shell {
     Bash,
     Zsh,
     Fish,
-}
-
-/// The exit table, for commands that print it.
-pub fn exit_table() -> &'static str {
-    EXIT_TABLE
 }

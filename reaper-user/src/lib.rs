@@ -27,14 +27,14 @@
 //! socket state, decision, action, outcome, source, signal, why a socket has
 //! no process) and uses nothing of reaper's.
 //!
-//! `commands` holds one function per CLI subcommand over these types; `cli`
-//! holds the clap definitions; `main.rs` only parses and dispatches.
+//! The binary (`main.rs`) owns the command line: `cli` holds the clap
+//! definitions, `commands` one function per subcommand over this library's
+//! types; `main.rs` only parses and dispatches. The library exports what the
+//! binary, the integration tests, the benchmarks and the fuzz targets use.
 
 pub mod bindmodel;
 pub mod caps;
-pub mod cli;
-pub mod commands;
-pub mod conflict;
+mod conflict;
 pub mod control;
 pub mod daemon;
 pub mod error;

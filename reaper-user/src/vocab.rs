@@ -321,6 +321,8 @@ closed_word! {
     Signal {
         Term = "SIGTERM",
         Kill = "SIGKILL",
+        /// Sent right after SIGTERM to a stopped target, so it can exit.
+        Cont = "SIGCONT",
         Int = "SIGINT",
         Quit = "SIGQUIT",
         Hup = "SIGHUP",
@@ -331,9 +333,10 @@ closed_word! {
 
 impl Signal {
     /// Every signal reaper knows, in the order above.
-    pub const ALL: [Signal; 7] = [
+    pub const ALL: [Signal; 8] = [
         Signal::Term,
         Signal::Kill,
+        Signal::Cont,
         Signal::Int,
         Signal::Quit,
         Signal::Hup,
@@ -346,6 +349,7 @@ impl Signal {
         match self {
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Cont => libc::SIGCONT,
             Signal::Int => libc::SIGINT,
             Signal::Quit => libc::SIGQUIT,
             Signal::Hup => libc::SIGHUP,

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::error::Exit;
+use reaper::error::Exit;
 
 pub mod completions;
 pub mod daemon;

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
 pub mod container;
-pub mod fdmap;
+pub(crate) mod fdmap;
 pub mod job;
 pub mod netns;
 pub mod process;

@@ -157,7 +157,7 @@ pub struct ContainerRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
     pub pid: u32,
-    /// "SIGTERM" or "SIGKILL".
+    /// "SIGTERM", "SIGCONT" (right after SIGTERM, to a stopped target) or "SIGKILL".
     pub signal: String,
     pub ts: String,
 }
