@@ -41,6 +41,7 @@ pub mod error;
 pub mod events;
 pub mod holders;
 pub mod hooks;
+pub mod job;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;

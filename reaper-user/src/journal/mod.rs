@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Action, Decision, Family, Outcome, Proto, Source};
 
+pub mod job;
 pub mod reader;
 pub mod writer;
+
+pub use job::JobRecord;
 
 crate::vocab::open_word! {
     /// How the daemon sees binds: a hook tier, or polling /proc.
@@ -264,6 +267,8 @@ pub enum Body {
     /// since the start) are known only from their events, not kept
     /// kernel-side; `capacity` is the map's size (`claims_max`).
     ClaimsFull { unstored: u64, capacity: u64 },
+    /// A `reaper job start` / `job end` run (see [`JobRecord`]).
+    Job(Box<JobRecord>),
 }
 
 /// One journal line.

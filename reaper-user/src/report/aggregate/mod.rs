@@ -329,6 +329,7 @@ impl Aggregator {
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
             Body::ClaimsFull { .. } => {}
+            Body::Job(_) => {}
         }
     }
 
