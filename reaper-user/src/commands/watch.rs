@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 use serde::Serialize;
 
 use crate::cli::{Global, WatchArgs};
@@ -16,7 +18,8 @@ use reaper::holders::{self, Holding, Query};
 use reaper::hooks;
 use reaper::ledger::{Fact, Ledger};
 use reaper::output::{json_line, print, use_color, Style};
-use reaper::util::{clock_ns, rfc3339, Proto};
+use reaper::util::{clock_ns, rfc3339};
+use reaper::vocab::Proto;
 
 /// A line saying events were lost: never hidden.
 #[derive(Serialize)]

@@ -316,7 +316,7 @@ impl Wire {
             v: w.v,
             ts: w.ts,
             host: w.host,
-            source: w.source,
+            source: w.source.into(),
             body,
         })
     }
@@ -718,7 +718,7 @@ const CHAIN_TRIES: usize = 10;
 /// Lists `path`'s chain and opens every file of it. A file that vanished
 /// in between (rotated away, or renamed to the next number) means the
 /// listing is stale: list and open again.
-fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>> {
+fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>, crate::error::Error> {
     for _ in 0..CHAIN_TRIES {
         let files = rotated_chain(path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -727,7 +727,9 @@ fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>> {
                     path.display()
                 ))
             } else {
-                anyhow::Error::new(e).context(format!("listing journal {}", path.display()))
+                anyhow::Error::new(e)
+                    .context(format!("listing journal {}", path.display()))
+                    .into()
             }
         })?;
         let mut opened = Vec::with_capacity(files.len());
@@ -740,9 +742,9 @@ fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>> {
                     break;
                 }
                 Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("opening journal {}", f.display()))
-                    )
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("opening journal {}", f.display()))
+                        .into())
                 }
             }
         }
@@ -750,10 +752,11 @@ fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>> {
             return Ok(opened);
         }
     }
-    anyhow::bail!(
+    Err(anyhow::anyhow!(
         "journal {} kept rotating while its files were opened ({CHAIN_TRIES} tries): try again",
         path.display()
     )
+    .into())
 }
 
 /// Several inputs merged by time, holding one record per input.
@@ -779,7 +782,7 @@ impl JournalReader {
     /// Opens the inputs: each path with its rotated siblings (see the
     /// module doc). A file given twice (or as a sibling of another path) is
     /// read once. A path with no file at all is bad input naming it.
-    pub fn open(paths: &[PathBuf]) -> Result<JournalReader> {
+    pub fn open(paths: &[PathBuf]) -> Result<JournalReader, crate::error::Error> {
         let mut stats = ReadStats::default();
         let mut seen = std::collections::HashSet::new();
         let mut chains = Vec::new();
@@ -1119,7 +1122,7 @@ mod tests {
         let err = JournalReader::open(&[PathBuf::from("/nonexistent/reaper.jsonl")])
             .err()
             .unwrap();
-        assert_eq!(crate::error::exit_for(&err), crate::error::Exit::BadInput);
+        assert_eq!(err.exit(), crate::error::Exit::BadInput);
         assert!(err.to_string().contains("/nonexistent/reaper.jsonl"));
     }
 }
