@@ -37,6 +37,13 @@ pub fn activity(s: &Socket) -> Activity {
     }
 }
 
+/// Whether sock_diag's facts alone show that `s` keeps the next server
+/// from binding ([`super::blocks_next_server`]): a listener, any UDP
+/// socket, and not a TIME_WAIT or a connection whose options are not read.
+pub fn surely_blocks_next_server(s: &Socket) -> bool {
+    super::blocks_next_server(&from_socket(s)) == Some(true)
+}
+
 /// Socket options read from the socket itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flags {
