@@ -19,7 +19,7 @@ use nix::fcntl::readlinkat;
 use nix::sched::{setns, CloneFlags};
 
 use super::{procnet, sockdiag, Socket};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// One network namespace and a way into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,7 +217,7 @@ fn read_procfs(
                 sockets.extend(
                     procnet::parse_table(&text, t)
                         .into_iter()
-                        .filter(|s| !listening_only || super::is_listening(s)),
+                        .filter(|s| !listening_only || s.state.is_listening()),
                 );
             }
             Err(e) => last_err = Some(e),

@@ -31,8 +31,8 @@ use crate::bindmodel::{self, facts as bindfacts, Activity, Existing};
 use crate::holders::container::engine::{self, ContainerStop};
 use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
-use crate::policy::{socket_words, Context, Decision, Policy, Verdict};
-use crate::util::Proto;
+use crate::policy::{socket_words, Context, Policy, Verdict};
+use crate::vocab::{Decision, Proto, SocketState};
 
 use super::{BindProbe, Identity, ProcStat, SignalSent, StopOptions, TargetOutcome, TargetReport};
 
@@ -71,7 +71,7 @@ impl Judged {
 #[derive(Clone, Debug, Serialize)]
 pub struct Unowned {
     pub socket: String,
-    pub state: String,
+    pub state: SocketState,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
@@ -284,7 +284,7 @@ impl Plan {
     pub fn unjudgeable(&self) -> Vec<&Unowned> {
         self.unowned
             .iter()
-            .filter(|u| u.state != "TIME-WAIT")
+            .filter(|u| u.state != SocketState::TimeWait)
             .collect()
     }
 
@@ -428,7 +428,7 @@ type ByPid = BTreeMap<u32, (Process, Vec<Socket>, Role)>;
 fn time_wait(socket: &Socket) -> Unowned {
     Unowned {
         socket: socket_words(socket),
-        state: socket.state.clone(),
+        state: socket.state,
         reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
         expires_in_ms: socket.timer_ms,
         cause: None,
@@ -453,7 +453,7 @@ fn client(h: &Holding) -> Unowned {
         .unwrap_or_default();
     Unowned {
         socket: socket_words(&h.socket),
-        state: h.socket.state.clone(),
+        state: h.socket.state,
         reason: format!(
             "a client's connection ({who}{peer}): the kernel picked this port for an outgoing connection because it lies in net.ipv4.ip_local_port_range (or the client bound it); reaper never signals a client. Fix: add the port to net.ipv4.ip_local_reserved_ports so connect() never picks it"
         ),
@@ -464,10 +464,10 @@ fn client(h: &Holding) -> Unowned {
 
 /// A blocking socket whose holder reaper could not read.
 fn unreadable(h: &Holding) -> Unowned {
-    let cause = h.unowned_reason.as_deref().unwrap_or("unknown");
+    let cause = h.unowned_reason.map_or("unknown", |r| r.as_str());
     Unowned {
         socket: socket_words(&h.socket),
-        state: h.socket.state.clone(),
+        state: h.socket.state,
         reason: format!(
             "reaper cannot read the process that holds it ({cause}), and cannot judge what it cannot see"
         ),
@@ -690,7 +690,7 @@ pub fn execute(
 mod tests {
     use super::*;
     use crate::policy::FlagRule;
-    use crate::util::Family;
+    use crate::vocab::Family;
 
     const NS: u64 = 4026531833;
 
@@ -731,14 +731,16 @@ mod tests {
                 addr: "127.0.0.1".parse().unwrap(),
                 port: 8080,
                 peer: None,
-                state: state.into(),
+                state: SocketState::from_word(state).unwrap(),
                 inode: 7,
                 cookie: 0,
                 uid: 0,
                 dual_stack: false,
                 timer_ms: Some(59_000),
             },
-            unowned_reason: procs.is_empty().then(|| "time-wait".into()),
+            unowned_reason: procs
+                .is_empty()
+                .then_some(crate::vocab::UnownedReason::TimeWait),
             processes: procs,
             container: None,
         }
@@ -928,7 +930,7 @@ mod tests {
     #[test]
     fn an_unreadable_listener_blocks_judgment() {
         let mut h = holding("LISTEN", vec![]);
-        h.unowned_reason = Some("unreadable".into());
+        h.unowned_reason = Some(crate::vocab::UnownedReason::Unreadable);
         let p = Plan::judge(&[h], &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
         assert_eq!(p.unjudgeable().len(), 1);
         assert!(p.unjudgeable()[0].reason.contains("unreadable"));
