@@ -17,7 +17,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
+
+use super::Result;
 use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};

@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 use serde::Serialize;
 
 use super::holdings::{

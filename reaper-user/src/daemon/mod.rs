@@ -275,7 +275,7 @@ impl Daemon {
         let seed = tokio::task::spawn_blocking(|| holders::scan(&listening_query()))
             .await
             .context("the seed scan panicked")?;
-        self.scanned("seed", started, seed, t.elapsed());
+        self.scanned("seed", started, seed.map_err(Into::into), t.elapsed());
         Ok(())
     }
 
@@ -1079,7 +1079,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || {
             let started = Utc::now();
             let t = Instant::now();
-            let scan = holders::scan(&Query::default());
+            let scan = holders::scan(&Query::default()).map_err(Into::into);
             let _ = tx.send(Work::Scanned {
                 kind,
                 started,

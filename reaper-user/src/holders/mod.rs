@@ -236,10 +236,11 @@ fn walk_threads() -> usize {
 
 /// Scans the live system. Never fails because one process or namespace is
 /// unreadable: those are counted in `gaps`. Holdings are tied to their
-/// containers and jobs ([`enrich`]).
-pub fn scan(query: &Query) -> anyhow::Result<Scan> {
+/// containers and jobs ([`enrich`]). What does fail (no /proc, no socket
+/// source at all) is [`Error::Scan`](crate::error::Error::Scan).
+pub fn scan(query: &Query) -> Result<Scan, crate::error::Error> {
     let started = Instant::now();
-    let mut scan = scan_sockets(query)?;
+    let mut scan = scan_sockets(query).map_err(crate::error::Error::Scan)?;
     let engine = enrich(&mut scan.holdings);
     scan.gaps.engine_error = engine.error;
     scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;

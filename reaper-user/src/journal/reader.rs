@@ -734,7 +734,7 @@ impl JournalReader {
     /// Opens the inputs: each path with its rotated siblings (see the
     /// module doc). A file given twice (or as a sibling of another path) is
     /// read once. A path with no file at all is bad input naming it.
-    pub fn open(paths: &[PathBuf]) -> Result<JournalReader> {
+    pub fn open(paths: &[PathBuf]) -> Result<JournalReader, crate::error::Error> {
         let mut stats = ReadStats::default();
         let mut seen = std::collections::HashSet::new();
         let mut chains = Vec::new();
@@ -746,7 +746,9 @@ impl JournalReader {
                         path.display()
                     ))
                 } else {
-                    anyhow::Error::new(e).context(format!("listing journal {}", path.display()))
+                    anyhow::Error::new(e)
+                        .context(format!("listing journal {}", path.display()))
+                        .into()
                 }
             })?;
             let mut chain = Vec::new();
@@ -1076,7 +1078,7 @@ mod tests {
         let err = JournalReader::open(&[PathBuf::from("/nonexistent/reaper.jsonl")])
             .err()
             .unwrap();
-        assert_eq!(crate::error::exit_for(&err), crate::error::Exit::BadInput);
+        assert_eq!(err.exit(), crate::error::Exit::BadInput);
         assert!(err.to_string().contains("/nonexistent/reaper.jsonl"));
     }
 }
