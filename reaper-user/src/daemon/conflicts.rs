@@ -20,7 +20,7 @@ use crate::util::rfc3339;
 use crate::vocab::{Action, Decision};
 
 use super::ingest::endpoint;
-use super::reconcile::{binder_of, claim_of, holds_for_binds};
+use super::reconcile::{binder_of, claim_of, claims_port};
 use super::{procinfo, Daemon, Work};
 
 pub(super) struct Finding {
@@ -315,7 +315,7 @@ impl Daemon {
                 shared.ledger.forget(c.cookie);
             }
         }
-        for h in scan.holdings.iter().filter(|h| holds_for_binds(h)) {
+        for h in scan.holdings.iter().filter(|h| claims_port(h)) {
             if let Some(claim) = claim_of(h) {
                 if let Some(b) = binder_of(h) {
                     shared.binders.entry(claim.cookie).or_insert(b);

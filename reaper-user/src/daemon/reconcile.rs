@@ -61,10 +61,12 @@ pub(super) fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
     (k.netns, k.proto, k.addr, k.port)
 }
 
-/// A listening TCP or bound UDP socket: a claim in the ledger's sense
-/// (connections and TIME-WAIT hold ports too, but are not claims).
-pub(super) fn holds_for_binds(h: &Holding) -> bool {
-    h.socket.state.is_listening()
+/// A claim in the ledger's sense: what the bind model says keeps the next
+/// server from binding, from sock_diag's facts alone (a listener, any UDP
+/// socket, connected ones too). Connections and TIME-WAIT hold ports too,
+/// but are not claims.
+pub(super) fn claims_port(h: &Holding) -> bool {
+    crate::bindmodel::facts::surely_blocks_next_server(&h.socket)
 }
 
 /// The binder details a scan knows: the holder's parent now (for a holder
@@ -296,7 +298,7 @@ impl Daemon {
         let live: Vec<(Claim, Option<control::Binder>)> = scan
             .holdings
             .iter()
-            .filter(|h| holds_for_binds(h))
+            .filter(|h| claims_port(h))
             .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
             .collect();
         let mut added = Vec::new();
