@@ -199,7 +199,7 @@ fn holders_now(query: &Query) -> Option<String> {
     let v: Vec<String> = scan
         .holdings
         .iter()
-        .filter(|h| plan::blocks(&h.socket))
+        .filter(|h| reaper::bindmodel::facts::surely_blocks_next_server(&h.socket))
         .flat_map(|h| {
             h.processes
                 .iter()
@@ -558,7 +558,9 @@ impl Run<'_> {
     fn human(&self, message: &str, exit: Exit) -> String {
         let st = self.style;
         let mut out = String::new();
-        let n = self.plan.judged.len();
+        // A holder is whatever blocks the bind: processes judged, containers
+        // behind a proxy, clients and sockets whose process is unreadable.
+        let n = self.plan.judged.len() + self.plan.containers.len() + self.plan.unjudgeable().len();
         let _ = writeln!(
             out,
             "{} (netns {}): {n} holder{}",

@@ -178,9 +178,19 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
         ));
     }
     let mut shown: HashSet<u32> = HashSet::new();
-    for h in &scan.holdings {
+    // The bind model's facts: sock_diag's, and the options read from a holder.
+    let facts: Vec<_> = scan
+        .holdings
+        .iter()
+        .map(reaper::bindmodel::facts::of_holding)
+        .collect();
+    for (h, e) in scan.holdings.iter().zip(&facts) {
         out.push('\n');
         render_holding(&mut out, h, scan, source == "daemon", &mut shown, style);
+        out.push_str(&format!(
+            "  bind: {}\n",
+            reaper::bindmodel::words::bind_line(e, &facts)
+        ));
     }
     out.push('\n');
     if let Some(gaps) = gaps_line(&scan.gaps) {

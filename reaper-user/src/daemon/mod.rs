@@ -779,7 +779,7 @@ impl Daemon {
                 shared.ledger.forget(c.cookie);
             }
         }
-        for h in scan.holdings.iter().filter(|h| holds_for_binds(h)) {
+        for h in scan.holdings.iter().filter(|h| claims_port(h)) {
             if let Some(claim) = claim_of(h) {
                 if let Some(b) = binder_of(h) {
                     shared.binders.entry(claim.cookie).or_insert(b);
@@ -1145,7 +1145,7 @@ impl Daemon {
         let live: Vec<(Claim, Option<control::Binder>)> = scan
             .holdings
             .iter()
-            .filter(|h| holds_for_binds(h))
+            .filter(|h| claims_port(h))
             .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
             .collect();
         let mut added = Vec::new();
@@ -1664,13 +1664,12 @@ fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
     (k.netns, k.proto, k.addr, k.port)
 }
 
-/// A scanned socket as a ledger claim (source "proc"). Sockets read from
-/// /proc/net carry no cookie; their inode, marked by the top bit so it never
-/// equals a kernel cookie, keys them instead.
-/// A listening TCP or bound UDP socket: a claim in the ledger's sense
-/// (connections and TIME-WAIT hold ports too, but are not claims).
-fn holds_for_binds(h: &Holding) -> bool {
-    h.socket.state.is_listening()
+/// A claim in the ledger's sense: what the bind model says keeps the next
+/// server from binding, from sock_diag's facts alone (a listener, any UDP
+/// socket, connected ones too). Connections and TIME-WAIT hold ports too,
+/// but are not claims.
+fn claims_port(h: &Holding) -> bool {
+    crate::bindmodel::facts::surely_blocks_next_server(&h.socket)
 }
 
 /// The binder details a scan knows: the holder's parent now (for a holder
@@ -1684,6 +1683,9 @@ fn binder_of(h: &Holding) -> Option<control::Binder> {
     })
 }
 
+/// A scanned socket as a ledger claim (source "proc"). Sockets read from
+/// /proc/net carry no cookie; their inode, marked by the top bit so it never
+/// equals a kernel cookie, keys them instead.
 fn claim_of(h: &Holding) -> Option<Claim> {
     let s = &h.socket;
     let p = h.processes.first()?;

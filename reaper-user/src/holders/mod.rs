@@ -183,19 +183,13 @@ pub struct Scan {
     pub own_netns: Option<u64>,
 }
 
-/// Listening TCP, or bound unconnected UDP: what `ss -l` shows.
-pub fn is_listening(s: &Socket) -> bool {
-    match s.proto {
-        Proto::Tcp => s.state == SocketState::Listen,
-        Proto::Udp => s.peer.is_none(),
-    }
-}
-
 /// Whether a socket answers a query (the namespace is filtered before).
 pub fn matches(q: &Query, s: &Socket) -> bool {
     q.port.is_none_or(|p| p == s.port)
         && q.proto.is_none_or(|p| p == s.proto)
-        && (!q.listening_only || is_listening(s))
+        // `--listening` is what `ss -l` shows (a display filter; what blocks
+        // a bind is bindmodel's answer).
+        && (!q.listening_only || s.state.is_listening())
         // Pending connections (the /proc/net tables list them) are the
         // listener's business; sock_diag is not asked for them either.
         && !(s.inode == 0 && matches!(s.state, SocketState::SynRecv | SocketState::NewSynRecv))
