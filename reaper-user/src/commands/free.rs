@@ -66,7 +66,10 @@ struct Report<'a> {
     gaps: &'a ScanGaps,
 }
 
-pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
+pub fn run(global: &Global, mut args: FreeArgs) -> Result<Exit> {
+    if args.udp {
+        args.proto = reaper::vocab::Proto::Udp;
+    }
     let start = Instant::now();
     let policy = build_policy(&args)?;
     let journal = open_journal(&args)?;

@@ -45,7 +45,10 @@ struct Answer<'a> {
     published_by: Option<&'a Container>,
 }
 
-pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
+pub fn run(global: &Global, mut args: WhoArgs) -> Result<Exit> {
+    if args.udp {
+        args.proto = Some(Proto::Udp);
+    }
     let netns = parse_netns(&args.netns)?;
     let query = Query {
         port: Some(args.port),
