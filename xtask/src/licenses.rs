@@ -47,8 +47,23 @@ pub fn stage(stage: &Path) -> Result<PathBuf> {
     let dir = root().join("deploy/licenses");
     let mut notices = String::new();
     for manifest in MANIFESTS {
+        // Every crate of the lock file in the local registry (cargo about
+        // runs --offline: it reads the licence files the crates ship).
+        check(
+            Command::new("cargo")
+                .args(["fetch", "--locked", "--quiet", "--manifest-path"])
+                .arg(root().join(manifest)),
+        )?;
         let out = Command::new("cargo")
-            .args(["about", "generate", "--fail", "--locked", "--config"])
+            // --offline: only what the crates themselves ship, no network look-ups.
+            .args([
+                "about",
+                "generate",
+                "--fail",
+                "--locked",
+                "--offline",
+                "--config",
+            ])
             .arg(dir.join("about.toml"))
             .arg("--manifest-path")
             .arg(root().join(manifest))
