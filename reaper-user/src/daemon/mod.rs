@@ -294,10 +294,12 @@ impl Daemon {
                 });
             }
         }
+        let reserved_ports = reserve_ports(&self.config.reserve_ports);
         self.journal(Body::Start {
             version: env!("CARGO_PKG_VERSION").to_string(),
             tier: self.source.to_string(),
             pid: Some(std::process::id()),
+            reserved_ports,
         });
         match degraded {
             Some(reason) => {
@@ -1662,6 +1664,25 @@ fn claim_endpoint(c: &Claim) -> Endpoint {
 
 fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
     (k.netns, k.proto, k.addr, k.port)
+}
+
+/// `reserve_ports` of the config added to the host's
+/// net.ipv4.ip_local_reserved_ports, for the start record: the list the
+/// kernel has now, or why it could not be written.
+fn reserve_ports(ranges: &[(u16, u16)]) -> Option<String> {
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(match crate::bindmodel::setting::reserve(ranges) {
+        Ok(now) => {
+            tracing::info!("net.ipv4.ip_local_reserved_ports is now {now}: connect() never lends these ports to a client");
+            now
+        }
+        Err(e) => {
+            tracing::warn!("could not add reserve_ports to net.ipv4.ip_local_reserved_ports: {e}");
+            format!("error: {e}")
+        }
+    })
 }
 
 /// A claim in the ledger's sense: what the bind model says keeps the next
