@@ -408,7 +408,9 @@ fn check_comm(want: &str, p: &Process, strong_identity: bool) -> Result<String, 
 fn check_user(user: &UserSpec, p: &Process) -> Result<String, String> {
     let ok = match user {
         UserSpec::Uid(u) => p.uid == *u,
-        UserSpec::Name(n) => p.user.as_deref() == Some(n.as_str()),
+        UserSpec::Name(n) => {
+            p.user.as_deref() == Some(n.as_str()) || crate::users::uid_of(n) == Some(p.uid)
+        }
     };
     let who = user_words(p);
     if !ok {

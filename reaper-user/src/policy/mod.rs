@@ -33,6 +33,7 @@ mod builtin;
 pub(crate) mod file;
 mod matcher;
 mod rules;
+mod users;
 
 pub use builtin::ENGINE_PROGRAMS;
 pub use file::PolicyError;

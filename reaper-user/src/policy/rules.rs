@@ -62,7 +62,13 @@ impl Policy {
             line: None,
             message: format!("cannot read it ({e})"),
         })?;
-        file::parse(&text).map_err(|e| e.with_path(path))
+        let policy = file::parse(&text).map_err(|e| e.with_path(path))?;
+        policy.check_users().map_err(|message| PolicyError {
+            path: Some(path.to_path_buf()),
+            line: None,
+            message,
+        })?;
+        Ok(policy)
     }
 
     /// One reap rule from `--match`, `--exe`, `--cmdline` (all given must

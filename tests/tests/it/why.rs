@@ -523,6 +523,18 @@ fn udp_servers_connected_clients_and_reuseport_groups() {
     assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 0 0"), "result 9 98");
     assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 1 1000"), "result 9 98");
 
+    // doctor: the ephemeral range is this namespace's, and a configured
+    // port inside it that is not reserved is a warning.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "reserve_ports = [\"40000\"]\n").unwrap();
+    let (code, out, err) = m.reaper_inside(&["doctor", "--config", cfg.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ephemeral   32768-60999"), "{out}");
+    assert!(
+        out.contains("warning: 40000 lies in net.ipv4.ip_local_port_range"),
+        "{out}"
+    );
+
     // free --udp judges the server (dry run: nothing signalled).
     let (code, out, err) = m.reaper_inside(&[
         "free",
