@@ -17,19 +17,10 @@ use reaper::reap::BindProbe;
 use reaper::vocab::{Decision, Proto};
 use reaper_tests::containers::{alive, docker, require_docker, Container, Image};
 use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper};
-use reaper_tests::poll_until;
+use reaper_tests::{poll_until, show};
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_platform-server");
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", show(out)))
@@ -390,9 +381,7 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
 fn watch_names_the_container_of_a_bind() {
     require_docker();
     let image = Image::build();
-    let mut watch = reaper_tests::Spawned::spawn(
-        Command::new(reaper_tests::reaper_bin()).args(["watch", "--json"]),
-    );
+    let mut watch = reaper_tests::Spawned::spawn(reaper_tests::reaper().args(["watch", "--json"]));
     watch.wait_err("attached", Duration::from_secs(30));
     let c = Container::run(&image, &[]);
     // Other engineers' bind storms may fill the ring buffer and lose the
