@@ -20,6 +20,7 @@
 //! rest as `interrupted`. A SIGHUP reload leaves reapings in flight alone:
 //! they finish on their thread with the grace they started with.
 
+mod churn;
 pub mod config;
 mod procinfo;
 pub mod recovery;
@@ -184,6 +185,10 @@ struct Daemon {
     /// Encoded records waiting for [`Daemon::flush`].
     pending: Vec<u8>,
     pending_records: usize,
+    /// Records wait here for the churn window before they are written.
+    churn: churn::Churn,
+    /// Reused by [`Daemon::flush`].
+    due: Vec<Record>,
     /// The binder's parent and exe by pid, for a second: a process that binds
     /// in a loop is read once, not once per bind.
     binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
@@ -238,8 +243,11 @@ impl Daemon {
             host: crate::journal::hostname(),
             pending: Vec::new(),
             pending_records: 0,
+            churn: churn::Churn::new(Duration::ZERO),
+            due: Vec::new(),
             binders: std::collections::HashMap::new(),
         };
+        d.churn.set_window(d.config.journal_churn_window);
 
         // 3. The records of the start.
         d.journal_start(last.as_ref(), degraded_reason.as_deref());
@@ -249,7 +257,8 @@ impl Daemon {
 
         // 5. The interfaces.
         d.serve().await?;
-        d.flush();
+        // The start's records are on disk before the daemon says it is ready.
+        d.flush_all();
         if let Some(e) = d.fatal.take() {
             return Err(e);
         }
@@ -391,7 +400,7 @@ impl Daemon {
         // The reapings first: their signals are real, and the drain below
         // can take seconds under a bind storm.
         self.finish_reapings();
-        self.flush();
+        self.flush_all();
         if let Some(stream) = self.stream.as_mut() {
             let mut raw = Vec::new();
             stream.drain_now(&mut raw);
@@ -411,10 +420,13 @@ impl Daemon {
         {
             self.close_burst(burst);
         }
+        for body in self.churn.summaries_due(Instant::now(), true) {
+            self.journal(body);
+        }
         self.journal(Body::Stop {
             reason: reason.to_string(),
         });
-        self.flush();
+        self.flush_all();
         if let Some(p) = &self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -485,15 +497,19 @@ impl Daemon {
                     .unwrap()
                     .binders
                     .insert(fact.cookie, binder);
-                self.journal(Body::Claim {
+                let record = self.record(Body::Claim {
                     at,
                     process,
                     cookie: Some(fact.cookie),
                     requested_port: fact.requested_port,
                 });
+                if self.journal.is_some() {
+                    self.churn.push_claim(record, fact.cookie, Instant::now());
+                }
             }
             ("listen", _) => {
                 self.metrics.listens.fetch_add(1, Relaxed);
+                self.churn.pin(fact.cookie);
                 self.journal(Body::Listen {
                     at,
                     process: ProcessRef {
@@ -513,6 +529,13 @@ impl Daemon {
                     return;
                 }
                 self.metrics.releases.fetch_add(1, Relaxed);
+                if self
+                    .churn
+                    .fold_release(fact.cookie, fact.held_ms, Instant::now())
+                {
+                    self.metrics.churn_folded.fetch_add(1, Relaxed);
+                    return;
+                }
                 self.journal(Body::Release {
                     at,
                     process: Some(ProcessRef {
@@ -531,6 +554,10 @@ impl Daemon {
     }
 
     fn failed_bind(&mut self, fact: Fact, holder: Option<Claim>) {
+        if let Some(h) = &holder {
+            // A claim something collided with keeps its full record.
+            self.churn.pin(h.cookie);
+        }
         self.metrics
             .bind_failure(fact.errno.as_deref().unwrap_or("UNKNOWN"));
         let (Some(port), Some(proto)) = (fact.port, fact.proto) else {
@@ -735,7 +762,9 @@ impl Daemon {
                 false,
             ));
         }
-        self.flush();
+        // The intent is on disk before the first signal (and so is every
+        // record queued before it).
+        self.flush_all();
     }
 
     /// A new reaping id, with the plan kept until its execution reports.
@@ -1262,6 +1291,7 @@ impl Daemon {
             }
         }
         self.bursts.set_window(new.conflict_window);
+        self.churn.set_window(new.journal_churn_window);
         let summary = new.summary();
         let hooks = self.config.hooks;
         let ringbuf = self.config.ringbuf_size;
@@ -1304,14 +1334,48 @@ impl Daemon {
     /// (O_APPEND), one syscall per batch instead of one per bind under a
     /// storm. A crash loses at most the records of the turn in progress.
     fn journal(&mut self, body: Body) -> Record {
-        let record = Record {
+        let record = self.record(body);
+        if self.journal.is_some() {
+            self.churn.push(record.clone(), Instant::now());
+        }
+        record
+    }
+
+    /// A record of now.
+    fn record(&self, body: Body) -> Record {
+        Record {
             v: crate::journal::SCHEMA_VERSION,
             ts: rfc3339(Utc::now()),
             host: self.host.clone(),
             source: self.source.clone(),
             body,
-        };
-        if self.journal.is_some() {
+        }
+    }
+
+    /// Writes the records whose churn window has passed (and queues the
+    /// churn summaries that are due).
+    fn flush(&mut self) {
+        let now = Instant::now();
+        for body in self.churn.summaries_due(now, false) {
+            self.journal(body);
+        }
+        let mut due = std::mem::take(&mut self.due);
+        self.churn.drain_due(now, &mut due);
+        self.write_records(&mut due);
+        self.due = due;
+    }
+
+    /// Writes every record queued, now: before a signal, at a stop.
+    fn flush_all(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.churn.drain_all(&mut due);
+        self.write_records(&mut due);
+        self.due = due;
+    }
+
+    /// Encodes `records` (emptied) and writes them in one write(2).
+    fn write_records(&mut self, records: &mut Vec<Record>) {
+        for record in records.drain(..) {
             match serde_json::to_writer(&mut self.pending, &record) {
                 Ok(()) => {
                     self.pending.push(b'\n');
@@ -1323,11 +1387,6 @@ impl Daemon {
                 }
             }
         }
-        record
-    }
-
-    /// Writes the queued records.
-    fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }

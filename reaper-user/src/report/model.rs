@@ -771,6 +771,7 @@ impl Aggregator {
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
             Body::ClaimsFull { .. } => {}
+            Body::Churn { .. } => {}
         }
     }
 
