@@ -9,6 +9,7 @@ pub mod completions;
 pub mod daemon;
 pub mod doctor;
 pub mod free;
+mod holdings;
 pub mod ports;
 pub mod report;
 pub mod watch;

@@ -8,10 +8,12 @@
 
 use anyhow::{Context, Result};
 
+use super::holdings::{
+    check_netns_found, endpoint, gaps_line, holders_cell, netns_label, parse_netns,
+};
 use crate::cli::{Global, PortsArgs};
-use crate::commands::who::{check_netns_found, endpoint, gaps_line, netns_label, parse_netns};
 use crate::error::Exit;
-use crate::holders::{self, Holding, Query, Scan};
+use crate::holders::{self, Query, Scan};
 use crate::output::{print, use_color, Style, Table};
 
 pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
@@ -72,34 +74,6 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
         print(&render(&scan, style))?;
     }
     Ok(Exit::Ok)
-}
-
-fn holders_cell(h: &Holding) -> String {
-    if h.processes.is_empty() {
-        return format!("- ({})", h.unowned_reason.as_deref().unwrap_or("none"));
-    }
-    let mut cell = h
-        .processes
-        .iter()
-        .map(|p| format!("{} {}", p.pid, crate::text::term(&p.comm)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Some(c) = &h.container {
-        cell.push_str(&match (c.stale, &c.name) {
-            (true, _) => " [stale proxy: its container is gone]".to_string(),
-            (false, Some(n)) => format!(" [container {} {}]", crate::text::term(n), c.short_id),
-            (false, None) if !c.id.is_empty() => format!(" [container {}]", c.short_id),
-            (false, None) => " [container ?]".to_string(),
-        });
-    }
-    if let Some(j) = h.processes.iter().find_map(|p| p.job.as_ref()) {
-        cell.push_str(&format!(
-            " [{} job{}]",
-            j.provider,
-            if j.ended == Some(true) { " ended" } else { "" }
-        ));
-    }
-    cell
 }
 
 /// The table, then the gaps and where the answer came from.

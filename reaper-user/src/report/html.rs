@@ -10,9 +10,8 @@
 
 use std::fmt::Write;
 
-use super::escape_html as esc;
-use super::model::{human_ms, Bar, PortReport, Report, TimeFmt};
-use super::view;
+use super::model::{Bar, Happened, PortReport, Report};
+use super::view::{self, human_ms, TimeFmt};
 use crate::journal::reader::parse_ms;
 
 const CSS: &str = r#"
@@ -188,9 +187,10 @@ fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
     out.push_str("<section id=\"other-ports\">\n<h2>Other ports</h2>\n");
     let _ = writeln!(
         out,
-        "<p>{} saw {} and no conflict{}.</p>",
+        "<p>{} saw {}{} and no conflict{}.</p>",
         esc(&view::plural(q.total, "port", "ports")),
         esc(&view::plural(q.claims, "claim", "claims")),
+        esc(&view::churn_note(q.churn)),
         if q.shown.len() < q.total as usize {
             format!(
                 "; the {} busiest (use <code>--port P</code> for one's timeline)",
@@ -265,13 +265,13 @@ fn port_section(out: &mut String, p: &PortReport, tf: TimeFmt) {
         let _ = writeln!(
             out,
             "<tr class=\"ev-{}\"><td class=\"when\">{}</td><td>{}</td><td>{} {}{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&e.event),
+            e.what.event(),
             esc(&tf.at(&e.ts)),
-            esc(&e.event),
+            e.what.event(),
             e.pid,
             code(&e.comm),
             esc(&holder),
-            esc(&e.detail),
+            esc(&view::happened(&e.what)),
             code(&e.evidence)
         );
     }
@@ -524,7 +524,7 @@ fn claim_bars(
     let reaped: Vec<u32> = p
         .timeline
         .iter()
-        .filter(|e| e.event == "reaping")
+        .filter(|e| matches!(e.what, Happened::Reaping(_)))
         .map(|e| e.pid)
         .collect();
     for (i, (lane, b, f, t)) in placed.iter().enumerate() {
@@ -588,9 +588,9 @@ fn failed_binds_and_reapings(
 ) {
     let bottom = chart.bottom();
     for (i, e) in p.timeline.iter().enumerate() {
-        let (class, what) = match e.event.as_str() {
-            "conflict" => ("failed-bind", "failed bind"),
-            "reaping" => ("reaping", "reaping"),
+        let (class, what) = match e.what {
+            Happened::Conflict { .. } => ("failed-bind", "failed bind"),
+            Happened::Reaping(_) => ("reaping", "reaping"),
             _ => continue,
         };
         let mx = chart.x(ms(&e.ts));
@@ -600,7 +600,7 @@ fn failed_binds_and_reapings(
             tf.at(&e.ts),
             e.pid,
             e.comm,
-            e.detail
+            view::happened(&e.what)
         );
         let marker = if class == "failed-bind" {
             format!(
@@ -703,9 +703,37 @@ fn data_quality(out: &mut String, r: &Report, tf: TimeFmt) {
     out.push_str("</section>\n");
 }
 
+/// Escapes text for an HTML or SVG text node or attribute. Control and bidi
+/// characters a process chose are shown visibly first (`crate::text::term`):
+/// a right-to-left override would reorder the page, and the page may be read
+/// with `cat`.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in crate::text::term(s).chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_escapes_entities_and_shows_controls() {
+        assert_eq!(
+            esc("<b a='1'>&\"\x1b]52;c;x\x07\u{202e}"),
+            "&lt;b a=&#39;1&#39;&gt;&amp;&quot;\\x1b]52;c;x\\x07\\u{202e}"
+        );
+    }
+
     use crate::report::{build_from, Filter, Limits, DEMO_JOURNAL};
 
     fn demo_html() -> String {

@@ -5,10 +5,8 @@
 
 use std::fmt::Write;
 
-use super::model::{
-    human_ms, ConflictReport, DataQuality, PortReport, Report, TimeFmt, TimelineEntry,
-};
-use super::view;
+use super::model::{ConflictReport, DataQuality, PortReport, Report, TimelineEntry};
+use super::view::{self, human_ms, TimeFmt};
 use crate::text;
 
 /// Plain text in a table cell: control characters shown visibly (a newline
@@ -156,7 +154,7 @@ fn earlier_conflicts(out: &mut String, older: &[ConflictReport], tf: TimeFmt) {
                 cell(&format!("{} {}", c.tried.pid, c.tried.comm)),
                 cell(&view::holders_short(&c.holders)),
                 human_ms(c.blocked_ms),
-                cell(&c.resolution),
+                cell(c.resolution.as_str()),
             ]
         })
         .collect();
@@ -241,9 +239,9 @@ fn timeline(out: &mut String, shown: &[TimelineEntry], tf: TimeFmt) {
                 .unwrap_or_default();
             vec![
                 tf.at(&e.ts),
-                cell(&e.event),
+                cell(e.what.event()),
                 cell(&format!("{} {}{holder}", e.pid, e.comm)),
-                cell(&e.detail),
+                cell(&view::happened(&e.what)),
                 cell_code(&e.evidence),
             ]
         })
@@ -348,9 +346,10 @@ fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
     let _ = writeln!(out, "## Other ports\n");
     let _ = writeln!(
         out,
-        "{} saw {} and no conflict{}.\n",
+        "{} saw {}{} and no conflict{}.\n",
         view::plural(q.total, "port", "ports"),
         view::plural(q.claims, "claim", "claims"),
+        view::churn_note(q.churn),
         if q.shown.len() < q.total as usize {
             format!(
                 "; the {} busiest (use `--port P` for one's timeline)",

@@ -2,10 +2,11 @@
 //!
 //! Forensics from one or more journals: "what held :8080, since when, and
 //! what did we kill?". The journal reader streams records by time into the
-//! [`model::Aggregator`], which folds them into a bounded [`model::Report`];
+//! [`aggregate::Aggregator`], which folds them into a bounded
+//! [`model::Report`]: facts only. [`view`] puts those facts into words;
 //! [`markdown`] (a PR comment), [`html`] (one self-contained file with an
 //! SVG timeline per port) and [`json`] (`reaper.report/v1`, docs/report.md)
-//! only render it. `reaper report` is `commands::report` over this module.
+//! only render them. `reaper report` is `commands::report` over this module.
 
 use std::io::BufRead;
 
@@ -15,13 +16,15 @@ use chrono::{DateTime, Utc};
 use crate::cli::ReportFormat;
 use crate::journal::reader::{Input, Merge};
 
+pub mod aggregate;
 pub mod html;
 pub mod json;
 pub mod markdown;
 pub mod model;
 pub mod view;
 
-pub use model::{Filter, Limits, Report};
+pub use aggregate::{Filter, Limits};
+pub use model::Report;
 
 /// The journal behind `reaper report --demo`: an orphaned `platform-server`
 /// holding :8080 on a CI runner, the next job's server failing to bind, the
@@ -33,7 +36,7 @@ pub const DEMO_NAME: &str = "demo.jsonl";
 
 /// Reads every record of `reader` into a report.
 pub fn build<I: Input>(reader: &mut Merge<I>, filter: Filter, limits: Limits) -> Result<Report> {
-    let mut agg = model::Aggregator::new(filter, limits);
+    let mut agg = aggregate::Aggregator::new(filter, limits);
     while let Some(rec) = reader.next_record()? {
         // Files open lazily: evidence names need the list as it grows.
         agg.sync_files(&reader.stats);
@@ -98,25 +101,6 @@ pub fn parse_time(flag: &str, value: &str, now: DateTime<Utc>) -> Result<i64> {
     )))
 }
 
-/// Escapes text for an HTML or SVG text node or attribute. Control and bidi
-/// characters a process chose are shown visibly first (`crate::text::term`):
-/// a right-to-left override would reorder the page, and the page may be read
-/// with `cat`.
-pub(crate) fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in crate::text::term(s).chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,14 +109,6 @@ mod tests {
         DateTime::parse_from_rfc3339("2024-05-14T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
-    }
-
-    #[test]
-    fn html_escapes_entities_and_shows_controls() {
-        assert_eq!(
-            escape_html("<b a='1'>&\"\x1b]52;c;x\x07\u{202e}"),
-            "&lt;b a=&#39;1&#39;&gt;&amp;&quot;\\x1b]52;c;x\\x07\\u{202e}"
-        );
     }
 
     #[test]

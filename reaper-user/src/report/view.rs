@@ -1,15 +1,64 @@
-//! model -> **view** -> markdown / html.
+//! model -> **view** -> markdown / html (and json's `detail`).
 //!
-//! The sentences both human formats print, as plain text: the summary's
-//! rows, a conflict's facts, a holder's identity, and the one-line words of
-//! each timeline entry (which the model stores as it folds). Markdown and HTML differ
-//! only in markup, so what a reader learns cannot drift between them.
+//! The sentences the formats print, as plain text: the summary's rows, a
+//! conflict's facts, a holder's identity, the words of each timeline entry
+//! ([`happened`]) and how times read ([`TimeFmt`]). The model holds facts
+//! only; Markdown and HTML differ only in markup, so what a reader learns
+//! cannot drift between them.
 
 use super::model::{
-    clock, clock_str, human_ms, ConflictReport, DataQuality, Holder, PortReport, ReapingNote,
-    Report, Summary, TimeFmt,
+    ConflictReport, DataQuality, Happened, Holder, PortReport, ReapingDone, ReapingNote, Report,
+    Resolution, Summary, Unfinished,
 };
 use crate::journal::{ProcessRef, SignalRecord, VerdictRecord};
+pub use crate::util::human_ms;
+
+/// "10:04:01.100": times inside a report whose window gives the date.
+fn clock(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.format("%H:%M:%S%.3f").to_string())
+}
+
+fn clock_str(ts: &str) -> String {
+    crate::journal::reader::parse_ms(ts).map_or_else(|| ts.to_string(), clock)
+}
+
+/// How renderers print a time: the clock alone when the whole window is
+/// one UTC day (the header gives the date), else date and clock.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeFmt {
+    pub one_day: bool,
+}
+
+impl TimeFmt {
+    pub fn of(r: &Report) -> TimeFmt {
+        let day = |t: &Option<String>| t.as_deref().map(|s| s.get(..10).unwrap_or(s).to_string());
+        let first = day(&r.window.since).or_else(|| day(&r.window.first_record));
+        let end = day(&r.window.end);
+        TimeFmt {
+            one_day: first.is_some() && first == end,
+        }
+    }
+
+    pub fn at(self, ts: &str) -> String {
+        match chrono::DateTime::parse_from_rfc3339(ts) {
+            Ok(t) => {
+                let t = t.with_timezone(&chrono::Utc);
+                if self.one_day {
+                    t.format("%H:%M:%S%.3f").to_string()
+                } else {
+                    t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+                }
+            }
+            Err(_) => ts.to_string(),
+        }
+    }
+
+    /// Date and clock, always.
+    pub fn full(ts: &str) -> String {
+        TimeFmt { one_day: false }.at(ts)
+    }
+}
 
 /// "tcp/8080 on runner-7".
 pub fn port_name(proto: &str, port: u16, host: &str) -> String {
@@ -18,7 +67,7 @@ pub fn port_name(proto: &str, port: u16, host: &str) -> String {
 
 /// "pid 42 (platform-server) on tcp/8080 on runner-7: SIGTERM at 12:00:01,
 /// interrupted by a daemon stop at 12:00:02 (port-side outcome unknown)".
-pub fn unfinished_line(u: &super::model::Unfinished) -> String {
+pub fn unfinished_line(u: &Unfinished) -> String {
     let sent: Vec<String> = u
         .signals
         .iter()
@@ -327,12 +376,11 @@ pub fn verdict_line(v: &crate::journal::VerdictRecord) -> String {
 
 /// A conflict's title after its id: "tcp/8080 on runner-7: blocked 2.4 s, reaped".
 pub fn conflict_title(c: &ConflictReport) -> String {
-    let how = match c.resolution.as_str() {
-        "open" => "still blocked at the end of the window".to_string(),
-        "reaped" => "freed by a reaping".to_string(),
-        "released" => "released by its holder".to_string(),
-        "rebound" => "bound again (release not seen)".to_string(),
-        other => other.to_string(),
+    let how = match c.resolution {
+        Resolution::Open => "still blocked at the end of the window",
+        Resolution::Reaped => "freed by a reaping",
+        Resolution::Released => "released by its holder",
+        Resolution::Rebound => "bound again (release not seen)",
     };
     format!(
         "{}: blocked {}, {how}",
@@ -396,7 +444,7 @@ pub fn conflict_rows(c: &ConflictReport, tf: TimeFmt) -> Vec<(&'static str, Stri
         format!(
             "{} ({until}); {}",
             human_ms(c.blocked_ms),
-            resolution_words(&c.resolution)
+            resolution_words(c.resolution)
         ),
     ));
     if let Some(b) = &c.rebound_by {
@@ -460,13 +508,12 @@ fn done_line(d: &ReapingNote, tf: TimeFmt) -> String {
     s
 }
 
-pub fn resolution_words(r: &str) -> &'static str {
+pub fn resolution_words(r: Resolution) -> &'static str {
     match r {
-        "reaped" => "the holder let go after the reaping",
-        "released" => "the holder let go by itself",
-        "rebound" => "another process bound the port (the release was not seen)",
-        "open" => "no release, reaping or new bind seen",
-        _ => "",
+        Resolution::Reaped => "the holder let go after the reaping",
+        Resolution::Released => "the holder let go by itself",
+        Resolution::Rebound => "another process bound the port (the release was not seen)",
+        Resolution::Open => "no release, reaping or new bind seen",
     }
 }
 
@@ -532,8 +579,78 @@ pub fn holder_verdict(h: &Holder) -> String {
 
 // ------------------------------------------------- timeline entries' words
 
+/// A timeline entry in one line a person reads: what happened.
+pub fn happened(what: &Happened) -> String {
+    match what {
+        Happened::Claim {
+            addr,
+            port,
+            requested_port,
+        } => claim_detail(addr.as_deref(), *port, *requested_port),
+        Happened::Listen => "listening".to_string(),
+        Happened::Release { held_ms: Some(h) } => release_detail(*h),
+        Happened::Release { held_ms: None } => "released".to_string(),
+        Happened::Conflict {
+            count,
+            errno,
+            first_ms,
+            last,
+            holders,
+        } => conflict_detail(*count, errno, *first_ms, last.as_deref(), holders),
+        Happened::Reaping(r) => reaping_words(r),
+        Happened::Churn {
+            count,
+            first,
+            last,
+            held_ms_min,
+            held_ms_max,
+        } => churn_detail(*count, first, last, *held_ms_min, *held_ms_max),
+    }
+}
+
+/// After a count of claims: how many of them were churn, if any.
+pub fn churn_note(churn: u64) -> String {
+    if churn == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({churn} of them churn: bound and released within the daemon's churn window, summarised)"
+        )
+    }
+}
+
+/// A churn summary's entry: "bound and released 226 times from ... to ...,
+/// each held 0-13 ms (churn)".
+fn churn_detail(count: u64, first: &str, last: &str, min: u64, max: u64) -> String {
+    let held = if min == max {
+        format!("{min} ms")
+    } else {
+        format!("{min}-{max} ms")
+    };
+    format!(
+        "bound and released {} from {first} to {last}, each held {held} (churn: summarised)",
+        plural(count, "time", "times")
+    )
+}
+
+/// A reaping's entry; a container's says the engine stopped it first.
+fn reaping_words(r: &ReapingDone) -> String {
+    let detail = reaping_detail(
+        &r.verdict,
+        &r.signals,
+        r.dry_run,
+        r.outcome.as_str(),
+        r.free_ms,
+        r.elapsed_ms,
+    );
+    match &r.container {
+        Some(c) => container_stopped(c, &detail),
+        None => detail,
+    }
+}
+
 /// A claim's entry: "bound 0.0.0.0:8080 (the kernel chose the port)".
-pub fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) -> String {
+fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) -> String {
     match (requested_port, addr) {
         (Some(0), Some(a)) => format!("bound {a}:{port} (the kernel chose the port)"),
         (Some(0), None) => "bound (the kernel chose the port)".to_string(),
@@ -543,7 +660,7 @@ pub fn claim_detail(addr: Option<&str>, port: u16, requested_port: Option<u16>) 
 }
 
 /// A release's entry when the hold's length is known.
-pub fn release_detail(held_ms: u64) -> String {
+fn release_detail(held_ms: u64) -> String {
     format!("released after {}", human_ms(held_ms))
 }
 
@@ -559,7 +676,7 @@ pub fn holders_short(holders: &[ProcessRef]) -> String {
 /// A conflict's entry: "3 failed binds (EADDRINUSE) 10:04:01.100 to
 /// 10:04:03.900; held by 4242 platform-server". `last`: the last failed
 /// bind's time when it differs from the first.
-pub fn conflict_detail(
+fn conflict_detail(
     count: u64,
     errno: &str,
     first_ms: i64,
@@ -582,7 +699,7 @@ pub fn conflict_detail(
 }
 
 /// A reaping's entry: the verdict, what was sent, how it ended.
-pub fn reaping_detail(
+fn reaping_detail(
     verdict: &VerdictRecord,
     signals: &[SignalRecord],
     dry_run: bool,
@@ -611,7 +728,7 @@ pub fn reaping_detail(
 }
 
 /// A reaping of a container: the engine stopped it, then what happened.
-pub fn container_stopped(c: &crate::journal::ContainerRecord, detail: &str) -> String {
+fn container_stopped(c: &crate::journal::ContainerRecord, detail: &str) -> String {
     format!(
         "container {} ({}, image {}) stopped through the engine; {detail}",
         c.name.as_deref().unwrap_or("?"),
