@@ -236,6 +236,12 @@ fn a_fixed_port_storm_is_journaled_as_churn_summaries_that_count_every_bind() {
         kind(r) == "claim" && r["port"] == kept_port
     });
     let lost = d.metric("reaper_ringbuf_lost_events_total");
+    let failures: Vec<String> = d
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("reaper_bind_failures_total"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(d.stop(Duration::from_secs(20)), Some(0));
     assert_eq!(
         lost,
@@ -245,28 +251,38 @@ fn a_fixed_port_storm_is_journaled_as_churn_summaries_that_count_every_bind() {
     let size = std::fs::metadata(&d.journal).unwrap().len();
     let records = read_journal(&d.journal);
     let me = std::process::id();
+    let mut whole = 0;
     for &port in &ports {
         let mine = |r: &&Value| r["port"] == port && r["process"]["pid"] == me;
-        let lines: Vec<&Value> = records
+        // A claim a failed bind collided with (another process may hold the
+        // port now and then: it is a free port of the host) keeps its record.
+        let claims = records
             .iter()
-            .filter(|r| kind(r) == "claim" || kind(r) == "release")
+            .filter(|r| kind(r) == "claim")
             .filter(mine)
-            .collect();
-        assert!(
-            lines.is_empty(),
-            "churn on port {port} was journaled line by line: {lines:?}"
-        );
+            .count() as u64;
         let counted: u64 = records
             .iter()
             .filter(|r| kind(r) == "churn")
             .filter(mine)
             .map(|r| r["count"].as_u64().unwrap())
             .sum();
+        let on_port: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["port"] == port && kind(r) != "churn")
+            .collect();
         assert_eq!(
-            counted, bound[&port],
-            "the churn records of port {port} count every successful bind"
+            counted + claims,
+            bound[&port],
+            "port {port}: every successful bind is in a churn record or a claim of its own; \
+             the port's other records: {on_port:?}; {failures:?}"
         );
+        whole += claims;
     }
+    assert!(
+        whole <= 40,
+        "{whole} claims of the storm were journaled whole; {failures:?}"
+    );
     let total: u64 = bound.values().sum();
     assert!(
         total > u64::from(n) / 2,

@@ -113,6 +113,21 @@ impl Churn {
         let Some(seq) = self.foldable.remove(&cookie) else {
             return false;
         };
+        self.fold(seq, held_ms, now)
+    }
+
+    /// A repair found the claim of `cookie` released (its release event
+    /// may still come) at most `held_ms` after its bind: folded as
+    /// [`Churn::fold_release`] when that is within the window; otherwise
+    /// left for its release event to decide.
+    pub fn fold_repaired(&mut self, cookie: u64, held_ms: u64, now: Instant) -> bool {
+        if u128::from(held_ms) >= self.window.as_millis() {
+            return false;
+        }
+        self.fold_release(cookie, Some(held_ms), now)
+    }
+
+    fn fold(&mut self, seq: u64, held_ms: Option<u64>, now: Instant) -> bool {
         let Some(q) = self.queue.get_mut((seq - self.head) as usize) else {
             return false;
         };
