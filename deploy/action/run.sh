@@ -14,6 +14,12 @@ set -euo pipefail
 say() { echo "reaper-action: $*" >&2; }
 fail() { say "$*"; exit 2; }
 
+# mode: job-start / job-end are `reaper job` (deploy/action/job.sh).
+case "${INPUT_MODE:-free}" in
+free) ;;
+*) exec bash "$(dirname "${BASH_SOURCE[0]}")/job.sh" ;;
+esac
+
 port="${INPUT_PORT:-}"
 [[ "$port" =~ ^[0-9]+$ ]] || fail "input 'port' must be a port number (1-65535), got '${port}'"
 grace="${INPUT_GRACE:-3s}"

@@ -1,7 +1,9 @@
 //! Least privilege: after the hooks are attached, the daemon keeps only the
 //! capabilities it still uses and drops the rest, from the effective,
-//! permitted, inheritable and bounding sets, so a bug in a later stage cannot
-//! load new BPF programs, mount, or change files it has no business with.
+//! permitted and inheritable sets (and the bounding set when it holds
+//! CAP_SETPCAP, which a unit's bounding set usually withholds), so a bug in
+//! a later stage cannot load new BPF programs, mount, or change files it has
+//! no business with. It logs exactly what it then runs with.
 //!
 //! Kept, and why:
 //! - CAP_KILL: signal stale holders owned by other users (through pidfds).
@@ -43,28 +45,135 @@ fn mask(keep: &[u32]) -> u64 {
     keep.iter().fold(0u64, |m, c| m | (1u64 << c))
 }
 
-/// Drops every capability not in `keep` from all sets of this process
-/// (every thread: call it before starting threads, or accept that only the
-/// calling thread is reduced — see `drop_all_threads`).
-pub fn drop_except(keep: &[u32]) -> Result<()> {
+/// What [`drop_except`] left the process with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub effective: u64,
+    pub permitted: u64,
+    /// The bounding set after the drop (None: the kernel does not say).
+    pub bounding: Option<u64>,
+    /// Whether the bounding set was reduced: that needs CAP_SETPCAP, which
+    /// a unit's CapabilityBoundingSet= (or a container) usually withholds,
+    /// and then the bounding set the supervisor chose stays as it was.
+    pub bounding_reduced: bool,
+}
+
+impl Dropped {
+    /// One line for the log: exactly what the daemon runs with.
+    pub fn describe(&self) -> String {
+        let bounding = match (self.bounding, self.bounding_reduced) {
+            (Some(b), true) => format!("bounding {} (reduced)", names(b)),
+            (Some(b), false) => format!(
+                "bounding {} (left as the supervisor set it: reducing it needs CAP_SETPCAP)",
+                names(b)
+            ),
+            (None, _) => "bounding unknown".to_string(),
+        };
+        format!(
+            "effective {}; permitted {}; inheritable none; ambient none; {bounding}",
+            names(self.effective),
+            names(self.permitted)
+        )
+    }
+}
+
+/// Capability names of a mask, in kernel order: "KILL, NET_ADMIN" ("none").
+pub fn names(mask: u64) -> String {
+    const NAMES: &[&str] = &[
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    let list: Vec<String> = (0..64)
+        .filter(|c| mask & (1u64 << c) != 0)
+        .map(|c| {
+            NAMES
+                .get(c)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("CAP_{c}"))
+        })
+        .collect();
+    if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// CAP_SETPCAP: needed to drop from the bounding set.
+pub const CAP_SETPCAP: u32 = 8;
+
+/// Drops every capability not in `keep` from the effective, permitted and
+/// inheritable sets (no privilege needed for that; ambient ones go with
+/// them), and from the bounding set only when this process may (it holds
+/// CAP_SETPCAP). Calling thread only: call it before starting threads, so
+/// every later thread inherits the drop. Returns what is left.
+pub fn drop_except(keep: &[u32]) -> Result<Dropped> {
     let keep_mask = mask(keep);
     let last = last_cap();
-    // The bounding set first: once a capability leaves it, nothing can add
-    // it back, not even an exec of a setuid program.
-    for cap in 0..=last {
-        if keep_mask & (1u64 << cap) == 0 {
-            // SAFETY: prctl with integer arguments.
-            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            if r != 0 {
-                let e = std::io::Error::last_os_error();
-                // EINVAL: the kernel does not know this capability.
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    bail!("dropping capability {cap} from the bounding set: {e}");
+    let before = crate::sys::capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
+    let effective_before = u64::from(before[0].effective) | u64::from(before[1].effective) << 32;
+    let may_bound = effective_before & (1u64 << CAP_SETPCAP) != 0;
+    // The bounding set first (while CAP_SETPCAP is still effective): once a
+    // capability leaves it, nothing can add it back, not even an exec of a
+    // setuid program.
+    let mut bounding_reduced = false;
+    if may_bound {
+        for cap in 0..=last {
+            if keep_mask & (1u64 << cap) == 0 {
+                // SAFETY: prctl with integer arguments.
+                let r =
+                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                if r != 0 {
+                    let e = std::io::Error::last_os_error();
+                    // EINVAL: the kernel does not know this capability.
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        bail!("dropping capability {cap} from the bounding set: {e}");
+                    }
                 }
             }
         }
+        bounding_reduced = true;
     }
-    let mut data = crate::sys::capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
+    let mut data = before;
     for (i, d) in data.iter_mut().enumerate() {
         let m = (keep_mask >> (32 * i)) as u32;
         d.effective &= m;
@@ -72,7 +181,14 @@ pub fn drop_except(keep: &[u32]) -> Result<()> {
         d.inheritable = 0;
     }
     crate::sys::capset(&data).map_err(|e| anyhow::anyhow!("capset: {e}"))?;
-    Ok(())
+    let now = sets_of("thread-self").or_else(|| sets_of("self"));
+    let after = crate::sys::capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
+    Ok(Dropped {
+        effective: u64::from(after[0].effective) | u64::from(after[1].effective) << 32,
+        permitted: u64::from(after[0].permitted) | u64::from(after[1].permitted) << 32,
+        bounding: now.and_then(|s| s.bounding),
+        bounding_reduced,
+    })
 }
 
 /// The highest capability number this kernel knows.
@@ -151,12 +267,46 @@ mod tests {
     }
 
     #[test]
+    fn names_read_as_the_kernel_spells_them() {
+        assert_eq!(names(0), "none");
+        assert_eq!(
+            names(mask_of(&[CAP_KILL, CAP_NET_BIND_SERVICE, CAP_BPF])),
+            "KILL, NET_BIND_SERVICE, BPF"
+        );
+    }
+
+    #[test]
+    fn without_setpcap_the_bounding_set_is_left_and_the_rest_dropped() {
+        // SAFETY: the child only calls async-signal-safe-enough code and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // Give up CAP_SETPCAP first, as a unit's bounding set does.
+            let step = drop_except(&[CAP_KILL, CAP_NET_ADMIN]);
+            let bounding_before = bounding_of("self");
+            let ok = step.is_ok()
+                && drop_except(&[CAP_KILL]).is_ok_and(|d| {
+                    !d.bounding_reduced
+                        && d.effective == 1 << CAP_KILL
+                        && d.permitted == 1 << CAP_KILL
+                        && d.bounding == bounding_before
+                });
+            // SAFETY: leaving the forked child without running destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
+
+    #[test]
     fn dropping_in_a_child_leaves_only_what_is_kept() {
         // In a forked child so the test process keeps its privileges.
         // SAFETY: the child only calls async-signal-safe-enough code and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let ok = drop_except(&[CAP_KILL]).is_ok()
+            let ok = drop_except(&[CAP_KILL]).is_ok_and(|d| d.bounding_reduced)
                 && effective_of("self").is_some_and(|e| e & !(1 << CAP_KILL) == 0)
                 && bounding_of("self").is_some_and(|b| b == 1 << CAP_KILL);
             // SAFETY: leaving the forked child without running destructors.

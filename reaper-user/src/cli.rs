@@ -6,18 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::hooks::TierChoice;
-use crate::util::{parse_duration, parse_port, Proto};
-
-const EXIT_TABLE: &str = "\
-Exit status:
-  0  success (who: the port is held; free: the port is free)
-  1  who: the port is not held
-  2  bad input (usage, port, config or policy file)
-  3  free: still held after the deadline
-  4  free: held by something the policy refuses to kill
-  5  could not do the job (needs root, BPF refused, I/O error)
-  6  free: the port work succeeded but its journal record could not be written";
+use reaper::hooks::TierChoice;
+use reaper::output::ColorChoice;
+use reaper::report::Format as ReportFormat;
+use reaper::util::{parse_duration, parse_port, Proto};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,8 +29,8 @@ Exit status:
         "  0  success (who: the port is held; free: the port is free)\n",
         "  1  who: the port is not held\n",
         "  2  bad input (usage, port, config or policy file)\n",
-        "  3  free: still held after the deadline\n",
-        "  4  free: held by something the policy refuses to kill\n",
+        "  3  free, job: still held after the deadline\n",
+        "  4  free, job: held by something the policy refuses to kill (job: or by a running job)\n",
         "  5  could not do the job (needs root, BPF refused, I/O error)\n",
         "  6  free: the port is free, but its journal record could not be written"),
 )]
@@ -68,13 +60,6 @@ pub struct Global {
     pub color: ColorChoice,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stream bind attempts, listens, releases and failures as they happen.
@@ -102,6 +87,15 @@ pub enum Command {
         "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy,\n",
         "5 could not do the job (nothing signalled), 6 free but the journal record was not written"))]
     Free(FreeArgs),
+    /// For runner hooks: before a CI job, its ports must bind; after it, what it left holding a port is stopped.
+    #[command(subcommand, after_help = concat!("Examples:\n",
+        "  reaper job start --port 8080,5432     in the runner's job-started hook\n",
+        "  reaper job end                        in the runner's job-completed hook\n",
+        "  reaper job end --dry-run --json --job 4242 --provider gitlab\n\n",
+        "Exit status: 0 every port binds, 2 bad input (no job found, a bad port list),\n",
+        "3 still held after the deadline, 4 refused (a running job holds it, or the policy keeps it),\n",
+        "5 could not do the job"))]
+    Job(JobCommand),
     /// Run beside CI jobs: keep the ledger, record conflicts, free ports by policy.
     #[command(
         after_help = "Examples:\n  reaper daemon --config /etc/reaper/reaper.toml\n  reaper daemon --check-config deploy/reaper.toml"
@@ -269,13 +263,6 @@ pub struct ReportArgs {
     pub demo: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportFormat {
-    Md,
-    Html,
-    Json,
-}
-
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
     #[arg(value_enum)]
@@ -289,7 +276,67 @@ pub enum Shell {
     Fish,
 }
 
-/// The exit table, for commands that print it.
-pub fn exit_table() -> &'static str {
-    EXIT_TABLE
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Before the job's first step: each port it needs must bind. A holder
+    /// whose job has ended is stopped; one of a running job is refused.
+    #[command(
+        after_help = "Examples:\n  reaper job start --port 8080,9090,7000-7010\n  reaper job start --port 5432 --policy /etc/reaper/policy.toml --json"
+    )]
+    Start(JobStartArgs),
+    /// After the job's last step: every process and container of the job
+    /// that holds a port is stopped, and the ports bind again.
+    #[command(
+        after_help = "Examples:\n  reaper job end\n  reaper job end --dry-run\n  reaper job end --all --json"
+    )]
+    End(JobEndArgs),
+}
+
+/// Which job, and how to act: the flags `job start` and `job end` share.
+#[derive(Args, Debug, Clone)]
+pub struct JobCommon {
+    /// The job's id (default: from the environment: RUNNER_TRACKING_ID,
+    /// CI_JOB_ID, BUILD_TAG, BUILDKITE_JOB_ID, ...). Needs --provider.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
+    /// The job's CI: github, gitlab, jenkins, buildkite. Needs --job.
+    #[arg(long, value_name = "P")]
+    pub provider: Option<String>,
+    /// Rules from a TOML file: protect more, keep a job's deliberate
+    /// daemon (action = "report"), or reap more.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// How long to wait after SIGTERM before SIGKILL.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub grace: Duration,
+    /// How long to wait, per port, for it to bind again.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub deadline: Duration,
+    /// Print verdicts and what would be signalled; signal nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Append the record of this run to this journal (JSON lines).
+    #[arg(long, value_name = "PATH", env = "REAPER_JOURNAL")]
+    pub journal: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct JobStartArgs {
+    /// The ports the job needs: a list and ranges, like 8080,9090,7000-7010 (repeatable).
+    #[arg(long, value_name = "P,Q,R-S")]
+    pub port: Vec<String>,
+    #[command(flatten)]
+    pub common: JobCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct JobEndArgs {
+    /// Also stop the job's processes that hold no port.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub common: JobCommon,
 }

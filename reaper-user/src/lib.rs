@@ -23,19 +23,21 @@
 //! report / metrics / control   forensics, Prometheus, the daemon's socket
 //! ```
 //!
-//! `commands` holds one function per CLI subcommand over these types; `cli`
-//! holds the clap definitions; `main.rs` only parses and dispatches.
+//! The binary (`main.rs`) owns the command line: `cli` holds the clap
+//! definitions, `commands` one function per subcommand over this library's
+//! types; `main.rs` only parses and dispatches. The library exports what the
+//! binary, the integration tests, the benchmarks and the fuzz targets use.
 
+pub mod bindmodel;
 pub mod caps;
-pub mod cli;
-pub mod commands;
-pub mod conflict;
+mod conflict;
 pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod holders;
 pub mod hooks;
+pub mod job;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;

@@ -1,8 +1,12 @@
 //! `reaper`: parse, dispatch, and turn errors into one line and an exit status.
 
 use clap::Parser;
-use reaper::cli::Cli;
 use reaper::error::{exit_for, Exit};
+
+use cli::Cli;
+
+mod cli;
+mod commands;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -19,10 +23,10 @@ fn main() {
         }
     };
     // The daemon sets up its own logging (info by default, --log-format).
-    if !matches!(cli.command, reaper::cli::Command::Daemon(_)) {
-        reaper::output::init_logging(&cli.global);
+    if !matches!(cli.command, cli::Command::Daemon(_)) {
+        reaper::output::init_logging_with(cli.global.verbose, false);
     }
-    let code = match reaper::commands::dispatch(cli) {
+    let code = match commands::dispatch(cli) {
         Ok(exit) => exit.code(),
         Err(err) if broken_pipe(&err) => 0,
         Err(err) => {

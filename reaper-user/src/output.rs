@@ -4,14 +4,16 @@
 
 use std::io::{IsTerminal, Write};
 
-use crate::cli::{ColorChoice, Global};
+/// `--color`: whether to colour stdout.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
 
 /// Sets up `tracing` on stderr; `-v` is debug, `-vv` trace. `RUST_LOG`
 /// overrides. aya-log records from the BPF side arrive through `log`.
-pub fn init_logging(global: &Global) {
-    init_logging_with(global.verbose, false);
-}
-
 pub fn init_logging_with(verbose: u8, json: bool) {
     init_logging_from("warn", verbose, json);
 }

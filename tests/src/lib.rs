@@ -335,3 +335,4 @@ pub mod faults;
 pub mod fixture;
 pub mod procs;
 pub mod report_fixtures;
+pub mod runner;

@@ -10,6 +10,7 @@
 //! - `man`    the man page, generated from the clap definitions.
 //! - `dist`   the static binary, tarball, .deb and SHA256SUMS in target/dist/.
 //! - `image`  the container image (deploy/Dockerfile) from that binary.
+//! - `systemd-image` the Debian image (debootstrap) the systemd test boots.
 //!
 //! Each step says what it does before it does it.
 
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod sysimage;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test reaper")]
@@ -72,6 +74,8 @@ enum Cmd {
     Dist,
     /// Build the container image (deploy/Dockerfile) from the static binary, with the local Docker Engine.
     Image,
+    /// Build the Debian image the systemd test runs (debootstrap + docker import; cached, rebuilt only when missing).
+    SystemdImage,
 }
 
 fn main() {
@@ -87,6 +91,12 @@ fn main() {
         Cmd::Man => setup(false).and_then(|_| man()),
         Cmd::Dist => setup(false).and_then(|_| dist::dist()).map(|_| ()),
         Cmd::Image => setup(false).and_then(|_| dist::build_image()),
+        Cmd::SystemdImage => setup(false).and_then(|_| {
+            let Some(_engine) = dist::Dockerd::ensure()? else {
+                bail!("no Docker Engine (dockerd): `cargo xtask setup --test` installs Debian's docker.io");
+            };
+            sysimage::ensure()
+        }),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
@@ -354,6 +364,7 @@ fn test(extra: &[String]) -> Result<()> {
     let built = dist::dist()?;
     if dockerd.is_some() {
         dist::image(&built)?;
+        sysimage::ensure()?;
     }
     say("5/6 cargo test: unit tests, then integration tests against the real kernel (tests/)");
     let (passed, failed, ignored) = cargo_test(extra)?;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, CompletionsArgs, Shell};
-use crate::error::Exit;
+use reaper::error::Exit;
 
 pub fn run(args: CompletionsArgs) -> Result<Exit> {
     let shell = match args.shell {

@@ -4,15 +4,15 @@
 use anyhow::Result;
 
 use crate::cli::{DaemonArgs, Global, LogFormat};
-use crate::daemon::{self, config::Config};
-use crate::error::{bad_input, Exit};
+use reaper::daemon::{self, config::Config};
+use reaper::error::{bad_input, Exit};
 
 pub fn run(global: &Global, args: DaemonArgs) -> Result<Exit> {
-    crate::output::init_daemon_logging(global.verbose, args.log_format == LogFormat::Json);
+    reaper::output::init_daemon_logging(global.verbose, args.log_format == LogFormat::Json);
     if let Some(path) = &args.check_config {
         return match daemon::check_config(path) {
             Ok(summary) => {
-                crate::output::print(&format!("{summary}\n"))?;
+                reaper::output::print(&format!("{summary}\n"))?;
                 Ok(Exit::Ok)
             }
             Err(e) => Err(bad_input(e.to_string())),

@@ -4,9 +4,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{DoctorArgs, Global};
-use crate::error::Exit;
-use crate::hooks::{self, Probe, Tier};
-use crate::output::{json_line, print, use_color, Style, Table};
+use reaper::error::Exit;
+use reaper::hooks::{self, Probe, Tier};
+use reaper::output::{json_line, print, use_color, Style, Table};
 
 #[derive(Serialize)]
 struct Report {
@@ -83,7 +83,7 @@ fn gather() -> Report {
             )
         })
         .unwrap_or_else(|| "unknown".into());
-    let cap_eff = crate::caps::effective_of("self").unwrap_or(0);
+    let cap_eff = reaper::caps::effective_of("self").unwrap_or(0);
     let capabilities = CAPS
         .iter()
         .map(|(bit, name, why)| Cap {
@@ -92,7 +92,7 @@ fn gather() -> Report {
             why,
         })
         .collect();
-    let (probes, probe_error) = if crate::util::is_root() {
+    let (probes, probe_error) = if reaper::util::is_root() {
         match hooks::probe_all() {
             Ok(p) => (p, None),
             Err(e) => (vec![], Some(format!("{e:#}"))),
@@ -128,7 +128,7 @@ fn gather() -> Report {
         probes,
         probe_error,
         errno_exact: false,
-        summary: (tier != "proc").then(|| crate::hooks::SUMMARY.to_string()),
+        summary: (tier != "proc").then(|| reaper::hooks::SUMMARY.to_string()),
         tier,
         fallback: "sock_diag netlink (or /proc/net) + /proc/PID/fd scan: who holds a port now, without bind history or failed attempts".into(),
     }

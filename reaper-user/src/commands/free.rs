@@ -2,7 +2,7 @@
 //! signals, bind probe) -> journal, and the story printed for a person or as
 //! one JSON document.
 //!
-//! The decision is the library's [`crate::reap::plan`] (the daemon builds
+//! The decision is the library's [`reaper::reap::plan`] (the daemon builds
 //! and executes the same `Plan`); this command parses, prints and journals:
 //! - A plan that refuses (a holder kept or protected, a child of another
 //!   program sharing the socket without `--tree`, an unreadable holder)
@@ -21,17 +21,17 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};
-use crate::error::{bad_input, Exit};
-use crate::holders::container::engine::ContainerStop;
-use crate::holders::{self, Query, ScanGaps};
-use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{self, Outcome, Record};
-use crate::output::{self, Style};
-use crate::policy::{Context, Decision, FlagRule, Policy, Verdict};
-use crate::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
-use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
-use crate::text::{shell_word, term};
-use crate::util::Proto;
+use reaper::error::{bad_input, Exit};
+use reaper::holders::container::engine::ContainerStop;
+use reaper::holders::{self, Query, ScanGaps};
+use reaper::journal::writer::{JournalWriter, WriterOptions};
+use reaper::journal::{self, Outcome, Record};
+use reaper::output::{self, Style};
+use reaper::policy::{Context, Decision, FlagRule, Policy, Verdict};
+use reaper::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
+use reaper::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
+use reaper::text::{shell_word, term};
+use reaper::util::Proto;
 
 /// The JSON document `--json` prints.
 #[derive(Serialize)]
@@ -211,7 +211,7 @@ fn holders_now(query: &Query) -> Option<String> {
 
 fn expiry_words(ms: Option<u64>) -> String {
     match ms {
-        Some(ms) => format!(", expires in {}", crate::util::human_ms(ms)),
+        Some(ms) => format!(", expires in {}", reaper::util::human_ms(ms)),
         None => String::new(),
     }
 }
@@ -363,7 +363,7 @@ impl<'a> Run<'a> {
                 ..
             } => format!(
                 "port {port}/{proto} still not bindable after {}: blocked only by TIME_WAIT ({}{}), which no signal can end; nothing was killed. Wait for it, or have the server set SO_REUSEADDR",
-                crate::util::human_duration(self.args.deadline),
+                reaper::util::human_duration(self.args.deadline),
                 u.socket,
                 expiry_words(u.expires_in_ms)
             ),
@@ -372,7 +372,7 @@ impl<'a> Run<'a> {
                 time_wait: None,
             } => format!(
                 "port {port}/{proto} still not bindable after {} ({error}) but no process visible here holds it ({} unreadable processes); nothing was killed. Try `reaper who {port} --netns all`",
-                crate::util::human_duration(self.args.deadline),
+                reaper::util::human_duration(self.args.deadline),
                 self.gaps.unreadable_pids,
             ),
             Ended::DryRun => format!(
@@ -452,7 +452,7 @@ impl<'a> Run<'a> {
                 format!(
                     "container {} ({}) stopped through the engine after {} ms, kept as {}",
                     c.name.as_deref().unwrap_or("?"),
-                    crate::holders::container::short(&c.id),
+                    reaper::holders::container::short(&c.id),
                     c.stopped_at_ms.unwrap_or_default(),
                     c.state_after.as_deref().unwrap_or("?")
                 )
@@ -484,7 +484,9 @@ impl<'a> Run<'a> {
 impl Run<'_> {
     fn finish(&mut self, outcome: &str, message: &str, exit: Exit) -> Result<Exit> {
         let elapsed_ms = reap::ms_since(self.start, Instant::now());
-        let free_at = self.free_at.map(|t| crate::util::rfc3339(reap::wall_of(t)));
+        let free_at = self
+            .free_at
+            .map(|t| reaper::util::rfc3339(reap::wall_of(t)));
         // The journal first: a record must not depend on stdout being open.
         let journal_err = match self.journal.take() {
             Some(mut w) => self
@@ -644,11 +646,14 @@ impl Run<'_> {
         for c in &self.container_stops {
             let what = match (&c.error, c.stopped_at_ms) {
                 (Some(e), _) => {
-                    format!("container {}: {e}", crate::holders::container::short(&c.id))
+                    format!(
+                        "container {}: {e}",
+                        reaper::holders::container::short(&c.id)
+                    )
                 }
                 (None, Some(_)) => format!(
                     "container {} stopped by the engine ({})",
-                    crate::holders::container::short(&c.id),
+                    reaper::holders::container::short(&c.id),
                     c.state_after.as_deref().unwrap_or("?")
                 ),
                 (None, None) => continue,

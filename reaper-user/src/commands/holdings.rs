@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::error::bad_input;
-use crate::holders::container::{self, Container, Via};
-use crate::holders::{Holding, Process, Scan, ScanGaps, Socket};
-use crate::output::Style;
-use crate::text::term;
+use reaper::error::bad_input;
+use reaper::holders::container::{self, Container, Via};
+use reaper::holders::{Holding, Process, Scan, ScanGaps, Socket};
+use reaper::output::Style;
+use reaper::text::term;
 
 /// `--netns`: `all` or a namespace inode.
 pub(super) fn parse_netns(s: &str) -> Result<Option<u64>> {
@@ -21,7 +21,7 @@ pub(super) fn parse_netns(s: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     // Also accept what `readlink /proc/PID/ns/net` prints.
-    let digits = crate::holders::netns::parse_ns_link(t)
+    let digits = reaper::holders::netns::parse_ns_link(t)
         .map(|n| n.to_string())
         .unwrap_or_else(|| t.to_string());
     match digits.parse::<u64>() {
@@ -64,7 +64,7 @@ pub(super) fn netns_label(netns: u64, scan: &Scan) -> String {
 
 /// Seconds-rounded: "41m 03s".
 fn age(d: Duration) -> String {
-    crate::util::human_duration(Duration::from_secs(d.as_secs()))
+    reaper::util::human_duration(Duration::from_secs(d.as_secs()))
 }
 
 fn process_age(p: &Process) -> Option<Duration> {
@@ -252,7 +252,7 @@ fn render_container_rows(out: &mut String, c: &Container) {
                 term(&p.comm),
                 p.cmdline
                     .iter()
-                    .map(|a| crate::text::shell_word(a))
+                    .map(|a| reaper::text::shell_word(a))
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
@@ -281,7 +281,7 @@ fn render_process(out: &mut String, p: &Process, from_ledger: bool, style: Style
     } else {
         p.cmdline
             .iter()
-            .map(|a| crate::text::shell_word(a))
+            .map(|a| reaper::text::shell_word(a))
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -386,13 +386,13 @@ pub(super) fn holders_cell(h: &Holding) -> String {
     let mut cell = h
         .processes
         .iter()
-        .map(|p| format!("{} {}", p.pid, crate::text::term(&p.comm)))
+        .map(|p| format!("{} {}", p.pid, reaper::text::term(&p.comm)))
         .collect::<Vec<_>>()
         .join(", ");
     if let Some(c) = &h.container {
         cell.push_str(&match (c.stale, &c.name) {
             (true, _) => " [stale proxy: its container is gone]".to_string(),
-            (false, Some(n)) => format!(" [container {} {}]", crate::text::term(n), c.short_id),
+            (false, Some(n)) => format!(" [container {} {}]", reaper::text::term(n), c.short_id),
             (false, None) if !c.id.is_empty() => format!(" [container {}]", c.short_id),
             (false, None) => " [container ?]".to_string(),
         });
@@ -410,7 +410,7 @@ pub(super) fn holders_cell(h: &Holding) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Exit;
+    use reaper::error::Exit;
 
     #[test]
     fn netns_argument() {
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(parse_netns("net:[4026531840]").unwrap(), Some(4026531840));
         for bad in ["", "host", "-1", "0", "1e9", "4026531840x"] {
             let e = parse_netns(bad).unwrap_err();
-            assert_eq!(crate::error::exit_for(&e), Exit::BadInput, "{bad}");
+            assert_eq!(reaper::error::exit_for(&e), Exit::BadInput, "{bad}");
             assert!(e.to_string().contains("lsns"), "{e}");
         }
     }

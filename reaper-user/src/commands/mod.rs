@@ -3,13 +3,14 @@
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::error::Exit;
+use reaper::error::Exit;
 
 pub mod completions;
 pub mod daemon;
 pub mod doctor;
 pub mod free;
 mod holdings;
+pub mod job;
 pub mod ports;
 pub mod report;
 pub mod watch;
@@ -23,6 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Who(args) => who::run(&global, args),
         Command::Ports(args) => ports::run(&global, args),
         Command::Free(args) => free::run(&global, args),
+        Command::Job(args) => job::run(&global, args),
         Command::Daemon(args) => daemon::run(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Completions(args) => completions::run(args),

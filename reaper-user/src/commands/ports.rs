@@ -12,9 +12,9 @@ use super::holdings::{
     check_netns_found, endpoint, gaps_line, holders_cell, netns_label, parse_netns,
 };
 use crate::cli::{Global, PortsArgs};
-use crate::error::Exit;
-use crate::holders::{self, Query, Scan};
-use crate::output::{print, use_color, Style, Table};
+use reaper::error::Exit;
+use reaper::holders::{self, Query, Scan};
+use reaper::output::{print, use_color, Style, Table};
 
 pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     let netns = parse_netns(&args.netns)?;
@@ -29,18 +29,18 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     let daemon = if global.no_bpf {
         None
     } else {
-        let request = crate::control::Request::Ports {
+        let request = reaper::control::Request::Ports {
             proto: args.proto,
             listening: args.listening,
         };
-        match crate::control::query(&crate::control::default_path(), &request) {
+        match reaper::control::query(&reaper::control::default_path(), &request) {
             Ok(Some(r)) if r.ok => Some(r),
             _ => None,
         }
     };
     let mut scan = match &daemon {
         Some(resp) => {
-            let mut scan = crate::control::scan_of(resp);
+            let mut scan = reaper::control::scan_of(resp);
             if let Some(n) = netns {
                 scan.holdings.retain(|h| h.socket.netns == n);
             }
@@ -48,10 +48,10 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
             scan
         }
         None => {
-            let _progress = crate::progress::Progress::start(
+            let _progress = reaper::progress::Progress::start(
                 "scanning processes",
                 "walked",
-                &crate::progress::PIDS_WALKED,
+                &reaper::progress::PIDS_WALKED,
             );
             holders::scan(&query).context("scanning sockets and their holders")?
         }

@@ -2,7 +2,7 @@
 //!
 //! Parses the window and filters, reads the journals (the daemon's by
 //! default, or the built-in demo) and writes the report where asked.
-//! The work is in `crate::report`.
+//! The work is in `reaper::report`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::cli::{Global, ReportArgs};
-use crate::error::{bad_input, Exit};
-use crate::journal::reader::JournalReader;
-use crate::journal::DEFAULT_JOURNAL;
-use crate::report::{self, Filter, Limits};
+use reaper::error::{bad_input, Exit};
+use reaper::journal::reader::JournalReader;
+use reaper::journal::DEFAULT_JOURNAL;
+use reaper::report::{self, Filter, Limits};
 
 pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
     let _ = global;
@@ -34,10 +34,10 @@ pub fn run(global: &Global, args: ReportArgs) -> Result<Exit> {
         )?
     } else {
         let mut reader = JournalReader::open(&journal_paths(&args)?)?;
-        let _progress = crate::progress::Progress::start(
+        let _progress = reaper::progress::Progress::start(
             "reading journal",
             "records",
-            &crate::progress::RECORDS_READ,
+            &reaper::progress::RECORDS_READ,
         );
         report::build(&mut reader, filter, Limits::default())?
     };
@@ -83,7 +83,7 @@ fn journal_paths(args: &ReportArgs) -> Result<Vec<PathBuf>> {
     }
     // A running daemon knows where its journal is; else the default.
     let default = daemon_journal().unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL));
-    if crate::journal::reader::rotated_chain(&default).is_err() {
+    if reaper::journal::reader::rotated_chain(&default).is_err() {
         return Err(bad_input(format!(
             "no journal at {} (is the daemon running here?): pass --journal PATH, or try --demo",
             default.display()
@@ -119,8 +119,8 @@ fn write(report: &report::Report, args: &ReportArgs) -> Result<()> {
 
 /// The journal path of the daemon answering on the control socket, if any.
 fn daemon_journal() -> Option<PathBuf> {
-    let req = crate::control::Request::Conflicts { limit: 0 };
-    match crate::control::query(&crate::control::default_path(), &req) {
+    let req = reaper::control::Request::Conflicts { limit: 0 };
+    match reaper::control::query(&reaper::control::default_path(), &req) {
         Ok(Some(r)) if r.ok => r.journal.map(PathBuf::from),
         _ => None,
     }

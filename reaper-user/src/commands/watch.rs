@@ -10,13 +10,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{Global, WatchArgs};
-use crate::error::Exit;
-use crate::events::{EventStream, Matcher};
-use crate::holders::{self, Holding, Query};
-use crate::hooks;
-use crate::ledger::{Fact, Ledger};
-use crate::output::{json_line, print, use_color, Style};
-use crate::util::{clock_ns, rfc3339, Proto};
+use reaper::error::Exit;
+use reaper::events::{EventStream, Matcher};
+use reaper::holders::{self, Holding, Query};
+use reaper::hooks;
+use reaper::ledger::{Fact, Ledger};
+use reaper::output::{json_line, print, use_color, Style};
+use reaper::util::{clock_ns, rfc3339, Proto};
 
 /// A line saying events were lost: never hidden.
 #[derive(Serialize)]
@@ -41,7 +41,7 @@ pub fn run(global: &Global, args: WatchArgs) -> Result<Exit> {
         eprintln!("reaper: --no-bpf: cannot stream binds without BPF; polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
         return rt.block_on(poll_view(args, style));
     }
-    if !crate::util::is_root() {
+    if !reaper::util::is_root() {
         eprintln!("reaper: watching binds needs root (CAP_BPF, CAP_PERFMON); run `sudo reaper watch`. Polling the sockets every {:?} instead (only changes between polls are seen)", args.poll_interval);
         return rt.block_on(poll_view(args, style));
     }
@@ -189,7 +189,7 @@ fn report_loss(n: u64, total: u64, source: &str, json: bool, style: Style) -> Re
 fn emit(
     ledger: &mut Ledger,
     scans: &mut ScanCache,
-    obs: &mut Vec<crate::events::Observation>,
+    obs: &mut Vec<reaper::events::Observation>,
     json: bool,
     style: Style,
 ) -> Result<()> {
@@ -215,7 +215,7 @@ fn emit(
             match &fact.container {
                 Some(c) => {
                     text.push_str(line.trim_end_matches('\n'));
-                    text.push_str(&format!("  container {}\n", crate::text::term(&c.words())));
+                    text.push_str(&format!("  container {}\n", reaper::text::term(&c.words())));
                 }
                 None => text.push_str(&line),
             }
@@ -366,7 +366,7 @@ pub fn human(f: &Fact, style: Style) -> String {
     let who = format!(
         "pid {} ({}) uid {} netns {}",
         f.pid,
-        crate::text::term(&f.comm),
+        reaper::text::term(&f.comm),
         f.uid,
         netns
     );
@@ -386,7 +386,7 @@ pub fn human(f: &Fact, style: Style) -> String {
             let errno = f.errno.clone().unwrap_or_else(|| "cause unknown".into());
             let how = if f.errno_exact { "" } else { " (inferred)" };
             let holder = match (f.holder_pid, &f.holder_comm) {
-                (Some(p), Some(c)) => format!("; held by pid {p} ({})", crate::text::term(c)),
+                (Some(p), Some(c)) => format!("; held by pid {p} ({})", reaper::text::term(c)),
                 _ => String::new(),
             };
             format!(
@@ -402,7 +402,7 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => {
             let held = f
                 .held_ms
-                .map(|ms| format!("  held {}", crate::util::human_ms(ms)))
+                .map(|ms| format!("  held {}", reaper::util::human_ms(ms)))
                 .unwrap_or_default();
             format!(
                 "{time}  {}  {proto} {at}  {who}{held}\n",

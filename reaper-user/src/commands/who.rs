@@ -12,12 +12,12 @@ use super::holdings::{
     check_netns_found, gaps_line, parse_netns, render_container, render_holding,
 };
 use crate::cli::{Global, WhoArgs};
-use crate::error::Exit;
-use crate::holders::container::{self, Container};
-use crate::holders::{self, Holding, Query, Scan, ScanGaps};
-use crate::output::{print, use_color, Style};
-use crate::text::term;
-use crate::util::Proto;
+use reaper::error::Exit;
+use reaper::holders::container::{self, Container};
+use reaper::holders::{self, Holding, Query, Scan, ScanGaps};
+use reaper::output::{print, use_color, Style};
+use reaper::text::term;
+use reaper::util::Proto;
 
 /// The one JSON document `reaper who --json` prints. Field names are an
 /// interface: scripts read them.
@@ -33,7 +33,7 @@ struct Answer<'a> {
     /// When the daemon answered: its claims with their bind history (who
     /// bound, when, the binder's parent, recent failed attempts).
     #[serde(skip_serializing_if = "Option::is_none")]
-    ledger: Option<&'a [crate::control::ClaimView]>,
+    ledger: Option<&'a [reaper::control::ClaimView]>,
     gaps: &'a ScanGaps,
     netns_seen: &'a [u64],
     duration_ms: f64,
@@ -54,15 +54,15 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
     let daemon = answer_from_daemon(global, &query);
     let (scan, source) = match &daemon {
         Some(resp) => {
-            let mut scan = crate::control::scan_of(resp);
+            let mut scan = reaper::control::scan_of(resp);
             holders::enrich(&mut scan.holdings);
             (scan, "daemon")
         }
         None => {
-            let _progress = crate::progress::Progress::start(
+            let _progress = reaper::progress::Progress::start(
                 "scanning processes",
                 "walked",
-                &crate::progress::PIDS_WALKED,
+                &reaper::progress::PIDS_WALKED,
             );
             (
                 holders::scan(&query)
@@ -108,7 +108,7 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
             print(&dnat_lines(args.port, c, style))?;
         }
         if let Some(resp) = &daemon {
-            print(&crate::control::history_lines(resp))?;
+            print(&reaper::control::history_lines(resp))?;
         }
     }
     Ok(if held { Exit::Ok } else { Exit::NotHeld })
@@ -120,17 +120,17 @@ pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
 /// daemon answers, when it refuses, or when its ledger has no claim on the
 /// port: the ledger tracks bound sockets, not connections or TIME-WAIT, which
 /// also keep a port from binding, so "not held" is left to a scan.
-pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<crate::control::Response> {
+pub fn answer_from_daemon(global: &Global, query: &Query) -> Option<reaper::control::Response> {
     if global.no_bpf {
         return None;
     }
-    let request = crate::control::Request::Who {
+    let request = reaper::control::Request::Who {
         port: query.port?,
         proto: query.proto,
         netns: query.netns,
     };
-    let path = crate::control::default_path();
-    match crate::control::query(&path, &request) {
+    let path = reaper::control::default_path();
+    match reaper::control::query(&path, &request) {
         Ok(Some(r)) if r.ok && !r.claims.is_empty() => Some(r),
         Ok(Some(r)) if !r.ok => {
             tracing::warn!(
@@ -229,9 +229,9 @@ port {port} is published by the container engine without a proxy (DNAT): no sock
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::holders::container::Via;
-    use crate::holders::{Process, Socket};
-    use crate::util::Family;
+    use reaper::holders::container::Via;
+    use reaper::holders::{Process, Socket};
+    use reaper::util::Family;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn sock(state: &str, addr: IpAddr, inode: u64) -> Socket {
@@ -363,7 +363,9 @@ mod tests {
         };
         let text = render(8080, None, &scan, "proc", Style { on: false });
         assert!(
-            !text.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)),
+            !text
+                .chars()
+                .any(|c| c != '\n' && reaper::text::is_unsafe(c)),
             "{text:?}"
         );
         for want in [

@@ -47,7 +47,6 @@ pub fn is_conflict_errno(errno: Option<&str>) -> bool {
 #[derive(Clone, Debug)]
 pub struct Burst {
     pub id: u64,
-    pub key: ConflictKey,
     pub first: DateTime<Utc>,
     pub last: DateTime<Utc>,
     pub count: u64,
@@ -109,7 +108,6 @@ impl Bursts {
             key,
             Burst {
                 id,
-                key,
                 first: at,
                 last: at,
                 count: 1,
@@ -144,14 +142,6 @@ impl Bursts {
         done.into_iter()
             .filter_map(|k| self.open.remove(&k))
             .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.open.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
     }
 }
 

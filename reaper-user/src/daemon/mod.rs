@@ -63,7 +63,7 @@ const BINDER_TTL: Duration = Duration::from_secs(1);
 
 /// The longest a clean stop waits for reapings in flight (their grace
 /// bounds it first); what is still running then is journaled `interrupted`.
-const STOP_WAIT: Duration = Duration::from_secs(5);
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the loop waits on the ring buffer before it looks at timers.
 const TICK: Duration = Duration::from_millis(50);
@@ -1657,10 +1657,17 @@ fn drop_capabilities() {
         return;
     }
     match crate::caps::drop_except(crate::caps::DAEMON_KEEPS) {
-        Ok(()) => tracing::info!(
-            "dropped every capability except KILL, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE"
+        Ok(left) => tracing::info!("capabilities: {}", left.describe()),
+        Err(e) => tracing::warn!(
+            "could not drop capabilities: {e:#}; running with: {}",
+            crate::caps::sets_of("self")
+                .map(|s| format!(
+                    "effective {}; bounding {}",
+                    crate::caps::names(s.effective),
+                    s.bounding.map_or("unknown".into(), crate::caps::names)
+                ))
+                .unwrap_or_else(|| "unknown (no /proc/self/status)".into())
         ),
-        Err(e) => tracing::warn!("could not drop capabilities (running with all of them): {e:#}"),
     }
 }
 

@@ -7,7 +7,9 @@
 //! `JENKINS_NODE_COOKIE`, Buildkite `BUILDKITE_JOB_ID`.
 //!
 //! A job has *ended* when no process of it is still attached to a live
-//! runner: every process carrying its id is an orphan (reparented to init).
+//! runner: going up from each process carrying its id, past the job's own
+//! processes, one reaches init, not a runner (a double-forked or `setsid`
+//! server hangs from init, and so do its children).
 //! A server left behind by a cancelled job is then stale by a better
 //! definition than "orphaned and old".
 
@@ -125,37 +127,159 @@ pub fn own() -> Option<Job> {
     parse_environ(&std::fs::read("/proc/self/environ").ok()?)
 }
 
-/// Which of these jobs still have a process attached to a live runner
-/// (one that is not an orphan). One walk of /proc for all of them.
-pub fn attached(jobs: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
-    let mut live = BTreeSet::new();
-    if jobs.is_empty() {
-        return live;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return live;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
+/// The variables reaper looks for, in the order it looks, for messages
+/// that say why no job was found.
+pub const VARIABLES: &[&str] = &[
+    "RUNNER_TRACKING_ID (GitHub)",
+    "GITHUB_RUN_ID + GITHUB_JOB (GitHub)",
+    "CI_JOB_ID (GitLab)",
+    "BUILD_TAG or JENKINS_NODE_COOKIE with JENKINS_URL (Jenkins)",
+    "BUILDKITE_JOB_ID (Buildkite)",
+];
+
+/// One process as the job table sees it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ppid: u32,
+    pub start_ticks: u64,
+    pub state: char,
+    /// The job its own environment names.
+    pub job: Option<Job>,
+}
+
+/// Every process on the host with its parent and its own job: one walk of
+/// /proc (stat and environ), so that "which processes belong to this job"
+/// and "is this job still running" are answered from one snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub procs: std::collections::HashMap<u32, Entry>,
+}
+
+/// How far a parent chain is followed (pid reuse could make a cycle).
+const MAX_DEPTH: usize = 64;
+
+impl Table {
+    /// Reads every process; those that vanish or cannot be read are left out.
+    pub fn read() -> Table {
+        let mut t = Table::default();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return t;
         };
-        let Some(job) = of_pid(pid) else { continue };
-        let key = (job.provider, job.id);
-        if !jobs.contains(&key) || live.contains(&key) {
-            continue;
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(st) = super::process::read_stat(pid) else {
+                continue;
+            };
+            t.procs.insert(
+                pid,
+                Entry {
+                    ppid: st.ppid,
+                    start_ticks: st.start_ticks,
+                    state: st.state,
+                    job: of_pid(pid),
+                },
+            );
         }
-        match super::process::read_stat(pid) {
-            Some(st) if !super::process::looks_orphaned(&st) && st.state != 'Z' => {
-                live.insert(key);
-            }
-            _ => {}
-        }
+        t
     }
-    live
+
+    /// The job a process runs in: the one its own environment names, else
+    /// its nearest ancestor's (a process that cleared its variables is
+    /// still its parent's, while the parent lives). The second value is
+    /// the ancestor it was inherited from.
+    pub fn job_of(&self, pid: u32) -> Option<(&Job, Option<u32>)> {
+        let e = self.procs.get(&pid)?;
+        if let Some(j) = &e.job {
+            return Some((j, None));
+        }
+        let mut next = e.ppid;
+        for _ in 0..MAX_DEPTH {
+            if next <= 1 {
+                return None;
+            }
+            let a = self.procs.get(&next)?;
+            if let Some(j) = &a.job {
+                return Some((j, Some(next)));
+            }
+            next = a.ppid;
+        }
+        None
+    }
+
+    /// Whether a process of this job (by its own environment) is still
+    /// attached to a live runner: going up its parents past the job's own
+    /// processes, the first process outside the job is not init. A server
+    /// left behind (double-forked, `setsid`, or orphaned) hangs from init,
+    /// and so do its children; the job's steps hang from the runner.
+    pub fn attached(&self, key: (&str, &str)) -> bool {
+        self.procs.iter().any(|(&pid, e)| {
+            e.state != 'Z'
+                && e.job.as_ref().is_some_and(|j| j.key() == key)
+                && self.runner_above(pid, key)
+        })
+    }
+
+    fn runner_above(&self, pid: u32, key: (&str, &str)) -> bool {
+        let mut next = pid;
+        for _ in 0..MAX_DEPTH {
+            let Some(e) = self.procs.get(&next) else {
+                return false;
+            };
+            if e.job.as_ref().is_none_or(|j| j.key() != key) {
+                // The first process outside the job: a runner, unless init.
+                return next > 1;
+            }
+            next = e.ppid;
+            if next == 0 {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// When the job's oldest live process started (clock ticks since boot).
+    pub fn started(&self, key: (&str, &str)) -> Option<u64> {
+        self.procs
+            .values()
+            .filter(|e| e.job.as_ref().is_some_and(|j| j.key() == key))
+            .map(|e| e.start_ticks)
+            .min()
+    }
+
+    /// Every job some process names, by key, with whether it still runs.
+    pub fn jobs(&self) -> BTreeMap<(String, String), bool> {
+        let keys: BTreeSet<(String, String)> = self
+            .procs
+            .values()
+            .filter_map(|e| e.job.as_ref())
+            .map(|j| (j.provider.clone(), j.id.clone()))
+            .collect();
+        keys.into_iter()
+            .map(|k| {
+                let live = self.attached((&k.0, &k.1));
+                (k, live)
+            })
+            .collect()
+    }
+}
+
+/// Which of these jobs still have a process attached to a live runner.
+/// One walk of /proc for all of them.
+pub fn attached(jobs: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+    if jobs.is_empty() {
+        return BTreeSet::new();
+    }
+    let t = Table::read();
+    jobs.iter()
+        .filter(|k| t.attached((&k.0, &k.1)))
+        .cloned()
+        .collect()
 }
 
 /// Sets `ended` on every job of these processes.
@@ -226,6 +350,54 @@ mod tests {
         let j =
             parse_environ(&env(&["BUILDKITE_JOB_ID=0190-ab", "BUILDKITE_BUILD_ID=b1"])).unwrap();
         assert_eq!(j.key(), ("buildkite", "0190-ab"));
+    }
+
+    fn table(rows: &[(u32, u32, Option<&str>)]) -> Table {
+        let mut t = Table::default();
+        for &(pid, ppid, id) in rows {
+            t.procs.insert(
+                pid,
+                Entry {
+                    ppid,
+                    start_ticks: pid as u64,
+                    state: 'S',
+                    job: id.map(|id| Job {
+                        provider: "github".into(),
+                        id: id.into(),
+                        run: None,
+                        name: None,
+                        ended: None,
+                    }),
+                },
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn a_job_runs_while_a_process_of_it_hangs_from_a_runner() {
+        // runner 10 -> worker 20 (job a) -> step 30 (a) -> child 40 (cleared);
+        // a server 50 of job b double-forked away (parent init) with a worker 60.
+        let t = table(&[
+            (1, 0, None),
+            (10, 1, None),
+            (20, 10, Some("a")),
+            (30, 20, Some("a")),
+            (40, 30, None),
+            (50, 1, Some("b")),
+            (60, 50, Some("b")),
+        ]);
+        assert!(t.attached(("github", "a")));
+        assert!(!t.attached(("github", "b")), "b's processes hang from init");
+        assert_eq!(
+            t.job_of(40).map(|(j, from)| (j.id.as_str(), from)),
+            Some(("a", Some(30)))
+        );
+        assert_eq!(t.job_of(10), None);
+        assert_eq!(t.started(("github", "a")), Some(20));
+        let jobs = t.jobs();
+        assert!(jobs[&("github".to_string(), "a".to_string())]);
+        assert!(!jobs[&("github".to_string(), "b".to_string())]);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::util::{Family, Proto};
 
 pub mod container;
-pub mod fdmap;
+pub(crate) mod fdmap;
 pub mod job;
 pub mod netns;
 pub mod process;

@@ -24,7 +24,7 @@
 //! syscall on the host, and an exact errno is a luxury the ledger can mostly
 //! infer (the holder is known).
 
-pub mod claims;
+mod claims;
 
 use std::fs::File;
 use std::io;

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 pub use crate::policy::{Action, Decision};
 pub use crate::util::{Family, Proto};
 
+pub mod job;
 pub mod reader;
 pub mod writer;
+
+pub use job::JobRecord;
 
 /// A word of the schema whose values this version knows, and which a newer
 /// writer may extend: read as the variant, or as `Other` holding the word
@@ -242,7 +245,7 @@ pub struct ContainerRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
     pub pid: u32,
-    /// "SIGTERM" or "SIGKILL".
+    /// "SIGTERM", "SIGCONT" (right after SIGTERM, to a stopped target) or "SIGKILL".
     pub signal: String,
     pub ts: String,
 }
@@ -365,6 +368,8 @@ pub enum Body {
         held_ms_min: u64,
         held_ms_max: u64,
     },
+    /// A `reaper job start` / `job end` run (see [`JobRecord`]).
+    Job(Box<JobRecord>),
 }
 
 /// One journal line.

@@ -16,6 +16,8 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::journal::Outcome;
+
 /// Upper bounds of the scan-duration histogram, in seconds: a targeted scan
 /// takes milliseconds, a full one on a busy runner up to a second or more.
 const SCAN_BUCKETS: &[f64] = &[
@@ -57,10 +59,54 @@ pub struct Metrics {
     scans: Mutex<BTreeMap<String, Histogram>>,
 }
 
+/// The outcomes a daemon's reaping ends with, exported at 0 from the start:
+/// `increase()` of a series that first appears at 1 is 0, so an alert on
+/// the first failed reaping after a start would never fire.
+const REAPING_OUTCOMES: &[Outcome] = &[
+    Outcome::Freed,
+    Outcome::StillHeld,
+    Outcome::Refused,
+    Outcome::IdentityChanged,
+    Outcome::TimeWait,
+    Outcome::Gone,
+    Outcome::Failed,
+    Outcome::Interrupted,
+];
+
+/// The errnos bind(2) fails with, by the names reaper reports (plus
+/// UNKNOWN), exported at 0 from the start for the same reason.
+fn bind_errnos() -> impl Iterator<Item = String> {
+    [
+        libc::EADDRINUSE,
+        libc::EACCES,
+        libc::EPERM,
+        libc::EADDRNOTAVAIL,
+        libc::EINVAL,
+        libc::EAFNOSUPPORT,
+        libc::EBADF,
+        libc::ENOTSOCK,
+        libc::EFAULT,
+        libc::ENOMEM,
+        libc::ENOBUFS,
+        libc::EOPNOTSUPP,
+    ]
+    .into_iter()
+    .map(crate::util::errno_name)
+    .chain(["UNKNOWN".to_string()])
+}
+
 impl Metrics {
     pub fn new(tier: &str) -> Arc<Metrics> {
         let m = Metrics::default();
         *m.tier.lock().unwrap() = tier.to_string();
+        m.reapings
+            .lock()
+            .unwrap()
+            .extend(REAPING_OUTCOMES.iter().map(|o| (o.as_str().to_string(), 0)));
+        m.bind_failures
+            .lock()
+            .unwrap()
+            .extend(bind_errnos().map(|e| (e, 0)));
         Arc::new(m)
     }
 
@@ -397,5 +443,23 @@ mod tests {
             assert!(t.contains(name), "missing {name} in\n{t}");
         }
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn known_labels_are_exported_at_zero_before_their_first_event() {
+        let t = Metrics::new("cgroup").render();
+        for line in [
+            "reaper_reapings_total{outcome=\"freed\"} 0",
+            "reaper_reapings_total{outcome=\"still_held\"} 0",
+            "reaper_reapings_total{outcome=\"failed\"} 0",
+            "reaper_reapings_total{outcome=\"interrupted\"} 0",
+            "reaper_bind_failures_total{errno=\"EADDRINUSE\"} 0",
+            "reaper_bind_failures_total{errno=\"EACCES\"} 0",
+            "reaper_bind_failures_total{errno=\"UNKNOWN\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line} in\n{t}");
+        }
+        // Not a final outcome: never counted, so not exported.
+        assert!(!t.contains("in_progress"), "{t}");
     }
 }

@@ -233,8 +233,10 @@ fn de_job<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobState>, D::Error>
     match String::deserialize(d)?.as_str() {
         "ended" => Ok(Some(JobState::Ended)),
         "current" => Ok(Some(JobState::Current)),
+        "running" => Ok(Some(JobState::Running)),
+        "other" => Ok(Some(JobState::Other)),
         other => Err(serde::de::Error::custom(format!(
-            "job '{other}' is not known: use \"ended\" (no process of the holder's CI job is attached to a live runner) or \"current\" (reaper's own job)"
+            "job '{other}' is not known: use \"ended\" (no process of the holder's CI job is attached to a live runner), \"running\" (it is), \"current\" (reaper's own job, or the job `reaper job` acts for) or \"other\" (any job but that one)"
         ))),
     }
 }

@@ -393,8 +393,13 @@ impl ContainerMatch {
 pub enum JobState {
     /// No process of the holder's job is attached to a live runner.
     Ended,
-    /// The holder's job is the one reaper runs in.
+    /// The holder's job is the one reaper runs in (for `reaper job`: the
+    /// job it acts for).
     Current,
+    /// The holder's job still has a process attached to a live runner.
+    Running,
+    /// The holder is in a CI job, and not the current one.
+    Other,
 }
 
 impl Matcher {
@@ -764,6 +769,23 @@ fn check_job(want: JobState, p: &Process, ctx: &Context) -> Result<String, Strin
                 job_words(mine)
             )),
             None => Err("reaper itself does not run in a CI job".into()),
+        },
+        JobState::Running => match job.ended {
+            Some(false) => Ok(format!(
+                "{} is still running (a process of it is attached to its runner)",
+                job_words(job)
+            )),
+            Some(true) => Err(format!("{} has ended", job_words(job))),
+            None => Err(format!("{} was not checked for an end", job_words(job))),
+        },
+        JobState::Other => match &ctx.workload.own_job {
+            Some(mine) if mine.key() == job.key() => {
+                Err(format!("{} is the current job", job_words(job)))
+            }
+            _ => Ok(format!(
+                "{} is another job than the current one",
+                job_words(job)
+            )),
         },
     }
 }

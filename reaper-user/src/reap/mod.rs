@@ -40,7 +40,7 @@ pub const TEST_PAUSE_ENV: &str = "REAPER_TEST_PAUSE_BEFORE_SIGNAL";
 #[derive(Clone, Debug, Serialize)]
 pub struct SignalSent {
     pub pid: u32,
-    /// "SIGTERM" or "SIGKILL".
+    /// "SIGTERM", "SIGCONT" (right after SIGTERM, to a stopped target) or "SIGKILL".
     pub signal: &'static str,
     /// Wall time, RFC 3339.
     pub ts: String,
@@ -240,6 +240,9 @@ fn send(
             Ok(()) => {
                 on_signal(&record);
                 reports[l.idx].signals.push(record);
+                if sig == libc::SIGTERM {
+                    resume_if_stopped(l, reports, start, on_signal);
+                }
                 true
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
@@ -260,6 +263,40 @@ fn send(
             }
         }
     });
+}
+
+/// A stopped process (SIGSTOP, a frozen job's SIGTSTP) keeps SIGTERM pending
+/// and cannot act on it: it would be killed only after the whole grace.
+/// As systemd does, it gets SIGCONT right after SIGTERM (through the same
+/// pidfd, journaled with the signals), so it can exit within the grace.
+/// Read after SIGTERM, the state is stable: SIGTERM does not wake it.
+fn resume_if_stopped(
+    l: &Live,
+    reports: &mut [TargetReport],
+    start: Instant,
+    on_signal: &mut dyn FnMut(&SignalSent),
+) {
+    if !stopped(l.fd.pid) {
+        return;
+    }
+    let record = signal_record(l.fd.pid, "SIGCONT", start);
+    // A failure here (it exited meanwhile) changes nothing: the wait sees it.
+    if l.fd.send(libc::SIGCONT).is_ok() {
+        on_signal(&record);
+        reports[l.idx].signals.push(record);
+    }
+}
+
+/// Whether /proc says the process is stopped by a signal (state `T`).
+fn stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the comm's closing parenthesis (the comm may hold any byte).
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    stat.get(close + 2) == Some(&b'T')
 }
 
 /// Waits on the pidfds until all exit or `until` passes; exited ones leave `live`.
@@ -299,9 +336,12 @@ fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant
 fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
     let now = Instant::now();
     // A tree member that exits before its own signal went with its root.
+    // SIGCONT only resumes a stopped target: the SIGTERM before it is what ended it.
     let by = r
         .signals
-        .last()
+        .iter()
+        .rev()
+        .find(|s| s.signal != "SIGCONT")
         .map(|s| s.signal.to_string())
         .unwrap_or_else(|| "its tree root's SIGTERM".to_string());
     let first = r
@@ -388,6 +428,42 @@ mod tests {
             r[0]
         );
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_stopped_holder_gets_sigcont_after_sigterm_and_exits_within_the_grace() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: kill and waitpid on our own child; status is a valid out-pointer.
+        unsafe {
+            assert_eq!(libc::kill(pid, libc::SIGSTOP), 0);
+            // WUNTRACED: returns once the child has stopped (an event, not a sleep).
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, libc::WUNTRACED), pid);
+            assert!(libc::WIFSTOPPED(status));
+        }
+        assert!(stopped(child.id()));
+        let id = Identity::read(child.id()).unwrap();
+        let grace = Duration::from_secs(8);
+        let r = stop(&[id], &opts(grace));
+        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal).collect();
+        assert_eq!(names, ["SIGTERM", "SIGCONT"], "{:?}", r[0]);
+        match &r[0].outcome {
+            TargetOutcome::Exited { by, after_ms } => {
+                assert_eq!(by, "SIGTERM");
+                // Without SIGCONT it would be killed only after the grace.
+                assert!(
+                    *after_ms < grace.as_millis() as u64,
+                    "exited {after_ms} ms after SIGTERM"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
     }
 
     #[test]

@@ -13,18 +13,25 @@ use std::io::BufRead;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
-use crate::cli::ReportFormat;
 use crate::journal::reader::{Input, Merge};
 
-pub mod aggregate;
-pub mod html;
-pub mod json;
-pub mod markdown;
-pub mod model;
-pub mod view;
+mod aggregate;
+mod html;
+mod json;
+mod markdown;
+mod model;
+mod view;
 
 pub use aggregate::{Filter, Limits};
 pub use model::Report;
+
+/// `--format`: a PR comment, one HTML page, or `reaper.report/v1`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Md,
+    Html,
+    Json,
+}
 
 /// The journal behind `reaper report --demo`: an orphaned `platform-server`
 /// holding :8080 on a CI runner, the next job's server failing to bind, the
@@ -56,23 +63,19 @@ pub fn build_from<R: BufRead>(
 }
 
 /// The report as text in `format`.
-pub fn render(report: &Report, format: ReportFormat) -> String {
+pub fn render(report: &Report, format: Format) -> String {
     match format {
-        ReportFormat::Md => markdown::render(report),
-        ReportFormat::Html => html::render(report),
-        ReportFormat::Json => json::render(report),
+        Format::Md => markdown::render(report),
+        Format::Html => html::render(report),
+        Format::Json => json::render(report),
     }
 }
 
 /// Writes the report in `format` to `out`. JSON is serialized straight into
 /// the writer: for a big report, the text never sits whole in memory.
-pub fn write(
-    report: &Report,
-    format: ReportFormat,
-    out: &mut dyn std::io::Write,
-) -> std::io::Result<()> {
+pub fn write(report: &Report, format: Format, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     match format {
-        ReportFormat::Json => json::write(report, out),
+        Format::Json => json::write(report, out),
         _ => out.write_all(render(report, format).as_bytes()),
     }
 }

@@ -346,6 +346,7 @@ impl Aggregator {
                 };
                 self.fold_churn(seen, ep, process, what)
             }
+            Body::Job(_) => {}
         }
     }
 

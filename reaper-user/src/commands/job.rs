@@ -1,0 +1,126 @@
+//! `reaper job start` / `reaper job end`: parse, call the library's flow
+//! ([`crate::job::flow`]), journal, print (human, `--json`, and the
+//! runner's Markdown job summary when it offers one).
+
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result};
+
+use crate::cli::{Global, JobCommand, JobCommon};
+use reaper::error::{bad_input, Exit};
+use reaper::job::{self, flow, render};
+use reaper::journal::writer::{JournalWriter, WriterOptions};
+use reaper::journal::{Body, Record};
+use reaper::output;
+use reaper::policy::Policy;
+use reaper::text::term;
+
+pub fn run(_global: &Global, cmd: JobCommand) -> Result<Exit> {
+    match cmd {
+        JobCommand::Start(a) => {
+            let mut ports = Vec::new();
+            for p in &a.port {
+                ports.extend(job::ports::parse_list(p).map_err(bad_input)?);
+            }
+            ports.sort_unstable();
+            ports.dedup();
+            let (job, opts, journal) = prepare(&a.common, false)?;
+            let run = flow::start(job, &ports, &opts)?;
+            emit(&run, &a.common, journal)
+        }
+        JobCommand::End(a) => {
+            let (job, opts, journal) = prepare(&a.common, a.all)?;
+            let run = flow::end(job, &opts)?;
+            emit(&run, &a.common, journal)
+        }
+    }
+}
+
+/// The job, the options and the journal, all checked before anything is
+/// scanned or signalled.
+fn prepare(
+    c: &JobCommon,
+    all: bool,
+) -> Result<(
+    reaper::holders::job::Job,
+    flow::Options,
+    Option<JournalWriter>,
+)> {
+    let job = job::find(c.job.as_deref(), c.provider.as_deref()).map_err(bad_input)?;
+    let policy = match &c.policy {
+        Some(path) => Some(Policy::from_file(path).map_err(|e| bad_input(e.to_string()))?),
+        None => None,
+    };
+    let journal = match &c.journal {
+        Some(path) => Some(
+            JournalWriter::open(path, WriterOptions::default()).with_context(|| {
+                format!(
+                    "cannot write the journal (--journal / REAPER_JOURNAL = {}); nothing was signalled. Give a path in a directory root owns, or leave out --journal",
+                    path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let opts = flow::Options {
+        dry_run: c.dry_run,
+        all,
+        grace: c.grace,
+        deadline: c.deadline,
+        policy,
+    };
+    Ok((job, opts, journal))
+}
+
+/// Journal, job summary, then stdout.
+fn emit(run: &flow::JobRun, c: &JobCommon, journal: Option<JournalWriter>) -> Result<Exit> {
+    let mut exit = run.status();
+    if let Some(mut w) = journal {
+        let rec = Record::new("proc", Body::Job(Box::new(run.record())));
+        if let Err(e) = w.append(&rec) {
+            eprintln!(
+                "reaper: the journal record of this run was NOT written ({e}): free space there, or fix the path"
+            );
+            if exit == Exit::Ok {
+                exit = Exit::Unrecorded;
+            }
+        }
+    }
+    step_summary(run);
+    if c.json {
+        output::json_line(run)?;
+    } else {
+        output::print(&render::human(run))?;
+    }
+    if exit != Exit::Ok {
+        eprintln!("reaper: {}", term(&run.message));
+        for p in run.ports.iter().filter(|p| {
+            matches!(
+                p.outcome,
+                flow::PortOutcome::Refused | flow::PortOutcome::StillHeld
+            )
+        }) {
+            eprintln!("reaper: {}", term(&p.message));
+        }
+    }
+    Ok(exit)
+}
+
+/// GitHub's job summary: appended to $GITHUB_STEP_SUMMARY when it is set.
+fn step_summary(run: &flow::JobRun) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let md = render::markdown(run);
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(md.as_bytes()));
+    if let Err(e) = res {
+        eprintln!(
+            "reaper: cannot append the job summary to GITHUB_STEP_SUMMARY ({}): {e}",
+            term(&path.to_string_lossy())
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! `reaper job start` / `reaper job end` in a runner-shaped harness
+//! (tests/src/runner.rs): a long-lived runner, one worker per job with
+//! GitHub's variables, steps that double-fork and `setsid` their servers,
+//! one that clears RUNNER_TRACKING_ID first, one that `docker run -p`s a
+//! FROM-scratch container, two jobs at once. Real processes, real sockets,
+//! the real Docker Engine; no daemon (the scan path).
+
+use std::time::Duration;
+
+use reaper_tests::containers::{alive, docker, docker_output, require_docker, unique, Image};
+use reaper_tests::fixture::can_listen;
+use reaper_tests::runner::Runner;
+use reaper_tests::{free_port, poll_until, require_root};
+
+/// The container a step started, removed at the end of the test.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = docker_output(&["rm", "-f", &self.0]);
+    }
+}
+
+fn answers(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).is_ok() && buf == "ok\n"
+}
+
+/// The entry of one port in a `job start|end --json` document.
+fn port_doc(doc: &serde_json::Value, port: u16) -> serde_json::Value {
+    doc["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .unwrap_or_else(|| panic!("port {port} is not in the run: {doc:#}"))
+        .clone()
+}
+
+#[test]
+fn job_end_frees_exactly_the_jobs_ports_and_spares_the_rest() {
+    require_docker();
+    let image = Image::build();
+    let mut runner = Runner::start();
+
+    // Job A: a server that keeps its variables, one that clears
+    // RUNNER_TRACKING_ID first, a container published with -p.
+    let mut a = runner.job("a", "9001");
+    let (pa, pcleared, pc) = (free_port(), free_port(), free_port());
+    let server_a = a.server(pa, false);
+    runner.track(server_a);
+    let cleared = a.server(pcleared, true);
+    runner.track(cleared);
+    let name = unique("reaper-job-a");
+    let _removed = Removed(name.clone());
+    a.run(&format!(
+        "docker run -d --name {name} -p 127.0.0.1:{pc}:80 {}",
+        image.tag
+    ));
+    poll_until(
+        "the container's port to answer",
+        Duration::from_secs(20),
+        || answers(pc).then_some(()),
+    );
+
+    // Job B, at the same time: its own server.
+    let mut b = runner.job("b", "9002");
+    let pb = free_port();
+    let server_b = b.server(pb, false);
+    runner.track(server_b);
+
+    // A's job-completed hook, as the runner runs it: a step of worker A.
+    let dry = a.hook(&["job", "end", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let doc = dry.json();
+    assert_eq!(port_doc(&doc, pa)["outcome"], "dry_run", "{doc:#}");
+    assert!(alive(server_a), "a dry run signalled");
+
+    let end = a.hook(&["job", "end", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    assert_eq!(doc["phase"], "end");
+    assert_eq!(doc["job"]["id"], a.tracking_id.as_str(), "{doc:#}");
+    assert_eq!(doc["source"], "scan");
+    // Exactly A's ports: its server's and its container's.
+    let ports: Vec<u64> = doc["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ports.contains(&(pa as u64)) && ports.contains(&(pc as u64)),
+        "{doc:#}"
+    );
+    for forbidden in [pb, pcleared] {
+        assert!(
+            !ports.contains(&(forbidden as u64)),
+            "port {forbidden} judged: {doc:#}"
+        );
+    }
+    let p = port_doc(&doc, pa);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["holders"][0]["process"]["pid"], server_a);
+    assert_eq!(p["holders"][0]["verdict"]["rule"], "this job");
+    let p = port_doc(&doc, pc);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["containers"][0]["container"]["name"], name.as_str());
+    assert!(p["container_stops"][0]["error"].is_null(), "{doc:#}");
+
+    // The server that cleared its variable: named, not signalled.
+    let un = doc["unattributed"].to_string();
+    assert!(un.contains(&format!("\"pid\":{cleared}")), "{doc:#}");
+    assert!(un.contains("tracking id (cleared)"), "{doc:#}");
+
+    // What was freed binds; what was not is alive.
+    assert!(!alive(server_a), "A's server outlived job end");
+    assert!(can_listen(pa) && can_listen(pc));
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Status}}", &name]),
+        "exited"
+    );
+    for (pid, who) in [
+        (cleared, "the server that cleared its variable"),
+        (server_b, "job B's server"),
+        (runner.pid(), "the runner"),
+        (a.pid, "job A's worker (the hook's parent)"),
+        (b.pid, "job B's worker"),
+    ] {
+        assert!(alive(pid), "{who} (pid {pid}) was signalled");
+    }
+    assert!(!can_listen(pb), "job B's port was freed");
+}
+
+#[test]
+fn job_start_frees_a_port_an_ended_job_left_and_refuses_a_running_jobs() {
+    require_root();
+    let mut runner = Runner::start();
+    // Job C ends without its hook: its server is left behind.
+    let mut c = runner.job("c", "9003");
+    let pc = free_port();
+    let left = c.server(pc, false);
+    runner.track(left);
+    c.end_without_hook();
+    // Job B runs, with a server.
+    let mut b = runner.job("b2", "9004");
+    let pb = free_port();
+    let server_b = b.server(pb, false);
+    runner.track(server_b);
+
+    // Job D's job-started hook.
+    let mut d = runner.job("d", "9005");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let start = d.hook(&[
+        "job",
+        "start",
+        "--port",
+        &pc.to_string(),
+        "--json",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let doc = start.json();
+    let p = port_doc(&doc, pc);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    let holder = &p["holders"][0];
+    assert_eq!(holder["process"]["pid"], left);
+    assert_eq!(holder["verdict"]["rule"], "ended job");
+    assert_eq!(holder["process"]["job"]["id"], c.tracking_id.as_str());
+    assert_eq!(holder["process"]["job"]["run"], "9003");
+    assert_eq!(holder["process"]["job"]["name"], "build");
+    assert!(holder["process"]["started_at"].is_string());
+    assert!(!alive(left) && can_listen(pc));
+    let rec = std::fs::read_to_string(&journal).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(rec.lines().last().unwrap()).unwrap();
+    assert_eq!(rec["kind"], "job");
+    assert_eq!(rec["phase"], "start");
+    assert_eq!(rec["ports"][0]["outcome"], "freed");
+    assert_eq!(rec["leftovers"][0]["signals"][0]["signal"], "SIGTERM");
+
+    // A running job's port: refused, named, nothing signalled.
+    let refused = d.hook(&["job", "start", "--port", &format!("{pb},{pc}")]);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    for needle in [
+        format!("port {pb}/tcp is held by pid {server_b}"),
+        format!("github job {}", b.tracking_id),
+        "which is still running".to_string(),
+    ] {
+        assert!(refused.stderr.contains(&needle), "{needle}: {refused:?}");
+    }
+    assert!(alive(server_b), "a running job's server was signalled");
+    assert!(!can_listen(pb));
+}
+
+#[test]
+fn job_summary_goes_to_github_step_summary() {
+    require_root();
+    let mut runner = Runner::start();
+    let mut e = runner.job("e", "9006");
+    let pe = free_port();
+    let server = e.server(pe, false);
+    runner.track(server);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.md");
+    let out = e.run(&format!(
+        "GITHUB_STEP_SUMMARY='{}' NO_COLOR=1 '{}' job end",
+        summary.display(),
+        reaper_tests::reaper_bin().display()
+    ));
+    assert!(out.contains(&format!("port {pe}/tcp: freed")), "{out}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.starts_with("### reaper job end: github job github\\_e"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("| {pe}/tcp | pid {server} platform-server |")),
+        "{md}"
+    );
+    assert!(!alive(server));
+}
+
+#[test]
+fn bad_input_is_refused_with_exit_2_and_nothing_signalled() {
+    require_root();
+    let (holder, port) = reaper_tests::hold(&["127.0.0.1", "0", "listen"]);
+    let clear = [
+        "RUNNER_TRACKING_ID",
+        "GITHUB_RUN_ID",
+        "GITHUB_JOB",
+        "CI_JOB_ID",
+        "BUILD_TAG",
+        "JENKINS_NODE_COOKIE",
+        "BUILDKITE_JOB_ID",
+    ];
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(reaper_tests::reaper_bin());
+        cmd.args(args).env("NO_COLOR", "1");
+        for v in clear {
+            cmd.env_remove(v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["job", "end"]);
+    assert_eq!(code, 2, "{err}");
+    for v in [
+        "RUNNER_TRACKING_ID",
+        "CI_JOB_ID",
+        "BUILDKITE_JOB_ID",
+        "--job ID --provider P",
+    ] {
+        assert!(err.contains(v), "{v}: {err}");
+    }
+    let (code, err) = run(&["job", "start", "--port", &port.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no CI job found"), "{err}");
+    let (code, err) = run(&[
+        "job",
+        "start",
+        "--job",
+        "7",
+        "--provider",
+        "gitlab",
+        "--port",
+        "80-",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("range '80-' needs both ends"), "{err}");
+    let (code, err) = run(&[
+        "job",
+        "start",
+        "--job",
+        "7",
+        "--provider",
+        "gitlab",
+        "--port",
+        "0",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("port 0"), "{err}");
+    let (code, err) = run(&["job", "end", "--job", "7", "--provider", "circleci"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'circleci' is not known"), "{err}");
+    assert!(alive(holder.pid()), "bad input signalled a holder");
+    assert!(!can_listen(port));
+}
+
+#[test]
+fn the_hook_scripts_and_the_action_work_as_the_runner_runs_them() {
+    require_root();
+    let ws = reaper_tests::workspace();
+    let bin = reaper_tests::reaper_bin();
+    let mut runner = Runner::start();
+
+    // deploy/hooks: job-start with REAPER_JOB_PORTS, job-end.
+    let mut f = runner.job("f", "9007");
+    let pf = free_port();
+    let out = f.run(&format!(
+        "REAPER='{}' REAPER_JOB_PORTS={pf} '{}'",
+        bin.display(),
+        ws.join("deploy/hooks/job-start.sh").display()
+    ));
+    assert!(out.contains(&format!("port {pf}/tcp: free")), "{out}");
+    let server = f.server(pf, false);
+    runner.track(server);
+    let out = f.run(&format!(
+        "REAPER='{}' '{}'",
+        bin.display(),
+        ws.join("deploy/hooks/job-end.sh").display()
+    ));
+    assert!(out.contains(&format!("port {pf}/tcp: freed")), "{out}");
+    assert!(!alive(server) && can_listen(pf));
+
+    // The Action's `mode: job-end`, through its script as action.yml runs it.
+    let mut g = runner.job("g", "9008");
+    let pg = free_port();
+    let server = g.server(pg, false);
+    runner.track(server);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.md");
+    g.run(&format!(
+        "INPUT_MODE=job-end RUNNER_TEMP='{}' GITHUB_STEP_SUMMARY='{}' PATH='{}':\"$PATH\" bash '{}'",
+        dir.path().display(),
+        summary.display(),
+        bin.parent().unwrap().display(),
+        ws.join("deploy/action/run.sh").display()
+    ));
+    assert!(!alive(server) && can_listen(pg));
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.contains(&format!("| {pg}/tcp | pid {server} platform-server |")),
+        "{md}"
+    );
+    let journal = std::fs::read_to_string(dir.path().join("reaper-journal.jsonl")).unwrap();
+    assert!(journal.contains("\"kind\":\"job\""), "{journal}");
+}

@@ -1,0 +1,233 @@
+//! What ships, checked with each ecosystem's own tools: the systemd unit
+//! (`systemd-analyze verify`), its stop timeout against the daemon's own
+//! wait, the DaemonSet's grace, and the runner drop-in.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reaper::daemon::STOP_WAIT;
+use reaper_tests::{reaper_bin, workspace};
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(workspace().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The value of `key=` in a unit file (the last one wins, as in systemd).
+fn unit_value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+}
+
+fn seconds(v: &str) -> Duration {
+    let v = v.trim();
+    let n: u64 = v
+        .trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("{v:?}: not a number of seconds"));
+    Duration::from_secs(n)
+}
+
+#[test]
+fn the_unit_bounds_the_capabilities_the_bind_probe_needs() {
+    let unit = read("deploy/reaper.service");
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        let caps = unit_value(&unit, key).unwrap_or_else(|| panic!("no {key}= in the unit"));
+        assert!(
+            caps.split_whitespace().any(|c| c == "CAP_NET_BIND_SERVICE"),
+            "{key}= lacks CAP_NET_BIND_SERVICE: the bind probe after a reaping of a port below 1024 fails: {caps}"
+        );
+    }
+}
+
+#[test]
+fn the_stop_timeouts_outwait_the_daemons_own_stop_wait() {
+    let unit = read("deploy/reaper.service");
+    let stop = seconds(unit_value(&unit, "TimeoutStopSec").expect("TimeoutStopSec= in the unit"));
+    assert!(
+        stop >= STOP_WAIT * 2,
+        "TimeoutStopSec={stop:?} does not leave the daemon's {STOP_WAIT:?} stop wait room to journal the interrupted reapings"
+    );
+    let ds = read("deploy/k8s/daemonset.yaml");
+    let grace = ds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .map(seconds)
+        .expect("terminationGracePeriodSeconds in the DaemonSet");
+    assert!(
+        grace >= STOP_WAIT * 2,
+        "the DaemonSet's terminationGracePeriodSeconds ({grace:?}) races the daemon's {STOP_WAIT:?} stop wait"
+    );
+}
+
+#[test]
+fn the_unit_orders_the_runner_through_a_drop_in_not_a_unit_that_does_not_exist() {
+    let unit = read("deploy/reaper.service");
+    let before = unit_value(&unit, "Before").unwrap_or_default();
+    assert!(
+        !before
+            .split_whitespace()
+            .any(|u| u == "actions.runner.service"),
+        "actions.runner.service is no unit GitHub's runner installs: {before}"
+    );
+    let dropin = read("deploy/actions-runner-reaper.conf");
+    assert!(
+        dropin.contains("actions.runner.<org>-<repo>.<runner name>.service"),
+        "the drop-in says which unit it is for"
+    );
+    assert_eq!(unit_value(&dropin, "After"), Some("reaper.service"));
+    assert_eq!(unit_value(&dropin, "Wants"), Some("reaper.service"));
+}
+
+/// `systemd-analyze verify` on the unit (with its binary path pointed at
+/// the reaper built here) and on a runner unit carrying the drop-in.
+#[test]
+fn systemd_analyze_verifies_the_unit_and_the_runner_drop_in() {
+    let bin = reaper_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let unit =
+        read("deploy/reaper.service").replace("/usr/local/bin/reaper", &bin.display().to_string());
+    std::fs::write(dir.path().join("reaper.service"), unit).unwrap();
+    // A stand-in for GitHub's templated runner unit, with the drop-in.
+    let runner = "actions.runner.acme-platform.runner-7.service";
+    std::fs::write(
+        dir.path().join(runner),
+        "[Unit]\nDescription=GitHub Actions Runner\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let dropin_dir = dir.path().join(format!("{runner}.d"));
+    std::fs::create_dir(&dropin_dir).unwrap();
+    std::fs::copy(
+        workspace().join("deploy/actions-runner-reaper.conf"),
+        dropin_dir.join("reaper.conf"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("reaper.service"))
+        .arg(dir.path().join(runner))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is installed");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {:?}\n{said}",
+        out.status
+    );
+    assert!(Path::new(&bin).is_file());
+}
+
+/// The capability names of a unit key, as setpriv spells them: `+bpf,+kill`.
+fn setpriv_caps(unit: &str, key: &str) -> String {
+    let caps = unit_value(unit, key).unwrap_or_else(|| panic!("no {key}= in the unit"));
+    let list: Vec<String> = caps
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("-all,{}", list.join(","))
+}
+
+/// A mask of a unit key's capabilities.
+fn unit_mask(unit: &str, key: &str) -> u64 {
+    unit_value(unit, key)
+        .unwrap()
+        .split_whitespace()
+        .map(|c| {
+            let name = c.trim_start_matches("CAP_");
+            (0..64)
+                .find(|&i| reaper::caps::names(1 << i) == name)
+                .unwrap_or_else(|| panic!("{c}: not a capability reaper knows"))
+        })
+        .fold(0u64, |m, i| m | 1 << i)
+}
+
+/// A port below 1024 nothing holds now.
+fn low_port() -> u16 {
+    (700..1000)
+        .rev()
+        .find(|&p| reaper_tests::daemon::bindable(p))
+        .expect("a free port below 1024")
+}
+
+/// The daemon run with exactly the unit's bounding, inheritable and ambient
+/// sets (setpriv, as systemd would set them): no warning about the bounding
+/// set it may not touch, a log line saying what it runs with, exactly what
+/// it keeps of the unit's set, and it frees a stale holder of a port below
+/// 1024 (its bind probe needs CAP_NET_BIND_SERVICE) as `freed`.
+#[test]
+fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
+    use reaper_tests::daemon::{wait_for, Binder, Daemon, Orphan};
+    reaper_tests::require_root();
+    let unit = read("deploy/reaper.service");
+    let port = low_port();
+    let holder = Orphan::spawn(port, "rp-lowport");
+    let mut d = Daemon::start(&holder.rule("stale low port", Some("reap")));
+    d.stop(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&d.socket);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.log)
+        .unwrap();
+    let bounding = setpriv_caps(&unit, "CapabilityBoundingSet");
+    let ambient = setpriv_caps(&unit, "AmbientCapabilities");
+    let child = Command::new("setpriv")
+        .args(["--bounding-set", &bounding, "--inh-caps", &ambient])
+        .args(["--ambient-caps", &ambient])
+        .arg(reaper_bin())
+        .args(["daemon", "--config"])
+        .arg(&d.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("setpriv (util-linux) is needed");
+    d.child = Some(child);
+    wait_for(
+        "the daemon under the unit's capabilities to answer",
+        Duration::from_secs(30),
+        || {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited ({st}):\n{}", d.log_text());
+            }
+            d.try_query(r#"{"cmd":"ports"}"#).ok()
+        },
+    );
+    let log = d.log_text();
+    assert!(
+        !log.contains("could not drop capabilities"),
+        "the daemon warns under the unit's sets:\n{log}"
+    );
+    assert!(
+        log.contains("capabilities: effective") && log.contains("reducing it needs CAP_SETPCAP"),
+        "the daemon says what it runs with:\n{log}"
+    );
+    let unit_set = unit_mask(&unit, "CapabilityBoundingSet");
+    let keeps = reaper::caps::mask_of(reaper::caps::DAEMON_KEEPS) & unit_set;
+    let sets = reaper::caps::sets_of(&d.pid().to_string()).unwrap();
+    assert_eq!(
+        (sets.effective, sets.permitted),
+        (keeps, keeps),
+        "effective/permitted: {} / {}, want {}",
+        reaper::caps::names(sets.effective),
+        reaper::caps::names(sets.permitted),
+        reaper::caps::names(keeps)
+    );
+    assert_eq!(
+        sets.bounding,
+        Some(unit_set),
+        "the bounding set is the unit's"
+    );
+    assert_eq!(sets.ambient, Some(0));
+
+    let (_binder, failed) = Binder::run(port, 3);
+    assert!(failed >= 1, "the binder's binds of :{port} failed");
+    let reaping = d.wait_record("the reaping of the low port's holder", |r| {
+        r["kind"] == "reaping" && r["port"] == port && r["outcome"] != "in_progress"
+    });
+    assert_eq!(reaping["outcome"], "freed", "{reaping}");
+    wait_for("the holder to be gone", Duration::from_secs(5), || {
+        (!holder.alive()).then_some(())
+    });
+}
