@@ -45,6 +45,7 @@ use crate::util::{Family, Proto};
 
 pub mod facts;
 pub mod predict;
+pub mod setting;
 
 /// What a socket is doing, as far as the bind tables care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
