@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use reaper::hooks::TierChoice;
 use reaper::output::ColorChoice;
 use reaper::report::Format as ReportFormat;
-use reaper::util::{parse_duration, parse_port, Proto};
+use reaper::util::{parse_duration, parse_port};
+use reaper::vocab::Proto;
 
 #[derive(Parser, Debug)]
 #[command(

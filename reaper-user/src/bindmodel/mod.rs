@@ -41,7 +41,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto};
 
 pub mod facts;
 pub mod predict;

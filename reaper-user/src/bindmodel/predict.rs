@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{judge_unknown, Activity, Answer, Existing, Request, Rule};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// What `bind()` will return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use reaper::error::{bad_input, Exit};
 use reaper::holders::{self, Holding, Query, Scan};
 use reaper::output::{print, use_color, Style};
 use reaper::text::term;
-use reaper::util::Proto;
+use reaper::vocab::Proto;
 
 /// `reaper why --json`. Field names are an interface.
 #[derive(Serialize)]
