@@ -250,7 +250,7 @@ impl Churn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::Proto;
+    use crate::vocab::Proto;
 
     fn claim(port: u16, pid: u32, ts: &str) -> Record {
         Record {
