@@ -163,6 +163,9 @@ pub struct WhoArgs {
     /// Only this protocol (default: both).
     #[arg(long)]
     pub proto: Option<Proto>,
+    /// UDP only (the same as --proto udp).
+    #[arg(long, conflicts_with = "proto")]
+    pub udp: bool,
     /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
@@ -224,6 +227,9 @@ pub struct FreeArgs {
     pub port: u16,
     #[arg(long, default_value = "tcp")]
     pub proto: Proto,
+    /// A UDP port (the same as --proto udp).
+    #[arg(long)]
+    pub udp: bool,
     /// Holder's process name (matched against comm, exe basename and argv[0]).
     #[arg(long = "match", value_name = "NAME")]
     pub match_name: Option<String>,

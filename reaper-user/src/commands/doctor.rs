@@ -1,6 +1,6 @@
 //! `reaper doctor`: what this machine allows, and what reaper would do here.
 
-use anyhow::Result;
+use super::Result;
 use serde::Serialize;
 
 use crate::cli::{DoctorArgs, Global};

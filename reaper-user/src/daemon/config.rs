@@ -281,7 +281,14 @@ impl Config {
             line: None,
             message: format!("cannot read it: {e} (give an existing TOML file; deploy/reaper.toml is an annotated example)"),
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        // Here, not in parse: which users exist is the host's, not the text's.
+        config.policy.check_users().map_err(|message| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message,
+        })?;
+        Ok(config)
     }
 
     /// Parses and checks config text; `path` only names it in errors.
