@@ -205,10 +205,12 @@ impl Daemon {
                 });
             }
         }
+        let reserved_ports = reserve_ports(&self.config.reserve_ports);
         self.journal(Body::Start {
             version: env!("CARGO_PKG_VERSION").to_string(),
             tier: self.sink.source.to_string(),
             pid: Some(std::process::id()),
+            reserved_ports,
         });
         match degraded {
             Some(reason) => {
@@ -501,4 +503,23 @@ pub fn check_config(path: &Path) -> Result<String, config::ConfigError> {
             .unwrap_or_else(|| "off".into()),
         c.summary()
     ))
+}
+
+/// `reserve_ports` of the config added to the host's
+/// net.ipv4.ip_local_reserved_ports, for the start record: the list the
+/// kernel has now, or why it could not be written.
+fn reserve_ports(ranges: &[(u16, u16)]) -> Option<String> {
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(match crate::bindmodel::setting::reserve(ranges) {
+        Ok(now) => {
+            tracing::info!("net.ipv4.ip_local_reserved_ports is now {now}: connect() never lends these ports to a client");
+            now
+        }
+        Err(e) => {
+            tracing::warn!("could not add reserve_ports to net.ipv4.ip_local_reserved_ports: {e}");
+            format!("error: {e}")
+        }
+    })
 }

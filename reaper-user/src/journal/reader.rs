@@ -225,6 +225,8 @@ struct Wire {
     version: Option<String>,
     tier: Option<String>,
     pid: Option<u32>,
+    #[serde(default)]
+    reserved_ports: Option<String>,
     reason: Option<String>,
     mode: Option<Mode>,
     after: Option<String>,
@@ -298,6 +300,7 @@ impl Wire {
                 version: w.version?,
                 tier: w.tier?,
                 pid: w.pid,
+                reserved_ports: w.reserved_ports,
             },
             "stop" => Body::Stop { reason: w.reason? },
             "mode" => Body::Mode {
