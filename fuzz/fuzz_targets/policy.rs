@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
 use reaper::holders::{Process, Socket};
-use reaper::policy::{Action, Context, Decision, Policy};
-use reaper::util::{Family, Proto};
+use reaper::policy::{Context, Policy};
+use reaper::vocab::{Action, Decision, Family, Proto, SocketState};
 
 const NS: u64 = 4026531840;
 
@@ -54,7 +54,7 @@ fn socket() -> Socket {
         addr: "127.0.0.1".parse().unwrap(),
         port: 8080,
         peer: None,
-        state: "LISTEN".into(),
+        state: SocketState::Listen,
         inode: 1,
         cookie: 0,
         uid: 1000,

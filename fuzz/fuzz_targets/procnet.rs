@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use reaper::holders::procnet::{parse_endpoint, parse_line, parse_table, Table, FILES};
-use reaper::util::Family;
+use reaper::vocab::Family;
 
 /// An endpoint as the kernel prints it: each 32-bit word of the address as
 /// a native-endian integer in hex, then the port in hex.

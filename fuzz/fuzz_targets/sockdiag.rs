@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use reaper::holders::sockdiag::{parse_batch, parse_diag_msg, DIAG_MSG_LEN};
 use reaper::holders::Socket;
-use reaper::util::{Family, Proto};
+use reaper::vocab::{Family, Proto};
 
 /// nlmsg_type of a sock_diag answer (SOCK_DIAG_BY_FAMILY, linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use reaper::hooks::TierChoice;
 use reaper::output::ColorChoice;
 use reaper::report::Format as ReportFormat;
-use reaper::util::{parse_duration, parse_port, Proto};
+use reaper::util::{parse_duration, parse_port};
+use reaper::vocab::Proto;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,12 +25,13 @@ use reaper::util::{parse_duration, parse_port, Proto};
         "  reaper free 8080 --match platform-server --exe /usr/local/bin/platform-server\n",
         "  reaper watch --json              stream every bind, listen, release and failure\n",
         "  reaper doctor                    which kernel hooks load here\n",
+        "  reaper why 8080 --reuseaddr      would this bind succeed, and if not, why\n",
         "\n",
         "Exit status:\n",
         "  0  success (who: the port is held; free: the port is free)\n",
-        "  1  who: the port is not held\n",
+        "  1  who: the port is not held; why: the bind would fail\n",
         "  2  bad input (usage, port, config or policy file)\n",
-        "  3  free, job: still held after the deadline\n",
+        "  3  free, job: still held after the deadline; why: cannot tell\n",
         "  4  free, job: held by something the policy refuses to kill (job: or by a running job)\n",
         "  5  could not do the job (needs root, BPF refused, I/O error)\n",
         "  6  free: the port is free, but its journal record could not be written"),
@@ -74,6 +76,14 @@ pub enum Command {
     #[command(after_help = concat!("Examples:\n  reaper who 8080\n  reaper who 53 --proto udp --json\n  reaper who 8080 --netns all\n\n",
         "Exit status: 0 held, 1 not held, 2 bad input, 5 could not scan"))]
     Who(WhoArgs),
+    /// Would this bind succeed? Which sockets block it, by which kernel rule, and what would fix it.
+    #[command(after_help = concat!("Examples:\n",
+        "  reaper why 8080\n",
+        "  reaper why 8080 --addr :: --reuseaddr\n",
+        "  reaper why 5353 --udp --reuseport --uid 1000 --json\n\n",
+        "Exit status: 0 the bind would succeed, 1 it would fail (EADDRINUSE or EACCES), 2 bad input,\n",
+        "3 cannot tell (a fact the kernel does not show decides), 5 could not scan"))]
+    Why(WhyArgs),
     /// Every bound port with its holders.
     #[command(
         after_help = "Examples:\n  reaper ports --listening\n  reaper ports --proto udp --json"
@@ -156,6 +166,37 @@ pub struct WhoArgs {
     /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WhyArgs {
+    /// The port (1-65535).
+    #[arg(value_parser = parse_port)]
+    pub port: u16,
+    /// The local address to bind: 0.0.0.0, ::, 127.0.0.1, ::ffff:127.0.0.1, ...
+    #[arg(long, default_value = "0.0.0.0", value_name = "A")]
+    pub addr: String,
+    /// A UDP socket (default: TCP).
+    #[arg(long)]
+    pub udp: bool,
+    /// The new socket sets SO_REUSEADDR.
+    #[arg(long)]
+    pub reuseaddr: bool,
+    /// The new socket sets SO_REUSEPORT.
+    #[arg(long)]
+    pub reuseport: bool,
+    /// The new socket sets IPV6_V6ONLY (IPv6 addresses only).
+    #[arg(long)]
+    pub v6only: bool,
+    /// The effective uid that binds (default: yours).
+    #[arg(long, value_name = "U")]
+    pub uid: Option<u32>,
+    /// The network namespace to bind in: an inode as in `readlink /proc/PID/ns/net` (default: this one).
+    #[arg(long, value_name = "ID")]
+    pub netns: Option<String>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -23,6 +23,10 @@
 //! report / metrics / control   forensics, Prometheus, the daemon's socket
 //! ```
 //!
+//! Under all of them, `vocab` holds the words they share (protocol, family,
+//! socket state, decision, action, outcome, source, signal, why a socket has
+//! no process) and uses nothing of reaper's.
+//!
 //! The binary (`main.rs`) owns the command line: `cli` holds the clap
 //! definitions, `commands` one function per subcommand over this library's
 //! types; `main.rs` only parses and dispatches. The library exports what the
@@ -49,3 +53,4 @@ pub mod report;
 pub mod sys;
 pub mod text;
 pub mod util;
+pub mod vocab;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use reaper::holders::container::engine;
 use reaper::holders::{self, Query};
-use reaper::policy::{Context, Decision, Policy};
+use reaper::policy::{Context, Policy};
 use reaper::reap::BindProbe;
-use reaper::util::Proto;
+use reaper::vocab::{Decision, Proto};
 use reaper_tests::containers::{alive, docker, require_docker, Container, Image};
 use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper};
 use reaper_tests::poll_until;

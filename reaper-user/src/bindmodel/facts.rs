@@ -23,14 +23,14 @@ use std::os::unix::fs::MetadataExt;
 
 use super::{Activity, Existing};
 use crate::holders::{Holding, Socket};
-use crate::util::Proto;
+use crate::vocab::{Proto, SocketState};
 
 /// A socket's activity from its state in `ss` words.
 pub fn activity(s: &Socket) -> Activity {
-    match (s.proto, s.state.as_str()) {
-        (Proto::Tcp, "LISTEN") => Activity::Listen,
-        (Proto::Tcp, "TIME-WAIT") => Activity::TimeWait,
-        (Proto::Tcp, "BOUND-INACTIVE" | "CLOSE" | "UNCONN") => Activity::Bound,
+    match (s.proto, s.state) {
+        (Proto::Tcp, SocketState::Listen) => Activity::Listen,
+        (Proto::Tcp, SocketState::TimeWait) => Activity::TimeWait,
+        (Proto::Tcp, SocketState::BoundInactive | SocketState::Unconn) => Activity::Bound,
         (Proto::Tcp, _) => Activity::Connected,
         (Proto::Udp, _) if s.peer.is_some() => Activity::Connected,
         (Proto::Udp, _) => Activity::Bound,

@@ -41,10 +41,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto};
 
 pub mod facts;
 pub mod predict;
+pub mod setting;
 
 /// What a socket is doing, as far as the bind tables care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{judge_unknown, Activity, Answer, Existing, Request, Rule};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// What `bind()` will return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +214,8 @@ fn fixes(
             "set IPV6_V6ONLY on the new socket (IPv6 only)",
         ));
     }
-    let mut own_fix = false;
+    // Only when the sockets are what fails it.
+    let mut own_fix = predict_plain(req, existing, &privileged) == Outcome::Ok;
     for (t, words) in tries {
         if !own_fix && predict_plain(&t, existing, &privileged) == Outcome::Ok {
             out.push(words.to_string());
@@ -235,7 +236,11 @@ fn fixes(
             "wait for the TIME_WAIT to end, or set SO_REUSEADDR on both the old and the new socket"
                 .to_string()
         } else if j.is_some_and(|j| j.rule == Rule::Listening) {
-            format!("stop the listener on {} (reaper free {})", e.addr, e.port)
+            format!(
+                "stop the listener on {} (reaper free {})",
+                endpoint(e),
+                e.port
+            )
         } else if j.is_some_and(|j| j.rule == Rule::ReuseportOtherUid) {
             format!("bind as uid {}, the owner of the SO_REUSEPORT group", e.uid)
         } else {
@@ -263,4 +268,11 @@ fn predict_plain(req: &Request, existing: &[Existing], setting: &Setting) -> Out
         })
         .collect();
     outcome_of(req, &on_port, setting)
+}
+
+fn endpoint(e: &Existing) -> String {
+    match e.addr {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+        std::net::IpAddr::V4(a) => format!("{a}:{}", e.port),
+    }
 }

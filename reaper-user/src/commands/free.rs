@@ -25,13 +25,13 @@ use reaper::error::{bad_input, Exit};
 use reaper::holders::container::engine::ContainerStop;
 use reaper::holders::{self, Query, ScanGaps};
 use reaper::journal::writer::{JournalWriter, WriterOptions};
-use reaper::journal::{self, Outcome, Record};
+use reaper::journal::{self, Record};
 use reaper::output::{self, Style};
-use reaper::policy::{Context, Decision, FlagRule, Policy, Verdict};
+use reaper::policy::{Context, FlagRule, Policy, Verdict};
 use reaper::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
 use reaper::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
 use reaper::text::{shell_word, term};
-use reaper::util::Proto;
+use reaper::vocab::{Decision, Outcome, Proto, SocketState};
 
 /// The JSON document `--json` prints.
 #[derive(Serialize)]
@@ -217,7 +217,7 @@ fn expiry_words(ms: Option<u64>) -> String {
 }
 
 fn signals_words(t: &TargetReport) -> String {
-    let s: Vec<&str> = t.signals.iter().map(|s| s.signal).collect();
+    let s: Vec<&str> = t.signals.iter().map(|s| s.signal.as_str()).collect();
     if s.is_empty() {
         "no signal".into()
     } else {
@@ -270,7 +270,11 @@ impl<'a> Run<'a> {
 
     /// Nothing holds it (maybe TIME_WAIT): the probe tells the truth.
     fn wait_unowned(&mut self, probes: &[BindProbe]) -> Ended<'a> {
-        let time_wait = self.plan.unowned.iter().find(|u| u.state == "TIME-WAIT");
+        let time_wait = self
+            .plan
+            .unowned
+            .iter()
+            .find(|u| u.state == SocketState::TimeWait);
         let first = reap::wait_bindable(probes, Instant::now());
         if first.free_at.is_some() {
             self.free_at = first.free_at;

@@ -13,6 +13,7 @@ use reaper::holders::container::{self, Container, Via};
 use reaper::holders::{Holding, Process, Scan, ScanGaps, Socket};
 use reaper::output::Style;
 use reaper::text::term;
+use reaper::vocab::{SocketState, UnownedReason};
 
 /// `--netns`: `all` or a namespace inode.
 pub(super) fn parse_netns(s: &str) -> Result<Option<u64>> {
@@ -75,10 +76,10 @@ fn process_age(p: &Process) -> Option<Duration> {
 }
 
 fn state_styled(s: &Socket, style: Style) -> String {
-    match s.state.as_str() {
-        "LISTEN" | "UNCONN" => style.green(&s.state),
-        "TIME-WAIT" => style.yellow(&s.state),
-        _ => s.state.clone(),
+    match s.state {
+        SocketState::Listen | SocketState::Unconn => style.green(s.state.as_str()),
+        SocketState::TimeWait => style.yellow(s.state.as_str()),
+        _ => s.state.to_string(),
     }
 }
 
@@ -114,7 +115,7 @@ pub(super) fn render_holding(
             }
         ));
     }
-    if s.state == "BOUND-INACTIVE" {
+    if s.state == SocketState::BoundInactive {
         out.push_str(
             "  bound but neither listening nor connected: it holds the port all the same\n",
         );
@@ -124,14 +125,14 @@ pub(super) fn render_holding(
     }
     if h.processes.is_empty() {
         let timer = s.timer_ms.map(|ms| age(Duration::from_millis(ms + 999)));
-        let why = match (h.unowned_reason.as_deref(), &timer) {
-            (Some("time-wait"), Some(t)) => format!("blocked by TIME_WAIT, expires in {t} (the port is not free until then, unless the new socket sets SO_REUSEADDR)"),
-            (Some("time-wait"), None) => "blocked by TIME_WAIT".to_string(),
-            (Some("orphaned"), t) => format!(
+        let why = match (h.unowned_reason, &timer) {
+            (Some(UnownedReason::TimeWait), Some(t)) => format!("blocked by TIME_WAIT, expires in {t} (the port is not free until then, unless the new socket sets SO_REUSEADDR)"),
+            (Some(UnownedReason::TimeWait), None) => "blocked by TIME_WAIT".to_string(),
+            (Some(UnownedReason::Orphaned), t) => format!(
                 "orphaned: no process has it open; the kernel is finishing the close{}",
                 t.as_ref().map(|t| format!(", timer {t}")).unwrap_or_default()
             ),
-            (Some("unreadable"), _) => {
+            (Some(UnownedReason::Unreadable), _) => {
                 "no readable process holds it: the holder is probably one of the unreadable processes counted below".to_string()
             }
             _ => "no process holds it: the kernel does, a file in flight over a unix socket, or it closed during the scan".to_string(),
@@ -381,7 +382,7 @@ pub(super) fn gaps_line(g: &ScanGaps) -> Option<String> {
 /// container, the job.
 pub(super) fn holders_cell(h: &Holding) -> String {
     if h.processes.is_empty() {
-        return format!("- ({})", h.unowned_reason.as_deref().unwrap_or("none"));
+        return format!("- ({})", h.unowned_reason.map_or("none", |r| r.as_str()));
     }
     let mut cell = h
         .processes

@@ -15,6 +15,7 @@ pub mod ports;
 pub mod report;
 pub mod watch;
 pub mod who;
+pub mod why;
 
 pub fn dispatch(cli: Cli) -> Result<Exit> {
     let global = cli.global;
@@ -22,6 +23,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Watch(args) => watch::run(&global, args),
         Command::Doctor(args) => doctor::run(&global, args),
         Command::Who(args) => who::run(&global, args),
+        Command::Why(args) => why::run(&global, args),
         Command::Ports(args) => ports::run(&global, args),
         Command::Free(args) => free::run(&global, args),
         Command::Job(args) => job::run(&global, args),

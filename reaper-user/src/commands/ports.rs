@@ -15,6 +15,7 @@ use crate::cli::{Global, PortsArgs};
 use reaper::error::Exit;
 use reaper::holders::{self, Query, Scan};
 use reaper::output::{print, use_color, Style, Table};
+use reaper::vocab::SocketState;
 
 pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     let netns = parse_netns(&args.netns)?;
@@ -59,7 +60,8 @@ pub fn run(global: &Global, args: PortsArgs) -> Result<Exit> {
     if daemon.is_none() {
         check_netns_found(netns, &scan)?;
     }
-    scan.holdings.retain(|h| h.socket.state != "TIME-WAIT");
+    scan.holdings
+        .retain(|h| h.socket.state != SocketState::TimeWait);
     if args.json {
         let mut text = serde_json::to_string_pretty(&scan.holdings)?;
         text.push('\n');
@@ -92,7 +94,7 @@ pub fn render(scan: &Scan, style: Style) -> String {
             s.peer
                 .map(|(a, p)| endpoint(a, p))
                 .unwrap_or_else(|| "*".into()),
-            s.state.clone(),
+            s.state.to_string(),
             netns_label(s.netns, scan),
             holders_cell(h),
         ]);

@@ -16,7 +16,8 @@ use reaper::holders::{self, Holding, Query};
 use reaper::hooks;
 use reaper::ledger::{Fact, Ledger};
 use reaper::output::{json_line, print, use_color, Style};
-use reaper::util::{clock_ns, rfc3339, Proto};
+use reaper::util::{clock_ns, rfc3339};
+use reaper::vocab::Proto;
 
 /// A line saying events were lost: never hidden.
 #[derive(Serialize)]

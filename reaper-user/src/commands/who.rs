@@ -17,7 +17,7 @@ use reaper::holders::container::{self, Container};
 use reaper::holders::{self, Holding, Query, Scan, ScanGaps};
 use reaper::output::{print, use_color, Style};
 use reaper::text::term;
-use reaper::util::Proto;
+use reaper::vocab::Proto;
 
 /// The one JSON document `reaper who --json` prints. Field names are an
 /// interface: scripts read them.
@@ -231,7 +231,7 @@ mod tests {
     use super::*;
     use reaper::holders::container::Via;
     use reaper::holders::{Process, Socket};
-    use reaper::util::Family;
+    use reaper::vocab::Family;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn sock(state: &str, addr: IpAddr, inode: u64) -> Socket {
@@ -246,7 +246,7 @@ mod tests {
             addr,
             port: 8080,
             peer: None,
-            state: state.into(),
+            state: reaper::vocab::SocketState::from_word(state).unwrap(),
             inode,
             cookie: 1,
             uid: 0,
@@ -294,7 +294,7 @@ mod tests {
                 Holding {
                     socket: sock("TIME-WAIT", IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                     processes: vec![],
-                    unowned_reason: Some("time-wait".into()),
+                    unowned_reason: Some(reaper::vocab::UnownedReason::TimeWait),
                     container: None,
                 },
             ],

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::journal::Body;
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// Where a conflict happens: two namespaces with the same port are two
 /// conflicts (or none).

@@ -24,7 +24,8 @@ use tokio::net::UnixListener;
 
 use crate::journal::Record;
 use crate::ledger::{Claim, Ledger};
-use crate::util::{rfc3339, Proto};
+use crate::util::rfc3339;
+use crate::vocab::{Proto, SocketState, Source, UnownedReason};
 
 /// A request: `{"cmd":"who","port":8080,"proto":"tcp"}`, `{"cmd":"ports"}`,
 /// `{"cmd":"conflicts","limit":50}`.
@@ -93,7 +94,7 @@ pub struct ClaimView {
     pub listening_at: Option<String>,
     /// The tier that saw the bind, or "proc" for claims found by a scan
     /// (those predate the daemon, or were seen in degraded mode).
-    pub source: String,
+    pub source: Source,
     #[serde(flatten)]
     pub binder: Binder,
     /// Recent failed binds of the same port and namespace, oldest first.
@@ -436,17 +437,17 @@ pub fn scan_of(resp: &Response) -> crate::holders::Scan {
             netns: c.netns,
             proto: c.proto,
             family: if addr.is_ipv6() {
-                crate::util::Family::Ipv6
+                crate::vocab::Family::Ipv6
             } else {
-                crate::util::Family::Ipv4
+                crate::vocab::Family::Ipv4
             },
             addr,
             port: c.port,
             peer: None,
             state: match (c.proto, &c.listening_at) {
-                (Proto::Udp, _) => "UNCONN".into(),
-                (Proto::Tcp, Some(_)) => "LISTEN".into(),
-                (Proto::Tcp, None) => "BOUND".into(),
+                (Proto::Udp, _) => SocketState::Unconn,
+                (Proto::Tcp, Some(_)) => SocketState::Listen,
+                (Proto::Tcp, None) => SocketState::Bound,
             },
             inode: 0,
             cookie: c.cookie,
@@ -463,7 +464,7 @@ pub fn scan_of(resp: &Response) -> crate::holders::Scan {
         }
         holdings.push(Holding {
             socket,
-            unowned_reason: process.is_none().then(|| "exited".to_string()),
+            unowned_reason: process.is_none().then_some(UnownedReason::Exited),
             processes: process.into_iter().collect(),
             container: None,
         });
@@ -492,7 +493,7 @@ pub fn history_lines(resp: &Response) -> String {
             (Some(p), None) => format!(" (parent {p})"),
             _ => String::new(),
         };
-        let how = if c.source == "proc" {
+        let how = if c.source == Source::Proc {
             "held before the daemon saw a bind (found by a scan), since".to_string()
         } else {
             "bound".to_string()

@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::policy::{Action, Policy};
+use crate::policy::Policy;
 use crate::util::parse_duration;
+use crate::vocab::Action;
 
 /// Which hooks the daemon attaches. `none` is degraded mode on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -43,15 +43,14 @@ use crate::events::{EventStream, Matcher};
 use crate::holders::{self, Holding, Process, Query, Scan};
 use crate::hooks::{self, Attached};
 use crate::journal::writer::{JournalWriter, WriterOptions};
-use crate::journal::{
-    self, Body, Endpoint, HolderVerdict, Outcome, ProcessRef, Record, VerdictRecord,
-};
+use crate::journal::{self, Body, Endpoint, HolderVerdict, ProcessRef, Record, VerdictRecord};
 use crate::ledger::{addrs_collide, Claim, ClaimKey, Fact, Ledger};
 use crate::metrics::{self, Metrics};
-use crate::policy::{Action, Context as PolicyContext, Decision, Policy};
+use crate::policy::{Context as PolicyContext, Policy};
 use crate::reap::{self, Plan, StopOptions, Tree};
 use crate::text::term;
-use crate::util::{clock_ns, rfc3339, Proto};
+use crate::util::{clock_ns, rfc3339};
+use crate::vocab::{Action, Decision, Outcome, Proto, SocketState, Source};
 use config::{Config, OnJournalError};
 
 /// The line the daemon logs when it is ready (tests and supervisors wait for it).
@@ -147,7 +146,7 @@ struct Daemon {
     config_path: Option<PathBuf>,
     journal: Option<JournalWriter>,
     /// The tier name, or "proc" in degraded mode: every record's `source`.
-    source: String,
+    source: Source,
     attached: Option<Attached>,
     stream: Option<EventStream>,
     matcher: Matcher,
@@ -204,7 +203,11 @@ impl Daemon {
         let exact = attached.as_ref().is_some_and(|a| a.tier.exact_errno());
 
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut shared = Shared::new(Ledger::new(&source), &source, degraded_reason.is_some());
+        let mut shared = Shared::new(
+            Ledger::new(source.clone()),
+            source.as_str(),
+            degraded_reason.is_some(),
+        );
         shared.journal = Some(config.journal.display().to_string());
         let shared = Arc::new(Mutex::new(shared));
         let mut d = Daemon {
@@ -293,7 +296,7 @@ impl Daemon {
         }
         self.journal(Body::Start {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            tier: self.source.clone(),
+            tier: self.source.to_string(),
             pid: Some(std::process::id()),
         });
         match degraded {
@@ -906,7 +909,7 @@ impl Daemon {
                         "no signal".to_string()
                     } else {
                         sent.iter()
-                            .map(|s| s.signal)
+                            .map(|s| s.signal.as_str())
                             .collect::<Vec<_>>()
                             .join(" and ")
                     }
@@ -1165,7 +1168,7 @@ impl Daemon {
             let backed: HashSet<(u64, Proto, IpAddr, u16)> = scan
                 .holdings
                 .iter()
-                .filter(|h| h.socket.state != "TIME-WAIT")
+                .filter(|h| h.socket.state != SocketState::TimeWait)
                 .map(|h| (h.socket.netns, h.socket.proto, h.socket.addr, h.socket.port))
                 .collect();
             let stale: Vec<u64> = shared
@@ -1361,11 +1364,9 @@ impl Daemon {
 
 /// The hook tier the daemon runs on ("proc" in degraded mode), published
 /// in the metrics with the claims map's capacity.
-fn publish_tier(metrics: &Metrics, attached: Option<&Attached>, degraded: bool) -> String {
-    let source = attached
-        .map(|a| a.tier.as_str().to_string())
-        .unwrap_or_else(|| "proc".to_string());
-    metrics.set_tier(&source);
+fn publish_tier(metrics: &Metrics, attached: Option<&Attached>, degraded: bool) -> Source {
+    let source = attached.map_or(Source::Proc, |a| Source::from(a.tier.as_str()));
+    metrics.set_tier(source.as_str());
     if let Some(a) = attached {
         metrics
             .claims_capacity
@@ -1669,7 +1670,7 @@ fn key_tuple(k: &ClaimKey) -> (u64, Proto, IpAddr, u16) {
 /// A listening TCP or bound UDP socket: a claim in the ledger's sense
 /// (connections and TIME-WAIT hold ports too, but are not claims).
 fn holds_for_binds(h: &Holding) -> bool {
-    matches!(h.socket.state.as_str(), "LISTEN" | "UNCONN")
+    h.socket.state.is_listening()
 }
 
 /// The binder details a scan knows: the holder's parent now (for a holder
@@ -1711,9 +1712,9 @@ fn claim_of(h: &Holding) -> Option<Claim> {
         // The bind itself was not seen: the process start is the earliest
         // the claim can be.
         bound_at: started,
-        listening_at: (s.state == "LISTEN").then_some(started),
+        listening_at: (s.state == SocketState::Listen).then_some(started),
         requested_port: None,
-        source: "proc".into(),
+        source: Source::Proc,
     })
 }
 

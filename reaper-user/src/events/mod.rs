@@ -22,7 +22,7 @@ use reaper_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto};
 
 /// How long after an attempt (by the kernel's clock) reaper waits for its
 /// success before it calls the attempt failed. `post_bind` fires within

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Holding, Process};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 pub mod engine;
 
@@ -623,11 +623,11 @@ mod tests {
             socket: crate::holders::Socket {
                 netns: 1,
                 proto: Proto::Tcp,
-                family: crate::util::Family::Ipv4,
+                family: crate::vocab::Family::Ipv4,
                 addr: "127.0.0.1".parse().unwrap(),
                 port: 18181,
                 peer: None,
-                state: "LISTEN".into(),
+                state: crate::vocab::SocketState::Listen,
                 inode: 5,
                 cookie: 0,
                 uid: 0,

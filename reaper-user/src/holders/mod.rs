@@ -41,7 +41,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
 pub mod container;
 pub(crate) mod fdmap;
@@ -63,7 +63,7 @@ pub struct Socket {
     /// Remote end for connected sockets.
     pub peer: Option<(IpAddr, u16)>,
     /// Kernel socket state in `ss` words: LISTEN, ESTAB, TIME-WAIT, UNCONN, ...
-    pub state: String,
+    pub state: SocketState,
     /// Socket inode (0 for TIME_WAIT sockets, which have none).
     pub inode: u64,
     /// Socket cookie from sock_diag (0 when read from /proc/net).
@@ -117,7 +117,7 @@ pub struct Holding {
     /// owner that could not be read): see `unowned_reason`.
     pub processes: Vec<Process>,
     /// Why there is no process: "time-wait", "orphaned", "unreadable".
-    pub unowned_reason: Option<String>,
+    pub unowned_reason: Option<UnownedReason>,
     /// The container the port belongs to: the one its holder runs in, or
     /// the one a proxy (docker-proxy) publishes it for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,7 @@ pub struct Scan {
 /// Listening TCP, or bound unconnected UDP: what `ss -l` shows.
 pub fn is_listening(s: &Socket) -> bool {
     match s.proto {
-        Proto::Tcp => s.state == "LISTEN",
+        Proto::Tcp => s.state == SocketState::Listen,
         Proto::Udp => s.peer.is_none(),
     }
 }
@@ -198,37 +198,28 @@ pub fn matches(q: &Query, s: &Socket) -> bool {
         && (!q.listening_only || is_listening(s))
         // Pending connections (the /proc/net tables list them) are the
         // listener's business; sock_diag is not asked for them either.
-        && !(s.inode == 0 && matches!(s.state.as_str(), "SYN-RECV" | "NEW-SYN-RECV"))
+        && !(s.inode == 0 && matches!(s.state, SocketState::SynRecv | SocketState::NewSynRecv))
 }
 
-/// Why a socket nobody holds is still there.
-///
-/// "time-wait": the kernel keeps the closed connection for its timer.
-/// "orphaned": no file refers to it any more (closed while data or a FIN was
-/// in flight: FIN-WAIT, LAST-ACK, CLOSING); the kernel finishes it alone.
-/// "unreadable": it has an inode, and some processes could not be read: the
-/// holder is probably among them.
-/// "no-process": it has an inode and every process was read: it is held by
-/// the kernel itself, by a file in flight over a unix socket, or was closed
-/// during the scan.
-pub fn unowned_reason(s: &Socket, gaps: &ScanGaps) -> &'static str {
-    if s.state == "TIME-WAIT" {
-        "time-wait"
+/// Why a socket nobody holds is still there (see [`UnownedReason`]).
+pub fn unowned_reason(s: &Socket, gaps: &ScanGaps) -> UnownedReason {
+    if s.state == SocketState::TimeWait {
+        UnownedReason::TimeWait
     } else if s.inode == 0 {
-        "orphaned"
+        UnownedReason::Orphaned
     } else if gaps.unreadable_pids > 0 {
-        "unreadable"
+        UnownedReason::Unreadable
     } else {
-        "no-process"
+        UnownedReason::NoProcess
     }
 }
 
 /// Order of states in answers: what holds a port for new binds first.
-fn state_rank(state: &str) -> u8 {
+fn state_rank(state: SocketState) -> u8 {
     match state {
-        "LISTEN" | "UNCONN" => 0,
-        "BOUND-INACTIVE" => 1,
-        "TIME-WAIT" => 3,
+        SocketState::Listen | SocketState::Unconn => 0,
+        SocketState::BoundInactive => 1,
+        SocketState::TimeWait => 3,
         _ => 2,
     }
 }
@@ -436,9 +427,7 @@ fn holdings_of(
                 .flatten()
                 .filter_map(|pid| details.get(pid).cloned())
                 .collect();
-            let unowned_reason = processes
-                .is_empty()
-                .then(|| unowned_reason(&socket, gaps).to_string());
+            let unowned_reason = processes.is_empty().then(|| unowned_reason(&socket, gaps));
             Holding {
                 socket,
                 processes,
@@ -454,7 +443,7 @@ fn holdings_of(
                 s.port,
                 s.proto,
                 s.netns,
-                state_rank(&s.state),
+                state_rank(s.state),
                 s.addr,
                 s.peer,
                 s.inode,

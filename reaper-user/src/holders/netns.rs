@@ -19,7 +19,7 @@ use nix::fcntl::readlinkat;
 use nix::sched::{setns, CloneFlags};
 
 use super::{procnet, sockdiag, Socket};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// One network namespace and a way into it.
 #[derive(Clone, Debug, PartialEq, Eq)]

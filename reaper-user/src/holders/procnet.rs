@@ -9,8 +9,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{sockdiag::state_name, Socket};
-use crate::util::{Family, Proto};
+use super::Socket;
+use crate::vocab::{Family, Proto, SocketState};
 
 /// How to read one table.
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +64,7 @@ pub fn parse_line(line: &[u8], t: Table) -> Option<Socket> {
         addr,
         port,
         peer: connected.then_some((peer, peer_port)),
-        state: state_name(t.proto, state).to_string(),
+        state: SocketState::from_kernel(t.proto, state),
         inode,
         cookie: 0,
         uid,
@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(v[0].port, 2024);
-        assert_eq!(v[0].state, "LISTEN");
+        assert_eq!(v[0].state, SocketState::Listen);
         assert_eq!(v[0].inode, 12345);
         assert_eq!(v[0].peer, None);
         assert_eq!(v[0].timer_ms, None);
@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(v[1].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(v[1].port, 8080);
         assert_eq!(v[1].peer, Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 0xD431)));
-        assert_eq!(v[1].state, "TIME-WAIT");
+        assert_eq!(v[1].state, SocketState::TimeWait);
         assert_eq!(v[1].inode, 0);
         assert_eq!(v[1].timer_ms, Some(0x1770 * 10));
     }
@@ -161,7 +161,7 @@ mod tests {
         let s = parse_line(line, t(Proto::Udp, Family::Ipv4)).unwrap();
         assert_eq!(s.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)));
         assert_eq!(s.port, 53);
-        assert_eq!(s.state, "UNCONN");
+        assert_eq!(s.state, SocketState::Unconn);
         assert_eq!(s.proto, Proto::Udp);
     }
 

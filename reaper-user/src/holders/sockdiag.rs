@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 
 use super::Socket;
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto, SocketState};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -47,30 +47,6 @@ pub const TCP_NEW_SYN_RECV: u8 = 12;
 /// Bound but neither listening nor connected (kernel 6.6+ dumps these only
 /// when asked for this state): it holds the port all the same.
 pub const TCP_BOUND_INACTIVE: u8 = 13;
-
-/// A state's name in `ss` words.
-pub fn state_name(proto: Proto, state: u8) -> &'static str {
-    match state {
-        1 => "ESTAB",
-        2 => "SYN-SENT",
-        3 => "SYN-RECV",
-        4 => "FIN-WAIT-1",
-        5 => "FIN-WAIT-2",
-        6 => "TIME-WAIT",
-        7 if proto == Proto::Udp => "UNCONN",
-        // A TCP socket in CLOSE that a dump returns at all is one from the
-        // bind hash: bound, never listened or connected. The kernel (6.18)
-        // reports it as TCP_CLOSE even when asked for TCP_BOUND_INACTIVE.
-        7 => "BOUND-INACTIVE",
-        8 => "CLOSE-WAIT",
-        9 => "LAST-ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW-SYN-RECV",
-        13 => "BOUND-INACTIVE",
-        _ => "UNKNOWN",
-    }
-}
 
 /// The states to ask for. Every state except SYN-RECV: pending connections
 /// are minisockets of a listener with no inode of their own, and the listener
@@ -218,7 +194,7 @@ pub fn parse_diag_msg(p: &[u8], netns: u64, proto: Proto) -> Option<Socket> {
         addr,
         port: sport,
         peer: connected.then_some((peer, dport)),
-        state: state_name(proto, state).to_string(),
+        state: SocketState::from_kernel(proto, state),
         inode,
         cookie,
         uid,
@@ -388,7 +364,7 @@ mod tests {
         let s = &b.sockets[0];
         assert_eq!((s.port, s.inode, s.uid, s.netns), (8080, 77, 1000, 5));
         assert_eq!(s.cookie, 0x1_dead_beef);
-        assert_eq!(s.state, "LISTEN");
+        assert_eq!(s.state, SocketState::Listen);
         assert!(s.dual_stack);
         assert_eq!(s.timer_ms, None);
         assert!(!b.sockets[1].dual_stack);
@@ -400,7 +376,7 @@ mod tests {
         let b = parse_batch(&nlmsg(SOCK_DIAG_BY_FAMILY, &tw), 1, Proto::Tcp);
         let s = &b.sockets[0];
         assert_eq!(s.addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!(s.state, "TIME-WAIT");
+        assert_eq!(s.state, SocketState::TimeWait);
         assert_eq!(s.timer_ms, Some(59_000));
         assert_eq!(s.inode, 0);
         assert!(!b.done);

@@ -24,12 +24,10 @@ use crate::error::Exit;
 use crate::holders::container::engine::ContainerStop;
 use crate::holders::job::{Job, Table};
 use crate::holders::{self, Holding, Process, Query, Socket};
-use crate::policy::{
-    Action, Context, Decision, JobState, Matcher, NetnsSpec, Policy, Protect, Rule,
-};
+use crate::policy::{Context, JobState, Matcher, NetnsSpec, Policy, Protect, Rule};
 use crate::reap::plan::{Judged, JudgedContainer, Plan, Role, Tree};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
-use crate::util::{Family, Proto};
+use crate::vocab::{Action, Decision, Family, Proto};
 
 use super::members::{self, Unattributed};
 
@@ -561,7 +559,7 @@ fn portless_plan(p: Process, policy: &Policy, ctx: &mut Context) -> Plan {
         addr: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         port: 0,
         peer: None,
-        state: "NONE".into(),
+        state: crate::vocab::SocketState::Unknown,
         inode: 0,
         cookie: 0,
         uid: p.uid,

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::holders::container::Via;
 use crate::holders::job::{Job, Table};
 use crate::holders::{Holding, Process};
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// A holder of a port that a scan cannot tie to the job, and why.
 #[derive(Clone, Debug, Serialize)]

@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
-use crate::policy::Decision;
 use crate::text::term;
+use crate::vocab::Decision;
 
 use super::flow::{target_words, JobRun, PortOutcome};
 

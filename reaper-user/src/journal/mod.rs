@@ -5,12 +5,9 @@
 //! changes), each standing alone: who, what, when, from where. The schema is
 //! versioned by the `v` field and documented in docs/journal.md.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-pub use crate::policy::{Action, Decision};
-pub use crate::util::{Family, Proto};
+use crate::vocab::{Action, Decision, Family, Outcome, Proto, Source};
 
 pub mod job;
 pub mod reader;
@@ -18,89 +15,7 @@ pub mod writer;
 
 pub use job::JobRecord;
 
-/// A word of the schema whose values this version knows, and which a newer
-/// writer may extend: read as the variant, or as `Other` holding the word
-/// as written (written back unchanged), so a report of a newer journal
-/// still shows it.
-macro_rules! open_word {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $var:ident = $word:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(from = "String", into = "String")]
-        pub enum $name {
-            $($(#[$vmeta])* $var,)+
-            /// A word this version does not know, kept as written.
-            Other(String),
-        }
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $($name::$var => $word,)+
-                    $name::Other(s) => s,
-                }
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(s: String) -> $name {
-                match s.as_str() {
-                    $($word => $name::$var,)+
-                    _ => $name::Other(s),
-                }
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(s: &str) -> $name {
-                $name::from(s.to_string())
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(w: $name) -> String {
-                match w {
-                    $name::Other(s) => s,
-                    known => known.as_str().to_string(),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-open_word! {
-    /// How a reaping ended.
-    Outcome {
-        /// The holder exited and the port could be bound again.
-        Freed = "freed",
-        /// The holder exited (or was signalled) but the port stayed held.
-        StillHeld = "still_held",
-        /// Nothing was signalled: a holder was not judged `reap`.
-        Refused = "refused",
-        /// The pid names another process than the one judged: not signalled.
-        IdentityChanged = "identity_changed",
-        /// Only TIME_WAIT held the port: nothing to signal.
-        TimeWait = "time_wait",
-        /// `--dry-run`: what would have been signalled.
-        DryRun = "dry_run",
-        /// The holder was gone before a signal was needed.
-        Gone = "gone",
-        /// pidfd_open or pidfd_send_signal failed for another reason.
-        Failed = "failed",
-        /// Written before the first signal; the outcome follows.
-        InProgress = "in_progress",
-        /// The daemon stopped in the middle of the reaping.
-        Interrupted = "interrupted",
-    }
-}
-
-open_word! {
+crate::vocab::open_word! {
     /// How the daemon sees binds: a hook tier, or polling /proc.
     Mode {
         Cgroup = "cgroup",
@@ -365,18 +280,18 @@ pub struct Record {
     pub host: String,
     /// The hook tier the fact came from ("cgroup", "syscalls", "fexit") or
     /// "proc" for a scan.
-    pub source: String,
+    pub source: Source,
     #[serde(flatten)]
     pub body: Body,
 }
 
 impl Record {
-    pub fn new(source: &str, body: Body) -> Record {
+    pub fn new(source: impl Into<Source>, body: Body) -> Record {
         Record {
             v: SCHEMA_VERSION,
             ts: crate::util::rfc3339(chrono::Utc::now()),
             host: hostname(),
-            source: source.to_string(),
+            source: source.into(),
             body,
         }
     }
@@ -415,7 +330,7 @@ pub fn reaping(
             .iter()
             .map(|s| SignalRecord {
                 pid: s.pid,
-                signal: s.signal.into(),
+                signal: s.signal.as_str().into(),
                 ts: s.ts.clone(),
             })
             .collect(),

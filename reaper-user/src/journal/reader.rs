@@ -316,7 +316,7 @@ impl Wire {
             v: w.v,
             ts: w.ts,
             host: w.host,
-            source: w.source,
+            source: w.source.into(),
             body,
         })
     }

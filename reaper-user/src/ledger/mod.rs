@@ -15,7 +15,8 @@ use reaper_common::Event;
 use serde::Serialize;
 
 use crate::events::{event_addr, event_family, event_proto, BindResult, Observation};
-use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock, Family, Proto};
+use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock};
+use crate::vocab::{Family, Proto, Source};
 
 /// Where a claim sits. Two namespaces with the same port are two keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -42,7 +43,7 @@ pub struct Claim {
     /// The port asked for, when it differs (0: ephemeral).
     pub requested_port: Option<u16>,
     /// Tier name, or "proc" for claims found by a scan.
-    pub source: String,
+    pub source: Source,
 }
 
 /// A bind that failed.
@@ -83,7 +84,7 @@ pub struct Fact {
     /// True when the kernel reported the errno; false when reaper inferred it.
     pub errno_exact: bool,
     /// The hook tier ("cgroup", "syscalls", "fexit") or "proc".
-    pub source: String,
+    pub source: Source,
     pub cookie: u64,
     pub netns_cookie: u64,
     pub cgroup_id: u64,
@@ -152,12 +153,12 @@ pub struct Ledger {
     unstored: HashSet<u64>,
     pub netns: NetnsNames,
     clock: BootClock,
-    source: String,
+    source: Source,
     unprivileged_port_start: u16,
 }
 
 impl Ledger {
-    pub fn new(source: &str) -> Ledger {
+    pub fn new(source: impl Into<Source>) -> Ledger {
         let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -169,7 +170,7 @@ impl Ledger {
             unstored: HashSet::new(),
             netns: NetnsNames::default(),
             clock: BootClock::now(),
-            source: source.to_string(),
+            source: source.into(),
             unprivileged_port_start: start,
         }
     }

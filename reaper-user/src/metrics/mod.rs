@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::journal::Outcome;
+use crate::vocab::Outcome;
 
 /// Upper bounds of the scan-duration histogram, in seconds: a targeted scan
 /// takes milliseconds, a full one on a busy runner up to a second or more.

@@ -21,8 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use crate::vocab::Action;
+
 use super::{
-    Action, ContainerMatch, ExePattern, Glob, JobState, Matcher, NetnsSpec, Policy, Protect, Rule,
+    ContainerMatch, ExePattern, Glob, JobState, Matcher, NetnsSpec, Policy, Protect, Rule,
     TextPattern, UserSpec,
 };
 

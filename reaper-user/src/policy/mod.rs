@@ -23,6 +23,7 @@ use crate::holders::job::Job;
 use crate::holders::{Holding, Process, Socket};
 use crate::journal::VerdictRecord;
 use crate::util::human_duration;
+use crate::vocab::{Action, Decision};
 
 pub(crate) mod file;
 
@@ -31,28 +32,6 @@ pub use file::PolicyError;
 /// The kernel keeps at most this many bytes of a process name (TASK_COMM_LEN
 /// minus the NUL): a comm this long may be the start of a longer name.
 pub const COMM_MAX: usize = 15;
-
-/// What the policy says about one holder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    /// Stale: may be signalled.
-    Reap,
-    /// No rule asks for it (or the matching rule only reports): leave it.
-    Keep,
-    /// A protection holds: never signalled, whatever the rules say.
-    Protect,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Reap => "reap",
-            Decision::Keep => "keep",
-            Decision::Protect => "protect",
-        }
-    }
-}
 
 /// The judgment of one holder, with its reasons in plain words.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -70,18 +49,6 @@ impl Verdict {
             reasons,
             rule,
         }
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -111,25 +78,6 @@ impl From<&Verdict> for VerdictRecord {
 impl From<Verdict> for VerdictRecord {
     fn from(v: Verdict) -> VerdictRecord {
         VerdictRecord::from(&v)
-    }
-}
-
-/// What a matching rule asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Signal the holder (SIGTERM, then SIGKILL after the grace).
-    Reap,
-    /// Only record and report the holder (the daemon's "tell me" mode).
-    Report,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Reap => "reap",
-            Action::Report => "report",
-        }
     }
 }
 
@@ -1199,7 +1147,7 @@ pub fn socket_words(s: &Socket) -> String {
     if s.dual_stack {
         w.push_str(" dual-stack");
     }
-    let usual = matches!(s.state.as_str(), "LISTEN" | "UNCONN");
+    let usual = s.state.is_listening();
     if !usual {
         w.push_str(&format!(" ({})", s.state));
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::util::{Family, Proto};
+use crate::vocab::{Family, Proto};
 
 const NS: u64 = 4026531833;
 
@@ -35,7 +35,7 @@ fn socket() -> Socket {
         addr: "127.0.0.1".parse().unwrap(),
         port: 8080,
         peer: None,
-        state: "LISTEN".into(),
+        state: crate::vocab::SocketState::Listen,
         inode: 99,
         cookie: 0,
         uid: 1001,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::util::Proto;
+use crate::vocab::Proto;
 
 /// One test bind to try.
 #[derive(Debug)]

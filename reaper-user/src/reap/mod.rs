@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::journal::Outcome;
+use crate::vocab::{Outcome, Signal};
 
 mod bind;
 mod identity;
@@ -40,8 +40,8 @@ pub const TEST_PAUSE_ENV: &str = "REAPER_TEST_PAUSE_BEFORE_SIGNAL";
 #[derive(Clone, Debug, Serialize)]
 pub struct SignalSent {
     pub pid: u32,
-    /// "SIGTERM", "SIGCONT" (right after SIGTERM, to a stopped target) or "SIGKILL".
-    pub signal: &'static str,
+    /// SIGTERM, SIGCONT (right after SIGTERM, to a stopped target) or SIGKILL.
+    pub signal: Signal,
     /// Wall time, RFC 3339.
     pub ts: String,
     /// Milliseconds since the run started.
@@ -161,12 +161,11 @@ pub fn stop_in_waves(
         if !live.iter().any(|l| l.wave == wave) || Instant::now() >= opts.deadline {
             continue;
         }
-        let term = (libc::SIGTERM, "SIGTERM");
         send(
             &mut live,
             &mut reports,
             Some(wave),
-            term,
+            Signal::Term,
             opts.start,
             on_signal,
         );
@@ -174,8 +173,14 @@ pub fn stop_in_waves(
         wait_exits(&mut live, &mut reports, kill_at, opts.start);
     }
     if !live.is_empty() && Instant::now() < opts.deadline {
-        let kill = (libc::SIGKILL, "SIGKILL");
-        send(&mut live, &mut reports, None, kill, opts.start, on_signal);
+        send(
+            &mut live,
+            &mut reports,
+            None,
+            Signal::Kill,
+            opts.start,
+            on_signal,
+        );
         wait_exits(&mut live, &mut reports, opts.deadline, opts.start);
     }
     for l in &live {
@@ -226,7 +231,7 @@ fn send(
     live: &mut Vec<Live>,
     reports: &mut [TargetReport],
     wave: Option<usize>,
-    (sig, name): (i32, &'static str),
+    sig: Signal,
     start: Instant,
     on_signal: &mut dyn FnMut(&SignalSent),
 ) {
@@ -235,12 +240,12 @@ fn send(
             return true;
         }
         // Stamped before the syscall: the process may exit before it returns.
-        let record = signal_record(l.fd.pid, name, start);
-        match l.fd.send(sig) {
+        let record = signal_record(l.fd.pid, sig, start);
+        match l.fd.send(sig.number()) {
             Ok(()) => {
                 on_signal(&record);
                 reports[l.idx].signals.push(record);
-                if sig == libc::SIGTERM {
+                if sig == Signal::Term {
                     resume_if_stopped(l, reports, start, on_signal);
                 }
                 true
@@ -257,7 +262,7 @@ fn send(
             }
             Err(e) => {
                 reports[l.idx].outcome = TargetOutcome::Failed {
-                    error: format!("pidfd_send_signal({name}) to pid {} failed: {e}", l.fd.pid),
+                    error: format!("pidfd_send_signal({sig}) to pid {} failed: {e}", l.fd.pid),
                 };
                 false
             }
@@ -279,9 +284,9 @@ fn resume_if_stopped(
     if !stopped(l.fd.pid) {
         return;
     }
-    let record = signal_record(l.fd.pid, "SIGCONT", start);
+    let record = signal_record(l.fd.pid, Signal::Cont, start);
     // A failure here (it exited meanwhile) changes nothing: the wait sees it.
-    if l.fd.send(libc::SIGCONT).is_ok() {
+    if l.fd.send(Signal::Cont.number()).is_ok() {
         on_signal(&record);
         reports[l.idx].signals.push(record);
     }
@@ -341,7 +346,7 @@ fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
         .signals
         .iter()
         .rev()
-        .find(|s| s.signal != "SIGCONT")
+        .find(|s| s.signal != Signal::Cont)
         .map(|s| s.signal.to_string())
         .unwrap_or_else(|| "its tree root's SIGTERM".to_string());
     let first = r
@@ -359,10 +364,10 @@ fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
     r.exited_at = Some(now);
 }
 
-fn signal_record(pid: u32, name: &'static str, start: Instant) -> SignalSent {
+fn signal_record(pid: u32, signal: Signal, start: Instant) -> SignalSent {
     SignalSent {
         pid,
-        signal: name,
+        signal,
         ts: crate::util::rfc3339(Utc::now()),
         at_ms: ms_since(start, Instant::now()),
         mono_ns: crate::util::clock_ns(libc::CLOCK_MONOTONIC),
@@ -421,7 +426,7 @@ mod tests {
         let id = Identity::read(child.id()).unwrap();
         let r = stop(&[id], &opts(Duration::from_secs(5)));
         assert_eq!(r[0].signals.len(), 1);
-        assert_eq!(r[0].signals[0].signal, "SIGTERM");
+        assert_eq!(r[0].signals[0].signal, Signal::Term);
         assert!(
             matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGTERM"),
             "{:?}",
@@ -449,7 +454,7 @@ mod tests {
         let id = Identity::read(child.id()).unwrap();
         let grace = Duration::from_secs(8);
         let r = stop(&[id], &opts(grace));
-        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal).collect();
+        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal.as_str()).collect();
         assert_eq!(names, ["SIGTERM", "SIGCONT"], "{:?}", r[0]);
         match &r[0].outcome {
             TargetOutcome::Exited { by, after_ms } => {
@@ -484,7 +489,7 @@ mod tests {
         let pid = child.id();
         let id = Identity::read(pid).unwrap();
         let r = stop(&[id], &opts(Duration::from_millis(100)));
-        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal).collect();
+        let names: Vec<_> = r[0].signals.iter().map(|s| s.signal.as_str()).collect();
         assert_eq!(names, ["SIGTERM", "SIGKILL"]);
         assert!(matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGKILL"));
         child.wait().unwrap();

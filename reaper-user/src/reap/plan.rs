@@ -30,8 +30,8 @@ use serde::Serialize;
 use crate::holders::container::engine::{self, ContainerStop};
 use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
-use crate::policy::{socket_words, Context, Decision, Policy, Verdict};
-use crate::util::Proto;
+use crate::policy::{socket_words, Context, Policy, Verdict};
+use crate::vocab::{Decision, Proto, SocketState};
 
 use super::{BindProbe, Identity, ProcStat, SignalSent, StopOptions, TargetOutcome, TargetReport};
 
@@ -70,7 +70,7 @@ impl Judged {
 #[derive(Clone, Debug, Serialize)]
 pub struct Unowned {
     pub socket: String,
-    pub state: String,
+    pub state: SocketState,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
@@ -138,7 +138,7 @@ impl Plan {
         // pid -> (process, sockets, role); the first socket decides the role.
         let mut by_pid: ByPid = BTreeMap::new();
         for h in holdings {
-            if h.socket.state == "TIME-WAIT" {
+            if h.socket.state == SocketState::TimeWait {
                 out.unowned.push(time_wait(&h.socket));
                 continue;
             }
@@ -256,7 +256,7 @@ impl Plan {
     pub fn unjudgeable(&self) -> Vec<&Unowned> {
         self.unowned
             .iter()
-            .filter(|u| u.state != "TIME-WAIT")
+            .filter(|u| u.state != SocketState::TimeWait)
             .collect()
     }
 
@@ -399,7 +399,7 @@ type ByPid = BTreeMap<u32, (Process, Vec<Socket>, Role)>;
 fn time_wait(socket: &Socket) -> Unowned {
     Unowned {
         socket: socket_words(socket),
-        state: socket.state.clone(),
+        state: socket.state,
         reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
         expires_in_ms: socket.timer_ms,
         cause: None,
@@ -408,10 +408,10 @@ fn time_wait(socket: &Socket) -> Unowned {
 
 /// A blocking socket whose holder reaper could not read.
 fn unreadable(h: &Holding) -> Unowned {
-    let cause = h.unowned_reason.as_deref().unwrap_or("unknown");
+    let cause = h.unowned_reason.map_or("unknown", |r| r.as_str());
     Unowned {
         socket: socket_words(&h.socket),
-        state: h.socket.state.clone(),
+        state: h.socket.state,
         reason: format!(
             "reaper cannot read the process that holds it ({cause}), and cannot judge what it cannot see"
         ),
@@ -530,8 +530,8 @@ fn judge_all(policy: &Policy, p: &Process, socks: &[Socket], ctx: &Context) -> V
 /// block a SO_REUSEADDR bind and are not judged.
 pub fn blocks(s: &Socket) -> bool {
     match s.proto {
-        Proto::Tcp => s.state == "LISTEN",
-        Proto::Udp => s.state != "TIME-WAIT",
+        Proto::Tcp => s.state == SocketState::Listen,
+        Proto::Udp => s.state != SocketState::TimeWait,
     }
 }
 
@@ -644,7 +644,7 @@ pub fn execute(
 mod tests {
     use super::*;
     use crate::policy::FlagRule;
-    use crate::util::Family;
+    use crate::vocab::Family;
 
     const NS: u64 = 4026531833;
 
@@ -685,14 +685,16 @@ mod tests {
                 addr: "127.0.0.1".parse().unwrap(),
                 port: 8080,
                 peer: None,
-                state: state.into(),
+                state: SocketState::from_word(state).unwrap(),
                 inode: 7,
                 cookie: 0,
                 uid: 0,
                 dual_stack: false,
                 timer_ms: Some(59_000),
             },
-            unowned_reason: procs.is_empty().then(|| "time-wait".into()),
+            unowned_reason: procs
+                .is_empty()
+                .then_some(crate::vocab::UnownedReason::TimeWait),
             processes: procs,
             container: None,
         }
@@ -869,7 +871,7 @@ mod tests {
     #[test]
     fn an_unreadable_listener_blocks_judgment() {
         let mut h = holding("LISTEN", vec![]);
-        h.unowned_reason = Some("unreadable".into());
+        h.unowned_reason = Some(crate::vocab::UnownedReason::Unreadable);
         let p = Plan::judge(&[h], &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
         assert_eq!(p.unjudgeable().len(), 1);
         assert!(p.unjudgeable()[0].reason.contains("unreadable"));

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::journal::reader::{BadLine, FileRead};
-use crate::journal::{Action, ContainerRecord, Outcome, ProcessRef, SignalRecord, VerdictRecord};
+use crate::journal::{ContainerRecord, ProcessRef, SignalRecord, VerdictRecord};
+use crate::vocab::{Action, Outcome};
 
 /// The JSON schema name; bump the suffix on an incompatible change.
 pub const SCHEMA: &str = "reaper.report/v1";

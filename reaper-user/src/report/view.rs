@@ -78,7 +78,7 @@ pub fn unfinished_line(u: &Unfinished) -> String {
     } else {
         sent.join(", ")
     };
-    let what = if u.outcome == crate::journal::Outcome::Interrupted {
+    let what = if u.outcome == crate::vocab::Outcome::Interrupted {
         format!(
             "{sent}; interrupted by a daemon stop at {}, the target may still run",
             TimeFmt::full(&u.ts)

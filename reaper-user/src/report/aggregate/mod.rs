@@ -29,7 +29,8 @@ use super::model::{
     ReapingNote, Resolution, StartNote, Summary, Unfinished,
 };
 use crate::journal::reader::{Located, Location, ReadStats};
-use crate::journal::{Body, Endpoint, Mode, Outcome, ProcessRef, Record};
+use crate::journal::{Body, Endpoint, Mode, ProcessRef, Record};
+use crate::vocab::Outcome;
 
 mod finish;
 mod port;
@@ -211,10 +212,10 @@ impl Aggregator {
         self.last_ms = Some(self.last_ms.map_or(ms, |l| l.max(ms)));
         self.summary.records += 1;
         // Looked up before inserting: no key allocation per record.
-        match self.summary.sources.get_mut(&record.source) {
+        match self.summary.sources.get_mut(record.source.as_str()) {
             Some(n) => *n += 1,
             None => {
-                self.summary.sources.insert(record.source.clone(), 1);
+                self.summary.sources.insert(record.source.to_string(), 1);
             }
         }
         if !self.host_states.contains_key(&record.host) {
