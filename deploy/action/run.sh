@@ -13,6 +13,8 @@ set -euo pipefail
 
 say() { echo "reaper-action: $*" >&2; }
 fail() { say "$*"; exit 2; }
+# shellcheck source=deploy/action/inputs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/inputs.sh"
 
 # mode: job-start / job-end are `reaper job` (deploy/action/job.sh).
 case "${INPUT_MODE:-free}" in
@@ -26,6 +28,8 @@ grace="${INPUT_GRACE:-3s}"
 deadline="${INPUT_DEADLINE:-10s}"
 temp="${RUNNER_TEMP:-${TMPDIR:-/tmp}}"
 summary="${GITHUB_STEP_SUMMARY:-/dev/null}"
+tree=$(bool_input tree "${INPUT_TREE:-}")
+dry_run=$(bool_input dry-run "${INPUT_DRY_RUN:-}")
 
 # reaper needs root (BPF, other users' processes): sudo on hosted runners.
 run=()
@@ -34,26 +38,8 @@ if [[ "$(id -u)" != 0 ]]; then
   run=(sudo --preserve-env=REAPER_JOURNAL)
 fi
 
-# 1. reaper: the one on PATH, or the release tarball (checked against the
-# release's SHA256SUMS before anything in it runs).
-if command -v reaper >/dev/null && [[ -z "${INPUT_TARBALL_URL:-}" ]]; then
-  reaper=$(command -v reaper)
-else
-  version="${INPUT_VERSION:?input 'version' is needed to install reaper}"
-  name="reaper-${version}-x86_64-linux-musl"
-  url="${INPUT_TARBALL_URL:-${GITHUB_SERVER_URL:-https://github.com}/${ACTION_REPOSITORY:?}/releases/download/v${version}/${name}.tar.gz}"
-  base="${url%/*}"
-  dir="$temp/reaper-action"
-  mkdir -p "$dir"
-  say "installing reaper ${version} from ${url}"
-  curl --fail --silent --show-error --location --retry 3 -o "$dir/${url##*/}" "$url"
-  curl --fail --silent --show-error --location --retry 3 -o "$dir/SHA256SUMS" "$base/SHA256SUMS"
-  (cd "$dir" && grep -F " ${url##*/}" SHA256SUMS | sha256sum --check --strict) >&2 ||
-    fail "${url##*/} does not match the release's SHA256SUMS"
-  tar -xzf "$dir/${url##*/}" -C "$dir"
-  reaper="$dir/${name}/reaper"
-  [[ -n "${GITHUB_PATH:-}" ]] && echo "$dir/${name}" >>"$GITHUB_PATH"
-fi
+# 1. reaper: the one on PATH, or the action's release (inputs.sh).
+find_reaper "$temp"
 say "using $("$reaper" --version) at $reaper"
 
 # 2. reaper free, with the inputs given.
@@ -63,8 +49,8 @@ args=(free "$port" --grace "$grace" --deadline "$deadline" --journal "$journal")
 [[ -n "${INPUT_EXE:-}" ]] && args+=(--exe "$INPUT_EXE")
 [[ -n "${INPUT_CMDLINE:-}" ]] && args+=(--cmdline "$INPUT_CMDLINE")
 [[ -n "${INPUT_POLICY:-}" ]] && args+=(--policy "$INPUT_POLICY")
-[[ "${INPUT_TREE:-false}" == true ]] && args+=(--tree)
-[[ "${INPUT_DRY_RUN:-false}" == true ]] && args+=(--dry-run)
+[[ "$tree" == true ]] && args+=(--tree)
+[[ "$dry_run" == true ]] && args+=(--dry-run)
 
 since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 status=0
@@ -78,6 +64,7 @@ status=0
     echo "(no report: reaper report failed, see the step's log)"
   echo
 } >>"$summary"
+hand_journal "$journal"
 [[ -n "${GITHUB_OUTPUT:-}" ]] && {
   echo "status=${status}"
   echo "journal=${journal}"

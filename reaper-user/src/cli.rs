@@ -150,6 +150,10 @@ pub struct WatchArgs {
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
+    /// Also check the daemon config's ports: each `reserve_ports` entry is
+    /// reserved, and no port it names is left in the ephemeral range.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +167,9 @@ pub struct WhoArgs {
     /// Only this protocol (default: both).
     #[arg(long)]
     pub proto: Option<Proto>,
+    /// UDP only (the same as --proto udp).
+    #[arg(long, conflicts_with = "proto")]
+    pub udp: bool,
     /// A network namespace inode (as in `ls -l /proc/PID/ns/net`), or `all` (default).
     #[arg(long, default_value = "all")]
     pub netns: String,
@@ -224,6 +231,9 @@ pub struct FreeArgs {
     pub port: u16,
     #[arg(long, default_value = "tcp")]
     pub proto: Proto,
+    /// A UDP port (the same as --proto udp).
+    #[arg(long)]
+    pub udp: bool,
     /// Holder's process name (matched against comm, exe basename and argv[0]).
     #[arg(long = "match", value_name = "NAME")]
     pub match_name: Option<String>,

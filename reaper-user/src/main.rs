@@ -1,7 +1,7 @@
 //! `reaper`: parse, dispatch, and turn errors into one line and an exit status.
 
 use clap::Parser;
-use reaper::error::{exit_for, Exit};
+use reaper::error::{Error, Exit};
 
 use cli::Cli;
 
@@ -30,10 +30,10 @@ fn main() {
         Ok(exit) => exit.code(),
         Err(err) if broken_pipe(&err) => 0,
         Err(err) => {
-            let exit = exit_for(&err);
             // One line: the outermost context first, then the cause chain.
-            let mut line = format!("reaper: {err}");
-            for cause in err.chain().skip(1) {
+            let causes = err.causes();
+            let mut line = String::from("reaper");
+            for cause in causes {
                 let c = cause.to_string();
                 if !line.contains(&c) {
                     line.push_str(": ");
@@ -43,15 +43,15 @@ fn main() {
             // Errors quote what processes chose (comm, cmdline, exe): never
             // raw on a terminal.
             eprintln!("{}", reaper::text::term(&line));
-            exit.code()
+            err.exit().code()
         }
     };
     std::process::exit(code);
 }
 
 /// A reader that went away (`reaper ports | head`) is not an error.
-fn broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
+fn broken_pipe(err: &Error) -> bool {
+    err.causes().into_iter().any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })

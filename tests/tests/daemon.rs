@@ -667,3 +667,30 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
         "{text}"
     );
 }
+
+#[test]
+fn reserve_ports_are_added_to_the_kernel_reserved_ports_at_start_and_journaled() {
+    if !is_root() {
+        panic!("this test needs root (the daemon writes net.ipv4.ip_local_reserved_ports)");
+    }
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let before = std::fs::read_to_string(PATH).unwrap();
+    let mut d = Daemon::start("reserve_ports = [\"47391\", \"47400-47402\"]\n");
+    let start = d.wait_record("the start record", |r| kind(r) == "start");
+    let now = std::fs::read_to_string(PATH).unwrap();
+    // Put the host back before asserting anything.
+    d.stop(Duration::from_secs(10));
+    std::fs::write(PATH, before.trim()).unwrap();
+    let words = start["reserved_ports"].as_str().unwrap_or_default();
+    for want in ["47391", "47400-47402"] {
+        assert!(
+            now.contains(want),
+            "{want} not in ip_local_reserved_ports: {now}"
+        );
+        assert!(words.contains(want), "{want} not journaled: {start}");
+    }
+    // Merged with what was there, not replacing it.
+    for kept in before.trim().split(',').filter(|w| !w.is_empty()) {
+        assert!(now.contains(kept), "{kept} was dropped: {now}");
+    }
+}

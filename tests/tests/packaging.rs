@@ -231,3 +231,122 @@ fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
         (!holder.alive()).then_some(())
     });
 }
+
+/// A tool `cargo xtask setup --test` installs into the Python venv.
+fn pytool(name: &str) -> std::path::PathBuf {
+    let p = workspace().join("target/tools/venv/bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo xtask setup --test` installs it (from PyPI, into target/tools/venv)",
+        p.display()
+    );
+    p
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// action.yml against the GitHub Actions schema check-jsonschema vendors.
+#[test]
+fn check_jsonschema_validates_the_action() {
+    let out = Command::new(pytool("check-jsonschema"))
+        .args(["--builtin-schema", "vendor.github-actions"])
+        .arg(workspace().join("action.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "check-jsonschema: {}", show(&out));
+    let action = read("action.yml");
+    assert!(
+        !action.contains("action_repository"),
+        "the Action must not depend on github.action_repository (empty for `uses: ./`)"
+    );
+}
+
+/// Both manifests validate (strictly: no unknown fields) for the minimum
+/// Kubernetes version they state, and that minimum is real: the version
+/// before it refuses them.
+#[test]
+fn kubernetes_validate_accepts_the_manifests_from_the_version_they_state() {
+    let files = [
+        "deploy/k8s/daemonset.yaml",
+        "deploy/k8s/runner-sidecar.yaml",
+    ];
+    for f in files {
+        assert!(
+            read(f).contains("Requires Kubernetes 1.30 or later"),
+            "{f} states its minimum Kubernetes version"
+        );
+    }
+    let validate = |version: &str| {
+        Command::new(pytool("kubernetes-validate"))
+            .args(["--strict", "-k", version])
+            .args(files.map(|f| workspace().join(f)))
+            .output()
+            .unwrap()
+    };
+    let out = validate("1.30.0");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate 1.30: {}",
+        show(&out)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("ERROR"), "{said}");
+    for resource in [
+        "resourcequota/reaper-node-critical",
+        "daemonset/reaper",
+        "deployment/ci-runner",
+    ] {
+        assert!(
+            said.contains(&format!("passed for resource {resource}")),
+            "{said}"
+        );
+    }
+    let before = validate("1.29.0");
+    let said = String::from_utf8_lossy(&before.stdout);
+    assert!(
+        said.contains("'appArmorProfile' was unexpected"),
+        "1.29 should refuse appArmorProfile, or the stated minimum is wrong: {}",
+        show(&before)
+    );
+}
+
+/// The DaemonSet's priority class is covered by a ResourceQuota in its own
+/// namespace, so clusters that keep critical classes to kube-system admit it.
+#[test]
+fn the_daemonsets_critical_priority_has_a_quota_in_its_namespace() {
+    let ds = read("deploy/k8s/daemonset.yaml");
+    let docs: Vec<&str> = ds.split("\n---\n").collect();
+    let quota = docs
+        .iter()
+        .find(|d| d.contains("kind: ResourceQuota"))
+        .expect("a ResourceQuota in daemonset.yaml");
+    let daemonset = docs
+        .iter()
+        .find(|d| d.contains("kind: DaemonSet"))
+        .expect("the DaemonSet");
+    let class = daemonset
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("priorityClassName:"))
+        .map(str::trim)
+        .expect("a priorityClassName");
+    assert_eq!(class, "system-node-critical");
+    assert!(quota.contains("scopeName: PriorityClass"), "{quota}");
+    assert!(quota.contains(&format!("values: [{class}]")), "{quota}");
+    let ns = |doc: &str| {
+        doc.lines()
+            .find_map(|l| l.trim().strip_prefix("namespace:"))
+            .map(|n| n.trim().to_string())
+    };
+    assert_eq!(
+        ns(quota),
+        ns(daemonset),
+        "the quota is in the DaemonSet's namespace"
+    );
+}

@@ -687,7 +687,11 @@ fn the_action_installs_reaper_from_the_release_tarball_and_checks_its_sum() {
 #[test]
 fn every_input_of_the_action_reaches_its_script() {
     let action = std::fs::read_to_string(workspace().join("action.yml")).unwrap();
-    let script = std::fs::read_to_string(workspace().join("deploy/action/run.sh")).unwrap();
+    // run.sh, the helpers it sources and the job modes' script.
+    let script: String = ["run.sh", "inputs.sh", "job.sh"]
+        .iter()
+        .map(|f| std::fs::read_to_string(workspace().join("deploy/action").join(f)).unwrap())
+        .collect();
     let inputs: Vec<&str> = action
         .split("\ninputs:\n")
         .nth(1)
@@ -711,6 +715,9 @@ fn every_input_of_the_action_reaches_its_script() {
             action.contains(&format!("{var}: ${{{{ inputs.{input} }}}}")),
             "action.yml does not hand {input} to the script as {var}"
         );
-        assert!(script.contains(&var), "run.sh never reads {var}");
+        assert!(
+            script.contains(&var),
+            "the action's scripts never read {var}"
+        );
     }
 }

@@ -358,3 +358,193 @@ fn why(c: &Case, netns: u64) -> Result<String, String> {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))?;
     predicted(&json, c)
 }
+
+/// The fixture in a namespace of its own, and a way to talk to it.
+struct Matrix {
+    ns: Netns,
+    child: std::process::Child,
+    from: BufReader<std::process::ChildStdout>,
+}
+
+impl Matrix {
+    fn start(tag: &str) -> Matrix {
+        let ns = Netns::new(tag);
+        let mut child = ns
+            .exec(fixture_bin("bind-matrix"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the bind-matrix fixture");
+        let from = BufReader::new(child.stdout.take().unwrap());
+        Matrix { ns, child, from }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        let to = self.child.stdin.as_mut().unwrap();
+        writeln!(to, "{line}").unwrap();
+        to.flush().unwrap();
+        let mut reply = String::new();
+        self.from.read_line(&mut reply).unwrap();
+        reply.trim().to_string()
+    }
+
+    fn hold(&mut self, id: u32, what: &str) {
+        assert_eq!(
+            self.ask(&format!("hold {id} {what}")),
+            format!("held {id}"),
+            "{what}"
+        );
+    }
+
+    /// reaper with `args`, from outside the namespace (who, why take --netns).
+    fn reaper(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(reaper_bin()).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// reaper run inside the namespace (free works where it runs).
+    fn reaper_inside(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.ns.exec(reaper_bin()).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Matrix {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_port_the_kernel_lent_to_a_client_is_named_as_such_and_never_signalled() {
+    require_root();
+    let mut m = Matrix::start("lent");
+    // A one-port ephemeral range: the client's connect() takes exactly 40000
+    // (the namespace's own net.ipv4.ip_local_port_range).
+    m.hold(0, "estab tcp 127.0.0.1 40000 0 0 0 0");
+    let ns = m.ns.inode().to_string();
+
+    let (code, out, _) = m.reaper(&["who", "40000", "--netns", &ns]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a client's connection"), "{out}");
+    assert!(out.contains("ip_local_reserved_ports"), "{out}");
+    assert!(
+        out.contains("blocks a plain bind and a SO_REUSEADDR bind"),
+        "{out}"
+    );
+
+    let (code, out, _) = m.reaper(&["why", "40000", "--netns", &ns, "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcome"], "EADDRINUSE");
+    assert_eq!(v["sockets"][0]["lent_to_client"], true, "{out}");
+    assert_eq!(
+        v["sockets"][0]["processes"][0]["comm"], "bind-matrix",
+        "{out}"
+    );
+    assert!(
+        v["fixes"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.ip_local_reserved_ports")),
+        "{out}"
+    );
+
+    // free, whatever --match says: exit 4, the words, nothing signalled.
+    let (code, out, err) = m.reaper_inside(&[
+        "free",
+        "40000",
+        "--match",
+        "bind-matrix",
+        "--deadline",
+        "2s",
+    ]);
+    assert_eq!(code, 4, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("a client's connection"), "{err}");
+    assert!(err.contains("ip_local_reserved_ports"), "{err}");
+    assert!(
+        out.contains("1 holder"),
+        "the header counts the client: {out}"
+    );
+    assert!(!out.contains("0 holders"), "{out}");
+    // The client is still there and answering.
+    assert_eq!(m.ask("bind 9 tcp 127.0.0.1 40000 0 0 0 0"), "result 9 98");
+}
+
+#[test]
+fn udp_servers_connected_clients_and_reuseport_groups() {
+    require_root();
+    let mut m = Matrix::start("udp");
+    m.hold(0, "udp-bound udp 0.0.0.0 40100 0 0 0 0");
+    m.hold(1, "udp-conn udp 127.0.0.1 40101 0 0 0 0");
+    m.hold(2, "udp-bound udp 0.0.0.0 40102 0 0 1 0");
+    m.hold(3, "udp-bound udp 0.0.0.0 40102 0 0 1 0");
+    let ns = m.ns.inode().to_string();
+
+    for port in ["40100", "40101"] {
+        let (code, out, _) = m.reaper(&["who", port, "--udp", "--netns", &ns]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("blocks a plain bind"), "{out}");
+        let (code, out, _) =
+            m.reaper(&["why", port, "--udp", "--netns", &ns, "--addr", "127.0.0.1"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("EADDRINUSE"), "{out}");
+    }
+    // The group takes a member of the same uid, and refuses one without
+    // SO_REUSEPORT or of another uid.
+    let why = |extra: &[&str]| {
+        let mut a = vec!["why", "40102", "--udp", "--netns", &ns, "--json"];
+        a.extend_from_slice(extra);
+        let (code, out, _) = m.reaper(&a);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (
+            code,
+            v["outcome"].as_str().unwrap().to_string(),
+            v["conflicts"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(why(&["--reuseport", "--uid", "0"]), (0, "ok".into(), 0));
+    assert_eq!(why(&[]), (1, "EADDRINUSE".into(), 2));
+    assert_eq!(
+        why(&["--reuseport", "--uid", "1000"]),
+        (1, "EADDRINUSE".into(), 2)
+    );
+    // And the kernel agrees.
+    assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 1 0"), "result 9 0");
+    assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 0 0"), "result 9 98");
+    assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 1 1000"), "result 9 98");
+
+    // doctor: the ephemeral range is this namespace's, and a configured
+    // port inside it that is not reserved is a warning.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "reserve_ports = [\"40000\"]\n").unwrap();
+    let (code, out, err) = m.reaper_inside(&["doctor", "--config", cfg.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ephemeral   32768-60999"), "{out}");
+    assert!(
+        out.contains("warning: 40000 lies in net.ipv4.ip_local_port_range"),
+        "{out}"
+    );
+
+    // free --udp judges the server (dry run: nothing signalled).
+    let (code, out, err) = m.reaper_inside(&[
+        "free",
+        "40100",
+        "--udp",
+        "--match",
+        "bind-matrix",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("port 40100/udp"), "{out}");
+    assert!(out.contains("1 holder"), "{out}");
+}

@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod pytools;
 mod sysimage;
 
 #[derive(Parser)]
@@ -260,6 +261,7 @@ fn setup(test_tools: bool) -> Result<()> {
             check(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
         }
         dist::setup_cargo_deb()?;
+        pytools::setup()?;
     }
     say(&format!(
         "setup: everything is in place ({:.1} s)",

@@ -30,11 +30,21 @@ pub fn activity(s: &Socket) -> Activity {
     match (s.proto, s.state) {
         (Proto::Tcp, SocketState::Listen) => Activity::Listen,
         (Proto::Tcp, SocketState::TimeWait) => Activity::TimeWait,
-        (Proto::Tcp, SocketState::BoundInactive | SocketState::Unconn) => Activity::Bound,
+        // BOUND: a claim the daemon's ledger knows as bound, not listening.
+        (Proto::Tcp, SocketState::BoundInactive | SocketState::Unconn | SocketState::Bound) => {
+            Activity::Bound
+        }
         (Proto::Tcp, _) => Activity::Connected,
         (Proto::Udp, _) if s.peer.is_some() => Activity::Connected,
         (Proto::Udp, _) => Activity::Bound,
     }
+}
+
+/// Whether sock_diag's facts alone show that `s` keeps the next server
+/// from binding ([`super::blocks_next_server`]): a listener, any UDP
+/// socket, and not a TIME_WAIT or a connection whose options are not read.
+pub fn surely_blocks_next_server(s: &Socket) -> bool {
+    super::blocks_next_server(&from_socket(s)) == Some(true)
 }
 
 /// Socket options read from the socket itself.

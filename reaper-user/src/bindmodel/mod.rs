@@ -46,6 +46,7 @@ use crate::vocab::{Family, Proto};
 pub mod facts;
 pub mod predict;
 pub mod setting;
+pub mod words;
 
 /// What a socket is doing, as far as the bind tables care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +328,44 @@ pub fn judge_unknown(e: &Existing, req: &Request) -> Answer {
         unknown: unknown.iter().map(|s| s.to_string()).collect(),
         cases: cases.into_iter().map(|(c, _)| c).collect(),
     }
+}
+
+/// The bind reaper means when it says a socket holds a port: the next
+/// server on the port, binding the socket's own address as the socket's
+/// own uid, with SO_REUSEADDR for TCP (what servers set, and what reaper's
+/// own probe in `reap::bind` sets) and no option for UDP.
+pub fn next_server(e: &Existing) -> Request {
+    Request {
+        netns: e.netns,
+        proto: e.proto,
+        addr: e.addr,
+        port: e.port,
+        reuseaddr: e.proto == Proto::Tcp,
+        reuseport: false,
+        v6only: false,
+        uid: e.uid,
+    }
+}
+
+/// Whether `e` keeps the next server ([`next_server`]) from binding: a
+/// listener, any UDP socket, and a TCP socket without SO_REUSEADDR; None
+/// when a fact not known decides.
+pub fn blocks_next_server(e: &Existing) -> Option<bool> {
+    judge_unknown(e, &next_server(e)).known.map(|j| j.blocks)
+}
+
+/// A TCP connection on a port no socket listens on (in its namespace): not
+/// one a server accepted, so a client's, whose port `connect()` picked (or
+/// bound): signalling it frees the port from a client, not a stale server.
+pub fn client_connection(e: &Existing, on_port: &[Existing]) -> bool {
+    e.proto == Proto::Tcp
+        && e.activity == Activity::Connected
+        && !on_port.iter().any(|o| {
+            o.activity == Activity::Listen
+                && o.proto == Proto::Tcp
+                && o.netns == e.netns
+                && o.port == e.port
+        })
 }
 
 /// Whether two local addresses meet in the bind table.

@@ -1,6 +1,6 @@
 //! `reaper completions SHELL` and `reaper man`: generated from the clap definitions.
 
-use anyhow::Result;
+use super::Result;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, CompletionsArgs, Shell};

@@ -1,7 +1,7 @@
 //! `reaper daemon`: parse the config (or only check it), set up logging,
 //! hand over to `daemon::run`.
 
-use anyhow::Result;
+use super::Result;
 
 use crate::cli::{DaemonArgs, Global, LogFormat};
 use reaper::daemon::{self, config::Config};
@@ -32,5 +32,5 @@ pub fn run(global: &Global, args: DaemonArgs) -> Result<Exit> {
     if global.no_bpf {
         config.hooks = daemon::config::HooksChoice::None;
     }
-    daemon::run(config, args.config.clone())
+    Ok(daemon::run(config, args.config.clone())?)
 }

@@ -17,7 +17,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
+
+use super::Result;
 use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};
@@ -64,7 +66,10 @@ struct Report<'a> {
     gaps: &'a ScanGaps,
 }
 
-pub fn run(global: &Global, args: FreeArgs) -> Result<Exit> {
+pub fn run(global: &Global, mut args: FreeArgs) -> Result<Exit> {
+    if args.udp {
+        args.proto = reaper::vocab::Proto::Udp;
+    }
     let start = Instant::now();
     let policy = build_policy(&args)?;
     let journal = open_journal(&args)?;
@@ -197,7 +202,7 @@ fn holders_now(query: &Query) -> Option<String> {
     let v: Vec<String> = scan
         .holdings
         .iter()
-        .filter(|h| plan::blocks(&h.socket))
+        .filter(|h| reaper::bindmodel::facts::surely_blocks_next_server(&h.socket))
         .flat_map(|h| {
             h.processes
                 .iter()
@@ -556,7 +561,9 @@ impl Run<'_> {
     fn human(&self, message: &str, exit: Exit) -> String {
         let st = self.style;
         let mut out = String::new();
-        let n = self.plan.judged.len();
+        // A holder is whatever blocks the bind: processes judged, containers
+        // behind a proxy, clients and sockets whose process is unreadable.
+        let n = self.plan.judged.len() + self.plan.containers.len() + self.plan.unjudgeable().len();
         let _ = writeln!(
             out,
             "{} (netns {}): {n} holder{}",

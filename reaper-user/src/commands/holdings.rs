@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use super::Result;
 
 use reaper::error::bad_input;
 use reaper::holders::container::{self, Container, Via};
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(parse_netns("net:[4026531840]").unwrap(), Some(4026531840));
         for bad in ["", "host", "-1", "0", "1e9", "4026531840x"] {
             let e = parse_netns(bad).unwrap_err();
-            assert_eq!(reaper::error::exit_for(&e), Exit::BadInput, "{bad}");
+            assert_eq!(e.exit(), Exit::BadInput, "{bad}");
             assert!(e.to_string().contains("lsns"), "{e}");
         }
     }

@@ -4,7 +4,9 @@
 
 use std::io::Write as _;
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
+
+use super::Result;
 
 use crate::cli::{Global, JobCommand, JobCommon};
 use reaper::error::{bad_input, Exit};

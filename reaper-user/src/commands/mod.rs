@@ -1,9 +1,7 @@
 //! One function per subcommand, over the library types.
 
-use anyhow::Result;
-
 use crate::cli::{Cli, Command};
-use reaper::error::Exit;
+use reaper::error::{Error, Exit};
 
 pub mod completions;
 pub mod daemon;
@@ -16,6 +14,10 @@ pub mod report;
 pub mod watch;
 pub mod who;
 pub mod why;
+
+/// What a command returns: how it ended, or an [`Error`] whose kind
+/// gives the exit status.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub fn dispatch(cli: Cli) -> Result<Exit> {
     let global = cli.global;

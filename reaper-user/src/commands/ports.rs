@@ -6,7 +6,9 @@
 //! TIME-WAIT, which would drown the table on a busy host (`reaper who PORT`
 //! shows them for one port). `--listening`: listening TCP and bound UDP only.
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 
 use super::holdings::{
     check_netns_found, endpoint, gaps_line, holders_cell, netns_label, parse_netns,

@@ -7,7 +7,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 
 use crate::cli::{Global, ReportArgs};
 use reaper::error::{bad_input, Exit};

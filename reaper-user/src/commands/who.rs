@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 use serde::Serialize;
 
 use super::holdings::{
@@ -43,7 +45,10 @@ struct Answer<'a> {
     published_by: Option<&'a Container>,
 }
 
-pub fn run(global: &Global, args: WhoArgs) -> Result<Exit> {
+pub fn run(global: &Global, mut args: WhoArgs) -> Result<Exit> {
+    if args.udp {
+        args.proto = Some(Proto::Udp);
+    }
     let netns = parse_netns(&args.netns)?;
     let query = Query {
         port: Some(args.port),
@@ -176,9 +181,19 @@ pub fn render(port: u16, proto: Option<Proto>, scan: &Scan, source: &str, style:
         ));
     }
     let mut shown: HashSet<u32> = HashSet::new();
-    for h in &scan.holdings {
+    // The bind model's facts: sock_diag's, and the options read from a holder.
+    let facts: Vec<_> = scan
+        .holdings
+        .iter()
+        .map(reaper::bindmodel::facts::of_holding)
+        .collect();
+    for (h, e) in scan.holdings.iter().zip(&facts) {
         out.push('\n');
         render_holding(&mut out, h, scan, source == "daemon", &mut shown, style);
+        out.push_str(&format!(
+            "  bind: {}\n",
+            reaper::bindmodel::words::bind_line(e, &facts)
+        ));
     }
     out.push('\n');
     if let Some(gaps) = gaps_line(&scan.gaps) {

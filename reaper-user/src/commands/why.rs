@@ -9,7 +9,9 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use super::Result;
 use serde::Serialize;
 
 use super::holdings::{endpoint, holders_cell, netns_label};
@@ -144,7 +146,8 @@ fn can_bind_service(uid: Option<u32>) -> bool {
 }
 
 fn read_sysctls(netns: u64) -> Result<setting::Sysctls> {
-    setting::read_netns(netns).with_context(|| format!("reading net.ipv4 sysctls in netns {netns}"))
+    Ok(setting::read_netns(netns)
+        .with_context(|| format!("reading net.ipv4 sysctls in netns {netns}"))?)
 }
 
 fn print_json(req: &Request, p: &Prediction, scan: &Scan) -> Result<()> {

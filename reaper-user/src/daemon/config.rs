@@ -105,6 +105,11 @@ pub struct Config {
     /// Reaping: give up waiting for the port to bind again after this long.
     #[serde(deserialize_with = "duration")]
     pub reap_deadline: Duration,
+    /// Ports added to the host's `net.ipv4.ip_local_reserved_ports` at
+    /// start ("8080", "9000-9100"), merged with what is there: connect()
+    /// never lends them to a client, so a server can always bind them.
+    #[serde(deserialize_with = "port_ranges")]
+    pub reserve_ports: Vec<(u16, u16)>,
     /// Only `version = 1` exists (as in a policy file).
     version: Option<Spanned<u32>>,
     /// `[[rule]]` and `[[protect]]` in the policy file format (see
@@ -139,6 +144,7 @@ impl Default for Config {
             conflict_window: Duration::from_secs(5),
             reap_grace: Duration::from_secs(3),
             reap_deadline: Duration::from_secs(10),
+            reserve_ports: Vec::new(),
             version: None,
             rule: Vec::new(),
             protect: Vec::new(),
@@ -165,6 +171,22 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         )));
     }
     Ok(d)
+}
+
+fn port_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u16, u16)>, D::Error> {
+    let words = Vec::<String>::deserialize(d)?;
+    let mut out = Vec::new();
+    for w in &words {
+        match crate::bindmodel::setting::parse_port_list(w) {
+            Some(r) if r.len() == 1 => out.extend(r),
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "'{w}' is not a port or a range: write e.g. \"8080\" or \"9000-9100\" (1-65535, low-high)"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -262,7 +284,14 @@ impl Config {
             line: None,
             message: format!("cannot read it: {e} (give an existing TOML file; deploy/reaper.toml is an annotated example)"),
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        // Here, not in parse: which users exist is the host's, not the text's.
+        config.policy.check_users().map_err(|message| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message,
+        })?;
+        Ok(config)
     }
 
     /// Parses and checks config text; `path` only names it in errors.

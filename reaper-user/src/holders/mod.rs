@@ -183,19 +183,13 @@ pub struct Scan {
     pub own_netns: Option<u64>,
 }
 
-/// Listening TCP, or bound unconnected UDP: what `ss -l` shows.
-pub fn is_listening(s: &Socket) -> bool {
-    match s.proto {
-        Proto::Tcp => s.state == SocketState::Listen,
-        Proto::Udp => s.peer.is_none(),
-    }
-}
-
 /// Whether a socket answers a query (the namespace is filtered before).
 pub fn matches(q: &Query, s: &Socket) -> bool {
     q.port.is_none_or(|p| p == s.port)
         && q.proto.is_none_or(|p| p == s.proto)
-        && (!q.listening_only || is_listening(s))
+        // `--listening` is what `ss -l` shows (a display filter; what blocks
+        // a bind is bindmodel's answer).
+        && (!q.listening_only || s.state.is_listening())
         // Pending connections (the /proc/net tables list them) are the
         // listener's business; sock_diag is not asked for them either.
         && !(s.inode == 0 && matches!(s.state, SocketState::SynRecv | SocketState::NewSynRecv))
@@ -242,10 +236,11 @@ fn walk_threads() -> usize {
 
 /// Scans the live system. Never fails because one process or namespace is
 /// unreadable: those are counted in `gaps`. Holdings are tied to their
-/// containers and jobs ([`enrich`]).
-pub fn scan(query: &Query) -> anyhow::Result<Scan> {
+/// containers and jobs ([`enrich`]). What does fail (no /proc, no socket
+/// source at all) is [`Error::Scan`](crate::error::Error::Scan).
+pub fn scan(query: &Query) -> Result<Scan, crate::error::Error> {
     let started = Instant::now();
-    let mut scan = scan_sockets(query)?;
+    let mut scan = scan_sockets(query).map_err(crate::error::Error::Scan)?;
     let engine = enrich(&mut scan.holdings);
     scan.gaps.engine_error = engine.error;
     scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;

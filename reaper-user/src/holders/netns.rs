@@ -217,7 +217,7 @@ fn read_procfs(
                 sockets.extend(
                     procnet::parse_table(&text, t)
                         .into_iter()
-                        .filter(|s| !listening_only || super::is_listening(s)),
+                        .filter(|s| !listening_only || s.state.is_listening()),
                 );
             }
             Err(e) => last_err = Some(e),

@@ -31,6 +31,8 @@ use std::io;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+
+use crate::error::Error;
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError,
@@ -297,7 +299,7 @@ fn loader(opts: &Options, exact: bool) -> EbpfLoader<'static> {
 }
 
 /// Checks a claims map size.
-pub fn check_claims_max(n: u32) -> Result<()> {
+pub fn check_claims_max(n: u32) -> Result<(), Error> {
     if !(16..=1 << 22).contains(&n) {
         return Err(crate::error::bad_input(format!(
             "claims map size {n} is not allowed: give 16 to 4194304 entries (default {})",
@@ -309,7 +311,7 @@ pub fn check_claims_max(n: u32) -> Result<()> {
 
 /// Checks a ring buffer size: the kernel wants a power of two and a multiple
 /// of the page size.
-pub fn check_ringbuf_size(size: u32) -> Result<()> {
+pub fn check_ringbuf_size(size: u32) -> Result<(), Error> {
     if size < 4096 || !size.is_power_of_two() {
         return Err(crate::error::bad_input(format!(
             "ring buffer size {size} is not allowed: give a power of two of at least 4096 bytes (e.g. 262144)"
@@ -319,14 +321,23 @@ pub fn check_ringbuf_size(size: u32) -> Result<()> {
 }
 
 /// Loads and attaches the hooks of a tier with the default options.
-pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached> {
+pub fn attach(choice: TierChoice, ringbuf_size: u32) -> Result<Attached, Error> {
     attach_with(choice, &Options::new(ringbuf_size))
 }
 
-/// Loads and attaches the hooks of a tier.
-pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
+/// Loads and attaches the hooks of a tier: bad sizes are bad input, a
+/// program the kernel refuses is [`Error::HookRefused`], anything else that
+/// kept the hooks from attaching is [`Error::Attach`].
+pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached, Error> {
     check_ringbuf_size(opts.ringbuf_size)?;
     check_claims_max(opts.claims_max)?;
+    load_and_attach(choice, opts).map_err(|e| match e {
+        Error::Failed(e) => Error::Attach(e),
+        other => other,
+    })
+}
+
+fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error> {
     let tier = choice.resolve();
     let cgroup = cgroup2_root()?;
     let cgroup_fd = File::open(&cgroup)
@@ -348,26 +359,34 @@ pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
     let events = RingBuf::try_from(
         ebpf.take_map(reaper_common::MAP_EVENTS)
             .context("the eBPF object has no EVENTS map")?,
-    )?;
+    )
+    .map_err(anyhow::Error::from)?;
     let lost = PerCpuArray::try_from(
         ebpf.take_map(reaper_common::MAP_LOST)
             .context("the eBPF object has no LOST map")?,
-    )?;
+    )
+    .map_err(anyhow::Error::from)?;
     let claims = match ebpf
         .take_map(reaper_common::MAP_CLAIMS)
         .context("the eBPF object has no CLAIMS map")?
     {
         Map::HashMap(data) => claims::ClaimsMap::new(data),
-        _ => anyhow::bail!("the eBPF object's CLAIMS map is not a hash map (rebuild)"),
+        _ => {
+            return Err(
+                anyhow::anyhow!("the eBPF object's CLAIMS map is not a hash map (rebuild)").into(),
+            )
+        }
     };
     let counts = PerCpuArray::try_from(
         ebpf.take_map(reaper_common::MAP_COUNTS)
             .context("the eBPF object has no COUNTS map")?,
-    )?;
+    )
+    .map_err(anyhow::Error::from)?;
     let ephemeral = PerCpuHashMap::try_from(
         ebpf.take_map(reaper_common::MAP_EPHEMERAL)
             .context("the eBPF object has no EPHEMERAL map")?,
-    )?;
+    )
+    .map_err(anyhow::Error::from)?;
     Ok(Attached {
         tier,
         listens,
@@ -384,7 +403,7 @@ pub fn attach_with(choice: TierChoice, opts: &Options) -> Result<Attached> {
 }
 
 /// The cgroup programs every tier uses, on the cgroup v2 root.
-fn attach_cgroup_hooks(ebpf: &mut Ebpf, cgroup_fd: &File) -> Result<()> {
+fn attach_cgroup_hooks(ebpf: &mut Ebpf, cgroup_fd: &File) -> Result<(), Error> {
     for (name, hook) in CGROUP_SOCK_ADDR {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|e| refused(hook, e))?;
@@ -422,7 +441,7 @@ fn attach_listens(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<bool> {
 }
 
 /// The exact-errno programs of the `syscalls` and `fexit` tiers.
-fn attach_exact_errno(ebpf: &mut Ebpf, tier: Tier, btf: Option<&Btf>) -> Result<()> {
+fn attach_exact_errno(ebpf: &mut Ebpf, tier: Tier, btf: Option<&Btf>) -> Result<(), Error> {
     match tier {
         Tier::Cgroup => {}
         Tier::Syscalls => {
@@ -461,11 +480,11 @@ where
 }
 
 /// A refused hook, with the errno and what to do.
-fn refused(hook: &str, e: ProgramError) -> anyhow::Error {
-    anyhow::anyhow!(
-        "the kernel refused {hook}: {} (see `reaper doctor`; `--hooks cgroup` is the most widely allowed tier, `--no-bpf` scans /proc instead)",
-        describe(&e)
-    )
+fn refused(hook: &str, e: ProgramError) -> Error {
+    Error::HookRefused {
+        hook: hook.to_string(),
+        reason: describe(&e),
+    }
 }
 
 /// The errno behind a program error, if any.

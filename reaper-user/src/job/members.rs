@@ -99,7 +99,7 @@ pub fn unattributed(holdings: &[Holding], table: &Table, job: &Job) -> Vec<Unatt
     let started = table.started(job.key());
     let mut out = Vec::new();
     for h in holdings {
-        if !crate::reap::plan::blocks(&h.socket) {
+        if !crate::bindmodel::facts::surely_blocks_next_server(&h.socket) {
             continue;
         }
         for p in &h.processes {

@@ -252,6 +252,10 @@ pub enum Body {
         tier: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pid: Option<u32>,
+        /// `net.ipv4.ip_local_reserved_ports` as the daemon left it, when
+        /// its config's `reserve_ports` added to it (or the error).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reserved_ports: Option<String>,
     },
     /// The daemon stopped cleanly.
     Stop { reason: String },

@@ -224,6 +224,8 @@ struct Wire {
     version: Option<String>,
     tier: Option<String>,
     pid: Option<u32>,
+    #[serde(default)]
+    reserved_ports: Option<String>,
     reason: Option<String>,
     mode: Option<Mode>,
     after: Option<String>,
@@ -295,6 +297,7 @@ impl Wire {
                 version: w.version?,
                 tier: w.tier?,
                 pid: w.pid,
+                reserved_ports: w.reserved_ports,
             },
             "stop" => Body::Stop { reason: w.reason? },
             "mode" => Body::Mode {
@@ -682,10 +685,12 @@ impl<R: BufRead> Input for RecordStream<R> {
     }
 }
 
-/// One `--journal PATH`: its files read one after the other, each opened
-/// only when the one before is done.
+/// One `--journal PATH`: its files, all opened before the first is read
+/// (an open file follows its inode through the writer's renames, so a
+/// rotation while the report reads loses nothing and fails nothing), read
+/// one after the other.
 pub struct Chain {
-    files: std::vec::IntoIter<(u32, PathBuf)>,
+    files: std::vec::IntoIter<(u32, File)>,
     current: Option<RecordStream<BufReader<File>>>,
 }
 
@@ -698,17 +703,63 @@ impl Input for Chain {
                     None => self.current = None,
                 }
             }
-            let Some((idx, path)) = self.files.next() else {
+            let Some((idx, f)) = self.files.next() else {
                 return Ok(None);
             };
-            let f =
-                File::open(&path).with_context(|| format!("opening journal {}", path.display()))?;
             self.current = Some(RecordStream::new(
                 BufReader::with_capacity(256 * 1024, f),
                 idx,
             ));
         }
     }
+}
+
+/// How often a chain is listed again when a file vanished between the
+/// listing and its open (the writer rotated in between).
+const CHAIN_TRIES: usize = 10;
+
+/// Lists `path`'s chain and opens every file of it. A file that vanished
+/// in between (rotated away, or renamed to the next number) means the
+/// listing is stale: list and open again.
+fn open_chain(path: &Path) -> Result<Vec<(PathBuf, File)>, crate::error::Error> {
+    for _ in 0..CHAIN_TRIES {
+        let files = rotated_chain(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                crate::error::bad_input(format!(
+                    "no journal at {} (nor rotated files {0}.N): check the path, or try --demo",
+                    path.display()
+                ))
+            } else {
+                anyhow::Error::new(e)
+                    .context(format!("listing journal {}", path.display()))
+                    .into()
+            }
+        })?;
+        let mut opened = Vec::with_capacity(files.len());
+        let mut stale = false;
+        for f in files {
+            match File::open(&f) {
+                Ok(h) => opened.push((f, h)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    stale = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("opening journal {}", f.display()))
+                        .into())
+                }
+            }
+        }
+        if !stale {
+            return Ok(opened);
+        }
+    }
+    Err(anyhow::anyhow!(
+        "journal {} kept rotating while its files were opened ({CHAIN_TRIES} tries): try again",
+        path.display()
+    )
+    .into())
 }
 
 /// Several inputs merged by time, holding one record per input.
@@ -734,24 +785,22 @@ impl JournalReader {
     /// Opens the inputs: each path with its rotated siblings (see the
     /// module doc). A file given twice (or as a sibling of another path) is
     /// read once. A path with no file at all is bad input naming it.
-    pub fn open(paths: &[PathBuf]) -> Result<JournalReader> {
+    pub fn open(paths: &[PathBuf]) -> Result<JournalReader, crate::error::Error> {
         let mut stats = ReadStats::default();
         let mut seen = std::collections::HashSet::new();
         let mut chains = Vec::new();
         for path in paths {
-            let files = rotated_chain(path).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    crate::error::bad_input(format!(
-                        "no journal at {} (nor rotated files {0}.N): check the path, or try --demo",
-                        path.display()
-                    ))
-                } else {
-                    anyhow::Error::new(e).context(format!("listing journal {}", path.display()))
-                }
-            })?;
             let mut chain = Vec::new();
-            for f in files {
-                let key = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+            for (f, handle) in open_chain(path)? {
+                // The same file twice (named twice, or renamed between two
+                // listings) is read once: by its inode, not its name.
+                let key = handle
+                    .metadata()
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.dev(), m.ino())
+                    })
+                    .with_context(|| format!("reading journal {}", f.display()))?;
                 if !seen.insert(key) {
                     continue;
                 }
@@ -760,7 +809,7 @@ impl JournalReader {
                     path: f.display().to_string(),
                     ..FileRead::default()
                 });
-                chain.push((idx, f));
+                chain.push((idx, handle));
             }
             chains.push(Chain {
                 files: chain.into_iter(),
@@ -1076,7 +1125,7 @@ mod tests {
         let err = JournalReader::open(&[PathBuf::from("/nonexistent/reaper.jsonl")])
             .err()
             .unwrap();
-        assert_eq!(crate::error::exit_for(&err), crate::error::Exit::BadInput);
+        assert_eq!(err.exit(), crate::error::Exit::BadInput);
         assert!(err.to_string().contains("/nonexistent/reaper.jsonl"));
     }
 }

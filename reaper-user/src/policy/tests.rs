@@ -1,3 +1,4 @@
+use super::matcher::glob_match;
 use super::*;
 use crate::vocab::{Family, Proto};
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::bindmodel::{self, facts as bindfacts, Activity, Existing};
 use crate::holders::container::engine::{self, ContainerStop};
 use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
@@ -122,7 +123,9 @@ impl Plan {
     pub fn build(holdings: &[Holding], policy: &Policy, ctx: &mut Context, tree: Tree) -> Plan {
         discover_kernel_threads(holdings, ctx);
         let pgrp = |pid: u32| ProcStat::read(pid).ok().map(|s| s.pgrp);
-        Plan::judge(holdings, policy, ctx, tree, &pgrp)
+        // The sockets' options, read from their holders (pidfd_getfd).
+        let facts: Vec<Existing> = holdings.iter().map(bindfacts::of_holding).collect();
+        Plan::judge_facts(holdings, &facts, policy, ctx, tree, &pgrp)
     }
 
     /// Judges every holder of the port. Pure apart from `pgrp_of` (so the
@@ -134,15 +137,40 @@ impl Plan {
         tree: Tree,
         pgrp_of: &dyn Fn(u32) -> Option<u32>,
     ) -> Plan {
+        let facts: Vec<Existing> = holdings
+            .iter()
+            .map(|h| bindfacts::from_socket(&h.socket))
+            .collect();
+        Plan::judge_facts(holdings, &facts, policy, ctx, tree, pgrp_of)
+    }
+
+    /// [`Plan::judge`] with the facts the bind model reads of each holding
+    /// (same order): which sockets block the next server's bind is the
+    /// model's answer (`bindmodel::blocks_next_server`); a socket whose
+    /// options are not known counts as blocking.
+    pub fn judge_facts(
+        holdings: &[Holding],
+        facts: &[Existing],
+        policy: &Policy,
+        ctx: &Context,
+        tree: Tree,
+        pgrp_of: &dyn Fn(u32) -> Option<u32>,
+    ) -> Plan {
         let mut out = Plan::default();
         // pid -> (process, sockets, role); the first socket decides the role.
         let mut by_pid: ByPid = BTreeMap::new();
-        for h in holdings {
-            if h.socket.state == SocketState::TimeWait {
+        for (h, e) in holdings.iter().zip(facts) {
+            if e.activity == Activity::TimeWait {
                 out.unowned.push(time_wait(&h.socket));
                 continue;
             }
-            if !blocks(&h.socket) {
+            if bindmodel::client_connection(e, facts) {
+                // A client's port: never signalled, whatever the rules say.
+                out.blocking.push(h.socket.clone());
+                out.unowned.push(client(h));
+                continue;
+            }
+            if bindmodel::blocks_next_server(e) == Some(false) {
                 continue;
             }
             out.blocking.push(h.socket.clone());
@@ -291,12 +319,13 @@ impl Plan {
                 )
             })
             .collect();
-        parts.extend(self.unjudgeable().iter().map(|u| {
-            format!(
+        parts.extend(self.unjudgeable().iter().map(|u| match u.cause.as_deref() {
+            Some("client") => format!("{}, {}", u.socket, u.reason),
+            cause => format!(
                 "{}, a socket whose process reaper cannot read ({})",
                 u.socket,
-                u.cause.as_deref().unwrap_or("unknown")
-            )
+                cause.unwrap_or("unknown")
+            ),
         }));
         (!parts.is_empty()).then(|| parts.join("; and by "))
     }
@@ -403,6 +432,33 @@ fn time_wait(socket: &Socket) -> Unowned {
         reason: "TIME_WAIT: the kernel keeps a closed connection's port for up to 60 s; no process holds it".into(),
         expires_in_ms: socket.timer_ms,
         cause: None,
+    }
+}
+
+/// A client's connection on the port: its words say what happened and the
+/// fix, since signalling a client is never the answer.
+fn client(h: &Holding) -> Unowned {
+    let who = h
+        .processes
+        .first()
+        .map(|p| format!("pid {} {}", p.pid, p.comm))
+        .unwrap_or_else(|| "no readable process".into());
+    let peer = h
+        .socket
+        .peer
+        .map(|(a, p)| match a {
+            std::net::IpAddr::V6(a) => format!(" to [{a}]:{p}"),
+            std::net::IpAddr::V4(a) => format!(" to {a}:{p}"),
+        })
+        .unwrap_or_default();
+    Unowned {
+        socket: socket_words(&h.socket),
+        state: h.socket.state,
+        reason: format!(
+            "a client's connection ({who}{peer}): the kernel picked this port for an outgoing connection because it lies in net.ipv4.ip_local_port_range (or the client bound it); reaper never signals a client. Fix: add the port to net.ipv4.ip_local_reserved_ports so connect() never picks it"
+        ),
+        expires_in_ms: None,
+        cause: Some("client".into()),
     }
 }
 
@@ -523,16 +579,6 @@ fn judge_all(policy: &Policy, p: &Process, socks: &[Socket], ctx: &Context) -> V
         }
     }
     first.expect("a holder has at least one socket")
-}
-
-/// Whether a socket keeps the next server from binding: a TCP listener, or
-/// any UDP socket on the port. Connections that share the local port do not
-/// block a SO_REUSEADDR bind and are not judged.
-pub fn blocks(s: &Socket) -> bool {
-    match s.proto {
-        Proto::Tcp => s.state == SocketState::Listen,
-        Proto::Udp => s.state != SocketState::TimeWait,
-    }
 }
 
 /// Kernel threads (PF_KTHREAD) among the holders go into `ctx`, where the
@@ -854,18 +900,31 @@ mod tests {
     }
 
     #[test]
-    fn time_wait_is_noted_not_judged_and_connections_ignored() {
+    fn time_wait_is_noted_not_judged_and_accepted_connections_go_with_their_listener() {
         let h = vec![
             holding("TIME-WAIT", vec![]),
+            holding("LISTEN", vec![proc_(300, 1, &[1])]),
             holding("ESTAB", vec![proc_(300, 1, &[1])]),
         ];
         let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
-        assert!(p.judged.is_empty());
-        assert!(p.blocking.is_empty());
+        // One process, judged once, with its listener and its connection.
+        assert_eq!(p.judged.len(), 1);
+        assert_eq!(p.judged[0].sockets.len(), 2);
         assert_eq!(p.unowned.len(), 1);
         assert_eq!(p.unowned[0].expires_in_ms, Some(59_000));
         assert!(p.unjudgeable().is_empty());
-        assert!(p.refusal().is_none());
+    }
+
+    #[test]
+    fn a_client_connection_is_never_judged_and_refuses_the_plan() {
+        let h = vec![holding("ESTAB", vec![proc_(300, 1, &[1])])];
+        let p = Plan::judge(&h, &policy(), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert!(p.judged.is_empty());
+        assert_eq!(p.unjudgeable().len(), 1);
+        let why = p.refusal().expect("a client refuses the plan");
+        assert!(why.contains("client's connection"), "{why}");
+        assert!(why.contains("ip_local_reserved_ports"), "{why}");
+        assert!(p.targets().is_empty());
     }
 
     #[test]

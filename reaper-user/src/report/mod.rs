@@ -83,7 +83,7 @@ pub fn write(report: &Report, format: Format, out: &mut dyn std::io::Write) -> s
 /// Parses `--since`/`--until`: RFC 3339, or a duration before `now` ("30m",
 /// "2h", "1d", "1h30m", optionally followed by "ago"). Bad input names the
 /// flag and the accepted forms.
-pub fn parse_time(flag: &str, value: &str, now: DateTime<Utc>) -> Result<i64> {
+pub fn parse_time(flag: &str, value: &str, now: DateTime<Utc>) -> Result<i64, crate::error::Error> {
     let v = value.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(t.timestamp_millis());
@@ -127,11 +127,7 @@ mod tests {
     fn bad_times_name_the_flag_and_the_forms() {
         for bad in ["yesterday", "", "-2h", "2024-05-14", "h"] {
             let err = parse_time("--until", bad, now()).unwrap_err();
-            assert_eq!(
-                crate::error::exit_for(&err),
-                crate::error::Exit::BadInput,
-                "{bad}"
-            );
+            assert_eq!(err.exit(), crate::error::Exit::BadInput, "{bad}");
             let msg = err.to_string();
             assert!(
                 msg.contains("--until") && msg.contains("RFC 3339") && msg.contains("2h"),

@@ -1,0 +1,90 @@
+//! `reaper report` on a live journal while the daemon rotates it: a bind
+//! churn makes a daemon with a tiny `journal_max_bytes` rotate many times a
+//! second, and reports run against it meanwhile. Every report must succeed
+//! (no ENOENT for a rotated file that was renamed or removed between the
+//! listing and the open). Root; `cargo build` first.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reaper_tests::daemon::Daemon;
+use reaper_tests::{reaper_bin, require_root};
+
+/// Binds, listens and closes on 127.0.0.1 in a loop until dropped: claim
+/// and release records for the daemon to write.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Churn {
+    fn start() -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                drop(l);
+                n += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            n
+        });
+        Churn {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn reports_read_a_journal_that_rotates_under_them() {
+    require_root();
+    let d = Daemon::start("journal_max_bytes = 8192\njournal_keep = 4\n");
+    let churn = Churn::start();
+    let inode = || std::fs::metadata(&d.journal).map(|m| m.ino()).ok();
+    // Rotation is under way: the live file was replaced at least once.
+    let first = reaper_tests::poll_until("the journal to exist", Duration::from_secs(10), &inode);
+    let mut rotations = 0u32;
+    let mut last = first;
+    let mut runs = 0u32;
+    let until = Instant::now() + Duration::from_secs(12);
+    while runs < 60 && Instant::now() < until {
+        let out = Command::new(reaper_bin())
+            .args(["report", "--format", "json", "--journal"])
+            .arg(&d.journal)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "report run {runs} failed while the journal rotated ({rotations} rotations seen):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runs += 1;
+        if let Some(now) = inode() {
+            if now != last {
+                rotations += 1;
+                last = now;
+            }
+        }
+    }
+    drop(churn);
+    assert!(
+        rotations >= 5,
+        "the journal rotated only {rotations} times during {runs} reports: the test proves nothing"
+    );
+    eprintln!("{runs} reports, {rotations} rotations seen between them, all read");
+}
