@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reaper::holders::container::engine;
 use reaper::holders::{self, Query};
 use reaper::policy::{Context, Policy};
+use reaper::reap::container::stop_and_wait;
 use reaper::reap::BindProbe;
 use reaper::vocab::{Decision, Proto};
 use reaper_tests::containers::{alive, docker, require_docker, Container, Image};
@@ -165,7 +165,7 @@ fn a_labelled_container_is_judged_by_label_and_stopped_through_the_engine() {
         port,
         false,
     )];
-    let stop = engine::stop_and_wait(
+    let stop = stop_and_wait(
         &ct,
         Duration::from_secs(2),
         &probes,
@@ -474,6 +474,11 @@ fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
         doc["container_stops"][0]["state_after"], "exited",
         "{doc:#}"
     );
+    // The port bound again after the stop: when is on the record.
+    assert!(
+        doc["container_stops"][0]["port_free_at_ms"].is_u64(),
+        "{doc:#}"
+    );
     assert!(
         doc["signals"].as_array().unwrap().is_empty(),
         "a process was signalled: {doc:#}"
@@ -545,6 +550,10 @@ fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
     assert_eq!(done["verdict"]["rule"], "preview");
     assert_eq!(done["container"]["name"], c.name.as_str());
     assert_eq!(done["container"]["stop"]["state_after"], "exited");
+    assert!(
+        done["container"]["stop"]["port_free_at_ms"].is_u64(),
+        "{done:#}"
+    );
     assert!(done["signals"].as_array().unwrap().is_empty(), "{done:#}");
     assert_eq!(c.state(), "exited");
     assert!(can_listen(port));
