@@ -361,7 +361,7 @@ fn test(extra: &[String]) -> Result<()> {
     // stopped at the end when this run started it.
     let dockerd = dist::Dockerd::ensure()?;
     say(
-        "4/6 what ships: static binary, tarball, .deb (tests/tests/ship.rs checks them), the image",
+        "4/6 what ships: static binary, tarball, .deb (tests/tests/it/ship.rs checks them), the image",
     );
     let built = dist::dist()?;
     if dockerd.is_some() {

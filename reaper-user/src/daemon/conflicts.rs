@@ -144,7 +144,7 @@ pub(super) fn conflict_body(f: &Finding, burst: &Burst, not_refused: bool) -> Bo
                 rule: None,
             })
         }),
-        verdicts: judged.iter().map(HolderVerdict::of).collect(),
+        verdicts: judged.iter().map(HolderVerdict::from).collect(),
         action: if reap_all {
             Action::Reap
         } else {

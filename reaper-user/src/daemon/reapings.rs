@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::conflict::{ConflictKey, Reaped};
-use crate::journal;
 use crate::policy::Context as PolicyContext;
 use crate::reap::{self, Plan, StopOptions};
 use crate::text::term;
@@ -169,7 +168,7 @@ impl Daemon {
                 key.proto,
                 c.verdict
             );
-            self.journal(journal::container_reaping(
+            self.journal(reap::records::container_reaping(
                 c,
                 None,
                 Outcome::InProgress,
@@ -187,7 +186,7 @@ impl Daemon {
                 key.proto,
                 term(&j.verdict.to_string())
             );
-            self.journal(journal::reaping(
+            self.journal(reap::records::reaping(
                 j,
                 &[],
                 Outcome::InProgress,
@@ -236,7 +235,7 @@ impl Daemon {
                 c.socket.port,
                 c.socket.proto
             );
-            self.journal(journal::container_reaping(
+            self.journal(reap::records::container_reaping(
                 c,
                 Some(stop),
                 Outcome::from(outcome),
@@ -255,7 +254,7 @@ impl Daemon {
                 j.sockets[0].port,
                 j.sockets[0].proto
             );
-            self.journal(journal::reaping(
+            self.journal(reap::records::reaping(
                 j,
                 &t.signals,
                 outcome,
@@ -309,7 +308,7 @@ impl Daemon {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
             for c in flight.plan.container_targets() {
                 self.metrics.reaping(Outcome::Interrupted.as_str());
-                self.journal(journal::container_reaping(
+                self.journal(reap::records::container_reaping(
                     c,
                     None,
                     Outcome::Interrupted,
@@ -339,7 +338,7 @@ impl Daemon {
                             .join(" and ")
                     }
                 );
-                self.journal(journal::reaping(
+                self.journal(reap::records::reaping(
                     j,
                     &sent,
                     Outcome::Interrupted,

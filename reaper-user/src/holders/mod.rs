@@ -49,6 +49,7 @@ pub mod job;
 pub mod netns;
 pub mod process;
 pub mod procnet;
+mod records;
 pub mod sockdiag;
 
 /// One socket seen in some network namespace.

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::Exit;
-use crate::holders::container::engine::ContainerStop;
 use crate::holders::job::{Job, Table};
 use crate::holders::{self, Holding, Process, Query, Socket};
+use crate::journal::ContainerStop;
 use crate::policy::{Context, JobState, Matcher, NetnsSpec, Policy, Protect, Rule};
 use crate::reap::plan::{Judged, JudgedContainer, Plan, Role, Tree};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};

@@ -20,9 +20,11 @@ use serde::Serialize;
 use crate::vocab::{Outcome, Signal};
 
 mod bind;
+pub mod container;
 mod identity;
 mod pidfd;
 pub mod plan;
+pub mod records;
 
 pub use bind::{wait_bindable, BindProbe, BindWait};
 pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};

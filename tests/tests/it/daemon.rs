@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reaper_tests::daemon::*;
+use reaper_tests::reaper;
 use serde_json::Value;
 
 macro_rules! need_root {
@@ -26,7 +27,7 @@ fn kind(r: &Value) -> &str {
 #[test]
 fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reaper.toml");
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config", example])
         .output()
         .unwrap();
@@ -39,7 +40,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
         "journal = \"/tmp/j\"\nhooks = \"cgroup\"\n\nconflict_windw = \"5s\"\n",
     )
     .unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&bad)
         .output()
@@ -55,7 +56,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
 
     // A bad value inside a rule: the policy parser's message, the config's line.
     std::fs::write(&bad, "journal = \"/tmp/j\"\n[[rule]]\nname = \"x\"\naction = \"kill\"\nmatch = { name = \"x\" }\n").unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&bad)
         .output()
@@ -93,7 +94,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(claim["ppid"].is_number(), "the binder's parent: {claim}");
 
     // `reaper who` asks the daemon when its socket answers.
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["who", &port.to_string()])
         .env("REAPER_CONTROL_SOCKET", &d.socket)
         .output()
@@ -467,7 +468,7 @@ fn on_journal_error_chooses_between_running_on_and_exiting() {
         ),
     )
     .unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--config"])
         .arg(&config)
         .output()
@@ -497,7 +498,7 @@ fn report_without_journal_reads_the_running_daemons_journal() {
     need_root!();
     let d = Daemon::start("");
     d.wait_record("the start record", |r| kind(r) == "start");
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--format", "json"])
         .env("REAPER_CONTROL_SOCKET", &d.socket)
         .output()
@@ -664,7 +665,7 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     assert!(holder.alive(), "no SIGKILL after the daemon stopped");
 
     // `reaper report` shows it unfinished, in JSON and for people.
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--format", "json", "--journal"])
         .arg(&d.journal)
         .output()
@@ -674,7 +675,7 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     let u = &doc["summary"]["unfinished"];
     assert_eq!(u[0]["outcome"], "interrupted", "{doc}");
     assert_eq!(u[0]["target"]["pid"], holder.pid());
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--journal"])
         .arg(&d.journal)
         .output()

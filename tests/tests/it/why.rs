@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
-use reaper_tests::{fixture_bin, reaper_bin, require_root, Netns};
+use reaper_tests::{fixture_bin, reaper, reaper_bin, require_root, Netns};
 
 #[derive(Clone, Debug)]
 struct Sock {
@@ -328,7 +328,7 @@ fn why_was_unknown(c: &Case) -> bool {
 /// `reaper why` for the case's new bind, in the namespace, as JSON.
 fn why(c: &Case, netns: u64) -> Result<String, String> {
     let n = &c.new;
-    let mut cmd = Command::new(reaper_bin());
+    let mut cmd = reaper();
     cmd.arg("why")
         .arg(c.port.to_string())
         .args(["--addr", n.addr])
@@ -398,7 +398,7 @@ impl Matrix {
 
     /// reaper with `args`, from outside the namespace (who, why take --netns).
     fn reaper(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(reaper_bin()).args(args).output().unwrap();
+        let out = reaper().args(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
