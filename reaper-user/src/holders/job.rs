@@ -17,15 +17,43 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::vocab::Job;
 
-/// The variables of an environ block (NUL-separated `KEY=value`).
+/// The variables [`parse_environ`] reads.
+const WANTED: &[&str] = &[
+    "RUNNER_TRACKING_ID",
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    "CI_JOB_ID",
+    "CI_PIPELINE_ID",
+    "CI_JOB_NAME",
+    "BUILD_TAG",
+    "JENKINS_NODE_COOKIE",
+    "JENKINS_URL",
+    "BUILD_NUMBER",
+    "JOB_NAME",
+    "BUILDKITE_JOB_ID",
+    "BUILDKITE_BUILD_ID",
+    "BUILDKITE_LABEL",
+];
+
+/// The wanted variables of an environ block (NUL-separated `KEY=value`):
+/// one pass, no map of the whole environment (a hook reads every
+/// process's environment on the host).
 fn vars(environ: &[u8]) -> BTreeMap<&[u8], &[u8]> {
-    environ
-        .split(|&c| c == 0)
-        .filter_map(|kv| {
-            let eq = kv.iter().position(|&c| c == b'=')?;
-            Some((&kv[..eq], &kv[eq + 1..]))
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for kv in environ.split(|&c| c == 0) {
+        // Every wanted name starts with one of these letters.
+        if !matches!(kv.first(), Some(b'R' | b'G' | b'C' | b'B' | b'J')) {
+            continue;
+        }
+        let Some(eq) = kv.iter().position(|&c| c == b'=') else {
+            continue;
+        };
+        let key = &kv[..eq];
+        if WANTED.iter().any(|w| w.as_bytes() == key) {
+            out.insert(key, &kv[eq + 1..]);
+        }
+    }
+    out
 }
 
 /// The job named by an environ block; None outside CI jobs. Values are
@@ -100,6 +128,7 @@ pub const VARIABLES: &[&str] = &[
 /// One process as the job table sees it.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    pub comm: String,
     pub ppid: u32,
     pub start_ticks: u64,
     pub state: char,
@@ -139,6 +168,7 @@ impl Table {
             t.procs.insert(
                 pid,
                 Entry {
+                    comm: st.comm,
                     ppid: st.ppid,
                     start_ticks: st.start_ticks,
                     state: st.state,
@@ -318,6 +348,7 @@ mod tests {
             t.procs.insert(
                 pid,
                 Entry {
+                    comm: "x".into(),
                     ppid,
                     start_ticks: pid as u64,
                     state: 'S',
