@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod doccheck;
 mod pytools;
 mod sysimage;
 
