@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod doccheck;
 mod layers;
 mod pytools;
 mod sysimage;

@@ -165,6 +165,26 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
         1,
         "one reaping per holder"
     );
+    // The next job binds the port: its claim is the port's next history,
+    // and the daemon's own test bind before it is not journaled at all.
+    let next = Orphan::spawn(port, "rp-next");
+    d.wait_record("the next job's claim", |r| {
+        kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == next.pid()
+    });
+    let own: Vec<Value> = d
+        .records()
+        .into_iter()
+        .filter(|r| {
+            matches!(kind(r), "claim" | "listen" | "release")
+                && r["port"] == port
+                && r["process"]["pid"] == d.pid()
+        })
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the daemon's probe journaled as the port's history: {own:?}"
+    );
+    drop(next);
     assert!(
         records
             .iter()
