@@ -52,6 +52,6 @@ pub mod reap;
 pub mod report;
 pub mod sys;
 pub mod text;
-pub mod users;
+pub(crate) mod users;
 pub mod util;
 pub mod vocab;
