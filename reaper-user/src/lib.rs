@@ -47,6 +47,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod proc;
 pub mod progress;
 pub mod reap;
 pub mod report;
