@@ -4,6 +4,8 @@
 //! Rules: compare A vs B interleaved in one run (absolute times drift on
 //! shared machines), report the median and the spread, never assert speed.
 
+pub mod idlers;
+
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

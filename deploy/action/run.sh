@@ -8,7 +8,7 @@
 # reaper free's (docs/ci.md "Exit statuses"), so the job fails at this step
 # with the reason when the port stays held.
 #
-# tests/tests/ship.rs runs this script against a real stale server.
+# tests/tests/it/ship.rs runs this script against a real stale server.
 set -euo pipefail
 
 say() { echo "reaper-action: $*" >&2; }

@@ -150,6 +150,10 @@ pub struct WatchArgs {
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
+    /// Also check the daemon config's ports: each `reserve_ports` entry is
+    /// reserved, and no port it names is left in the ephemeral range.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,

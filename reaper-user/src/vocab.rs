@@ -1,5 +1,6 @@
 //! The words every layer shares: protocol, family, socket state, decision,
-//! action, outcome, source, signal, and why a socket has no process.
+//! action, outcome, source, signal, why a socket has no process, and the CI
+//! job a process runs in.
 //!
 //! The bottom of the flow: every module may use these, and this module uses
 //! nothing of reaper's. Each word serializes to exactly the string the JSON
@@ -416,6 +417,46 @@ impl<'de> Deserialize<'de> for UnownedReason {
                 "exited",
             ],
         )
+    }
+}
+
+/// A CI job, as its environment names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Job {
+    /// `github`, `gitlab`, `jenkins`, `buildkite`.
+    pub provider: String,
+    /// The job's id for that provider (GitHub: the runner's tracking id).
+    pub id: String,
+    /// The run/pipeline/build it belongs to, when the environment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The job's name, when the environment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// No process of the job is attached to a live runner any more (None:
+    /// not looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<bool>,
+}
+
+impl Job {
+    /// The job's identity: provider and id.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.provider, &self.id)
+    }
+
+    /// "github job github_9f2c… (ended)" in plain words.
+    pub fn words(&self) -> String {
+        let mut w = format!("{} job {}", self.provider, self.id);
+        if let Some(n) = &self.name {
+            w.push_str(&format!(" ({n})"));
+        }
+        match self.ended {
+            Some(true) => w.push_str(", ended"),
+            Some(false) => w.push_str(", running"),
+            None => {}
+        }
+        w
     }
 }
 

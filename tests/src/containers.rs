@@ -1,4 +1,4 @@
-//! Helpers for the container tests (tests/tests/containers.rs): the real
+//! Helpers for the container tests (tests/tests/it/containers.rs): the real
 //! Docker Engine, images built here `FROM scratch` from a static C listener
 //! (tests/fixtures/container/listener.c; no registry is reachable), and
 //! guards that remove every container and image a test made.

@@ -94,7 +94,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(reaper_bin())
+        let child = crate::reaper()
             .args(["daemon", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -1,4 +1,4 @@
-//! Helpers for the fault tests (tests/tests/faults.rs): a holder that forks,
+//! Helpers for the fault tests (tests/tests/it/faults.rs): a holder that forks,
 //! execs or passes its socket on command (the `fault-holder` fixture),
 //! `reaper free` held at its test-only pause between verdict and signal,
 //! small file systems that are full or read-only, and commands run as
@@ -106,7 +106,7 @@ pub fn free_paused(args: &[&str], meanwhile: impl FnOnce()) -> Output {
     let dir = tempfile_dir();
     let fifo = dir.join("pause");
     mkfifo(&fifo);
-    let child = Command::new(crate::reaper_bin())
+    let child = crate::reaper()
         .args(args)
         .env("REAPER_TEST_PAUSE_BEFORE_SIGNAL", &fifo)
         .env_remove("REAPER_JOURNAL")

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,22 @@ pub fn reaper_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The one way the tests run reaper: [`reaper_bin`] as a `Command`, for the
+/// test to add its arguments and environment.
+pub fn reaper() -> Command {
+    Command::new(reaper_bin())
+}
+
+/// A finished command's status, stdout and stderr, for failure messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Panics unless root: these tests need the real BPF hooks and namespaces.

@@ -179,7 +179,7 @@ impl Run {
 
 /// Runs the reaper binary with `args` and `env`.
 pub fn reaper(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(crate::reaper_bin());
+    let mut cmd = crate::reaper();
     cmd.args(args).env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);

@@ -1,9 +1,9 @@
 //! journal -> report, tested from the outside: helpers for
-//! tests/tests/report.rs, which runs the real `reaper` binary on fixture
+//! tests/tests/it/report.rs, which runs the real `reaper` binary on fixture
 //! journals (tests/fixtures/journals/) and compares its output with golden
 //! files (tests/golden/), and opens the HTML in headless Chromium.
 //!
-//! - Golden files: `REAPER_BLESS=1 cargo test -p reaper-tests --test report`
+//! - Golden files: `REAPER_BLESS=1 cargo test -p reaper-tests --test it report::`
 //!   rewrites them from the current output; review the diff, commit it.
 //! - The binary: built with `cargo build -p reaper-user --bin reaper` before
 //!   the first run (a no-op when fresh), or taken from `REAPER_BIN`.
@@ -35,7 +35,7 @@ pub use crate::{reaper_bin, workspace_root};
 
 /// Runs `reaper ARGS` in the workspace root.
 pub fn run_reaper(args: &[&str]) -> Output {
-    Command::new(reaper_bin())
+    crate::reaper()
         .args(args)
         .current_dir(workspace_root())
         .env("NO_COLOR", "1")
@@ -66,7 +66,7 @@ pub fn assert_golden(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "reading golden {}: {e}\nCreate it with: REAPER_BLESS=1 cargo test -p reaper-tests --test report",
+            "reading golden {}: {e}\nCreate it with: REAPER_BLESS=1 cargo test -p reaper-tests --test it report::",
             path.display()
         )
     });
@@ -89,7 +89,7 @@ pub fn assert_golden(name: &str, actual: &str) {
         });
     panic!(
         "{name} differs from tests/golden/{name} at line {line}:\n  expected: {exp}\n  actual:   {got}\n\
-         If the change is intended: REAPER_BLESS=1 cargo test -p reaper-tests --test report, then review `git diff tests/golden`."
+         If the change is intended: REAPER_BLESS=1 cargo test -p reaper-tests --test it report::, then review `git diff tests/golden`."
     );
 }
 

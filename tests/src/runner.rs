@@ -1,4 +1,4 @@
-//! The runner-shaped harness of the `reaper job` tests (tests/tests/job.rs),
+//! The runner-shaped harness of the `reaper job` tests (tests/tests/it/job.rs),
 //! over the `runner` fixture (tests/src/bin/runner.rs): a long-lived
 //! runner, one worker per job with GitHub's variables, steps run by the
 //! worker (servers that double-fork and `setsid` away, `docker run -p`,

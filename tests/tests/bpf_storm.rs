@@ -2,7 +2,6 @@
 //! counted and reported, never silent. In its own test binary so the storm
 //! cannot starve the other tests' watchers (cargo runs binaries one by one).
 
-use std::process::Command;
 use std::time::Duration;
 
 use reaper_tests::*;
@@ -11,7 +10,7 @@ use serde_json::Value;
 #[test]
 fn a_storm_that_overflows_a_small_ring_buffer_reports_losses() {
     require_root();
-    let mut cmd = Command::new(reaper_bin());
+    let mut cmd = reaper();
     cmd.args(["watch", "--json", "--all", "--ringbuf-size", "4096"]);
     let mut w = Spawned::spawn(&mut cmd);
     w.wait_err("attached", Duration::from_secs(30));

@@ -108,6 +108,40 @@ pub fn parse_port_list(s: &str) -> Option<Vec<(u16, u16)>> {
     Some(out)
 }
 
+/// `ranges` merged into `have`: sorted, overlapping and adjacent ranges
+/// joined, in the kernel's words ("8080,9000-9100").
+pub fn merge_ranges(have: &[(u16, u16)], add: &[(u16, u16)]) -> String {
+    let mut all: Vec<(u16, u16)> = have.iter().chain(add).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in all {
+        match out.last_mut() {
+            Some(last) if lo as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out.iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Adds `ranges` to this namespace's `net.ipv4.ip_local_reserved_ports`
+/// (merged with what is there) and returns the list as the kernel has it
+/// afterwards. Needs CAP_NET_ADMIN and a writable /proc/sys.
+pub fn reserve(ranges: &[(u16, u16)]) -> io::Result<String> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let have = parse_port_list(&std::fs::read_to_string(PATH)?).unwrap_or_default();
+    std::fs::write(PATH, merge_ranges(&have, ranges))?;
+    Ok(std::fs::read_to_string(PATH)?.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +157,18 @@ mod tests {
         );
         assert_eq!(parse_port_list("\n"), Some(vec![]));
         assert_eq!(parse_port_list("9100-9000"), None);
+    }
+
+    #[test]
+    fn reserved_ports_merge_with_what_is_there() {
+        assert_eq!(
+            merge_ranges(&[], &[(8080, 8080), (9000, 9100)]),
+            "8080,9000-9100"
+        );
+        assert_eq!(
+            merge_ranges(&[(9050, 9200), (8081, 8081)], &[(8080, 8080), (9000, 9100)]),
+            "8080-8081,9000-9200"
+        );
+        assert_eq!(merge_ranges(&[], &[]), "");
     }
 }

@@ -1,5 +1,5 @@
 //! The model's rules one at a time; the kernel itself checks them in
-//! tests/tests/why.rs (the matrix).
+//! tests/tests/it/why.rs (the matrix).
 
 use std::net::IpAddr;
 

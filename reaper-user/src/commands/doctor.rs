@@ -29,6 +29,68 @@ struct Report {
     fallback: String,
     /// What the BPF tiers send and what they only count (null for "proc").
     summary: Option<String>,
+    /// The ports the kernel lends to clients, and those it keeps back.
+    ports: Ports,
+}
+
+/// net.ipv4 sysctls of this namespace that decide which ports connect()
+/// may take, and the config's ports checked against them.
+#[derive(Serialize)]
+struct Ports {
+    /// `net.ipv4.ip_local_port_range`.
+    ephemeral: Option<(u16, u16)>,
+    /// `net.ipv4.ip_local_reserved_ports`, as the kernel writes it.
+    reserved: String,
+    /// With --config: each configured port range and whether it is safe.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    config: Vec<PortCheck>,
+}
+
+#[derive(Serialize)]
+struct PortCheck {
+    ports: String,
+    /// Some port of it lies in the ephemeral range.
+    in_ephemeral: bool,
+    /// Every port of it is in ip_local_reserved_ports.
+    reserved: bool,
+    /// A warning in words, when connect() may take one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
+}
+
+fn ports(config: Option<&std::path::Path>) -> Result<Ports> {
+    let sys = reaper::bindmodel::setting::read(None, None)?;
+    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut checks = Vec::new();
+    if let Some(path) = config {
+        let c = reaper::daemon::config::Config::load(path)
+            .map_err(|e| reaper::error::bad_input(e.to_string()))?;
+        for &(lo, hi) in &c.reserve_ports {
+            let in_ephemeral = sys.ephemeral.is_some_and(|(a, b)| lo <= b && hi >= a);
+            let all_reserved = (lo..=hi).all(|p| sys.is_reserved(p));
+            let words = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            checks.push(PortCheck {
+                warning: (in_ephemeral && !all_reserved).then(|| format!(
+                    "{words} lies in net.ipv4.ip_local_port_range and is not in net.ipv4.ip_local_reserved_ports: a client's connect() may take it (the daemon adds it at start; or: sysctl -w net.ipv4.ip_local_reserved_ports=...)"
+                )),
+                ports: words,
+                in_ephemeral,
+                reserved: all_reserved,
+            });
+        }
+    }
+    Ok(Ports {
+        ephemeral: sys.ephemeral,
+        reserved,
+        config: checks,
+    })
 }
 
 #[derive(Serialize)]
@@ -52,7 +114,8 @@ const CAPS: &[(u32, &str, &str)] = &[
 ];
 
 pub fn run(global: &Global, args: DoctorArgs) -> Result<Exit> {
-    let report = gather();
+    let mut report = gather();
+    report.ports = ports(args.config.as_deref())?;
     if args.json {
         json_line(&report)?;
     } else {
@@ -130,6 +193,11 @@ fn gather() -> Report {
         errno_exact: false,
         summary: (tier != "proc").then(|| reaper::hooks::SUMMARY.to_string()),
         tier,
+        ports: Ports {
+            ephemeral: None,
+            reserved: String::new(),
+            config: Vec::new(),
+        },
         fallback: "sock_diag netlink (or /proc/net) + /proc/PID/fd scan: who holds a port now, without bind history or failed attempts".into(),
     }
 }
@@ -212,6 +280,33 @@ fn human(r: &Report, style: Style) -> String {
         s.push_str(&format!("summarised  {summary}\n"));
     }
     s.push_str(&format!("fallback    {}\n", r.fallback));
+    let range = r
+        .ports
+        .ephemeral
+        .map(|(a, b)| format!("{a}-{b}"))
+        .unwrap_or_else(|| "unknown".into());
+    let reserved = if r.ports.reserved.is_empty() {
+        "none".to_string()
+    } else {
+        r.ports.reserved.clone()
+    };
+    s.push_str(&format!(
+        "ephemeral   {range} (connect() lends these ports to clients); reserved: {reserved}\n"
+    ));
+    for c in &r.ports.config {
+        match &c.warning {
+            Some(w) => s.push_str(&format!("  {}\n", style.yellow(&format!("warning: {w}")))),
+            None => s.push_str(&format!(
+                "  reserve_ports {}: {}\n",
+                c.ports,
+                if c.reserved {
+                    "reserved"
+                } else {
+                    "outside the ephemeral range"
+                }
+            )),
+        }
+    }
     s
 }
 

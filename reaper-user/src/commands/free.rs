@@ -24,10 +24,10 @@ use serde::Serialize;
 
 use crate::cli::{FreeArgs, Global};
 use reaper::error::{bad_input, Exit};
-use reaper::holders::container::engine::ContainerStop;
 use reaper::holders::{self, Query, ScanGaps};
 use reaper::journal::writer::{JournalWriter, WriterOptions};
-use reaper::journal::{self, Record};
+use reaper::journal::ContainerStop;
+use reaper::journal::Record;
 use reaper::output::{self, Style};
 use reaper::policy::{Context, FlagRule, Policy, Verdict};
 use reaper::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
@@ -703,15 +703,14 @@ impl Run<'_> {
         let Some(w) = self.journal.as_mut() else {
             return Ok(());
         };
-        let containers =
-            self.plan.container_targets().into_iter().map(|c| {
-                journal::container_reaping(c, None, Outcome::InProgress, None, None, false)
-            });
+        let containers = self.plan.container_targets().into_iter().map(|c| {
+            reap::records::container_reaping(c, None, Outcome::InProgress, None, None, false)
+        });
         let processes = self
             .plan
             .targets()
             .into_iter()
-            .map(|j| journal::reaping(j, &[], Outcome::InProgress, None, None, false));
+            .map(|j| reap::records::reaping(j, &[], Outcome::InProgress, None, None, false));
         for body in containers.chain(processes) {
             w.append(&Record::new("proc", body)).with_context(|| {
                 "cannot write the reaping's intent to the journal; nothing was signalled. Free space there, or fix the path".to_string()
@@ -745,7 +744,7 @@ impl Run<'_> {
                 (_, None) if !reaped => "refused",
                 (o, None) => o,
             };
-            let body = journal::container_reaping(
+            let body = reap::records::container_reaping(
                 c,
                 stop,
                 Outcome::from(target_outcome),
@@ -764,7 +763,7 @@ impl Run<'_> {
                 (_, Some(r)) => r.outcome.outcome(free_at.is_some()),
             };
             let signals = report.map(|r| r.signals.as_slice()).unwrap_or_default();
-            let body = journal::reaping(
+            let body = reap::records::reaping(
                 j,
                 signals,
                 target_outcome,

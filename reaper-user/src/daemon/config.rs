@@ -76,6 +76,12 @@ pub struct Config {
     /// fdatasync after each record: survives power loss, costs a disk flush.
     pub fsync: bool,
     pub on_journal_error: OnJournalError,
+    /// A claim released within this long of its bind, never listened on and
+    /// met by no failed bind, is churn: counted in a `churn` record per
+    /// process and port instead of a `claim` and a `release` line each.
+    /// Every record waits this long before it is written. "0s": off.
+    #[serde(deserialize_with = "duration_or_zero")]
+    pub journal_churn_window: Duration,
     /// Prometheus /metrics listen address; "" turns the endpoint off.
     #[serde(deserialize_with = "opt_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -105,6 +111,11 @@ pub struct Config {
     /// Reaping: give up waiting for the port to bind again after this long.
     #[serde(deserialize_with = "duration")]
     pub reap_deadline: Duration,
+    /// Ports added to the host's `net.ipv4.ip_local_reserved_ports` at
+    /// start ("8080", "9000-9100"), merged with what is there: connect()
+    /// never lends them to a client, so a server can always bind them.
+    #[serde(deserialize_with = "port_ranges")]
+    pub reserve_ports: Vec<(u16, u16)>,
     /// Only `version = 1` exists (as in a policy file).
     version: Option<Spanned<u32>>,
     /// `[[rule]]` and `[[protect]]` in the policy file format (see
@@ -118,7 +129,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/reaper/reaper.sock";
+pub use crate::control::DEFAULT_CONTROL_SOCKET;
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 impl Default for Config {
@@ -129,6 +140,7 @@ impl Default for Config {
             journal_keep: 5,
             fsync: false,
             on_journal_error: OnJournalError::KeepRunning,
+            journal_churn_window: Duration::from_secs(1),
             metrics_listen: Some(DEFAULT_METRICS.parse().unwrap()),
             metrics_allow_non_loopback: false,
             control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
@@ -139,6 +151,7 @@ impl Default for Config {
             conflict_window: Duration::from_secs(5),
             reap_grace: Duration::from_secs(3),
             reap_deadline: Duration::from_secs(10),
+            reserve_ports: Vec::new(),
             version: None,
             rule: Vec::new(),
             protect: Vec::new(),
@@ -165,6 +178,34 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         )));
     }
     Ok(d)
+}
+
+/// A duration where zero means off (at most a minute).
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d > Duration::from_secs(60) {
+        return Err(serde::de::Error::custom(format!(
+            "'{s}' is too long: give at most 60s (every record waits this long), or \"0s\" to turn it off"
+        )));
+    }
+    Ok(d)
+}
+
+fn port_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u16, u16)>, D::Error> {
+    let words = Vec::<String>::deserialize(d)?;
+    let mut out = Vec::new();
+    for w in &words {
+        match crate::bindmodel::setting::parse_port_list(w) {
+            Some(r) if r.len() == 1 => out.extend(r),
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "'{w}' is not a port or a range: write e.g. \"8080\" or \"9000-9100\" (1-65535, low-high)"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {

@@ -20,13 +20,14 @@
 //! rest as `interrupted`. A SIGHUP reload leaves reapings in flight alone:
 //! they finish on their thread with the grace they started with.
 
+mod churn;
 pub mod config;
 mod conflicts;
 mod ingest;
 mod procinfo;
 mod reapings;
 mod reconcile;
-pub mod recovery;
+mod recovery;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -162,6 +163,7 @@ impl Daemon {
             control_path: None,
             _tasks: Vec::new(),
         };
+        d.sink.churn.set_window(d.config.journal_churn_window);
 
         // 3. The records of the start.
         d.journal_start(last.as_ref(), degraded_reason.as_deref());
@@ -171,7 +173,8 @@ impl Daemon {
 
         // 5. The interfaces.
         d.serve().await?;
-        d.flush();
+        // The start's records are on disk before the daemon says it is ready.
+        d.flush_all();
         if let Some(e) = d.sink.fatal.take() {
             return Err(e);
         }
@@ -202,10 +205,12 @@ impl Daemon {
                 });
             }
         }
+        let reserved_ports = reserve_ports(&self.config.reserve_ports);
         self.journal(Body::Start {
             version: env!("CARGO_PKG_VERSION").to_string(),
             tier: self.sink.source.to_string(),
             pid: Some(std::process::id()),
+            reserved_ports,
         });
         match degraded {
             Some(reason) => {
@@ -302,7 +307,7 @@ impl Daemon {
         // The reapings first: their signals are real, and the drain below
         // can take seconds under a bind storm.
         self.finish_reapings();
-        self.flush();
+        self.flush_all();
         if let Some(stream) = self.ingest.stream.as_mut() {
             let mut raw = Vec::new();
             stream.drain_now(&mut raw);
@@ -322,10 +327,11 @@ impl Daemon {
         {
             self.close_burst(burst);
         }
+        self.journal_all_churn();
         self.journal(Body::Stop {
             reason: reason.to_string(),
         });
-        self.flush();
+        self.flush_all();
         if let Some(p) = &self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -396,6 +402,7 @@ impl Daemon {
             }
         }
         self.bursts.set_window(new.conflict_window);
+        self.sink.churn.set_window(new.journal_churn_window);
         let summary = new.summary();
         let hooks = self.config.hooks;
         let ringbuf = self.config.ringbuf_size;
@@ -496,4 +503,23 @@ pub fn check_config(path: &Path) -> Result<String, config::ConfigError> {
             .unwrap_or_else(|| "off".into()),
         c.summary()
     ))
+}
+
+/// `reserve_ports` of the config added to the host's
+/// net.ipv4.ip_local_reserved_ports, for the start record: the list the
+/// kernel has now, or why it could not be written.
+fn reserve_ports(ranges: &[(u16, u16)]) -> Option<String> {
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(match crate::bindmodel::setting::reserve(ranges) {
+        Ok(now) => {
+            tracing::info!("net.ipv4.ip_local_reserved_ports is now {now}: connect() never lends these ports to a client");
+            now
+        }
+        Err(e) => {
+            tracing::warn!("could not add reserve_ports to net.ipv4.ip_local_reserved_ports: {e}");
+            format!("error: {e}")
+        }
+    })
 }

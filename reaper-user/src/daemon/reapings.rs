@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::conflict::{ConflictKey, Reaped};
-use crate::journal;
 use crate::policy::Context as PolicyContext;
 use crate::reap::{self, Plan, StopOptions};
 use crate::text::term;
@@ -169,7 +168,7 @@ impl Daemon {
                 key.proto,
                 c.verdict
             );
-            self.journal(journal::container_reaping(
+            self.journal(reap::records::container_reaping(
                 c,
                 None,
                 Outcome::InProgress,
@@ -187,7 +186,7 @@ impl Daemon {
                 key.proto,
                 term(&j.verdict.to_string())
             );
-            self.journal(journal::reaping(
+            self.journal(reap::records::reaping(
                 j,
                 &[],
                 Outcome::InProgress,
@@ -196,7 +195,9 @@ impl Daemon {
                 false,
             ));
         }
-        self.flush();
+        // The intent is on disk before the first signal (and so is every
+        // record queued before it).
+        self.flush_all();
     }
 
     /// A new reaping id, with the plan kept until its execution reports.
@@ -236,7 +237,7 @@ impl Daemon {
                 c.socket.port,
                 c.socket.proto
             );
-            self.journal(journal::container_reaping(
+            self.journal(reap::records::container_reaping(
                 c,
                 Some(stop),
                 Outcome::from(outcome),
@@ -255,7 +256,7 @@ impl Daemon {
                 j.sockets[0].port,
                 j.sockets[0].proto
             );
-            self.journal(journal::reaping(
+            self.journal(reap::records::reaping(
                 j,
                 &t.signals,
                 outcome,
@@ -305,11 +306,17 @@ impl Daemon {
                 self.work(w);
             }
         }
+        self.journal_interrupted();
+    }
+
+    /// The reapings still in flight, journaled `interrupted` with the
+    /// signals they sent.
+    fn journal_interrupted(&mut self) {
         for (_, flight) in std::mem::take(&mut self.reapings.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
             for c in flight.plan.container_targets() {
                 self.metrics.reaping(Outcome::Interrupted.as_str());
-                self.journal(journal::container_reaping(
+                self.journal(reap::records::container_reaping(
                     c,
                     None,
                     Outcome::Interrupted,
@@ -339,7 +346,7 @@ impl Daemon {
                             .join(" and ")
                     }
                 );
-                self.journal(journal::reaping(
+                self.journal(reap::records::reaping(
                     j,
                     &sent,
                     Outcome::Interrupted,

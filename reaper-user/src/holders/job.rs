@@ -15,57 +15,45 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+pub use crate::vocab::Job;
 
-/// A CI job, as its environment names it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Job {
-    /// `github`, `gitlab`, `jenkins`, `buildkite`.
-    pub provider: String,
-    /// The job's id for that provider (GitHub: the runner's tracking id).
-    pub id: String,
-    /// The run/pipeline/build it belongs to, when the environment says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<String>,
-    /// The job's name, when the environment says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// No process of the job is attached to a live runner any more (None:
-    /// not looked at).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended: Option<bool>,
-}
+/// The variables [`parse_environ`] reads.
+const WANTED: &[&str] = &[
+    "RUNNER_TRACKING_ID",
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    "CI_JOB_ID",
+    "CI_PIPELINE_ID",
+    "CI_JOB_NAME",
+    "BUILD_TAG",
+    "JENKINS_NODE_COOKIE",
+    "JENKINS_URL",
+    "BUILD_NUMBER",
+    "JOB_NAME",
+    "BUILDKITE_JOB_ID",
+    "BUILDKITE_BUILD_ID",
+    "BUILDKITE_LABEL",
+];
 
-impl Job {
-    /// The job's identity: provider and id.
-    pub fn key(&self) -> (&str, &str) {
-        (&self.provider, &self.id)
-    }
-
-    /// "github job github_9f2c… (ended)" in plain words.
-    pub fn words(&self) -> String {
-        let mut w = format!("{} job {}", self.provider, self.id);
-        if let Some(n) = &self.name {
-            w.push_str(&format!(" ({n})"));
-        }
-        match self.ended {
-            Some(true) => w.push_str(", ended"),
-            Some(false) => w.push_str(", running"),
-            None => {}
-        }
-        w
-    }
-}
-
-/// The variables of an environ block (NUL-separated `KEY=value`).
+/// The wanted variables of an environ block (NUL-separated `KEY=value`):
+/// one pass, no map of the whole environment (a hook reads every
+/// process's environment on the host).
 fn vars(environ: &[u8]) -> BTreeMap<&[u8], &[u8]> {
-    environ
-        .split(|&c| c == 0)
-        .filter_map(|kv| {
-            let eq = kv.iter().position(|&c| c == b'=')?;
-            Some((&kv[..eq], &kv[eq + 1..]))
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for kv in environ.split(|&c| c == 0) {
+        // Every wanted name starts with one of these letters.
+        if !matches!(kv.first(), Some(b'R' | b'G' | b'C' | b'B' | b'J')) {
+            continue;
+        }
+        let Some(eq) = kv.iter().position(|&c| c == b'=') else {
+            continue;
+        };
+        let key = &kv[..eq];
+        if WANTED.iter().any(|w| w.as_bytes() == key) {
+            out.insert(key, &kv[eq + 1..]);
+        }
+    }
+    out
 }
 
 /// The job named by an environ block; None outside CI jobs. Values are
@@ -140,6 +128,7 @@ pub const VARIABLES: &[&str] = &[
 /// One process as the job table sees it.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    pub comm: String,
     pub ppid: u32,
     pub start_ticks: u64,
     pub state: char,
@@ -173,12 +162,13 @@ impl Table {
             else {
                 continue;
             };
-            let Some(st) = super::process::read_stat(pid) else {
+            let Some(st) = crate::proc::read_stat(pid) else {
                 continue;
             };
             t.procs.insert(
                 pid,
                 Entry {
+                    comm: st.comm,
                     ppid: st.ppid,
                     start_ticks: st.start_ticks,
                     state: st.state,
@@ -358,6 +348,7 @@ mod tests {
             t.procs.insert(
                 pid,
                 Entry {
+                    comm: "x".into(),
                     ppid,
                     start_ticks: pid as u64,
                     state: 'S',

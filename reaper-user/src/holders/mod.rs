@@ -49,6 +49,7 @@ pub mod job;
 pub mod netns;
 pub mod process;
 pub mod procnet;
+mod records;
 pub mod sockdiag;
 
 /// One socket seen in some network namespace.
@@ -247,14 +248,42 @@ pub fn scan(query: &Query) -> Result<Scan, crate::error::Error> {
     Ok(scan)
 }
 
+/// [`scan`] that looks only at these processes' fds: the sockets they
+/// hold, with those processes only (a `reaper job` asks about a job's
+/// processes first, without walking every fd on the host).
+pub fn scan_of(query: &Query, pids: &[u32]) -> anyhow::Result<Scan> {
+    let started = Instant::now();
+    let mut scan = scan_pids(query, Some(pids))?;
+    let engine = enrich(&mut scan.holdings);
+    scan.gaps.engine_error = engine.error;
+    scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(scan)
+}
+
 /// The scan without containers and jobs: sockets and their processes.
 pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
+    scan_pids(query, None)
+}
+
+fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
     let started = Instant::now();
     let mut proc = fdmap::open_proc().context("opening /proc (is procfs mounted?)")?;
-    let pids = fdmap::list_pids(&mut proc);
+    let pids = match only {
+        Some(p) => p.to_vec(),
+        None => fdmap::list_pids(&mut proc),
+    };
     let proc_fd = proc.as_raw_fd();
     let own = netns::own_inode();
-    let mut namespaces = netns::list(proc_fd, &pids);
+    let mut namespaces = match (query.netns, own) {
+        // Our own namespace only: no need to read every process's ns link.
+        (Some(want), Some(own)) if want == own => vec![netns::Namespace {
+            inode: own,
+            entry: std::path::PathBuf::from("/proc/self/ns/net"),
+            pid: None,
+            name: None,
+        }],
+        _ => netns::list(proc_fd, &pids),
+    };
     if let Some(want) = query.netns {
         namespaces.retain(|n| n.inode == want);
     }

@@ -15,15 +15,15 @@
 //! reaper itself, init and the engine's programs are the policy's built-in
 //! protections and hold whatever the rules say.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::error::Exit;
-use crate::holders::container::engine::ContainerStop;
 use crate::holders::job::{Job, Table};
 use crate::holders::{self, Holding, Process, Query, Socket};
+use crate::journal::ContainerStop;
 use crate::policy::{Context, JobState, Matcher, NetnsSpec, Policy, Protect, Rule};
 use crate::reap::plan::{Judged, JudgedContainer, Plan, Role, Tree};
 use crate::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
@@ -209,7 +209,8 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
     let t0 = Instant::now();
     let mut ctx = context(&job)?;
     let policy = policy(Phase::Start, opts.policy.clone());
-    let table = Table::read();
+    // Read only when a port has holders: a hook with nothing to do is cheap.
+    let mut table: Option<Table> = None;
     let mut results = Vec::new();
     for &port in ports {
         let query = Query {
@@ -219,7 +220,9 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
             listening_only: false,
         };
         let mut scan = holders::scan(&query)?;
-        members::charge(&mut scan.holdings, &table);
+        if scan.holdings.iter().any(|h| !h.processes.is_empty()) {
+            members::charge(&mut scan.holdings, table.get_or_insert_with(Table::read));
+        }
         results.push(settle(
             &scan.holdings,
             Proto::Tcp,
@@ -253,28 +256,46 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
         netns: Some(ctx.netns),
         listening_only: true,
     };
-    let mut scan = holders::scan(&query)?;
-    members::charge(&mut scan.holdings, &table);
-    let mut unattributed = members::charge_containers(&mut scan.holdings, &table, &job);
-    unattributed.extend(members::unattributed(&scan.holdings, &table, &job));
-
-    // The job's ports, each with every holding of it (a port one of the
-    // job's processes shares with another program is judged whole).
-    let mut ports: BTreeMap<(u16, Proto), Vec<Holding>> = BTreeMap::new();
-    for h in scan.holdings.iter().filter(|h| members::holds_for(h, &job)) {
-        ports.entry((h.socket.port, h.socket.proto)).or_default();
-    }
-    for h in &scan.holdings {
-        if let Some(v) = ports.get_mut(&(h.socket.port, h.socket.proto)) {
-            v.push(h.clone());
-        }
-    }
-    let results: Vec<PortResult> = ports
-        .into_iter()
-        .map(|((port, proto), hs)| settle(&hs, proto, port, &policy, &mut ctx, opts, t0))
+    // First the sockets of the job's processes (and of those that may be
+    // its): which ports are the job's.
+    let mut first = holders::scan_of(&query, &members::candidates(&table, &job))?;
+    first.holdings.retain(|h| !h.processes.is_empty());
+    members::charge(&mut first.holdings, &table);
+    let mut unattributed = members::charge_containers(&mut first.holdings, &table, &job);
+    unattributed.extend(members::unattributed(&first.holdings, &table, &job));
+    let ports: BTreeSet<(u16, Proto)> = first
+        .holdings
+        .iter()
+        .filter(|h| members::holds_for(h, &job))
+        .map(|h| (h.socket.port, h.socket.proto))
         .collect();
 
-    let holding: Vec<u32> = scan
+    // Then each of those ports whole: every holder is judged (a port one of
+    // the job's processes shares with another program is not the job's
+    // alone).
+    let mut results = Vec::new();
+    for (port, proto) in ports {
+        let q = Query {
+            port: Some(port),
+            proto: Some(proto),
+            netns: Some(ctx.netns),
+            listening_only: true,
+        };
+        let mut scan = holders::scan(&q)?;
+        members::charge(&mut scan.holdings, &table);
+        members::charge_containers(&mut scan.holdings, &table, &job);
+        results.push(settle(
+            &scan.holdings,
+            proto,
+            port,
+            &policy,
+            &mut ctx,
+            opts,
+            t0,
+        ));
+    }
+
+    let holding: Vec<u32> = first
         .holdings
         .iter()
         .flat_map(|h| h.processes.iter().map(|p| p.pid))

@@ -32,6 +32,33 @@ pub struct Unattributed {
     pub reason: String,
 }
 
+/// The processes whose sockets a `job end` looks at first: the job's own
+/// (by environment or ancestry), those a scan may not be able to charge
+/// (named by run and job name only, or nameless, hanging from init and
+/// started during the job), and the engine's proxies started during the
+/// job (a container the job may have published). Walking only their fds
+/// keeps a hook with nothing to do cheap on a busy host.
+pub fn candidates(table: &Table, job: &Job) -> Vec<u32> {
+    let started = table.started(job.key());
+    let during = |e: &crate::holders::job::Entry| started.is_some_and(|s| e.start_ticks >= s);
+    let mut pids: Vec<u32> = table
+        .procs
+        .iter()
+        .filter(|(_, e)| e.state != 'Z')
+        .filter(|(&pid, e)| {
+            let own = table.job_of(pid).map(|(j, _)| j);
+            own.is_some_and(|j| j.key() == job.key())
+                || (e.ppid == 1
+                    && during(e)
+                    && own.is_none_or(|j| j.provider == job.provider && j.run == job.run))
+                || (during(e) && e.comm == "docker-proxy")
+        })
+        .map(|(&pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Sets every holding process's job: its own, else its nearest ancestor's,
 /// with whether that job still runs.
 pub fn charge(holdings: &mut [Holding], table: &Table) {

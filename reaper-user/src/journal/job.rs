@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Decision, Proto, SignalRecord};
-use crate::holders::job::Job;
+use crate::vocab::Job;
 
 /// One `reaper job` run: the job, the ports checked, the leftovers found
 /// and what was done with each.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Action, Decision, Family, Outcome, Proto, Source};
 
-pub mod job;
+pub(crate) mod job;
 pub mod reader;
 pub mod writer;
 
@@ -70,44 +70,6 @@ pub struct ProcessRef {
     pub orphaned: Option<bool>,
 }
 
-/// A holder as the journal remembers it: empty argv and start time are
-/// left out rather than written empty.
-impl From<&crate::holders::Process> for ProcessRef {
-    fn from(p: &crate::holders::Process) -> ProcessRef {
-        ProcessRef {
-            pid: p.pid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: (!p.cmdline.is_empty()).then(|| p.cmdline.join(" ")),
-            uid: Some(p.uid),
-            user: p.user.clone(),
-            started_at: (!p.started_at.is_empty()).then(|| p.started_at.clone()),
-            ppid: Some(p.ppid),
-            ancestors: p
-                .ancestors
-                .iter()
-                .map(|(pid, comm)| format!("{pid}:{comm}"))
-                .collect(),
-            cgroup: p.cgroup.clone(),
-            container: p.container.clone(),
-            orphaned: Some(p.orphaned),
-        }
-    }
-}
-
-/// Where a socket seen by a scan is bound.
-impl From<&crate::holders::Socket> for Endpoint {
-    fn from(s: &crate::holders::Socket) -> Endpoint {
-        Endpoint {
-            netns: Some(s.netns),
-            proto: s.proto,
-            family: Some(s.family),
-            addr: Some(s.addr.to_string()),
-            port: s.port,
-        }
-    }
-}
-
 /// Where: a port in a network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -153,7 +115,7 @@ pub struct ContainerRecord {
     pub image: Option<String>,
     /// The engine's stop (absent in the intent and in a dry run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop: Option<crate::holders::container::engine::ContainerStop>,
+    pub stop: Option<ContainerStop>,
 }
 
 /// A signal sent through a pidfd.
@@ -252,6 +214,10 @@ pub enum Body {
         tier: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pid: Option<u32>,
+        /// `net.ipv4.ip_local_reserved_ports` as the daemon left it, when
+        /// its config's `reserve_ports` added to it (or the error).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reserved_ports: Option<String>,
     },
     /// The daemon stopped cleanly.
     Stop { reason: String },
@@ -267,6 +233,22 @@ pub enum Body {
     /// since the start) are known only from their events, not kept
     /// kernel-side; `capacity` is the map's size (`claims_max`).
     ClaimsFull { unstored: u64, capacity: u64 },
+    /// Churn: `count` claims of one process on one port, each released
+    /// within the daemon's `journal_churn_window` of its bind, never
+    /// listened on and met by no failed bind, summarised instead of a
+    /// `claim` and a `release` line each. `first`/`last`: the first and last
+    /// of those binds (RFC 3339); `held_ms_min`/`held_ms_max`: the shortest
+    /// and longest hold.
+    Churn {
+        #[serde(flatten)]
+        at: Endpoint,
+        process: ProcessRef,
+        count: u64,
+        first: String,
+        last: String,
+        held_ms_min: u64,
+        held_ms_max: u64,
+    },
     /// A `reaper job start` / `job end` run (see [`JobRecord`]).
     Job(Box<JobRecord>),
 }
@@ -297,82 +279,31 @@ impl Record {
     }
 }
 
-impl HolderVerdict {
-    pub fn of(j: &crate::reap::Judged) -> HolderVerdict {
-        HolderVerdict {
-            pid: j.process.pid,
-            comm: j.process.comm.clone(),
-            verdict: VerdictRecord::from(&j.verdict),
-            shares: match j.role {
-                crate::reap::Role::Shares { of, .. } => Some(of),
-                crate::reap::Role::Holder => None,
-            },
-        }
-    }
+/// What stopping a container holder through the engine did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStop {
+    /// Full id, name and image of the container stopped (for the journal).
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    /// The grace the engine was given before SIGKILL.
+    pub grace_ms: u64,
+    /// When the engine said it stopped, from the start of the stop.
+    pub stopped_at_ms: Option<u64>,
+    /// The engine's state afterwards (`exited`: stopped, kept, not removed).
+    pub state_after: Option<String>,
+    /// When the port bound again, from the start of the stop.
+    pub port_free_at_ms: Option<u64>,
+    /// What went wrong, in words.
+    pub error: Option<String>,
 }
 
-/// The `reaping` record of one process of a plan (`free` and the daemon
-/// write the same shape): its intent before the first signal
-/// ([`Outcome::InProgress`]), its outcome after.
-pub fn reaping(
-    j: &crate::reap::Judged,
-    signals: &[crate::reap::SignalSent],
-    outcome: Outcome,
-    port_free_at: Option<String>,
-    elapsed_ms: Option<u64>,
-    dry_run: bool,
-) -> Body {
-    Body::Reaping {
-        at: Endpoint::from(&j.sockets[0]),
-        target: ProcessRef::from(&j.process),
-        verdict: VerdictRecord::from(&j.verdict),
-        signals: signals
-            .iter()
-            .map(|s| SignalRecord {
-                pid: s.pid,
-                signal: s.signal.as_str().into(),
-                ts: s.ts.clone(),
-            })
-            .collect(),
-        outcome,
-        port_free_at,
-        elapsed_ms,
-        dry_run,
-        container: None,
-    }
-}
-
-/// A reaping record for a container target: `target` is the first process
-/// inside that listened on the published port.
-pub fn container_reaping(
-    c: &crate::reap::JudgedContainer,
-    stop: Option<&crate::holders::container::engine::ContainerStop>,
-    outcome: Outcome,
-    port_free_at: Option<String>,
-    elapsed_ms: Option<u64>,
-    dry_run: bool,
-) -> Body {
-    let ct = &c.container;
-    Body::Reaping {
-        at: Endpoint::from(&c.socket),
-        target: ct
-            .listeners
-            .first()
-            .map(ProcessRef::from)
-            .unwrap_or_default(),
-        verdict: VerdictRecord::from(&c.verdict),
-        signals: Vec::new(),
-        outcome,
-        port_free_at,
-        elapsed_ms,
-        dry_run,
-        container: Some(ContainerRecord {
-            id: ct.id.clone(),
-            short_id: ct.short_id.clone(),
-            name: ct.name.clone(),
-            image: ct.image.clone(),
-            stop: stop.cloned(),
-        }),
+impl ContainerStop {
+    /// The engine stopped it and it is not running any more.
+    pub fn stopped(&self) -> bool {
+        self.error.is_none()
+            && self.stopped_at_ms.is_some()
+            && self.state_after.as_deref() != Some("running")
     }
 }
 

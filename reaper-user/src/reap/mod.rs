@@ -20,12 +20,15 @@ use serde::Serialize;
 use crate::vocab::{Outcome, Signal};
 
 mod bind;
+pub mod container;
 mod identity;
 mod pidfd;
 pub mod plan;
+pub mod records;
 
+pub use crate::proc::Stat as ProcStat;
 pub use bind::{wait_bindable, BindProbe, BindWait};
-pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
+pub use identity::Identity;
 pub use pidfd::{wait_any, Pidfd};
 pub use plan::{execute, Execution, Judged, JudgedContainer, Plan, Role, Tree, Unowned};
 

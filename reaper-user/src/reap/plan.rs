@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bindmodel::{self, facts as bindfacts, Activity, Existing};
-use crate::holders::container::engine::{self, ContainerStop};
 use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
+use crate::journal::ContainerStop;
 use crate::policy::{socket_words, Context, Policy, Verdict};
 use crate::vocab::{Decision, Proto, SocketState};
 
@@ -656,11 +656,17 @@ pub fn execute(
     }
     // Containers first: the engine re-checks each (same id, image, still
     // running) and stops it with the grace; nothing of it is signalled here.
-    let containers = plan
+    let (containers, began): (Vec<ContainerStop>, Vec<Instant>) = plan
         .container_targets()
         .iter()
-        .map(|c| engine::stop_judged(&c.container, opts.grace))
-        .collect();
+        .map(|c| {
+            let began = Instant::now();
+            (
+                super::container::stop_judged(&c.container, opts.grace),
+                began,
+            )
+        })
+        .unzip();
     let targets = plan.targets();
     let ids: Vec<(Identity, usize)> = targets
         .iter()
@@ -683,6 +689,15 @@ pub fn execute(
     let w = super::wait_bindable(probes, until);
     ex.free_at = w.free_at;
     ex.last_error = w.last_error;
+    // Each stopped container's record says when the port bound again,
+    // from the start of its stop.
+    for (stop, began) in ex.containers.iter_mut().zip(began) {
+        if stop.stopped() {
+            stop.port_free_at_ms = w
+                .free_at
+                .map(|t| t.saturating_duration_since(began).as_millis() as u64);
+        }
+    }
     Ok(ex)
 }
 

@@ -1,4 +1,4 @@
-//! A test fixture for the bind-conflict matrix (tests/tests/why.rs): run
+//! A test fixture for the bind-conflict matrix (tests/tests/it/why.rs): run
 //! inside a private network namespace, it makes sockets in the states the
 //! test asks for, keeps them, and makes the real binds the test asks about,
 //! answering each command with one line on stdout.

@@ -1,5 +1,5 @@
 //! A socket holder that changes under reaper's feet on command, for the
-//! fault tests (tests/tests/faults.rs). It says what it did on stdout, one
+//! fault tests (tests/tests/it/faults.rs). It says what it did on stdout, one
 //! line per step, so a test waits on its words, never on a sleep.
 //!
 //! ```text

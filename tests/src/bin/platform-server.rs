@@ -2,7 +2,7 @@
 //! holds it until killed. Its name is 15 bytes, so its comm is exactly at the
 //! kernel's limit, the case where a comm may be a truncation.
 //!
-//! Options (for the tests in tests/tests/free.rs and the benchmark):
+//! Options (for the tests in tests/tests/it/free.rs and the benchmark):
 //!   --port N             port to listen on (required)
 //!   --addr A             address (default 127.0.0.1; `::` for dual-stack v6)
 //!   --udp                bind a UDP socket instead of listening on TCP

@@ -3,7 +3,7 @@
 //! families, SCM_RIGHTS), and a journal that cannot be written or was
 //! planted by another user. Real processes, the real kernel; root.
 //!
-//! Build first: `cargo build && sudo -E cargo test -p reaper-tests --test faults`.
+//! Build first: `cargo build && sudo -E cargo test -p reaper-tests --test it faults::`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

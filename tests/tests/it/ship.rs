@@ -4,7 +4,7 @@
 //! and the GitHub Action's script against a real stale server.
 //!
 //! `cargo xtask test` builds target/dist and the image before these run;
-//! alone: `cargo xtask image && sudo -E cargo test -p reaper-tests --test ship`.
+//! alone: `cargo xtask image && sudo -E cargo test -p reaper-tests --test it ship::`.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reaper_tests::daemon::{bindable, Orphan};
-use reaper_tests::{free_port, poll_until, require_root, workspace};
+use reaper_tests::{free_port, poll_until, require_root, show, workspace};
 use serde_json::Value;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -32,15 +32,6 @@ fn dist() -> PathBuf {
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()))
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(cmd: &mut Command) -> String {

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reaper_tests::daemon::*;
+use reaper_tests::reaper;
 use serde_json::Value;
 
 macro_rules! need_root {
@@ -26,7 +27,7 @@ fn kind(r: &Value) -> &str {
 #[test]
 fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reaper.toml");
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config", example])
         .output()
         .unwrap();
@@ -39,7 +40,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
         "journal = \"/tmp/j\"\nhooks = \"cgroup\"\n\nconflict_windw = \"5s\"\n",
     )
     .unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&bad)
         .output()
@@ -55,7 +56,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
 
     // A bad value inside a rule: the policy parser's message, the config's line.
     std::fs::write(&bad, "journal = \"/tmp/j\"\n[[rule]]\nname = \"x\"\naction = \"kill\"\nmatch = { name = \"x\" }\n").unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&bad)
         .output()
@@ -93,7 +94,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(claim["ppid"].is_number(), "the binder's parent: {claim}");
 
     // `reaper who` asks the daemon when its socket answers.
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["who", &port.to_string()])
         .env("REAPER_CONTROL_SOCKET", &d.socket)
         .output()
@@ -164,6 +165,26 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
         1,
         "one reaping per holder"
     );
+    // The next job binds the port: its claim is the port's next history,
+    // and the daemon's own test bind before it is not journaled at all.
+    let next = Orphan::spawn(port, "rp-next");
+    d.wait_record("the next job's claim", |r| {
+        kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == next.pid()
+    });
+    let own: Vec<Value> = d
+        .records()
+        .into_iter()
+        .filter(|r| {
+            matches!(kind(r), "claim" | "listen" | "release")
+                && r["port"] == port
+                && r["process"]["pid"] == d.pid()
+        })
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the daemon's probe journaled as the port's history: {own:?}"
+    );
+    drop(next);
     assert!(
         records
             .iter()
@@ -447,7 +468,7 @@ fn on_journal_error_chooses_between_running_on_and_exiting() {
         ),
     )
     .unwrap();
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--config"])
         .arg(&config)
         .output()
@@ -477,7 +498,7 @@ fn report_without_journal_reads_the_running_daemons_journal() {
     need_root!();
     let d = Daemon::start("");
     d.wait_record("the start record", |r| kind(r) == "start");
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--format", "json"])
         .env("REAPER_CONTROL_SOCKET", &d.socket)
         .output()
@@ -644,7 +665,7 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     assert!(holder.alive(), "no SIGKILL after the daemon stopped");
 
     // `reaper report` shows it unfinished, in JSON and for people.
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--format", "json", "--journal"])
         .arg(&d.journal)
         .output()
@@ -654,7 +675,7 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
     let u = &doc["summary"]["unfinished"];
     assert_eq!(u[0]["outcome"], "interrupted", "{doc}");
     assert_eq!(u[0]["target"]["pid"], holder.pid());
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["report", "--journal"])
         .arg(&d.journal)
         .output()
@@ -665,5 +686,84 @@ fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfin
         text.contains(&format!("pid {} (rp-grace)", holder.pid()))
             && text.contains("interrupted by a daemon stop"),
         "{text}"
+    );
+}
+
+#[test]
+fn reserve_ports_are_added_to_the_kernel_reserved_ports_at_start_and_journaled() {
+    if !is_root() {
+        panic!("this test needs root (the daemon writes net.ipv4.ip_local_reserved_ports)");
+    }
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let before = std::fs::read_to_string(PATH).unwrap();
+    let mut d = Daemon::start("reserve_ports = [\"47391\", \"47400-47402\"]\n");
+    let start = d.wait_record("the start record", |r| kind(r) == "start");
+    let now = std::fs::read_to_string(PATH).unwrap();
+    // Put the host back before asserting anything.
+    d.stop(Duration::from_secs(10));
+    std::fs::write(PATH, before.trim()).unwrap();
+    let words = start["reserved_ports"].as_str().unwrap_or_default();
+    for want in ["47391", "47400-47402"] {
+        assert!(
+            now.contains(want),
+            "{want} not in ip_local_reserved_ports: {now}"
+        );
+        assert!(words.contains(want), "{want} not journaled: {start}");
+    }
+    // Merged with what was there, not replacing it.
+    for kept in before.trim().split(',').filter(|w| !w.is_empty()) {
+        assert!(now.contains(kept), "{kept} was dropped: {now}");
+    }
+}
+
+/// A client: a listener on another port, and a socket bound to PORT and
+/// connected to it (no listener on PORT: a client's connection, as when
+/// connect() is given the port). Prints `ready`, exits on EOF.
+const CLIENT: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.socket(); c.bind(("127.0.0.1", port)); c.connect(l.getsockname())
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn a_conflict_with_a_client_connection_says_so_in_the_record() {
+    need_root!();
+    use std::io::BufRead;
+    let port = free_port();
+    let d = Daemon::start("");
+    let mut client = Command::new("python3")
+        .args(["-c", CLIENT, &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 for the client");
+    let mut line = String::new();
+    std::io::BufReader::new(client.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (_binder, failed) = Binder::run(port, 1);
+    assert_eq!(failed, 1, "a client's connection blocks a plain bind");
+    let conflict = d.wait_record("the conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    let reasons = conflict["verdict"]["reasons"].to_string();
+    assert!(reasons.contains("a client's connection"), "{conflict}");
+    assert!(
+        reasons.contains("net.ipv4.ip_local_reserved_ports"),
+        "{conflict}"
+    );
+    assert!(
+        reasons.contains(&format!("pid {}", client.id())),
+        "{conflict}"
+    );
+    assert_eq!(
+        conflict["action"], "report",
+        "a client is never reaped: {conflict}"
     );
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reaper_tests::daemon::*;
-use reaper_tests::require_root;
+use reaper_tests::{reaper, require_root};
 use serde_json::Value;
 
 fn kind(r: &Value) -> &str {
@@ -268,7 +268,7 @@ fn kill9_at_random_moments_while_writing_keeps_the_journal_readable() {
         assert!(gap["ts"].as_str().is_some());
         // The reader used by `reaper report` agrees: only the torn tail (if
         // any) is damage, and every record it reads parses.
-        let out = Command::new(reaper_bin())
+        let out = reaper()
             .args(["report", "--format", "json", "--journal"])
             .arg(&d.journal)
             .output()

@@ -2,7 +2,7 @@
 //! JSON, the HTML in headless Chromium, and the exit statuses.
 //!
 //! Update the goldens after an intended change:
-//! `REAPER_BLESS=1 cargo test -p reaper-tests --test report`.
+//! `REAPER_BLESS=1 cargo test -p reaper-tests --test it report::`.
 //! Needs Chromium (`apt-get install -y chromium`); no root.
 
 use reaper_tests::report_fixtures::*;

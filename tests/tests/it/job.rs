@@ -240,7 +240,7 @@ fn bad_input_is_refused_with_exit_2_and_nothing_signalled() {
         "BUILDKITE_JOB_ID",
     ];
     let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(reaper_tests::reaper_bin());
+        let mut cmd = reaper_tests::reaper();
         cmd.args(args).env("NO_COLOR", "1");
         for v in clear {
             cmd.env_remove(v);

@@ -3,14 +3,14 @@
 //! unit tests, and every query of deploy/grafana/reaper.json names metrics
 //! a real daemon exports on GET /metrics, in valid PromQL.
 //!
-//! Build first: `cargo build -p reaper-user && sudo -E cargo test -p reaper-tests --test monitoring`.
+//! Build first: `cargo build -p reaper-user && sudo -E cargo test -p reaper-tests --test it monitoring::`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use reaper_tests::daemon::Daemon;
-use reaper_tests::{require_root, workspace};
+use reaper_tests::{require_root, show, workspace};
 use serde_json::Value;
 
 fn deploy(rel: &str) -> PathBuf {
@@ -25,15 +25,6 @@ fn promtool(args: &[&str], dir: &Path) -> Output {
         .unwrap_or_else(|e| {
             panic!("promtool is needed (apt-get install -y prometheus; cargo xtask setup --test installs it): {e}")
         })
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

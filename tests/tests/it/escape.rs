@@ -109,11 +109,7 @@ impl Hostile {
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(reaper_bin())
-        .args(args)
-        .env_remove("NO_COLOR")
-        .output()
-        .unwrap();
+    let out = reaper().args(args).env_remove("NO_COLOR").output().unwrap();
     (
         out.status.code(),
         String::from_utf8(out.stdout).expect("reaper prints UTF-8"),
@@ -191,7 +187,7 @@ fn the_ports_table_escapes_the_hostile_holder_and_stays_aligned() {
 #[test]
 fn watch_lines_show_the_hostile_binder_escaped() {
     require_root();
-    let mut w = Spawned::spawn(Command::new(reaper_bin()).args(["watch", "--color", "never"]));
+    let mut w = Spawned::spawn(reaper().args(["watch", "--color", "never"]));
     w.wait_err("attached", Duration::from_secs(30));
     let h = Hostile::start();
     let pid = h.s.pid();

@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
-use reaper_tests::{fixture_bin, reaper_bin, require_root, Netns};
+use reaper_tests::{fixture_bin, reaper, reaper_bin, require_root, Netns};
 
 #[derive(Clone, Debug)]
 struct Sock {
@@ -328,7 +328,7 @@ fn why_was_unknown(c: &Case) -> bool {
 /// `reaper why` for the case's new bind, in the namespace, as JSON.
 fn why(c: &Case, netns: u64) -> Result<String, String> {
     let n = &c.new;
-    let mut cmd = Command::new(reaper_bin());
+    let mut cmd = reaper();
     cmd.arg("why")
         .arg(c.port.to_string())
         .args(["--addr", n.addr])
@@ -398,7 +398,7 @@ impl Matrix {
 
     /// reaper with `args`, from outside the namespace (who, why take --netns).
     fn reaper(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(reaper_bin()).args(args).output().unwrap();
+        let out = reaper().args(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -522,6 +522,18 @@ fn udp_servers_connected_clients_and_reuseport_groups() {
     assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 1 0"), "result 9 0");
     assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 0 0"), "result 9 98");
     assert_eq!(m.ask("bind 9 udp 0.0.0.0 40102 0 0 1 1000"), "result 9 98");
+
+    // doctor: the ephemeral range is this namespace's, and a configured
+    // port inside it that is not reserved is a warning.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "reserve_ports = [\"40000\"]\n").unwrap();
+    let (code, out, err) = m.reaper_inside(&["doctor", "--config", cfg.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ephemeral   32768-60999"), "{out}");
+    assert!(
+        out.contains("warning: 40000 lies in net.ipv4.ip_local_port_range"),
+        "{out}"
+    );
 
     // free --udp judges the server (dry run: nothing signalled).
     let (code, out, err) = m.reaper_inside(&[

@@ -2,12 +2,10 @@
 //! `--color always` colours; `NO_COLOR` wins over auto; the exit statuses of
 //! the data commands are the documented ones.
 
-use std::process::Command;
-
 use reaper_tests::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut c = Command::new(reaper_bin());
+    let mut c = reaper();
     c.args(args).env_remove("NO_COLOR");
     for (k, v) in env {
         c.env(k, v);

@@ -10,26 +10,17 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reaper::holders::container::engine;
 use reaper::holders::{self, Query};
 use reaper::policy::{Context, Policy};
+use reaper::reap::container::stop_and_wait;
 use reaper::reap::BindProbe;
 use reaper::vocab::{Decision, Proto};
 use reaper_tests::containers::{alive, docker, require_docker, Container, Image};
 use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper};
-use reaper_tests::poll_until;
+use reaper_tests::{poll_until, show};
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_platform-server");
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", show(out)))
@@ -174,7 +165,7 @@ fn a_labelled_container_is_judged_by_label_and_stopped_through_the_engine() {
         port,
         false,
     )];
-    let stop = engine::stop_and_wait(
+    let stop = stop_and_wait(
         &ct,
         Duration::from_secs(2),
         &probes,
@@ -390,9 +381,7 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
 fn watch_names_the_container_of_a_bind() {
     require_docker();
     let image = Image::build();
-    let mut watch = reaper_tests::Spawned::spawn(
-        Command::new(reaper_tests::reaper_bin()).args(["watch", "--json"]),
-    );
+    let mut watch = reaper_tests::Spawned::spawn(reaper_tests::reaper().args(["watch", "--json"]));
     watch.wait_err("attached", Duration::from_secs(30));
     let c = Container::run(&image, &[]);
     // Other engineers' bind storms may fill the ring buffer and lose the
@@ -485,6 +474,11 @@ fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
         doc["container_stops"][0]["state_after"], "exited",
         "{doc:#}"
     );
+    // The port bound again after the stop: when is on the record.
+    assert!(
+        doc["container_stops"][0]["port_free_at_ms"].is_u64(),
+        "{doc:#}"
+    );
     assert!(
         doc["signals"].as_array().unwrap().is_empty(),
         "a process was signalled: {doc:#}"
@@ -556,6 +550,10 @@ fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
     assert_eq!(done["verdict"]["rule"], "preview");
     assert_eq!(done["container"]["name"], c.name.as_str());
     assert_eq!(done["container"]["stop"]["state_after"], "exited");
+    assert!(
+        done["container"]["stop"]["port_free_at_ms"].is_u64(),
+        "{done:#}"
+    );
     assert!(done["signals"].as_array().unwrap().is_empty(), "{done:#}");
     assert_eq!(c.state(), "exited");
     assert!(can_listen(port));

@@ -1,6 +1,6 @@
 //! `reaper free` against real processes on the real kernel (root).
 //!
-//! Build first: `cargo build && sudo -E cargo test -p reaper-tests --test free`
+//! Build first: `cargo build && sudo -E cargo test -p reaper-tests --test it free::`
 //! (the tests run `<workspace>/target/debug/reaper`).
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use reaper_tests::fixture::{self, can_listen, free_port, require_root, run_reaper, Netns, Server};
+use reaper_tests::show;
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_platform-server");
@@ -25,15 +26,6 @@ fn json(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn signals(doc: &Value) -> Vec<String> {

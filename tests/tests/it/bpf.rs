@@ -21,7 +21,7 @@ struct Watch {
 impl Watch {
     fn start(extra: &[&str]) -> Watch {
         require_root();
-        let mut cmd = Command::new(reaper_bin());
+        let mut cmd = reaper();
         cmd.args(["watch", "--json"]).args(extra);
         let mut s = Spawned::spawn(&mut cmd);
         s.wait_err("attached", Duration::from_secs(30));
@@ -244,10 +244,7 @@ fn bpftrace_agrees_on_a_failed_bind() {
 #[test]
 fn doctor_reports_the_hooks_and_the_tier() {
     require_root();
-    let out = Command::new(reaper_bin())
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
+    let out = reaper().args(["doctor", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tier"], "cgroup");
@@ -265,7 +262,7 @@ fn doctor_reports_the_hooks_and_the_tier() {
 #[test]
 fn without_bpf_watch_says_so_and_polls() {
     require_root();
-    let mut cmd = Command::new(reaper_bin());
+    let mut cmd = reaper();
     cmd.args(["--no-bpf", "watch", "--json", "--poll-interval", "100ms"]);
     let mut w = Spawned::spawn(&mut cmd);
     w.wait_err("cannot stream binds without BPF", Duration::from_secs(10));
