@@ -185,3 +185,116 @@ fn a_full_kernel_side_claims_map_is_journaled_and_counted() {
     );
     promtool_check(&d.scrape()).unwrap();
 }
+
+/// Binds each of `ports` in turn (TCP, 127.0.0.1) and closes, `n` binds in
+/// all; returns the binds that succeeded, per port.
+fn fixed_port_storm(ports: &[u16], n: u32) -> std::collections::HashMap<u16, u64> {
+    let mut ok = std::collections::HashMap::new();
+    for i in 0..n {
+        let port = ports[i as usize % ports.len()];
+        // SAFETY: plain syscalls on an fd this loop owns.
+        let bound = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_port = port.to_be();
+            a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let r = libc::bind(
+                fd,
+                &a as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            libc::close(fd);
+            r == 0
+        };
+        if bound {
+            *ok.entry(port).or_default() += 1;
+        }
+    }
+    ok
+}
+
+#[test]
+fn a_fixed_port_storm_is_journaled_as_churn_summaries_that_count_every_bind() {
+    assert!(
+        is_root(),
+        "this test needs root: run `cargo xtask test` as root"
+    );
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A ring large enough that no event is lost: the counts must be exact.
+    let mut d = Daemon::start("ringbuf_size = 67108864\n");
+    // Picked with UDP binds to port 0 (summarised kernel-side, so they add
+    // no records of their own); a TCP bind that fails is just not counted.
+    let ports: Vec<u16> = (0..8).map(|_| free_udp_port()).collect();
+    let n = 40_000;
+    let bound = fixed_port_storm(&ports, n);
+    // A claim that lasts keeps its own records, storm or not.
+    let kept = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kept_port = kept.local_addr().unwrap().port();
+    d.wait_record("the lasting listener's claim", |r| {
+        kind(r) == "claim" && r["port"] == kept_port
+    });
+    let lost = d.metric("reaper_ringbuf_lost_events_total");
+    let failures: Vec<String> = d
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("reaper_bind_failures_total"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(d.stop(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        lost,
+        Some(0.0),
+        "events were lost: the counts cannot be exact"
+    );
+    let size = std::fs::metadata(&d.journal).unwrap().len();
+    let records = read_journal(&d.journal);
+    let me = std::process::id();
+    let mut whole = 0;
+    for &port in &ports {
+        let mine = |r: &&Value| r["port"] == port && r["process"]["pid"] == me;
+        // A claim a failed bind collided with (another process may hold the
+        // port now and then: it is a free port of the host) keeps its record.
+        let claims = records
+            .iter()
+            .filter(|r| kind(r) == "claim")
+            .filter(mine)
+            .count() as u64;
+        let counted: u64 = records
+            .iter()
+            .filter(|r| kind(r) == "churn")
+            .filter(mine)
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum();
+        let on_port: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["port"] == port && kind(r) != "churn")
+            .collect();
+        assert_eq!(
+            counted + claims,
+            bound[&port],
+            "port {port}: every successful bind is in a churn record or a claim of its own; \
+             the port's other records: {on_port:?}; {failures:?}"
+        );
+        whole += claims;
+    }
+    assert!(
+        whole <= 40,
+        "{whole} claims of the storm were journaled whole; {failures:?}"
+    );
+    let total: u64 = bound.values().sum();
+    assert!(
+        total > u64::from(n) / 2,
+        "only {total} of {n} binds succeeded"
+    );
+    let per_bind = size as f64 / total as f64;
+    eprintln!("journal: {size} bytes for {total} binds ({per_bind:.2} bytes per bind)");
+    assert!(
+        per_bind <= 5.0,
+        "the journal grew by {per_bind:.1} bytes per bind ({size} bytes, {total} binds)"
+    );
+    assert!(records
+        .iter()
+        .any(|r| kind(r) == "claim" && r["port"] == kept_port));
+}

@@ -76,6 +76,12 @@ pub struct Config {
     /// fdatasync after each record: survives power loss, costs a disk flush.
     pub fsync: bool,
     pub on_journal_error: OnJournalError,
+    /// A claim released within this long of its bind, never listened on and
+    /// met by no failed bind, is churn: counted in a `churn` record per
+    /// process and port instead of a `claim` and a `release` line each.
+    /// Every record waits this long before it is written. "0s": off.
+    #[serde(deserialize_with = "duration_or_zero")]
+    pub journal_churn_window: Duration,
     /// Prometheus /metrics listen address; "" turns the endpoint off.
     #[serde(deserialize_with = "opt_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -123,7 +129,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/reaper/reaper.sock";
+pub use crate::control::DEFAULT_CONTROL_SOCKET;
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 impl Default for Config {
@@ -134,6 +140,7 @@ impl Default for Config {
             journal_keep: 5,
             fsync: false,
             on_journal_error: OnJournalError::KeepRunning,
+            journal_churn_window: Duration::from_secs(1),
             metrics_listen: Some(DEFAULT_METRICS.parse().unwrap()),
             metrics_allow_non_loopback: false,
             control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
@@ -168,6 +175,18 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     if d.is_zero() {
         return Err(serde::de::Error::custom(format!(
             "'{s}' is zero: give a positive duration like 500ms or 5s"
+        )));
+    }
+    Ok(d)
+}
+
+/// A duration where zero means off (at most a minute).
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d > Duration::from_secs(60) {
+        return Err(serde::de::Error::custom(format!(
+            "'{s}' is too long: give at most 60s (every record waits this long), or \"0s\" to turn it off"
         )));
     }
     Ok(d)

@@ -214,6 +214,10 @@ pub(super) fn endpoint_of(r: &Record) -> Option<Endpoint> {
 
 impl Daemon {
     pub(super) fn failed_bind(&mut self, fact: Fact, holder: Option<Claim>) {
+        if let Some(h) = &holder {
+            // A claim something collided with keeps its full record.
+            self.sink.churn.pin(h.cookie);
+        }
         self.metrics
             .bind_failure(fact.errno.as_deref().unwrap_or("UNKNOWN"));
         let (Some(port), Some(proto)) = (fact.port, fact.proto) else {

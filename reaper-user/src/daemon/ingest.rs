@@ -81,7 +81,14 @@ impl Daemon {
             return;
         }
         let mut obs = Vec::new();
+        let own = std::process::id();
         for ev in raw.drain(..) {
+            // The daemon's own binds (its test bind after a reaping, its
+            // metrics listener) are reaper at work, not the port's history:
+            // "bound next by" must name the next job, not tokio-rt-worker.
+            if ev.tgid == own {
+                continue;
+            }
             self.ingest.matcher.feed(ev, &mut obs);
         }
         self.ingest
@@ -141,15 +148,19 @@ impl Daemon {
                     .unwrap()
                     .binders
                     .insert(fact.cookie, binder);
-                self.journal(Body::Claim {
-                    at,
-                    process,
-                    cookie: Some(fact.cookie),
-                    requested_port: fact.requested_port,
-                });
+                self.journal_claim(
+                    Body::Claim {
+                        at,
+                        process,
+                        cookie: Some(fact.cookie),
+                        requested_port: fact.requested_port,
+                    },
+                    fact.cookie,
+                );
             }
             ("listen", _) => {
                 self.metrics.listens.fetch_add(1, Relaxed);
+                self.sink.churn.pin(fact.cookie);
                 self.journal(Body::Listen {
                     at,
                     process: ProcessRef {
@@ -169,6 +180,14 @@ impl Daemon {
                     return;
                 }
                 self.metrics.releases.fetch_add(1, Relaxed);
+                if self
+                    .sink
+                    .churn
+                    .fold_release(fact.cookie, fact.held_ms, Instant::now())
+                {
+                    self.metrics.churn_folded.fetch_add(1, Relaxed);
+                    return;
+                }
                 self.journal(Body::Release {
                     at,
                     process: Some(ProcessRef {

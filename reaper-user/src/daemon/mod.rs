@@ -20,13 +20,14 @@
 //! rest as `interrupted`. A SIGHUP reload leaves reapings in flight alone:
 //! they finish on their thread with the grace they started with.
 
+mod churn;
 pub mod config;
 mod conflicts;
 mod ingest;
 mod procinfo;
 mod reapings;
 mod reconcile;
-pub mod recovery;
+mod recovery;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -162,6 +163,7 @@ impl Daemon {
             control_path: None,
             _tasks: Vec::new(),
         };
+        d.sink.churn.set_window(d.config.journal_churn_window);
 
         // 3. The records of the start.
         d.journal_start(last.as_ref(), degraded_reason.as_deref());
@@ -171,7 +173,8 @@ impl Daemon {
 
         // 5. The interfaces.
         d.serve().await?;
-        d.flush();
+        // The start's records are on disk before the daemon says it is ready.
+        d.flush_all();
         if let Some(e) = d.sink.fatal.take() {
             return Err(e);
         }
@@ -304,7 +307,7 @@ impl Daemon {
         // The reapings first: their signals are real, and the drain below
         // can take seconds under a bind storm.
         self.finish_reapings();
-        self.flush();
+        self.flush_all();
         if let Some(stream) = self.ingest.stream.as_mut() {
             let mut raw = Vec::new();
             stream.drain_now(&mut raw);
@@ -324,10 +327,11 @@ impl Daemon {
         {
             self.close_burst(burst);
         }
+        self.journal_all_churn();
         self.journal(Body::Stop {
             reason: reason.to_string(),
         });
-        self.flush();
+        self.flush_all();
         if let Some(p) = &self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -398,6 +402,7 @@ impl Daemon {
             }
         }
         self.bursts.set_window(new.conflict_window);
+        self.sink.churn.set_window(new.journal_churn_window);
         let summary = new.summary();
         let hooks = self.config.hooks;
         let ringbuf = self.config.ringbuf_size;

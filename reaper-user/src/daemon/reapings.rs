@@ -195,7 +195,9 @@ impl Daemon {
                 false,
             ));
         }
-        self.flush();
+        // The intent is on disk before the first signal (and so is every
+        // record queued before it).
+        self.flush_all();
     }
 
     /// A new reaping id, with the plan kept until its execution reports.

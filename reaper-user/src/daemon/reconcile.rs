@@ -209,8 +209,22 @@ impl Daemon {
             self.metrics
                 .ledger_claims
                 .store(shared.ledger.len() as u64, Relaxed);
-            (added.len() as u64, removed.len() as u64)
+            (added.len() as u64, removed)
         };
+        // A claim whose release the repair found before its event came (the
+        // kernel map no longer has it) is churn when its record still waits.
+        let now = Utc::now();
+        for c in &removed {
+            let held_ms = (now - c.bound_at).num_milliseconds().max(0) as u64;
+            if self
+                .sink
+                .churn
+                .fold_repaired(c.cookie, held_ms, Instant::now())
+            {
+                self.metrics.churn_folded.fetch_add(1, Relaxed);
+            }
+        }
+        let removed = removed.len() as u64;
         self.metrics.repairs.fetch_add(1, Relaxed);
         self.metrics.scan("repair", t.elapsed());
         if after_loss {

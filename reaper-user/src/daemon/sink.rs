@@ -1,9 +1,11 @@
-//! daemon: **sink**: the journal the daemon writes: records queued during a
-//! turn of the loop and written in one write(2) at its end; what a journal
+//! daemon: **sink**: the journal the daemon writes: records queued for the
+//! churn window (churn is folded into summaries there, see `churn.rs`) and
+//! written in one write(2) at the end of a turn of the loop; what a journal
 //! error does (`on_journal_error`).
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -14,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::util::rfc3339;
 use crate::vocab::Source;
 
+use super::churn::Churn;
 use super::config::{Config, OnJournalError};
 use super::recovery;
 use super::Daemon;
@@ -27,6 +30,10 @@ pub(super) struct Sink {
     /// Encoded records waiting for [`Daemon::flush`].
     pending: Vec<u8>,
     pending_records: usize,
+    /// Records wait here for the churn window before they are written.
+    pub(super) churn: Churn,
+    /// Reused by [`Daemon::flush`].
+    due: Vec<Record>,
     /// Set when a journal error must stop the daemon.
     pub(super) fatal: Option<anyhow::Error>,
 }
@@ -39,6 +46,8 @@ impl Sink {
             host: crate::journal::hostname(),
             pending: Vec::new(),
             pending_records: 0,
+            churn: Churn::new(Duration::ZERO),
+            due: Vec::new(),
             fatal: None,
         }
     }
@@ -94,20 +103,71 @@ pub(super) fn writer_options(c: &Config) -> WriterOptions {
 }
 
 impl Daemon {
-    /// Queues a record; returns it (for the control socket). Records are
-    /// written by [`Daemon::flush`] at the end of each turn of the loop, all
-    /// queued lines in one write(2): still whole lines at the end of the file
-    /// (O_APPEND), one syscall per batch instead of one per bind under a
-    /// storm. A crash loses at most the records of the turn in progress.
+    /// Queues a record; returns it (for the control socket). Records wait
+    /// in the churn queue (`journal_churn_window`, see [`Churn`]) and are
+    /// then written by [`Daemon::flush`] at the end of a turn of the loop,
+    /// all due lines in one write(2): still whole lines at the end of the
+    /// file (O_APPEND), one syscall per batch instead of one per bind under
+    /// a storm. A crash loses at most the records of the last window.
     pub(super) fn journal(&mut self, body: Body) -> Record {
-        let record = Record {
+        let record = self.record(body);
+        if self.sink.journal.is_some() {
+            self.sink.churn.push(record.clone(), Instant::now());
+        }
+        record
+    }
+
+    /// Queues a claim that may turn out to be churn.
+    pub(super) fn journal_claim(&mut self, body: Body, cookie: u64) {
+        let record = self.record(body);
+        if self.sink.journal.is_some() {
+            self.sink.churn.push_claim(record, cookie, Instant::now());
+        }
+    }
+
+    /// A record of now.
+    fn record(&self, body: Body) -> Record {
+        Record {
             v: crate::journal::SCHEMA_VERSION,
             ts: rfc3339(Utc::now()),
             host: self.sink.host.clone(),
             source: self.sink.source.clone(),
             body,
-        };
-        if self.sink.journal.is_some() {
+        }
+    }
+
+    /// Writes the records whose churn window has passed (and queues the
+    /// churn summaries that are due).
+    pub(super) fn flush(&mut self) {
+        let now = Instant::now();
+        for body in self.sink.churn.summaries_due(now, false) {
+            self.journal(body);
+        }
+        let mut due = std::mem::take(&mut self.sink.due);
+        self.sink.churn.drain_due(now, &mut due);
+        self.write_records(&mut due);
+        self.sink.due = due;
+    }
+
+    /// Writes every record queued, now: the start's, a reaping's intent
+    /// (before its first signal), a stop's.
+    pub(super) fn flush_all(&mut self) {
+        let mut due = std::mem::take(&mut self.sink.due);
+        self.sink.churn.drain_all(&mut due);
+        self.write_records(&mut due);
+        self.sink.due = due;
+    }
+
+    /// Queues every churn summary (at a stop).
+    pub(super) fn journal_all_churn(&mut self) {
+        for body in self.sink.churn.summaries_due(Instant::now(), true) {
+            self.journal(body);
+        }
+    }
+
+    /// Encodes `records` (emptied) and writes them in one write(2).
+    fn write_records(&mut self, records: &mut Vec<Record>) {
+        for record in records.drain(..) {
             match serde_json::to_writer(&mut self.sink.pending, &record) {
                 Ok(()) => {
                     self.sink.pending.push(b'\n');
@@ -119,11 +179,6 @@ impl Daemon {
                 }
             }
         }
-        record
-    }
-
-    /// Writes the queued records.
-    pub(super) fn flush(&mut self) {
         if self.sink.pending.is_empty() {
             return;
         }

@@ -199,7 +199,7 @@ impl Table {
                 continue;
             };
             let Some(st) =
-                read_into(&mut path, pid, "stat", &mut buf).and_then(super::process::parse_stat)
+                read_into(&mut path, pid, "stat", &mut buf).and_then(crate::proc::parse_stat)
             else {
                 continue;
             };

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Action, Decision, Family, Outcome, Proto, Source};
 
-pub mod job;
+pub(crate) mod job;
 pub mod reader;
 pub mod writer;
 
@@ -233,6 +233,22 @@ pub enum Body {
     /// since the start) are known only from their events, not kept
     /// kernel-side; `capacity` is the map's size (`claims_max`).
     ClaimsFull { unstored: u64, capacity: u64 },
+    /// Churn: `count` claims of one process on one port, each released
+    /// within the daemon's `journal_churn_window` of its bind, never
+    /// listened on and met by no failed bind, summarised instead of a
+    /// `claim` and a `release` line each. `first`/`last`: the first and last
+    /// of those binds (RFC 3339); `held_ms_min`/`held_ms_max`: the shortest
+    /// and longest hold.
+    Churn {
+        #[serde(flatten)]
+        at: Endpoint,
+        process: ProcessRef,
+        count: u64,
+        first: String,
+        last: String,
+        held_ms_min: u64,
+        held_ms_max: u64,
+    },
     /// A `reaper job start` / `job end` run (see [`JobRecord`]).
     Job(Box<JobRecord>),
 }

@@ -57,6 +57,7 @@ const KNOWN_KINDS: &[&str] = &[
     "gap",
     "reconcile",
     "claims_full",
+    "churn",
 ];
 
 /// Where a record came from: an index into [`ReadStats::files`] and a
@@ -233,6 +234,8 @@ struct Wire {
     removed: Option<u64>,
     unstored: Option<u64>,
     capacity: Option<u64>,
+    held_ms_min: Option<u64>,
+    held_ms_max: Option<u64>,
 }
 
 impl Wire {
@@ -312,6 +315,15 @@ impl Wire {
             "claims_full" => Body::ClaimsFull {
                 unstored: w.unstored?,
                 capacity: w.capacity?,
+            },
+            "churn" => Body::Churn {
+                at: w.at()?,
+                process: w.process?,
+                count: w.count?,
+                first: w.first?,
+                last: w.last?,
+                held_ms_min: w.held_ms_min?,
+                held_ms_max: w.held_ms_max?,
             },
             _ => return None,
         };

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub binds: AtomicU64,
     pub listens: AtomicU64,
     pub releases: AtomicU64,
+    /// Claims journaled as churn (in a `churn` summary, not line by line).
+    pub churn_folded: AtomicU64,
     pub conflicts: AtomicU64,
     pub ringbuf_lost: AtomicU64,
     /// Claims the kernel-side claims map had no room for.
@@ -180,6 +182,13 @@ impl Metrics {
             "reaper_releases_total",
             "Claims seen released.",
             self.releases.load(Relaxed),
+        );
+        sample(
+            "counter",
+            out,
+            "reaper_journal_churn_claims_total",
+            "Claims released within the churn window, journaled in churn summaries instead of a claim and a release line each.",
+            self.churn_folded.load(Relaxed),
         );
         sample(
             "counter",

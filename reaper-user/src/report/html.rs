@@ -187,9 +187,10 @@ fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
     out.push_str("<section id=\"other-ports\">\n<h2>Other ports</h2>\n");
     let _ = writeln!(
         out,
-        "<p>{} saw {} and no conflict{}.</p>",
+        "<p>{} saw {}{} and no conflict{}.</p>",
         esc(&view::plural(q.total, "port", "ports")),
         esc(&view::plural(q.claims, "claim", "claims")),
+        esc(&view::churn_note(q.churn)),
         if q.shown.len() < q.total as usize {
             format!(
                 "; the {} busiest (use <code>--port P</code> for one's timeline)",

@@ -346,9 +346,10 @@ fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
     let _ = writeln!(out, "## Other ports\n");
     let _ = writeln!(
         out,
-        "{} saw {} and no conflict{}.\n",
+        "{} saw {}{} and no conflict{}.\n",
         view::plural(q.total, "port", "ports"),
         view::plural(q.claims, "claim", "claims"),
+        view::churn_note(q.churn),
         if q.shown.len() < q.total as usize {
             format!(
                 "; the {} busiest (use `--port P` for one's timeline)",

@@ -265,6 +265,10 @@ pub struct PortCounts {
     pub claims: u64,
     pub listens: u64,
     pub releases: u64,
+    /// Of `claims` (and `releases`): claims the daemon summarised as churn
+    /// (released within its churn window, never listened, no conflict).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub churn: u64,
     pub conflicts: u64,
     pub failed_binds: u64,
     pub reapings: u64,
@@ -335,6 +339,20 @@ pub enum Happened {
         holders: Vec<ProcessRef>,
     },
     Reaping(Box<ReapingDone>),
+    /// Claims summarised as churn: `count` binds each released within the
+    /// churn window, between `first` and `last` (RFC 3339).
+    Churn {
+        count: u64,
+        first: String,
+        last: String,
+        held_ms_min: u64,
+        held_ms_max: u64,
+    },
+}
+
+/// For `skip_serializing_if`: a zero count is left out.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Happened {
@@ -346,6 +364,7 @@ impl Happened {
             Happened::Release { .. } => "release",
             Happened::Conflict { .. } => "conflict",
             Happened::Reaping(_) => "reaping",
+            Happened::Churn { .. } => "churn",
         }
     }
 }
@@ -389,6 +408,9 @@ pub struct QuietPorts {
     /// Ports (per host) with claims but no conflict or reaping.
     pub total: u64,
     pub claims: u64,
+    /// Of `claims`: those summarised as churn.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub churn: u64,
     /// The busiest few.
     pub shown: Vec<QuietPort>,
 }

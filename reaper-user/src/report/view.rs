@@ -598,7 +598,39 @@ pub fn happened(what: &Happened) -> String {
             holders,
         } => conflict_detail(*count, errno, *first_ms, last.as_deref(), holders),
         Happened::Reaping(r) => reaping_words(r),
+        Happened::Churn {
+            count,
+            first,
+            last,
+            held_ms_min,
+            held_ms_max,
+        } => churn_detail(*count, first, last, *held_ms_min, *held_ms_max),
     }
+}
+
+/// After a count of claims: how many of them were churn, if any.
+pub fn churn_note(churn: u64) -> String {
+    if churn == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({churn} of them churn: bound and released within the daemon's churn window, summarised)"
+        )
+    }
+}
+
+/// A churn summary's entry: "bound and released 226 times from ... to ...,
+/// each held 0-13 ms (churn)".
+fn churn_detail(count: u64, first: &str, last: &str, min: u64, max: u64) -> String {
+    let held = if min == max {
+        format!("{min} ms")
+    } else {
+        format!("{min}-{max} ms")
+    };
+    format!(
+        "bound and released {} from {first} to {last}, each held {held} (churn: summarised)",
+        plural(count, "time", "times")
+    )
 }
 
 /// A reaping's entry; a container's says the engine stopped it first.

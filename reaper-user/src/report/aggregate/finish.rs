@@ -130,6 +130,7 @@ impl Aggregator {
                 if port.counts.claims > 0 || port.counts.listens > 0 {
                     quiet.total += 1;
                     quiet.claims += port.counts.claims;
+                    quiet.churn += port.counts.churn;
                     quiet_rows.push(QuietPort {
                         host,
                         proto,

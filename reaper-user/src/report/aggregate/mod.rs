@@ -329,8 +329,45 @@ impl Aggregator {
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
             Body::ClaimsFull { .. } => {}
+            Body::Churn {
+                at: ep,
+                process,
+                count,
+                first,
+                last,
+                held_ms_min,
+                held_ms_max,
+            } => {
+                let what = Happened::Churn {
+                    count,
+                    first,
+                    last,
+                    held_ms_min,
+                    held_ms_max,
+                };
+                self.fold_churn(seen, ep, process, what)
+            }
             Body::Job(_) => {}
         }
+    }
+
+    /// Claims summarised as churn count as claims and releases of the port
+    /// (none is open afterwards), with one timeline entry.
+    fn fold_churn(&mut self, seen: Seen, ep: Endpoint, process: ProcessRef, what: Happened) {
+        let Seen { host, ms, at } = seen;
+        let Happened::Churn { count, .. } = what else {
+            return;
+        };
+        let key = self.key(&host, &ep);
+        let port = self.port(key, ms, ep.netns);
+        port.counts.claims += count;
+        port.counts.releases += count;
+        port.counts.churn += count;
+        let entry = Entry {
+            netns: ep.netns,
+            ..Entry::about(what, ms, at, Rc::new(process))
+        };
+        self.entry(key, entry);
     }
 
     fn fold_claim(

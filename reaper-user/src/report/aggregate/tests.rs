@@ -200,3 +200,44 @@ fn filters_by_host_port_and_time() {
     );
     assert_eq!(late.summary.conflicts, 0);
 }
+
+#[test]
+fn churn_summaries_count_as_claims_and_releases_with_one_entry() {
+    let churn = |count: u64, ts: &str| {
+        format!(
+            r#"{{"v":1,"ts":"{ts}","host":"h","source":"cgroup","kind":"churn","proto":"tcp","addr":"127.0.0.1","port":9100,"process":{{"pid":7,"comm":"tests"}},"count":{count},"first":"2026-11-30T12:00:00.000Z","last":"2026-11-30T12:00:09.000Z","held_ms_min":0,"held_ms_max":3}}"#
+        )
+    };
+    let text = [
+        churn(4000, "2026-11-30T12:00:10.000Z"),
+        churn(50, "2026-11-30T12:00:20.000Z"),
+    ]
+    .join("\n");
+    let r = report_of(&text, Filter::default(), Limits::default());
+    assert_eq!(r.quiet_ports.total, 1);
+    assert_eq!(r.quiet_ports.claims, 4050);
+    assert_eq!(r.quiet_ports.churn, 4050);
+    assert_eq!(r.quiet_ports.shown[0].releases, 4050);
+    assert_eq!(r.quiet_ports.shown[0].held_at_end, 0);
+    let md = crate::report::markdown::render(&r);
+    assert!(md.contains("4050 of them churn"), "{md}");
+    let r = report_of(
+        &text,
+        Filter {
+            port: Some(9100),
+            ..Filter::default()
+        },
+        Limits::default(),
+    );
+    let p = &r.ports[0];
+    assert_eq!((p.counts.claims, p.counts.churn), (4050, 4050));
+    assert_eq!(p.timeline.len(), 2);
+    assert_eq!(p.timeline[0].what.event(), "churn");
+    let words = crate::report::view::happened(&p.timeline[0].what);
+    assert!(
+        words.starts_with("bound and released 4000 times from 2026-11-30T12:00:00.000Z"),
+        "{words}"
+    );
+    assert!(words.contains("each held 0-3 ms"), "{words}");
+    assert!(p.bars.is_empty(), "churn draws no holder bar");
+}
