@@ -5,12 +5,17 @@
 //!   (reap -> **sys**);
 //! - `kcmp`: whether two fds of two processes are one open file (holders'
 //!   fd map, when readlink of every fd costs too much);
-//! - `capget`, `capset`: the daemon's least privilege (caps).
+//! - `capget`, `capset`: the daemon's least privilege (caps);
+//! - `bpf`: the claims map read whole (hooks' claims map, which aya does not
+//!   batch);
+//! - `socket`, `setsockopt_int`, `bind`, `listen`, `setns_net`: the bind
+//!   probe (reap), a bind exactly as the next server makes it.
 //!
-//! Everything nix wraps (setns, openat, readlink, signals by pid, ...) is
-//! called through nix where it is used.
+//! Everything nix wraps (openat, readlink, signals by pid, ...) is called
+//! through nix where it is used.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -120,6 +125,124 @@ pub fn capset(data: &[CapData; 2]) -> io::Result<()> {
     // kernel only reads; both live until the call returns.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `bpf(2)` with `attr` as its attribute union for `cmd`; the call's
+/// result (>= 0) or the errno.
+///
+/// # Safety
+///
+/// `attr` must be laid out as the kernel's `union bpf_attr` member for
+/// `cmd`, and every pointer in it must point at a live buffer of the size
+/// the map's key and value types need for that command.
+pub unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: the caller vouches for attr (see above); its size is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// `socket(2)`, close-on-exec, owned at once.
+pub fn socket(domain: i32, ty: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2), no pointers.
+    let raw = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from socket(2), owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `setsockopt(2)` of an int option.
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a pointer to an int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `bind(2)` to an IPv4 or IPv6 address and port.
+pub fn bind(fd: BorrowedFd<'_>, addr: SocketAddr) -> io::Result<()> {
+    let r = match addr {
+        SocketAddr::V4(a) => {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a valid sockaddr_in and its size.
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: a valid sockaddr_in6 and its size.
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `listen(2)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: a valid socket fd, no pointers.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setns(2)` into a network namespace: the calling thread only.
+pub fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a valid namespace fd, no pointers; affects this thread only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -5,7 +5,9 @@
 //!   nothing slow when they are there.
 //! - `build`  builds the eBPF object and embeds it in target/{debug,release}/reaper.
 //! - `run`    builds and runs reaper with the arguments after `--`.
-//! - `test`   every test: fmt, clippy, unit, integration (real kernel), fuzz smoke.
+//! - `test`   every test: fmt, the layer order, clippy, unit, integration
+//!   (real kernel), fuzz smoke.
+//! - `layers` only the layer order of reaper-user's modules (xtask/src/layers.rs).
 //! - `bench`  every benchmark; writes bench/results.{md,json}.
 //! - `man`    the man page, generated from the clap definitions.
 //! - `dist`   the static binary, tarball, .deb and SHA256SUMS in target/dist/.
@@ -23,6 +25,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod doccheck;
+mod layers;
 mod pytools;
 mod sysimage;
 
@@ -69,6 +73,8 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Check that reaper-user's modules import only down the layer order (part of `test`).
+    Layers,
     /// Generate the man page into target/man/reaper.1.
     Man,
     /// Build what ships into target/dist/: static reaper (+ reaper.debug), tarball, .deb, SHA256SUMS.
@@ -89,6 +95,7 @@ fn main() {
         Cmd::Bench { quick, only } => {
             setup(true).and_then(|_| bench::run(&root(), quick, only.as_deref()))
         }
+        Cmd::Layers => layers::check(&root()),
         Cmd::Man => setup(false).and_then(|_| man()),
         Cmd::Dist => setup(false).and_then(|_| dist::dist()).map(|_| ()),
         Cmd::Image => setup(false).and_then(|_| dist::build_image()),
@@ -344,6 +351,8 @@ fn test(extra: &[String]) -> Result<()> {
                 .current_dir(root().join(dir)),
         )?;
     }
+    say("layer order: every `crate::` path of reaper-user points down (xtask/src/layers.rs)");
+    layers::check(&root())?;
     say("2/6 cargo clippy -- -D warnings (the workspace, then reaper-ebpf and fuzz on nightly)");
     check(cargo().args([
         "clippy",

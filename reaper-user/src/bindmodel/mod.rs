@@ -368,6 +368,35 @@ pub fn client_connection(e: &Existing, on_port: &[Existing]) -> bool {
         })
 }
 
+/// Whether a bind of `new` meets a socket bound to `bound`, for two bound
+/// sockets whose IPV6_V6ONLY is not known: taken as off (the default),
+/// except where binding a specific IPv6 address sets it.
+pub fn addresses_overlap(bound: IpAddr, new: IpAddr) -> bool {
+    let forced = |a: IpAddr| matches!(v6_kind(a), V6Kind::Other(_)) && a.is_ipv6();
+    let req = Request {
+        netns: 0,
+        proto: Proto::Tcp,
+        addr: new,
+        port: 0,
+        reuseaddr: false,
+        reuseport: false,
+        v6only: false,
+        uid: 0,
+    };
+    let e = Existing {
+        netns: 0,
+        proto: Proto::Tcp,
+        addr: bound,
+        port: 0,
+        activity: Activity::Bound,
+        uid: 0,
+        v6only: Some(forced(bound)),
+        reuseaddr: None,
+        reuseport: None,
+    };
+    overlap(&req, &e) == Overlap::Yes
+}
+
 /// Whether two local addresses meet in the bind table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overlap {

@@ -137,6 +137,9 @@ pub struct Shared {
     pub journal: Option<String>,
 }
 
+/// Where the daemon listens, and where clients look, unless configured.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/reaper/reaper.sock";
+
 /// How many conflict records the control socket remembers.
 pub const CONFLICTS_KEPT: usize = 1000;
 /// How many failed attempts a claim view carries.
@@ -368,7 +371,7 @@ async fn connection(
 pub fn default_path() -> PathBuf {
     std::env::var_os("REAPER_CONTROL_SOCKET")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(crate::daemon::config::DEFAULT_CONTROL_SOCKET))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 
 /// Asks the daemon. `Ok(None)` when no daemon answers there (no socket,

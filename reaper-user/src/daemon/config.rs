@@ -129,7 +129,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/reaper/reaper.sock";
+pub use crate::control::DEFAULT_CONTROL_SOCKET;
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 impl Default for Config {

@@ -81,7 +81,14 @@ impl Daemon {
             return;
         }
         let mut obs = Vec::new();
+        let own = std::process::id();
         for ev in raw.drain(..) {
+            // The daemon's own binds (its test bind after a reaping, its
+            // metrics listener) are reaper at work, not the port's history:
+            // "bound next by" must name the next job, not tokio-rt-worker.
+            if ev.tgid == own {
+                continue;
+            }
             self.ingest.matcher.feed(ev, &mut obs);
         }
         self.ingest

@@ -27,7 +27,7 @@ mod ingest;
 mod procinfo;
 mod reapings;
 mod reconcile;
-pub mod recovery;
+mod recovery;
 mod sink;
 
 use std::path::{Path, PathBuf};

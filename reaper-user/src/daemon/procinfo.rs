@@ -3,7 +3,8 @@
 //! "pid 4242" answers nothing.
 
 use crate::journal::ProcessRef;
-use crate::reap::{Identity, ProcStat};
+use crate::proc::Stat as ProcStat;
+use crate::reap::Identity;
 
 /// How far up the parent chain a record goes.
 const ANCESTORS: usize = 8;

@@ -306,6 +306,12 @@ impl Daemon {
                 self.work(w);
             }
         }
+        self.journal_interrupted();
+    }
+
+    /// The reapings still in flight, journaled `interrupted` with the
+    /// signals they sent.
+    fn journal_interrupted(&mut self) {
         for (_, flight) in std::mem::take(&mut self.reapings.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
             for c in flight.plan.container_targets() {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{Holding, Process};
 use crate::vocab::Proto;
 
-pub mod engine;
+pub(crate) mod engine;
 
 /// What a cgroup path says about a container.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -162,7 +162,7 @@ impl Table {
             else {
                 continue;
             };
-            let Some(st) = super::process::read_stat(pid) else {
+            let Some(st) = crate::proc::read_stat(pid) else {
                 continue;
             };
             t.procs.insert(

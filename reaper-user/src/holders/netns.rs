@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use nix::fcntl::readlinkat;
 use nix::sched::{setns, CloneFlags};
 
+pub use crate::proc::{netns_of_pid, parse_ns_link};
+
 use super::{procnet, sockdiag, Socket};
 use crate::vocab::Proto;
 
@@ -32,18 +34,6 @@ pub struct Namespace {
     pub pid: Option<u32>,
     /// Its `ip netns` name, when it has one.
     pub name: Option<String>,
-}
-
-/// The netns inode of a process, from /proc/PID/ns/net; None when the
-/// process is gone or its links are not ours to read.
-pub fn netns_of_pid(pid: u32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    parse_ns_link(&link.to_string_lossy())
-}
-
-/// Parses "net:[4026531840]", the target of /proc/PID/ns/net.
-pub fn parse_ns_link(s: &str) -> Option<u64> {
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Where `ip netns` pins named namespaces.
@@ -196,7 +186,7 @@ fn read_procfs(
     listening_only: bool,
     bindv6only: bool,
 ) -> io::Result<Vec<Socket>> {
-    let ms_per_tick = 1000 / super::process::clock_ticks().max(1);
+    let ms_per_tick = 1000 / crate::proc::clock_ticks().max(1);
     let mut sockets = Vec::new();
     let mut last_err = None;
     let mut read_any = false;

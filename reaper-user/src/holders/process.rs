@@ -10,60 +10,12 @@
 //! well-formed (see holders/mod.rs for why not procfs).
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
+
+use crate::proc::read;
+pub use crate::proc::{clock_ticks, looks_orphaned, parse_cmdline, parse_stat, read_stat, Stat};
 
 use super::Process;
 use crate::util::{rfc3339, BootClock};
-
-/// The fields of /proc/PID/stat that reaper uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stat {
-    pub pid: u32,
-    /// Between the first '(' and the last ')': may hold spaces, parentheses
-    /// and bytes that are not UTF-8 (decoded lossily).
-    pub comm: String,
-    pub state: char,
-    pub ppid: u32,
-    /// Field 5: the process group.
-    pub pgrp: u32,
-    pub session: i32,
-    /// Field 9: the kernel's PF_* flags (PF_KTHREAD marks kernel threads).
-    pub flags: u32,
-    /// Field 22: start time in clock ticks since boot.
-    pub start_ticks: u64,
-}
-
-/// Parses /proc/PID/stat. The comm is cut at the LAST ')' because a process
-/// may name itself `a) b (c`; everything after it is numeric fields.
-pub fn parse_stat(b: &[u8]) -> Option<Stat> {
-    let open = b.iter().position(|&c| c == b'(')?;
-    let close = b.iter().rposition(|&c| c == b')')?;
-    if close < open {
-        return None;
-    }
-    let pid: u32 = std::str::from_utf8(&b[..open]).ok()?.trim().parse().ok()?;
-    let comm = String::from_utf8_lossy(&b[open + 1..close]).into_owned();
-    let rest = std::str::from_utf8(b.get(close + 1..)?).ok()?;
-    // Field 3 (state) is the first token after the comm, so field N is at N - 3.
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).copied();
-    let state = field(3)?.chars().next()?;
-    let ppid = field(4)?.parse().ok()?;
-    let pgrp = field(5)?.parse().ok()?;
-    let session = field(6)?.parse().ok()?;
-    let flags = field(9)?.parse().ok()?;
-    let start_ticks = field(22)?.parse().ok()?;
-    Some(Stat {
-        pid,
-        comm,
-        state,
-        ppid,
-        pgrp,
-        session,
-        flags,
-        start_ticks,
-    })
-}
 
 /// The effective uid from /proc/PID/status (procfs parses it): the one
 /// `ps -o user` shows and the one permissions are checked against.
@@ -71,31 +23,6 @@ fn status_euid(pid: u32) -> Option<u32> {
     use procfs::FromRead;
     let status = procfs::process::Status::from_file(format!("/proc/{pid}/status")).ok()?;
     Some(status.euid)
-}
-
-/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded. Empty
-/// arguments in the middle are kept (they are real argv entries); the
-/// trailing NUL does not make an extra one. A process that rewrote its argv
-/// (setproctitle) may leave no NUL at all: then it is one argument; the
-/// padding such a process leaves after its new title (nginx fills the old
-/// argv area with spaces or NULs) is trimmed, so "nginx: worker process"
-/// reads as itself. An empty file is no argv at all (a kernel thread, a
-/// zombie); "\0" is an argv of one empty string, which a process can be
-/// exec'd with. The one parser of the crate: `reap::split_cmdline` is this
-/// function, so the identity compared before a signal reads argv alike.
-pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
-    if b.is_empty() {
-        return Vec::new();
-    }
-    let body = b.strip_suffix(b"\0").unwrap_or(b);
-    // Padding: trailing spaces and NULs after the last argument's text.
-    let body = match body.iter().rposition(|&c| c != 0 && c != b' ') {
-        Some(end) => &body[..=end],
-        None => body,
-    };
-    body.split(|&c| c == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 /// The most telling cgroup path in /proc/PID/cgroup: the v2 path (`0::/x`)
@@ -134,41 +61,6 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
         (id.len() == 64 && id.bytes().all(|c| c.is_ascii_hexdigit()))
             .then(|| id.to_ascii_lowercase())
     })
-}
-
-/// Whether a process looks orphaned, from its stat alone.
-///
-/// The heuristic: its parent is init (ppid 1) and it is not a session leader.
-/// Init's own children by design (services) are started with `setsid`, so
-/// they lead their session; a process left behind when the shell or job that
-/// started it exited keeps that job's session and lands on init. Limits:
-/// a double-forking daemon looks orphaned (it is, on purpose: its cmdline and
-/// cgroup tell it apart); orphans adopted by a subreaper (systemd --user, a
-/// container's init, a CI runner) are not flagged, because whether a parent
-/// set PR_SET_CHILD_SUBREAPER cannot be read from /proc.
-pub fn looks_orphaned(stat: &Stat) -> bool {
-    stat.pid > 1 && stat.ppid == 1 && stat.session != stat.pid as i32
-}
-
-/// Clock ticks per second (USER_HZ) for the start time in /proc/PID/stat.
-pub fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-/// Reads a /proc file whole; None when the process is gone or unreadable.
-fn read(pid: u32, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{name}")).ok()
-}
-
-/// Reads /proc/PID/stat.
-pub fn read_stat(pid: u32) -> Option<Stat> {
-    parse_stat(&read(pid, "stat")?)
 }
 
 /// Reads processes' details, remembering the stats of parents it walked so
@@ -221,9 +113,7 @@ impl Reader {
         let cmdline = read(pid, "cmdline")
             .map(|b| parse_cmdline(&b))
             .unwrap_or_default();
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned());
+        let exe = crate::proc::exe(pid);
         let cgroup = read(pid, "cgroup").and_then(|b| parse_cgroup(&b));
         let container = cgroup.as_deref().and_then(container_id);
         let start_ns = stat.start_ticks.saturating_mul(1_000_000_000) / self.ticks;

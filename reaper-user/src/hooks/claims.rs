@@ -102,15 +102,7 @@ impl ClaimsMap {
             };
             // SAFETY: the attr points at buffers of BATCH keys and values of
             // the map's key and value sizes, alive for the call.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>() as u32,
-                )
-            };
-            let err = (r < 0).then(io::Error::last_os_error);
+            let err = unsafe { crate::sys::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
             let n = (attr.count as usize).min(BATCH);
             out.extend_from_slice(&self.values[..n]);
             match err {
@@ -149,16 +141,7 @@ impl ClaimsMap {
                 flags: 0,
             };
             // SAFETY: key and next are u64, the map's key size.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_GET_NEXT_KEY,
-                    &mut attr as *mut ElemAttr,
-                    std::mem::size_of::<ElemAttr>() as u32,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
+            if let Err(e) = unsafe { crate::sys::bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
                 if e.raw_os_error() == Some(libc::ENOENT) {
                     return Ok(());
                 }
@@ -175,16 +158,8 @@ impl ClaimsMap {
                 flags: 0,
             };
             // SAFETY: value is an Event, the map's value type.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_ELEM,
-                    &mut attr as *mut ElemAttr,
-                    std::mem::size_of::<ElemAttr>() as u32,
-                )
-            };
             // A claim released between the two calls is simply gone.
-            if r == 0 {
+            if unsafe { crate::sys::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.is_ok() {
                 out.push(value);
             }
         }

@@ -15,7 +15,7 @@
 use crate::holders::job::{self, Job};
 
 pub mod flow;
-pub mod members;
+mod members;
 pub mod ports;
 pub mod render;
 

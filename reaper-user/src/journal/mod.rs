@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Action, Decision, Family, Outcome, Proto, Source};
 
-pub mod job;
+pub(crate) mod job;
 pub mod reader;
 pub mod writer;
 

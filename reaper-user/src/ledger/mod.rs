@@ -520,17 +520,8 @@ pub const RELEASED_KEPT: usize = 1024;
 
 /// Whether two local addresses of the same port collide.
 pub fn addrs_collide(a: IpAddr, b: IpAddr) -> bool {
-    if a == b || a.is_unspecified() || b.is_unspecified() {
-        // A v4 wildcard does not collide with a specific v6 address, nor
-        // the other way round, unless it is the v6 wildcard (dual stack).
-        return match (a, b) {
-            (IpAddr::V4(_), IpAddr::V6(v6)) | (IpAddr::V6(v6), IpAddr::V4(_)) => {
-                v6.is_unspecified() || v6.to_ipv4_mapped().is_some()
-            }
-            _ => true,
-        };
-    }
-    false
+    // The bind model's address rule (a claim on `a`, a bind of `b`).
+    crate::bindmodel::addresses_overlap(a, b)
 }
 
 #[cfg(test)]

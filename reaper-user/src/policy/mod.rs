@@ -150,14 +150,14 @@ impl Context {
     /// `netns`: the namespace the port is asked about (None: our own).
     pub fn current(netns: Option<u64>) -> std::io::Result<Context> {
         let me = std::process::id();
-        let caller_netns = crate::reap::netns_of(me)?;
+        let caller_netns = crate::proc::netns_of(me)?;
         let mut chain = Vec::new();
-        let mut pid = crate::reap::ProcStat::read(me)?.ppid;
+        let mut pid = crate::proc::Stat::read(me)?.ppid;
         // The chain ends at pid 0 (init's parent); the bound stops a loop on
         // a garbled /proc.
         while pid != 0 && chain.len() < 4096 {
             chain.push(pid);
-            pid = match crate::reap::ProcStat::read(pid) {
+            pid = match crate::proc::Stat::read(pid) {
                 Ok(st) => st.ppid,
                 Err(_) => break,
             };

@@ -3,10 +3,11 @@
 //! in the namespace the port lives in, and close again at once.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::sys;
 use crate::vocab::Proto;
 
 /// One test bind to try.
@@ -75,105 +76,34 @@ impl BindProbe {
             (IpAddr::V6(_), Proto::Tcp) => (libc::AF_INET6, libc::SOCK_STREAM),
             (IpAddr::V6(_), Proto::Udp) => (libc::AF_INET6, libc::SOCK_DGRAM),
         };
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd from socket(2).
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        let fd = sock.as_raw_fd();
+        let sock = sys::socket(domain, ty)?;
+        let fd = sock.as_fd();
         if self.proto == Proto::Tcp {
             // What nearly every TCP server sets (Rust's std, Go, nginx, ...):
             // without it a TIME_WAIT left by the old holder blocks the bind.
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         }
         if self.addr.is_ipv6() {
-            setsockopt_int(
+            sys::setsockopt_int(
                 fd,
                 libc::IPPROTO_IPV6,
                 libc::IPV6_V6ONLY,
                 if self.dual_stack { 0 } else { 1 },
             )?;
         }
-        let r = match self.addr {
-            IpAddr::V4(a) => {
-                let sa = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: self.port.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(a).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: valid sockaddr_in of the given size.
-                unsafe {
-                    libc::bind(
-                        fd,
-                        &sa as *const _ as *const libc::sockaddr,
-                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
-            }
-            IpAddr::V6(a) => {
-                let sa = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: self.port.to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: valid sockaddr_in6 of the given size.
-                unsafe {
-                    libc::bind(
-                        fd,
-                        &sa as *const _ as *const libc::sockaddr,
-                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                }
-            }
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::bind(fd, SocketAddr::new(self.addr, self.port))?;
         // A bind can succeed next to a non-listening socket that listen(2)
         // then conflicts with; the next user will listen, so do we.
-        // SAFETY: valid socket fd.
-        if self.proto == Proto::Tcp && unsafe { libc::listen(fd, 1) } < 0 {
-            return Err(io::Error::last_os_error());
+        if self.proto == Proto::Tcp {
+            sys::listen(fd, 1)?;
         }
         Ok(())
     }
 }
 
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: pointer to an int of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn ipv6_available() -> bool {
-    // SAFETY: plain socket(2), closed right away.
-    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: we own fd.
-    unsafe { libc::close(fd) };
-    true
+    // Closed right away (dropped).
+    sys::socket(libc::AF_INET6, libc::SOCK_DGRAM).is_ok()
 }
 
 /// The result of waiting for a port.
@@ -199,15 +129,14 @@ pub fn wait_bindable(probes: &[BindProbe], deadline: Instant) -> BindWait {
         let r = std::thread::scope(|s| {
             s.spawn(|| {
                 let ns = p.netns.as_ref().expect("foreign probe has a netns");
-                // SAFETY: valid namespace fd; setns affects only this thread.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                if let Err(e) = sys::setns_net(ns.as_fd()) {
                     return BindWait {
                         free_at: None,
                         attempts: 0,
                         last_error: Some(format!(
                             "cannot enter the holder's network namespace to test {} ({})",
                             p.describe(),
-                            io::Error::last_os_error()
+                            e
                         )),
                     };
                 }

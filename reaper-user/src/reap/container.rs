@@ -8,14 +8,13 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bollard::query_parameters::StopContainerOptionsBuilder;
 
-use crate::holders::container::engine::{containers, socket_path, state, with_engine};
+use crate::holders::container::engine::{
+    containers, socket_path, state, with_engine, TIMEOUT_SECS,
+};
 use crate::holders::container::{short, Container};
 use crate::journal::ContainerStop;
 
 use super::{wait_bindable, BindProbe};
-
-/// How long the engine may take to answer beyond the grace.
-const TIMEOUT_SECS: u64 = 10;
 
 /// Stops a container through the engine: SIGTERM (or its stop signal),
 /// then SIGKILL after `grace`. Returns when the engine says it stopped.

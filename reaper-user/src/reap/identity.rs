@@ -7,33 +7,7 @@ use std::io;
 use serde::Serialize;
 
 use crate::holders::Process;
-
-/// PF_KTHREAD in the `flags` field of /proc/PID/stat (include/linux/sched.h).
-pub const PF_KTHREAD: u32 = 0x0020_0000;
-
-/// /proc/PID/stat, parsed once for the whole crate (`holders::process`).
-pub use crate::holders::process::Stat as ProcStat;
-
-impl ProcStat {
-    pub fn read(pid: u32) -> io::Result<ProcStat> {
-        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
-        crate::holders::process::parse_stat(&text).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/stat is not in the expected format"),
-            )
-        })
-    }
-
-    /// Parses a stat line (see `holders::process::parse_stat`).
-    pub fn parse(text: &str) -> Option<ProcStat> {
-        crate::holders::process::parse_stat(text.as_bytes())
-    }
-
-    pub fn is_kernel_thread(&self) -> bool {
-        self.flags & PF_KTHREAD != 0
-    }
-}
+use crate::proc::{self, Stat};
 
 /// The identity a verdict was made on, compared again after the pidfd is open.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -56,16 +30,14 @@ impl Identity {
 
     /// Reads the identity of whatever has `pid` now. NotFound when it is gone.
     pub fn read(pid: u32) -> io::Result<Identity> {
-        let stat = ProcStat::read(pid)?;
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let stat = Stat::read(pid)?;
+        let exe = proc::exe(pid);
+        let cmdline = proc::cmdline(pid)?;
         Ok(Identity {
             pid,
             start_ticks: stat.start_ticks,
             exe,
-            cmdline: split_cmdline(&raw),
+            cmdline,
         })
     }
 
@@ -114,25 +86,6 @@ fn trim_args(args: &[String]) -> &[String] {
     &args[..end]
 }
 
-/// argv from /proc/PID/cmdline: the holders' parser, so the identity
-/// compared at signal time is read exactly as the judged one was (padding
-/// of a rewritten argv trimmed alike).
-pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
-    crate::holders::process::parse_cmdline(raw)
-}
-
-/// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
-pub fn netns_of(pid: u32) -> io::Result<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
-    let s = link.to_string_lossy();
-    crate::holders::netns::parse_ns_link(&s).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/ns/net points at '{s}'"),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +93,7 @@ mod tests {
     #[test]
     fn stat_parses_a_comm_with_parens_and_spaces() {
         let text = "4242 (we) ird (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
-        let st = ProcStat::parse(text).unwrap();
+        let st = Stat::parse(text).unwrap();
         assert_eq!(st.pid, 4242);
         assert_eq!(st.comm, "we) ird (x)");
         assert_eq!(st.state, 'S');
@@ -158,7 +111,7 @@ mod tests {
         let b = Identity::read(me).unwrap();
         assert!(a.differences(&b).is_empty());
         assert!(a.exe.is_some());
-        assert!(netns_of(me).unwrap() > 0);
+        assert!(proc::netns_of(me).unwrap() > 0);
     }
 
     #[test]
@@ -186,10 +139,10 @@ mod tests {
 
     #[test]
     fn cmdline_split() {
-        assert_eq!(split_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
-        assert!(split_cmdline(b"").is_empty());
+        assert_eq!(proc::parse_cmdline(b"a\0b c\0"), vec!["a", "b c"]);
+        assert!(proc::parse_cmdline(b"").is_empty());
         assert_eq!(
-            split_cmdline(b"nginx: worker process          \0\0\0"),
+            proc::parse_cmdline(b"nginx: worker process          \0\0\0"),
             ["nginx: worker process"]
         );
     }
@@ -203,14 +156,14 @@ mod tests {
             pid: 1,
             start_ticks: 10,
             exe: Some("/bin/x".into()),
-            cmdline: split_cmdline(b"x\0"),
+            cmdline: proc::parse_cmdline(b"x\0"),
         };
         let mut b = a.clone();
-        b.cmdline = split_cmdline(b"x\0\0");
+        b.cmdline = proc::parse_cmdline(b"x\0\0");
         assert_eq!(b.cmdline, ["x"], "trailing NULs are padding");
         assert!(a.differences(&b).is_empty());
-        a.cmdline = split_cmdline(b"\0");
-        b.cmdline = split_cmdline(b"");
+        a.cmdline = proc::parse_cmdline(b"\0");
+        b.cmdline = proc::parse_cmdline(b"");
         assert_eq!(a.cmdline, [""]);
         assert!(b.cmdline.is_empty());
         assert!(a.differences(&b).is_empty());

@@ -26,8 +26,9 @@ mod pidfd;
 pub mod plan;
 pub mod records;
 
+pub use crate::proc::Stat as ProcStat;
 pub use bind::{wait_bindable, BindProbe, BindWait};
-pub use identity::{netns_of, split_cmdline, Identity, ProcStat, PF_KTHREAD};
+pub use identity::Identity;
 pub use pidfd::{wait_any, Pidfd};
 pub use plan::{execute, Execution, Judged, JudgedContainer, Plan, Role, Tree, Unowned};
 

@@ -165,6 +165,26 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
         1,
         "one reaping per holder"
     );
+    // The next job binds the port: its claim is the port's next history,
+    // and the daemon's own test bind before it is not journaled at all.
+    let next = Orphan::spawn(port, "rp-next");
+    d.wait_record("the next job's claim", |r| {
+        kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == next.pid()
+    });
+    let own: Vec<Value> = d
+        .records()
+        .into_iter()
+        .filter(|r| {
+            matches!(kind(r), "claim" | "listen" | "release")
+                && r["port"] == port
+                && r["process"]["pid"] == d.pid()
+        })
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the daemon's probe journaled as the port's history: {own:?}"
+    );
+    drop(next);
     assert!(
         records
             .iter()
@@ -694,4 +714,56 @@ fn reserve_ports_are_added_to_the_kernel_reserved_ports_at_start_and_journaled()
     for kept in before.trim().split(',').filter(|w| !w.is_empty()) {
         assert!(now.contains(kept), "{kept} was dropped: {now}");
     }
+}
+
+/// A client: a listener on another port, and a socket bound to PORT and
+/// connected to it (no listener on PORT: a client's connection, as when
+/// connect() is given the port). Prints `ready`, exits on EOF.
+const CLIENT: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.socket(); c.bind(("127.0.0.1", port)); c.connect(l.getsockname())
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn a_conflict_with_a_client_connection_says_so_in_the_record() {
+    need_root!();
+    use std::io::BufRead;
+    let port = free_port();
+    let d = Daemon::start("");
+    let mut client = Command::new("python3")
+        .args(["-c", CLIENT, &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 for the client");
+    let mut line = String::new();
+    std::io::BufReader::new(client.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (_binder, failed) = Binder::run(port, 1);
+    assert_eq!(failed, 1, "a client's connection blocks a plain bind");
+    let conflict = d.wait_record("the conflict record", |r| {
+        kind(r) == "conflict" && r["port"] == port
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    let reasons = conflict["verdict"]["reasons"].to_string();
+    assert!(reasons.contains("a client's connection"), "{conflict}");
+    assert!(
+        reasons.contains("net.ipv4.ip_local_reserved_ports"),
+        "{conflict}"
+    );
+    assert!(
+        reasons.contains(&format!("pid {}", client.id())),
+        "{conflict}"
+    );
+    assert_eq!(
+        conflict["action"], "report",
+        "a client is never reaped: {conflict}"
+    );
 }

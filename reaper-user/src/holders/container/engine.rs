@@ -17,7 +17,7 @@ use bollard::Docker;
 use super::{short, Container, Published};
 
 /// How long one call may take before reaper goes on without the engine.
-const TIMEOUT_SECS: u64 = 10;
+pub(crate) const TIMEOUT_SECS: u64 = 10;
 
 /// The engine's socket: `DOCKER_HOST` when it is a `unix://` path (podman's
 /// compatible socket is set this way), else /var/run/docker.sock.

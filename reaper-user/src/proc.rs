@@ -1,0 +1,183 @@
+//! The /proc readers, in one place: a process's stat, argv, exe and network
+//! namespace, read for a scan (holders), a verdict (policy) and the identity
+//! re-read before a signal (reap) alike. The parsers are pure functions over
+//! bytes (fuzzed): what /proc shows is partly chosen by the process (comm,
+//! argv) and nothing in it is trusted to be UTF-8 or well-formed.
+
+use std::io;
+
+/// The fields of /proc/PID/stat that reaper uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    /// Between the first '(' and the last ')': may hold spaces, parentheses
+    /// and bytes that are not UTF-8 (decoded lossily).
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    /// Field 5: the process group.
+    pub pgrp: u32,
+    pub session: i32,
+    /// Field 9: the kernel's PF_* flags (PF_KTHREAD marks kernel threads).
+    pub flags: u32,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Parses /proc/PID/stat. The comm is cut at the LAST ')' because a process
+/// may name itself `a) b (c`; everything after it is numeric fields.
+pub fn parse_stat(b: &[u8]) -> Option<Stat> {
+    let open = b.iter().position(|&c| c == b'(')?;
+    let close = b.iter().rposition(|&c| c == b')')?;
+    if close < open {
+        return None;
+    }
+    let pid: u32 = std::str::from_utf8(&b[..open]).ok()?.trim().parse().ok()?;
+    let comm = String::from_utf8_lossy(&b[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(b.get(close + 1..)?).ok()?;
+    // Field 3 (state) is the first token after the comm, so field N is at N - 3.
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let state = field(3)?.chars().next()?;
+    let ppid = field(4)?.parse().ok()?;
+    let pgrp = field(5)?.parse().ok()?;
+    let session = field(6)?.parse().ok()?;
+    let flags = field(9)?.parse().ok()?;
+    let start_ticks = field(22)?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        state,
+        ppid,
+        pgrp,
+        session,
+        flags,
+        start_ticks,
+    })
+}
+
+/// argv from /proc/PID/cmdline: NUL-separated, lossily decoded. Empty
+/// arguments in the middle are kept (they are real argv entries); the
+/// trailing NUL does not make an extra one. A process that rewrote its argv
+/// (setproctitle) may leave no NUL at all: then it is one argument; the
+/// padding such a process leaves after its new title (nginx fills the old
+/// argv area with spaces or NULs) is trimmed, so "nginx: worker process"
+/// reads as itself. An empty file is no argv at all (a kernel thread, a
+/// zombie); "\0" is an argv of one empty string, which a process can be
+/// exec'd with. The one parser of the crate: the identity compared before a signal
+/// ([`cmdline`]) reads argv alike.
+pub fn parse_cmdline(b: &[u8]) -> Vec<String> {
+    if b.is_empty() {
+        return Vec::new();
+    }
+    let body = b.strip_suffix(b"\0").unwrap_or(b);
+    // Padding: trailing spaces and NULs after the last argument's text.
+    let body = match body.iter().rposition(|&c| c != 0 && c != b' ') {
+        Some(end) => &body[..=end],
+        None => body,
+    };
+    body.split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether a process looks orphaned, from its stat alone.
+///
+/// The heuristic: its parent is init (ppid 1) and it is not a session leader.
+/// Init's own children by design (services) are started with `setsid`, so
+/// they lead their session; a process left behind when the shell or job that
+/// started it exited keeps that job's session and lands on init. Limits:
+/// a double-forking daemon looks orphaned (it is, on purpose: its cmdline and
+/// cgroup tell it apart); orphans adopted by a subreaper (systemd --user, a
+/// container's init, a CI runner) are not flagged, because whether a parent
+/// set PR_SET_CHILD_SUBREAPER cannot be read from /proc.
+pub fn looks_orphaned(stat: &Stat) -> bool {
+    stat.pid > 1 && stat.ppid == 1 && stat.session != stat.pid as i32
+}
+
+/// Clock ticks per second (USER_HZ) for the start time in /proc/PID/stat.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Reads a /proc file whole; None when the process is gone or unreadable.
+pub fn read(pid: u32, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{name}")).ok()
+}
+
+/// Reads /proc/PID/stat.
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&read(pid, "stat")?)
+}
+
+/// The netns inode of a process, from /proc/PID/ns/net; None when the
+/// process is gone or its links are not ours to read.
+pub fn netns_of_pid(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(&link.to_string_lossy())
+}
+
+/// Parses "net:[4026531840]", the target of /proc/PID/ns/net.
+pub fn parse_ns_link(s: &str) -> Option<u64> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// PF_KTHREAD in the `flags` field of /proc/PID/stat (include/linux/sched.h).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+impl Stat {
+    /// Reads /proc/PID/stat; NotFound when the process is gone.
+    pub fn read(pid: u32) -> io::Result<Stat> {
+        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
+        parse_stat(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat is not in the expected format"),
+            )
+        })
+    }
+
+    /// Parses a stat line (see [`parse_stat`]).
+    pub fn parse(text: &str) -> Option<Stat> {
+        parse_stat(text.as_bytes())
+    }
+
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// argv from /proc/PID/cmdline, parsed by [`parse_cmdline`]: the identity
+/// compared at signal time is read exactly as the judged one was (padding
+/// of a rewritten argv trimmed alike). Err (NotFound) when it is gone.
+pub fn cmdline(pid: u32) -> io::Result<Vec<String>> {
+    Ok(parse_cmdline(&std::fs::read(format!(
+        "/proc/{pid}/cmdline"
+    ))?))
+}
+
+/// The target of /proc/PID/exe; None when unreadable (a kernel thread,
+/// EPERM, gone).
+pub fn exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
+pub fn netns_of(pid: u32) -> io::Result<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+    let s = link.to_string_lossy();
+    parse_ns_link(&s).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/ns/net points at '{s}'"),
+        )
+    })
+}
