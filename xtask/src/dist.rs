@@ -78,6 +78,7 @@ pub fn version() -> Result<String> {
 pub fn dist() -> Result<Dist> {
     setup_musl()?;
     setup_cargo_deb()?;
+    crate::licenses::setup_cargo_about()?;
     if !have("objcopy") || !have("readelf") {
         crate::apt_install(&["binutils"], "objcopy splits the debug info off")?;
     }
@@ -100,8 +101,9 @@ pub fn dist() -> Result<Dist> {
     let built = build_static()?;
     say("dist 2/5: splitting the debug info into reaper.debug, stripping reaper");
     let bin = split_debug_info(&built, &dir, &version)?;
-    say("dist 3/5: man page and shell completions");
+    say("dist 3/5: man page, shell completions, licences and third-party notices (cargo about: the licence check)");
     stage_files(&bin, &stage)?;
+    crate::licenses::stage(&stage)?;
     let name = format!("reaper-{version}-x86_64-linux-musl");
     say(&format!("dist 4/5: {name}.tar.gz"));
     tarball(&stage, &name, &dir)?;
@@ -245,6 +247,13 @@ fn tarball(stage: &Path, name: &str, dir: &Path) -> Result<()> {
         (root().join("deploy/reaper.service"), "reaper.service"),
         (root().join("deploy/reaper.toml"), "reaper.toml"),
         (root().join("README.md"), "README.md"),
+        (root().join("LICENSE-MIT"), "LICENSE-MIT"),
+        (root().join("LICENSE-APACHE"), "LICENSE-APACHE"),
+        (stage.join("THIRD-PARTY-NOTICES"), "THIRD-PARTY-NOTICES"),
+        (
+            root().join("deploy/actions-runner-reaper.conf"),
+            "actions-runner-reaper.conf",
+        ),
     ] {
         std::fs::copy(&from, top.join(to))
             .with_context(|| format!("copying {}", from.display()))?;
@@ -306,11 +315,18 @@ pub fn image(dist: &Dist) -> Result<String> {
     }
     let tag = format!("{IMAGE}:{}", dist.version);
     say(&format!("building the image {tag} (deploy/Dockerfile)"));
-    // The build context holds the binary alone (not reaper.debug and the
-    // packages beside it in target/dist).
+    // The build context holds the binary and its licences alone (not
+    // reaper.debug and the packages beside it in target/dist).
     let context = root().join("target/dist-stage/image");
     std::fs::create_dir_all(&context)?;
     std::fs::copy(dist.dir.join("reaper"), context.join("reaper"))?;
+    for f in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        std::fs::copy(root().join(f), context.join(f))?;
+    }
+    std::fs::copy(
+        root().join("target/dist-stage/THIRD-PARTY-NOTICES"),
+        context.join("THIRD-PARTY-NOTICES"),
+    )?;
     check(
         Command::new("docker")
             .args(["build", "--quiet", "--file"])

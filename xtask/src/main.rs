@@ -27,6 +27,7 @@ mod bench;
 mod dist;
 mod doccheck;
 mod layers;
+mod licenses;
 mod pytools;
 mod sysimage;
 
@@ -254,6 +255,8 @@ fn setup(test_tools: bool) -> Result<()> {
             ("python3", "python3"),
             ("dockerd", "docker.io"),
             ("curl", "curl"),
+            ("lintian", "lintian"),
+            ("setpriv", "util-linux"),
         ] {
             if !have(bin) && !missing.contains(&pkg) {
                 missing.push(pkg);
@@ -370,7 +373,7 @@ fn test(extra: &[String]) -> Result<()> {
     // stopped at the end when this run started it.
     let dockerd = dist::Dockerd::ensure()?;
     say(
-        "4/6 what ships: static binary, tarball, .deb (tests/tests/it/ship.rs checks them), the image",
+        "4/6 what ships: static binary, tarball, .deb (tests/tests/it/ship.rs, packaging.rs check them), the image; the licence check (cargo about: every crate under a licence deploy/licenses/about.toml accepts); the systemd test's image",
     );
     let built = dist::dist()?;
     if dockerd.is_some() {

@@ -115,6 +115,37 @@ pub fn own() -> Option<Job> {
     parse_environ(&std::fs::read("/proc/self/environ").ok()?)
 }
 
+/// Reads /proc/PID/NAME into `buf` with plain reads; `buf` keeps its
+/// length (zeroed once) and grows only for a file larger than it.
+fn read_into<'a>(
+    path: &mut String,
+    pid: u32,
+    name: &str,
+    buf: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    use std::fmt::Write as _;
+    use std::io::Read as _;
+    path.clear();
+    let _ = write!(path, "/proc/{pid}/{name}");
+    let mut f = std::fs::File::open(path.as_str()).ok()?;
+    if buf.is_empty() {
+        buf.resize(64 * 1024, 0);
+    }
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            let grown = buf.len() * 2;
+            buf.resize(grown, 0);
+        }
+        match f.read(&mut buf[n..]) {
+            Ok(0) => return Some(&buf[..n]),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// The variables reaper looks for, in the order it looks, for messages
 /// that say why no job was found.
 pub const VARIABLES: &[&str] = &[
@@ -154,6 +185,11 @@ impl Table {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return t;
         };
+        // One buffer for every file: a hook reads two files of every
+        // process on the host, and a read_to_end per file (a size probe, a
+        // growing buffer) tripled the syscalls.
+        let mut buf = Vec::new();
+        let mut path = String::with_capacity(32);
         for entry in dir.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -162,9 +198,12 @@ impl Table {
             else {
                 continue;
             };
-            let Some(st) = crate::proc::read_stat(pid) else {
+            let Some(st) =
+                read_into(&mut path, pid, "stat", &mut buf).and_then(crate::proc::parse_stat)
+            else {
                 continue;
             };
+            let job = read_into(&mut path, pid, "environ", &mut buf).and_then(parse_environ);
             t.procs.insert(
                 pid,
                 Entry {
@@ -172,7 +211,7 @@ impl Table {
                     ppid: st.ppid,
                     start_ticks: st.start_ticks,
                     state: st.state,
-                    job: of_pid(pid),
+                    job,
                 },
             );
         }

@@ -350,3 +350,154 @@ fn the_daemonsets_critical_priority_has_a_quota_in_its_namespace() {
         "the quota is in the DaemonSet's namespace"
     );
 }
+
+// ---- The .deb, checked with Debian's own tools ----
+
+fn deb() -> std::path::PathBuf {
+    let version = env!("CARGO_PKG_VERSION");
+    let p = workspace().join(format!("target/dist/reaper_{version}-1_amd64.deb"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo xtask dist` first (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+fn deb_info(part: &str) -> String {
+    let out = Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(deb())
+        .arg(part)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dpkg-deb --info {part}: {}",
+        show(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The control fields a Debian user sees, and the maintainer scripts of
+/// cargo-deb's systemd support.
+#[test]
+fn the_deb_has_a_maintainer_address_a_whole_summary_and_systemd_scripts() {
+    let control = deb_info("control");
+    let field = |name: &str| {
+        control
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{control}"))
+            .to_string()
+    };
+    let maintainer = field("Maintainer");
+    assert!(
+        maintainer.contains('<') && maintainer.contains('@') && maintainer.ends_with('>'),
+        "Maintainer without an address: {maintainer}"
+    );
+    let summary = field("Description");
+    assert!(
+        summary.len() < 80,
+        "summary of {} chars: {summary}",
+        summary.len()
+    );
+    assert!(!summary.to_lowercase().starts_with("reaper"), "{summary}");
+    let postinst = deb_info("postinst");
+    assert!(postinst.contains("daemon-reload"), "{postinst}");
+    assert!(postinst.contains("reaper.service"), "{postinst}");
+    let prerm = deb_info("prerm");
+    assert!(
+        prerm.contains("stop") && prerm.contains("reaper.service"),
+        "{prerm}"
+    );
+    let postrm = deb_info("postrm");
+    assert!(postrm.contains("daemon-reload"), "{postrm}");
+}
+
+/// lintian, Debian's package checker: no error or warning, and the one
+/// override (the static binary) is used.
+#[test]
+fn lintian_passes_the_deb() {
+    let out = Command::new("lintian")
+        .args([
+            "--fail-on",
+            "error,warning",
+            "--display-info",
+            "--show-overrides",
+        ])
+        .arg(deb())
+        .output()
+        .expect("lintian (Debian's lintian package; cargo xtask setup --test installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    // (lintian's status is 2 with --display-info as root even when clean:
+    // the tags are the verdict.)
+    assert!(
+        !said.trim().is_empty(),
+        "lintian said nothing: {}",
+        show(&out)
+    );
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("E: ") || l.starts_with("W: ")),
+        "{said}"
+    );
+    assert!(
+        said.contains("shared-library-lacks-prerequisites"),
+        "the static binary's override is used: {said}"
+    );
+    eprintln!("lintian says:\n{said}");
+}
+
+/// The licences ship everywhere the binary does.
+#[test]
+fn licences_and_notices_ship_in_the_deb_and_the_tarball() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new("dpkg")
+        .arg("-x")
+        .arg(deb())
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let doc = root.path().join("usr/share/doc/reaper");
+    let copyright = std::fs::read_to_string(doc.join("copyright")).unwrap();
+    assert!(
+        copyright.starts_with(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+        ),
+        "{copyright}"
+    );
+    assert!(
+        copyright.contains("License: MIT or Apache-2.0"),
+        "{copyright}"
+    );
+    let notices = std::fs::read_to_string(doc.join("THIRD-PARTY-NOTICES")).unwrap();
+    for krate in ["tokio", "aya", "serde", "clap"] {
+        assert!(
+            notices.contains(&format!("\n  {krate} ")),
+            "the notices name {krate}"
+        );
+    }
+    assert!(
+        notices.contains("Permission is hereby granted"),
+        "full licence texts"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let tarball = workspace().join(format!(
+        "target/dist/reaper-{version}-x86_64-linux-musl.tar.gz"
+    ));
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in ["LICENSE-MIT", "LICENSE-APACHE", "THIRD-PARTY-NOTICES"] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("/{f}"))),
+            "{f} not in the tarball:\n{list}"
+        );
+    }
+}

@@ -133,7 +133,11 @@ fn the_checksums_match_and_the_tarball_holds_binary_man_page_and_completions() {
     listed.sort();
     let mut want: Vec<String> = [
         "",
+        "LICENSE-APACHE",
+        "LICENSE-MIT",
         "README.md",
+        "THIRD-PARTY-NOTICES",
+        "actions-runner-reaper.conf",
         "completions/",
         "completions/_reaper",
         "completions/reaper.bash",
