@@ -15,6 +15,7 @@
 //! 4. `who` latency through the control socket with 2,000 idle processes
 //!    (50 fds each) running, next to a `reaper who --no-bpf` scan.
 //!
+//! `--storms` runs only 1 and 2 (the storms).
 //! `--quick` runs fewer rounds and shorter windows. REAPER_BIN picks the
 //! binary (default: target/release/reaper if built, else target/debug).
 
@@ -303,6 +304,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    let storms_only = std::env::args().any(|a| a == "--storms");
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "the daemon benchmark needs root (BPF hooks): run it with sudo or `cargo xtask bench`"
@@ -331,13 +333,23 @@ fn main() -> Result<()> {
         })
         .collect::<std::io::Result<_>>()?;
     let fixed_port = fixed_ports[0];
-    let kinds: [(&str, Vec<u16>); 2] = [("port 0", vec![0]), ("fixed port", fixed_ports)];
+    // The third storm is the second with every claim journaled line by line
+    // (the churn summary off): what the summary saves.
+    let kinds: [(&str, Vec<u16>, &str); 3] = [
+        ("port 0", vec![0], ""),
+        ("fixed port", fixed_ports.clone(), ""),
+        (
+            "fixed port, journal_churn_window 0s",
+            fixed_ports,
+            "journal_churn_window = \"0s\"\n",
+        ),
+    ];
     let stats_was = bpf_stats(true);
     if stats_was.is_none() {
         eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
     }
     let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
-    for (kind, port) in kinds {
+    for (kind, port, extra) in kinds {
         let (mut detached, mut attached, mut tax) = (Vec::new(), Vec::new(), Vec::new());
         let (mut storm_cpu, mut cpu_per_bind, mut storm_rss) = (Vec::new(), Vec::new(), Vec::new());
         let (mut lost, mut unstored, mut journal) = (Vec::new(), Vec::new(), Vec::new());
@@ -355,7 +367,7 @@ fn main() -> Result<()> {
                     detached.push(pair[0]);
                     continue;
                 }
-                let d = Daemon::start(&format!("r{round}"), "")?;
+                let d = Daemon::start(&format!("r{round}"), extra)?;
                 let pid = d.pid();
                 if port[0] == 0 {
                     let (t0, _) = usage(pid)?;
@@ -507,6 +519,9 @@ fn main() -> Result<()> {
     );
     emit(BENCH, "daemon RSS idle", "MiB", &idle_rss, None);
 
+    if storms_only {
+        return Ok(());
+    }
     // 3: ramp the paced rate until the ring buffer loses events.
     let d = Daemon::start("ramp", "")?;
     let mut best = 0.0f64;

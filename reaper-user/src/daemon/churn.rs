@@ -31,7 +31,8 @@ struct Queued {
     at: Instant,
     /// The claim's socket cookie while it may still be folded.
     cookie: Option<u64>,
-    record: Option<Record>,
+    /// Boxed: a storm leaves a window's worth of folded (empty) entries.
+    record: Option<Box<Record>>,
 }
 
 /// Churn of one process on one port.
@@ -80,7 +81,7 @@ impl Churn {
         self.queue.push_back(Queued {
             at: now,
             cookie: None,
-            record: Some(record),
+            record: Some(Box::new(record)),
         });
     }
 
@@ -93,7 +94,7 @@ impl Churn {
         self.queue.push_back(Queued {
             at: now,
             cookie: Some(cookie),
-            record: Some(record),
+            record: Some(Box::new(record)),
         });
         self.foldable.insert(cookie, seq);
     }
@@ -140,7 +141,7 @@ impl Churn {
             ts,
             body: Body::Claim { at, process, .. },
             ..
-        }) = q.record.take()
+        }) = q.record.take().map(|r| *r)
         else {
             return false;
         };
@@ -236,7 +237,7 @@ impl Churn {
             self.foldable.remove(&c);
         }
         if let Some(r) = q.record {
-            out.push(r);
+            out.push(*r);
         }
     }
 
