@@ -220,7 +220,7 @@ fn the_deb_unpacks_into_a_scratch_root_and_its_reaper_runs() {
     file("usr/share/bash-completion/completions/reaper");
     file("usr/share/zsh/vendor-completions/_reaper");
     file("usr/share/fish/vendor_completions.d/reaper.fish");
-    let unit = std::fs::read_to_string(file("lib/systemd/system/reaper.service")).unwrap();
+    let unit = std::fs::read_to_string(file("usr/lib/systemd/system/reaper.service")).unwrap();
     assert!(
         unit.contains("ExecStart=/usr/bin/reaper daemon --config /etc/reaper/reaper.toml"),
         "the unit runs the packaged binary:\n{unit}"
