@@ -203,6 +203,17 @@ fn gather() -> Report {
 }
 
 fn human(r: &Report, style: Style) -> String {
+    let mut s = machine_words(r, style);
+    s.push('\n');
+    s.push_str(&hooks_words(r, style));
+    s.push('\n');
+    s.push_str(&tier_words(r, style));
+    s.push_str(&ports_words(r, style));
+    s
+}
+
+/// The kernel, its BTF, lockdown, LSMs, cgroup v2 and reaper's capabilities.
+fn machine_words(r: &Report, style: Style) -> String {
     let mut s = String::new();
     s.push_str(&format!("kernel      {}\n", r.kernel));
     s.push_str(&format!(
@@ -234,7 +245,12 @@ fn human(r: &Report, style: Style) -> String {
         };
         s.push_str(&format!("  {:<15} {mark}  {}\n", c.name, c.why));
     }
-    s.push('\n');
+    s
+}
+
+/// Each hook probed: does it load, does it attach, what refused it.
+fn hooks_words(r: &Report, style: Style) -> String {
+    let mut s = String::new();
     if r.probes.is_empty() {
         s.push_str(&format!(
             "hooks       not probed: {}\n",
@@ -268,7 +284,12 @@ fn human(r: &Report, style: Style) -> String {
         }
         s.push_str(&t.render(style));
     }
-    s.push('\n');
+    s
+}
+
+/// The tier reaper would use, what it summarises, and its fallback.
+fn tier_words(r: &Report, style: Style) -> String {
+    let mut s = String::new();
     let tier_line = match r.tier.as_str() {
         "proc" => style.yellow("proc (no BPF tier is usable here: reaper will scan)"),
         t => style.green(&format!(
@@ -280,6 +301,13 @@ fn human(r: &Report, style: Style) -> String {
         s.push_str(&format!("summarised  {summary}\n"));
     }
     s.push_str(&format!("fallback    {}\n", r.fallback));
+    s
+}
+
+/// The ephemeral range the kernel lends to clients, the reserved ports,
+/// and what the config's `reserve_ports` says about them.
+fn ports_words(r: &Report, style: Style) -> String {
+    let mut s = String::new();
     let range = r
         .ports
         .ephemeral

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::text::term;
 use crate::vocab::Decision;
 
-use super::flow::{target_words, JobRun, PortOutcome};
+use super::flow::{target_words, JobRun, PortOutcome, PortResult};
 
 /// The human summary: the job, then per port the holders, their verdicts
 /// and what was done, then what could not be charged, then the idle.
@@ -25,60 +25,74 @@ pub fn human(run: &JobRun) -> String {
         let _ = writeln!(out, "  note: {}", term(note));
     }
     for p in &run.ports {
+        port_words(&mut out, run, p);
+    }
+    leftover_words(&mut out, run);
+    let _ = writeln!(out, "{}", term(&run.message));
+    out
+}
+
+/// One port: its outcome, each holder and container with its verdict, and
+/// what was done.
+fn port_words(out: &mut String, run: &JobRun, p: &PortResult) {
+    let _ = writeln!(
+        out,
+        "port {}/{}: {}",
+        p.port,
+        p.proto,
+        outcome_word(p.outcome)
+    );
+    for j in &p.holders {
+        let job = j
+            .process
+            .job
+            .as_ref()
+            .map(|j| format!(" [{}]", super::job_words(j)))
+            .unwrap_or_else(|| " [no job]".into());
         let _ = writeln!(
             out,
-            "port {}/{}: {}",
-            p.port,
-            p.proto,
-            outcome_word(p.outcome)
+            "  pid {} {}{}: {}{}",
+            j.process.pid,
+            term(&j.process.comm),
+            term(&job),
+            j.verdict.decision.as_str().to_uppercase(),
+            j.verdict
+                .rule
+                .as_deref()
+                .map(|r| format!(" (rule '{}')", term(r)))
+                .unwrap_or_default()
         );
-        for j in &p.holders {
-            let job = j
-                .process
-                .job
-                .as_ref()
-                .map(|j| format!(" [{}]", super::job_words(j)))
-                .unwrap_or_else(|| " [no job]".into());
-            let _ = writeln!(
-                out,
-                "  pid {} {}{}: {}{}",
-                j.process.pid,
-                term(&j.process.comm),
-                term(&job),
-                j.verdict.decision.as_str().to_uppercase(),
-                j.verdict
-                    .rule
-                    .as_deref()
-                    .map(|r| format!(" (rule '{}')", term(r)))
-                    .unwrap_or_default()
-            );
-            for r in &j.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
-            if run.phase == super::flow::Phase::Start && j.verdict.decision == Decision::Reap {
-                if let Some(job) = &j.process.job {
-                    let _ = writeln!(
-                        out,
-                        "      leaked by {}, running since {}",
-                        term(&super::job_words(job)),
-                        j.process.started_at
-                    );
-                }
+        for r in &j.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+        if run.phase == super::flow::Phase::Start && j.verdict.decision == Decision::Reap {
+            if let Some(job) = &j.process.job {
+                let _ = writeln!(
+                    out,
+                    "      leaked by {}, running since {}",
+                    term(&super::job_words(job)),
+                    j.process.started_at
+                );
             }
         }
-        for c in &p.containers {
-            let _ = writeln!(
-                out,
-                "  container {}: {}",
-                term(&c.container.words()),
-                c.verdict.decision.as_str().to_uppercase()
-            );
-            for r in &c.verdict.reasons {
-                let _ = writeln!(out, "      - {}", term(r));
-            }
-        }
-        let _ = writeln!(out, "  {}", term(&p.message));
     }
+    for c in &p.containers {
+        let _ = writeln!(
+            out,
+            "  container {}: {}",
+            term(&c.container.words()),
+            c.verdict.decision.as_str().to_uppercase()
+        );
+        for r in &c.verdict.reasons {
+            let _ = writeln!(out, "      - {}", term(r));
+        }
+    }
+    let _ = writeln!(out, "  {}", term(&p.message));
+}
+
+/// What could not be charged to the job, and the job's processes that hold
+/// no port.
+fn leftover_words(out: &mut String, run: &JobRun) {
     for u in &run.unattributed {
         let who = match (&u.pid, &u.comm, &u.container) {
             (Some(pid), Some(comm), _) => format!("pid {pid} {comm}"),
@@ -109,8 +123,6 @@ pub fn human(run: &JobRun) -> String {
             term(&done)
         );
     }
-    let _ = writeln!(out, "{}", term(&run.message));
-    out
 }
 
 fn outcome_word(o: PortOutcome) -> &'static str {
