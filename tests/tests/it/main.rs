@@ -26,4 +26,5 @@ mod monitoring;
 mod packaging;
 mod report;
 mod ship;
+mod systemd;
 mod why;
