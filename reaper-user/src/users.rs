@@ -4,7 +4,8 @@
 //! The users that matter are the host's: the holders reaper judges are the
 //! host's processes. In a container (the FROM-scratch image has no
 //! /etc/passwd at all, another image has its own), the host's files are
-//! reached through pid 1's root, `/proc/1/root/etc/passwd`, when the
+//! reached through pid 1's root, `/proc/1/root/etc/passwd` (or kthreadd's,
+//! pid 2, where pid 1's is refused), when the
 //! container shares the host's pid namespace (`hostPID: true`, `--pid=host`)
 //! and may read it (CAP_SYS_PTRACE). When no file names a uid, reaper shows
 //! the number; a policy naming a user no file knows is refused at load
@@ -16,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// The host's passwd, through pid 1's root.
-const HOST_PASSWD: &str = "/proc/1/root/etc/passwd";
+/// The host's root, through pid 1, else pid 2 (the kernel's kthreadd under
+/// hostPID: its root is the host's, and some hosts refuse even root a look
+/// at pid 1's, as this project's CI machines do).
+const HOST_ROOTS: [&str; 2] = ["/proc/1/root", "/proc/2/root"];
 /// This process's own.
 const OWN_PASSWD: &str = "/etc/passwd";
 
@@ -73,19 +76,20 @@ static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 /// then this process's own.
 pub fn sources() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if host_root_differs() {
-        out.push(PathBuf::from(HOST_PASSWD));
+    if let Some(root) = host_root() {
+        out.push(Path::new(root).join("etc/passwd"));
     }
     out.push(PathBuf::from(OWN_PASSWD));
     out
 }
 
-/// Whether /proc/1/root is another directory than "/" (and readable).
-fn host_root_differs() -> bool {
-    let (Ok(host), Ok(own)) = (std::fs::metadata("/proc/1/root"), std::fs::metadata("/")) else {
-        return false;
-    };
-    (host.dev(), host.ino()) != (own.dev(), own.ino())
+/// The first of [`HOST_ROOTS`] that can be read and is another directory
+/// than this process's "/" (a container under hostPID); None on the host.
+fn host_root() -> Option<&'static str> {
+    let own = std::fs::metadata("/").ok()?;
+    HOST_ROOTS.into_iter().find(|root| {
+        std::fs::metadata(root).is_ok_and(|host| (host.dev(), host.ino()) != (own.dev(), own.ino()))
+    })
 }
 
 fn stamp(p: &Path) -> Option<SystemTime> {
@@ -136,7 +140,7 @@ pub fn uid_of(name: &str) -> Option<u32> {
 pub fn unresolvable(name: &str) -> String {
     let looked: Vec<String> = sources().iter().map(|p| p.display().to_string()).collect();
     format!(
-        "user \"{name}\" is not known here (looked in {} and the system's user database), so this could never match: give its uid (user = 1001), or run reaper where the host's users are visible (in a container: hostPID: true / docker run --pid=host, with CAP_SYS_PTRACE, so {HOST_PASSWD} is the host's)",
+        "user \"{name}\" is not known here (looked in {} and the system's user database), so this could never match: give its uid (user = 1001), or run reaper where the host's users are visible (in a container: hostPID: true / docker run --pid=host, with CAP_SYS_PTRACE, so the host's /etc/passwd is reached through /proc/1/root or /proc/2/root)",
         looked.join(", ")
     )
 }

@@ -1,6 +1,6 @@
 //! User names where /etc/passwd is not the host's: the FROM-scratch image
 //! (no /etc/passwd at all) names the host's users when it shares the host's
-//! pid namespace (it reads /proc/1/root/etc/passwd), and a policy naming a
+//! pid namespace (it reads /proc/1/root/etc/passwd, or /proc/2/root/etc/passwd), and a policy naming a
 //! user no file knows is refused at load, naming the rule and the user.
 //!
 //! The image comes from `cargo xtask image` (cargo xtask test builds it).
@@ -106,7 +106,9 @@ fn the_scratch_image_names_host_users_under_host_pid_and_refuses_what_it_cannot_
     let port = free_port();
     let mut holder = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .args(["python3", "-c"])
+        // Debian's python3 by path: a python3 earlier on root's PATH may live
+        // where `nobody` cannot read.
+        .args(["/usr/bin/python3", "-c"])
         .arg(format!(
             "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nsys.stdin.read()"
         ))
