@@ -98,6 +98,7 @@ pub fn render(r: &Report) -> String {
     }
     out.push_str("</section>\n");
     quiet_ports(&mut out, r, tf);
+    leaks_by_job(&mut out, r, tf);
     data_quality(&mut out, r, tf);
     inputs(&mut out, r);
     out.push_str("</main>\n</body>\n</html>\n");
@@ -213,6 +214,25 @@ fn quiet_ports(out: &mut String, r: &Report, tf: TimeFmt) {
             p.held_at_end,
             esc(&tf.at(&p.last))
         );
+    }
+    out.push_str("</table>\n</section>\n");
+}
+
+fn leaks_by_job(out: &mut String, r: &Report, tf: TimeFmt) {
+    if r.leaks_by_job.is_empty() {
+        return;
+    }
+    out.push_str("<section id=\"leaks-by-job\">\n<h2>Leaks by job</h2>\n<table>\n<tr>");
+    for h in view::JOB_LEAK_HEADER {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr>\n");
+    for l in &r.leaks_by_job {
+        out.push_str("<tr>");
+        for c in view::job_leak_row(l, tf) {
+            let _ = write!(out, "<td>{}</td>", esc(&c));
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</table>\n</section>\n");
 }

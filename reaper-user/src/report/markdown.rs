@@ -69,9 +69,37 @@ pub fn render(r: &Report) -> String {
     conflicts(&mut out, r, tf);
     ports(&mut out, r, tf);
     quiet_ports(&mut out, r, tf);
+    leaks_by_job(&mut out, r, tf);
     data_quality(&mut out, r, tf);
     inputs(&mut out, r);
     out
+}
+
+fn leaks_by_job(out: &mut String, r: &Report, tf: TimeFmt) {
+    if r.leaks_by_job.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Leaks by job
+"
+    );
+    let rows: Vec<Vec<String>> = r
+        .leaks_by_job
+        .iter()
+        .map(|l| {
+            let [job, port, holder, since, fate, record] = view::job_leak_row(l, tf);
+            vec![
+                cell(&job),
+                cell(&port),
+                cell_code(&holder),
+                since,
+                cell(&fate),
+                cell_code(&record),
+            ]
+        })
+        .collect();
+    table(out, &view::JOB_LEAK_HEADER, &rows);
 }
 
 fn header(out: &mut String, r: &Report) {

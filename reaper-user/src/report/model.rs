@@ -32,6 +32,33 @@ pub struct Report {
     pub conflicts_dropped: u64,
     pub ports: Vec<PortReport>,
     pub quiet_ports: QuietPorts,
+    /// Ports CI jobs left held: found by a `job start`/`job end` hook, or
+    /// claimed by a job (as the daemon charged it) and still held after
+    /// that job's `job end` (see docs/report.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaks_by_job: Vec<JobLeak>,
+}
+
+/// A port a CI job left held.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JobLeak {
+    /// The job that left it (its processes' environment, or the daemon's
+    /// charge of the claim).
+    pub job: crate::vocab::Job,
+    pub host: String,
+    pub proto: String,
+    pub port: u16,
+    /// "pid 4242 platform-server", "container web".
+    pub holder: String,
+    /// When the claim was made, when the journal has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// `freed`, `still_held`, `refused`, `dry_run`.
+    pub status: String,
+    /// The hook that freed it: "job end of github job X" (None: not freed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freed_by: Option<String>,
+    pub evidence: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

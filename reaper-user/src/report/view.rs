@@ -736,3 +736,40 @@ fn container_stopped(c: &crate::journal::ContainerRecord, detail: &str) -> Strin
         c.image.as_deref().unwrap_or("?")
     )
 }
+
+/// The header of the "leaks by job" table.
+pub const JOB_LEAK_HEADER: [&str; 6] = [
+    "Job",
+    "Port",
+    "Holder",
+    "Since",
+    "What became of it",
+    "Record",
+];
+
+/// One row of "leaks by job", in words (not escaped: the job's names and
+/// the holder's comm are process-controlled; each view escapes them).
+pub fn job_leak_row(l: &super::model::JobLeak, tf: TimeFmt) -> [String; 6] {
+    let job = match (&l.job.name, &l.job.run) {
+        (Some(n), Some(r)) => format!("{} job {} ({n}, run {r})", l.job.provider, l.job.id),
+        (Some(n), None) => format!("{} job {} ({n})", l.job.provider, l.job.id),
+        _ => format!("{} job {}", l.job.provider, l.job.id),
+    };
+    let fate = match (l.status.as_str(), &l.freed_by) {
+        (_, Some(hook)) => format!("freed by {hook}"),
+        ("still_held", None) => "still held".to_string(),
+        ("refused", None) => "still held (refused)".to_string(),
+        (other, None) => other.replace('_', " "),
+    };
+    [
+        job,
+        port_name(&l.proto, l.port, &l.host),
+        l.holder.clone(),
+        l.since
+            .as_deref()
+            .map(|t| tf.at(t))
+            .unwrap_or_else(|| "-".into()),
+        fate,
+        l.evidence.clone(),
+    ]
+}

@@ -60,6 +60,7 @@ impl Aggregator {
             conflicts_dropped: self.conflicts_dropped,
             ports,
             quiet_ports,
+            leaks_by_job: self.jobs.finish(),
         }
     }
 

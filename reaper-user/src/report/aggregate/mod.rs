@@ -33,6 +33,7 @@ use crate::journal::{Body, Endpoint, Mode, ProcessRef, Record};
 use crate::vocab::Outcome;
 
 mod finish;
+mod jobs;
 mod port;
 #[cfg(test)]
 mod tests;
@@ -111,6 +112,17 @@ pub struct Aggregator {
     /// `in_progress` reapings waiting for their outcome record, by port
     /// and target identity (pid, start time).
     pending_reapings: BTreeMap<(PortKey, u32, Option<String>), Unfinished>,
+    /// Leaks by job.
+    jobs: jobs::Jobs,
+}
+
+/// "path:line" of a record.
+fn place_in(files: &[String], at: Location) -> String {
+    let path = files
+        .get(at.file as usize)
+        .map(String::as_str)
+        .unwrap_or("?");
+    format!("{path}:{}", at.line)
 }
 
 fn rfc(ms: i64) -> String {
@@ -144,6 +156,7 @@ impl Aggregator {
             first_ms: None,
             last_ms: None,
             pending_reapings: BTreeMap::new(),
+            jobs: jobs::Jobs::default(),
         }
     }
 
@@ -156,12 +169,7 @@ impl Aggregator {
     }
 
     fn place(&self, at: Location) -> String {
-        let path = self
-            .files
-            .get(at.file as usize)
-            .map(String::as_str)
-            .unwrap_or("?");
-        format!("{path}:{}", at.line)
+        place_in(&self.files, at)
     }
 
     fn intern(names: &mut Vec<String>, index: &mut HashMap<String, u32>, s: &str) -> u32 {
@@ -237,6 +245,10 @@ impl Aggregator {
             .expect("inserted above");
         host.records += 1;
         host.last_ms = host.last_ms.max(ms);
+        if self.jobs.wants(&record) {
+            let files = &self.files;
+            self.jobs.see(&record, ms, || place_in(files, at));
+        }
         self.fold(record, ms, at);
     }
 

@@ -241,3 +241,72 @@ fn churn_summaries_count_as_claims_and_releases_with_one_entry() {
     assert!(words.contains("each held 0-3 ms"), "{words}");
     assert!(p.bars.is_empty(), "churn draws no holder bar");
 }
+
+#[test]
+fn leaks_by_job_name_what_each_hook_freed_and_what_is_still_held() {
+    // Job <b>|x</b> (a name a process chose) claims :8080 and :9090 (charged
+    // by the daemon); its job end frees :8080; :9090's claim is still held
+    // after it. A claim of another job whose end never ran is no leak.
+    let job = r#"{"provider":"github","id":"g1","run":"7","name":"<b>|x</b>"}"#;
+    let claim = |ts: &str, port: u16, pid: u32, job: &str| {
+        format!(
+            r#"{{"v":1,"ts":"{ts}","host":"h","source":"cgroup","kind":"claim","proto":"tcp","addr":"127.0.0.1","port":{port},"process":{{"pid":{pid},"comm":"srv"}},"job":{job},"job_via":"environment"}}"#
+        )
+    };
+    let end = format!(
+        r#"{{"v":1,"ts":"2026-11-30T12:00:05.000Z","host":"h","source":"proc","kind":"job","phase":"end","job":{job},"via":"daemon","ports":[{{"port":8080,"proto":"tcp","outcome":"freed"}},{{"port":6060,"proto":"tcp","outcome":"freed"}}],"leftovers":[{{"port":8080,"proto":"tcp","pid":7,"comm":"srv","decision":"reap","rule":"this job","signals":[]}},{{"port":6060,"proto":"tcp","pid":10,"comm":"srv","decision":"reap","rule":"this job","signals":[]}}],"outcome":"ok","exit":0,"message":"m","dry_run":false}}"#
+    );
+    let other = r#"{"provider":"github","id":"g2"}"#;
+    let text = [
+        claim("2026-11-30T12:00:00.000Z", 8080, 7, job),
+        claim("2026-11-30T12:00:01.000Z", 9090, 8, job),
+        claim("2026-11-30T12:00:02.000Z", 7070, 9, other),
+        end,
+        // Written after the hook's record (the daemon's churn window), made before it.
+        claim("2026-11-30T12:00:03.000Z", 6060, 10, job),
+    ]
+    .join("\n");
+    let r = report_of(&text, Filter::default(), Limits::default());
+    let rows: Vec<(u16, &str, Option<&str>, Option<&str>)> = r
+        .leaks_by_job
+        .iter()
+        .map(|l| {
+            (
+                l.port,
+                l.status.as_str(),
+                l.freed_by.as_deref(),
+                l.since.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                8080,
+                "freed",
+                Some("job end of github job g1"),
+                Some("2026-11-30T12:00:00.000Z")
+            ),
+            (
+                6060,
+                "freed",
+                Some("job end of github job g1"),
+                Some("2026-11-30T12:00:03.000Z")
+            ),
+            (9090, "still_held", None, Some("2026-11-30T12:00:01.000Z")),
+        ]
+    );
+    assert_eq!(r.leaks_by_job[0].job.id, "g1");
+    assert_eq!(r.leaks_by_job[2].evidence, "demo.jsonl:2");
+    // The job's name is data: escaped in each view.
+    let md = crate::report::render(&r, crate::report::Format::Md);
+    assert!(md.contains("## Leaks by job"), "{md}");
+    assert!(md.contains("\\<b\\>\\|x"), "{md}");
+    assert!(!md.contains("<b>") && !md.contains(" |x"), "{md}");
+    let html = crate::report::render(&r, crate::report::Format::Html);
+    assert!(html.contains("&lt;b&gt;"), "{html}");
+    assert!(!html.contains("<b>|x"), "{html}");
+    let json = crate::report::render(&r, crate::report::Format::Json);
+    assert!(json.contains("\"leaks_by_job\""), "{json}");
+}
