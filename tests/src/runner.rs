@@ -17,7 +17,13 @@ pub struct Runner {
     pub dir: tempfile::TempDir,
     /// Every server a step started, killed on drop.
     servers: Vec<u32>,
+    /// One runner at a time in this test binary: a container is tied to a
+    /// job by when it started, and another test's job running then makes
+    /// it ambiguous (as two jobs on one host would).
+    _one: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_RUNNER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One job: its worker, its variables, the FIFO its steps go through.
 pub struct Worker {
@@ -66,6 +72,7 @@ impl Runner {
     }
 
     fn start_in(dir: tempfile::TempDir, socket: &std::path::Path) -> Runner {
+        let one = ONE_RUNNER.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new(fixture_bin("runner"));
         cmd.env("REAPER_CONTROL_SOCKET", socket);
         for v in [
@@ -83,6 +90,7 @@ impl Runner {
             proc: Spawned::spawn(&mut cmd),
             dir,
             servers: Vec::new(),
+            _one: one,
         }
     }
 

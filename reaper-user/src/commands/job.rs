@@ -28,12 +28,12 @@ pub fn run(global: &Global, cmd: JobCommand) -> Result<Exit> {
             ports.dedup();
             let (job, opts, journal) = prepare(global, &a.common, false)?;
             let run = flow::start(job, &ports, &opts)?;
-            emit(&run, &a.common, journal)
+            emit(&run, &a.common, journal, opts.daemon.is_some())
         }
         JobCommand::End(a) => {
             let (job, opts, journal) = prepare(global, &a.common, a.all)?;
             let run = flow::end(job, &opts)?;
-            emit(&run, &a.common, journal)
+            emit(&run, &a.common, journal, opts.daemon.is_some())
         }
     }
 }
@@ -98,9 +98,15 @@ fn ask_daemon(global: &Global) -> Option<reaper::job::daemon::Ledger> {
     }
 }
 
-/// Journal, job summary, then stdout.
-fn emit(run: &flow::JobRun, c: &JobCommon, journal: Option<JournalWriter>) -> Result<Exit> {
+/// Journal (and the daemon's, when it answered), job summary, then stdout.
+fn emit(
+    run: &flow::JobRun,
+    c: &JobCommon,
+    journal: Option<JournalWriter>,
+    daemon: bool,
+) -> Result<Exit> {
     let mut exit = run.status();
+    let told = daemon.then(|| tell_daemon(run));
     if let Some(mut w) = journal {
         let rec = Record::new("proc", Body::Job(Box::new(run.record())));
         if let Err(e) = w.append(&rec) {
@@ -116,7 +122,14 @@ fn emit(run: &flow::JobRun, c: &JobCommon, journal: Option<JournalWriter>) -> Re
     if c.json {
         output::json_line(run)?;
     } else {
-        output::print(&render::human(run))?;
+        let mut text = render::human(run);
+        if let Some(Some(journal)) = &told {
+            text.push_str(&format!(
+                "the daemon journals this run in {}\n",
+                term(journal)
+            ));
+        }
+        output::print(&text)?;
     }
     if exit != Exit::Ok {
         eprintln!("reaper: {}", term(&run.message));
@@ -130,6 +143,36 @@ fn emit(run: &flow::JobRun, c: &JobCommon, journal: Option<JournalWriter>) -> Re
         }
     }
     Ok(exit)
+}
+
+/// Hands the run's record to the daemon, which journals and counts it;
+/// the daemon's journal path when it took it (a failure is said on
+/// stderr: the run itself stands).
+fn tell_daemon(run: &flow::JobRun) -> Option<String> {
+    let request = reaper::control::Request::Job {
+        record: Box::new(run.record()),
+    };
+    match reaper::control::query(&reaper::control::default_path(), &request) {
+        Ok(Some(r)) if r.ok => Some(r.journal.unwrap_or_else(|| "its journal".into())),
+        Ok(Some(r)) => {
+            eprintln!(
+                "reaper: the daemon did not record this run: {}",
+                term(r.error.as_deref().unwrap_or("refused"))
+            );
+            None
+        }
+        Ok(None) => {
+            eprintln!("reaper: the daemon stopped answering: this run is not in its journal");
+            None
+        }
+        Err(e) => {
+            eprintln!(
+                "reaper: the daemon did not record this run: {}",
+                term(&format!("{e:#}"))
+            );
+            None
+        }
+    }
 }
 
 /// GitHub's job summary: appended to $GITHUB_STEP_SUMMARY when it is set.

@@ -53,6 +53,11 @@ pub enum Request {
         #[serde(default = "default_limit")]
         limit: usize,
     },
+    /// A `reaper job start`/`job end` run, for the daemon's journal and
+    /// metrics (the hook asked the daemon; the daemon writes its record).
+    Job {
+        record: Box<crate::journal::JobRecord>,
+    },
 }
 
 fn default_limit() -> usize {
@@ -141,10 +146,15 @@ pub struct Shared {
     pub since: String,
     /// The journal path, for clients that want the record.
     pub journal: Option<String>,
+    /// Job hooks' runs waiting for the daemon's loop to journal them.
+    pub job_records: Vec<crate::journal::JobRecord>,
 }
 
 /// Where the daemon listens, and where clients look, unless configured.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/reaper/reaper.sock";
+
+/// How many job runs may wait for the daemon's loop.
+const JOB_RECORDS_QUEUED: usize = 1000;
 
 /// How many conflict records the control socket remembers.
 pub const CONFLICTS_KEPT: usize = 1000;
@@ -161,6 +171,7 @@ impl Shared {
             degraded,
             since: rfc3339(chrono::Utc::now()),
             journal: None,
+            job_records: Vec::new(),
         }
     }
 
@@ -209,8 +220,9 @@ impl Shared {
         }
     }
 
-    /// Answers one request from the ledger.
-    pub fn answer(&self, req: &Request) -> Response {
+    /// Answers one request from the ledger (a job run is queued for the
+    /// journal).
+    pub fn answer(&mut self, req: &Request) -> Response {
         let mut r = Response {
             ok: true,
             error: None,
@@ -243,6 +255,14 @@ impl Shared {
             Request::Conflicts { limit } => {
                 let skip = self.conflicts.len().saturating_sub(*limit);
                 r.conflicts = self.conflicts.iter().skip(skip).cloned().collect();
+            }
+            Request::Job { record } => {
+                if self.job_records.len() >= JOB_RECORDS_QUEUED {
+                    return refusal(format!(
+                        "the daemon has {JOB_RECORDS_QUEUED} job runs waiting for its journal: this one was not recorded"
+                    ));
+                }
+                self.job_records.push((**record).clone());
             }
         }
         r
@@ -364,7 +384,7 @@ async fn connection(
         let resp = match serde_json::from_str::<Request>(&text) {
             Ok(req) => shared.lock().unwrap().answer(&req),
             Err(e) => refusal(format!(
-                "bad request ({e}): send one JSON object a line, e.g. {{\"cmd\":\"who\",\"port\":8080,\"proto\":\"tcp\"}}, {{\"cmd\":\"ports\"}}, {{\"cmd\":\"conflicts\",\"limit\":50}}"
+                "bad request ({e}): send one JSON object a line, e.g. {{\"cmd\":\"who\",\"port\":8080,\"proto\":\"tcp\"}}, {{\"cmd\":\"ports\"}}, {{\"cmd\":\"conflicts\",\"limit\":50}}, {{\"cmd\":\"job\",\"record\":{{...}}}}"
             )),
         };
         let mut line = serde_json::to_vec(&resp)?;

@@ -24,6 +24,7 @@ mod churn;
 pub mod config;
 mod conflicts;
 mod ingest;
+mod jobs;
 mod procinfo;
 mod reapings;
 mod reconcile;
@@ -287,6 +288,7 @@ impl Daemon {
                 }
             }
             self.events(&mut raw);
+            self.job_records();
             self.check_losses();
             for burst in self.bursts.expire(Instant::now()) {
                 self.close_burst(burst);

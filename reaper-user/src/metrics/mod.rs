@@ -53,6 +53,10 @@ pub struct Metrics {
     pub ledger_claims: AtomicU64,
     pub degraded: AtomicU64,
     pub reloads: AtomicU64,
+    /// Ports `job end` hooks freed.
+    pub job_end_freed: AtomicU64,
+    /// Leftovers job hooks found stale, by the leaking job's provider.
+    job_leftovers: Mutex<BTreeMap<String, u64>>,
     bind_failures: Mutex<BTreeMap<String, u64>>,
     reapings: Mutex<BTreeMap<String, u64>>,
     tier: Mutex<String>,
@@ -95,7 +99,32 @@ fn bind_errnos() -> impl Iterator<Item = String> {
     .chain(["UNKNOWN".to_string()])
 }
 
+/// The CI providers `reaper job` knows, exported at 0 from the start.
+const JOB_PROVIDERS: &[&str] = &["buildkite", "github", "gitlab", "jenkins"];
+
 impl Metrics {
+    /// A job hook's run, as it reported it to the daemon: its stale
+    /// leftovers by the provider of the job that left them, and (job end)
+    /// the ports it freed. Dry runs count nothing.
+    pub fn job_run(&self, r: &crate::journal::JobRecord) {
+        if r.dry_run {
+            return;
+        }
+        let mut by = self.job_leftovers.lock().unwrap();
+        for l in r
+            .leftovers
+            .iter()
+            .filter(|l| l.decision == crate::vocab::Decision::Reap)
+        {
+            let provider = l.job.as_ref().unwrap_or(&r.job).provider.clone();
+            *by.entry(provider).or_default() += 1;
+        }
+        if r.phase == "end" {
+            let freed = r.ports.iter().filter(|p| p.outcome == "freed").count();
+            self.job_end_freed.fetch_add(freed as u64, Relaxed);
+        }
+    }
+
     pub fn new(tier: &str) -> Arc<Metrics> {
         let m = Metrics::default();
         *m.tier.lock().unwrap() = tier.to_string();
@@ -107,6 +136,10 @@ impl Metrics {
             .lock()
             .unwrap()
             .extend(bind_errnos().map(|e| (e, 0)));
+        m.job_leftovers
+            .lock()
+            .unwrap()
+            .extend(JOB_PROVIDERS.iter().map(|p| (p.to_string(), 0)));
         Arc::new(m)
     }
 
@@ -252,6 +285,22 @@ impl Metrics {
                 escape(errno)
             );
         }
+        let _ = writeln!(out, "# HELP reaper_job_leftovers_total Holders job start/end hooks found left by a job (stale), by the provider of the job that left them.");
+        let _ = writeln!(out, "# TYPE reaper_job_leftovers_total counter");
+        for (provider, v) in self.job_leftovers.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "reaper_job_leftovers_total{{provider=\"{}\"}} {v}",
+                escape(provider)
+            );
+        }
+        sample(
+            "counter",
+            out,
+            "reaper_job_end_freed_total",
+            "Ports job end hooks freed.",
+            self.job_end_freed.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP reaper_reapings_total Holders the daemon tried to stop, by outcome."

@@ -432,4 +432,50 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
         assert!(alive(pid), "{who} (pid {pid}) was signalled");
     }
     assert!(!can_listen(pb), "job B's port was freed");
+    assert!(
+        end.stderr.is_empty(),
+        "the daemon did not take the run: {end:?}"
+    );
+
+    // The daemon journaled the hook's run and counted it.
+    let rec = d.wait_record("the job end record", |r| {
+        r["kind"] == "job" && r["phase"] == "end"
+    });
+    assert_eq!(rec["via"], "daemon", "{rec:#}");
+    let scrape = d.scrape();
+    reaper_tests::daemon::promtool_check(&scrape)
+        .unwrap_or_else(|e| panic!("promtool: {e}\n{scrape}"));
+    for line in [
+        "reaper_job_end_freed_total 2",
+        "reaper_job_leftovers_total{provider=\"github\"} 2",
+        "reaper_job_leftovers_total{provider=\"gitlab\"} 0",
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line}:\n{scrape}");
+    }
+
+    // The report: each of job A's ports, since its claim, freed by its hook.
+    let out = reaper_tests::reaper()
+        .args(["report", "--format", "json", "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let leaks = report["leaks_by_job"].as_array().expect("leaks by job");
+    let leak = leaks
+        .iter()
+        .find(|l| l["port"] == pcleared)
+        .unwrap_or_else(|| panic!("no leak of {pcleared}: {leaks:#?}"));
+    assert_eq!(leak["job"]["id"], a.tracking_id.as_str(), "{leak:#}");
+    assert_eq!(leak["status"], "freed");
+    assert_eq!(
+        leak["freed_by"],
+        format!("job end of github job {}", a.tracking_id).as_str()
+    );
+    assert!(
+        leak["since"].is_string(),
+        "{leak:#}\n{}",
+        std::fs::read_to_string(&d.journal).unwrap()
+    );
+    assert!(leaks.iter().all(|l| l["port"] != pb), "{leaks:#?}");
 }

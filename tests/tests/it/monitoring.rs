@@ -148,6 +148,9 @@ fn every_dashboard_query_names_metrics_a_running_daemon_exports() {
     for line in [
         "reaper_reapings_total{outcome=\"still_held\"} 0",
         "reaper_reapings_total{outcome=\"failed\"} 0",
+        "reaper_job_leftovers_total{provider=\"github\"} 0",
+        "reaper_job_leftovers_total{provider=\"buildkite\"} 0",
+        "reaper_job_end_freed_total 0",
     ] {
         assert!(
             scrape.lines().any(|l| l == line),
