@@ -26,5 +26,6 @@ mod monitoring;
 mod packaging;
 mod report;
 mod ship;
+mod signals;
 mod systemd;
 mod why;

@@ -632,6 +632,7 @@ impl Aggregator {
             elapsed_ms,
             dry_run,
             container,
+            ..
         } = body
         else {
             return;
