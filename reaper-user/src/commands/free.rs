@@ -30,8 +30,9 @@ use reaper::journal::ContainerStop;
 use reaper::journal::Record;
 use reaper::output::{self, Style};
 use reaper::policy::{Context, FlagRule, Policy, Verdict};
-use reaper::reap::plan::{self, Judged, JudgedContainer, Plan, Tree, Unowned};
-use reaper::reap::{self, BindProbe, StopOptions, TargetOutcome, TargetReport};
+use reaper::reap::plan::{Judged, JudgedContainer, Plan, Tree, Unowned};
+use reaper::reap::records::{self, Holders, Ran};
+use reaper::reap::{self, BindProbe, Execution, StopOptions, TargetOutcome, TargetReport};
 use reaper::text::{shell_word, term};
 use reaper::vocab::{Decision, Outcome, Proto, SocketState};
 
@@ -99,8 +100,7 @@ pub fn run(global: &Global, mut args: FreeArgs) -> Result<Exit> {
         plan: &plan,
         scan_ms: scan.duration_ms,
         gaps: &scan.gaps,
-        targets: Vec::new(),
-        container_stops: Vec::new(),
+        done: None,
         free_at: None,
         journal,
     };
@@ -239,8 +239,8 @@ struct Run<'a> {
     plan: &'a Plan,
     scan_ms: f64,
     gaps: &'a ScanGaps,
-    targets: Vec<TargetReport>,
-    container_stops: Vec<ContainerStop>,
+    /// What executing the plan did (None when it was not executed).
+    done: Option<Execution>,
     free_at: Option<Instant>,
     /// Opened before any work (see `run`).
     journal: Option<JournalWriter>,
@@ -318,14 +318,14 @@ impl<'a> Run<'a> {
             Ok(done) => done,
             Err(why) => unreachable!("the plan refused after its refusal was checked: {why}"),
         };
-        self.targets = done.targets;
-        self.container_stops = done.containers;
         self.free_at = done.free_at;
-        Ok(match done.free_at {
+        let last_error = done.last_error.clone();
+        self.done = Some(done);
+        Ok(match self.free_at {
             Some(free_at) => Ended::Freed { free_at },
             None => Ended::StillHeld {
                 after_ms: reap::ms_since(self.start, Instant::now()),
-                error: done.last_error.unwrap_or_default(),
+                error: last_error.unwrap_or_default(),
                 holders_now: holders_now(query),
             },
         })
@@ -422,7 +422,7 @@ impl<'a> Run<'a> {
         if self.plan.targets().len() == 1 && exits.len() == 1 {
             msg.push_str(&format!(
                 " ({})",
-                exits[0].replacen(&format!("pid {} ", self.targets[0].pid), "holder ", 1)
+                exits[0].replacen(&format!("pid {} ", self.targets()[0].pid), "holder ", 1)
             ));
         } else if !exits.is_empty() {
             msg.push_str(&format!(" ({})", exits.join(", ")));
@@ -440,7 +440,7 @@ impl<'a> Run<'a> {
 
     /// One phrase per target that exited or was gone.
     fn exit_words(&self) -> Vec<String> {
-        self.targets
+        self.targets()
             .iter()
             .filter_map(|t| match &t.outcome {
                 TargetOutcome::Exited { by, after_ms } => {
@@ -454,7 +454,7 @@ impl<'a> Run<'a> {
 
     /// One phrase per container the engine stopped.
     fn stopped_words(&self) -> Vec<String> {
-        self.container_stops
+        self.container_stops()
             .iter()
             .filter(|c| c.stopped())
             .map(|c| {
@@ -471,8 +471,11 @@ impl<'a> Run<'a> {
 
     /// One phrase per container or process that was not stopped, and why.
     fn skipped_words(&self) -> Vec<String> {
-        let containers = self.container_stops.iter().filter_map(|c| c.error.clone());
-        let processes = self.targets.iter().filter_map(|t| match &t.outcome {
+        let containers = self
+            .container_stops()
+            .iter()
+            .filter_map(|c| c.error.clone());
+        let processes = self.targets().iter().filter_map(|t| match &t.outcome {
             TargetOutcome::IdentityChanged { changes } => Some(format!(
                 "pid {} was not signalled: its identity changed since it was judged ({})",
                 t.pid,
@@ -529,9 +532,13 @@ impl Run<'_> {
                 holders: &self.plan.judged,
                 unowned: &self.plan.unowned,
                 containers: &self.plan.containers,
-                container_stops: &self.container_stops,
-                signals: self.targets.iter().flat_map(|t| t.signals.iter()).collect(),
-                targets: &self.targets,
+                container_stops: self.container_stops(),
+                signals: self
+                    .targets()
+                    .iter()
+                    .flat_map(|t| t.signals.iter())
+                    .collect(),
+                targets: self.targets(),
                 outcome,
                 message,
                 exit: exit.code(),
@@ -654,7 +661,7 @@ impl Run<'_> {
     /// What happened, in time order (ms since the start), not yet escaped.
     fn events(&self) -> Vec<(f64, String)> {
         let mut events: Vec<(f64, String)> = Vec::new();
-        for c in &self.container_stops {
+        for c in self.container_stops() {
             let what = match (&c.error, c.stopped_at_ms) {
                 (Some(e), _) => {
                     format!(
@@ -671,7 +678,7 @@ impl Run<'_> {
             };
             events.push((c.stopped_at_ms.unwrap_or_default() as f64, what));
         }
-        for t in &self.targets {
+        for t in self.targets() {
             for s in &t.signals {
                 events.push((s.at_ms, format!("{} -> pid {}", s.signal, s.pid)));
             }
@@ -703,23 +710,22 @@ impl Run<'_> {
         let Some(w) = self.journal.as_mut() else {
             return Ok(());
         };
-        let containers = self.plan.container_targets().into_iter().map(|c| {
-            reap::records::container_reaping(c, None, Outcome::InProgress, None, None, false)
-        });
-        let processes = self
-            .plan
-            .targets()
-            .into_iter()
-            .map(|j| reap::records::reaping(j, &[], Outcome::InProgress, None, None, false));
-        for body in containers.chain(processes) {
-            w.append(&Record::new("proc", body)).with_context(|| {
+        for r in records::reapings(
+            self.plan,
+            Ran::Starting,
+            Holders::Targets,
+            None,
+            None,
+            false,
+        ) {
+            w.append(&Record::new("proc", r.body)).with_context(|| {
                 "cannot write the reaping's intent to the journal; nothing was signalled. Free space there, or fix the path".to_string()
             })?;
         }
         Ok(())
     }
 
-    /// One Reaping record per judged process: the outcome.
+    /// One Reaping record per holder judged: the outcome.
     fn journal(
         &self,
         w: &mut JournalWriter,
@@ -727,54 +733,39 @@ impl Run<'_> {
         free_at: Option<String>,
         elapsed_ms: f64,
     ) -> Result<()> {
-        for (i, c) in self.plan.containers.iter().enumerate() {
-            let reaped = c.verdict.decision == Decision::Reap;
-            let stop = reaped
-                .then(|| {
-                    let k = self.plan.containers[..i]
-                        .iter()
-                        .filter(|x| x.verdict.decision == Decision::Reap)
-                        .count();
-                    self.container_stops.get(k)
-                })
-                .flatten();
-            let target_outcome = match (outcome, stop) {
-                ("dry_run", _) => "dry_run",
-                (_, Some(s)) => plan::container_outcome(s, free_at.is_some()),
-                (_, None) if !reaped => "refused",
-                (o, None) => o,
-            };
-            let body = reap::records::container_reaping(
-                c,
-                stop,
-                Outcome::from(target_outcome),
-                free_at.clone(),
-                Some(elapsed_ms.round() as u64),
-                self.args.dry_run,
-            );
-            w.append(&Record::new("proc", body))?;
-        }
-        for j in &self.plan.judged {
-            let report = self.targets.iter().find(|t| t.pid == j.process.pid);
-            let target_outcome = match (outcome, report) {
-                ("dry_run", _) => Outcome::DryRun,
-                (_, None) if j.verdict.decision != Decision::Reap => Outcome::Refused,
-                (_, None) => Outcome::from(outcome),
-                (_, Some(r)) => r.outcome.outcome(free_at.is_some()),
-            };
-            let signals = report.map(|r| r.signals.as_slice()).unwrap_or_default();
-            let body = reap::records::reaping(
-                j,
-                signals,
-                target_outcome,
-                free_at.clone(),
-                Some(elapsed_ms.round() as u64),
-                self.args.dry_run,
-            );
+        let ran = match &self.done {
+            Some(done) => Ran::Executed(done),
+            None => Ran::Skipped(Outcome::from(outcome)),
+        };
+        let elapsed_ms = Some(elapsed_ms.round() as u64);
+        for r in records::reapings(
+            self.plan,
+            ran,
+            Holders::All,
+            free_at,
+            elapsed_ms,
+            self.args.dry_run,
+        ) {
             // The error names the path and the cause (ENOSPC, EROFS).
-            w.append(&Record::new("proc", body))?;
+            w.append(&Record::new("proc", r.body))?;
         }
         Ok(())
+    }
+
+    /// Each target's story (none when the plan was not executed).
+    fn targets(&self) -> &[TargetReport] {
+        self.done
+            .as_ref()
+            .map(|d| d.targets.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Each container target's stop (none when the plan was not executed).
+    fn container_stops(&self) -> &[ContainerStop] {
+        self.done
+            .as_ref()
+            .map(|d| d.containers.as_slice())
+            .unwrap_or_default()
     }
 }
 

@@ -10,10 +10,11 @@ use tokio::sync::mpsc;
 
 use crate::conflict::{ConflictKey, Reaped};
 use crate::policy::Context as PolicyContext;
+use crate::reap::records::{self, Holder, Holders, Ran};
 use crate::reap::{self, Plan, StopOptions};
 use crate::text::term;
 use crate::util::rfc3339;
-use crate::vocab::{Decision, Outcome};
+use crate::vocab::Decision;
 
 use super::conflicts::Finding;
 use super::{Daemon, Work, STOP_WAIT};
@@ -160,40 +161,25 @@ impl Daemon {
 
     /// The log lines and the `in_progress` records, flushed.
     pub(super) fn record_intent(&mut self, plan: &Plan, key: ConflictKey) {
-        for c in plan.container_targets() {
-            tracing::warn!(
-                "reaping container {} publishing {}/{}: stopping it through the engine: {}",
-                crate::text::term(&c.container.words()),
-                key.port,
-                key.proto,
-                c.verdict
-            );
-            self.journal(reap::records::container_reaping(
-                c,
-                None,
-                Outcome::InProgress,
-                None,
-                None,
-                false,
-            ));
-        }
-        for j in &plan.judged {
-            tracing::warn!(
-                "reaping pid {} ({}) holding {}/{}: {}",
-                j.process.pid,
-                term(&j.process.comm),
-                key.port,
-                key.proto,
-                term(&j.verdict.to_string())
-            );
-            self.journal(reap::records::reaping(
-                j,
-                &[],
-                Outcome::InProgress,
-                None,
-                None,
-                false,
-            ));
+        for r in records::reapings(plan, Ran::Starting, Holders::Targets, None, None, false) {
+            match r.holder {
+                Holder::Container(c) => tracing::warn!(
+                    "reaping container {} publishing {}/{}: stopping it through the engine: {}",
+                    crate::text::term(&c.container.words()),
+                    key.port,
+                    key.proto,
+                    c.verdict
+                ),
+                Holder::Process(j) => tracing::warn!(
+                    "reaping pid {} ({}) holding {}/{}: {}",
+                    j.process.pid,
+                    term(&j.process.comm),
+                    key.port,
+                    key.proto,
+                    term(&j.verdict.to_string())
+                ),
+            }
+            self.journal(r.body);
         }
         // The intent is on disk before the first signal (and so is every
         // record queued before it).
@@ -223,47 +209,26 @@ impl Daemon {
         };
         let free_at = r.execution.free_at.map(|t| rfc3339(reap::wall_of(t)));
         let elapsed = Some(flight.started.elapsed().as_millis() as u64);
-        for (c, stop) in flight
-            .plan
-            .container_targets()
-            .into_iter()
-            .zip(&r.execution.containers)
-        {
-            let outcome = reap::plan::container_outcome(stop, free_at.is_some());
-            self.metrics.reaping(outcome);
-            tracing::warn!(
-                "reaping of container {} on {}/{}: {outcome}",
-                crate::text::term(&c.container.words()),
-                c.socket.port,
-                c.socket.proto
-            );
-            self.journal(reap::records::container_reaping(
-                c,
-                Some(stop),
-                Outcome::from(outcome),
-                free_at.clone(),
-                elapsed,
-                false,
-            ));
-        }
-        for (j, t) in flight.plan.judged.iter().zip(&r.execution.targets) {
-            let outcome = t.outcome.outcome(r.execution.free_at.is_some());
+        let ran = Ran::Executed(&r.execution);
+        for r in records::reapings(&flight.plan, ran, Holders::Targets, free_at, elapsed, false) {
+            let outcome = &r.outcome;
             self.metrics.reaping(outcome.as_str());
-            tracing::warn!(
-                "reaping of pid {} ({}) on {}/{}: {outcome}",
-                j.process.pid,
-                term(&j.process.comm),
-                j.sockets[0].port,
-                j.sockets[0].proto
-            );
-            self.journal(reap::records::reaping(
-                j,
-                &t.signals,
-                outcome,
-                free_at.clone(),
-                elapsed,
-                false,
-            ));
+            match r.holder {
+                Holder::Container(c) => tracing::warn!(
+                    "reaping of container {} on {}/{}: {outcome}",
+                    crate::text::term(&c.container.words()),
+                    c.socket.port,
+                    c.socket.proto
+                ),
+                Holder::Process(j) => tracing::warn!(
+                    "reaping of pid {} ({}) on {}/{}: {outcome}",
+                    j.process.pid,
+                    term(&j.process.comm),
+                    j.sockets[0].port,
+                    j.sockets[0].proto
+                ),
+            }
+            self.journal(r.body);
         }
     }
 
@@ -314,46 +279,26 @@ impl Daemon {
     fn journal_interrupted(&mut self) {
         for (_, flight) in std::mem::take(&mut self.reapings.in_flight) {
             let elapsed = Some(flight.started.elapsed().as_millis() as u64);
-            for c in flight.plan.container_targets() {
-                self.metrics.reaping(Outcome::Interrupted.as_str());
-                self.journal(reap::records::container_reaping(
-                    c,
-                    None,
-                    Outcome::Interrupted,
-                    None,
-                    elapsed,
-                    false,
-                ));
-            }
-            for j in &flight.plan.judged {
-                let sent: Vec<reap::SignalSent> = flight
-                    .signals
-                    .iter()
-                    .filter(|s| s.pid == j.process.pid)
-                    .cloned()
-                    .collect();
-                self.metrics.reaping(Outcome::Interrupted.as_str());
-                tracing::warn!(
-                    "reaping of pid {} ({}) interrupted by the stop after {}",
-                    j.process.pid,
-                    term(&j.process.comm),
-                    if sent.is_empty() {
-                        "no signal".to_string()
-                    } else {
-                        sent.iter()
-                            .map(|s| s.signal.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" and ")
-                    }
-                );
-                self.journal(reap::records::reaping(
-                    j,
-                    &sent,
-                    Outcome::Interrupted,
-                    None,
-                    elapsed,
-                    false,
-                ));
+            let ran = Ran::Interrupted(&flight.signals);
+            for r in records::reapings(&flight.plan, ran, Holders::Targets, None, elapsed, false) {
+                self.metrics.reaping(r.outcome.as_str());
+                if let Holder::Process(j) = r.holder {
+                    tracing::warn!(
+                        "reaping of pid {} ({}) interrupted by the stop after {}",
+                        j.process.pid,
+                        term(&j.process.comm),
+                        if r.signals.is_empty() {
+                            "no signal".to_string()
+                        } else {
+                            r.signals
+                                .iter()
+                                .map(|s| s.signal.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        }
+                    );
+                }
+                self.journal(r.body);
             }
         }
     }

@@ -707,16 +707,7 @@ impl JobRun {
                     decision: j.verdict.decision,
                     rule: j.verdict.rule.clone(),
                     signals: t
-                        .map(|t| {
-                            t.signals
-                                .iter()
-                                .map(|s| SignalRecord {
-                                    pid: s.pid,
-                                    signal: s.signal.to_string(),
-                                    ts: s.ts.clone(),
-                                })
-                                .collect()
-                        })
+                        .map(|t| t.signals.iter().map(SignalRecord::from).collect())
                         .unwrap_or_default(),
                     done: t.map(target_words),
                 });
