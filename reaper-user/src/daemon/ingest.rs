@@ -25,6 +25,8 @@ pub(super) struct Ingest {
     /// The binder's parent and exe by pid, for a second: a process that binds
     /// in a loop is read once, not once per bind.
     binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
+    /// Each claim's CI job, read when it is made.
+    pub(super) jobs: crate::holders::charge::Charger,
 }
 
 impl Ingest {
@@ -33,6 +35,7 @@ impl Ingest {
             stream,
             matcher,
             binders: std::collections::HashMap::new(),
+            jobs: crate::holders::charge::Charger::new(),
         }
     }
 }
@@ -144,17 +147,23 @@ impl Daemon {
                     outside_pidns: fact.outside_pidns.then_some(true),
                     ..ProcessRef::default()
                 };
-                self.shared
-                    .lock()
-                    .unwrap()
-                    .binders
-                    .insert(fact.cookie, binder);
+                let charge = self.ingest.jobs.charge(fact.pid);
+                {
+                    let mut shared = self.shared.lock().unwrap();
+                    shared.binders.insert(fact.cookie, binder);
+                    if let Some(c) = &charge {
+                        shared.ledger.charge(fact.cookie, c.clone());
+                    }
+                }
+                let (job, job_via) = charge.map(|c| (c.job, c.via)).unzip();
                 self.journal_claim(
                     Body::Claim {
                         at,
                         process,
                         cookie: Some(fact.cookie),
                         requested_port: fact.requested_port,
+                        job,
+                        job_via,
                     },
                     fact.cookie,
                 );
@@ -162,6 +171,7 @@ impl Daemon {
             ("listen", _) => {
                 self.metrics.listens.fetch_add(1, Relaxed);
                 self.sink.churn.pin(fact.cookie);
+                self.charge_unbound(fact.cookie, fact.pid);
                 self.journal(Body::Listen {
                     at,
                     process: ProcessRef {
@@ -205,6 +215,17 @@ impl Daemon {
             }
             ("bind", false) => self.failed_bind(fact, holder),
             _ => {}
+        }
+    }
+
+    /// A claim made by listen() without a bind (the kernel picked the
+    /// port) is charged when it listens.
+    fn charge_unbound(&mut self, cookie: u64, pid: u32) {
+        if !self.shared.lock().unwrap().ledger.uncharged(cookie) {
+            return;
+        }
+        if let Some(c) = self.ingest.jobs.charge(pid) {
+            self.shared.lock().unwrap().ledger.charge(cookie, c);
         }
     }
 

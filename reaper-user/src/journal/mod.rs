@@ -146,6 +146,13 @@ pub enum Body {
         /// The port asked for when it differs (0: the kernel chose).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requested_port: Option<u16>,
+        /// The CI job the daemon charged the claim to when it was made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<crate::vocab::Job>,
+        /// How it knew: "environment", "ancestor PID (COMM)", or the run
+        /// and job name (see docs/journal.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_via: Option<String>,
     },
     /// A bound TCP socket started listening.
     Listen {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::events::{event_addr, event_family, event_proto, BindResult, Observation};
 use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock};
-use crate::vocab::{Family, Proto, Source};
+use crate::vocab::{Charge, Family, Proto, Source};
 
 /// Where a claim sits. Two namespaces with the same port are two keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -44,6 +44,9 @@ pub struct Claim {
     pub requested_port: Option<u16>,
     /// Tier name, or "proc" for claims found by a scan.
     pub source: Source,
+    /// The CI job it is charged to, read when it was made (the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Charge>,
 }
 
 /// A bind that failed.
@@ -242,6 +245,19 @@ impl Ledger {
         self.claims.entry(claim.cookie).or_insert(claim);
     }
 
+    /// Charges a claim to its CI job (read when it was made); a claim
+    /// already charged keeps its first charge.
+    pub fn charge(&mut self, cookie: u64, job: Charge) {
+        if let Some(c) = self.claims.get_mut(&cookie) {
+            c.job.get_or_insert(job);
+        }
+    }
+
+    /// Whether a claim still needs its job read.
+    pub fn uncharged(&self, cookie: u64) -> bool {
+        self.claims.get(&cookie).is_some_and(|c| c.job.is_none())
+    }
+
     /// Removes a claim found stale by a scan; returns it.
     pub fn forget(&mut self, cookie: u64) -> Option<Claim> {
         self.claims.remove(&cookie)
@@ -317,6 +333,7 @@ impl Ledger {
                 listening_at: None,
                 requested_port: fact.requested_port,
                 source: self.source.clone(),
+                job: None,
             };
             if bound.flags & reaper_common::FLAG_UNSTORED != 0 {
                 self.unstored.insert(bound.cookie);
@@ -446,6 +463,7 @@ impl Ledger {
                     listening_at: Some(at),
                     requested_port: None,
                     source: self.source.clone(),
+                    job: None,
                 },
             );
         }
@@ -538,6 +556,7 @@ impl Ledger {
             listening_at: listen.then_some(at),
             requested_port: (ev.flags & reaper_common::FLAG_EPHEMERAL != 0).then_some(0),
             source: self.source.clone(),
+            job: None,
         })
     }
 }
