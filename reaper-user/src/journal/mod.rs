@@ -68,6 +68,11 @@ pub struct ProcessRef {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned: Option<bool>,
+    /// True when the process is outside reaper's pid namespace (reaper runs
+    /// in a container without the host's pids): the kernel saw it, reaper
+    /// cannot, so `pid` is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_pidns: Option<bool>,
 }
 
 /// Where: a port in a network namespace.
