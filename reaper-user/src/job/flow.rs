@@ -184,6 +184,7 @@ pub fn policy(phase: Phase, user: Option<Policy>) -> Policy {
             matcher: job_matcher(rule.1),
             action: Action::Reap,
             tree: true,
+            clients: false,
         }],
         protects: vec![Protect {
             name: protect.0.into(),

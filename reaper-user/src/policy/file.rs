@@ -12,6 +12,7 @@
 //! match = { exe = "/usr/local/bin/platform-server", orphaned = true, min_age = "30s" }
 //! action = "reap"          # or "report"
 //! tree = false             # true: stop its children that share the socket too
+//! clients = false          # true: may judge a client's connection on the port too
 //! ```
 
 use std::fmt;
@@ -82,6 +83,10 @@ struct RuleToml {
     /// match on their own are stopped with the holder (`free --tree`).
     #[serde(default)]
     tree: bool,
+    /// The rule may judge a client's connection on the port too (a port the
+    /// kernel gave to a connect()); without it clients are never signalled.
+    #[serde(default)]
+    clients: bool,
 }
 
 fn default_action() -> Action {
@@ -331,6 +336,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
             matcher: m,
             action: r.action,
             tree: r.tree,
+            clients: r.clients,
         });
     }
     for p in file.protect {

@@ -18,6 +18,10 @@ pub struct Rule {
     /// Tree semantics for what this rule reaps (see `reap::plan`): holders'
     /// children sharing the socket are stopped with them.
     pub tree: bool,
+    /// The rule may also judge a client's connection on the port (one
+    /// `connect()` was given): only a rule that says so explicitly, since
+    /// signalling a client is rarely the fix (reserving the port is).
+    pub clients: bool,
 }
 
 /// A protection: whatever it matches is never signalled.
@@ -99,6 +103,7 @@ impl Policy {
                 matcher: m,
                 action: Action::Reap,
                 tree: false,
+                clients: false,
             });
         }
         Ok(p)
@@ -110,6 +115,17 @@ impl Policy {
         self.rules.extend(other.rules);
         self.protects.extend(other.protects);
         self
+    }
+
+    /// The rules that name clients (`clients = true`) with every
+    /// protection: the policy a client's connection is judged by. None when
+    /// no rule names clients.
+    pub fn for_clients(&self) -> Option<Policy> {
+        let rules: Vec<Rule> = self.rules.iter().filter(|r| r.clients).cloned().collect();
+        (!rules.is_empty()).then(|| Policy {
+            rules,
+            protects: self.protects.clone(),
+        })
     }
 
     /// True when no rule could ever reap anything.
