@@ -185,6 +185,7 @@ pub fn policy(phase: Phase, user: Option<Policy>) -> Policy {
             action: Action::Reap,
             tree: true,
             signal: None,
+            clients: false,
         }],
         protects: vec![Protect {
             name: protect.0.into(),

@@ -13,6 +13,7 @@
 //! action = "reap"          # or "report"
 //! tree = false             # true: stop its children that share the socket too
 //! signal = "SIGTERM"       # the stop signal: "SIGINT", "INT", 2, ... (SIGKILL after the grace)
+//! clients = false          # true: may judge a client's connection on the port too
 //! ```
 
 use std::fmt;
@@ -87,6 +88,10 @@ struct RuleToml {
     /// checked in [`parse`], where the error can name the rule.
     #[serde(default)]
     signal: Option<Spanned<toml::Value>>,
+    /// The rule may judge a client's connection on the port too (a port the
+    /// kernel gave to a connect()); without it clients are never signalled.
+    #[serde(default)]
+    clients: bool,
 }
 
 fn default_action() -> Action {
@@ -344,6 +349,7 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
             action: r.action,
             tree: r.tree,
             signal,
+            clients: r.clients,
         });
     }
     for p in file.protect {

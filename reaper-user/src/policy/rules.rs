@@ -22,6 +22,10 @@ pub struct Rule {
     /// the grace). None: SIGTERM for a process, the container's own stop
     /// signal (its image's STOPSIGNAL) for a container.
     pub signal: Option<Signal>,
+    /// The rule may also judge a client's connection on the port (one
+    /// `connect()` was given): only a rule that says so explicitly, since
+    /// signalling a client is rarely the fix (reserving the port is).
+    pub clients: bool,
 }
 
 /// A protection: whatever it matches is never signalled.
@@ -104,6 +108,7 @@ impl Policy {
                 action: Action::Reap,
                 tree: false,
                 signal: None,
+                clients: false,
             });
         }
         Ok(p)
@@ -137,6 +142,17 @@ impl Policy {
             .iter()
             .find(|r| r.name == rule)
             .and_then(|r| r.signal)
+    }
+
+    /// The rules that name clients (`clients = true`) with every
+    /// protection: the policy a client's connection is judged by. None when
+    /// no rule names clients.
+    pub fn for_clients(&self) -> Option<Policy> {
+        let rules: Vec<Rule> = self.rules.iter().filter(|r| r.clients).cloned().collect();
+        (!rules.is_empty()).then(|| Policy {
+            rules,
+            protects: self.protects.clone(),
+        })
     }
 
     /// True when no rule could ever reap anything.

@@ -183,9 +183,12 @@ impl Plan {
                 continue;
             }
             if bindmodel::client_connection(e, facts) {
-                // A client's port: never signalled, whatever the rules say.
+                // A client's port: never signalled, unless a rule names
+                // clients (`clients = true`) and judges every holder reap.
                 out.blocking.push(h.socket.clone());
-                out.unowned.push(client(h));
+                if !out.judge_client(h, policy, ctx) {
+                    out.unowned.push(client(h));
+                }
                 continue;
             }
             if bindmodel::blocks_next_server(e) == Some(false) {
@@ -219,6 +222,47 @@ impl Plan {
         }
         out.judge_processes(by_pid, policy, ctx, tree);
         out
+    }
+
+    /// A client's connection judged by the rules that name clients
+    /// (`clients = true`) and the protections: its holders are judged only
+    /// when every one of them is to be reaped; false (nothing judged) when
+    /// no such rule matches them all, so the plan refuses in the client's
+    /// words.
+    fn judge_client(&mut self, h: &Holding, policy: &Policy, ctx: &Context) -> bool {
+        let Some(clients) = policy.for_clients() else {
+            return false;
+        };
+        if h.processes.is_empty() {
+            return false;
+        }
+        let verdicts: Vec<Verdict> = h
+            .processes
+            .iter()
+            .map(|p| {
+                let mut v = clients.judge(p, &h.socket, ctx);
+                v.reasons
+                    .push("a client's connection, which the rule names (clients = true)".into());
+                v
+            })
+            .collect();
+        if verdicts.iter().any(|v| v.decision != Decision::Reap) {
+            return false;
+        }
+        for (p, verdict) in h.processes.iter().zip(verdicts) {
+            if let Some(j) = self.judged.iter_mut().find(|j| j.process.pid == p.pid) {
+                j.sockets.push(h.socket.clone());
+                continue;
+            }
+            self.judged.push(Judged {
+                process: p.clone(),
+                sockets: vec![h.socket.clone()],
+                role: Role::Holder,
+                signal: stop_signal(&clients, &verdict),
+                verdict,
+            });
+        }
+        true
     }
 
     /// Judges the container a proxy publishes the port for (once per
@@ -1049,6 +1093,54 @@ mod tests {
         assert!(why.contains("client's connection"), "{why}");
         assert!(why.contains("ip_local_reserved_ports"), "{why}");
         assert!(p.targets().is_empty());
+    }
+
+    #[test]
+    fn only_a_rule_that_names_clients_judges_a_client_connection() {
+        let h = vec![holding("ESTAB", vec![proc_(300, 1, &[1])])];
+        let rules = |clients: &str| {
+            Policy::from_toml_str(&format!(
+                "[[rule]]\nname = \"stale clients\"\nmatch = {{ name = \"platform-server\" }}\n{clients}"
+            ))
+            .unwrap()
+        };
+        // The same rule without the opt-in: refused in the client's words.
+        let p = Plan::judge(&h, &rules(""), &ctx(), Tree::Flag(false), NO_PGRP);
+        assert!(p.judged.is_empty());
+        assert!(p.refusal().unwrap().contains("client's connection"));
+        let p = Plan::judge(
+            &h,
+            &rules("clients = false"),
+            &ctx(),
+            Tree::Flag(false),
+            NO_PGRP,
+        );
+        assert!(p.judged.is_empty());
+        // With it: judged by that rule, and nothing refuses.
+        let p = Plan::judge(
+            &h,
+            &rules("clients = true"),
+            &ctx(),
+            Tree::Flag(false),
+            NO_PGRP,
+        );
+        assert_eq!(p.judged.len(), 1, "{:?}", p.unowned);
+        assert_eq!(p.judged[0].verdict.decision, Decision::Reap);
+        assert_eq!(p.judged[0].verdict.rule.as_deref(), Some("stale clients"));
+        assert!(p.judged[0]
+            .verdict
+            .reasons
+            .iter()
+            .any(|r| r.contains("clients = true")));
+        assert!(p.refusal().is_none());
+        // A clients rule that does not match the client leaves it refused.
+        let other = Policy::from_toml_str(
+            "[[rule]]\nname = \"curl\"\nmatch = { name = \"curl\" }\nclients = true\n",
+        )
+        .unwrap();
+        let p = Plan::judge(&h, &other, &ctx(), Tree::Flag(false), NO_PGRP);
+        assert!(p.judged.is_empty());
+        assert!(p.refusal().unwrap().contains("client's connection"));
     }
 
     #[test]
