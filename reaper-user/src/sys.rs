@@ -9,7 +9,9 @@
 //! - `bpf`: the claims map read whole (hooks' claims map, which aya does not
 //!   batch);
 //! - `socket`, `setsockopt_int`, `bind`, `listen`, `setns_net`: the bind
-//!   probe (reap), a bind exactly as the next server makes it.
+//!   probe (reap), a bind exactly as the next server makes it;
+//! - `getsockopt(SO_NETNS_COOKIE)`: which namespace a kernel event's netns
+//!   cookie names (holders' netns).
 //!
 //! Everything nix wraps (openat, readlink, signals by pid, ...) is called
 //! through nix where it is used.
@@ -246,6 +248,28 @@ pub fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `getsockopt(SO_NETNS_COOKIE)` (Linux 5.14): the cookie of the network
+/// namespace the socket was made in, the one the kernel side's
+/// `bpf_get_netns_cookie` gives.
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a pointer to a u64 and its size, which the kernel fills.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 #[cfg(test)]

@@ -144,6 +144,7 @@ impl Daemon {
                         (Some(p), Some(c)) => vec![format!("{p}:{c}")],
                         _ => Vec::new(),
                     },
+                    outside_pidns: fact.outside_pidns.then_some(true),
                     ..ProcessRef::default()
                 };
                 let charge = self.ingest.jobs.charge(fact.pid);
@@ -177,6 +178,7 @@ impl Daemon {
                         pid: fact.pid,
                         comm: fact.comm.clone(),
                         uid: Some(fact.uid),
+                        outside_pidns: fact.outside_pidns.then_some(true),
                         ..ProcessRef::default()
                     },
                     cookie: Some(fact.cookie),
@@ -204,6 +206,7 @@ impl Daemon {
                         pid: fact.pid,
                         comm: fact.comm.clone(),
                         uid: Some(fact.uid),
+                        outside_pidns: fact.outside_pidns.then_some(true),
                         ..ProcessRef::default()
                     }),
                     held_ms: fact.held_ms,
@@ -229,6 +232,10 @@ impl Daemon {
     /// The binder's parent and exe, read from /proc at most once per
     /// [`BINDER_TTL`] for a process that binds in a loop.
     pub(super) fn binder(&mut self, pid: u32) -> control::Binder {
+        if pid == 0 {
+            // Outside reaper's pid namespace: nothing of it to read.
+            return control::Binder::default();
+        }
         let now = Instant::now();
         if let Some((at, b)) = self.ingest.binders.get(&pid) {
             if now.duration_since(*at) < BINDER_TTL {

@@ -1,7 +1,12 @@
 //! reap -> **container**: a container holder stopped through the engine
-//! (the engine sends SIGTERM, then SIGKILL when the grace ends), after
-//! re-checking that it is still the container judged. The only engine call
-//! that changes anything; holders only read through the engine.
+//! (the engine sends the stop signal, then SIGKILL when the grace ends),
+//! after re-checking that it is still the container judged. The only engine
+//! call that changes anything; holders only read through the engine.
+//!
+//! The stop signal is the one a rule (or `free --signal`) names, passed to
+//! the engine's stop; else the container's own, which the engine uses when
+//! asked for none (the image's STOPSIGNAL, else SIGTERM): reaper reads it
+//! (`Config.StopSignal`) only to journal what was sent.
 
 use std::time::Duration;
 
@@ -9,23 +14,28 @@ use anyhow::{anyhow, Context};
 use bollard::query_parameters::StopContainerOptionsBuilder;
 
 use crate::holders::container::engine::{
-    containers, socket_path, state, with_engine, TIMEOUT_SECS,
+    containers, socket_path, state, stop_signal, with_engine, TIMEOUT_SECS,
 };
 use crate::holders::container::{short, Container};
 use crate::journal::ContainerStop;
+use crate::vocab::Signal;
 
 use super::{wait_bindable, BindProbe};
 
-/// Stops a container through the engine: SIGTERM (or its stop signal),
-/// then SIGKILL after `grace`. Returns when the engine says it stopped.
-/// The container is kept (`exited`), not removed.
-fn stop(id: &str, grace: Duration) -> anyhow::Result<()> {
+/// Stops a container through the engine: `signal` (None: its own stop
+/// signal), then SIGKILL after `grace`. Returns when the engine says it
+/// stopped. The container is kept (`exited`), not removed.
+fn stop(id: &str, grace: Duration, signal: Option<Signal>) -> anyhow::Result<()> {
     let id_owned = id.to_string();
     let secs = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
     // The engine answers a stop only after the grace (and the kill).
     let timeout = TIMEOUT_SECS + secs as u64;
     let out = with_engine(timeout, move |docker| async move {
-        let opts = StopContainerOptionsBuilder::new().t(secs).build();
+        let mut opts = StopContainerOptionsBuilder::new().t(secs);
+        if let Some(sig) = signal {
+            opts = opts.signal(sig.as_str());
+        }
+        let opts = opts.build();
         docker.stop_container(&id_owned, Some(opts)).await?;
         Ok(())
     })
@@ -41,15 +51,18 @@ fn stop(id: &str, grace: Duration) -> anyhow::Result<()> {
 
 /// Stops a container holder: re-checks through the engine that the
 /// container is still the one judged (same id, same image, running), then
-/// stops it with `grace` (kept as `exited`, not removed). The port is not
-/// waited for here: the caller probes it once every target is done.
-pub fn stop_judged(judged: &Container, grace: Duration) -> ContainerStop {
+/// stops it with `signal` (None: its own stop signal) and `grace` (kept as
+/// `exited`, not removed). The port is not waited for here: the caller
+/// probes it once every target is done.
+pub fn stop_judged(judged: &Container, grace: Duration, signal: Option<Signal>) -> ContainerStop {
     let start = std::time::Instant::now();
     let mut out = ContainerStop {
         id: judged.id.clone(),
         name: judged.name.clone(),
         image: judged.image.clone(),
         grace_ms: grace.as_millis() as u64,
+        signal: None,
+        signal_from: None,
         stopped_at_ms: None,
         state_after: None,
         port_free_at_ms: None,
@@ -88,7 +101,17 @@ pub fn stop_judged(judged: &Container, grace: Duration) -> ContainerStop {
             return out;
         }
     }
-    if let Err(e) = stop(&judged.id, grace) {
+    let (sent, from) = match signal {
+        Some(sig) => (sig.as_str().to_string(), "rule"),
+        None => match stop_signal(&judged.id) {
+            Ok(Some(own)) => (signal_name(&own), "container"),
+            Ok(None) => (Signal::Term.as_str().to_string(), "default"),
+            Err(e) => (format!("its own (unreadable: {e:#})"), "container"),
+        },
+    };
+    out.signal = Some(sent);
+    out.signal_from = Some(from.to_string());
+    if let Err(e) = stop(&judged.id, grace, signal) {
         out.error = Some(format!("{e:#}"));
         return out;
     }
@@ -97,15 +120,24 @@ pub fn stop_judged(judged: &Container, grace: Duration) -> ContainerStop {
     out
 }
 
+/// A stop signal as the engine keeps it ("SIGQUIT", "QUIT", "3"), by
+/// its name when reaper knows it, else as written.
+fn signal_name(own: &str) -> String {
+    own.parse::<Signal>()
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| own.trim().to_string())
+}
+
 /// [`stop_judged`], then waits until the probes bind (or `deadline`).
 pub fn stop_and_wait(
     judged: &Container,
     grace: Duration,
+    signal: Option<Signal>,
     probes: &[BindProbe],
     deadline: std::time::Instant,
 ) -> ContainerStop {
     let start = std::time::Instant::now();
-    let mut out = stop_judged(judged, grace);
+    let mut out = stop_judged(judged, grace, signal);
     if out.error.is_some() {
         return out;
     }

@@ -645,6 +645,7 @@ impl Aggregator {
             elapsed_ms,
             dry_run,
             container,
+            ..
         } = body
         else {
             return;
