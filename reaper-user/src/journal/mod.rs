@@ -162,6 +162,23 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cookie: Option<u64>,
     },
+    /// The kernel gave a watched port to a `connect()`: "port P was given
+    /// to pid X (comm) connecting to Y at T". `ts` is when the handshake
+    /// ended; the owner is the process holding that connection when the
+    /// daemon looked (by its socket cookie), absent when it had closed.
+    ClientPort {
+        #[serde(flatten)]
+        at: Endpoint,
+        /// The peer, "addr:port" ("[addr]:port" for IPv6).
+        peer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<ProcessRef>,
+        cookie: u64,
+        /// When the handshake ended (RFC 3339).
+        connected_at: String,
+        /// In words, for a reader of the record.
+        note: String,
+    },
     /// A claim ended.
     Release {
         #[serde(flatten)]

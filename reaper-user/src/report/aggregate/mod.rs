@@ -326,6 +326,8 @@ impl Aggregator {
             Body::Loss { lost } => self.fold_loss(seen, lost),
             Body::Start { version, tier, .. } => self.fold_start(seen, version, tier),
             Body::Stop { .. } => {}
+            // The record says it in words; the report does not fold it yet.
+            Body::ClientPort { .. } => {}
             Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
