@@ -47,6 +47,14 @@ pub const FLAG_EPHEMERAL: u8 = 2;
 /// in [`MAP_CLAIMS`] (the map was full; counted in [`MAP_CLAIMS_FULL`]).
 pub const FLAG_UNSTORED: u8 = 4;
 
+/// Set when the calling task is outside the pid namespace userspace named
+/// in [`GLOBAL_PIDNS_INO`] (the host, a sibling container, or a namespace
+/// nested in userspace's own: `bpf_get_ns_current_pid_tgid` maps only the
+/// task's own namespace). Then [`Event::tgid`] is 0, and [`Event::tid`] is
+/// the initial namespace's thread id, only good for joining an attempt to
+/// its outcome.
+pub const FLAG_OUTSIDE_PIDNS: u8 = 8;
+
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU counter of events the kernel side could not reserve
@@ -58,6 +66,12 @@ pub const GLOBAL_EXACT: &str = "REAPER_EXACT";
 /// Global set by userspace: 1 to send an event for every bind, ephemeral
 /// ones included (`watch --all`); 0 summarises port-0 binds kernel-side.
 pub const GLOBAL_ALL: &str = "REAPER_ALL";
+/// Globals set by userspace when its pid namespace is not the initial one:
+/// that namespace's nsfs device (kernel `dev_t`: major << 20 | minor) and
+/// inode, from `stat /proc/self/ns/pid`. The kernel side then reports pids
+/// as that namespace numbers them (`bpf_get_ns_current_pid_tgid`).
+pub const GLOBAL_PIDNS_DEV: &str = "REAPER_PIDNS_DEV";
+pub const GLOBAL_PIDNS_INO: &str = "REAPER_PIDNS_INO";
 /// The kernel-side claims: socket cookie -> the [`Event`] of its bind (or
 /// listen), removed by the release hook. Read by userspace when it needs the
 /// truth (start, after a loss, ephemeral claims) instead of scanning /proc.
@@ -91,9 +105,11 @@ pub struct Event {
     pub netns_cookie: u64,
     /// cgroup v2 id of the calling task.
     pub cgroup_id: u64,
-    /// Process id (thread-group id) in the initial pid namespace.
+    /// Process id (thread-group id) in userspace's pid namespace (the
+    /// initial one unless [`GLOBAL_PIDNS_INO`] is set); 0 with
+    /// [`FLAG_OUTSIDE_PIDNS`].
     pub tgid: u32,
-    /// Thread id in the initial pid namespace.
+    /// Thread id, as `tgid` (see [`FLAG_OUTSIDE_PIDNS`]).
     pub tid: u32,
     pub uid: u32,
     /// For [`KIND_OUTCOME`]: 0 or a negative errno. Otherwise 0.

@@ -32,12 +32,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{bpf_pidns_info, bpf_sock, bpf_sock_addr, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_ns_current_pid_tgid, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit, lsm, map, tracepoint},
     maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -49,8 +50,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reaper_common::{
-    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_UNSTORED, KIND_ATTEMPT, KIND_BOUND, KIND_FAILED,
-    KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
+    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_OUTSIDE_PIDNS, FLAG_UNSTORED, KIND_ATTEMPT,
+    KIND_BOUND, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
 };
 
 /// Allowed: cgroup sock/sock_addr programs return 1 to let the call go on.
@@ -94,7 +95,8 @@ static PENDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockState {
-    /// The last bind attempt: when (CLOCK_BOOTTIME) and by whom.
+    /// The last bind attempt: when (CLOCK_BOOTTIME) and by whom (as
+    /// [`current_pid_tgid`] numbers it: 0 outside reaper's pid namespace).
     ts_ns: u64,
     pid_tgid: u64,
     /// Its requested address (as in [`Event::addr`]) and port (host order).
@@ -126,6 +128,61 @@ static REAPER_EXACT: u8 = 0;
 /// Set by userspace to 1 to send every bind (ephemeral ones too).
 #[no_mangle]
 static REAPER_ALL: u8 = 0;
+
+/// Set by userspace when it runs in a pid namespace other than the initial
+/// one: that namespace's nsfs device (kernel `dev_t`) and inode. 0: pids are
+/// the initial namespace's, as `bpf_get_current_pid_tgid` gives them.
+#[no_mangle]
+static REAPER_PIDNS_DEV: u64 = 0;
+#[no_mangle]
+static REAPER_PIDNS_INO: u64 = 0;
+
+/// The caller's `tgid << 32 | tid` as userspace's pid namespace numbers it,
+/// or 0 when the caller is not in that namespace (userspace cannot see it;
+/// the event is flagged [`FLAG_OUTSIDE_PIDNS`]).
+#[inline(always)]
+fn current_pid_tgid() -> u64 {
+    // SAFETY: globals patched by the loader; read-only, so the verifier
+    // knows them and prunes the helper call when no namespace is set.
+    let (dev, ino) = unsafe {
+        (
+            core::ptr::read_volatile(&REAPER_PIDNS_DEV),
+            core::ptr::read_volatile(&REAPER_PIDNS_INO),
+        )
+    };
+    if ino == 0 {
+        return bpf_get_current_pid_tgid();
+    }
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    let size = core::mem::size_of::<bpf_pidns_info>() as u32;
+    // SAFETY: `ns` is a stack buffer of `size` bytes.
+    let r = unsafe { bpf_get_ns_current_pid_tgid(dev, ino, &mut ns, size) };
+    if r != 0 {
+        return 0;
+    }
+    ((ns.tgid as u64) << 32) | ns.pid as u64
+}
+
+/// Whether userspace asked for pids of its own pid namespace.
+#[inline(always)]
+fn pidns_mapped() -> bool {
+    // SAFETY: as in current_pid_tgid.
+    unsafe { core::ptr::read_volatile(&REAPER_PIDNS_INO) != 0 }
+}
+
+/// Sets the ids of `pid_tgid` (from [`current_pid_tgid`]) in `ev`. Outside
+/// userspace's pid namespace the tgid is 0 and the tid the initial
+/// namespace's: only to join an attempt to its outcome, never a pid.
+#[inline(always)]
+fn set_ids(ev: &mut Event, pid_tgid: u64) {
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.flags &= !FLAG_OUTSIDE_PIDNS;
+    if pid_tgid == 0 && pidns_mapped() {
+        ev.flags |= FLAG_OUTSIDE_PIDNS;
+        ev.tid = bpf_get_current_pid_tgid() as u32;
+    }
+}
 
 #[inline(always)]
 fn exact_tier() -> bool {
@@ -181,14 +238,12 @@ fn count_lost<C: EbpfContext>(ctx: &C) {
 /// The caller's identity and the time.
 #[inline(always)]
 fn fill_identity(ev: &mut Event) {
-    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helpers without preconditions.
     unsafe {
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.cgroup_id = bpf_get_current_cgroup_id();
     }
-    ev.tgid = (pid_tgid >> 32) as u32;
-    ev.tid = pid_tgid as u32;
+    set_ids(ev, current_pid_tgid());
     ev.uid = bpf_get_current_uid_gid() as u32;
     match bpf_get_current_comm() {
         Ok(comm) => ev.comm = comm,
@@ -303,7 +358,7 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
                 send_failed(ctx, &*st, ctx.as_ptr());
             }
             (*st).ts_ns = bpf_ktime_get_boot_ns();
-            (*st).pid_tgid = bpf_get_current_pid_tgid();
+            (*st).pid_tgid = current_pid_tgid();
             (*st).addr = addr;
             (*st).port = port;
             (*st).family = family;
@@ -337,7 +392,8 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
         (*ev).port = port;
         (*ev).addr = addr;
         if exact {
-            let _ = PENDING.insert(&(*ev).tid, &1, 0);
+            // Keyed by the initial namespace's tid, as on_outcome looks it up.
+            let _ = PENDING.insert(&(bpf_get_current_pid_tgid() as u32), &1, 0);
         }
         if !st.is_null() {
             (*st).state |= ST_NOTIFIED;
@@ -355,8 +411,7 @@ fn send_failed<C: EbpfContext>(ctx: &C, st: &SockState, cookie_ctx: *mut core::f
     ev.kind = KIND_FAILED;
     fill_identity(&mut ev);
     ev.ts_ns = st.ts_ns;
-    ev.tgid = (st.pid_tgid >> 32) as u32;
-    ev.tid = st.pid_tgid as u32;
+    set_ids(&mut ev, st.pid_tgid);
     ev.port = st.port;
     ev.family = st.family;
     ev.protocol = st.protocol;

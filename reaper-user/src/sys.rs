@@ -16,7 +16,9 @@
 //!   allocations (holders);
 //! - `capbset_drop`: the bounding set (caps);
 //! - `clock_ns`, `clock_ticks`: the clocks and USER_HZ (util, proc);
-//! - `async_ring_buf`: the eBPF ring buffer registered with tokio (events).
+//! - `async_ring_buf`: the eBPF ring buffer registered with tokio (events);
+//! - `getsockopt(SO_NETNS_COOKIE)`: which namespace a kernel event's netns
+//!   cookie names (holders' netns).
 //!
 //! Everything std or nix wraps safely (signals by pid, fdatasync, write,
 //! ...) is called through them where it is used; no other module holds an
@@ -387,6 +389,28 @@ pub fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `getsockopt(SO_NETNS_COOKIE)` (Linux 5.14): the cookie of the network
+/// namespace the socket was made in, the one the kernel side's
+/// `bpf_get_netns_cookie` gives.
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a pointer to a u64 and its size, which the kernel fills.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// `pidfd_getfd(2)`: a copy, in this process, of fd `fd` of the process

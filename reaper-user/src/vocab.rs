@@ -439,10 +439,37 @@ pub struct Job {
     pub ended: Option<bool>,
 }
 
+/// The job a claim is charged to, read by the daemon when the claim was
+/// made, and how it knew.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub job: Job,
+    /// "environment" (the binder's own), "ancestor PID (COMM)" (the nearest
+    /// ancestor naming a job, as it was at claim time), or "run and job
+    /// name" (the binder's environment names only those, and one running
+    /// job had them).
+    pub via: String,
+}
+
 impl Job {
     /// The job's identity: provider and id.
     pub fn key(&self) -> (&str, &str) {
         (&self.provider, &self.id)
+    }
+
+    /// A GitHub job named by its run and job name only (the environment's
+    /// tracking id was cleared): a matrix sibling may carry the same names.
+    pub fn by_run_and_name_only(&self) -> bool {
+        match (&self.run, &self.name) {
+            (Some(r), Some(n)) => {
+                self.provider == "github"
+                    && self.id.len() == r.len() + 1 + n.len()
+                    && self.id.starts_with(r.as_str())
+                    && self.id.ends_with(n.as_str())
+                    && self.id.as_bytes()[r.len()] == b'/'
+            }
+            _ => false,
+        }
     }
 
     /// "github job github_9f2c… (ended)" in plain words.

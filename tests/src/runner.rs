@@ -52,8 +52,22 @@ impl Hook {
 }
 
 impl Runner {
+    /// A runner whose hooks find no daemon (the scan path), whatever runs
+    /// on the host.
     pub fn start() -> Runner {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("no-daemon.sock");
+        Runner::start_in(dir, &none)
+    }
+
+    /// A runner whose hooks ask the daemon on this control socket.
+    pub fn with_daemon(socket: &std::path::Path) -> Runner {
+        Runner::start_in(tempfile::tempdir().unwrap(), socket)
+    }
+
+    fn start_in(dir: tempfile::TempDir, socket: &std::path::Path) -> Runner {
         let mut cmd = Command::new(fixture_bin("runner"));
+        cmd.env("REAPER_CONTROL_SOCKET", socket);
         for v in [
             "RUNNER_TRACKING_ID",
             "GITHUB_RUN_ID",
@@ -67,7 +81,7 @@ impl Runner {
         }
         Runner {
             proc: Spawned::spawn(&mut cmd),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             servers: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@ use reaper::output;
 use reaper::policy::Policy;
 use reaper::text::term;
 
-pub fn run(_global: &Global, cmd: JobCommand) -> Result<Exit> {
+pub fn run(global: &Global, cmd: JobCommand) -> Result<Exit> {
     match cmd {
         JobCommand::Start(a) => {
             let mut ports = Vec::new();
@@ -26,12 +26,12 @@ pub fn run(_global: &Global, cmd: JobCommand) -> Result<Exit> {
             }
             ports.sort_unstable();
             ports.dedup();
-            let (job, opts, journal) = prepare(&a.common, false)?;
+            let (job, opts, journal) = prepare(global, &a.common, false)?;
             let run = flow::start(job, &ports, &opts)?;
             emit(&run, &a.common, journal)
         }
         JobCommand::End(a) => {
-            let (job, opts, journal) = prepare(&a.common, a.all)?;
+            let (job, opts, journal) = prepare(global, &a.common, a.all)?;
             let run = flow::end(job, &opts)?;
             emit(&run, &a.common, journal)
         }
@@ -41,6 +41,7 @@ pub fn run(_global: &Global, cmd: JobCommand) -> Result<Exit> {
 /// The job, the options and the journal, all checked before anything is
 /// scanned or signalled.
 fn prepare(
+    global: &Global,
     c: &JobCommon,
     all: bool,
 ) -> Result<(
@@ -70,8 +71,31 @@ fn prepare(
         grace: c.grace,
         deadline: c.deadline,
         policy,
+        daemon: ask_daemon(global),
     };
     Ok((job, opts, journal))
+}
+
+/// The daemon's claims when one answers on its control socket (not with
+/// `--no-bpf`); a daemon that fails to answer is said, and the run scans.
+fn ask_daemon(global: &Global) -> Option<reaper::job::daemon::Ledger> {
+    use reaper::job::daemon::{ask, Asked};
+    if global.no_bpf {
+        return None;
+    }
+    let path = reaper::control::default_path();
+    match ask(&path) {
+        Asked::Ledger(l) => Some(l),
+        Asked::NoDaemon => None,
+        Asked::Failed(why) => {
+            eprintln!(
+                "reaper: asking the daemon at {} failed: {}; scanning instead",
+                path.display(),
+                term(&why)
+            );
+            None
+        }
+    }
 }
 
 /// Journal, job summary, then stdout.

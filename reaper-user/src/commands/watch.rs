@@ -511,6 +511,7 @@ fn polled_fact(h: &Holding) -> Fact {
         holder_comm: None,
         holder_claim: None,
         container: h.container.clone(),
+        outside_pidns: false,
     }
 }
 

@@ -97,6 +97,12 @@ pub struct ClaimView {
     pub source: Source,
     #[serde(flatten)]
     pub binder: Binder,
+    /// The CI job the daemon charged the claim to when it was made, and
+    /// how it knew ("environment", "ancestor PID (COMM)", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::vocab::Job>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_via: Option<String>,
     /// Recent failed binds of the same port and namespace, oldest first.
     pub failed_attempts: Vec<Attempt>,
 }
@@ -197,6 +203,8 @@ impl Shared {
             listening_at: c.listening_at.map(rfc3339),
             source: c.source.clone(),
             binder: self.binders.get(&c.cookie).cloned().unwrap_or_default(),
+            job: c.job.as_ref().map(|j| j.job.clone()),
+            job_via: c.job.as_ref().map(|j| j.via.clone()),
             failed_attempts: failed,
         }
     }
@@ -458,10 +466,17 @@ pub fn scan_of(resp: &Response) -> crate::holders::Scan {
             dual_stack: false,
             timer_ms: None,
         };
-        let process = details
+        let mut process = details
             .entry(c.pid)
             .or_insert_with(|| crate::holders::process(c.pid))
             .clone();
+        if let (Some(p), Some(j)) = (process.as_mut(), &c.job) {
+            // The job charged at claim time, unless its environment names
+            // one by its id now.
+            if p.job.as_ref().is_none_or(|own| own.by_run_and_name_only()) {
+                p.job = Some(j.clone());
+            }
+        }
         if !netns_seen.contains(&c.netns) {
             netns_seen.push(c.netns);
         }
@@ -515,6 +530,13 @@ pub fn history_lines(resp: &Response) -> String {
             out.push_str(&format!(", listening since {l}"));
         }
         out.push('\n');
+        if let Some(j) = &c.job {
+            out.push_str(&format!(
+                "    charged to {} when it was made (from {})\n",
+                term(&j.words()),
+                term(c.job_via.as_deref().unwrap_or("?"))
+            ));
+        }
         if let Some(last) = c.failed_attempts.last() {
             out.push_str(&format!(
                 "    {} failed bind{} of it, the last at {} by pid {} ({}) {}\n",

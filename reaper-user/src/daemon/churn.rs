@@ -274,6 +274,8 @@ mod tests {
                 },
                 cookie: None,
                 requested_port: None,
+                job: None,
+                job_via: None,
             },
         }
     }

@@ -56,6 +56,7 @@ pub(super) fn verify(
     policy: &Policy,
 ) -> Finding {
     let t = Instant::now();
+    let netns_unknown = fact.netns.is_none();
     let q = Query {
         port: Some(key.port),
         proto: Some(key.proto),
@@ -76,6 +77,20 @@ pub(super) fn verify(
         scan: None,
         took: Duration::ZERO,
     };
+    if netns_unknown {
+        // Scanning namespace 0 would find no holders and say nothing.
+        finding.scan_error = Some(format!(
+            "the failed bind's network namespace (cookie {}) is none reaper can see: no process in it is in reaper's pid namespace and none is pinned in /run/netns{}; run reaper in the host's pid namespace (Kubernetes: hostPID: true; Docker: --pid=host)",
+            finding.fact.netns_cookie,
+            if finding.fact.outside_pidns {
+                ", and the binder itself is outside reaper's pid namespace"
+            } else {
+                ""
+            }
+        ));
+        finding.took = t.elapsed();
+        return finding;
+    }
     match holders::scan(&q) {
         Ok(scan) => {
             // The colliding sockets, without the failed binder's own.
@@ -184,6 +199,8 @@ pub(super) fn conflict_holders(f: &Finding) -> Vec<ProcessRef> {
                 pid: c.pid,
                 comm: c.comm.clone(),
                 uid: Some(c.uid),
+                // The kernel side's pid 0: outside reaper's pid namespace.
+                outside_pidns: (c.pid == 0).then_some(true),
                 ..ProcessRef::default()
             });
         }
@@ -238,7 +255,8 @@ impl Daemon {
             Noted::Joined { .. } => {}
             Noted::New { id } => {
                 // Now, before it exits: who tried.
-                let tried = procinfo::now(fact.pid, &fact.comm, fact.uid);
+                let mut tried = procinfo::now(fact.pid, &fact.comm, fact.uid);
+                tried.outside_pidns = fact.outside_pidns.then_some(true);
                 tracing::info!(
                     "conflict: pid {} ({}) failed to bind {}/{} in netns {} ({}){}",
                     fact.pid,

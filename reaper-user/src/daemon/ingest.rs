@@ -25,6 +25,8 @@ pub(super) struct Ingest {
     /// The binder's parent and exe by pid, for a second: a process that binds
     /// in a loop is read once, not once per bind.
     binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
+    /// Each claim's CI job, read when it is made.
+    pub(super) jobs: crate::holders::charge::Charger,
 }
 
 impl Ingest {
@@ -33,6 +35,7 @@ impl Ingest {
             stream,
             matcher,
             binders: std::collections::HashMap::new(),
+            jobs: crate::holders::charge::Charger::new(),
         }
     }
 }
@@ -141,19 +144,26 @@ impl Daemon {
                         (Some(p), Some(c)) => vec![format!("{p}:{c}")],
                         _ => Vec::new(),
                     },
+                    outside_pidns: fact.outside_pidns.then_some(true),
                     ..ProcessRef::default()
                 };
-                self.shared
-                    .lock()
-                    .unwrap()
-                    .binders
-                    .insert(fact.cookie, binder);
+                let charge = self.ingest.jobs.charge(fact.pid);
+                {
+                    let mut shared = self.shared.lock().unwrap();
+                    shared.binders.insert(fact.cookie, binder);
+                    if let Some(c) = &charge {
+                        shared.ledger.charge(fact.cookie, c.clone());
+                    }
+                }
+                let (job, job_via) = charge.map(|c| (c.job, c.via)).unzip();
                 self.journal_claim(
                     Body::Claim {
                         at,
                         process,
                         cookie: Some(fact.cookie),
                         requested_port: fact.requested_port,
+                        job,
+                        job_via,
                     },
                     fact.cookie,
                 );
@@ -161,12 +171,14 @@ impl Daemon {
             ("listen", _) => {
                 self.metrics.listens.fetch_add(1, Relaxed);
                 self.sink.churn.pin(fact.cookie);
+                self.charge_unbound(fact.cookie, fact.pid);
                 self.journal(Body::Listen {
                     at,
                     process: ProcessRef {
                         pid: fact.pid,
                         comm: fact.comm.clone(),
                         uid: Some(fact.uid),
+                        outside_pidns: fact.outside_pidns.then_some(true),
                         ..ProcessRef::default()
                     },
                     cookie: Some(fact.cookie),
@@ -194,6 +206,7 @@ impl Daemon {
                         pid: fact.pid,
                         comm: fact.comm.clone(),
                         uid: Some(fact.uid),
+                        outside_pidns: fact.outside_pidns.then_some(true),
                         ..ProcessRef::default()
                     }),
                     held_ms: fact.held_ms,
@@ -205,9 +218,24 @@ impl Daemon {
         }
     }
 
+    /// A claim made by listen() without a bind (the kernel picked the
+    /// port) is charged when it listens.
+    fn charge_unbound(&mut self, cookie: u64, pid: u32) {
+        if !self.shared.lock().unwrap().ledger.uncharged(cookie) {
+            return;
+        }
+        if let Some(c) = self.ingest.jobs.charge(pid) {
+            self.shared.lock().unwrap().ledger.charge(cookie, c);
+        }
+    }
+
     /// The binder's parent and exe, read from /proc at most once per
     /// [`BINDER_TTL`] for a process that binds in a loop.
     pub(super) fn binder(&mut self, pid: u32) -> control::Binder {
+        if pid == 0 {
+            // Outside reaper's pid namespace: nothing of it to read.
+            return control::Binder::default();
+        }
         let now = Instant::now();
         if let Some((at, b)) = self.ingest.binders.get(&pid) {
             if now.duration_since(*at) < BINDER_TTL {

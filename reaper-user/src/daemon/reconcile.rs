@@ -114,6 +114,7 @@ pub(super) fn claim_of(h: &Holding) -> Option<Claim> {
         listening_at: (s.state == SocketState::Listen).then_some(started),
         requested_port: None,
         source: Source::Proc,
+        job: None,
     })
 }
 
@@ -309,11 +310,17 @@ impl Daemon {
         started: DateTime<Utc>,
         scan: &Scan,
     ) -> (Vec<Claim>, Vec<Claim>) {
+        let jobs = &mut self.ingest.jobs;
         let live: Vec<(Claim, Option<control::Binder>)> = scan
             .holdings
             .iter()
             .filter(|h| claims_port(h))
             .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
+            .map(|(mut c, b)| {
+                // Found by a scan: its job as its process and parents name it now.
+                c.job = jobs.charge(c.pid);
+                (c, b)
+            })
             .collect();
         let mut added = Vec::new();
         let mut removed = Vec::new();
@@ -367,6 +374,8 @@ impl Daemon {
                 process,
                 cookie: Some(c.cookie),
                 requested_port: None,
+                job: c.job.as_ref().map(|j| j.job.clone()),
+                job_via: c.job.as_ref().map(|j| j.via.clone()),
             });
         }
         for c in removed {

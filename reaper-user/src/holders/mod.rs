@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
+pub mod charge;
 pub mod container;
 pub(crate) mod fdmap;
 pub mod job;

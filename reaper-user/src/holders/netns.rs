@@ -81,6 +81,45 @@ pub fn list(proc_fd: RawFd, pids: &[u32]) -> Vec<Namespace> {
     found.into_values().collect()
 }
 
+/// The cookie of a namespace (what the kernel side's `bpf_get_netns_cookie`
+/// reports), read from a socket made inside it by a short-lived thread.
+pub fn cookie_of(ns: &Namespace, own: Option<u64>) -> io::Result<u64> {
+    let here = || {
+        let fd = crate::sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM)?;
+        crate::sys::netns_cookie(fd.as_fd())
+    };
+    if Some(ns.inode) == own {
+        return here();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<u64> {
+            let file = File::open(&ns.entry)?;
+            if file.metadata()?.ino() != ns.inode {
+                return Err(io::Error::other("the namespace's entry changed"));
+            }
+            crate::sys::setns_net(file.as_fd())?;
+            here()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// Every namespace reaper can see (as [`list`] finds them), by the cookie
+/// the kernel side reports: how an event of a process reaper cannot see
+/// (outside its pid namespace) still names its namespace's inode.
+pub fn by_cookie() -> Vec<(u64, u64)> {
+    let Ok(mut proc) = super::fdmap::open_proc() else {
+        return Vec::new();
+    };
+    let pids = super::fdmap::list_pids(&mut proc);
+    let own = own_inode();
+    list(std::os::fd::AsRawFd::as_raw_fd(&proc), &pids)
+        .iter()
+        .filter_map(|ns| Some((cookie_of(ns, own).ok()?, ns.inode)))
+        .collect()
+}
+
 /// The sockets of one namespace, and where they came from.
 #[derive(Debug)]
 pub struct Listing {

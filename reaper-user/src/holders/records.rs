@@ -25,6 +25,7 @@ impl From<&Process> for ProcessRef {
             cgroup: p.cgroup.clone(),
             container: p.container.clone(),
             orphaned: Some(p.orphaned),
+            outside_pidns: None,
         }
     }
 }

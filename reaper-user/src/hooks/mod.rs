@@ -25,6 +25,7 @@
 //! infer (the holder is known).
 
 mod claims;
+pub mod pidns;
 
 use std::fs::File;
 use std::io;
@@ -279,8 +280,32 @@ pub fn ensure_tracefs() -> bool {
     }
 }
 
-fn loader(opts: &Options, exact: bool) -> EbpfLoader<'static> {
+/// The pid namespace the kernel side is told to number pids in, kept for
+/// the loader (its globals borrow for as long as it lives): [0, 0] when
+/// /proc speaks the initial namespace.
+static PIDNS_GLOBALS: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+
+/// The pid namespace of reaper's /proc, or why it cannot be known (with the
+/// fix).
+fn proc_pidns() -> Result<pidns::PidNs> {
+    pidns::of_proc().map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}: the kernel side's pids cannot be mapped to the processes reaper sees; run reaper in the host's pid namespace (Kubernetes: hostPID: true; Docker: --pid=host)"
+        )
+    })
+}
+
+fn loader(opts: &Options, exact: bool, ns: pidns::PidNs) -> EbpfLoader<'static> {
     let mut l = EbpfLoader::new();
+    let globals = PIDNS_GLOBALS.get_or_init(|| {
+        if ns.is_initial() {
+            [0, 0]
+        } else {
+            [ns.dev, ns.ino]
+        }
+    });
+    l.override_global(reaper_common::GLOBAL_PIDNS_DEV, &globals[0], true);
+    l.override_global(reaper_common::GLOBAL_PIDNS_INO, &globals[1], true);
     l.map_max_entries(reaper_common::MAP_EVENTS, opts.ringbuf_size);
     l.map_max_entries(reaper_common::MAP_CLAIMS, opts.claims_max);
     static ON: u8 = 1;
@@ -342,7 +367,14 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
     let cgroup = cgroup2_root()?;
     let cgroup_fd = File::open(&cgroup)
         .with_context(|| format!("opening the cgroup v2 root {}", cgroup.display()))?;
-    let mut ebpf = loader(opts, tier.exact_errno())
+    let ns = proc_pidns()?;
+    if !ns.is_initial() {
+        tracing::info!(
+            "reaper's /proc numbers processes as pid namespace {} (not the host's): the kernel side reports pids in it, and marks binds of processes outside it",
+            ns.name()
+        );
+    }
+    let mut ebpf = loader(opts, tier.exact_errno(), ns)
         .load(BPF_OBJECT)
         .context("loading reaper's eBPF object (maps could not be created; is BPF allowed here? see `reaper doctor`)")?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -352,7 +384,7 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
             None
         }
     };
-    attach_cgroup_hooks(&mut ebpf, &cgroup_fd)?;
+    attach_cgroup_hooks(&mut ebpf, &cgroup_fd).map_err(|e| in_pidns(e, ns))?;
     let btf = Btf::from_sys_fs().ok();
     let listens = attach_listens(&mut ebpf, btf.as_ref())?;
     attach_exact_errno(&mut ebpf, tier, btf.as_ref())?;
@@ -401,6 +433,22 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
         cgroup,
         _ebpf: ebpf,
     })
+}
+
+/// A refusal in a pid namespace other than the initial one names it and
+/// the fix: the kernel may refuse `bpf_get_ns_current_pid_tgid` to cgroup
+/// programs (it allows it from Linux 6.10).
+fn in_pidns(e: Error, ns: pidns::PidNs) -> Error {
+    match e {
+        Error::HookRefused { hook, reason } if !ns.is_initial() => Error::HookRefused {
+            hook,
+            reason: format!(
+                "{reason}; reaper runs in pid namespace {} and maps pids into it with bpf_get_ns_current_pid_tgid, which cgroup programs may call from Linux 6.10: on an older kernel run reaper in the host's pid namespace (Kubernetes: hostPID: true; Docker: --pid=host)",
+                ns.name()
+            ),
+        },
+        other => other,
+    }
 }
 
 /// The cgroup programs every tier uses, on the cgroup v2 root.
@@ -532,7 +580,7 @@ pub struct Probe {
 
 /// Loads and attaches each hook once, then detaches: what this kernel allows.
 pub fn probe_all() -> Result<Vec<Probe>> {
-    let mut ebpf = loader(&Options::new(4096), false)
+    let mut ebpf = loader(&Options::new(4096), false, proc_pidns()?)
         .load(BPF_OBJECT)
         .context("loading reaper's eBPF object")?;
     let cgroup = cgroup2_root().ok();

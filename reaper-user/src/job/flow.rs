@@ -58,6 +58,8 @@ pub struct Options {
     pub deadline: Duration,
     /// The user's policy file, when given.
     pub policy: Option<Policy>,
+    /// The daemon's claims, when one answered (see [`super::daemon`]).
+    pub daemon: Option<super::daemon::Ledger>,
 }
 
 /// How one port ended.
@@ -213,6 +215,16 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
     let mut table: Option<Table> = None;
     let mut results = Vec::new();
     for &port in ports {
+        if let Some(d) = &opts.daemon {
+            // No claim in the daemon's ledger and the port binds: nothing
+            // holds it, and nothing was scanned.
+            if !d.claimed(port, Proto::Tcp, ctx.netns) {
+                if let Some(r) = bound_at_once(&ctx, port) {
+                    results.push(r);
+                    continue;
+                }
+            }
+        }
         let query = Query {
             port: Some(port),
             proto: Some(Proto::Tcp),
@@ -221,7 +233,11 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
         };
         let mut scan = holders::scan(&query)?;
         if scan.holdings.iter().any(|h| !h.processes.is_empty()) {
-            members::charge(&mut scan.holdings, table.get_or_insert_with(Table::read));
+            let t = table.get_or_insert_with(Table::read);
+            members::charge(&mut scan.holdings, t);
+            if let Some(d) = &opts.daemon {
+                d.apply(&mut scan.holdings, &job, Some(t));
+            }
         }
         results.push(settle(
             &scan.holdings,
@@ -244,31 +260,76 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
     ))
 }
 
+/// A port that binds now, without a scan; None when it does not.
+fn bound_at_once(ctx: &Context, port: u16) -> Option<PortResult> {
+    let probes = Plan::default().probes(ctx, Proto::Tcp, port);
+    reap::wait_bindable(&probes, Instant::now()).free_at?;
+    Some(PortResult {
+        port,
+        proto: Proto::Tcp,
+        holders: Vec::new(),
+        containers: Vec::new(),
+        container_stops: Vec::new(),
+        targets: Vec::new(),
+        outcome: PortOutcome::AlreadyFree,
+        message: format!("port {port}/tcp is free"),
+    })
+}
+
 /// `reaper job end`: what the job left holding a port is stopped.
 pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
     let t0 = Instant::now();
     let mut ctx = context(&job)?;
     let policy = policy(Phase::End, opts.policy.clone());
-    let table = Table::read();
+    let daemon = opts.daemon.as_ref();
+    // The process table: always on the scan path; with the daemon, only
+    // when a container may be the job's (its start time ties it) or the
+    // job's processes that hold no port are to be stopped.
+    let table = match daemon {
+        None => Some(Table::read()),
+        Some(d) => (d.has_proxy() || opts.all).then(Table::read),
+    };
     let query = Query {
         port: None,
         proto: None,
         netns: Some(ctx.netns),
         listening_only: true,
     };
-    // First the sockets of the job's processes (and of those that may be
-    // its): which ports are the job's.
-    let mut first = holders::scan_of(&query, &members::candidates(&table, &job))?;
-    first.holdings.retain(|h| !h.processes.is_empty());
-    members::charge(&mut first.holdings, &table);
-    let mut unattributed = members::charge_containers(&mut first.holdings, &table, &job);
-    unattributed.extend(members::unattributed(&first.holdings, &table, &job));
-    let ports: BTreeSet<(u16, Proto)> = first
-        .holdings
-        .iter()
-        .filter(|h| members::holds_for(h, &job))
-        .map(|h| (h.socket.port, h.socket.proto))
-        .collect();
+    let mut ports: BTreeSet<(u16, Proto)> = BTreeSet::new();
+    let mut unattributed = Vec::new();
+    let mut holding: Vec<u32> = Vec::new();
+    if let Some(table) = &table {
+        // First the sockets of the job's processes (and of those that may
+        // be its): which ports are the job's.
+        let mut first = holders::scan_of(&query, &members::candidates(table, &job))?;
+        first.holdings.retain(|h| !h.processes.is_empty());
+        members::charge(&mut first.holdings, table);
+        if let Some(d) = daemon {
+            d.apply(&mut first.holdings, &job, Some(table));
+        }
+        unattributed = members::charge_containers(&mut first.holdings, table, &job);
+        unattributed.extend(members::unattributed(&first.holdings, table, &job));
+        ports.extend(
+            first
+                .holdings
+                .iter()
+                .filter(|h| members::holds_for(h, &job))
+                .map(|h| (h.socket.port, h.socket.proto)),
+        );
+        holding = first
+            .holdings
+            .iter()
+            .flat_map(|h| h.processes.iter().map(|p| p.pid))
+            .collect();
+    }
+    if let Some(d) = daemon {
+        // The ports whose claims the daemon charged to the job when they
+        // were made.
+        ports.extend(d.ports_of(&job, ctx.netns));
+        unattributed.extend(d.ambiguous(&job, ctx.netns));
+        unattributed.sort_by_key(|u| (u.port, u.pid));
+        unattributed.dedup_by_key(|u| (u.port, u.pid));
+    }
 
     // Then each of those ports whole: every holder is judged (a port one of
     // the job's processes shares with another program is not the job's
@@ -282,8 +343,15 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
             listening_only: true,
         };
         let mut scan = holders::scan(&q)?;
-        members::charge(&mut scan.holdings, &table);
-        members::charge_containers(&mut scan.holdings, &table, &job);
+        if let Some(table) = &table {
+            members::charge(&mut scan.holdings, table);
+        }
+        if let Some(d) = daemon {
+            d.apply(&mut scan.holdings, &job, table.as_ref());
+        }
+        if let Some(table) = &table {
+            members::charge_containers(&mut scan.holdings, table, &job);
+        }
         results.push(settle(
             &scan.holdings,
             proto,
@@ -295,14 +363,12 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
         ));
     }
 
-    let holding: Vec<u32> = first
-        .holdings
-        .iter()
-        .flat_map(|h| h.processes.iter().map(|p| p.pid))
-        .collect();
     let mut skip = ctx.caller_chain.clone();
     skip.push(ctx.reaper_pid);
-    let idle = idle(&table, &job, &holding, &skip, &policy, &mut ctx, opts, t0);
+    let idle = match &table {
+        Some(table) => idle(table, &job, &holding, &skip, &policy, &mut ctx, opts, t0),
+        None => Vec::new(),
+    };
     Ok(finish(
         Phase::End,
         job,
@@ -589,13 +655,31 @@ fn finish(
     opts: &Options,
     t0: Instant,
 ) -> JobRun {
+    let (source, source_note) = match &opts.daemon {
+        Some(d) => (
+            "daemon",
+            Some(format!(
+                "asked the daemon (tier {}): it charged each claim to its job when the claim was made, so a server that cleared its variables or left its parent is still its job's{}",
+                d.tier,
+                if phase == Phase::End && !opts.all && !d.has_proxy() {
+                    "; the job's processes that hold no port are listed with --all (a walk of every process)"
+                } else {
+                    ""
+                }
+            )),
+        ),
+        None => (
+            "scan",
+            (phase == Phase::End).then(|| {
+                "no daemon: the holders' jobs come from their environment and ancestry now; a server that cleared its variables after its parent died cannot be charged to its job".to_string()
+            }),
+        ),
+    };
     let mut run = JobRun {
         phase,
         job,
-        source: "scan",
-        source_note: (phase == Phase::End).then(|| {
-            "no daemon: the holders' jobs come from their environment and ancestry now; a server that cleared its variables after its parent died cannot be charged to its job".to_string()
-        }),
+        source,
+        source_note,
         dry_run: opts.dry_run,
         ports,
         unattributed,

@@ -9,11 +9,13 @@
 //! - [`ports`]: the `--port P,Q,R-S` list.
 //! - [`members`]: which holders belong to which job (their environment,
 //!   their ancestry, a container's start within the job).
+//! - [`daemon`]: the daemon's claims, each charged to its job when made.
 //! - [`flow`]: the start and end flows and what they report.
 //! - [`render`]: the human and Markdown summaries.
 
 use crate::holders::job::{self, Job};
 
+pub mod daemon;
 pub mod flow;
 mod members;
 pub mod ports;

@@ -68,6 +68,11 @@ pub struct ProcessRef {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned: Option<bool>,
+    /// True when the process is outside reaper's pid namespace (reaper runs
+    /// in a container without the host's pids): the kernel saw it, reaper
+    /// cannot, so `pid` is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_pidns: Option<bool>,
 }
 
 /// Where: a port in a network namespace.
@@ -141,6 +146,13 @@ pub enum Body {
         /// The port asked for when it differs (0: the kernel chose).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requested_port: Option<u16>,
+        /// The CI job the daemon charged the claim to when it was made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<crate::vocab::Job>,
+        /// How it knew: "environment", "ancestor PID (COMM)", or the run
+        /// and job name (see docs/journal.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_via: Option<String>,
     },
     /// A bound TCP socket started listening.
     Listen {

@@ -202,6 +202,8 @@ struct Wire {
     process: Option<ProcessRef>,
     cookie: Option<u64>,
     requested_port: Option<u16>,
+    job: Option<crate::vocab::Job>,
+    job_via: Option<String>,
     held_ms: Option<u64>,
     tried: Option<ProcessRef>,
     errno: Option<String>,
@@ -258,6 +260,8 @@ impl Wire {
                 process: w.process?,
                 cookie: w.cookie,
                 requested_port: w.requested_port,
+                job: w.job,
+                job_via: w.job_via,
             },
             "listen" => Body::Listen {
                 at: w.at()?,

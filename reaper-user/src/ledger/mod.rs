@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::events::{event_addr, event_family, event_proto, BindResult, Observation};
 use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock};
-use crate::vocab::{Family, Proto, Source};
+use crate::vocab::{Charge, Family, Proto, Source};
 
 /// Where a claim sits. Two namespaces with the same port are two keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -44,6 +44,9 @@ pub struct Claim {
     pub requested_port: Option<u16>,
     /// Tier name, or "proc" for claims found by a scan.
     pub source: Source,
+    /// The CI job it is charged to, read when it was made (the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Charge>,
 }
 
 /// A bind that failed.
@@ -107,27 +110,50 @@ pub struct Fact {
     /// cgroup, named by the engine when it answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::holders::container::Container>,
+    /// The process is outside reaper's pid namespace (reaper runs in a
+    /// container without the host's pids): `pid` and `tid` are 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub outside_pidns: bool,
 }
 
 /// Maps BPF netns cookies to the inode numbers people see in
-/// `/proc/PID/ns/net`, learning each from the first process seen in it.
+/// `/proc/PID/ns/net`: learnt from the process of the event when reaper can
+/// see it (its pid is reaper's pid namespace's), else by asking each
+/// namespace reaper can see for its cookie (`SO_NETNS_COOKIE`), at most
+/// once a second.
 #[derive(Default)]
 pub struct NetnsNames {
     by_cookie: HashMap<u64, u64>,
+    /// When every visible namespace was last asked for its cookie.
+    asked_at: Option<std::time::Instant>,
 }
 
+/// How often an unknown cookie may make reaper ask every namespace.
+const NETNS_ASK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl NetnsNames {
+    /// The inode of the namespace with `cookie`; `tgid` 0 is a process
+    /// reaper cannot see (outside its pid namespace).
     pub fn resolve(&mut self, cookie: u64, tgid: u32) -> Option<u64> {
         if cookie != 0 {
             if let Some(ino) = self.by_cookie.get(&cookie) {
                 return Some(*ino);
             }
         }
-        let ino = crate::holders::netns::netns_of_pid(tgid)?;
-        if cookie != 0 {
-            self.by_cookie.insert(cookie, ino);
+        if tgid != 0 {
+            if let Some(ino) = crate::holders::netns::netns_of_pid(tgid) {
+                self.learn(cookie, ino);
+                return Some(ino);
+            }
         }
-        Some(ino)
+        if cookie == 0 || self.asked_at.is_some_and(|t| t.elapsed() < NETNS_ASK_EVERY) {
+            return None;
+        }
+        self.asked_at = Some(std::time::Instant::now());
+        for (c, ino) in crate::holders::netns::by_cookie() {
+            self.learn(c, ino);
+        }
+        self.by_cookie.get(&cookie).copied()
     }
     /// Teaches a mapping learnt elsewhere.
     pub fn learn(&mut self, cookie: u64, ino: u64) {
@@ -219,6 +245,19 @@ impl Ledger {
         self.claims.entry(claim.cookie).or_insert(claim);
     }
 
+    /// Charges a claim to its CI job (read when it was made); a claim
+    /// already charged keeps its first charge.
+    pub fn charge(&mut self, cookie: u64, job: Charge) {
+        if let Some(c) = self.claims.get_mut(&cookie) {
+            c.job.get_or_insert(job);
+        }
+    }
+
+    /// Whether a claim still needs its job read.
+    pub fn uncharged(&self, cookie: u64) -> bool {
+        self.claims.get(&cookie).is_some_and(|c| c.job.is_none())
+    }
+
     /// Removes a claim found stale by a scan; returns it.
     pub fn forget(&mut self, cookie: u64) -> Option<Claim> {
         self.claims.remove(&cookie)
@@ -235,11 +274,14 @@ impl Ledger {
 
     fn base_fact(&mut self, kind: &'static str, ev: &Event) -> Fact {
         let netns = self.netns.resolve(ev.netns_cookie, ev.tgid);
+        let outside_pidns = ev.flags & reaper_common::FLAG_OUTSIDE_PIDNS != 0;
         Fact {
             ts: rfc3339(self.clock.to_wall(ev.ts_ns)),
             kind,
             pid: ev.tgid,
-            tid: ev.tid,
+            // Outside reaper's pid namespace the event's tid is the host's:
+            // not a number anything reaper reads knows.
+            tid: if outside_pidns { 0 } else { ev.tid },
             comm: comm_from_bytes(&ev.comm),
             uid: ev.uid,
             netns,
@@ -260,6 +302,7 @@ impl Ledger {
             holder_comm: None,
             holder_claim: None,
             container: None,
+            outside_pidns,
         }
     }
 
@@ -290,6 +333,7 @@ impl Ledger {
                 listening_at: None,
                 requested_port: fact.requested_port,
                 source: self.source.clone(),
+                job: None,
             };
             if bound.flags & reaper_common::FLAG_UNSTORED != 0 {
                 self.unstored.insert(bound.cookie);
@@ -419,6 +463,7 @@ impl Ledger {
                     listening_at: Some(at),
                     requested_port: None,
                     source: self.source.clone(),
+                    job: None,
                 },
             );
         }
@@ -511,6 +556,7 @@ impl Ledger {
             listening_at: listen.then_some(at),
             requested_port: (ev.flags & reaper_common::FLAG_EPHEMERAL != 0).then_some(0),
             source: self.source.clone(),
+            job: None,
         })
     }
 }

@@ -344,3 +344,92 @@ fn the_hook_scripts_and_the_action_work_as_the_runner_runs_them() {
     let journal = std::fs::read_to_string(dir.path().join("reaper-journal.jsonl")).unwrap();
     assert!(journal.contains("\"kind\":\"job\""), "{journal}");
 }
+
+/// With the daemon: each claim was charged to its job when it was made,
+/// so `job end` for job A frees the server that cleared
+/// RUNNER_TRACKING_ID and `setsid()`'d away (the scan path names it and
+/// leaves it); job B's server, the runner and the workers are never
+/// signalled, and `who` shows each claim's job.
+#[test]
+fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
+    use reaper_tests::daemon::Daemon;
+    require_root();
+    let d = Daemon::start("");
+    let mut runner = Runner::with_daemon(&d.socket);
+    let mut a = runner.job("da", "9101");
+    let (pa, pcleared) = (free_port(), free_port());
+    let server_a = a.server(pa, false);
+    runner.track(server_a);
+    let cleared = a.server(pcleared, true);
+    runner.track(cleared);
+    let mut b = runner.job("db", "9102");
+    let pb = free_port();
+    let server_b = b.server(pb, false);
+    runner.track(server_b);
+
+    // The daemon charged each claim when it was made.
+    let charged = |port: u16| {
+        poll_until(
+            "the daemon to charge the claim to its job",
+            Duration::from_secs(20),
+            || {
+                let r = d.query(&format!(r#"{{"cmd":"who","port":{port}}}"#));
+                r["claims"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["job"].is_object() && c["listening_at"].is_string())
+                    .cloned()
+            },
+        )
+    };
+    let c = charged(pcleared);
+    assert_eq!(c["pid"], cleared);
+    assert_eq!(c["job"]["id"], a.tracking_id.as_str(), "{c:#}");
+    assert!(c["job_via"].as_str().unwrap().contains("run 9101"), "{c:#}");
+    assert_eq!(charged(pa)["job"]["id"], a.tracking_id.as_str());
+    assert_eq!(charged(pb)["job"]["id"], b.tracking_id.as_str());
+
+    // `who` shows the claim's job (from the daemon's ledger).
+    let out = reaper_tests::reaper()
+        .args(["who", &pcleared.to_string()])
+        .env("REAPER_CONTROL_SOCKET", &d.socket)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("charged to github job {}", a.tracking_id)),
+        "{text}"
+    );
+
+    let end = a.hook(&["job", "end", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    assert_eq!(doc["source"], "daemon", "{doc:#}");
+    let p = port_doc(&doc, pcleared);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["holders"][0]["process"]["pid"], cleared);
+    assert_eq!(p["holders"][0]["verdict"]["rule"], "this job");
+    assert_eq!(port_doc(&doc, pa)["outcome"], "freed", "{doc:#}");
+    assert!(
+        doc["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["port"] != pb),
+        "job B's port judged: {doc:#}"
+    );
+    assert!(doc["unattributed"].is_null(), "{doc:#}");
+    assert!(!alive(cleared) && !alive(server_a));
+    assert!(can_listen(pa) && can_listen(pcleared));
+    for (pid, who) in [
+        (server_b, "job B's server"),
+        (runner.pid(), "the runner"),
+        (a.pid, "job A's worker (the hook's parent)"),
+        (b.pid, "job B's worker"),
+        (d.pid(), "the daemon"),
+    ] {
+        assert!(alive(pid), "{who} (pid {pid}) was signalled");
+    }
+    assert!(!can_listen(pb), "job B's port was freed");
+}

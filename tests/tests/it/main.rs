@@ -24,6 +24,7 @@ mod job;
 mod least_privilege;
 mod monitoring;
 mod packaging;
+mod pidns;
 mod report;
 mod ship;
 mod systemd;

@@ -308,6 +308,7 @@ impl Aggregator {
                 process,
                 cookie,
                 requested_port,
+                ..
             } => self.fold_claim(seen, ep, process, cookie, requested_port),
             Body::Listen {
                 at: ep,
