@@ -27,5 +27,6 @@ mod packaging;
 mod pidns;
 mod report;
 mod ship;
+mod signals;
 mod systemd;
 mod why;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use reaper_tests::{fixture_bin, reaper, reaper_bin, require_root, Netns};
+use reaper_tests::{fixture_bin, poll_until, reaper, reaper_bin, require_root, Netns};
 
 #[derive(Clone, Debug)]
 struct Sock {
@@ -478,6 +479,29 @@ fn a_port_the_kernel_lent_to_a_client_is_named_as_such_and_never_signalled() {
     assert!(!out.contains("0 holders"), "{out}");
     // The client is still there and answering.
     assert_eq!(m.ask("bind 9 tcp 127.0.0.1 40000 0 0 0 0"), "result 9 98");
+
+    // Unless a rule names clients explicitly (`clients = true`): then the
+    // plan judges the client by that rule, and free stops it.
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        "[[rule]]\nname = \"stale test clients\"\nmatch = { name = \"bind-matrix\" }\nclients = true\n",
+    )
+    .unwrap();
+    let (code, out, err) = m.reaper_inside(&[
+        "free",
+        "40000",
+        "--policy",
+        policy.path().to_str().unwrap(),
+        "--deadline",
+        "5s",
+    ]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("stale test clients"), "{out}");
+    let status = poll_until("the client to exit", Duration::from_secs(10), || {
+        m.child.try_wait().unwrap()
+    });
+    assert!(!status.success(), "it was signalled: {status}");
 }
 
 #[test]

@@ -633,6 +633,7 @@ impl Aggregator {
             elapsed_ms,
             dry_run,
             container,
+            ..
         } = body
         else {
             return;
