@@ -10,7 +10,7 @@ use reaper::hooks::TierChoice;
 use reaper::output::ColorChoice;
 use reaper::report::Format as ReportFormat;
 use reaper::util::{parse_duration, parse_port};
-use reaper::vocab::Proto;
+use reaper::vocab::{Proto, Signal};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,7 +93,8 @@ pub enum Command {
     #[command(after_help = concat!("Examples:\n",
         "  reaper free 8080 --match platform-server --dry-run\n",
         "  reaper free 8080 --exe /usr/local/bin/platform-server --grace 2s --deadline 10s\n",
-        "  reaper free 8080 --policy /etc/reaper/policy.toml --json\n\n",
+        "  reaper free 8080 --policy /etc/reaper/policy.toml --json\n",
+        "  reaper free 5432 --exe postgres --signal SIGINT      postgres's fast shutdown\n\n",
         "Exit status: 0 free, 2 bad input, 3 still held after the deadline, 4 refused by the policy,\n",
         "5 could not do the job (nothing signalled), 6 free but the journal record was not written"))]
     Free(FreeArgs),
@@ -246,9 +247,14 @@ pub struct FreeArgs {
     /// Rules from a TOML file (see deploy/policy.toml).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// How long to wait after SIGTERM before SIGKILL.
+    /// How long to wait after the stop signal before SIGKILL.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub grace: Duration,
+    /// The stop signal for this run, whatever the rules say (SIGINT, INT or
+    /// 2; default: each rule's `signal`, else SIGTERM, and a container's own
+    /// STOPSIGNAL).
+    #[arg(long, value_name = "SIG", value_parser = parse_stop_signal)]
+    pub signal: Option<Signal>,
     /// How long to wait in all for the port to bind again.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub deadline: Duration,
@@ -266,6 +272,11 @@ pub struct FreeArgs {
     /// Append the record of this run to this journal (JSON lines).
     #[arg(long, value_name = "PATH", env = "REAPER_JOURNAL")]
     pub journal: Option<PathBuf>,
+}
+
+/// `--signal`: a stop signal by name or number (never SIGCONT).
+fn parse_stop_signal(s: &str) -> Result<Signal, String> {
+    Signal::parse_stop(s)
 }
 
 #[derive(Args, Debug)]

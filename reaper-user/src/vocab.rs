@@ -360,11 +360,67 @@ impl Signal {
     }
 }
 
+impl Signal {
+    /// The signals a rule or `free --signal` may choose to stop a holder
+    /// with (the first one sent): every signal but SIGCONT, which stops
+    /// nothing.
+    pub const STOP: [Signal; 7] = [
+        Signal::Term,
+        Signal::Int,
+        Signal::Quit,
+        Signal::Hup,
+        Signal::Usr1,
+        Signal::Usr2,
+        Signal::Kill,
+    ];
+
+    /// The signal with this number, among those reaper knows.
+    pub fn from_number(n: i64) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| i64::from(s.number()) == n)
+    }
+
+    /// A stop signal as a user writes it ("SIGINT", "INT", "int", "2"):
+    /// SIGCONT and unknown names are refused, with the choices.
+    pub fn parse_stop(s: &str) -> Result<Signal, String> {
+        match s.parse::<Signal>() {
+            Ok(sig) if sig != Signal::Cont => Ok(sig),
+            _ => Err(format!(
+                "'{s}' is not a signal reaper stops a holder with: use one of {}",
+                Signal::stop_choices()
+            )),
+        }
+    }
+
+    /// "SIGTERM (15, the default), SIGINT (2), ...": the stop signals in words.
+    pub fn stop_choices() -> String {
+        Signal::STOP
+            .iter()
+            .map(|s| match s {
+                Signal::Term => format!("{s} ({}, the default)", s.number()),
+                _ => format!("{s} ({})", s.number()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl std::str::FromStr for Signal {
     type Err = String;
-    /// "SIGTERM", "TERM" or "term".
+    /// "SIGTERM", "TERM", "term" or its number ("15").
     fn from_str(s: &str) -> Result<Signal, String> {
         let up = s.trim().to_ascii_uppercase();
+        if let Ok(n) = up.parse::<i64>() {
+            return Signal::from_number(n).ok_or_else(|| {
+                format!(
+                    "unknown signal number {n}: use one of {}",
+                    Signal::ALL
+                        .iter()
+                        .map(|s| format!("{} ({s})", s.number()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+        }
         let name = if up.starts_with("SIG") {
             up
         } else {
@@ -519,6 +575,21 @@ mod tests {
         assert!(e.contains("SIGQUIT"), "{e}");
         for s in Signal::ALL {
             assert_eq!(s.as_str().parse::<Signal>(), Ok(s));
+            assert_eq!(s.number().to_string().parse::<Signal>(), Ok(s));
+        }
+        assert_eq!("2".parse::<Signal>(), Ok(Signal::Int));
+        assert_eq!(" int ".parse::<Signal>(), Ok(Signal::Int));
+        assert!("99".parse::<Signal>().unwrap_err().contains("15 (SIGTERM)"));
+    }
+
+    #[test]
+    fn a_stop_signal_is_any_known_signal_but_sigcont() {
+        assert_eq!(Signal::parse_stop("SIGQUIT"), Ok(Signal::Quit));
+        assert_eq!(Signal::parse_stop("9"), Ok(Signal::Kill));
+        for bad in ["SIGCONT", "18", "SIGFOO", "", "-2"] {
+            let e = Signal::parse_stop(bad).unwrap_err();
+            assert!(e.contains("SIGINT (2)"), "{bad}: {e}");
+            assert!(e.contains("SIGTERM (15, the default)"), "{e}");
         }
     }
 

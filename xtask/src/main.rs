@@ -150,6 +150,14 @@ fn have(bin: &str) -> bool {
     which(bin).is_some()
 }
 
+/// Debian's PostgreSQL server (the signal tests run a real postmaster):
+/// /usr/lib/postgresql/VERSION/bin/postgres.
+fn have_postgres() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").is_file()))
+        .unwrap_or(false)
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -261,6 +269,10 @@ fn setup(test_tools: bool) -> Result<()> {
             if !have(bin) && !missing.contains(&pkg) {
                 missing.push(pkg);
             }
+        }
+        // PostgreSQL's server is not on PATH: Debian keeps it per version.
+        if !have_postgres() {
+            missing.push("postgresql");
         }
         if !missing.is_empty() {
             apt_install(&missing, "the tests use them as oracles and clients")?;

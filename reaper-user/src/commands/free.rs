@@ -180,10 +180,13 @@ fn build_policy(args: &FreeArgs) -> Result<Policy> {
         cmdline: args.cmdline.clone(),
     })
     .map_err(|e| bad_input(e.to_string()))?;
-    let policy = match &args.policy {
+    let mut policy = match &args.policy {
         Some(path) => flags.combine(Policy::from_file(path).map_err(|e| bad_input(e.to_string()))?),
         None => flags,
     };
+    if let Some(sig) = args.signal {
+        policy = policy.with_signal(sig);
+    }
     if !policy.has_reap_rules() {
         return Err(bad_input(match &args.policy {
             Some(p) => format!(
@@ -459,9 +462,10 @@ impl<'a> Run<'a> {
             .filter(|c| c.stopped())
             .map(|c| {
                 format!(
-                    "container {} ({}) stopped through the engine after {} ms, kept as {}",
+                    "container {} ({}) stopped through the engine with {} after {} ms, kept as {}",
                     c.name.as_deref().unwrap_or("?"),
                     reaper::holders::container::short(&c.id),
+                    c.signal.as_deref().unwrap_or("its stop signal"),
                     c.stopped_at_ms.unwrap_or_default(),
                     c.state_after.as_deref().unwrap_or("?")
                 )
@@ -619,7 +623,11 @@ impl Run<'_> {
             st.bold(&term(&p.comm)),
             st.dim(&argv_words(&p.cmdline))
         );
-        self.human_verdict(out, &j.verdict, "REAP");
+        let reap = match j.signal {
+            Some(sig) => format!("REAP with {sig}"),
+            None => "REAP".to_string(),
+        };
+        self.human_verdict(out, &j.verdict, &reap);
     }
 
     /// A container behind the engine's proxy: which, the verdict, its reasons.
@@ -635,7 +643,11 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.human_verdict(out, &c.verdict, "STOP THROUGH THE ENGINE");
+        let stop = match c.signal {
+            Some(sig) => format!("STOP THROUGH THE ENGINE with {sig}"),
+            None => "STOP THROUGH THE ENGINE with its own stop signal".to_string(),
+        };
+        self.human_verdict(out, &c.verdict, &stop);
     }
 
     /// The decision (`reap` in the words of what reaping does here), the
@@ -670,8 +682,9 @@ impl Run<'_> {
                     )
                 }
                 (None, Some(_)) => format!(
-                    "container {} stopped by the engine ({})",
+                    "container {} stopped by the engine with {} ({})",
                     reaper::holders::container::short(&c.id),
+                    c.signal.as_deref().unwrap_or("its stop signal"),
                     c.state_after.as_deref().unwrap_or("?")
                 ),
                 (None, None) => continue,

@@ -447,9 +447,19 @@ mod tests {
 
     #[test]
     fn unknown_key_in_a_rule_is_found_by_the_policy_parser_on_the_config_line() {
-        let e = parse("journal = \"/tmp/j\"\n\n[[rule]]\nname = \"a\"\nmatch = { name = \"x\" }\naction = \"reap\"\nsignal = 9\n").unwrap_err();
+        let e = parse("journal = \"/tmp/j\"\n\n[[rule]]\nname = \"a\"\nmatch = { name = \"x\" }\naction = \"reap\"\nsignl = \"INT\"\n").unwrap_err();
         assert_eq!(e.line, Some(7), "{e}");
-        assert!(e.message.contains("signal"), "{e}");
+        assert!(e.message.contains("signl"), "{e}");
+        assert!(e.message.contains("`signal`"), "lists what is allowed: {e}");
+        // A rule's stop signal is the policy's `signal`, checked at load.
+        let c = parse("[[rule]]\nname = \"pg\"\nmatch = { exe = \"postgres\" }\naction = \"reap\"\nsignal = \"INT\"\n").unwrap();
+        assert_eq!(c.policy.rules[0].signal, Some(crate::vocab::Signal::Int));
+        let e = parse(
+            "[[rule]]\nname = \"pg\"\nmatch = { exe = \"postgres\" }\nsignal = \"SIGSTOP\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.starts_with("rule 'pg': signal 'SIGSTOP'"), "{e}");
     }
 
     #[test]

@@ -238,15 +238,8 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn new(ring: RingBuf<MapData>) -> Result<EventStream> {
-        // SAFETY: the ring buffer owns its fd and keeps it open and unchanged
-        // for as long as the AsyncFd owns the ring buffer.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "registering the ring buffer with tokio: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let fd = crate::sys::async_ring_buf(ring)
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         Ok(EventStream { fd, more: false })
     }
 

@@ -411,7 +411,8 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
         .take_map(reaper_common::MAP_CLAIMS)
         .context("the eBPF object has no CLAIMS map")?
     {
-        Map::HashMap(data) => claims::ClaimsMap::new(data),
+        Map::HashMap(data) => claims::ClaimsMap::new(data)
+            .context("the eBPF object's CLAIMS map does not hold claims (rebuild)")?,
         _ => {
             return Err(
                 anyhow::anyhow!("the eBPF object's CLAIMS map is not a hash map (rebuild)").into(),

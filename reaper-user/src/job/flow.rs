@@ -184,6 +184,7 @@ pub fn policy(phase: Phase, user: Option<Policy>) -> Policy {
             matcher: job_matcher(rule.1),
             action: Action::Reap,
             tree: true,
+            signal: None,
             clients: false,
         }],
         protects: vec![Protect {
@@ -641,6 +642,7 @@ fn portless_plan(p: Process, policy: &Policy, ctx: &mut Context) -> Plan {
             process: p,
             sockets: Vec::new(),
             role: Role::Holder,
+            signal: reap::plan::stop_signal(policy, &verdict),
             verdict,
         }],
         ..Plan::default()

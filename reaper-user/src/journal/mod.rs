@@ -120,7 +120,7 @@ pub struct ContainerRecord {
     pub image: Option<String>,
     /// The engine's stop (absent in the intent and in a dry run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop: Option<ContainerStop>,
+    pub stop: Option<Box<ContainerStop>>,
 }
 
 /// A signal sent through a pidfd.
@@ -229,6 +229,12 @@ pub enum Body {
         elapsed_ms: Option<u64>,
         #[serde(default)]
         dry_run: bool,
+        /// The signal that stops the target (its rule's `signal`, `free
+        /// --signal`, else SIGTERM; for a container, the one the engine was
+        /// told to send or the image's STOPSIGNAL), in the intent and a dry
+        /// run too; `signals` says what was really sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_signal: Option<String>,
         /// When the holder was a container (behind the engine's proxy):
         /// which, and what stopping it through the engine did. `target` is
         /// then the process inside that listened.
@@ -317,6 +323,15 @@ pub struct ContainerStop {
     pub image: Option<String>,
     /// The grace the engine was given before SIGKILL.
     pub grace_ms: u64,
+    /// The stop signal the engine sent ("SIGQUIT"): the one reaper asked
+    /// for (a rule's `signal`, `free --signal`), else the container's own
+    /// (`Config.StopSignal`, the image's STOPSIGNAL), else SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Where that signal came from: `rule` (reaper asked for it),
+    /// `container` (its own stop signal), `default` (the engine's SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_from: Option<String>,
     /// When the engine said it stopped, from the start of the stop.
     pub stopped_at_ms: Option<u64>,
     /// The engine's state afterwards (`exited`: stopped, kept, not removed).

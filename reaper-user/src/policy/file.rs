@@ -12,6 +12,7 @@
 //! match = { exe = "/usr/local/bin/platform-server", orphaned = true, min_age = "30s" }
 //! action = "reap"          # or "report"
 //! tree = false             # true: stop its children that share the socket too
+//! signal = "SIGTERM"       # the stop signal: "SIGINT", "INT", 2, ... (SIGKILL after the grace)
 //! clients = false          # true: may judge a client's connection on the port too
 //! ```
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::vocab::Action;
+use crate::vocab::{Action, Signal};
 
 use super::{
     ContainerMatch, ExePattern, Glob, JobState, Matcher, NetnsSpec, Policy, Protect, Rule,
@@ -83,6 +84,10 @@ struct RuleToml {
     /// match on their own are stopped with the holder (`free --tree`).
     #[serde(default)]
     tree: bool,
+    /// The stop signal, as a name ("SIGINT", "INT", "int") or a number (2):
+    /// checked in [`parse`], where the error can name the rule.
+    #[serde(default)]
+    signal: Option<Spanned<toml::Value>>,
     /// The rule may judge a client's connection on the port too (a port the
     /// kernel gave to a connect()); without it clients are never signalled.
     #[serde(default)]
@@ -331,11 +336,19 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
                 ),
             ));
         }
+        let signal = match r.signal {
+            Some(sig) => Some(
+                rule_signal(&r.name, sig.get_ref())
+                    .map_err(|m| at(Some(line_of(text, sig.span().start)), m))?,
+            ),
+            None => None,
+        };
         policy.rules.push(Rule {
             name: r.name,
             matcher: m,
             action: r.action,
             tree: r.tree,
+            signal,
             clients: r.clients,
         });
     }
@@ -356,6 +369,21 @@ pub(super) fn parse(text: &str) -> Result<Policy, PolicyError> {
         });
     }
     Ok(policy)
+}
+
+/// A rule's `signal`: a stop signal by name or number.
+fn rule_signal(rule: &str, v: &toml::Value) -> Result<Signal, String> {
+    let text = match v {
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    Signal::parse_stop(&text).map_err(|_| {
+        format!(
+            "rule '{rule}': signal '{text}' is not a signal reaper stops a holder with: use one of {} (a name with or without SIG, or its number)",
+            Signal::stop_choices()
+        )
+    })
 }
 
 /// The parser's message; toml leaves it empty for some characters it cannot

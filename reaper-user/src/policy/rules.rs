@@ -7,7 +7,7 @@ use super::{file, socket_words, Context, ExePattern, Matcher, PolicyError, TextP
 use crate::holders::container::Container;
 use crate::holders::Process;
 use crate::holders::Socket;
-use crate::vocab::{Action, Decision};
+use crate::vocab::{Action, Decision, Signal};
 
 /// A rule: conditions and what to do when they hold.
 #[derive(Clone, Debug)]
@@ -18,6 +18,10 @@ pub struct Rule {
     /// Tree semantics for what this rule reaps (see `reap::plan`): holders'
     /// children sharing the socket are stopped with them.
     pub tree: bool,
+    /// The signal that stops what this rule reaps (SIGKILL follows after
+    /// the grace). None: SIGTERM for a process, the container's own stop
+    /// signal (its image's STOPSIGNAL) for a container.
+    pub signal: Option<Signal>,
     /// The rule may also judge a client's connection on the port (one
     /// `connect()` was given): only a rule that says so explicitly, since
     /// signalling a client is rarely the fix (reserving the port is).
@@ -103,6 +107,7 @@ impl Policy {
                 matcher: m,
                 action: Action::Reap,
                 tree: false,
+                signal: None,
                 clients: false,
             });
         }
@@ -115,6 +120,28 @@ impl Policy {
         self.rules.extend(other.rules);
         self.protects.extend(other.protects);
         self
+    }
+
+    /// Every rule stops with `signal` (`reaper free --signal`): it replaces
+    /// the rules' own choice for this run.
+    pub fn with_signal(mut self, signal: Signal) -> Policy {
+        for r in &mut self.rules {
+            r.signal = Some(signal);
+        }
+        self
+    }
+
+    /// The signal a rule chose for what the verdict reaps (None: the
+    /// default, SIGTERM, or a container's own stop signal).
+    pub fn signal_of(&self, v: &Verdict) -> Option<Signal> {
+        if v.decision != Decision::Reap {
+            return None;
+        }
+        let rule = v.rule.as_deref()?;
+        self.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.signal)
     }
 
     /// The rules that name clients (`clients = true`) with every

@@ -441,6 +441,74 @@ fn strict_validation_names_the_line_key_and_allowed_values() {
 }
 
 #[test]
+fn a_rule_names_its_stop_signal_as_a_user_writes_it() {
+    use crate::vocab::Signal;
+    for (written, want) in [
+        ("'SIGINT'", Signal::Int),
+        ("'INT'", Signal::Int),
+        ("'int'", Signal::Int),
+        ("2", Signal::Int),
+        ("'2'", Signal::Int),
+        ("'SIGQUIT'", Signal::Quit),
+        ("9", Signal::Kill),
+    ] {
+        let pol = Policy::from_toml_str(&format!(
+            "[[rule]]\nname = 'pg'\nmatch = {{ exe = 'postgres' }}\nsignal = {written}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{written}: {e}"));
+        assert_eq!(pol.rules[0].signal, Some(want), "{written}");
+    }
+    let pol = Policy::from_toml_str("[[rule]]\nname = 'a'\nmatch = { exe = 'a' }\n").unwrap();
+    assert_eq!(
+        pol.rules[0].signal, None,
+        "the default is no choice: SIGTERM"
+    );
+
+    // An unknown name, SIGCONT, a number reaper does not know: refused at
+    // load, on the line of the key, naming the rule and the choices.
+    for bad in ["'SIGFOO'", "'SIGCONT'", "18", "99", "'TERMINATE'"] {
+        let e = err(&format!(
+            "[[rule]]\nname = 'pg'\nmatch = {{ exe = 'postgres' }}\n\nsignal = {bad}\n"
+        ));
+        assert!(
+            e.starts_with("policy, line 5: rule 'pg': signal '"),
+            "{bad}: {e}"
+        );
+        assert!(
+            e.contains("SIGTERM (15, the default), SIGINT (2), SIGQUIT (3)"),
+            "{e}"
+        );
+    }
+    let e = err("[[rule]]\nname='x'\nmatch={exe='a'}\nsignal=true\n");
+    assert!(e.starts_with("policy, line 4:"), "{e}");
+}
+
+#[test]
+fn the_signal_of_a_verdict_is_its_rules_and_free_signal_overrides_every_rule() {
+    use crate::vocab::Signal;
+    let text = "[[rule]]\nname = 'platform'\nmatch = { exe = '/usr/local/bin/platform-server' }\nsignal = 'SIGINT'\n[[rule]]\nname = 'other'\nmatch = { exe = 'other' }\n";
+    let pol = Policy::from_toml_str(text).unwrap();
+    let v = pol.judge(&server(), &socket(), &ctx());
+    assert_eq!(v.rule.as_deref(), Some("platform"));
+    assert_eq!(pol.signal_of(&v), Some(Signal::Int));
+    let mut p = server();
+    p.exe = Some("/usr/bin/other".into());
+    p.cmdline = vec!["other".into()];
+    let v = pol.judge(&p, &socket(), &ctx());
+    assert_eq!(
+        (v.rule.as_deref(), pol.signal_of(&v)),
+        (Some("other"), None)
+    );
+    // A kept or protected holder has no signal.
+    p.pid = 1;
+    assert_eq!(pol.signal_of(&pol.judge(&p, &socket(), &ctx())), None);
+
+    let pol = pol.with_signal(Signal::Quit);
+    let v = pol.judge(&server(), &socket(), &ctx());
+    assert_eq!(pol.signal_of(&v), Some(Signal::Quit));
+}
+
+#[test]
 fn the_shipped_example_policy_parses() {
     let text = include_str!("../../../deploy/policy.toml");
     let pol = Policy::from_toml_str(text).unwrap();

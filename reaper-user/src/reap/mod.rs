@@ -43,7 +43,8 @@ pub const TEST_PAUSE_ENV: &str = "REAPER_TEST_PAUSE_BEFORE_SIGNAL";
 #[derive(Clone, Debug, Serialize)]
 pub struct SignalSent {
     pub pid: u32,
-    /// SIGTERM, SIGCONT (right after SIGTERM, to a stopped target) or SIGKILL.
+    /// The stop signal (SIGTERM unless a rule or `free --signal` chose
+    /// another), SIGCONT (right after it, to a stopped target) or SIGKILL.
     pub signal: Signal,
     /// Wall time, RFC 3339.
     pub ts: String,
@@ -101,7 +102,7 @@ pub struct TargetReport {
 /// How to stop the targets.
 #[derive(Clone, Debug)]
 pub struct StopOptions {
-    /// SIGTERM, then SIGKILL after this.
+    /// The stop signal, then SIGKILL after this.
     pub grace: Duration,
     /// Give up at this instant.
     pub deadline: Instant,
@@ -114,6 +115,8 @@ pub struct StopOptions {
 struct Live {
     idx: usize,
     wave: usize,
+    /// Its stop signal (the first one it is sent).
+    stop: Signal,
     fd: Pidfd,
 }
 
@@ -121,22 +124,27 @@ struct Live {
 /// the grace, SIGKILL, wait up to the deadline. Returns one report per
 /// target, in order.
 pub fn stop(targets: &[Identity], opts: &StopOptions) -> Vec<TargetReport> {
-    let waved: Vec<(Identity, usize)> = targets.iter().map(|t| (t.clone(), 0)).collect();
+    let waved: Vec<(Identity, usize, Signal)> = targets
+        .iter()
+        .map(|t| (t.clone(), 0, Signal::Term))
+        .collect();
     stop_in_waves(&waved, opts, &mut |_| {})
 }
 
-/// [`stop`] in waves: every pidfd is opened and every identity re-checked
-/// before the first signal; then each wave in turn gets SIGTERM (those of
-/// it still running) and the grace, during which any target may exit; what
-/// outlives the last grace gets SIGKILL. `on_signal` sees each signal sent.
+/// [`stop`] in waves, each target with its own stop signal (a target is
+/// (identity, wave, stop signal)): every pidfd is opened and every identity
+/// re-checked before the first signal; then each wave in turn gets its stop
+/// signals (those of it still running) and the grace, during which any
+/// target may exit; what outlives the last grace gets SIGKILL. `on_signal`
+/// sees each signal sent.
 pub fn stop_in_waves(
-    targets: &[(Identity, usize)],
+    targets: &[(Identity, usize, Signal)],
     opts: &StopOptions,
     on_signal: &mut dyn FnMut(&SignalSent),
 ) -> Vec<TargetReport> {
     let mut reports: Vec<TargetReport> = targets
         .iter()
-        .map(|(t, _)| TargetReport {
+        .map(|(t, _, _)| TargetReport {
             pid: t.pid,
             signals: Vec::new(),
             outcome: TargetOutcome::StillRunning,
@@ -148,18 +156,19 @@ pub fn stop_in_waves(
         test_pause(fifo);
     }
     let mut live: Vec<Live> = Vec::new();
-    for (idx, (t, wave)) in targets.iter().enumerate() {
+    for (idx, (t, wave, stop)) in targets.iter().enumerate() {
         match pin(t) {
             Ok(fd) => live.push(Live {
                 idx,
                 wave: *wave,
+                stop: *stop,
                 fd,
             }),
             Err(outcome) => reports[idx].outcome = outcome,
         }
     }
 
-    let waves = targets.iter().map(|(_, w)| *w).max().unwrap_or(0);
+    let waves = targets.iter().map(|(_, w, _)| *w).max().unwrap_or(0);
     for wave in 0..=waves {
         if !live.iter().any(|l| l.wave == wave) || Instant::now() >= opts.deadline {
             continue;
@@ -168,7 +177,7 @@ pub fn stop_in_waves(
             &mut live,
             &mut reports,
             Some(wave),
-            Signal::Term,
+            None,
             opts.start,
             on_signal,
         );
@@ -180,7 +189,7 @@ pub fn stop_in_waves(
             &mut live,
             &mut reports,
             None,
-            Signal::Kill,
+            Some(Signal::Kill),
             opts.start,
             on_signal,
         );
@@ -228,13 +237,14 @@ fn pin(t: &Identity) -> Result<Pidfd, TargetOutcome> {
     Ok(fd)
 }
 
-/// Sends a signal through the pidfds of `wave` (every live target when
-/// None); a target that is gone or cannot be signalled leaves `live`.
+/// Sends `sig` (each target's stop signal when None) through the pidfds
+/// of `wave` (every live target when None); a target that is gone or
+/// cannot be signalled leaves `live`.
 fn send(
     live: &mut Vec<Live>,
     reports: &mut [TargetReport],
     wave: Option<usize>,
-    sig: Signal,
+    sig: Option<Signal>,
     start: Instant,
     on_signal: &mut dyn FnMut(&SignalSent),
 ) {
@@ -242,13 +252,14 @@ fn send(
         if wave.is_some_and(|w| w != l.wave) {
             return true;
         }
+        let sig = sig.unwrap_or(l.stop);
         // Stamped before the syscall: the process may exit before it returns.
         let record = signal_record(l.fd.pid, sig, start);
         match l.fd.send(sig.number()) {
             Ok(()) => {
                 on_signal(&record);
                 reports[l.idx].signals.push(record);
-                if sig == Signal::Term {
+                if sig != Signal::Kill {
                     resume_if_stopped(l, reports, start, on_signal);
                 }
                 true
@@ -259,7 +270,7 @@ fn send(
                 if r.signals.is_empty() {
                     r.outcome = TargetOutcome::Gone;
                 } else {
-                    mark_exited(r, start, None);
+                    mark_exited(r, l.stop, start, None);
                 }
                 false
             }
@@ -273,11 +284,12 @@ fn send(
     });
 }
 
-/// A stopped process (SIGSTOP, a frozen job's SIGTSTP) keeps SIGTERM pending
-/// and cannot act on it: it would be killed only after the whole grace.
-/// As systemd does, it gets SIGCONT right after SIGTERM (through the same
-/// pidfd, journaled with the signals), so it can exit within the grace.
-/// Read after SIGTERM, the state is stable: SIGTERM does not wake it.
+/// A stopped process (SIGSTOP, a frozen job's SIGTSTP) keeps its stop
+/// signal (SIGTERM, SIGINT, ...) pending and cannot act on it: it would be
+/// killed only after the whole grace. As systemd does, it gets SIGCONT
+/// right after the stop signal (through the same pidfd, journaled with the
+/// signals), so it can exit within the grace. Read after the stop signal,
+/// the state is stable: none of them wakes it.
 fn resume_if_stopped(
     l: &Live,
     reports: &mut [TargetReport],
@@ -332,7 +344,7 @@ fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant
             let done = ready.contains(&i);
             i += 1;
             if done {
-                mark_exited(&mut reports[l.idx], start, first);
+                mark_exited(&mut reports[l.idx], l.stop, start, first);
             }
             !done
         });
@@ -340,18 +352,20 @@ fn wait_exits(live: &mut Vec<Live>, reports: &mut [TargetReport], until: Instant
 }
 
 /// `first_any`: the run's first signal (ms), for a target that exits
-/// before its own.
-fn mark_exited(r: &mut TargetReport, start: Instant, first_any: Option<f64>) {
+/// before its own; `stop`: its stop signal (its root's, as a rule gives
+/// the tree one).
+fn mark_exited(r: &mut TargetReport, stop: Signal, start: Instant, first_any: Option<f64>) {
     let now = Instant::now();
     // A tree member that exits before its own signal went with its root.
-    // SIGCONT only resumes a stopped target: the SIGTERM before it is what ended it.
+    // SIGCONT only resumes a stopped target: the stop signal before it is
+    // what ended it.
     let by = r
         .signals
         .iter()
         .rev()
         .find(|s| s.signal != Signal::Cont)
         .map(|s| s.signal.to_string())
-        .unwrap_or_else(|| "its tree root's SIGTERM".to_string());
+        .unwrap_or_else(|| format!("its tree root's {stop}"));
     let first = r
         .signals
         .first()
@@ -439,20 +453,52 @@ mod tests {
     }
 
     #[test]
+    fn a_target_gets_its_own_stop_signal_and_a_stopped_one_sigcont_after_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut stopped_child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = stopped_child.id() as i32;
+        // SAFETY: kill and waitpid on our own child; status is a valid out-pointer.
+        unsafe {
+            assert_eq!(libc::kill(pid, libc::SIGSTOP), 0);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, libc::WUNTRACED), pid);
+        }
+        let ids = [
+            (Identity::read(child.id()).unwrap(), 0, Signal::Int),
+            (Identity::read(stopped_child.id()).unwrap(), 0, Signal::Quit),
+        ];
+        let r = stop_in_waves(&ids, &opts(Duration::from_secs(8)), &mut |_| {});
+        let names =
+            |i: usize| -> Vec<&str> { r[i].signals.iter().map(|s| s.signal.as_str()).collect() };
+        assert_eq!(names(0), ["SIGINT"], "{:?}", r[0]);
+        assert_eq!(names(1), ["SIGQUIT", "SIGCONT"], "{:?}", r[1]);
+        assert!(matches!(&r[0].outcome, TargetOutcome::Exited { by, .. } if by == "SIGINT"));
+        assert!(matches!(&r[1].outcome, TargetOutcome::Exited { by, .. } if by == "SIGQUIT"));
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGINT));
+        assert_eq!(stopped_child.wait().unwrap().signal(), Some(libc::SIGQUIT));
+    }
+
+    #[test]
     fn a_stopped_holder_gets_sigcont_after_sigterm_and_exits_within_the_grace() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
-        // SAFETY: kill and waitpid on our own child; status is a valid out-pointer.
-        unsafe {
-            assert_eq!(libc::kill(pid, libc::SIGSTOP), 0);
-            // WUNTRACED: returns once the child has stopped (an event, not a sleep).
-            let mut status = 0;
-            assert_eq!(libc::waitpid(pid, &mut status, libc::WUNTRACED), pid);
-            assert!(libc::WIFSTOPPED(status));
-        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+        // WUNTRACED: returns once the child has stopped (an event, not a sleep).
+        let status = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WUNTRACED));
+        assert!(
+            matches!(status, Ok(nix::sys::wait::WaitStatus::Stopped(..))),
+            "{status:?}"
+        );
         assert!(stopped(child.id()));
         let id = Identity::read(child.id()).unwrap();
         let grace = Duration::from_secs(8);
@@ -510,8 +556,8 @@ mod tests {
         // Both outlive the root's SIGTERM: the member gets its own after the grace.
         let (mut root, mut member) = (spawn(), spawn());
         let ids = [
-            (Identity::read(root.id()).unwrap(), 0),
-            (Identity::read(member.id()).unwrap(), 1),
+            (Identity::read(root.id()).unwrap(), 0, Signal::Term),
+            (Identity::read(member.id()).unwrap(), 1, Signal::Term),
         ];
         let r = stop_in_waves(&ids, &opts(grace), &mut |_| {});
         assert_eq!(r[0].signals.len(), 1);
@@ -531,8 +577,12 @@ mod tests {
         // when their master stops): it is never signalled.
         let (mut root, member) = (spawn(), std::cell::RefCell::new(spawn()));
         let ids = [
-            (Identity::read(root.id()).unwrap(), 0),
-            (Identity::read(member.borrow().id()).unwrap(), 1),
+            (Identity::read(root.id()).unwrap(), 0, Signal::Term),
+            (
+                Identity::read(member.borrow().id()).unwrap(),
+                1,
+                Signal::Term,
+            ),
         ];
         let mut seen = Vec::new();
         let r = stop_in_waves(&ids, &opts(Duration::from_secs(5)), &mut |s| {

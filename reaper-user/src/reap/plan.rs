@@ -20,6 +20,10 @@
 //! - Execution signals the tree roots first and gives the rest the grace to
 //!   exit with them (most masters stop their workers), then signals what
 //!   remains, then SIGKILLs what outlives its grace.
+//! - Each target is stopped with the signal its rule names (`signal =
+//!   "SIGINT"`; `free --signal` for every rule of a run), else SIGTERM; a
+//!   container with the rule's signal, else its own (the image's
+//!   STOPSIGNAL) through the engine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
@@ -32,7 +36,7 @@ use crate::holders::container::{self, Container, Via};
 use crate::holders::{Holding, Process, Socket};
 use crate::journal::ContainerStop;
 use crate::policy::{socket_words, Context, Policy, Verdict};
-use crate::vocab::{Decision, Proto, SocketState};
+use crate::vocab::{Decision, Proto, Signal, SocketState};
 
 use super::{BindProbe, Identity, ProcStat, SignalSent, StopOptions, TargetOutcome, TargetReport};
 
@@ -55,6 +59,15 @@ pub struct Judged {
     pub sockets: Vec<Socket>,
     pub role: Role,
     pub verdict: Verdict,
+    /// The signal that stops it (SIGKILL follows after the grace), when it
+    /// is reaped: its rule's `signal`, else SIGTERM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
+}
+
+/// The stop signal of a process the verdict reaps (see [`Judged::signal`]).
+pub fn stop_signal(policy: &Policy, verdict: &Verdict) -> Option<Signal> {
+    (verdict.decision == Decision::Reap).then(|| policy.signal_of(verdict).unwrap_or(Signal::Term))
 }
 
 impl Judged {
@@ -115,6 +128,11 @@ pub struct JudgedContainer {
     /// The engine's proxy processes that hold the port for it.
     pub proxies: Vec<u32>,
     pub verdict: Verdict,
+    /// The signal the engine stops it with, when a rule (or `free
+    /// --signal`) names one; None: the container's own stop signal (the
+    /// image's STOPSIGNAL, else SIGTERM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
 }
 
 impl Plan {
@@ -240,6 +258,7 @@ impl Plan {
                 process: p.clone(),
                 sockets: vec![h.socket.clone()],
                 role: Role::Holder,
+                signal: stop_signal(&clients, &verdict),
                 verdict,
             });
         }
@@ -271,11 +290,13 @@ impl Plan {
                 j
             }
             None => {
+                let verdict = policy.judge_container(c, &h.socket, ctx);
                 self.containers.push(JudgedContainer {
                     container: c.clone(),
                     socket: h.socket.clone(),
                     proxies,
-                    verdict: policy.judge_container(c, &h.socket, ctx),
+                    signal: policy.signal_of(&verdict),
+                    verdict,
                 });
                 self.containers.last_mut().expect("just pushed")
             }
@@ -304,6 +325,7 @@ impl Plan {
                 process: p,
                 sockets: socks,
                 role,
+                signal: stop_signal(policy, &verdict),
                 verdict,
             };
             if j.role == Role::Holder {
@@ -396,24 +418,31 @@ impl Plan {
 
     /// What a run would do, in words: the dry run's message.
     pub fn steps_words(&self, grace: Duration) -> String {
-        let pids = |wave: usize| -> Vec<String> {
-            self.targets()
-                .iter()
-                .filter(|j| j.wave() == wave)
-                .map(|j| j.process.pid.to_string())
-                .collect()
-        };
+        let grace = crate::util::human_duration(grace);
         let stops: Vec<String> = self
             .container_targets()
             .iter()
-            .map(|c| c.container.words())
+            .map(|c| {
+                let how = match c.signal {
+                    Some(sig) => format!("with {sig}"),
+                    None => {
+                        "with its own stop signal (its image's STOPSIGNAL, else SIGTERM)".into()
+                    }
+                };
+                format!("container {} {how}", c.container.words())
+            })
             .collect();
-        let grace = crate::util::human_duration(grace);
-        let (roots, rest) = (pids(0), pids(1));
         let stop_words = format!(
-            "would stop container {} through the engine (SIGTERM, SIGKILL after {grace}; kept as exited, not removed)",
+            "would stop {} through the engine (SIGKILL after {grace}; kept as exited, not removed)",
             stops.join(", ")
         );
+        let wave = |w: usize| -> Vec<&Judged> {
+            self.targets()
+                .into_iter()
+                .filter(|j| j.wave() == w)
+                .collect()
+        };
+        let (roots, rest) = (wave(0), wave(1));
         if roots.is_empty() && rest.is_empty() {
             return stop_words;
         }
@@ -422,11 +451,18 @@ impl Plan {
         } else {
             format!("{stop_words}, then ")
         };
-        s.push_str(&format!("would send SIGTERM to pid {}", roots.join(", ")));
+        s.push_str(&format!("would send {}", sends_words(&roots)));
         if !rest.is_empty() {
+            let pids: Vec<String> = rest.iter().map(|j| j.process.pid.to_string()).collect();
+            let mut sigs: Vec<Signal> = rest.iter().filter_map(|j| j.signal).collect();
+            sigs.dedup();
+            let sig = match sigs.as_slice() {
+                [one] => one.to_string(),
+                _ => "its stop signal".to_string(),
+            };
             s.push_str(&format!(
-                ", give pid {} up to {grace} to exit with {}, then send SIGTERM to those still running",
-                rest.join(", "),
+                ", give pid {} up to {grace} to exit with {}, then send {sig} to those still running",
+                pids.join(", "),
                 if roots.len() == 1 { "it" } else { "them" }
             ));
         }
@@ -462,6 +498,24 @@ impl Plan {
         }
         probes
     }
+}
+
+/// "SIGINT to pid 10, 11 and SIGTERM to pid 12": who gets which stop
+/// signal, in the plan's order.
+fn sends_words(targets: &[&Judged]) -> String {
+    let mut by: Vec<(Signal, Vec<String>)> = Vec::new();
+    for j in targets {
+        let sig = j.signal.unwrap_or(Signal::Term);
+        let pid = j.process.pid.to_string();
+        match by.iter_mut().find(|(s, _)| *s == sig) {
+            Some((_, pids)) => pids.push(pid),
+            None => by.push((sig, vec![pid])),
+        }
+    }
+    by.iter()
+        .map(|(sig, pids)| format!("{sig} to pid {}", pids.join(", ")))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// pid -> (process, the sockets it holds, its role), while judging.
@@ -682,8 +736,9 @@ impl Execution {
 }
 
 /// Executes a plan: every target's pidfd opened and identity re-checked
-/// before the first signal, SIGTERM to the tree roots, their grace for the
-/// whole tree, SIGTERM to what remains, SIGKILL after the grace, then the
+/// before the first signal, its stop signal (SIGTERM unless its rule
+/// names another) to the tree roots, their grace for the whole tree, the
+/// stop signal to what remains, SIGKILL after the grace, then the
 /// bind probe (until `opts.deadline` when every target is gone, one probe
 /// otherwise). `on_signal` sees each signal as it is sent (the daemon
 /// records them for a stop in the middle). Err (nothing signalled) when
@@ -705,15 +760,21 @@ pub fn execute(
         .map(|c| {
             let began = Instant::now();
             (
-                super::container::stop_judged(&c.container, opts.grace),
+                super::container::stop_judged(&c.container, opts.grace, c.signal),
                 began,
             )
         })
         .unzip();
     let targets = plan.targets();
-    let ids: Vec<(Identity, usize)> = targets
+    let ids: Vec<(Identity, usize, Signal)> = targets
         .iter()
-        .map(|j| (Identity::of(&j.process), j.wave()))
+        .map(|j| {
+            (
+                Identity::of(&j.process),
+                j.wave(),
+                j.signal.unwrap_or(Signal::Term),
+            )
+        })
         .collect();
     let reports = super::stop_in_waves(&ids, opts, on_signal);
     let mut ex = Execution {
@@ -914,6 +975,55 @@ mod tests {
     }
 
     #[test]
+    fn each_target_carries_its_rules_stop_signal_and_the_dry_run_says_it() {
+        let pol = Policy::from_toml_str(
+            "[[rule]]\nname = 'pg'\nmatch = { exe = '/opt/platform-server' }\nsignal = 'INT'\ntree = true\n[[rule]]\nname = 'helper'\nmatch = { exe = '/usr/bin/helper' }\n",
+        )
+        .unwrap();
+        // 100 matches 'pg'; 101, its child, is judged on its own ('helper',
+        // no signal: SIGTERM); 102 follows its root 100 under tree = true.
+        let mut stray = other(102, 100, &[100, 1]);
+        stray.exe = Some("/usr/bin/stray".into());
+        stray.cmdline = vec!["stray".into()];
+        let h = vec![holding(
+            "LISTEN",
+            vec![proc_(100, 1, &[1]), other(101, 100, &[100, 1]), stray],
+        )];
+        let p = Plan::judge(&h, &pol, &ctx(), Tree::Rules, NO_PGRP);
+        assert!(p.refusal().is_none(), "{:?}", p.refused());
+        let sigs: Vec<_> = p
+            .targets()
+            .iter()
+            .map(|j| (j.process.pid, j.signal))
+            .collect();
+        assert_eq!(
+            sigs,
+            [
+                (100, Some(Signal::Int)),
+                (101, Some(Signal::Term)),
+                (102, Some(Signal::Int))
+            ]
+        );
+        let words = p.steps_words(Duration::from_secs(1));
+        assert!(
+            words.starts_with("would send SIGINT to pid 100, give pid 101, 102 up to 1.0 s to exit with it, then send its stop signal to those still running"),
+            "{words}"
+        );
+        // free --signal: every rule's signal, for the run.
+        let p = Plan::judge(
+            &h,
+            &pol.with_signal(Signal::Quit),
+            &ctx(),
+            Tree::Rules,
+            NO_PGRP,
+        );
+        assert!(p.targets().iter().all(|j| j.signal == Some(Signal::Quit)));
+        // A kept holder has none.
+        let p = Plan::judge(&h, &Policy::default(), &ctx(), Tree::Rules, NO_PGRP);
+        assert!(p.judged.iter().all(|j| j.signal.is_none()));
+    }
+
+    #[test]
     fn tree_members_keep_their_protections() {
         // The caller runs under the holder: the holder's child is reaper's parent.
         let h = vec![holding(
@@ -1083,8 +1193,21 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].proxies, vec![70]);
         assert!(p.steps_words(Duration::from_secs(3)).starts_with(
-            "would stop container web (aaaaaaaaaaaa, image shop/web:1) through the engine"
+            "would stop container web (aaaaaaaaaaaa, image shop/web:1) with its own stop signal (its image's STOPSIGNAL, else SIGTERM) through the engine"
         ));
+        assert_eq!(c[0].signal, None);
+        // A rule's signal is the engine's stop signal.
+        let p = Plan::judge(
+            &[proxied()],
+            &policy().with_signal(Signal::Quit),
+            &ctx(),
+            Tree::Flag(false),
+            NO_PGRP,
+        );
+        assert_eq!(p.container_targets()[0].signal, Some(Signal::Quit));
+        assert!(p
+            .steps_words(Duration::from_secs(3))
+            .starts_with("would stop container web (aaaaaaaaaaaa, image shop/web:1) with SIGQUIT through the engine"));
 
         // --match docker-proxy: the container is kept, the proxy protected.
         let by_proxy = Policy::from_flags(&FlagRule {

@@ -196,6 +196,7 @@ fn reaping(
         port_free_at,
         elapsed_ms,
         dry_run,
+        stop_signal: j.signal.map(|s| s.as_str().to_string()),
         container: None,
     }
 }
@@ -224,12 +225,16 @@ fn container_reaping(
         port_free_at,
         elapsed_ms,
         dry_run,
+        // The stop says what the engine sent; before it, the rule's choice.
+        stop_signal: stop
+            .and_then(|s| s.signal.clone())
+            .or_else(|| c.signal.map(|s| s.as_str().to_string())),
         container: Some(ContainerRecord {
             id: ct.id.clone(),
             short_id: ct.short_id.clone(),
             name: ct.name.clone(),
             image: ct.image.clone(),
-            stop: stop.cloned(),
+            stop: stop.cloned().map(Box::new),
         }),
     }
 }

@@ -168,6 +168,7 @@ fn a_labelled_container_is_judged_by_label_and_stopped_through_the_engine() {
     let stop = stop_and_wait(
         &ct,
         Duration::from_secs(2),
+        None,
         &probes,
         Instant::now() + Duration::from_secs(20),
     );

@@ -28,5 +28,6 @@ mod packaging;
 mod pidns;
 mod report;
 mod ship;
+mod signals;
 mod systemd;
 mod why;

@@ -2,7 +2,7 @@
 //! compatible socket).
 //!
 //! The few reads reaper makes: list containers (name, image, labels, state,
-//! addresses, port map), a container's main pid and state. Stopping one is
+//! addresses, port map), a container's main pid, state and stop signal. Stopping one is
 //! an action: `reap::container`. Through `bollard` on the unix socket; each
 //! call runs on its own short-lived thread with a current-thread runtime,
 //! so sync commands and the daemon's runtime can both call it.
@@ -137,6 +137,23 @@ pub fn main_pid(id: &str) -> anyhow::Result<Option<u32>> {
             .and_then(|s| s.pid)
             .filter(|&p| p > 0)
             .map(|p| p as u32))
+    })?;
+    Ok(out.flatten())
+}
+
+/// The container's own stop signal as the engine keeps it
+/// (`Config.StopSignal`, from the image's STOPSIGNAL or `docker run
+/// --stop-signal`); None when it has none (the engine sends SIGTERM).
+pub fn stop_signal(id: &str) -> anyhow::Result<Option<String>> {
+    let id = id.to_string();
+    let out = with_engine(TIMEOUT_SECS, move |docker| async move {
+        let inspect = docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await?;
+        Ok(inspect
+            .config
+            .and_then(|c| c.stop_signal)
+            .filter(|s| !s.trim().is_empty()))
     })?;
     Ok(out.flatten())
 }

@@ -635,6 +635,7 @@ impl Aggregator {
             elapsed_ms,
             dry_run,
             container,
+            ..
         } = body
         else {
             return;
