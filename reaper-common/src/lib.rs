@@ -94,6 +94,10 @@ pub const MAP_CLAIMS: &str = "CLAIMS";
 /// SYN_SENT on one is sent as [`KIND_CONNECT`]; every other connection
 /// costs one lookup.
 pub const MAP_WATCHED: &str = "WATCHED";
+/// Global set by userspace: 0 to leave connections alone entirely (no
+/// [`KIND_CONNECT`], not even the [`MAP_WATCHED`] lookup), to measure what
+/// watching them costs.
+pub const GLOBAL_CONNECTS: &str = "REAPER_CONNECTS";
 /// Capacity of [`MAP_WATCHED`].
 pub const WATCHED_MAX: u32 = 4096;
 /// Default capacity of [`MAP_CLAIMS`]; userspace may resize it before load.

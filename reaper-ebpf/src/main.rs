@@ -175,6 +175,10 @@ fn current_pid_tgid() -> u64 {
     ((ns.tgid as u64) << 32) | ns.pid as u64
 }
 
+/// Set by userspace to 0 to leave connections alone (to measure their cost).
+#[no_mangle]
+static REAPER_CONNECTS: u8 = 1;
+
 /// Whether userspace asked for pids of its own pid namespace.
 #[inline(always)]
 fn pidns_mapped() -> bool {
@@ -569,7 +573,9 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
 pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     let newstate: i32 = ctx.arg(2);
     if newstate != TCP_LISTEN {
-        if ctx.arg::<i32>(1) == TCP_SYN_SENT {
+        // SAFETY: a global patched by the loader, read-only.
+        let connects = unsafe { core::ptr::read_volatile(&REAPER_CONNECTS) } != 0;
+        if connects && ctx.arg::<i32>(1) == TCP_SYN_SENT {
             on_connected(&ctx);
         }
         return 0;

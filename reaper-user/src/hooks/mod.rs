@@ -324,6 +324,14 @@ fn loader(opts: &Options, exact: bool, ns: pidns::PidNs) -> EbpfLoader<'static> 
         if exact { &ON } else { &OFF },
         true,
     );
+    // REAPER_CONNECT_WATCH=off: connections are left alone entirely, so a
+    // benchmark can measure what watching them costs (bench/src/bin/connect.rs).
+    let connects = std::env::var_os("REAPER_CONNECT_WATCH").is_none_or(|v| v != "off");
+    l.override_global(
+        reaper_common::GLOBAL_CONNECTS,
+        if connects { &ON } else { &OFF },
+        true,
+    );
     l.override_global(
         reaper_common::GLOBAL_ALL,
         if opts.all { &ON } else { &OFF },
