@@ -2,7 +2,10 @@
 //! (debootstrap, imported into the local Docker Engine by `cargo xtask
 //! systemd-image`, which `cargo xtask test` runs; cached) booted with
 //! systemd as PID 1. Inside: apt installs the .deb of `cargo xtask dist`,
-//! the service is enabled and active, `systemctl reload` with a broken
+//! the service is enabled and active, a stale server on port 81 is freed
+//! by a reap rule when a bind of 81 fails (the daemon runs in the
+//! container's own pid namespace: its conflict names the holder by the
+//! container's pid), `systemctl reload` with a broken
 //! config keeps the running one, an upgrade to a rebuilt .deb restarts it,
 //! `apt remove` stops it.
 //!
