@@ -115,6 +115,11 @@ fn a_daemon_in_its_own_pid_namespace_names_and_reaps_holders_and_marks_outsiders
             .to_string_lossy(),
         "the container must have a pid namespace of its own"
     );
+    let doctor = b.sh("reaper doctor 2>&1 || true");
+    assert!(
+        doctor.contains(&format!("pidns       {own_pidns} (not the host's)")),
+        "doctor says whose pids reaper sees:\n{doctor}"
+    );
     // A stale server inside: orphaned (its shell exits), adopted by the
     // container's init. Its pid as the container numbers it.
     let port = 8000 + (std::process::id() % 1000) as u16;
