@@ -116,4 +116,20 @@ fn a_watched_port_given_to_a_connect_is_journaled_with_its_client_and_peer() {
         let _ = client.kill();
         let _ = client.wait();
     }
+
+    // The report puts it on the port's timeline, in words.
+    let out = reaper_tests::reaper()
+        .args(["report", "--port", &LENT.to_string(), "--journal"])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", reaper_tests::show(&out));
+    let md = String::from_utf8_lossy(&out.stdout);
+    // (Markdown escapes the brackets of an IPv6 peer.)
+    for peer in ["127.0.0.1:41000", "\\[::1\\]:41001"] {
+        assert!(
+            md.contains(&format!("given by the kernel to a connect() to {peer}")),
+            "{md}"
+        );
+    }
 }
