@@ -68,9 +68,10 @@ pub struct ProcessRef {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned: Option<bool>,
-    /// True when the process is outside reaper's pid namespace (reaper runs
-    /// in a container without the host's pids): the kernel saw it, reaper
-    /// cannot, so `pid` is 0.
+    /// True when the process's pid namespace is not reaper's own (reaper
+    /// runs in a container without the host's pids; the process is on the
+    /// host, in a sibling container, or in a namespace nested in reaper's:
+    /// the kernel maps a pid only into the task's own namespace): `pid` is 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outside_pidns: Option<bool>,
 }
