@@ -245,3 +245,32 @@ fn a_daemon_in_its_own_pid_namespace_names_and_reaps_holders_and_marks_outsiders
         "the record says why no holder is named, and the fix: {outside:#}"
     );
 }
+
+/// Whose pids reaper speaks is the pid namespace of the /proc it reads: in
+/// a new pid namespace that kept the host's /proc, the host's (no mapping);
+/// with a /proc of its own, its own (mapped).
+#[test]
+fn the_pid_namespace_is_the_one_of_the_proc_reaper_reads() {
+    reaper_tests::require_root();
+    let doctor = |extra: &[&str]| {
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .arg(reaper_bin())
+            .arg("doctor")
+            .output()
+            .expect("unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("pidns"))
+            .unwrap_or_else(|| panic!("no pidns line: {}", show(&out)))
+            .to_string()
+    };
+    let host = doctor(&[]);
+    assert!(
+        host.ends_with("pid:[4026531836] (the host's)"),
+        "the host's /proc: {host}"
+    );
+    let own = doctor(&["--mount-proc"]);
+    assert!(own.contains("(not the host's)"), "its own /proc: {own}");
+}
