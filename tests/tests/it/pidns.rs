@@ -274,3 +274,43 @@ fn the_pid_namespace_is_the_one_of_the_proc_reaper_reads() {
     let own = doctor(&["--mount-proc"]);
     assert!(own.contains("(not the host's)"), "its own /proc: {own}");
 }
+
+/// `reaper watch` in a pid namespace of its own (with its own /proc): a
+/// bind on the host is shown, and said to be outside, not given a pid.
+#[test]
+fn watch_in_its_own_pid_namespace_says_a_host_binder_is_outside() {
+    reaper_tests::require_root();
+    let mut watch = reaper_tests::Spawned::spawn(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(reaper_bin())
+            .args(["watch", "--duration", "60"]),
+    );
+    watch.wait_err("watching binds", Duration::from_secs(30));
+    let port = reaper_tests::free_port();
+    let line = {
+        let mut found = None;
+        for _ in 0..3 {
+            let (_holder, _) = hold(&["127.0.0.1", &port.to_string()]);
+            found = poll_for(Duration::from_secs(5), || {
+                watch
+                    .line(Duration::from_millis(200))
+                    .filter(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("(binder)"))
+            });
+            if found.is_some() {
+                break;
+            }
+        }
+        found.unwrap_or_else(|| panic!("watch never showed the host's bind of {port}"))
+    };
+    assert!(
+        line.contains("pid outside reaper's pid namespace (binder)"),
+        "{line}"
+    );
+    // Its network namespace named all the same, by the event's netns
+    // cookie (no process of that namespace is in watch's /proc but watch).
+    assert!(
+        line.contains(&format!("netns {}", reaper_tests::own_netns())),
+        "{line}"
+    );
+}
