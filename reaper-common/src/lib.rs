@@ -33,6 +33,16 @@ pub const KIND_OUTCOME: u8 = 5;
 /// socket binds again or is released. Carries the stashed request (address,
 /// port, the attempt's time); the identity is the releasing task's.
 pub const KIND_FAILED: u8 = 6;
+/// A TCP connection left SYN_SENT on a local port userspace watches
+/// ([`MAP_WATCHED`]): the port the kernel gave to a `connect()` (tp_btf
+/// `inet_sock_set_state` with old state SYN_SENT; at the SYN_SENT
+/// transition itself the port is not picked yet). Carries the local port,
+/// the family, the peer's address ([`Event::addr`]) and port ([`Event::ret`]),
+/// the socket cookie and the time. The handshake ends in whatever task the
+/// network stack runs in, so the identity fields are not the client's:
+/// they are left zero ([`FLAG_NO_TASK`]) and userspace finds the owner by
+/// the socket cookie.
+pub const KIND_CONNECT: u8 = 7;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
@@ -54,6 +64,9 @@ pub const FLAG_UNSTORED: u8 = 4;
 /// the initial namespace's thread id, only good for joining an attempt to
 /// its outcome.
 pub const FLAG_OUTSIDE_PIDNS: u8 = 8;
+/// Set when the record carries no task identity (pid, tid, uid, comm,
+/// cgroup): see [`KIND_CONNECT`].
+pub const FLAG_NO_TASK: u8 = 16;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -76,6 +89,17 @@ pub const GLOBAL_PIDNS_INO: &str = "REAPER_PIDNS_INO";
 /// listen), removed by the release hook. Read by userspace when it needs the
 /// truth (start, after a loss, ephemeral claims) instead of scanning /proc.
 pub const MAP_CLAIMS: &str = "CLAIMS";
+/// Local ports userspace watches for `connect()`s (port, host order -> 1):
+/// configured ports and ports with recent conflicts. A connection leaving
+/// SYN_SENT on one is sent as [`KIND_CONNECT`]; every other connection
+/// costs one lookup.
+pub const MAP_WATCHED: &str = "WATCHED";
+/// Global set by userspace: 0 to leave connections alone entirely (no
+/// [`KIND_CONNECT`], not even the [`MAP_WATCHED`] lookup), to measure what
+/// watching them costs.
+pub const GLOBAL_CONNECTS: &str = "REAPER_CONNECTS";
+/// Capacity of [`MAP_WATCHED`].
+pub const WATCHED_MAX: u32 = 4096;
 /// Default capacity of [`MAP_CLAIMS`]; userspace may resize it before load.
 pub const CLAIMS_MAX_DEFAULT: u32 = 65536;
 /// Per-CPU counters of the kernel side, indexed by the `COUNT_*` slots.
@@ -112,7 +136,8 @@ pub struct Event {
     /// Thread id, as `tgid` (see [`FLAG_OUTSIDE_PIDNS`]).
     pub tid: u32,
     pub uid: u32,
-    /// For [`KIND_OUTCOME`]: 0 or a negative errno. Otherwise 0.
+    /// For [`KIND_OUTCOME`]: 0 or a negative errno. For [`KIND_CONNECT`]:
+    /// the peer's port (host order). Otherwise 0.
     pub ret: i32,
     /// Host byte order. Requested port for attempts, bound port otherwise.
     pub port: u16,

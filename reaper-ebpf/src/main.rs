@@ -50,17 +50,24 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reaper_common::{
-    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_OUTSIDE_PIDNS, FLAG_UNSTORED, KIND_ATTEMPT,
-    KIND_BOUND, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
+    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_NO_TASK, FLAG_OUTSIDE_PIDNS, FLAG_UNSTORED,
+    KIND_ATTEMPT, KIND_BOUND, KIND_CONNECT, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
 };
 
 /// Allowed: cgroup sock/sock_addr programs return 1 to let the call go on.
 const ALLOW: i32 = 1;
 const TCP_LISTEN: i32 = 10;
+const TCP_SYN_SENT: i32 = 2;
 /// Offsets in `struct sock_common`, unchanged since Linux 3.x:
 /// skc_num (host-order local port) and skc_family.
 const SKC_NUM_OFFSET: usize = 14;
 const SKC_FAMILY_OFFSET: usize = 16;
+/// skc_daddr (IPv4 peer, network order) and skc_dport (network order),
+/// stable since Linux 3.x; skc_v6_daddr follows skc_net, at 56 on every
+/// 64-bit kernel with network namespaces and IPv6 (a test checks it).
+const SKC_DADDR_OFFSET: usize = 0;
+const SKC_DPORT_OFFSET: usize = 12;
+const SKC_V6_DADDR_OFFSET: usize = 56;
 
 /// 256 KiB by default; userspace may resize it before load (`--ringbuf-size`).
 #[map(name = "EVENTS")]
@@ -86,6 +93,11 @@ static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reaper_common::C
 /// Ephemeral (port 0) binds per process, summarised instead of sent.
 #[map(name = "EPHEMERAL")]
 static EPHEMERAL: LruPerCpuHashMap<u32, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Local ports whose `connect()`s are sent (see `KIND_CONNECT`); filled by
+/// userspace.
+#[map(name = "WATCHED")]
+static WATCHED: HashMap<u16, u8> = HashMap::with_max_entries(reaper_common::WATCHED_MAX, 0);
 
 /// Threads inside a bind whose exact outcome an exact tier will report.
 #[map(name = "PENDING")]
@@ -162,6 +174,10 @@ fn current_pid_tgid() -> u64 {
     }
     ((ns.tgid as u64) << 32) | ns.pid as u64
 }
+
+/// Set by userspace to 0 to leave connections alone (to measure their cost).
+#[no_mangle]
+static REAPER_CONNECTS: u8 = 1;
 
 /// Whether userspace asked for pids of its own pid namespace.
 #[inline(always)]
@@ -557,6 +573,11 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
 pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     let newstate: i32 = ctx.arg(2);
     if newstate != TCP_LISTEN {
+        // SAFETY: a global patched by the loader, read-only.
+        let connects = unsafe { core::ptr::read_volatile(&REAPER_CONNECTS) } != 0;
+        if connects && ctx.arg::<i32>(1) == TCP_SYN_SENT {
+            on_connected(&ctx);
+        }
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
@@ -602,6 +623,49 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     }
     send(&ctx, &ev);
     0
+}
+
+// ---- ports the kernel gave to connect() --------------------------------------
+
+/// A connection left SYN_SENT: its local port is picked now. Sent only when
+/// userspace watches that port; every other connection costs this read and
+/// one lookup.
+#[inline(always)]
+fn on_connected(ctx: &BtfTracePointContext) {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: fixed, long-stable offsets inside struct sock_common.
+    let port = unsafe { bpf_probe_read_kernel(sk.add(SKC_NUM_OFFSET) as *const u16) }.unwrap_or(0);
+    // SAFETY: only whether the entry exists is used.
+    if port == 0 || unsafe { WATCHED.get(&port) }.is_none() {
+        return;
+    }
+    let mut ev = Event::zeroed();
+    ev.kind = KIND_CONNECT;
+    // Not the client's identity (softirq may run in any task): none.
+    ev.flags = FLAG_NO_TASK;
+    // SAFETY: a helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: `sk` is the tracepoint's struct sock; the helper accepts it.
+    ev.cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    ev.port = port;
+    ev.protocol = reaper_common::IPPROTO_TCP;
+    ev.sock_type = 1;
+    // SAFETY: as above.
+    ev.family = unsafe { bpf_probe_read_kernel(sk.add(SKC_FAMILY_OFFSET) as *const u16) }
+        .unwrap_or(0) as u8;
+    // SAFETY: as above.
+    let dport =
+        unsafe { bpf_probe_read_kernel(sk.add(SKC_DPORT_OFFSET) as *const u16) }.unwrap_or(0);
+    ev.ret = u16::from_be(dport) as i32;
+    ev.addr = if ev.family == reaper_common::AF_INET6 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(sk.add(SKC_V6_DADDR_OFFSET) as *const [u8; 16]) }
+            .unwrap_or([0; 16])
+    } else {
+        // SAFETY: as above.
+        addr4(unsafe { bpf_probe_read_kernel(sk.add(SKC_DADDR_OFFSET) as *const u32) }.unwrap_or(0))
+    };
+    send(ctx, &ev);
 }
 
 // ---- exact-errno tiers ------------------------------------------------------

@@ -159,11 +159,7 @@ pub fn drop_except(keep: &[u32]) -> Result<Dropped> {
     if may_bound {
         for cap in 0..=last {
             if keep_mask & (1u64 << cap) == 0 {
-                // SAFETY: prctl with integer arguments.
-                let r =
-                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-                if r != 0 {
-                    let e = std::io::Error::last_os_error();
+                if let Err(e) = crate::sys::capbset_drop(cap) {
                     // EINVAL: the kernel does not know this capability.
                     if e.raw_os_error() != Some(libc::EINVAL) {
                         bail!("dropping capability {cap} from the bounding set: {e}");
@@ -275,51 +271,38 @@ mod tests {
         );
     }
 
+    /// Runs `f` on a thread of its own: capability sets (the bounding set
+    /// too) belong to a thread, so the test process keeps its privileges.
+    fn on_a_thread(f: impl FnOnce() -> bool + Send + 'static) -> bool {
+        std::thread::spawn(f).join().expect("the thread ran")
+    }
+
     #[test]
     fn without_setpcap_the_bounding_set_is_left_and_the_rest_dropped() {
-        // SAFETY: the child only calls async-signal-safe-enough code and exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        let ok = on_a_thread(|| {
             // Give up CAP_SETPCAP first, as a unit's bounding set does.
             let step = drop_except(&[CAP_KILL, CAP_NET_ADMIN]);
-            let bounding_before = bounding_of("self");
-            let ok = step.is_ok()
+            let bounding_before = bounding_of("thread-self");
+            step.is_ok()
                 && drop_except(&[CAP_KILL]).is_ok_and(|d| {
                     !d.bounding_reduced
                         && d.effective == 1 << CAP_KILL
                         && d.permitted == 1 << CAP_KILL
                         && d.bounding == bounding_before
-                });
-            // SAFETY: leaving the forked child without running destructors.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), 0);
+                })
+        });
+        assert!(ok);
+        // This thread kept its own.
+        assert_ne!(effective_of("thread-self"), Some(1 << CAP_KILL));
     }
 
     #[test]
-    fn dropping_in_a_child_leaves_only_what_is_kept() {
-        // In a forked child so the test process keeps its privileges.
-        // SAFETY: the child only calls async-signal-safe-enough code and exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = drop_except(&[CAP_KILL]).is_ok_and(|d| d.bounding_reduced)
-                && effective_of("self").is_some_and(|e| e & !(1 << CAP_KILL) == 0)
-                && bounding_of("self").is_some_and(|b| b == 1 << CAP_KILL);
-            // SAFETY: leaving the forked child without running destructors.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status));
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            0,
-            "capabilities were not dropped as asked"
-        );
+    fn dropping_on_a_thread_leaves_only_what_is_kept() {
+        let ok = on_a_thread(|| {
+            drop_except(&[CAP_KILL]).is_ok_and(|d| d.bounding_reduced)
+                && effective_of("thread-self").is_some_and(|e| e & !(1 << CAP_KILL) == 0)
+                && bounding_of("thread-self").is_some_and(|b| b == 1 << CAP_KILL)
+        });
+        assert!(ok, "capabilities were not dropped as asked");
     }
 }

@@ -95,16 +95,7 @@ pub fn looks_orphaned(stat: &Stat) -> bool {
     stat.pid > 1 && stat.ppid == 1 && stat.session != stat.pid as i32
 }
 
-/// Clock ticks per second (USER_HZ) for the start time in /proc/PID/stat.
-pub fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
+pub use crate::sys::clock_ticks;
 
 /// Reads a /proc file whole; None when the process is gone or unreadable.
 pub fn read(pid: u32, name: &str) -> Option<Vec<u8>> {

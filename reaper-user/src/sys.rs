@@ -6,16 +6,25 @@
 //! - `kcmp`: whether two fds of two processes are one open file (holders'
 //!   fd map, when readlink of every fd costs too much);
 //! - `capget`, `capset`: the daemon's least privilege (caps);
-//! - `bpf`: the claims map read whole (hooks' claims map, which aya does not
-//!   batch);
+//! - `bpf`, behind [`BpfHash`]: the claims map read whole (hooks' claims
+//!   map, which aya does not batch);
 //! - `socket`, `setsockopt_int`, `bind`, `listen`, `setns_net`: the bind
 //!   probe (reap), a bind exactly as the next server makes it;
+//! - `pidfd_getfd`, `getsockopt_int`: a holder's socket options (bindmodel);
+//! - `poll`: waiting on pidfds (reap);
+//! - `openat_dir`, `readlinkat`: the fd map's /proc walk without
+//!   allocations (holders);
+//! - `capbset_drop`: the bounding set (caps);
+//! - `clock_ns`, `clock_ticks`: the clocks and USER_HZ (util, proc);
+//! - `async_ring_buf`: the eBPF ring buffer registered with tokio (events);
 //! - `getsockopt(SO_NETNS_COOKIE)`: which namespace a kernel event's netns
 //!   cookie names (holders' netns).
 //!
-//! Everything nix wraps (openat, readlink, signals by pid, ...) is called
-//! through nix where it is used.
+//! Everything std or nix wraps safely (signals by pid, fdatasync, write,
+//! ...) is called through them where it is used; no other module holds an
+//! `unsafe` block outside its tests.
 
+use std::ffi::CStr;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -140,7 +149,7 @@ pub fn capset(data: &[CapData; 2]) -> io::Result<()> {
 /// `attr` must be laid out as the kernel's `union bpf_attr` member for
 /// `cmd`, and every pointer in it must point at a live buffer of the size
 /// the map's key and value types need for that command.
-pub unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: the caller vouches for attr (see above); its size is passed.
     let r = unsafe {
         libc::syscall(
@@ -154,6 +163,138 @@ pub unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(r)
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// A BPF hash map of `u64` keys and `V` values whose sizes were checked
+/// against the kernel's once, so the reads below cannot write past a
+/// buffer (aya's maps do not batch).
+pub struct BpfHash<V> {
+    data: aya::maps::MapData,
+    max_entries: u32,
+    _value: std::marker::PhantomData<V>,
+}
+
+impl<V: aya::Pod> BpfHash<V> {
+    /// Err (EINVAL) when the map's key is not a u64 or its value not a `V`.
+    pub fn new(data: aya::maps::MapData) -> io::Result<BpfHash<V>> {
+        let info = data.info().map_err(io::Error::other)?;
+        if info.key_size() as usize != std::mem::size_of::<u64>()
+            || info.value_size() as usize != std::mem::size_of::<V>()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the map's key and value are {} and {} bytes, not {} and {}",
+                    info.key_size(),
+                    info.value_size(),
+                    std::mem::size_of::<u64>(),
+                    std::mem::size_of::<V>()
+                ),
+            ));
+        }
+        Ok(BpfHash {
+            max_entries: info.max_entries(),
+            data,
+            _value: std::marker::PhantomData,
+        })
+    }
+
+    pub fn max_entries(&self) -> u32 {
+        self.max_entries
+    }
+
+    fn fd(&self) -> u32 {
+        use std::os::fd::AsFd;
+        self.data.fd().as_fd().as_raw_fd() as u32
+    }
+
+    /// `BPF_MAP_LOOKUP_BATCH`: up to `keys.len()` entries (as many as
+    /// `values` holds) from the batch token `token_in` (None: the start) on;
+    /// the next token in `token_out`. How many entries were written, and the
+    /// call's result (ENOENT: the map's end was reached).
+    pub fn lookup_batch(
+        &self,
+        token_in: Option<&[u8; 8]>,
+        token_out: &mut [u8; 8],
+        keys: &mut [u64],
+        values: &mut [V],
+    ) -> (usize, io::Result<()>) {
+        #[repr(C)]
+        struct BatchAttr {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        let room = keys.len().min(values.len());
+        let mut attr = BatchAttr {
+            in_batch: token_in.map_or(0, |t| t.as_ptr() as u64),
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: room.min(u32::MAX as usize) as u32,
+            map_fd: self.fd(),
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attr is BPF_MAP_LOOKUP_BATCH's; keys and values have
+        // room for `count` entries of the map's key and value sizes (checked
+        // in `new`), the tokens for a hash map's u32; all live for the call.
+        let r = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        ((attr.count as usize).min(room), r.map(|_| ()))
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (None: the first key);
+    /// ENOENT at the end.
+    pub fn next_key(&self, key: Option<&u64>) -> io::Result<u64> {
+        let mut next: u64 = 0;
+        let mut attr = ElemAttr {
+            map_fd: self.fd(),
+            _pad: 0,
+            key: key.map_or(0, |k| k as *const u64 as u64),
+            value_or_next: &mut next as *mut u64 as u64,
+            flags: 0,
+        };
+        // SAFETY: key and next are u64s, the map's key size (checked in
+        // `new`), live for the call.
+        unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) }?;
+        Ok(next)
+    }
+
+    /// `BPF_MAP_LOOKUP_ELEM`: the value of `key`; ENOENT when it has none.
+    pub fn lookup(&self, key: &u64) -> io::Result<V> {
+        let mut value = std::mem::MaybeUninit::<V>::zeroed();
+        let mut attr = ElemAttr {
+            map_fd: self.fd(),
+            _pad: 0,
+            key: key as *const u64 as u64,
+            value_or_next: value.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: key is a u64 and value has room for a V, the map's key and
+        // value sizes (checked in `new`), live for the call.
+        unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }?;
+        // SAFETY: V is Pod: any bytes the kernel wrote (or zeroes) are a V.
+        Ok(unsafe { value.assume_init() })
+    }
+}
+
+/// The attr of BPF_MAP_LOOKUP_ELEM and BPF_MAP_GET_NEXT_KEY.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next: u64,
+    flags: u64,
 }
 
 /// `socket(2)`, close-on-exec, owned at once.
@@ -270,6 +411,116 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// `pidfd_getfd(2)`: a copy, in this process, of fd `fd` of the process
+/// of `pidfd` (PTRACE_MODE_ATTACH: root, or the same user unrestricted).
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integers only; the kernel touches no memory of ours.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// `getsockopt(2)` of an int option.
+pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a c_int and its size, both live until the call returns.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// `poll(2)` on `fds` for up to `timeout_ms` (-1: no limit): how many have
+/// events (in their `revents`).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: a valid array of pollfd and its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `openat(2)` of a directory, close-on-exec, owned at once.
+pub fn openat_dir(dir: RawFd, path: &str) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `readlinkat(2)` into `buf`, without allocating: the length of the link
+/// (cut at `buf`'s length, as the kernel cuts it).
+pub fn readlinkat(dir: RawFd, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `name` is NUL-terminated and `buf` is valid for its length.
+    let r = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+/// `prctl(PR_CAPBSET_DROP)`: `cap` leaves the calling thread's bounding set.
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `clock_gettime(2)` of `clock`, in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Clock ticks per second (USER_HZ, `sysconf(_SC_CLK_TCK)`); 100 when it
+/// cannot be read.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// The eBPF ring buffer registered with tokio for readability.
+pub fn async_ring_buf(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the ring buffer owns its fd and keeps it open and unchanged
+    // for as long as the AsyncFd owns the ring buffer.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 #[cfg(test)]

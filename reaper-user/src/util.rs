@@ -97,16 +97,7 @@ impl BootClock {
     }
 }
 
-/// Reads a clock in nanoseconds.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::sys::clock_ns;
 
 /// RFC 3339 with milliseconds, UTC: the one time format reaper prints.
 pub fn rfc3339(t: DateTime<Utc>) -> String {

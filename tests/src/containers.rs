@@ -66,6 +66,11 @@ pub struct Image {
 impl Image {
     /// Compiles the listener with `cc -static` and builds an image of it.
     pub fn build() -> Image {
+        Image::build_with("")
+    }
+
+    /// [`Image::build`] with more Dockerfile lines (e.g. `STOPSIGNAL SIGQUIT`).
+    pub fn build_with(dockerfile_lines: &str) -> Image {
         let dir = tempfile::tempdir().unwrap();
         let src = crate::workspace().join("tests/fixtures/container/listener.c");
         let bin = dir.path().join("listener");
@@ -83,7 +88,7 @@ impl Image {
         );
         std::fs::write(
             dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY listener /listener\nENTRYPOINT [\"/listener\"]\n",
+            format!("FROM scratch\nCOPY listener /listener\n{dockerfile_lines}\nENTRYPOINT [\"/listener\"]\n"),
         )
         .unwrap();
         let tag = format!("{}:latest", unique("reaper-test-listener"));
@@ -119,6 +124,13 @@ impl Container {
     /// The engine's state word: running, exited, ...
     pub fn state(&self) -> String {
         docker(&["inspect", "--format", "{{.State.Status}}", &self.id])
+    }
+
+    /// Its main process's exit status, as the engine saw it.
+    pub fn exit_code(&self) -> i32 {
+        docker(&["inspect", "--format", "{{.State.ExitCode}}", &self.id])
+            .parse()
+            .unwrap()
     }
 
     /// The docker-proxy pids that publish a host port for this container.

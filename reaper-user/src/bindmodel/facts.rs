@@ -18,7 +18,7 @@
 //! so they stay `None` and the answer lists both outcomes.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::{Activity, Existing};
@@ -115,13 +115,7 @@ pub fn of_holding(h: &Holding) -> Existing {
 pub fn read_flags(pid: u32, inode: u64) -> Option<Flags> {
     let fd = fd_of(pid, inode)?;
     let pidfd = crate::sys::pidfd_open(pid).ok()?;
-    // SAFETY: pidfd_getfd with a valid pidfd; the result is a new fd we own.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just gave us this fd.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let sock = crate::sys::pidfd_getfd(pidfd.as_fd(), fd).ok()?;
     // The fd may have been reused between the readlink and the copy.
     let meta = std::fs::File::from(sock.try_clone().ok()?)
         .metadata()
@@ -142,19 +136,7 @@ pub fn read_flags(pid: u32, inode: u64) -> Option<Flags> {
 }
 
 fn int_opt(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a c_int of the size we pass.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(v)
+    crate::sys::getsockopt_int(fd.as_fd(), level, name).ok()
 }
 
 /// The fd number under which `pid` holds socket `inode`.

@@ -18,6 +18,9 @@ struct Report {
     /// Effective capabilities that matter to reaper, by name.
     capabilities: Vec<Cap>,
     cgroup2: Option<String>,
+    /// The pid namespace reaper's /proc numbers processes in, and what the
+    /// kernel side does about it (or why it cannot be known).
+    pidns: String,
     unprivileged_bpf_disabled: Option<String>,
     probes: Vec<Probe>,
     /// Why the probes could not run, when they could not.
@@ -187,6 +190,7 @@ fn gather() -> Report {
         euid: nix::unistd::geteuid().as_raw(),
         capabilities,
         cgroup2: hooks::cgroup2_root().ok().map(|p| p.display().to_string()),
+        pidns: pidns_words(),
         unprivileged_bpf_disabled: read_trim("/proc/sys/kernel/unprivileged_bpf_disabled"),
         probes,
         probe_error,
@@ -210,6 +214,18 @@ fn human(r: &Report, style: Style) -> String {
     s.push_str(&tier_words(r, style));
     s.push_str(&ports_words(r, style));
     s
+}
+
+/// Whose pids reaper sees, in words.
+fn pidns_words() -> String {
+    match hooks::pidns::of_proc() {
+        Ok(ns) if ns.is_initial() => format!("{} (the host's)", ns.name()),
+        Ok(ns) => format!(
+            "{} (not the host's): the kernel side reports pids in it (bpf_get_ns_current_pid_tgid); a process outside it is marked outside_pidns with pid 0, and a conflict in a network namespace no process of it is in is recorded without holders and says so (hostPID: true / --pid=host sees everything)",
+            ns.name()
+        ),
+        Err(e) => format!("unknown ({e:#}): the daemon refuses to attach; run it in the host's pid namespace (hostPID: true / --pid=host)"),
+    }
 }
 
 /// The kernel, its BTF, lockdown, LSMs, cgroup v2 and reaper's capabilities.
@@ -236,6 +252,7 @@ fn machine_words(r: &Report, style: Style) -> String {
             .as_deref()
             .unwrap_or("not mounted (the cgroup tier needs it)")
     ));
+    s.push_str(&format!("pidns       {}\n", r.pidns));
     s.push_str(&format!("euid        {}\n", r.euid));
     for c in &r.capabilities {
         let mark = if c.present {

@@ -366,9 +366,14 @@ pub fn human(f: &Fact, style: Style) -> String {
         _ => "?".into(),
     };
     let netns = f.netns.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    let pid = if f.outside_pidns {
+        // The kernel saw it; this pid namespace has no number for it.
+        "outside reaper's pid namespace".to_string()
+    } else {
+        f.pid.to_string()
+    };
     let who = format!(
-        "pid {} ({}) uid {} netns {}",
-        f.pid,
+        "pid {pid} ({}) uid {} netns {}",
         reaper::text::term(&f.comm),
         f.uid,
         netns

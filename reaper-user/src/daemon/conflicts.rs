@@ -254,6 +254,9 @@ impl Daemon {
         match self.bursts.note(key, at, Instant::now()) {
             Noted::Joined { .. } => {}
             Noted::New { id } => {
+                // A connect() the kernel gives this port from now on is
+                // recorded with its client.
+                self.watch_client_port(port);
                 // Now, before it exits: who tried.
                 let mut tried = procinfo::now(fact.pid, &fact.comm, fact.uid);
                 tried.outside_pidns = fact.outside_pidns.then_some(true);

@@ -125,6 +125,11 @@ impl Daemon {
         for (fact, holder) in facts {
             self.fact(fact, holder);
         }
+        for o in &obs {
+            if let crate::events::Observation::Connect(ev) = o {
+                self.client_port(*ev);
+            }
+        }
     }
 
     /// One fact: journal it, count it, and open a conflict for a failed bind.

@@ -21,6 +21,7 @@
 //! they finish on their thread with the grace they started with.
 
 mod churn;
+mod clientports;
 pub mod config;
 mod conflicts;
 mod ingest;
@@ -97,6 +98,8 @@ enum Work {
     },
     /// A reaping's outcome.
     Reaped(Box<ReapDone>),
+    /// A port lent to a `connect()`, with its owner when found.
+    ClientPort(Box<clientports::Lent>),
     /// A full scan: "seed", "poll" or "reconcile".
     Scanned {
         kind: &'static str,
@@ -213,6 +216,7 @@ impl Daemon {
             pid: Some(std::process::id()),
             reserved_ports,
         });
+        self.watch_reserved_ports();
         match degraded {
             Some(reason) => {
                 tracing::warn!(
@@ -348,6 +352,7 @@ impl Daemon {
                 }
             }
             Work::Reaped(r) => self.reaped(*r),
+            Work::ClientPort(l) => self.client_port_found(*l),
             Work::Scanned {
                 kind,
                 started,

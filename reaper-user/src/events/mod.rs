@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use reaper_common::{
-    Event, FLAG_EPHEMERAL, KIND_ATTEMPT, KIND_BOUND, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME,
-    KIND_RELEASE,
+    Event, FLAG_EPHEMERAL, KIND_ATTEMPT, KIND_BOUND, KIND_CONNECT, KIND_FAILED, KIND_LISTEN,
+    KIND_OUTCOME, KIND_RELEASE,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -44,6 +44,9 @@ pub enum Observation {
     Listen(Event),
     /// A socket reaper saw bound or listening was released.
     Release(Event),
+    /// A `connect()` was given a local port userspace watches (no task
+    /// identity: see `reaper_common::KIND_CONNECT`).
+    Connect(Event),
 }
 
 /// One bind attempt and what became of it.
@@ -158,6 +161,7 @@ impl Matcher {
                 out.push(failed(requested(ev, ev.port), None));
             }
             KIND_LISTEN => out.push(Observation::Listen(ev)),
+            KIND_CONNECT => out.push(Observation::Connect(ev)),
             KIND_RELEASE => {
                 // A socket released while its bind was pending: that bind failed.
                 let tids: Vec<u32> = self
@@ -234,15 +238,8 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn new(ring: RingBuf<MapData>) -> Result<EventStream> {
-        // SAFETY: the ring buffer owns its fd and keeps it open and unchanged
-        // for as long as the AsyncFd owns the ring buffer.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "registering the ring buffer with tokio: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let fd = crate::sys::async_ring_buf(ring)
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         Ok(EventStream { fd, more: false })
     }
 

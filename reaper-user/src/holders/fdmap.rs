@@ -14,7 +14,7 @@
 //! hidepid, an LSM) or that exits mid-walk is counted, never fatal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -339,16 +339,7 @@ fn walk_one(
     out: &mut FdWalk,
 ) -> Result<(), Errno> {
     let path = format!("{pid}/fd");
-    let open_dir = || {
-        nix::fcntl::openat(
-            Some(proc_fd),
-            path.as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        // SAFETY: openat just returned this fd and nothing else owns it.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-    };
+    let open_dir = || crate::sys::openat_dir(proc_fd, &path);
     // kcmp needs no directory fd: count the fds with one fstatat and open
     // the directory only if it must be listed. readlink resolves names
     // relative to it, so it is opened first.
@@ -453,20 +444,9 @@ fn readlink_fd(dir: RawFd, fd: i32) -> Result<Link, Errno> {
         buf: [0; 40],
         len: 0,
     };
-    // SAFETY: `name` is NUL-terminated (zero-filled past the digits) and
-    // `link.buf` is valid for its length.
-    let r = unsafe {
-        libc::readlinkat(
-            dir,
-            name.as_ptr().cast(),
-            link.buf.as_mut_ptr().cast(),
-            link.buf.len(),
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    link.len = r as usize;
+    // Zero-filled past the digits: NUL-terminated.
+    let name = std::ffi::CStr::from_bytes_until_nul(&name).map_err(|_| Errno::EINVAL)?;
+    link.len = crate::sys::readlinkat(dir, name, &mut link.buf)?;
     Ok(link)
 }
 

@@ -8,21 +8,18 @@
 //! the ephemeral claims the kernel summarised, without scanning /proc.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::MapData;
 use reaper_common::Event;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+use crate::sys::BpfHash;
+
 /// Entries asked for per batch syscall.
 const BATCH: usize = 4096;
 
 /// The kernel-side claims map.
 pub struct ClaimsMap {
-    data: MapData,
-    capacity: u32,
+    map: BpfHash<Event>,
     /// Whether the kernel answered BPF_MAP_LOOKUP_BATCH (None: not tried).
     batch_ok: Option<bool>,
     keys: Vec<u64>,
@@ -30,20 +27,19 @@ pub struct ClaimsMap {
 }
 
 impl ClaimsMap {
-    pub fn new(data: MapData) -> ClaimsMap {
-        let capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
-        ClaimsMap {
-            data,
-            capacity,
+    /// Err when the map's key or value is not the claim's (rebuild).
+    pub fn new(data: MapData) -> io::Result<ClaimsMap> {
+        Ok(ClaimsMap {
+            map: BpfHash::new(data)?,
             batch_ok: None,
             keys: Vec::new(),
             values: Vec::new(),
-        }
+        })
     }
 
     /// How many claims the map holds at most.
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.map.max_entries()
     }
 
     /// Every claim in the map now, into `out` (cleared first). A claim made
@@ -67,10 +63,6 @@ impl ClaimsMap {
         self.read_keywise(out)
     }
 
-    fn fd(&self) -> u32 {
-        self.data.fd().as_fd().as_raw_fd() as u32
-    }
-
     fn read_batched(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         self.keys.resize(BATCH, 0);
         self.values.resize(BATCH, Event::zeroed());
@@ -79,37 +71,18 @@ impl ClaimsMap {
         let mut token_out = [0u8; 8];
         let mut first = true;
         loop {
-            #[repr(C)]
-            struct BatchAttr {
-                in_batch: u64,
-                out_batch: u64,
-                keys: u64,
-                values: u64,
-                count: u32,
-                map_fd: u32,
-                elem_flags: u64,
-                flags: u64,
-            }
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
-                out_batch: token_out.as_mut_ptr() as u64,
-                keys: self.keys.as_mut_ptr() as u64,
-                values: self.values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: self.fd(),
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: the attr points at buffers of BATCH keys and values of
-            // the map's key and value sizes, alive for the call.
-            let err = unsafe { crate::sys::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
-            let n = (attr.count as usize).min(BATCH);
+            let (n, r) = self.map.lookup_batch(
+                (!first).then_some(&token_in),
+                &mut token_out,
+                &mut self.keys,
+                &mut self.values,
+            );
             out.extend_from_slice(&self.values[..n]);
-            match err {
-                None => {}
+            match r {
+                Ok(()) => {}
                 // The end of the map.
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Some(e) => return Err(e),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
             }
             token_in = token_out;
             first = false;
@@ -117,49 +90,19 @@ impl ClaimsMap {
     }
 
     fn read_keywise(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
-        #[repr(C)]
-        struct ElemAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value_or_next: u64,
-            flags: u64,
-        }
-        let fd = self.fd();
-        let mut key: u64 = 0;
-        let mut next: u64 = 0;
-        let mut first = true;
+        let mut key: Option<u64> = None;
         // A key deleted between two calls restarts the walk at the first
         // key: bound the walk so churn cannot keep it going.
-        let limit = 2 * self.capacity as usize + 16;
+        let limit = 2 * self.capacity() as usize + 16;
         for _ in 0..limit {
-            let mut attr = ElemAttr {
-                map_fd: fd,
-                _pad: 0,
-                key: if first { 0 } else { &key as *const u64 as u64 },
-                value_or_next: &mut next as *mut u64 as u64,
-                flags: 0,
+            let next = match self.map.next_key(key.as_ref()) {
+                Ok(next) => next,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
             };
-            // SAFETY: key and next are u64, the map's key size.
-            if let Err(e) = unsafe { crate::sys::bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    return Ok(());
-                }
-                return Err(e);
-            }
-            first = false;
-            key = next;
-            let mut value = Event::zeroed();
-            let mut attr = ElemAttr {
-                map_fd: fd,
-                _pad: 0,
-                key: &key as *const u64 as u64,
-                value_or_next: &mut value as *mut Event as u64,
-                flags: 0,
-            };
-            // SAFETY: value is an Event, the map's value type.
+            key = Some(next);
             // A claim released between the two calls is simply gone.
-            if unsafe { crate::sys::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.is_ok() {
+            if let Ok(value) = self.map.lookup(&next) {
                 out.push(value);
             }
         }

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::error::Error;
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError,
     TracePoint,
@@ -132,6 +132,9 @@ pub struct Attached {
     /// Whether every bind is sent (`watch --all`), or ephemeral ones are
     /// summarised.
     pub all: bool,
+    /// Local ports whose `connect()`s the kernel side sends
+    /// (`reaper_common::KIND_CONNECT`).
+    pub watched: BpfHashMap<MapData, u16, u8>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub cgroup: PathBuf,
     /// Keeps the programs and links alive.
@@ -159,6 +162,12 @@ impl Attached {
     /// Claims the kernel-side map had no room for.
     pub fn claims_full_total(&self) -> u64 {
         self.count(reaper_common::COUNT_CLAIMS_FULL)
+    }
+
+    /// Watches a local port: a `connect()` the kernel gives it is sent.
+    /// False when the map is full (`reaper_common::WATCHED_MAX`).
+    pub fn watch_port(&mut self, port: u16) -> bool {
+        self.watched.insert(port, 1, 0).is_ok()
     }
 
     /// Ephemeral binds summarised kernel-side, per process (pid, count),
@@ -315,6 +324,14 @@ fn loader(opts: &Options, exact: bool, ns: pidns::PidNs) -> EbpfLoader<'static> 
         if exact { &ON } else { &OFF },
         true,
     );
+    // REAPER_CONNECT_WATCH=off: connections are left alone entirely, so a
+    // benchmark can measure what watching them costs (bench/src/bin/connect.rs).
+    let connects = std::env::var_os("REAPER_CONNECT_WATCH").is_none_or(|v| v != "off");
+    l.override_global(
+        reaper_common::GLOBAL_CONNECTS,
+        if connects { &ON } else { &OFF },
+        true,
+    );
     l.override_global(
         reaper_common::GLOBAL_ALL,
         if opts.all { &ON } else { &OFF },
@@ -402,7 +419,8 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
         .take_map(reaper_common::MAP_CLAIMS)
         .context("the eBPF object has no CLAIMS map")?
     {
-        Map::HashMap(data) => claims::ClaimsMap::new(data),
+        Map::HashMap(data) => claims::ClaimsMap::new(data)
+            .context("the eBPF object's CLAIMS map does not hold claims (rebuild)")?,
         _ => {
             return Err(
                 anyhow::anyhow!("the eBPF object's CLAIMS map is not a hash map (rebuild)").into(),
@@ -419,9 +437,15 @@ fn load_and_attach(choice: TierChoice, opts: &Options) -> Result<Attached, Error
             .context("the eBPF object has no EPHEMERAL map")?,
     )
     .map_err(anyhow::Error::from)?;
+    let watched = BpfHashMap::try_from(
+        ebpf.take_map(reaper_common::MAP_WATCHED)
+            .context("the eBPF object has no WATCHED map")?,
+    )
+    .map_err(anyhow::Error::from)?;
     Ok(Attached {
         tier,
         listens,
+        watched,
         events: Some(events),
         lost,
         claims,

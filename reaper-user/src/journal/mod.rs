@@ -68,9 +68,10 @@ pub struct ProcessRef {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned: Option<bool>,
-    /// True when the process is outside reaper's pid namespace (reaper runs
-    /// in a container without the host's pids): the kernel saw it, reaper
-    /// cannot, so `pid` is 0.
+    /// True when the process's pid namespace is not reaper's own (reaper
+    /// runs in a container without the host's pids; the process is on the
+    /// host, in a sibling container, or in a namespace nested in reaper's:
+    /// the kernel maps a pid only into the task's own namespace): `pid` is 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outside_pidns: Option<bool>,
 }
@@ -161,6 +162,23 @@ pub enum Body {
         process: ProcessRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cookie: Option<u64>,
+    },
+    /// The kernel gave a watched port to a `connect()`: "port P was given
+    /// to pid X (comm) connecting to Y at T". `ts` is when the handshake
+    /// ended; the owner is the process holding that connection when the
+    /// daemon looked (by its socket cookie), absent when it had closed.
+    ClientPort {
+        #[serde(flatten)]
+        at: Endpoint,
+        /// The peer, "addr:port" ("[addr]:port" for IPv6).
+        peer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<ProcessRef>,
+        cookie: u64,
+        /// When the handshake ended (RFC 3339).
+        connected_at: String,
+        /// In words, for a reader of the record.
+        note: String,
     },
     /// A claim ended.
     Release {

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -94,14 +94,10 @@ impl JournalWriter {
         write_once(&self.file, line)
             .map_err(|e| with_path(e, "cannot append to the journal", &self.path))?;
         if self.opts.sync {
-            // SAFETY: valid fd.
-            if unsafe { libc::fdatasync(self.file.as_raw_fd()) } < 0 {
-                return Err(with_path(
-                    io::Error::last_os_error(),
-                    "fdatasync failed on the journal",
-                    &self.path,
-                ));
-            }
+            // fdatasync(2).
+            self.file
+                .sync_data()
+                .map_err(|e| with_path(e, "fdatasync failed on the journal", &self.path))?;
         }
         Ok(())
     }
@@ -233,23 +229,14 @@ fn open_append(path: &Path) -> io::Result<File> {
 /// land after another writer's line and tear both.
 fn write_once(file: &File, line: &[u8]) -> io::Result<()> {
     loop {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe {
-            libc::write(
-                file.as_raw_fd(),
-                line.as_ptr() as *const libc::c_void,
-                line.len(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
+        // `Write::write` of a File is one write(2).
+        let n = match (&*file).write(line) {
+            Ok(n) => n,
             // EINTR before anything was written: nothing landed, retry whole.
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if (n as usize) != line.len() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n != line.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("short write: {n} of {} bytes (disk full?)", line.len()),

@@ -269,6 +269,8 @@ impl Ledger {
             Observation::Bind(b) => Some(self.apply_bind(b)),
             Observation::Listen(ev) => Some(self.apply_listen(ev)),
             Observation::Release(ev) => self.apply_release(ev),
+            // Not a claim: the daemon records it on its own.
+            Observation::Connect(_) => None,
         }
     }
 

@@ -6,12 +6,18 @@
 //! The stop signal is the one a rule (or `free --signal`) names, passed to
 //! the engine's stop; else the container's own, which the engine uses when
 //! asked for none (the image's STOPSIGNAL, else SIGTERM): reaper reads it
-//! (`Config.StopSignal`) only to journal what was sent.
+//! (`Config.StopSignal`) only to journal what was sent. An engine older
+//! than API 1.42 (Docker 23) ignores a stop's `signal` and would send its
+//! own: there the rule's signal goes with a kill, the grace is waited out,
+//! and a stop with no grace ends what still runs.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use bollard::query_parameters::StopContainerOptionsBuilder;
+use bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
 
 use crate::holders::container::engine::{
     containers, socket_path, state, stop_signal, with_engine, TIMEOUT_SECS,
@@ -31,13 +37,20 @@ fn stop(id: &str, grace: Duration, signal: Option<Signal>) -> anyhow::Result<()>
     // The engine answers a stop only after the grace (and the kill).
     let timeout = TIMEOUT_SECS + secs as u64;
     let out = with_engine(timeout, move |docker| async move {
-        let mut opts = StopContainerOptionsBuilder::new().t(secs);
-        if let Some(sig) = signal {
-            opts = opts.signal(sig.as_str());
+        let v = docker.client_version();
+        match signal {
+            Some(sig) if (v.major_version, v.minor_version) < STOP_SIGNAL_API => {
+                stop_by_kill(&docker, &id_owned, sig, grace).await
+            }
+            _ => {
+                let mut opts = StopContainerOptionsBuilder::new().t(secs);
+                if let Some(sig) = signal {
+                    opts = opts.signal(sig.as_str());
+                }
+                docker.stop_container(&id_owned, Some(opts.build())).await?;
+                Ok(())
+            }
         }
-        let opts = opts.build();
-        docker.stop_container(&id_owned, Some(opts)).await?;
-        Ok(())
     })
     .with_context(|| format!("stopping container {}", short(id)))?;
     out.ok_or_else(|| {
@@ -47,6 +60,41 @@ fn stop(id: &str, grace: Duration, signal: Option<Signal>) -> anyhow::Result<()>
             short(id)
         )
     })
+}
+
+/// The engine API whose stop takes a `signal` (Docker 23); older engines
+/// ignore it and send the container's own.
+const STOP_SIGNAL_API: (usize, usize) = (1, 42);
+
+/// The stop of an engine older than [`STOP_SIGNAL_API`]: `sig` with a
+/// kill, the engine's state polled until it stops running or the grace
+/// ends, then a stop with no grace (SIGKILL to what still runs; a stop also
+/// marks it stopped by hand, so a restart policy leaves it).
+async fn stop_by_kill(
+    docker: &Docker,
+    id: &str,
+    sig: Signal,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let kill = KillContainerOptionsBuilder::new()
+        .signal(sig.as_str())
+        .build();
+    docker.kill_container(id, Some(kill)).await?;
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        let running = docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?
+            .state
+            .and_then(|s| s.running);
+        if running != Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = StopContainerOptionsBuilder::new().t(0).build();
+    docker.stop_container(id, Some(now)).await?;
+    Ok(())
 }
 
 /// Stops a container holder: re-checks through the engine that the

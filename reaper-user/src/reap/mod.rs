@@ -491,15 +491,14 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
-        // SAFETY: kill and waitpid on our own child; status is a valid out-pointer.
-        unsafe {
-            assert_eq!(libc::kill(pid, libc::SIGSTOP), 0);
-            // WUNTRACED: returns once the child has stopped (an event, not a sleep).
-            let mut status = 0;
-            assert_eq!(libc::waitpid(pid, &mut status, libc::WUNTRACED), pid);
-            assert!(libc::WIFSTOPPED(status));
-        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+        // WUNTRACED: returns once the child has stopped (an event, not a sleep).
+        let status = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WUNTRACED));
+        assert!(
+            matches!(status, Ok(nix::sys::wait::WaitStatus::Stopped(..))),
+            "{status:?}"
+        );
         assert!(stopped(child.id()));
         let id = Identity::read(child.id()).unwrap();
         let grace = Duration::from_secs(8);

@@ -51,14 +51,10 @@ pub fn wait_any(fds: &[&Pidfd], timeout: Duration) -> io::Result<Vec<usize>> {
         let left = end.saturating_duration_since(Instant::now());
         // Round up so a 0.5 ms remainder does not become a busy 0 ms poll.
         let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: pfds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match crate::sys::poll(&mut pfds, ms) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => {}
         }
         return Ok(pfds
             .iter()

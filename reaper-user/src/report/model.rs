@@ -366,6 +366,10 @@ pub enum Happened {
         holders: Vec<ProcessRef>,
     },
     Reaping(Box<ReapingDone>),
+    /// The kernel gave the port to a client's `connect()` to `peer`.
+    LentToClient {
+        peer: String,
+    },
     /// Claims summarised as churn: `count` binds each released within the
     /// churn window, between `first` and `last` (RFC 3339).
     Churn {
@@ -392,6 +396,7 @@ impl Happened {
             Happened::Conflict { .. } => "conflict",
             Happened::Reaping(_) => "reaping",
             Happened::Churn { .. } => "churn",
+            Happened::LentToClient { .. } => "client_port",
         }
     }
 }

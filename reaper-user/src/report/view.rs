@@ -605,6 +605,9 @@ pub fn happened(what: &Happened) -> String {
             held_ms_min,
             held_ms_max,
         } => churn_detail(*count, first, last, *held_ms_min, *held_ms_max),
+        Happened::LentToClient { peer } => format!(
+            "given by the kernel to a connect() to {peer} (it lies in net.ipv4.ip_local_port_range; net.ipv4.ip_local_reserved_ports keeps it back)"
+        ),
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod bpf;
 mod cli_output;
+mod client_ports;
 mod containers;
 mod daemon;
 mod daemon_faults;

@@ -115,6 +115,11 @@ fn a_daemon_in_its_own_pid_namespace_names_and_reaps_holders_and_marks_outsiders
             .to_string_lossy(),
         "the container must have a pid namespace of its own"
     );
+    let doctor = b.sh("reaper doctor 2>&1 || true");
+    assert!(
+        doctor.contains(&format!("pidns       {own_pidns} (not the host's)")),
+        "doctor says whose pids reaper sees:\n{doctor}"
+    );
     // A stale server inside: orphaned (its shell exits), adopted by the
     // container's init. Its pid as the container numbers it.
     let port = 8000 + (std::process::id() % 1000) as u16;
@@ -238,5 +243,74 @@ fn a_daemon_in_its_own_pid_namespace_names_and_reaps_holders_and_marks_outsiders
     assert!(
         why.contains("none reaper can see") && why.contains("hostPID: true"),
         "the record says why no holder is named, and the fix: {outside:#}"
+    );
+}
+
+/// Whose pids reaper speaks is the pid namespace of the /proc it reads: in
+/// a new pid namespace that kept the host's /proc, the host's (no mapping);
+/// with a /proc of its own, its own (mapped).
+#[test]
+fn the_pid_namespace_is_the_one_of_the_proc_reaper_reads() {
+    reaper_tests::require_root();
+    let doctor = |extra: &[&str]| {
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .arg(reaper_bin())
+            .arg("doctor")
+            .output()
+            .expect("unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("pidns"))
+            .unwrap_or_else(|| panic!("no pidns line: {}", show(&out)))
+            .to_string()
+    };
+    let host = doctor(&[]);
+    assert!(
+        host.ends_with("pid:[4026531836] (the host's)"),
+        "the host's /proc: {host}"
+    );
+    let own = doctor(&["--mount-proc"]);
+    assert!(own.contains("(not the host's)"), "its own /proc: {own}");
+}
+
+/// `reaper watch` in a pid namespace of its own (with its own /proc): a
+/// bind on the host is shown, and said to be outside, not given a pid.
+#[test]
+fn watch_in_its_own_pid_namespace_says_a_host_binder_is_outside() {
+    reaper_tests::require_root();
+    let mut watch = reaper_tests::Spawned::spawn(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(reaper_bin())
+            .args(["watch", "--duration", "60"]),
+    );
+    watch.wait_err("watching binds", Duration::from_secs(30));
+    let port = reaper_tests::free_port();
+    let line = {
+        let mut found = None;
+        for _ in 0..3 {
+            let (_holder, _) = hold(&["127.0.0.1", &port.to_string()]);
+            found = poll_for(Duration::from_secs(5), || {
+                watch
+                    .line(Duration::from_millis(200))
+                    .filter(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("(binder)"))
+            });
+            if found.is_some() {
+                break;
+            }
+        }
+        found.unwrap_or_else(|| panic!("watch never showed the host's bind of {port}"))
+    };
+    assert!(
+        line.contains("pid outside reaper's pid namespace (binder)"),
+        "{line}"
+    );
+    // Its network namespace named all the same, by the event's netns
+    // cookie (no process of that namespace is in watch's /proc but watch).
+    assert!(
+        line.contains(&format!("netns {}", reaper_tests::own_netns())),
+        "{line}"
     );
 }

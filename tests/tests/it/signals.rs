@@ -1,7 +1,9 @@
 //! The right signal for each program, on real programs: Debian's
 //! PostgreSQL with a client connected (SIGTERM is its "smart shutdown",
 //! which waits for every client; SIGINT its fast shutdown), stopped by
-//! `reaper free` with a rule's `signal` or `--signal`.
+//! `reaper free` with a rule's `signal` or `--signal`; and a container
+//! whose image sets STOPSIGNAL, stopped through the engine (Docker Engine
+//! running, as for tests/tests/it/containers.rs).
 //!
 //! Needs root and Debian's postgresql package (its `postgres` user and
 //! /usr/lib/postgresql/*/bin; `cargo xtask setup --test` installs it). The
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use reaper_tests::containers::{require_docker, Container, Image};
 use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper, ProcHandle};
 use reaper_tests::{poll_until, show, Spawned};
 use serde_json::Value;
@@ -348,4 +351,123 @@ fn free_signal_overrides_the_rules_bad_signals_are_refused_and_a_protection_hold
     poll_until("the port to bind again", Duration::from_secs(5), || {
         can_listen(pg.port).then_some(())
     });
+}
+
+// ---- Containers: the engine stops them with their own stop signal ----
+
+/// `docker run -p 127.0.0.1:PORT:80` of the image; returns once the
+/// published port answers through the proxy.
+fn published(image: &Image) -> (Container, u16) {
+    let port = free_port();
+    let map = format!("127.0.0.1:{port}:80");
+    let c = Container::run(image, &["-p", &map]);
+    poll_until(
+        "the published port to answer",
+        Duration::from_secs(20),
+        || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            (buf == "ok\n").then_some(())
+        },
+    );
+    (c, port)
+}
+
+#[test]
+fn a_container_is_stopped_with_its_images_stopsignal_unless_a_rule_names_one_and_the_journal_says_which(
+) {
+    require_docker();
+    // The listener exits with 128 + the signal it got: the engine's exit
+    // code says what reached it.
+    let image = Image::build_with("STOPSIGNAL SIGQUIT");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let journal = journal.to_str().unwrap();
+
+    let (c, port) = published(&image);
+    let p = port.to_string();
+    let out = run_reaper(&["free", &p, "--match", "listener", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("with its own stop signal (its image's STOPSIGNAL, else SIGTERM)"),
+        "{text}"
+    );
+    assert_eq!(c.state(), "running", "the dry run stopped it");
+
+    let out = run_reaper(
+        &[
+            "free",
+            &p,
+            "--match",
+            "listener",
+            "--grace",
+            "20s",
+            "--json",
+            "--journal",
+            journal,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json(&out);
+    let stop = &doc["container_stops"][0];
+    assert_eq!(stop["signal"], "SIGQUIT", "{doc:#}");
+    assert_eq!(stop["signal_from"], "container", "{doc:#}");
+    assert_eq!(
+        c.exit_code(),
+        128 + libc::SIGQUIT,
+        "the engine sent another signal"
+    );
+    assert!(can_listen(port));
+
+    // A rule's signal (here --signal) is the engine's stop signal instead.
+    let (c2, port2) = published(&image);
+    let p2 = port2.to_string();
+    let out = run_reaper(
+        &[
+            "free",
+            &p2,
+            "--match",
+            "listener",
+            "--signal",
+            "INT",
+            "--grace",
+            "20s",
+            "--json",
+            "--journal",
+            journal,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json(&out);
+    assert_eq!(doc["containers"][0]["signal"], "SIGINT", "{doc:#}");
+    let stop = &doc["container_stops"][0];
+    assert_eq!(stop["signal"], "SIGINT", "{doc:#}");
+    assert_eq!(stop["signal_from"], "rule", "{doc:#}");
+    assert_eq!(c2.exit_code(), 128 + libc::SIGINT);
+    assert!(can_listen(port2));
+
+    // The journal: each container's reaping names the signal the engine sent.
+    let records = journal_records(Path::new(journal));
+    let freed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "reaping" && r["outcome"] == "freed")
+        .collect();
+    assert_eq!(freed.len(), 2, "{records:#?}");
+    assert_eq!(freed[0]["stop_signal"], "SIGQUIT");
+    assert_eq!(freed[0]["container"]["stop"]["signal"], "SIGQUIT");
+    assert_eq!(freed[1]["stop_signal"], "SIGINT");
+    assert_eq!(freed[1]["container"]["stop"]["signal_from"], "rule");
+    // The intent before the second stop already named the rule's signal.
+    let intents: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "reaping" && r["outcome"] == "in_progress")
+        .collect();
+    assert_eq!(intents.len(), 2, "{records:#?}");
+    assert!(intents[0].get("stop_signal").is_none(), "{:#}", intents[0]);
+    assert_eq!(intents[1]["stop_signal"], "SIGINT");
 }

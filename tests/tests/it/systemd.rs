@@ -2,7 +2,10 @@
 //! (debootstrap, imported into the local Docker Engine by `cargo xtask
 //! systemd-image`, which `cargo xtask test` runs; cached) booted with
 //! systemd as PID 1. Inside: apt installs the .deb of `cargo xtask dist`,
-//! the service is enabled and active, `systemctl reload` with a broken
+//! the service is enabled and active, a stale server on port 81 is freed
+//! by a reap rule when a bind of 81 fails (the daemon runs in the
+//! container's own pid namespace: its conflict names the holder by the
+//! container's pid), `systemctl reload` with a broken
 //! config keeps the running one, an upgrade to a rebuilt .deb restarts it,
 //! `apt remove` stops it.
 //!
@@ -134,6 +137,92 @@ impl Booted {
     }
 }
 
+/// Copies a fixture binary into the container's /usr/local/bin.
+fn install_fixture(b: &Booted, name: &str) {
+    let copy = Command::new("docker")
+        .arg("cp")
+        .arg(reaper_tests::fixture_bin(name))
+        .arg(format!("{}:/usr/local/bin/{name}", b.name))
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "{}", show(&copy));
+}
+
+/// The journal the packaged config writes, as records.
+fn journal(b: &Booted) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&b.sh("cat /var/lib/reaper/journal.jsonl").stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The daemon (systemd's unit, with CAP_NET_BIND_SERVICE for its bind
+/// probe) reaps an orphaned server on port 81 when a bind of 81 fails; its
+/// conflict names the holder by the container's own pid.
+fn stale_server_below_1024_is_freed(b: &Booted) {
+    const PORT: u16 = 81;
+    install_fixture(b, "platform-server");
+    install_fixture(b, "binder");
+    // The rule first: the packaged config's last rule reports everything.
+    b.ok(r#"sed -i '0,/^\[\[rule\]\]/s//[[rule]]\nname = "stale below 1024"\naction = "reap"\nmatch = { exe = "\/usr\/local\/bin\/platform-server", comm = "stale-sd", orphaned = true }\n\n[[rule]]/' /etc/reaper/reaper.toml"#);
+    b.ok("systemctl reload reaper");
+    poll_until(
+        "the daemon to reload with the rule",
+        Duration::from_secs(20),
+        || b.logs().contains("SIGHUP: reloaded").then_some(()),
+    );
+    // Orphaned: its shell exits, systemd (PID 1) adopts it.
+    let stale: u64 = b
+        .ok(&format!(
+            "setsid sh -c 'platform-server --port {PORT} --addr 0.0.0.0 --comm stale-sd > /tmp/stale.out 2>&1 &'; \
+             for i in $(seq 100); do grep -q ready /tmp/stale.out && break; sleep 0.1; done; cut -d' ' -f2 /tmp/stale.out"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut reaping = None;
+    for _ in 0..5 {
+        let tried = b.ok(&format!("binder try 0.0.0.0 {PORT}"));
+        assert!(
+            tried.starts_with("err"),
+            "the stale server holds {PORT}: {tried}"
+        );
+        reaping = reaper_tests::poll_for(Duration::from_secs(20), || {
+            journal(b).into_iter().find(|r| {
+                r["kind"] == "reaping" && r["port"] == PORT && r["outcome"] != "in_progress"
+            })
+        });
+        if reaping.is_some() {
+            break;
+        }
+    }
+    let records = journal(b);
+    let reaping = reaping.unwrap_or_else(|| {
+        panic!(
+            "no reaping of port {PORT}; journal:\n{records:#?}\nlog:\n{}",
+            b.logs()
+        )
+    });
+    assert_eq!(reaping["outcome"], "freed", "{reaping:#}\n{}", b.logs());
+    assert_eq!(
+        reaping["verdict"]["rule"], "stale below 1024",
+        "{reaping:#}"
+    );
+    let conflict = records
+        .iter()
+        .find(|r| r["kind"] == "conflict" && r["port"] == PORT)
+        .unwrap_or_else(|| panic!("no conflict on {PORT}: {records:#?}"));
+    assert_eq!(
+        conflict["holders"][0]["pid"], stale,
+        "the holder by the container's pid: {conflict:#}"
+    );
+    assert_eq!(
+        b.ok(&format!("binder try 0.0.0.0 {PORT}")).trim(),
+        format!("ok {PORT}"),
+        "port {PORT} binds again"
+    );
+}
+
 fn dist() -> PathBuf {
     let dir = workspace().join("target/dist");
     assert!(
@@ -196,6 +285,10 @@ fn the_deb_under_systemd_installs_starts_reloads_upgrades_and_stops_on_remove() 
         Duration::from_secs(30),
         || b.logs().contains("reaper daemon ready").then_some(()),
     );
+
+    // A stale server on a port below 1024, inside the container's own pid
+    // namespace: a failed bind there runs into it, and a reap rule frees it.
+    stale_server_below_1024_is_freed(&b);
 
     // A broken config on reload: refused, the running one kept.
     b.ok("cp /etc/reaper/reaper.toml /tmp/good.toml && echo 'this is = = not toml' >> /etc/reaper/reaper.toml");

@@ -338,6 +338,13 @@ impl Aggregator {
             Body::Loss { lost } => self.fold_loss(seen, lost),
             Body::Start { version, tier, .. } => self.fold_start(seen, version, tier),
             Body::Stop { .. } => {}
+            Body::ClientPort {
+                at: ep,
+                peer,
+                process,
+                cookie,
+                ..
+            } => self.fold_client_port(seen, ep, peer, process, cookie),
             Body::Mode { mode, reason } => self.fold_mode(seen, mode, reason),
             Body::Gap { after } => self.fold_gap(seen, after),
             Body::Reconcile { .. } => self.quality.reconciles += 1,
@@ -362,6 +369,31 @@ impl Aggregator {
             }
             Body::Job(_) => {}
         }
+    }
+
+    /// A port the kernel gave to a client: an entry on the port's timeline,
+    /// with the client when the daemon found it (pid 0 when it had closed).
+    fn fold_client_port(
+        &mut self,
+        seen: Seen,
+        ep: Endpoint,
+        peer: String,
+        process: Option<ProcessRef>,
+        cookie: u64,
+    ) {
+        let Seen { host, ms, at } = seen;
+        let key = self.key(&host, &ep);
+        self.port(key, ms, ep.netns);
+        let process = process.unwrap_or_else(|| ProcessRef {
+            comm: "(closed)".into(),
+            ..ProcessRef::default()
+        });
+        let entry = Entry {
+            netns: ep.netns,
+            cookie: Some(cookie),
+            ..Entry::about(Happened::LentToClient { peer }, ms, at, Rc::new(process))
+        };
+        self.entry(key, entry);
     }
 
     /// Claims summarised as churn count as claims and releases of the port
