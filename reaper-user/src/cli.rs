@@ -388,8 +388,14 @@ pub struct JobCommon {
 #[derive(Args, Debug, Clone)]
 pub struct JobStartArgs {
     /// The ports the job needs: a list and ranges, like 8080,9090,7000-7010 (repeatable).
+    /// Default: the config's `[job] ports`.
     #[arg(long, value_name = "P,Q,R-S")]
     pub port: Vec<String>,
+    /// The daemon's config, for its `[job] ports` when no --port is given
+    /// (default: /etc/reaper/reaper.toml when it exists, else the running
+    /// daemon's).
+    #[arg(long, value_name = "FILE", env = "REAPER_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub common: JobCommon,
 }

@@ -71,7 +71,15 @@ fn ports(config: Option<&std::path::Path>) -> Result<Ports> {
     if let Some(path) = config {
         let c = reaper::daemon::config::Config::load(path)
             .map_err(|e| reaper::error::bad_input(e.to_string()))?;
-        for &(lo, hi) in &c.reserve_ports {
+        let job = job_ranges(&c.job.ports);
+        let reserved_by_config =
+            |lo: u16, hi: u16| c.reserve_ports.iter().any(|&(a, b)| a <= lo && hi <= b);
+        for (lo, hi, of_job) in c
+            .reserve_ports
+            .iter()
+            .map(|&(lo, hi)| (lo, hi, false))
+            .chain(job.into_iter().map(|(lo, hi)| (lo, hi, true)))
+        {
             let in_ephemeral = sys.ephemeral.is_some_and(|(a, b)| lo <= b && hi >= a);
             let all_reserved = (lo..=hi).all(|p| sys.is_reserved(p));
             let words = if lo == hi {
@@ -79,11 +87,17 @@ fn ports(config: Option<&std::path::Path>) -> Result<Ports> {
             } else {
                 format!("{lo}-{hi}")
             };
+            let fix = if !of_job || reserved_by_config(lo, hi) {
+                "the daemon adds it at start; or: sysctl -w net.ipv4.ip_local_reserved_ports=..."
+            } else {
+                "add it to reserve_ports, or: sysctl -w net.ipv4.ip_local_reserved_ports=..."
+            };
             checks.push(PortCheck {
                 warning: (in_ephemeral && !all_reserved).then(|| format!(
-                    "{words} lies in net.ipv4.ip_local_port_range and is not in net.ipv4.ip_local_reserved_ports: a client's connect() may take it (the daemon adds it at start; or: sysctl -w net.ipv4.ip_local_reserved_ports=...)"
+                    "{}{words} lies in net.ipv4.ip_local_port_range and is not in net.ipv4.ip_local_reserved_ports: a client's connect() may take it ({fix})",
+                    if of_job { "[job] port " } else { "" }
                 )),
-                ports: words,
+                ports: if of_job { format!("job {words}") } else { words },
                 in_ephemeral,
                 reserved: all_reserved,
             });
@@ -94,6 +108,18 @@ fn ports(config: Option<&std::path::Path>) -> Result<Ports> {
         reserved,
         config: checks,
     })
+}
+
+/// Sorted distinct ports as (low, high) runs.
+fn job_ranges(ports: &[u16]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match out.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(p) => *hi = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]

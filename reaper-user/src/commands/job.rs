@@ -27,6 +27,9 @@ pub fn run(global: &Global, cmd: JobCommand) -> Result<Exit> {
             ports.sort_unstable();
             ports.dedup();
             let (job, opts, journal) = prepare(global, &a.common, false)?;
+            if a.port.is_empty() {
+                ports = config_ports(a.config.as_deref(), opts.daemon.as_ref())?;
+            }
             let run = flow::start(job, &ports, &opts)?;
             emit(&run, &a.common, journal, opts.daemon.is_some())
         }
@@ -74,6 +77,29 @@ fn prepare(
         daemon: ask_daemon(global),
     };
     Ok((job, opts, journal))
+}
+
+/// `job start` without `--port`: the config's `[job] ports` (the file
+/// given, else the default one when it exists, else the running daemon's).
+/// A config that does not load is bad input: the hook must not pass
+/// silently.
+fn config_ports(
+    given: Option<&std::path::Path>,
+    daemon: Option<&reaper::job::daemon::Ledger>,
+) -> Result<Vec<u16>> {
+    use reaper::daemon::config::{Config, DEFAULT_CONFIG};
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    let path = match given {
+        Some(p) => Some(p),
+        None => default.exists().then_some(default),
+    };
+    match path {
+        Some(p) => Ok(Config::load(p)
+            .map_err(|e| bad_input(format!("{e} (job start reads its [job] ports)")))?
+            .job
+            .ports),
+        None => Ok(daemon.map(|d| d.job_ports.clone()).unwrap_or_default()),
+    }
 }
 
 /// The daemon's claims when one answers on its control socket (not with

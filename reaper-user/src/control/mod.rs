@@ -130,6 +130,9 @@ pub struct Response {
     /// Where the daemon writes its journal (what `reaper report` reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<String>,
+    /// The config's `[job] ports` (what `job start` checks without `--port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_ports: Vec<u16>,
 }
 
 /// What the daemon shares with the control socket. The loop holds the lock
@@ -148,6 +151,8 @@ pub struct Shared {
     pub journal: Option<String>,
     /// Job hooks' runs waiting for the daemon's loop to journal them.
     pub job_records: Vec<crate::journal::JobRecord>,
+    /// The config's `[job] ports`.
+    pub job_ports: Vec<u16>,
 }
 
 /// Where the daemon listens, and where clients look, unless configured.
@@ -172,6 +177,7 @@ impl Shared {
             since: rfc3339(chrono::Utc::now()),
             journal: None,
             job_records: Vec::new(),
+            job_ports: Vec::new(),
         }
     }
 
@@ -232,6 +238,7 @@ impl Shared {
             claims: Vec::new(),
             conflicts: Vec::new(),
             journal: self.journal.clone(),
+            job_ports: self.job_ports.clone(),
         };
         match req {
             Request::Who { port, proto, netns } => {

@@ -116,6 +116,8 @@ pub struct Config {
     /// never lends them to a client, so a server can always bind them.
     #[serde(deserialize_with = "port_ranges")]
     pub reserve_ports: Vec<(u16, u16)>,
+    /// `[job]`: what `reaper job start` reads from this config.
+    pub job: JobConfig,
     /// Only `version = 1` exists (as in a policy file).
     version: Option<Spanned<u32>>,
     /// `[[rule]]` and `[[protect]]` in the policy file format (see
@@ -126,6 +128,45 @@ pub struct Config {
     /// The rules and protections, parsed by the policy module.
     #[serde(skip)]
     pub policy: Policy,
+}
+
+/// `[job]`: the `reaper job` hooks' settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// The ports every job needs free at its start (`job start` without
+    /// `--port`): numbers or strings like "7000-7010".
+    #[serde(deserialize_with = "job_ports")]
+    pub ports: Vec<u16>,
+}
+
+/// Where `reaper job start` looks for the config when no `--config` is
+/// given (it is read only when it exists).
+pub const DEFAULT_CONFIG: &str = "/etc/reaper/reaper.toml";
+
+fn job_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(i64),
+        S(String),
+    }
+    let words: Vec<String> = Vec::<Raw>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            Raw::N(n) => n.to_string(),
+            Raw::S(s) => s,
+        })
+        .collect();
+    if words.is_empty() {
+        return Ok(Vec::new());
+    }
+    crate::job::ports::parse_list(&words.join(",")).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{} (write e.g. ports = [8080, \"7000-7010\"])",
+            e.replacen("--port", "ports", 1)
+        ))
+    })
 }
 
 pub const DEFAULT_JOURNAL: &str = "/var/lib/reaper/journal.jsonl";
@@ -152,6 +193,7 @@ impl Default for Config {
             reap_grace: Duration::from_secs(3),
             reap_deadline: Duration::from_secs(10),
             reserve_ports: Vec::new(),
+            job: JobConfig::default(),
             version: None,
             rule: Vec::new(),
             protect: Vec::new(),
@@ -472,6 +514,21 @@ mod tests {
         let e = parse("[[rule]]\nname = \"a\"\naction = \"reap\"\nmatch = { orphaned = true }\n")
             .unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn job_ports_are_numbers_and_ranges_checked_at_load() {
+        let c = parse("journal = \"/tmp/j\"\n[job]\nports = [8080, \"7000-7002\"]\n").unwrap();
+        assert_eq!(c.job.ports, [7000, 7001, 7002, 8080]);
+        assert!(parse("").unwrap().job.ports.is_empty());
+        let e = parse("[job]\nports = [\"80-\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("needs both ends"), "{e}");
+        assert!(e.message.contains("ports = [8080"), "{e}");
+        let e = parse("[job]\nports = [0]\n").unwrap_err();
+        assert!(e.message.contains("port 0"), "{e}");
+        let e = parse("[job]\nport = [80]\n").unwrap_err();
+        assert!(e.message.contains("ports"), "{e}");
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Daemon {
             degraded_reason.is_some(),
         );
         shared.journal = Some(config.journal.display().to_string());
+        shared.job_ports = config.job.ports.clone();
         let shared = Arc::new(Mutex::new(shared));
         let mut d = Daemon {
             bursts: Bursts::new(config.conflict_window),
@@ -416,6 +417,7 @@ impl Daemon {
         let claims_max = self.config.claims_max;
         let metrics = self.config.metrics_listen;
         let control = self.config.control_socket.clone();
+        self.shared.lock().unwrap().job_ports = new.job.ports.clone();
         self.config = new;
         // What needs a restart keeps its running value, so the config shown
         // and acted on is what really runs.

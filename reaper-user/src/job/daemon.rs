@@ -24,6 +24,8 @@ pub struct Ledger {
     /// The daemon's tier ("cgroup", "proc" when degraded, ...).
     pub tier: String,
     pub claims: Vec<ClaimView>,
+    /// The daemon's config's `[job] ports`.
+    pub job_ports: Vec<u16>,
 }
 
 /// What asking the daemon gave.
@@ -45,6 +47,7 @@ pub fn ask(path: &Path) -> Asked {
         Ok(Some(r)) if r.ok => Asked::Ledger(Ledger {
             tier: r.tier,
             claims: r.claims,
+            job_ports: r.job_ports,
         }),
         Ok(Some(r)) => Asked::Failed(r.error.unwrap_or_else(|| "refused".into())),
         Ok(None) => Asked::NoDaemon,

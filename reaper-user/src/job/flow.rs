@@ -711,7 +711,7 @@ fn summary(run: &JobRun) -> String {
     let n = |o: PortOutcome| run.ports.iter().filter(|p| p.outcome == o).count();
     let ports = run.ports.len();
     let mut s = match run.phase {
-        Phase::Start if ports == 0 => format!("job start for {who}: no ports to check"),
+        Phase::Start if ports == 0 => format!("job start for {who}: no ports to check (give --port, or `[job] ports` in the daemon's config)"),
         Phase::Start => format!(
             "job start for {who}: {} of {ports} port{} bind",
             n(PortOutcome::AlreadyFree) + n(PortOutcome::Freed),

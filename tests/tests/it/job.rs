@@ -479,3 +479,53 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     );
     assert!(leaks.iter().all(|l| l["port"] != pb), "{leaks:#?}");
 }
+
+/// `job start` without `--port` checks the config's `[job] ports`; a config
+/// that does not load is bad input (exit 2), for `job start` and for
+/// `doctor --config` alike, and nothing is signalled.
+#[test]
+fn job_start_checks_the_configs_job_ports() {
+    require_root();
+    let mut runner = Runner::start();
+    // A job that ended without its hook left a server on a job port.
+    let mut c = runner.job("cfg-left", "9201");
+    let (pleft, pfree) = (free_port(), free_port());
+    let left = c.server(pleft, false);
+    runner.track(left);
+    c.end_without_hook();
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("reaper.toml");
+    std::fs::write(
+        &good,
+        format!("journal = \"/tmp/reaper-unused.jsonl\"\n[job]\nports = [{pleft}, \"{pfree}\"]\n"),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[job]\nports = [\"80-\"]\n").unwrap();
+
+    let mut d = runner.job("cfg", "9202");
+    let start = d.hook(&["job", "start", "--config", good.to_str().unwrap(), "--json"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let doc = start.json();
+    assert_eq!(port_doc(&doc, pfree)["outcome"], "already_free", "{doc:#}");
+    let p = port_doc(&doc, pleft);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["holders"][0]["verdict"]["rule"], "ended job");
+    assert!(!alive(left) && can_listen(pleft));
+
+    let refused = d.hook(&["job", "start", "--config", bad.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("line 2") && refused.stderr.contains("needs both ends"),
+        "{refused:?}"
+    );
+    let out = reaper_tests::reaper()
+        .args(["doctor", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs both ends"), "{err}");
+}
