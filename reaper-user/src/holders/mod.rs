@@ -43,8 +43,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
-pub mod charge;
+pub(crate) mod charge;
 pub mod container;
+pub mod example;
 pub(crate) mod fdmap;
 pub mod job;
 pub mod netns;
