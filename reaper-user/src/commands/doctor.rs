@@ -70,10 +70,7 @@ struct PortCheck {
 
 fn ports(config: Option<&std::path::Path>) -> Result<Ports> {
     let sys = reaper::bindmodel::setting::read(None, None)?;
-    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let reserved = reaper::proc::sysctl("net/ipv4/ip_local_reserved_ports").unwrap_or_default();
     let mut checks = Vec::new();
     if let Some(path) = config {
         let c = reaper::daemon::config::Config::load(path)
@@ -227,7 +224,7 @@ fn gather() -> Report {
         capabilities,
         cgroup2: hooks::cgroup2_root().ok().map(|p| p.display().to_string()),
         pidns: pidns_words(),
-        unprivileged_bpf_disabled: read_trim("/proc/sys/kernel/unprivileged_bpf_disabled"),
+        unprivileged_bpf_disabled: reaper::proc::sysctl("kernel/unprivileged_bpf_disabled").ok(),
         probes,
         probe_error,
         errno_exact: false,

@@ -286,7 +286,7 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
         // Our own namespace only: no need to read every process's ns link.
         (Some(want), Some(own)) if want == own => vec![netns::Namespace {
             inode: own,
-            entry: std::path::PathBuf::from("/proc/self/ns/net"),
+            entry: crate::proc::path("self", "ns/net"),
             pid: None,
             name: None,
         }],

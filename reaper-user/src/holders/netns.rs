@@ -41,7 +41,7 @@ const NAMED: &str = "/run/netns";
 
 /// The namespace this process is in.
 pub fn own_inode() -> Option<u64> {
-    std::fs::metadata("/proc/thread-self/ns/net")
+    crate::proc::metadata("thread-self", "ns/net")
         .ok()
         .map(|m| m.ino())
 }
@@ -72,7 +72,7 @@ pub fn list(proc_fd: RawFd, pids: &[u32]) -> Vec<Namespace> {
         };
         let ns = found.entry(inode).or_insert(Namespace {
             inode,
-            entry: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            entry: crate::proc::path(pid, "ns/net"),
             pid: Some(pid),
             name: None,
         });
@@ -171,7 +171,7 @@ pub fn sockets_in(
         (Ok(l), _) => Ok(l),
         // Without CAP_SYS_ADMIN, /proc/PID/net still shows that process's namespace.
         (Err(e), Some(pid)) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let dir = PathBuf::from(format!("/proc/{pid}/net"));
+            let dir = crate::proc::path(pid, "net");
             let sockets =
                 read_procfs(&dir, ns.inode, protos, listening_only, false).map_err(|e2| {
                     io::Error::other(format!(
@@ -205,9 +205,8 @@ fn list_here(inode: u64, protos: &[Proto], listening_only: bool, port: Option<u1
             netlink_error: None,
         },
         Err(e) => {
-            let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
-                .is_ok_and(|s| s.trim() == "1");
-            let dir = PathBuf::from("/proc/thread-self/net");
+            let bindv6only = crate::proc::sysctl("net/ipv6/bindv6only").is_ok_and(|s| s == "1");
+            let dir = crate::proc::path("thread-self", "net");
             let sockets =
                 read_procfs(&dir, inode, protos, listening_only, bindv6only).unwrap_or_default();
             Listing {

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use reaper_tests::daemon::{bindable, Orphan};
+use reaper_tests::daemon::bindable;
+use reaper_tests::fixture::Holder;
 use reaper_tests::{free_port, poll_until, require_root, show, workspace};
 use serde_json::Value;
 
@@ -571,7 +572,7 @@ fn the_action_frees_a_stale_server_and_writes_the_job_summary() {
     require_root();
     let port = free_port();
     let tag = format!("shipact{}", std::process::id() % 100_000);
-    let stale = Orphan::spawn(port, &tag);
+    let stale = Holder::orphan(port, &tag, &[]);
     let temp = tempfile::tempdir().unwrap();
     // reaper on PATH, as on a runner that installed the .deb.
     let bin_dir = temp.path().join("bin");
