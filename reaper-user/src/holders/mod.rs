@@ -44,8 +44,9 @@ use serde::{Deserialize, Serialize};
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
 mod btf;
-pub mod charge;
+pub(crate) mod charge;
 pub mod container;
+pub mod example;
 pub mod fditer;
 pub(crate) mod fdmap;
 pub mod job;
