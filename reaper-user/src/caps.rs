@@ -189,10 +189,7 @@ pub fn drop_except(keep: &[u32]) -> Result<Dropped> {
 
 /// The highest capability number this kernel knows.
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    crate::proc::sysctl_or("kernel/cap_last_cap", 40)
 }
 
 /// The capability sets of a process or thread.
@@ -209,8 +206,7 @@ pub struct CapSets {
 /// The sets of `pid` from /proc/PID/status (procfs parses it): `pid` is a
 /// number, "self", or "PID/task/TID" for one thread.
 pub fn sets_of(pid: &str) -> Option<CapSets> {
-    use procfs::FromRead;
-    let s = procfs::process::Status::from_file(format!("/proc/{pid}/status")).ok()?;
+    let s = crate::proc::status(pid)?;
     Some(CapSets {
         effective: s.capeff,
         permitted: s.capprm,

@@ -5,6 +5,7 @@
 //! argv) and nothing in it is trusted to be UTF-8 or well-formed.
 
 use std::io;
+use std::path::PathBuf;
 
 /// The fields of /proc/PID/stat that reaper uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,9 +98,110 @@ pub fn looks_orphaned(stat: &Stat) -> bool {
 
 pub use crate::sys::clock_ticks;
 
+/// Where procfs is mounted: every path of this module starts here.
+pub const ROOT: &str = "/proc";
+
+/// `/proc/WHO/NAME`: `who` is a pid, `self` or `thread-self`.
+pub fn path(who: impl std::fmt::Display, name: &str) -> PathBuf {
+    PathBuf::from(format!("{ROOT}/{who}/{name}"))
+}
+
 /// Reads a /proc file whole; None when the process is gone or unreadable.
-pub fn read(pid: u32, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{name}")).ok()
+pub fn read(who: impl std::fmt::Display, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(path(who, name)).ok()
+}
+
+/// Reads a /proc file as text, its trailing newline kept.
+pub fn read_string(who: impl std::fmt::Display, name: &str) -> io::Result<String> {
+    std::fs::read_to_string(path(who, name))
+}
+
+/// The target of a /proc link (`exe`, `ns/net`, `fd/3`).
+pub fn read_link(who: impl std::fmt::Display, name: &str) -> io::Result<PathBuf> {
+    std::fs::read_link(path(who, name))
+}
+
+/// The entries of a /proc directory (`fd`).
+pub fn read_dir(who: impl std::fmt::Display, name: &str) -> io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(path(who, name))
+}
+
+/// Opens a /proc file (a namespace link to enter, `environ` to read into a
+/// buffer of the caller's).
+pub fn open(who: impl std::fmt::Display, name: &str) -> io::Result<std::fs::File> {
+    std::fs::File::open(path(who, name))
+}
+
+/// The metadata of a /proc entry (a namespace link's inode and device).
+pub fn metadata(who: impl std::fmt::Display, name: &str) -> io::Result<std::fs::Metadata> {
+    std::fs::metadata(path(who, name))
+}
+
+/// /proc/WHO/status as procfs parses it (uids, capability sets).
+pub fn status(who: impl std::fmt::Display) -> Option<procfs::process::Status> {
+    use procfs::FromRead;
+    procfs::process::Status::from_file(path(who, "status")).ok()
+}
+
+/// The pids in /proc (thread-group leaders), in directory order; an entry
+/// that is not a number (`self`, `sys`) is passed over.
+pub fn pids() -> io::Result<impl Iterator<Item = u32>> {
+    Ok(std::fs::read_dir(ROOT)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())))
+}
+
+/// Reads /proc/PID/NAME into `buf` with plain reads (`path` is the
+/// caller's, reused for every file); `buf` keeps its
+/// length (zeroed once) and grows only for a file larger than it.
+pub fn read_into<'a>(
+    path: &mut String,
+    pid: u32,
+    name: &str,
+    buf: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    use std::fmt::Write as _;
+    use std::io::Read as _;
+    path.clear();
+    let _ = write!(path, "{ROOT}/{pid}/{name}");
+    let mut f = std::fs::File::open(path.as_str()).ok()?;
+    if buf.is_empty() {
+        buf.resize(64 * 1024, 0);
+    }
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            let grown = buf.len() * 2;
+            buf.resize(grown, 0);
+        }
+        match f.read(&mut buf[n..]) {
+            Ok(0) => return Some(&buf[..n]),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// /proc/sys/NAME (`net/ipv4/ip_local_port_range`), trimmed. A namespaced
+/// setting (net.*) answers for the reading thread's namespace.
+pub fn sysctl(name: &str) -> io::Result<String> {
+    Ok(std::fs::read_to_string(format!("{ROOT}/sys/{name}"))?
+        .trim()
+        .to_string())
+}
+
+/// Writes /proc/sys/NAME.
+pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
+    std::fs::write(format!("{ROOT}/sys/{name}"), value)
+}
+
+/// A number from /proc/sys/NAME, else `default` (unreadable, not a number).
+pub fn sysctl_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    sysctl(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Reads /proc/PID/stat.
@@ -110,7 +212,7 @@ pub fn read_stat(pid: u32) -> Option<Stat> {
 /// The netns inode of a process, from /proc/PID/ns/net; None when the
 /// process is gone or its links are not ours to read.
 pub fn netns_of_pid(pid: u32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let link = read_link(pid, "ns/net").ok()?;
     parse_ns_link(&link.to_string_lossy())
 }
 
@@ -125,7 +227,7 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 impl Stat {
     /// Reads /proc/PID/stat; NotFound when the process is gone.
     pub fn read(pid: u32) -> io::Result<Stat> {
-        let text = std::fs::read(format!("/proc/{pid}/stat"))?;
+        let text = std::fs::read(path(pid, "stat"))?;
         parse_stat(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -148,22 +250,20 @@ impl Stat {
 /// compared at signal time is read exactly as the judged one was (padding
 /// of a rewritten argv trimmed alike). Err (NotFound) when it is gone.
 pub fn cmdline(pid: u32) -> io::Result<Vec<String>> {
-    Ok(parse_cmdline(&std::fs::read(format!(
-        "/proc/{pid}/cmdline"
-    ))?))
+    Ok(parse_cmdline(&std::fs::read(path(pid, "cmdline"))?))
 }
 
 /// The target of /proc/PID/exe; None when unreadable (a kernel thread,
 /// EPERM, gone).
 pub fn exe(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
+    read_link(pid, "exe")
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net`).
 pub fn netns_of(pid: u32) -> io::Result<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+    let link = read_link(pid, "ns/net")?;
     let s = link.to_string_lossy();
     parse_ns_link(&s).ok_or_else(|| {
         io::Error::new(

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// The host's root, through pid 1, else pid 2 (the kernel's kthreadd under
+/// The host's root, /proc/PID/root of pid 1, else pid 2 (the kernel's kthreadd under
 /// hostPID: its root is the host's, and some hosts refuse even root a look
 /// at pid 1's, as this project's CI machines do).
-const HOST_ROOTS: [&str; 2] = ["/proc/1/root", "/proc/2/root"];
+const HOST_ROOTS: [u32; 2] = [1, 2];
 /// This process's own.
 const OWN_PASSWD: &str = "/etc/passwd";
 
@@ -77,18 +77,21 @@ static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 pub fn sources() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(root) = host_root() {
-        out.push(Path::new(root).join("etc/passwd"));
+        out.push(root.join("etc/passwd"));
     }
     out.push(PathBuf::from(OWN_PASSWD));
     out
 }
 
-/// The first of [`HOST_ROOTS`] that can be read and is another directory
-/// than this process's "/" (a container under hostPID); None on the host.
-fn host_root() -> Option<&'static str> {
+/// The first root of [`HOST_ROOTS`] (/proc/PID/root) that can be read and
+/// is another directory than this process's "/" (a container under
+/// hostPID); None on the host.
+fn host_root() -> Option<PathBuf> {
     let own = std::fs::metadata("/").ok()?;
-    HOST_ROOTS.into_iter().find(|root| {
-        std::fs::metadata(root).is_ok_and(|host| (host.dev(), host.ino()) != (own.dev(), own.ino()))
+    HOST_ROOTS.into_iter().find_map(|pid| {
+        crate::proc::metadata(pid, "root")
+            .is_ok_and(|host| (host.dev(), host.ino()) != (own.dev(), own.ino()))
+            .then(|| crate::proc::path(pid, "root"))
     })
 }
 

@@ -1,6 +1,7 @@
 //! Helpers for the daemon's integration tests: a real `reaper daemon`
 //! process with a temporary config, journal, metrics port and control
-//! socket; orphaned holders and failing binders as real processes.
+//! socket (its holders and binders are the crate's: [`crate::fixture::Holder::orphan`],
+//! [`crate::try_binds`]).
 //!
 //! Nothing here sleeps to synchronise: every wait polls a condition with a
 //! deadline and fails with what it was waiting for.
@@ -88,20 +89,37 @@ impl Daemon {
     }
 
     /// Starts (again) on the same files.
-    pub fn restart(mut self) -> Daemon {
+    pub fn restart(self) -> Daemon {
+        self.launch(crate::reaper())
+    }
+
+    /// Stops the daemon and starts it again on the same files under
+    /// `setpriv ARGS` (util-linux): the capability sets a hardened unit or
+    /// a container would give it.
+    pub fn restart_setpriv(mut self, args: &[&str]) -> Daemon {
+        self.stop(Duration::from_secs(5));
+        let _ = std::fs::remove_file(&self.socket);
+        let mut setpriv = Command::new("setpriv");
+        setpriv.args(args).arg(crate::reaper_bin());
+        self.launch(setpriv)
+    }
+
+    /// Runs `cmd daemon --config CONFIG`, its stderr appended to the log,
+    /// and waits until the control socket answers.
+    fn launch(mut self, mut cmd: Command) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = crate::reaper()
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawning reaper daemon");
+            .unwrap_or_else(|e| panic!("spawning {:?} daemon: {e}", cmd.get_program()));
         self.child = Some(child);
         let pid = self.pid();
         wait_for(
@@ -246,117 +264,43 @@ pub fn read_journal_counting(path: &Path) -> (Vec<Value>, usize) {
     (records, bad)
 }
 
-/// An orphaned `platform-server` (the tests crate's fixture) listening on
-/// 0.0.0.0:PORT: started by a shell that exits at once, as a CI job leaves
-/// a server behind. Its comm is set to `tag`, so each test's rules name only
-/// its own holder (the daemons of tests running in parallel see every bind
-/// on the host). Dropping it kills it through its pidfd.
-pub struct Orphan {
-    pub server: crate::fixture::Server,
-    pub tag: String,
+/// Binds, listens and closes on 127.0.0.1:0 in a loop on another thread
+/// until dropped, one every `pace` (it shapes the load, it synchronises
+/// nothing): claim and release records for a daemon to write.
+pub struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
-impl Orphan {
-    pub fn spawn(port: u16, tag: &str) -> Orphan {
-        Orphan::spawn_with(port, tag, &[])
-    }
-
-    /// [`Orphan::spawn`] with more platform-server options (`--ignore-term`,
-    /// `--fork-child --child-exec PROG`).
-    pub fn spawn_with(port: u16, tag: &str, more: &[&str]) -> Orphan {
-        assert!(tag.len() <= 15, "a comm holds 15 bytes");
-        let port = port.to_string();
-        let mut args = vec!["--port", &port, "--addr", "0.0.0.0", "--comm", tag];
-        args.extend_from_slice(more);
-        let server =
-            crate::fixture::Server::start_orphan(&crate::fixture_bin("platform-server"), &args);
-        Orphan {
-            server,
-            tag: tag.to_string(),
+impl Churn {
+    pub fn start(pace: Duration) -> Churn {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(l) = TcpListener::bind("127.0.0.1:0") {
+                    drop(l);
+                    n += 1;
+                }
+                std::thread::sleep(pace);
+            }
+            n
+        });
+        Churn {
+            stop,
+            thread: Some(thread),
         }
     }
-
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
-    }
-
-    pub fn alive(&self) -> bool {
-        self.server.handle.alive()
-    }
-
-    /// A `[[rule]]` that names this holder: the fixture's exe, its comm,
-    /// orphaned. `action`: None (the daemon's default, report), or Some.
-    pub fn rule(&self, name: &str, action: Option<&str>) -> String {
-        let action = action
-            .map(|a| format!("action = \"{a}\"\n"))
-            .unwrap_or_default();
-        format!(
-            "[[rule]]\nname = \"{name}\"\n{action}match = {{ exe = \"{}\", comm = \"{}\", orphaned = true }}\n",
-            crate::fixture_bin("platform-server").display(),
-            self.tag
-        )
-    }
 }
 
-/// A process that tries to bind 0.0.0.0:PORT `times` times (each on a new
-/// socket), prints how many failed, then stays alive until its stdin closes,
-/// so the daemon can read who it is.
-pub struct Binder {
-    pub child: Child,
-}
-
-const BINDER: &str = r#"
-import socket, sys
-port, times = int(sys.argv[1]), int(sys.argv[2])
-failed = 0
-for _ in range(times):
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", port))
-    except OSError as e:
-        failed += 1
-        err = e.errno
-    s.close()
-print(failed, flush=True)
-sys.stdin.read()
-"#;
-
-impl Binder {
-    /// Returns once the binds are done, with the number that failed.
-    pub fn run(port: u16, times: u32) -> (Binder, u32) {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                BINDER,
-                &port.to_string(),
-                &times.to_string(),
-                "reaper-test-binder",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed for the binder");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let failed = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("binder said {line:?}"));
-        (Binder { child }, failed)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Binder {
+impl Drop for Churn {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! Helpers for the fault tests (tests/tests/it/faults.rs): a holder that forks,
-//! execs or passes its socket on command (the `fault-holder` fixture),
-//! `reaper free` held at its test-only pause between verdict and signal,
-//! small file systems that are full or read-only, and commands run as
-//! another user. Every wait is on an event or a poll with a deadline.
+//! Helpers for the fault tests (tests/tests/it/faults.rs): `reaper free`
+//! held at its test-only pause between verdict and signal, small file
+//! systems that are full or read-only, and commands run as
+//! another user. Their holder that forks, execs or passes its socket on
+//! command is the crate's [`crate::fixture::Holder::fault_listen`]. Every
+//! wait is on an event or a poll with a deadline.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -10,89 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::fixture::{mkfifo, ProcHandle};
-use crate::Spawned;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A running `fault-holder` (see tests/src/bin/fault-holder.rs).
-pub struct Holder {
-    pub s: Spawned,
-    pub pid: u32,
-    /// Port of its socket (0 for a receiver until it got one).
-    pub port: u16,
-    /// Processes it made that we must not leave behind (forked children).
-    pub extra: Vec<ProcHandle>,
-}
-
-impl Holder {
-    /// `fault-holder listen ADDR PORT OPTS...`, once it listens.
-    pub fn listen(addr: &str, port: u16, opts: &[&str]) -> Holder {
-        let mut c = Command::new(crate::fixture_bin("fault-holder"));
-        c.args(["listen", addr, &port.to_string()]).args(opts);
-        let mut s = Spawned::spawn(&mut c);
-        let line = s.wait_line("fault-holder ready", WAIT, |l| l.starts_with("ready"));
-        let w: Vec<&str> = line.split_whitespace().collect();
-        Holder {
-            pid: w[1].parse().unwrap(),
-            port: w[2].parse().unwrap(),
-            s,
-            extra: Vec::new(),
-        }
-    }
-
-    /// `fault-holder receive PATH`, once its Unix socket listens.
-    pub fn receiver(path: &Path) -> Holder {
-        let mut c = Command::new(crate::fixture_bin("fault-holder"));
-        c.arg("receive").arg(path);
-        let mut s = Spawned::spawn(&mut c);
-        let line = s.wait_line("receiver ready", WAIT, |l| l.starts_with("ready"));
-        Holder {
-            pid: line.split_whitespace().nth(1).unwrap().parse().unwrap(),
-            port: 0,
-            s,
-            extra: Vec::new(),
-        }
-    }
-
-    /// Sends a command and waits for the reply line starting with `reply`.
-    pub fn command(&mut self, cmd: &str, reply: &str) -> String {
-        self.s.send(cmd);
-        self.s
-            .wait_line(&format!("`{reply}` after `{cmd}`"), WAIT, |l| {
-                l.starts_with(reply)
-            })
-    }
-
-    /// `fork`: returns the child's pid; the child is killed on drop.
-    pub fn fork(&mut self) -> u32 {
-        let line = self.command("fork", "forked");
-        let pid = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        self.extra.push(ProcHandle::open(pid));
-        pid
-    }
-
-    /// For a receiver: waits for the passed socket; returns its port.
-    pub fn wait_got(&mut self) -> u16 {
-        let line = self
-            .s
-            .wait_line("the passed socket", WAIT, |l| l.starts_with("got"));
-        self.port = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        self.port
-    }
-
-    pub fn handle(&self) -> ProcHandle {
-        ProcHandle::open(self.pid)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        for h in &self.extra {
-            h.kill();
-        }
-    }
-}
+use crate::fixture::mkfifo;
+pub use crate::show;
 
 /// Polls `cond` until it holds; panics with `what` at the deadline.
 pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
@@ -150,16 +70,6 @@ pub fn tempfile_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Status, stdout and stderr, for assertion messages.
-pub fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The one JSON document of a `--json` run.

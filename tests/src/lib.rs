@@ -230,22 +230,19 @@ pub fn binder() -> Command {
     Command::new(fixture_bin("binder"))
 }
 
-/// Holds a socket in a `binder hold` child; returns it with its port.
-pub fn hold(args: &[&str]) -> (Spawned, u16) {
-    let mut c = binder();
-    c.arg("hold").args(args);
-    hold_with(c)
+/// Holds a socket in a `binder hold` child ([`fixture::Holder::bound`]);
+/// returns it with its port.
+pub fn hold(args: &[&str]) -> (fixture::Holder, u16) {
+    let h = fixture::Holder::bound(args);
+    let port = h.port;
+    (h, port)
 }
 
-/// Like `hold`, for a prepared command (e.g. under `ip netns exec`).
-pub fn hold_with(mut c: Command) -> (Spawned, u16) {
-    let mut s = Spawned::spawn(&mut c);
-    let line = s.wait_line("binder ready", Duration::from_secs(10), |l| {
-        l.starts_with("ready") || l.starts_with("err")
-    });
-    assert!(line.starts_with("ready"), "binder could not bind: {line}");
-    let port = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-    (s, port)
+/// Like `hold`, for a prepared `binder hold` command (e.g. under `ip netns exec`).
+pub fn hold_with(mut c: Command) -> (fixture::Holder, u16) {
+    let h = fixture::Holder::bound_with(&mut c);
+    let port = h.port;
+    (h, port)
 }
 
 /// One bind attempt by a fresh `binder try` process: (pid, "ok 8080" | "err 98").
@@ -255,6 +252,19 @@ pub fn try_bind(args: &[&str]) -> (u32, String) {
     let line = s.wait_line("binder try result", Duration::from_secs(10), |_| true);
     s.wait_exit(Duration::from_secs(5));
     (pid, line)
+}
+
+/// `times` bind attempts on 0.0.0.0:PORT, each on a new socket, by a
+/// `binder tries` child, which then stays alive until its stdin closes (so
+/// the daemon can read who it is); returns it with the number that failed.
+pub fn try_binds(port: u16, times: u32) -> (Spawned, u32) {
+    let mut s =
+        Spawned::spawn(binder().args(["tries", "0.0.0.0", &port.to_string(), &times.to_string()]));
+    let line = s.wait_line("binder tries result", Duration::from_secs(10), |l| {
+        l.starts_with("failed")
+    });
+    let failed = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (s, failed)
 }
 
 /// Polls `cond` with a growing pause (1 ms doubling to 50 ms) until it

@@ -1,88 +1,9 @@
-//! Helpers for tests that need real processes holding real sockets: a
-//! fixture process that says when it is ready, throwaway network namespaces,
-//! `ss` as the independent oracle, and running `reaper` itself.
+//! Helpers for tests that need real processes holding real sockets (the
+//! processes are the crate's [`crate::fixture::Holder`]): throwaway network
+//! namespaces, `ss` as the independent oracle, and running `reaper` itself.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// How long a fixture may take to say it is ready.
-pub const READY_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A child process holding sockets until dropped (its stdin closes, then it
-/// is killed and reaped, so a failing test leaves nothing behind).
-pub struct Fixture {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// The fields of its `ready ...` line after the word.
-    pub fields: Vec<String>,
-}
-
-impl Fixture {
-    /// Starts `cmd` and waits, with a deadline, for its first stdout line,
-    /// which must start with `ready`.
-    pub fn start(mut cmd: Command) -> Fixture {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut fixture = Fixture {
-            child,
-            stdin,
-            fields: Vec::new(),
-        };
-        let line = match rx.recv_timeout(READY_DEADLINE) {
-            Ok(l) => l,
-            Err(_) => panic!("{what} did not say `ready` within {READY_DEADLINE:?}"),
-        };
-        let mut words = line.split_whitespace();
-        if words.next() != Some("ready") {
-            panic!("{what} said {line:?} instead of `ready ...` (see its stderr above)");
-        }
-        fixture.fields = words.map(str::to_string).collect();
-        fixture
-    }
-
-    /// The `reaper-fixture listen|churn` line: `ready PORT PID [CHILD]`.
-    pub fn port(&self) -> u16 {
-        self.fields[0].parse().expect("port in the ready line")
-    }
-
-    /// Every pid of the ready line (the fixture, and its forked child).
-    pub fn pids(&self) -> BTreeSet<u32> {
-        self.fields[1..]
-            .iter()
-            .map(|p| p.parse().expect("pid in the ready line"))
-            .collect()
-    }
-
-    /// The pid of the process we started (for `ip netns exec`, the fixture
-    /// itself, since ip execs it).
-    pub fn child_pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 /// Runs a command to completion; panics with its stderr when it fails.
 pub fn run_ok(cmd: &mut Command) -> String {

@@ -14,13 +14,13 @@ use anyhow::{bail, Context, Result};
 pub const LAYERS: &[(&str, &[&str])] = &[
     // The raw syscalls, each behind a safe function: the only `unsafe`.
     ("sys", &["sys"]),
-    // The words every layer shares, clocks and parsing, /proc readers,
-    // escaping, typed errors, counters, user names.
+    // The /proc readers: every path under /proc is read here.
+    ("proc", &["proc"]),
+    // The words every layer shares, clocks and parsing, escaping, typed
+    // errors, counters, user names.
     (
         "vocabulary, util",
-        &[
-            "vocab", "util", "proc", "text", "error", "progress", "users",
-        ],
+        &["vocab", "util", "text", "error", "progress", "users"],
     ),
     // The journal's record schema; beside it the other leaves over the
     // bottom: terminal output, capabilities, the kernel hooks and the

@@ -25,57 +25,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use reaper_bench::emit;
-use reaper_bench::idlers::start_idlers;
-
-struct Opts {
-    procs: usize,
-    fds: usize,
-    rounds: usize,
-}
-
-fn opts() -> Result<Opts> {
-    let mut o = Opts {
-        procs: 2000,
-        fds: 50,
-        rounds: 9,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |name: &str| -> Result<usize> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--quick" => {
-                o.procs = 200;
-                o.rounds = 3;
-            }
-            "--procs" => o.procs = num("--procs")?,
-            "--fds" => o.fds = num("--fds")?,
-            "--rounds" => o.rounds = num("--rounds")?.max(1),
-            "--bench" => {}
-            other => {
-                bail!("unknown argument '{other}': use --quick, --procs N, --fds F, --rounds R")
-            }
-        }
-    }
-    Ok(o)
-}
-
-fn reaper_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("REAPER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build` first (or set REAPER_BIN)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
+use reaper_bench::idlers::HostOpts;
 
 /// Runs reaper; returns (wall ms, exit status) and checks it answered 0.
 fn timed(reaper: &PathBuf, args: &[String]) -> Result<f64> {
@@ -98,18 +48,9 @@ fn timed(reaper: &PathBuf, args: &[String]) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let o = opts()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("this benchmark needs root (reaper reads other processes' environments): run it with sudo");
-    }
-    let reaper = reaper_bin()?;
-    let idlers = start_idlers(o.procs, o.fds)?;
-    eprintln!(
-        "started {} idle processes with {} files each",
-        idlers.pids.len(),
-        o.fds
-    );
+    let o = HostOpts::parse(9, &[])?;
+    let reaper = reaper_tests::reaper_bin();
+    let idlers = o.busy_host("reaper reads other processes' environments")?;
     let job = format!("github_bench_{}", std::process::id());
     let mut worker = Command::new("sleep")
         .arg("3600")

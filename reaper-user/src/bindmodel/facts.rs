@@ -141,7 +141,7 @@ fn int_opt(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
 
 /// The fd number under which `pid` holds socket `inode`.
 fn fd_of(pid: u32, inode: u64) -> Option<i32> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let dir = crate::proc::read_dir(pid, "fd").ok()?;
     for ent in dir.flatten() {
         let Ok(target) = std::fs::read_link(ent.path()) else {
             continue;

@@ -67,9 +67,7 @@ fn read_here() -> Sysctls {
     // /proc/sys/net answers for the reading thread's namespace (the
     // kernel looks at current->nsproxy), so a thread that entered another
     // namespace reads that one's.
-    let get = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).unwrap_or_default()
-    };
+    let get = |name: &str| crate::proc::sysctl(&format!("net/ipv4/{name}")).unwrap_or_default();
     Sysctls {
         unprivileged_port_start: get("ip_unprivileged_port_start")
             .trim()
@@ -136,10 +134,10 @@ pub fn merge_ranges(have: &[(u16, u16)], add: &[(u16, u16)]) -> String {
 /// (merged with what is there) and returns the list as the kernel has it
 /// afterwards. Needs CAP_NET_ADMIN and a writable /proc/sys.
 pub fn reserve(ranges: &[(u16, u16)]) -> io::Result<String> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-    let have = parse_port_list(&std::fs::read_to_string(PATH)?).unwrap_or_default();
-    std::fs::write(PATH, merge_ranges(&have, ranges))?;
-    Ok(std::fs::read_to_string(PATH)?.trim().to_string())
+    const NAME: &str = "net/ipv4/ip_local_reserved_ports";
+    let have = parse_port_list(&crate::proc::sysctl(NAME)?).unwrap_or_default();
+    crate::proc::write_sysctl(NAME, &merge_ranges(&have, ranges))?;
+    crate::proc::sysctl(NAME)
 }
 
 #[cfg(test)]

@@ -318,9 +318,8 @@ impl ContainerCache {
                 return c.clone();
             }
         }
-        let path = std::fs::read(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|b| holders::process::parse_cgroup(&b));
+        let path =
+            reaper::proc::read(pid, "cgroup").and_then(|b| holders::process::parse_cgroup(&b));
         let found = path
             .as_deref()
             .and_then(holders::container::from_cgroup)

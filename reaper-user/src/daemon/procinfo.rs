@@ -50,19 +50,17 @@ pub fn binder(pid: u32) -> crate::control::Binder {
     let mut b = crate::control::Binder::default();
     if let Ok(stat) = ProcStat::read(pid) {
         b.ppid = Some(stat.ppid);
-        b.parent_comm = std::fs::read_to_string(format!("/proc/{}/comm", stat.ppid))
+        b.parent_comm = crate::proc::read_string(stat.ppid, "comm")
             .ok()
             .map(|s| s.trim_end().to_string());
-        b.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
+        b.exe = crate::proc::exe(pid);
     }
     b
 }
 
 /// The cgroup v2 path ("0::/path"), else the first v1 path.
 fn cgroup_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = crate::proc::read_string(pid, "cgroup").ok()?;
     let v2 = text.lines().find_map(|l| l.strip_prefix("0::"));
     v2.or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
         .map(str::to_string)

@@ -73,7 +73,7 @@ pub fn parse_pid(name: &[u8]) -> Option<u32> {
 /// Opens /proc as a directory: the fd every other lookup is relative to.
 pub fn open_proc() -> nix::Result<Dir> {
     Dir::open(
-        "/proc",
+        crate::proc::ROOT,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -194,7 +194,7 @@ impl Refs {
 
 /// Whether a reference fd still refers to its socket.
 fn still_holds(r: &Ref) -> bool {
-    std::fs::read_link(format!("/proc/{}/fd/{}", r.pid, r.fd))
+    crate::proc::read_link(r.pid, &format!("fd/{}", r.fd))
         .ok()
         .and_then(|t| parse_socket_link(t.as_os_str().as_encoded_bytes()))
         == Some(r.inode)

@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::proc::read_into;
+
 pub use crate::vocab::Job;
 
 /// The variables [`parse_environ`] reads.
@@ -107,43 +109,12 @@ pub fn parse_environ(environ: &[u8]) -> Option<Job> {
 
 /// The job of a process (None: not in a job, gone, or unreadable).
 pub fn of_pid(pid: u32) -> Option<Job> {
-    parse_environ(&std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+    parse_environ(&crate::proc::read(pid, "environ")?)
 }
 
 /// The job reaper itself runs in (for `job = "current"`).
 pub fn own() -> Option<Job> {
-    parse_environ(&std::fs::read("/proc/self/environ").ok()?)
-}
-
-/// Reads /proc/PID/NAME into `buf` with plain reads; `buf` keeps its
-/// length (zeroed once) and grows only for a file larger than it.
-fn read_into<'a>(
-    path: &mut String,
-    pid: u32,
-    name: &str,
-    buf: &'a mut Vec<u8>,
-) -> Option<&'a [u8]> {
-    use std::fmt::Write as _;
-    use std::io::Read as _;
-    path.clear();
-    let _ = write!(path, "/proc/{pid}/{name}");
-    let mut f = std::fs::File::open(path.as_str()).ok()?;
-    if buf.is_empty() {
-        buf.resize(64 * 1024, 0);
-    }
-    let mut n = 0;
-    loop {
-        if n == buf.len() {
-            let grown = buf.len() * 2;
-            buf.resize(grown, 0);
-        }
-        match f.read(&mut buf[n..]) {
-            Ok(0) => return Some(&buf[..n]),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    parse_environ(&crate::proc::read("self", "environ")?)
 }
 
 /// The variables reaper looks for, in the order it looks, for messages
@@ -182,7 +153,7 @@ impl Table {
     /// Reads every process; those that vanish or cannot be read are left out.
     pub fn read() -> Table {
         let mut t = Table::default();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
+        let Ok(pids) = crate::proc::pids() else {
             return t;
         };
         // One buffer for every file: a hook reads two files of every
@@ -190,14 +161,7 @@ impl Table {
         // growing buffer) tripled the syscalls.
         let mut buf = Vec::new();
         let mut path = String::with_capacity(32);
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in pids {
             let Some(st) =
                 read_into(&mut path, pid, "stat", &mut buf).and_then(crate::proc::parse_stat)
             else {

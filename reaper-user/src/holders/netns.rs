@@ -41,7 +41,7 @@ const NAMED: &str = "/run/netns";
 
 /// The namespace this process is in.
 pub fn own_inode() -> Option<u64> {
-    std::fs::metadata("/proc/thread-self/ns/net")
+    crate::proc::metadata("thread-self", "ns/net")
         .ok()
         .map(|m| m.ino())
 }
@@ -72,7 +72,7 @@ pub fn list(proc_fd: RawFd, pids: &[u32]) -> Vec<Namespace> {
         };
         let ns = found.entry(inode).or_insert(Namespace {
             inode,
-            entry: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            entry: crate::proc::path(pid, "ns/net"),
             pid: Some(pid),
             name: None,
         });
@@ -143,9 +143,10 @@ pub fn sockets_in(
     own: Option<u64>,
     protos: &[Proto],
     listening_only: bool,
+    port: Option<u16>,
 ) -> io::Result<Listing> {
     if Some(ns.inode) == own {
-        return Ok(list_here(ns.inode, protos, listening_only));
+        return Ok(list_here(ns.inode, protos, listening_only, port));
     }
     let entered = std::thread::scope(|s| {
         s.spawn(|| -> io::Result<Listing> {
@@ -161,7 +162,7 @@ pub fn sockets_in(
                 )));
             }
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            Ok(list_here(inode, protos, listening_only))
+            Ok(list_here(inode, protos, listening_only, port))
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
@@ -170,7 +171,7 @@ pub fn sockets_in(
         (Ok(l), _) => Ok(l),
         // Without CAP_SYS_ADMIN, /proc/PID/net still shows that process's namespace.
         (Err(e), Some(pid)) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let dir = PathBuf::from(format!("/proc/{pid}/net"));
+            let dir = crate::proc::path(pid, "net");
             let sockets =
                 read_procfs(&dir, ns.inode, protos, listening_only, false).map_err(|e2| {
                     io::Error::other(format!(
@@ -188,12 +189,14 @@ pub fn sockets_in(
     }
 }
 
-/// Lists the sockets of the namespace the calling thread is in.
-fn list_here(inode: u64, protos: &[Proto], listening_only: bool) -> Listing {
+/// Lists the sockets of the namespace the calling thread is in; with
+/// `port`, sock_diag sends only that port's (the /proc/net fallback reads
+/// every socket: the caller filters).
+fn list_here(inode: u64, protos: &[Proto], listening_only: bool, port: Option<u16>) -> Listing {
     let netlink = if forced_procfs() {
         Err(io::Error::other("REAPER_SOCKET_SOURCE=procfs"))
     } else {
-        sockdiag::open().and_then(|fd| sockdiag::dump_all(&fd, inode, protos, listening_only))
+        sockdiag::open().and_then(|fd| sockdiag::dump_all(&fd, inode, protos, listening_only, port))
     };
     match netlink {
         Ok(sockets) => Listing {
@@ -202,9 +205,8 @@ fn list_here(inode: u64, protos: &[Proto], listening_only: bool) -> Listing {
             netlink_error: None,
         },
         Err(e) => {
-            let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
-                .is_ok_and(|s| s.trim() == "1");
-            let dir = PathBuf::from("/proc/thread-self/net");
+            let bindv6only = crate::proc::sysctl("net/ipv6/bindv6only").is_ok_and(|s| s == "1");
+            let dir = crate::proc::path("thread-self", "net");
             let sockets =
                 read_procfs(&dir, inode, protos, listening_only, bindv6only).unwrap_or_default();
             Listing {

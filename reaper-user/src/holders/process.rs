@@ -20,9 +20,7 @@ use crate::util::{rfc3339, BootClock};
 /// The effective uid from /proc/PID/status (procfs parses it): the one
 /// `ps -o user` shows and the one permissions are checked against.
 fn status_euid(pid: u32) -> Option<u32> {
-    use procfs::FromRead;
-    let status = procfs::process::Status::from_file(format!("/proc/{pid}/status")).ok()?;
-    Some(status.euid)
+    crate::proc::status(pid).map(|s| s.euid)
 }
 
 /// The most telling cgroup path in /proc/PID/cgroup: the v2 path (`0::/x`)

@@ -208,7 +208,7 @@ impl Options {
 /// Where the cgroup v2 hierarchy is mounted (the root the cgroup hooks
 /// attach to, so that every process on the host is seen).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+    let mounts = crate::proc::read_string("self", "mountinfo")
         .context("reading /proc/self/mountinfo to find the cgroup v2 mount")?;
     cgroup2_from_mountinfo(&mounts).ok_or_else(|| {
         anyhow::anyhow!(

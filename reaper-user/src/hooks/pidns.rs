@@ -42,16 +42,16 @@ impl PidNs {
 /// ancestor's that mounted /proc (the namespace of its pid 1, or of pid 2,
 /// the kernel's thread creator, which only the initial namespace numbers).
 pub fn of_proc() -> Result<PidNs> {
-    let status = std::fs::read_to_string("/proc/self/status")
+    let status = crate::proc::read_string("self", "status")
         .context("reading /proc/self/status to learn reaper's pid namespace")?;
     let levels = nspid_levels(&status).unwrap_or(1);
     if levels == 1 {
-        return stat_ns("/proc/self/ns/pid");
+        return stat_ns("self");
     }
     // /proc numbers processes as an ancestor namespace does.
     let mut errors = Vec::new();
-    for path in ["/proc/1/ns/pid", "/proc/2/ns/pid"] {
-        match stat_ns(path) {
+    for who in ["1", "2"] {
+        match stat_ns(who) {
             Ok(ns) => return Ok(ns),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -69,8 +69,10 @@ pub fn nspid_levels(status: &str) -> Option<usize> {
     Some(line.split_whitespace().count()).filter(|n| *n > 0)
 }
 
-fn stat_ns(path: &str) -> Result<PidNs> {
-    let m = std::fs::metadata(path).with_context(|| format!("stat {path}"))?;
+/// The pid namespace of /proc/WHO/ns/pid.
+fn stat_ns(who: &str) -> Result<PidNs> {
+    let m = crate::proc::metadata(who, "ns/pid")
+        .with_context(|| format!("stat {}", crate::proc::path(who, "ns/pid").display()))?;
     let dev = m.dev();
     let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
     Ok(PidNs {

@@ -253,9 +253,30 @@ impl Wire {
         })
     }
 
-    fn into_record(self) -> Option<Record> {
+    fn into_record(mut self) -> Option<Record> {
+        let (v, ts, host, source) = (
+            self.v,
+            std::mem::take(&mut self.ts),
+            std::mem::take(&mut self.host),
+            std::mem::take(&mut self.source),
+        );
+        let body = match self.kind.as_str() {
+            "claim" | "listen" | "release" | "conflict" | "reaping" | "churn" => self.bind_body(),
+            _ => self.daemon_body(),
+        }?;
+        Some(Record {
+            v,
+            ts,
+            host,
+            source: source.into(),
+            body,
+        })
+    }
+
+    /// The body of a record about one (netns, proto, port).
+    fn bind_body(self) -> Option<Body> {
         let w = self;
-        let body = match w.kind.as_str() {
+        Some(match w.kind.as_str() {
             "claim" => Body::Claim {
                 at: w.at()?,
                 process: w.process?,
@@ -301,6 +322,23 @@ impl Wire {
                 stop_signal: w.stop_signal,
                 container: w.container,
             },
+            "churn" => Body::Churn {
+                at: w.at()?,
+                process: w.process?,
+                count: w.count?,
+                first: w.first?,
+                last: w.last?,
+                held_ms_min: w.held_ms_min?,
+                held_ms_max: w.held_ms_max?,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The body of a record about the daemon itself.
+    fn daemon_body(self) -> Option<Body> {
+        let w = self;
+        Some(match w.kind.as_str() {
             "loss" => Body::Loss { lost: w.lost? },
             "start" => Body::Start {
                 version: w.version?,
@@ -322,23 +360,7 @@ impl Wire {
                 unstored: w.unstored?,
                 capacity: w.capacity?,
             },
-            "churn" => Body::Churn {
-                at: w.at()?,
-                process: w.process?,
-                count: w.count?,
-                first: w.first?,
-                last: w.last?,
-                held_ms_min: w.held_ms_min?,
-                held_ms_max: w.held_ms_max?,
-            },
             _ => return None,
-        };
-        Some(Record {
-            v: w.v,
-            ts: w.ts,
-            host: w.host,
-            source: w.source.into(),
-            body,
         })
     }
 }

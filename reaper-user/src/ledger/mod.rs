@@ -185,10 +185,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(source: impl Into<Source>) -> Ledger {
-        let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1024);
+        let start = crate::proc::sysctl_or("net/ipv4/ip_unprivileged_port_start", 1024);
         Ledger {
             claims: HashMap::new(),
             released: VecDeque::new(),

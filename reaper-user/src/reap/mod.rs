@@ -309,14 +309,7 @@ fn resume_if_stopped(
 
 /// Whether /proc says the process is stopped by a signal (state `T`).
 fn stopped(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the comm's closing parenthesis (the comm may hold any byte).
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    stat.get(close + 2) == Some(&b'T')
+    crate::proc::read_stat(pid).is_some_and(|s| s.state == 'T')
 }
 
 /// Waits on the pidfds until all exit or `until` passes; exited ones leave `live`.
@@ -463,13 +456,13 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let pid = stopped_child.id() as i32;
-        // SAFETY: kill and waitpid on our own child; status is a valid out-pointer.
-        unsafe {
-            assert_eq!(libc::kill(pid, libc::SIGSTOP), 0);
-            let mut status = 0;
-            assert_eq!(libc::waitpid(pid, &mut status, libc::WUNTRACED), pid);
-        }
+        let pid = nix::unistd::Pid::from_raw(stopped_child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let stopped = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WUNTRACED));
+        assert!(
+            matches!(stopped, Ok(nix::sys::wait::WaitStatus::Stopped(p, _)) if p == pid),
+            "{stopped:?}"
+        );
         let ids = [
             (Identity::read(child.id()).unwrap(), 0, Signal::Int),
             (Identity::read(stopped_child.id()).unwrap(), 0, Signal::Quit),

@@ -691,9 +691,7 @@ pub fn discover_kernel_threads(holdings: &[Holding], ctx: &mut Context) {
 }
 
 fn open_netns(pid: u32) -> Option<OwnedFd> {
-    std::fs::File::open(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(OwnedFd::from)
+    crate::proc::open(pid, "ns/net").ok().map(OwnedFd::from)
 }
 
 /// The journal's outcome word for a container stop: `freed`, `still_held`

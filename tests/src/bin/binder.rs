@@ -8,6 +8,9 @@
 //!     one bind attempt: prints `ok <port>` or `err <errno>`; exits 0. With
 //!     `close-elsewhere` the bind is made on a thread of its own and the
 //!     main thread closes the socket after it.
+//! binder tries ADDR PORT TIMES
+//!     TIMES bind attempts, each on a new socket closed at once; prints
+//!     `failed <n>`, then stays until stdin closes (so who tried can be read).
 //! binder storm THREADS COUNT
 //!     each thread binds 127.0.0.1:0 and closes, COUNT times; prints `done <n>`.
 
@@ -76,6 +79,24 @@ fn main() {
             }
             Err(e) => println!("err {e}"),
         },
+        Some("tries") => {
+            let times: u32 = args[3].parse().unwrap();
+            let failed = (0..times)
+                .filter(
+                    |_| match bind(&args[1], args[2].parse().unwrap(), false, false, false) {
+                        Ok(fd) => {
+                            // SAFETY: closing our own fd once.
+                            unsafe { libc::close(fd) };
+                            false
+                        }
+                        Err(_) => true,
+                    },
+                )
+                .count();
+            println!("failed {failed}");
+            std::io::stdout().flush().unwrap();
+            for _ in std::io::stdin().lock().lines() {}
+        }
         Some("storm") => {
             let threads: usize = args[1].parse().unwrap();
             let count: usize = args[2].parse().unwrap();
@@ -98,7 +119,7 @@ fn main() {
             println!("done {n}");
         }
         _ => {
-            eprintln!("usage: binder hold|try|storm ...");
+            eprintln!("usage: binder hold|try|tries|storm ...");
             std::process::exit(2);
         }
     }

@@ -43,7 +43,7 @@ fn connect(ns: &Netns, addr: &str, port: u16) -> (Child, u16) {
     (child, got)
 }
 
-fn hold(ns: &Netns, args: &[&str]) -> reaper_tests::Spawned {
+fn hold(ns: &Netns, args: &[&str]) -> reaper_tests::fixture::Holder {
     let mut c = ns.exec(fixture_bin("binder"));
     c.arg("hold").args(args);
     reaper_tests::hold_with(c).0

@@ -5,7 +5,6 @@
 //! `<workspace>/target/debug/reaper`). Every container and image a test
 //! makes is removed when the test ends, passed or not.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use reaper::reap::container::stop_and_wait;
 use reaper::reap::BindProbe;
 use reaper::vocab::{Decision, Proto};
 use reaper_tests::containers::{alive, docker, require_docker, Container, Image};
-use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper};
+use reaper_tests::fixture::{can_listen, free_port, require_root, run_reaper, Holder};
 use reaper_tests::{poll_until, show};
 use serde_json::Value;
 
@@ -26,33 +25,11 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", show(out)))
 }
 
-/// `docker run -p 127.0.0.1:PORT:80` of the listener image; returns once
-/// the published port answers through the proxy.
-fn published(image: &Image, extra: &[&str]) -> (Container, u16) {
-    let port = free_port();
-    let map = format!("127.0.0.1:{port}:80");
-    let mut args = vec!["-p", map.as_str()];
-    args.extend_from_slice(extra);
-    let c = Container::run(image, &args);
-    poll_until(
-        "the published port to answer",
-        Duration::from_secs(20),
-        || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            let mut buf = String::new();
-            use std::io::Read;
-            s.read_to_string(&mut buf).ok()?;
-            (buf == "ok\n").then_some(())
-        },
-    );
-    (c, port)
-}
-
 #[test]
 fn who_names_the_container_its_image_and_the_server_inside_behind_the_proxy() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(
+    let (c, port) = Container::published(
         &image,
         &[
             "--label",
@@ -98,7 +75,7 @@ fn who_names_the_container_its_image_and_the_server_inside_behind_the_proxy() {
 fn match_docker_proxy_is_refused_and_the_proxy_lives() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &[]);
+    let (c, port) = Container::published(&image, &[]);
     let proxies = Container::proxy_pids(port);
     assert!(!proxies.is_empty(), "no docker-proxy holds {port}");
     let out = run_reaper(
@@ -127,7 +104,8 @@ fn match_docker_proxy_is_refused_and_the_proxy_lives() {
 fn a_labelled_container_is_judged_by_label_and_stopped_through_the_engine() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &["--label", "com.docker.compose.project=preview"]);
+    let (c, port) =
+        Container::published(&image, &["--label", "com.docker.compose.project=preview"]);
     let scan = holders::scan(&Query {
         port: Some(port),
         proto: Some(Proto::Tcp),
@@ -246,46 +224,12 @@ impl Drop for ProxyGuard {
 /// `leave`, the shell exits at once (the server is left behind: the job
 /// ended), else it waits for it (the job is still attached to its runner,
 /// this test process).
-struct JobServer {
-    shell: Child,
-    pid: u32,
-}
-
-impl JobServer {
-    fn start(job: &str, port: u16, leave: bool) -> JobServer {
-        let tail = if leave { "exit 0" } else { "wait" };
-        let mut shell = Command::new("sh")
-            .arg("-c")
-            .arg(format!("'{SERVER}' --port {port} & {tail}"))
-            .env("RUNNER_TRACKING_ID", job)
-            .env("GITHUB_JOB", "integration")
-            .env("GITHUB_RUN_ID", "4242")
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(shell.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["ready", pid, ..] => pid.parse().unwrap(),
-            _ => panic!("platform-server did not say ready: {line:?}"),
-        };
-        if leave {
-            assert!(shell.wait().unwrap().success());
-        }
-        JobServer { shell, pid }
-    }
-}
-
-impl Drop for JobServer {
-    fn drop(&mut self) {
-        // SAFETY: kill on a pid this test started (still alive or reaped).
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        let _ = self.shell.kill();
-        let _ = self.shell.wait();
-    }
+fn job_server(job: &str, port: u16, leave: bool) -> Holder {
+    let mut sh = Command::new("sh");
+    sh.env("RUNNER_TRACKING_ID", job)
+        .env("GITHUB_JOB", "integration")
+        .env("GITHUB_RUN_ID", "4242");
+    Holder::in_shell(sh, Path::new(SERVER), &["--port", &port.to_string()], leave)
 }
 
 fn job_policy(dir: &Path) -> String {
@@ -313,7 +257,7 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
 
     // Still attached: its shell waits for it.
     let port = free_port();
-    let kept = JobServer::start(&format!("{job}_running"), port, false);
+    let kept = job_server(&format!("{job}_running"), port, false);
     let out = run_reaper(&["who", &port.to_string(), "--no-bpf", "--json"], &[]);
     let doc = json(&out);
     let j = &doc["holdings"][0]["processes"][0]["job"];
@@ -335,11 +279,14 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
     assert_ne!(out.status.code(), Some(0), "{}", show(&out));
     let reasons = json(&out)["holders"][0]["verdict"]["reasons"].to_string();
     assert!(reasons.contains("is still running"), "{reasons}");
-    assert!(alive(kept.pid), "the server of a running job was signalled");
+    assert!(
+        alive(kept.pid()),
+        "the server of a running job was signalled"
+    );
 
     // Left behind: the shell exited, only the orphan carries the job id.
     let port = free_port();
-    let left = JobServer::start(&format!("{job}_ended"), port, true);
+    let left = job_server(&format!("{job}_ended"), port, true);
     let out = run_reaper(
         &["who", &port.to_string(), "--no-bpf", "--color", "never"],
         &[],
@@ -372,7 +319,7 @@ fn a_server_left_by_an_ended_job_is_reaped_and_one_of_a_running_job_is_kept() {
     poll_until(
         "the ended job's server to exit",
         Duration::from_secs(10),
-        || (!alive(left.pid)).then_some(()),
+        || (!alive(left.pid())).then_some(()),
     );
     assert!(can_listen(port));
     drop(kept);
@@ -422,7 +369,7 @@ fn watch_names_the_container_of_a_bind() {
 fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &[]);
+    let (c, port) = Container::published(&image, &[]);
     let p = port.to_string();
 
     let out = run_reaper(
@@ -516,7 +463,7 @@ fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
     let image = Image::build();
     let project = reaper_tests::containers::unique("preview");
     let label = format!("com.docker.compose.project={project}");
-    let (c, port) = published(&image, &["--label", &label]);
+    let (c, port) = Container::published(&image, &["--label", &label]);
     // A big ring buffer: other runs may storm binds on the host.
     let d = reaper_tests::daemon::Daemon::start(&format!(
         "ringbuf_size = 67108864\njournal_max_bytes = 0\n[[rule]]\nname = \"preview\"\naction = \"reap\"\nmatch = {{ container = {{ label = \"{label}\" }} }}\n"
@@ -524,7 +471,7 @@ fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
     let mut binders = Vec::new();
     let mut done = None;
     for _round in 0..6 {
-        let (b, failed) = reaper_tests::daemon::Binder::run(port, 3);
+        let (b, failed) = reaper_tests::try_binds(port, 3);
         binders.push(b);
         if failed == 0 {
             break;

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reaper_tests::daemon::*;
-use reaper_tests::reaper;
+use reaper_tests::fixture::Holder;
+use reaper_tests::{reaper, try_binds};
 use serde_json::Value;
 
 macro_rules! need_root {
@@ -70,7 +71,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key_and_line() {
 fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     need_root!();
     let port = free_port();
-    let holder = Orphan::spawn(port, "rp-reap");
+    let holder = Holder::orphan(port, "rp-reap", &[]);
     assert!(holder.alive());
     // The holder predates the daemon: the seed scan must find it.
     let d = Daemon::start(&holder.rule("stale test holder", Some("reap")));
@@ -108,7 +109,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     assert!(text.contains(&holder.pid().to_string()), "{text}");
 
     // A burst of failed binds from another process.
-    let (binder, failed) = Binder::run(port, 5);
+    let (binder, failed) = try_binds(port, 5);
     assert!(failed >= 1, "the port was held, binds must fail");
     let conflict = d.wait_record("a conflict record", |r| {
         kind(r) == "conflict" && r["port"] == port
@@ -118,7 +119,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
         conflict["tried"]["cmdline"]
             .as_str()
             .unwrap_or("")
-            .contains("reaper-test-binder"),
+            .contains("binder tries"),
         "who tried is read from /proc at once: {conflict}"
     );
     assert!(conflict["tried"]["ppid"].is_number(), "{conflict}");
@@ -167,7 +168,7 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     );
     // The next job binds the port: its claim is the port's next history,
     // and the daemon's own test bind before it is not journaled at all.
-    let next = Orphan::spawn(port, "rp-next");
+    let next = Holder::orphan(port, "rp-next", &[]);
     d.wait_record("the next job's claim", |r| {
         kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == next.pid()
     });
@@ -233,7 +234,7 @@ fn a_report_rule_leaves_the_holder_alive() {
     );
     let mut d = Daemon::start(&rule);
     let port = free_port();
-    let holder = Orphan::spawn(port, "rp-report");
+    let holder = Holder::orphan(port, "rp-report", &[]);
     // (free_port's own probe bind is a claim on the port too: skip it.)
     let claim = d.wait_record("the holder's claim from the hooks", |r| {
         kind(r) == "claim" && r["port"] == port && r["process"]["pid"] == holder.pid()
@@ -243,7 +244,7 @@ fn a_report_rule_leaves_the_holder_alive() {
     // The parent as /proc showed it when the daemon read it: the job's
     // shell exits at once, so it is usually init by then.
     assert!(claim["process"]["ppid"].is_number(), "{claim}");
-    let (_binder, failed) = Binder::run(port, 3);
+    let (_binder, failed) = try_binds(port, 3);
     assert!(failed >= 1);
     let conflict = d.wait_record("a conflict record", |r| {
         kind(r) == "conflict" && r["port"] == port
@@ -526,10 +527,10 @@ const BIG_RINGBUF: &str = "ringbuf_size = 67108864\njournal_max_bytes = 0\n";
 /// failed bind's event can be dropped when other tests storm binds on the
 /// host (the daemon then journals a loss), so the binder tries again.
 /// Returns the conflict and the binders (alive: the daemon reads them).
-fn conflict_after_binds(d: &Daemon, port: u16) -> (Value, Vec<Binder>) {
+fn conflict_after_binds(d: &Daemon, port: u16) -> (Value, Vec<reaper_tests::Spawned>) {
     let mut binders = Vec::new();
     for _ in 0..6 {
-        let (b, failed) = Binder::run(port, 3);
+        let (b, failed) = try_binds(port, 3);
         assert!(failed >= 1, "the port was held, binds must fail");
         binders.push(b);
         let found = reaper_tests::poll_for(Duration::from_secs(10), || {
@@ -561,16 +562,12 @@ fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_ru
     let port = free_port();
     // An orphaned platform-server whose child became another program
     // (sleep) and kept the listening socket.
-    let holder = Orphan::spawn_with(
+    let holder = Holder::orphan(
         port,
         "rp-tree",
         &["--fork-child", "--child-exec", "/bin/sleep"],
     );
-    let child = holder
-        .server
-        .fork_child
-        .as_ref()
-        .expect("the sharing child");
+    let child = holder.fork_child.as_ref().expect("the sharing child");
     let rule = format!(
         "{BIG_RINGBUF}{}",
         holder.rule("stale tree holder", Some("reap"))
@@ -637,7 +634,7 @@ fn a_child_of_another_program_sharing_the_socket_stops_the_reaping_unless_the_ru
 fn a_stop_during_the_grace_leaves_the_signal_on_the_record_and_report_says_unfinished() {
     need_root!();
     let port = free_port();
-    let holder = Orphan::spawn_with(port, "rp-grace", &["--ignore-term"]);
+    let holder = Holder::orphan(port, "rp-grace", &["--ignore-term"]);
     let mut d = Daemon::start_with_grace(
         &format!("{BIG_RINGBUF}{}", holder.rule("stale holder", Some("reap"))),
         "60s",
@@ -745,7 +742,7 @@ fn a_conflict_with_a_client_connection_says_so_in_the_record() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
-    let (_binder, failed) = Binder::run(port, 1);
+    let (_binder, failed) = try_binds(port, 1);
     assert_eq!(failed, 1, "a client's connection blocks a plain bind");
     let conflict = d.wait_record("the conflict record", |r| {
         kind(r) == "conflict" && r["port"] == port

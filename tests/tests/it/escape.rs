@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use reaper_tests::fixture::Holder;
 use reaper_tests::report_fixtures::report_text;
 use reaper_tests::*;
 use serde_json::Value;
@@ -72,7 +73,7 @@ fn assert_inert(what: &str, text: &str) {
 struct Hostile {
     _dir: tempfile::TempDir,
     exe: PathBuf,
-    s: Spawned,
+    s: Holder,
     port: u16,
 }
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use reaper_tests::faults::{
     can_listen_on, free_paused, json, run_as, shared_tmp, show, signalled, tempfile_dir,
-    wait_until, Holder, Mount, NOBODY,
+    wait_until, Mount, NOBODY,
 };
-use reaper_tests::fixture::run_reaper;
+use reaper_tests::fixture::{run_reaper, Holder, ProcHandle};
 use reaper_tests::procs::holder_pids;
 use reaper_tests::require_root;
 
@@ -34,9 +34,9 @@ fn who(port: u16) -> serde_json::Value {
 #[test]
 fn a_child_forked_after_the_verdict_is_not_killed_and_the_port_is_still_held() {
     require_root();
-    let mut h = Holder::listen("127.0.0.1", 0, &[]);
+    let mut h = Holder::fault_listen("127.0.0.1", 0, &[]);
     let p = h.port.to_string();
-    let parent = h.handle();
+    let parent = ProcHandle::open(h.pid());
     let mut child = 0;
     let out = free_paused(
         &[
@@ -52,12 +52,12 @@ fn a_child_forked_after_the_verdict_is_not_killed_and_the_port_is_still_held() {
         ],
         || child = h.fork(),
     );
-    let child_h = reaper_tests::fixture::ProcHandle::open(child);
+    let child_h = ProcHandle::open(child);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let doc = json(&out);
     assert_eq!(
         signalled(&doc),
-        vec![h.pid as u64],
+        vec![h.pid() as u64],
         "only the judged holder is signalled"
     );
     assert!(parent.wait_exit(5000), "the judged holder did not exit");
@@ -87,9 +87,9 @@ fn an_exec_that_keeps_the_socket_is_not_signalled_and_the_port_is_still_held() {
     require_root();
     let sleep = reaper_tests::fixture::which("sleep");
     let sleep_real = std::fs::canonicalize(&sleep).unwrap();
-    let mut h = Holder::listen("127.0.0.1", 0, &[]);
+    let mut h = Holder::fault_listen("127.0.0.1", 0, &[]);
     let p = h.port.to_string();
-    let handle = h.handle();
+    let handle = ProcHandle::open(h.pid());
     let out = free_paused(
         &[
             "free",
@@ -120,7 +120,7 @@ fn an_exec_that_keeps_the_socket_is_not_signalled_and_the_port_is_still_held() {
     assert!(
         msg.contains(&format!(
             "pid {} was not signalled: its identity changed",
-            h.pid
+            h.pid()
         )) && msg.contains("exe changed from"),
         "{msg}"
     );
@@ -135,21 +135,21 @@ fn an_exec_that_keeps_the_socket_is_not_signalled_and_the_port_is_still_held() {
 #[test]
 fn a_reuseport_group_lists_every_member_and_free_stops_them_all() {
     require_root();
-    let a = Holder::listen("127.0.0.1", 0, &["reuseport"]);
-    let b = Holder::listen("127.0.0.1", a.port, &["reuseport"]);
+    let a = Holder::fault_listen("127.0.0.1", 0, &["reuseport"]);
+    let b = Holder::fault_listen("127.0.0.1", a.port, &["reuseport"]);
     assert_eq!(a.port, b.port);
     let answer = who(a.port);
     assert_eq!(
         holder_pids(&answer, None),
-        pids(&[a.pid, b.pid]),
+        pids(&[a.pid(), b.pid()]),
         "{answer}"
     );
     assert_eq!(answer["holdings"].as_array().unwrap().len(), 2, "{answer}");
     let ss = reaper_tests::procs::ss_on(a.port, &["-tulpnH"], None);
     let theirs: BTreeSet<u32> = ss.iter().flat_map(|s| s.pids.iter().copied()).collect();
-    assert_eq!(theirs, pids(&[a.pid, b.pid]), "ss disagrees");
+    assert_eq!(theirs, pids(&[a.pid(), b.pid()]), "ss disagrees");
 
-    let (ha, hb) = (a.handle(), b.handle());
+    let (ha, hb) = (ProcHandle::open(a.pid()), ProcHandle::open(b.pid()));
     let out = run_reaper(
         &[
             "free",
@@ -163,7 +163,7 @@ fn a_reuseport_group_lists_every_member_and_free_stops_them_all() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let mut got = signalled(&json(&out));
     got.sort();
-    let mut want = vec![a.pid as u64, b.pid as u64];
+    let mut want = vec![a.pid() as u64, b.pid() as u64];
     want.sort();
     assert_eq!(got, want);
     assert!(ha.wait_exit(5000) && hb.wait_exit(5000));
@@ -175,12 +175,12 @@ fn a_reuseport_group_lists_every_member_and_free_stops_them_all() {
 #[test]
 fn v4_and_v6_holders_of_one_port_are_both_listed_and_freed() {
     require_root();
-    let v4 = Holder::listen("0.0.0.0", 0, &[]);
-    let v6 = Holder::listen("::", v4.port, &["v6only"]);
+    let v4 = Holder::fault_listen("0.0.0.0", 0, &[]);
+    let v6 = Holder::fault_listen("::", v4.port, &["v6only"]);
     let answer = who(v4.port);
     assert_eq!(
         holder_pids(&answer, None),
-        pids(&[v4.pid, v6.pid]),
+        pids(&[v4.pid(), v6.pid()]),
         "{answer}"
     );
     let families: BTreeSet<String> = answer["holdings"]
@@ -191,7 +191,7 @@ fn v4_and_v6_holders_of_one_port_are_both_listed_and_freed() {
         .collect();
     assert_eq!(families, ["ipv4".to_string(), "ipv6".to_string()].into());
 
-    let (h4, h6) = (v4.handle(), v6.handle());
+    let (h4, h6) = (ProcHandle::open(v4.pid()), ProcHandle::open(v6.pid()));
     let out = run_reaper(
         &[
             "free",
@@ -218,7 +218,7 @@ fn a_socket_passed_over_scm_rights_is_charged_to_whoever_holds_it() {
     let dir = tempfile_dir();
     let path = dir.join("pass.sock");
     let mut rx = Holder::receiver(&path);
-    let mut tx = Holder::listen("127.0.0.1", 0, &[]);
+    let mut tx = Holder::fault_listen("127.0.0.1", 0, &[]);
     let port = tx.port;
     tx.command(&format!("send {}", path.display()), "sent");
     assert_eq!(rx.wait_got(), port);
@@ -226,15 +226,15 @@ fn a_socket_passed_over_scm_rights_is_charged_to_whoever_holds_it() {
     let answer = who(port);
     assert_eq!(
         holder_pids(&answer, None),
-        pids(&[tx.pid, rx.pid]),
+        pids(&[tx.pid(), rx.pid()]),
         "{answer}"
     );
 
     tx.command("close", "closed");
     let answer = who(port);
-    assert_eq!(holder_pids(&answer, None), pids(&[rx.pid]), "{answer}");
+    assert_eq!(holder_pids(&answer, None), pids(&[rx.pid()]), "{answer}");
 
-    let (htx, hrx) = (tx.handle(), rx.handle());
+    let (htx, hrx) = (ProcHandle::open(tx.pid()), ProcHandle::open(rx.pid()));
     let out = run_reaper(
         &[
             "free",
@@ -253,8 +253,8 @@ fn a_socket_passed_over_scm_rights_is_charged_to_whoever_holds_it() {
         .iter()
         .map(|h| h["process"]["pid"].as_u64().unwrap())
         .collect();
-    assert_eq!(judged, vec![rx.pid as u64], "{doc}");
-    assert_eq!(signalled(&doc), vec![rx.pid as u64]);
+    assert_eq!(judged, vec![rx.pid() as u64], "{doc}");
+    assert_eq!(signalled(&doc), vec![rx.pid() as u64]);
     assert!(hrx.wait_exit(5000));
     assert!(
         htx.alive(),
@@ -273,7 +273,7 @@ fn an_unwritable_journal_directory_stops_the_run_before_any_signal() {
     require_root();
     let ro = Mount::read_only();
     let journal = ro.dir.join("journal.jsonl");
-    let h = Holder::listen("127.0.0.1", 0, &[]);
+    let h = Holder::fault_listen("127.0.0.1", 0, &[]);
     let out = run_reaper(
         &[
             "free",
@@ -291,7 +291,7 @@ fn an_unwritable_journal_directory_stops_the_run_before_any_signal() {
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(err.contains("nothing was signalled"), "{err}");
     assert!(err.contains("leave out --journal"), "{err}");
-    assert!(h.handle().alive());
+    assert!(h.alive());
     assert!(!can_listen_on("127.0.0.1", h.port));
 }
 
@@ -305,8 +305,8 @@ fn a_full_disk_after_the_work_says_the_port_is_free_and_the_record_missing() {
     let fs = Mount::tmpfs(64 * 1024);
     let journal = fs.dir.join("journal.jsonl");
     std::fs::File::create(&journal).unwrap(); // ours (root), empty
-    let h = Holder::listen("127.0.0.1", 0, &[]);
-    let handle = h.handle();
+    let h = Holder::fault_listen("127.0.0.1", 0, &[]);
+    let handle = ProcHandle::open(h.pid());
     let port = h.port.to_string();
     let args = [
         "free",
@@ -351,7 +351,7 @@ fn a_full_disk_after_the_work_says_the_port_is_free_and_the_record_missing() {
     );
 
     // Full before the intent: nothing is signalled.
-    let h = Holder::listen("127.0.0.1", 0, &[]);
+    let h = Holder::fault_listen("127.0.0.1", 0, &[]);
     let port = h.port.to_string();
     let out = run_reaper(
         &[
@@ -370,7 +370,7 @@ fn a_full_disk_after_the_work_says_the_port_is_free_and_the_record_missing() {
         err.contains("intent") && err.contains("nothing was signalled"),
         "{err}"
     );
-    assert!(h.handle().alive());
+    assert!(h.alive());
     assert!(!can_listen_on("127.0.0.1", h.port));
 }
 
@@ -381,7 +381,7 @@ fn a_journal_planted_by_another_user_is_refused() {
     require_root();
     let shared = shared_tmp();
     let victim = tempfile_dir().join("victim");
-    let h = Holder::listen("127.0.0.1", 0, &[]);
+    let h = Holder::fault_listen("127.0.0.1", 0, &[]);
     let p = h.port.to_string();
     let free = |journal: &std::path::Path| {
         run_reaper(
@@ -440,5 +440,5 @@ fn a_journal_planted_by_another_user_is_refused() {
     assert!(err.contains(&format!("owned by uid {NOBODY}")), "{err}");
     assert_eq!(std::fs::metadata(&theirs).unwrap().len(), 0);
 
-    assert!(h.handle().alive(), "a refused run signalled the holder");
+    assert!(h.alive(), "a refused run signalled the holder");
 }

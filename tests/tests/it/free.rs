@@ -3,12 +3,12 @@
 //! Build first: `cargo build && sudo -E cargo test -p reaper-tests --test it free::`
 //! (the tests run `<workspace>/target/debug/reaper`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use reaper_tests::fixture::{self, can_listen, free_port, require_root, run_reaper, Netns, Server};
+use reaper_tests::faults::free_paused;
+use reaper_tests::fixture::{self, can_listen, free_port, require_root, run_reaper, Holder, Netns};
 use reaper_tests::show;
 use serde_json::Value;
 
@@ -42,7 +42,7 @@ fn orphaned_server_is_freed_and_the_port_binds_at_once() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start_orphan(server(), &["--port", &p]);
+    let srv = Holder::start_orphan(server(), &["--port", &p]);
     assert!(!can_listen(port));
     let tmp = tempfile::tempdir().unwrap();
     let journal = tmp.path().join("j/journal.jsonl");
@@ -114,7 +114,7 @@ fn a_decoy_with_the_same_comm_is_left_alive() {
     std::fs::hard_link(SERVER, &decoy_bin).unwrap();
     let port = free_port();
     let p = port.to_string();
-    let decoy = Server::start(&decoy_bin, &["--port", &p, "--comm", "platform-server"]);
+    let decoy = Holder::start(&decoy_bin, &["--port", &p, "--comm", "platform-server"]);
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", decoy.pid())).unwrap();
     assert_eq!(
         comm.trim(),
@@ -154,7 +154,7 @@ fn a_holder_ignoring_sigterm_gets_sigkill_after_the_grace() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start(server(), &["--port", &p, "--ignore-term"]);
+    let srv = Holder::start(server(), &["--port", &p, "--ignore-term"]);
     let out = run_reaper(
         &[
             "free",
@@ -195,7 +195,7 @@ fn a_forked_child_of_the_same_program_is_judged_on_its_own() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start(server(), &["--port", &p, "--fork-child"]);
+    let srv = Holder::start(server(), &["--port", &p, "--fork-child"]);
     let child = srv.fork_child.as_ref().expect("fork child");
     // No --tree: the child matches --match by itself. The parent is
     // signalled first; the child (which ignores its parent's death) gets
@@ -231,7 +231,7 @@ fn a_child_of_another_program_sharing_the_socket_needs_tree() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start(
+    let srv = Holder::start(
         server(),
         &["--port", &p, "--fork-child", "--child-exec", "/bin/sleep"],
     );
@@ -286,20 +286,12 @@ fn a_child_of_another_program_sharing_the_socket_needs_tree() {
 }
 
 /// nginx from Debian with its config in a temp dir: a master and two
-/// workers sharing the listening socket, all /usr/sbin/nginx.
+/// workers sharing the listening socket, all /usr/sbin/nginx. The workers
+/// are the master's `extra` (they outlive a SIGKILLed master: the holder
+/// kills them on drop).
 struct Nginx {
-    master: Server,
-    workers: Vec<fixture::ProcHandle>,
+    master: Holder,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // Workers outlive a SIGKILLed master: never leave them listening.
-        for w in &self.workers {
-            w.kill();
-        }
-    }
 }
 
 fn start_nginx(port: u16) -> Nginx {
@@ -323,7 +315,7 @@ fn start_nginx(port: u16) -> Nginx {
     .unwrap();
     // nginx prints nothing when ready: a shell prints the ready line
     // (pid of the exec'd nginx) first, then becomes nginx.
-    let master = Server::start_cmd(Command::new("sh").arg("-c").arg(format!(
+    let mut master = Holder::start_cmd(Command::new("sh").arg("-c").arg(format!(
         "echo ready $$; exec {} -c {} -p {d} -e {d}/error.log",
         nginx.display(),
         conf.display()
@@ -341,11 +333,8 @@ fn start_nginx(port: u16) -> Nginx {
             (kids.len() == 2 && !can_listen(port)).then_some(kids)
         },
     );
-    Nginx {
-        master,
-        workers: workers.into_iter().map(fixture::ProcHandle::open).collect(),
-        _dir: dir,
-    }
+    master.extra = workers.into_iter().map(fixture::ProcHandle::open).collect();
+    Nginx { master, _dir: dir }
 }
 
 #[test]
@@ -366,7 +355,7 @@ fn an_nginx_master_and_its_workers_are_freed_by_match_without_tree() {
     );
     for h in &holders[1..] {
         let pid = h["process"]["pid"].as_u64().unwrap() as u32;
-        assert!(ng.workers.iter().any(|w| w.pid == pid), "{h}");
+        assert!(ng.master.extra.iter().any(|w| w.pid == pid), "{h}");
         assert_eq!(h["role"]["of"], ng.master.pid());
         // The padding nginx leaves after its new title is trimmed.
         assert_eq!(
@@ -378,44 +367,8 @@ fn an_nginx_master_and_its_workers_are_freed_by_match_without_tree() {
     // The master stops its workers: one SIGTERM, to the master.
     assert_eq!(signalled_pids(&doc)[0], ng.master.pid() as u64, "{doc}");
     assert!(ng.master.handle.wait_exit(5000));
-    assert!(ng.workers.iter().all(|w| w.wait_exit(5000)));
+    assert!(ng.master.extra.iter().all(|w| w.wait_exit(5000)));
     assert!(can_listen(port));
-}
-
-/// Runs `reaper free` with the pause hook, waits until it is paused (after
-/// its verdicts, before any pidfd), runs `meanwhile`, then lets it go on.
-fn free_with_pause(args: &[&str], meanwhile: impl FnOnce()) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("pause");
-    fixture::mkfifo(&fifo);
-    let child = Command::new(fixture::reaper())
-        .args(args)
-        .env("REAPER_TEST_PAUSE_BEFORE_SIGNAL", &fifo)
-        .env_remove("REAPER_JOURNAL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Opening a FIFO for writing blocks until reaper opens it for reading,
-    // i.e. until reaper is at the pause: that open is the event.
-    let (tx, rx) = mpsc::channel();
-    let f2: PathBuf = fifo.clone();
-    std::thread::spawn(move || {
-        let w = std::fs::OpenOptions::new().write(true).open(&f2);
-        let _ = tx.send(w);
-    });
-    let writer = match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(w) => w.unwrap(),
-        Err(_) => {
-            // Unblock the opener thread, then show what reaper said.
-            let _ = std::fs::File::open(&fifo);
-            let out = child.wait_with_output().unwrap();
-            panic!("reaper never reached the pause:\n{}", show(&out));
-        }
-    };
-    meanwhile();
-    drop(writer); // EOF: reaper goes on
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -424,12 +377,12 @@ fn a_process_that_exec_ed_something_else_in_the_same_pid_is_not_signalled() {
     let sleep = fixture::which("sleep");
     let port = free_port();
     let p = port.to_string();
-    let mut srv = Server::start(
+    let mut srv = Holder::start(
         server(),
         &["--port", &p, "--exec-on-usr1", sleep.to_str().unwrap()],
     );
     let pid = srv.pid();
-    let out = free_with_pause(
+    let out = free_paused(
         &["free", &p, "--match", "platform-server", "--json"],
         || {
             assert!(srv.handle.alive());
@@ -482,12 +435,12 @@ fn a_holder_that_died_before_the_signal_is_not_signalled() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let mut srv = Server::start(server(), &["--port", &p]);
-    let out = free_with_pause(
+    let mut srv = Holder::start(server(), &["--port", &p]);
+    let out = free_paused(
         &["free", &p, "--match", "platform-server", "--json"],
         || {
             srv.handle.kill();
-            srv.child.as_mut().unwrap().wait().unwrap(); // reaped: the pid is gone
+            srv.s.child.wait().unwrap(); // reaped: the pid is gone
         },
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
@@ -502,8 +455,8 @@ fn the_same_port_in_another_netns_is_not_touched() {
     let port = free_port();
     let p = port.to_string();
     let ns = Netns::new("free");
-    let remote = Server::start_cmd(ns.exec(server()).args(["--port", &p]));
-    let local = Server::start(server(), &["--port", &p]);
+    let remote = Holder::start_cmd(ns.exec(server()).args(["--port", &p]));
+    let local = Holder::start(server(), &["--port", &p]);
 
     let out = run_reaper(&["free", &p, "--match", "platform-server", "--json"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
@@ -628,7 +581,7 @@ fn no_rule_is_bad_input_and_kills_nothing() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start(server(), &["--port", &p]);
+    let srv = Holder::start(server(), &["--port", &p]);
     let out = run_reaper(&["free", &p], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(show(&out)
@@ -654,7 +607,7 @@ fn dry_run_signals_nothing() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let srv = Server::start(server(), &["--port", &p]);
+    let srv = Holder::start(server(), &["--port", &p]);
     let policy = fixture::workspace().join("deploy/policy.toml");
     let out = run_reaper(
         &[

@@ -7,23 +7,24 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use reaper_tests::procs::{holder_pids, reaper, ss_on, Fixture, Netns};
-use reaper_tests::require_root;
+use reaper_tests::fixture::Holder;
+use reaper_tests::procs::{holder_pids, reaper, ss_on, Netns};
+use reaper_tests::{own_netns, require_root};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_reaper-fixture");
 
-fn listen(kind: &str, port: u16, fork: bool) -> Fixture {
+fn listen(kind: &str, port: u16, fork: bool) -> Holder {
     let mut cmd = Command::new(FIXTURE);
     cmd.args(["listen", kind, &port.to_string()]);
     if fork {
         cmd.arg("--fork");
     }
-    Fixture::start(cmd)
+    Holder::fixture(cmd)
 }
 
 /// `reaper who PORT --json` must exit 0 and name exactly the pids ss names.
-fn check_against_ss(kind: &str, fixture: &Fixture, env: &[(&str, &str)]) -> serde_json::Value {
-    let port = fixture.port();
+fn check_against_ss(kind: &str, fixture: &Holder, env: &[(&str, &str)]) -> serde_json::Value {
+    let port = fixture.port;
     let run = reaper(&["who", &port.to_string(), "--json"], env);
     assert_eq!(
         run.code, 0,
@@ -87,16 +88,16 @@ fn tcp_and_udp_v4_and_v6_listeners_match_ss() {
             p["ancestors"][0][0].as_u64().unwrap() as u32,
             std::process::id()
         );
-        let ss = ss_on(f.port(), &["-tulpnH"], None);
-        assert_eq!(ss[0].local, format!("{ss_local}:{}", f.port()), "{kind}");
+        let ss = ss_on(f.port, &["-tulpnH"], None);
+        assert_eq!(ss[0].local, format!("{ss_local}:{}", f.port), "{kind}");
 
         // The human answer says the same.
-        let run = reaper(&["who", &f.port().to_string(), "--proto", proto], &[]);
+        let run = reaper(&["who", &f.port.to_string(), "--proto", proto], &[]);
         assert_eq!(run.code, 0);
         for want in [
-            format!("{proto} port {} is held", f.port()),
+            format!("{proto} port {} is held", f.port),
             state.to_string(),
-            format!("pid {}  reaper-fixture", f.child_pid()),
+            format!("pid {}  reaper-fixture", f.pid()),
             format!("listen {kind} 0"),
             "user      root (0)".to_string(),
             "holding   for ~".to_string(),
@@ -110,7 +111,7 @@ fn tcp_and_udp_v4_and_v6_listeners_match_ss() {
         }
         // The other protocol does not hold it.
         let other = if proto == "tcp" { "udp" } else { "tcp" };
-        let run = reaper(&["who", &f.port().to_string(), "--proto", other], &[]);
+        let run = reaper(&["who", &f.port.to_string(), "--proto", other], &[]);
         assert_eq!(run.code, 1, "{kind}: {other} is free: {}", run.stdout);
     }
 }
@@ -126,18 +127,18 @@ fn dual_stack_v6_wildcard_blocks_v4_and_says_so() {
             "{kind}: {answer}"
         );
         // ss prints a dual-stack wildcard as `*`.
-        let ss = ss_on(f.port(), &["-tulpnH"], None);
-        assert_eq!(ss[0].local, format!("*:{}", f.port()));
-        let run = reaper(&["who", &f.port().to_string()], &[]);
+        let ss = ss_on(f.port, &["-tulpnH"], None);
+        assert_eq!(ss[0].local, format!("*:{}", f.port));
+        let run = reaper(&["who", &f.port.to_string()], &[]);
         assert!(
             run.stdout
-                .contains(&format!("also blocks IPv4 binds of port {}", f.port())),
+                .contains(&format!("also blocks IPv4 binds of port {}", f.port)),
             "{}",
             run.stdout
         );
         // And the kernel agrees: an IPv4 bind of the port fails.
         if kind == "tcp6-dual" {
-            let e = TcpListener::bind(("0.0.0.0", f.port())).unwrap_err();
+            let e = TcpListener::bind(("0.0.0.0", f.port)).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
         }
     }
@@ -152,9 +153,9 @@ fn socket_shared_across_fork_lists_both_holders() {
     let procs = answer["holdings"][0]["processes"].as_array().unwrap();
     assert_eq!(procs.len(), 2, "{answer}");
     // The child's parent chain starts at the fixture.
-    let child = procs.iter().find(|p| p["pid"] != f.child_pid()).unwrap();
-    assert_eq!(child["ppid"].as_u64().unwrap() as u32, f.child_pid());
-    let run = reaper(&["who", &f.port().to_string()], &[]);
+    let child = procs.iter().find(|p| p["pid"] != f.pid()).unwrap();
+    assert_eq!(child["ppid"].as_u64().unwrap() as u32, f.pid());
+    let run = reaper(&["who", &f.port.to_string()], &[]);
     assert!(
         run.stdout.contains(&format!("<- {} ", std::process::id())),
         "{}",
@@ -186,13 +187,12 @@ fn same_port_in_two_namespaces_is_two_answers_and_netns_filters() {
     require_root();
     let ns = Netns::new("who");
     let host = listen("tcp4", 0, false);
-    let port = host.port();
+    let port = host.port;
     let mut cmd = ns.exec(FIXTURE);
     cmd.args(["listen", "tcp4", &port.to_string()]);
-    let inside = Fixture::start(cmd);
+    let inside = Holder::fixture(cmd);
     assert_eq!(
-        inside.port(),
-        port,
+        inside.port, port,
         "the same port binds in another namespace"
     );
 
@@ -416,7 +416,7 @@ fn holders_exiting_during_the_scan_do_not_break_it() {
         .port();
     let mut cmd = Command::new(FIXTURE);
     cmd.args(["churn", &port.to_string()]);
-    let churn = Fixture::start(cmd);
+    let churn = Holder::fixture(cmd);
     let mut held = 0;
     for i in 0..40 {
         let args: &[&str] = if i % 4 == 3 {
@@ -438,7 +438,7 @@ fn holders_exiting_during_the_scan_do_not_break_it() {
             // Whoever was found holding it is (or was) a churn child.
             for h in answer["holdings"].as_array().unwrap() {
                 for p in h["processes"].as_array().unwrap() {
-                    assert_eq!(p["ppid"].as_u64().unwrap() as u32, churn.child_pid(), "{p}");
+                    assert_eq!(p["ppid"].as_u64().unwrap() as u32, churn.pid(), "{p}");
                 }
             }
         }
@@ -459,9 +459,9 @@ fn ports_lists_listeners_with_holders() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|h| h["socket"]["port"] == f.port() && h["socket"]["proto"] == proto)
+            .filter(|h| h["socket"]["port"] == f.port && h["socket"]["proto"] == proto)
             .collect();
-        assert_eq!(h.len(), 1, "{proto} {}: {list}", f.port());
+        assert_eq!(h.len(), 1, "{proto} {}: {list}", f.port);
         assert_eq!(
             holder_pids(
                 &serde_json::Value::Array(h.into_iter().cloned().collect()),
@@ -476,7 +476,7 @@ fn ports_lists_listeners_with_holders() {
     ));
     for s in ss
         .iter()
-        .filter(|s| s.port == tcp.port() || s.port == udp.port())
+        .filter(|s| s.port == tcp.port || s.port == udp.port)
     {
         let ours: BTreeSet<u32> = list
             .as_array()
@@ -495,14 +495,110 @@ fn ports_lists_listeners_with_holders() {
     }
     let run = reaper(&["ports", "--listening"], &[]);
     assert!(
-        run.stdout.contains(&format!("[::]:{} (+v4)", tcp.port())),
+        run.stdout.contains(&format!("[::]:{} (+v4)", tcp.port)),
         "{}",
         run.stdout
     );
     assert!(
         run.stdout
-            .contains(&format!("{} reaper-fixture", udp.child_pid())),
+            .contains(&format!("{} reaper-fixture", udp.pid())),
         "{}",
         run.stdout
     );
+}
+
+/// The holdings of a `who --json` answer, keyed by socket inode, each with
+/// its holders' pids; and which path found the holders.
+fn holders_by_inode(answer: &serde_json::Value) -> Vec<(u64, Vec<u64>)> {
+    let mut v: Vec<(u64, Vec<u64>)> = answer["holdings"]
+        .as_array()
+        .expect("holdings")
+        .iter()
+        .map(|h| {
+            let pids = h["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["pid"].as_u64().unwrap())
+                .collect();
+            (h["socket"]["inode"].as_u64().unwrap(), pids)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bpf_iterator_and_proc_walk_find_the_same_holders() {
+    require_root();
+    // doctor probes the iterator for real: it must load and run here (root,
+    // Linux 5.8+ with BTF, as CI is). If this fails, `who` falls back to
+    // /proc silently: the speed is lost, not the answer.
+    let doctor = reaper(&["doctor", "--json"], &[]);
+    assert_eq!(doctor.code, 0, "{}", doctor.stderr);
+    let d = doctor.json();
+    assert_eq!(
+        d["holder_source"], "bpf_iter",
+        "the task_file iterator did not run here: {}",
+        d["holder_source_error"]
+    );
+    let no_bpf = reaper(&["doctor", "--json", "--no-bpf"], &[]).json();
+    assert_eq!(no_bpf["holder_source"], "proc");
+
+    // Real holders: shared across fork, v6 UDP, dual-stack, another
+    // namespace, and a port with many sockets held by this process (a
+    // listener and its accepted connections: more sockets than the /proc
+    // walk compares by kcmp).
+    let forked = listen("tcp4", 0, true);
+    let udp = listen("udp6", 0, false);
+    let dual = listen("tcp6-dual", 0, true);
+    let ns = Netns::new("iter");
+    let mut cmd = ns.exec(FIXTURE);
+    cmd.args(["listen", "tcp4", &forked.port.to_string()]);
+    let inside = Holder::fixture(cmd);
+    let many = TcpListener::bind("127.0.0.1:0").unwrap();
+    let many_port = many.local_addr().unwrap().port();
+    let conns: Vec<(TcpStream, TcpStream)> = (0..20)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", many_port)).unwrap();
+            (c, many.accept().unwrap().0)
+        })
+        .collect();
+
+    for port in [forked.port, udp.port, dual.port, many_port] {
+        let p = port.to_string();
+        let iter = reaper(&["who", &p, "--json"], &[]);
+        let proc = reaper(&["who", &p, "--json"], &[("REAPER_FD_SOURCE", "proc")]);
+        let no_bpf = reaper(&["who", &p, "--json", "--no-bpf"], &[]);
+        for r in [&iter, &proc, &no_bpf] {
+            assert_eq!(r.code, 0, "who {port}: {}", r.stderr);
+        }
+        let (iter, proc, no_bpf) = (iter.json(), proc.json(), no_bpf.json());
+        assert_eq!(iter["gaps"]["holder_source"], "bpf_iter", "{iter}");
+        assert_eq!(proc["gaps"]["holder_source"], "proc", "{proc}");
+        assert_eq!(no_bpf["gaps"]["holder_source"], "proc", "{no_bpf}");
+        let want = holders_by_inode(&proc);
+        assert!(
+            want.iter().all(|(_, pids)| !pids.is_empty()),
+            "port {port}: every socket has a holder: {proc}"
+        );
+        assert_eq!(
+            holders_by_inode(&iter),
+            want,
+            "port {port}: the iterator and the /proc walk disagree"
+        );
+        // Everything else about the holdings is the same too.
+        assert_eq!(iter["holdings"], proc["holdings"], "port {port}");
+        assert_eq!(no_bpf["holdings"], proc["holdings"], "port {port}");
+    }
+    let many_answer = reaper(&["who", &many_port.to_string(), "--json"], &[]).json();
+    assert_eq!(
+        holders_by_inode(&many_answer).len(),
+        21,
+        "the listener and its 20 accepted connections: {many_answer}"
+    );
+    let two = reaper(&["who", &forked.port.to_string(), "--json"], &[]).json();
+    assert_eq!(holder_pids(&two, Some(ns.inode())), inside.pids());
+    assert_eq!(holder_pids(&two, Some(own_netns())), forked.pids());
+    drop(conns);
 }

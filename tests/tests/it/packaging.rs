@@ -158,42 +158,23 @@ fn low_port() -> u16 {
 /// 1024 (its bind probe needs CAP_NET_BIND_SERVICE) as `freed`.
 #[test]
 fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
-    use reaper_tests::daemon::{wait_for, Binder, Daemon, Orphan};
+    use reaper_tests::daemon::{wait_for, Daemon};
+    use reaper_tests::fixture::Holder;
+    use reaper_tests::try_binds;
     reaper_tests::require_root();
     let unit = read("deploy/reaper.service");
     let port = low_port();
-    let holder = Orphan::spawn(port, "rp-lowport");
-    let mut d = Daemon::start(&holder.rule("stale low port", Some("reap")));
-    d.stop(Duration::from_secs(5));
-    let _ = std::fs::remove_file(&d.socket);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
+    let holder = Holder::orphan(port, "rp-lowport", &[]);
     let bounding = setpriv_caps(&unit, "CapabilityBoundingSet");
     let ambient = setpriv_caps(&unit, "AmbientCapabilities");
-    let child = Command::new("setpriv")
-        .args(["--bounding-set", &bounding, "--inh-caps", &ambient])
-        .args(["--ambient-caps", &ambient])
-        .arg(reaper_bin())
-        .args(["daemon", "--config"])
-        .arg(&d.config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("setpriv (util-linux) is needed");
-    d.child = Some(child);
-    wait_for(
-        "the daemon under the unit's capabilities to answer",
-        Duration::from_secs(30),
-        || {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the daemon exited ({st}):\n{}", d.log_text());
-            }
-            d.try_query(r#"{"cmd":"ports"}"#).ok()
-        },
-    );
+    let d = Daemon::start(&holder.rule("stale low port", Some("reap"))).restart_setpriv(&[
+        "--bounding-set",
+        &bounding,
+        "--inh-caps",
+        &ambient,
+        "--ambient-caps",
+        &ambient,
+    ]);
     let log = d.log_text();
     assert!(
         !log.contains("could not drop capabilities"),
@@ -221,7 +202,7 @@ fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
     );
     assert_eq!(sets.ambient, Some(0));
 
-    let (_binder, failed) = Binder::run(port, 3);
+    let (_binder, failed) = try_binds(port, 3);
     assert!(failed >= 1, "the binder's binds of :{port} failed");
     let reaping = d.wait_record("the reaping of the low port's holder", |r| {
         r["kind"] == "reaping" && r["port"] == port && r["outcome"] != "in_progress"

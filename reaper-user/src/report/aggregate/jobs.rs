@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::super::model::JobLeak;
-use crate::journal::{Body, Record};
+use crate::journal::{Body, JobRecord, Record};
 use crate::vocab::{Decision, Job};
 
 /// Charged claims followed at once (the oldest forgotten past it).
@@ -66,7 +66,6 @@ impl Jobs {
 
     /// Takes one record; `place` names its file and line.
     pub(super) fn see(&mut self, r: &Record, ms: i64, place: impl FnOnce() -> String) {
-        let evidence = place();
         match &r.body {
             Body::Claim {
                 at,
@@ -75,35 +74,15 @@ impl Jobs {
                 ..
             } => {
                 let key = (r.host.clone(), at.proto.to_string(), at.port, process.pid);
-                if let Some(&(row, hook_ms)) = self.sinceless.get(&key) {
-                    if ms <= hook_ms {
-                        // The claim a hook already judged: its time only.
-                        self.sinceless.remove(&key);
-                        self.rows[row].since = Some(r.ts.clone());
-                        return;
-                    }
-                }
-                if self.open.len() >= OPEN_KEPT {
-                    if let Some(k) = self
-                        .open
-                        .iter()
-                        .min_by_key(|(_, c)| c.ms)
-                        .map(|(k, _)| k.clone())
-                    {
-                        self.open.remove(&k);
-                    }
-                }
-                self.open.insert(
-                    key,
-                    Charged {
-                        job: job.clone(),
-                        ts: r.ts.clone(),
-                        ms,
-                        pid: process.pid,
-                        comm: process.comm.clone(),
-                        evidence,
-                    },
-                );
+                let charged = Charged {
+                    job: job.clone(),
+                    ts: r.ts.clone(),
+                    ms,
+                    pid: process.pid,
+                    comm: process.comm.clone(),
+                    evidence: place(),
+                };
+                self.claim(key, charged);
             }
             Body::Release { at, process, .. } => {
                 let (host, proto) = (r.host.as_str(), at.proto.to_string());
@@ -116,73 +95,102 @@ impl Jobs {
                         .cloned()
                         .collect(),
                 };
-                for k in gone {
-                    if let Some(c) = self.open.remove(&k) {
-                        if self.released.len() >= OPEN_KEPT {
-                            self.released.clear();
-                        }
-                        self.released.insert(k, c);
-                    }
-                }
+                self.release(gone);
             }
-            Body::Job(rec) => {
-                if rec.dry_run {
-                    return;
-                }
-                if rec.phase == "end" {
-                    self.ended.insert(key_of(&rec.job), ms);
-                }
-                let hook = format!(
-                    "job {} of {} job {}",
-                    rec.phase, rec.job.provider, rec.job.id
-                );
-                for l in rec
-                    .leftovers
-                    .iter()
-                    .filter(|l| l.decision == Decision::Reap)
-                {
-                    let status = rec
-                        .ports
-                        .iter()
-                        .find(|p| p.port == l.port && p.proto == l.proto)
-                        .map(|p| p.outcome.clone())
-                        .unwrap_or_default();
-                    let claim = l.pid.and_then(|pid| {
-                        let k = (r.host.clone(), l.proto.to_string(), l.port, pid);
-                        self.open.remove(&k).or_else(|| self.released.remove(&k))
-                    });
-                    let holder = match (&l.container, l.pid, &l.comm) {
-                        (Some(c), _, _) => format!("container {c}"),
-                        (None, Some(pid), Some(comm)) => format!("pid {pid} {comm}"),
-                        (None, Some(pid), None) => format!("pid {pid}"),
-                        _ => "?".into(),
-                    };
-                    if let (None, Some(pid)) = (&claim, l.pid) {
-                        if self.rows.len() < ROWS_KEPT {
-                            self.sinceless.insert(
-                                (r.host.clone(), l.proto.to_string(), l.port, pid),
-                                (self.rows.len(), ms),
-                            );
-                        }
-                    }
-                    self.row(JobLeak {
-                        job: l
-                            .job
-                            .clone()
-                            .or_else(|| claim.as_ref().map(|c| c.job.clone()))
-                            .unwrap_or_else(|| rec.job.clone()),
-                        host: r.host.clone(),
-                        proto: l.proto.to_string(),
-                        port: l.port,
-                        holder,
-                        since: claim.map(|c| c.ts),
-                        freed_by: (status == "freed").then(|| hook.clone()),
-                        status,
-                        evidence: evidence.clone(),
-                    });
-                }
-            }
+            Body::Job(rec) if !rec.dry_run => self.hook(r, rec, ms, place()),
             _ => {}
+        }
+    }
+
+    /// A claim charged to a job: followed until released, unless a hook
+    /// already judged it (then it gives that row its time).
+    fn claim(&mut self, key: Key, charged: Charged) {
+        if let Some(&(row, hook_ms)) = self.sinceless.get(&key) {
+            if charged.ms <= hook_ms {
+                // The claim a hook already judged: its time only.
+                self.sinceless.remove(&key);
+                self.rows[row].since = Some(charged.ts);
+                return;
+            }
+        }
+        if self.open.len() >= OPEN_KEPT {
+            if let Some(k) = self
+                .open
+                .iter()
+                .min_by_key(|(_, c)| c.ms)
+                .map(|(k, _)| k.clone())
+            {
+                self.open.remove(&k);
+            }
+        }
+        self.open.insert(key, charged);
+    }
+
+    /// Charged claims released: kept a while for a hook's later record.
+    fn release(&mut self, gone: Vec<Key>) {
+        for k in gone {
+            if let Some(c) = self.open.remove(&k) {
+                if self.released.len() >= OPEN_KEPT {
+                    self.released.clear();
+                }
+                self.released.insert(k, c);
+            }
+        }
+    }
+
+    /// A hook's `job` record: a row for each leftover it judged stale.
+    fn hook(&mut self, r: &Record, rec: &JobRecord, ms: i64, evidence: String) {
+        if rec.phase == "end" {
+            self.ended.insert(key_of(&rec.job), ms);
+        }
+        let hook = format!(
+            "job {} of {} job {}",
+            rec.phase, rec.job.provider, rec.job.id
+        );
+        for l in rec
+            .leftovers
+            .iter()
+            .filter(|l| l.decision == Decision::Reap)
+        {
+            let status = rec
+                .ports
+                .iter()
+                .find(|p| p.port == l.port && p.proto == l.proto)
+                .map(|p| p.outcome.clone())
+                .unwrap_or_default();
+            let claim = l.pid.and_then(|pid| {
+                let k = (r.host.clone(), l.proto.to_string(), l.port, pid);
+                self.open.remove(&k).or_else(|| self.released.remove(&k))
+            });
+            let holder = match (&l.container, l.pid, &l.comm) {
+                (Some(c), _, _) => format!("container {c}"),
+                (None, Some(pid), Some(comm)) => format!("pid {pid} {comm}"),
+                (None, Some(pid), None) => format!("pid {pid}"),
+                _ => "?".into(),
+            };
+            if let (None, Some(pid)) = (&claim, l.pid) {
+                if self.rows.len() < ROWS_KEPT {
+                    self.sinceless.insert(
+                        (r.host.clone(), l.proto.to_string(), l.port, pid),
+                        (self.rows.len(), ms),
+                    );
+                }
+            }
+            self.row(JobLeak {
+                job: l
+                    .job
+                    .clone()
+                    .or_else(|| claim.as_ref().map(|c| c.job.clone()))
+                    .unwrap_or_else(|| rec.job.clone()),
+                host: r.host.clone(),
+                proto: l.proto.to_string(),
+                port: l.port,
+                holder,
+                since: claim.map(|c| c.ts),
+                freed_by: (status == "freed").then(|| hook.clone()),
+                status,
+                evidence: evidence.clone(),
+            });
         }
     }
 

@@ -12,17 +12,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use reaper_tests::daemon::Orphan;
-use reaper_tests::{free_port, reaper_bin, require_root, workspace};
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use reaper_tests::fixture::Holder;
+use reaper_tests::{free_port, reaper_bin, require_root, show, workspace};
 
 /// A runner: a temp dir (RUNNER_TEMP) with a bin/ of shims first on PATH.
 struct Runner {
@@ -74,7 +65,7 @@ impl Runner {
     }
 }
 
-fn stale_inputs(stale: &Orphan, port: u16) -> Vec<(&'static str, String)> {
+fn stale_inputs(stale: &Holder, port: u16) -> Vec<(&'static str, String)> {
     vec![
         ("INPUT_PORT", port.to_string()),
         ("INPUT_MATCH", stale.tag.clone()),
@@ -87,7 +78,7 @@ fn stale_inputs(stale: &Orphan, port: u16) -> Vec<(&'static str, String)> {
 fn dry_run_spelled_yes_or_1_signals_nothing_and_a_bad_boolean_is_refused_first() {
     require_root();
     let port = free_port();
-    let stale = Orphan::spawn(port, &format!("actb{}", std::process::id() % 100_000));
+    let stale = Holder::orphan(port, &format!("actb{}", std::process::id() % 100_000), &[]);
     for yes in ["yes", "1", "TRUE"] {
         let r = Runner::new();
         r.with_reaper();
@@ -178,7 +169,7 @@ fn a_runner_that_is_not_x86_64_gets_a_clear_error_before_any_download() {
 fn the_journal_belongs_to_the_jobs_user_after_a_sudo_run() {
     require_root();
     let port = free_port();
-    let stale = Orphan::spawn(port, &format!("actj{}", std::process::id() % 100_000));
+    let stale = Holder::orphan(port, &format!("actj{}", std::process::id() % 100_000), &[]);
     let r = Runner::new();
     r.with_reaper();
     // The job runs as nobody (65534) and reaches root through sudo, as on a
