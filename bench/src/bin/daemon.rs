@@ -391,7 +391,8 @@ fn main() -> Result<()> {
     let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
     for (kind, port, extra) in kinds {
         let (mut detached, mut attached, mut tax) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut detached_cpu, mut attached_cpu, mut tax_cpu) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut detached_cpu, mut attached_cpu, mut tax_cpu) =
+            (Vec::new(), Vec::new(), Vec::new());
         let (mut storm_cpu, mut cpu_per_bind, mut storm_rss) = (Vec::new(), Vec::new(), Vec::new());
         let (mut lost, mut unstored, mut journal) = (Vec::new(), Vec::new(), Vec::new());
         let mut progs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
