@@ -153,7 +153,10 @@ pub fn pids() -> io::Result<impl Iterator<Item = u32>> {
 
 /// Reads /proc/PID/NAME into `buf` with plain reads (`path` is the
 /// caller's, reused for every file); `buf` keeps its
-/// length (zeroed once) and grows only for a file larger than it.
+/// length (zeroed once) and grows only for a file larger than it. For the
+/// files it reads (stat: one record; environ: copied until its end or the
+/// buffer's), a read shorter than asked is the whole file: the read that
+/// would return 0 is saved (a hook reads two files of every process).
 pub fn read_into<'a>(
     path: &mut String,
     pid: u32,
@@ -176,7 +179,12 @@ pub fn read_into<'a>(
         }
         match f.read(&mut buf[n..]) {
             Ok(0) => return Some(&buf[..n]),
-            Ok(k) => n += k,
+            Ok(k) => {
+                n += k;
+                if n < buf.len() {
+                    return Some(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
