@@ -253,6 +253,10 @@ impl Aggregator {
     }
 
     fn track_claims_only(&mut self, record: Record, ms: i64, at: Location) {
+        let job = match &record.body {
+            Body::Claim { job, .. } => job.as_ref().map(|j| j.words()),
+            _ => None,
+        };
         match record.body {
             Body::Claim {
                 at: ep,
@@ -289,6 +293,7 @@ impl Aggregator {
                         addr: ep.addr.clone(),
                         requested_port: None,
                         listen: None,
+                        job,
                     },
                 );
             }
@@ -320,8 +325,16 @@ impl Aggregator {
                 process,
                 cookie,
                 requested_port,
+                job,
                 ..
-            } => self.fold_claim(seen, ep, process, cookie, requested_port),
+            } => self.fold_claim(
+                seen,
+                ep,
+                process,
+                cookie,
+                requested_port,
+                job.map(|j| j.words()),
+            ),
             Body::Listen {
                 at: ep,
                 process,
@@ -422,6 +435,7 @@ impl Aggregator {
         process: ProcessRef,
         cookie: Option<u64>,
         requested_port: Option<u16>,
+        job: Option<String>,
     ) {
         let Seen { host, ms, at } = seen;
         let key = self.key(&host, &ep);
@@ -446,12 +460,14 @@ impl Aggregator {
                 addr: ep.addr.clone(),
                 requested_port,
                 listen: None,
+                job: job.clone(),
             },
         );
         let what = Happened::Claim {
             addr: ep.addr,
             port: ep.port,
             requested_port,
+            job,
         };
         let entry = Entry {
             netns: ep.netns,
@@ -496,6 +512,7 @@ impl Aggregator {
                         addr: ep.addr.clone(),
                         requested_port: None,
                         listen: Some((ms, at)),
+                        job: None,
                     },
                 );
                 p
