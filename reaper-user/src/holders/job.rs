@@ -15,8 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::proc::read_into;
-
 pub use crate::vocab::Job;
 
 /// The variables [`parse_environ`] reads.
@@ -158,20 +156,17 @@ fn read_share(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
     // One buffer for every file: a hook reads two files of every process
     // on the host, and a read_to_end per file (a size probe, a growing
     // buffer) tripled the syscalls.
-    let mut buf = Vec::new();
-    let mut path = String::with_capacity(32);
+    let mut reader = crate::proc::Reader::new();
     let mut out = Vec::new();
     for pid in pids {
-        let Some(st) =
-            read_into(&mut path, pid, "stat", &mut buf).and_then(crate::proc::parse_stat)
-        else {
+        let Some(st) = reader.read(pid, "stat").and_then(crate::proc::parse_stat) else {
             continue;
         };
         // A kernel thread has no environment to read.
         let job = if st.flags & crate::proc::PF_KTHREAD != 0 {
             None
         } else {
-            read_into(&mut path, pid, "environ", &mut buf).and_then(parse_environ)
+            reader.read(pid, "environ").and_then(parse_environ)
         };
         out.push((
             pid,
