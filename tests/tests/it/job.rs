@@ -515,8 +515,8 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     );
 
     // The daemon journaled the hook's run and counted it.
-    let rec = d.wait_record("the job end record", |r| {
-        r["kind"] == "job" && r["phase"] == "end"
+    let rec = d.wait_record("the job end record (not the dry run's)", |r| {
+        r["kind"] == "job" && r["phase"] == "end" && r["dry_run"] == false
     });
     assert_eq!(rec["via"], "daemon", "{rec:#}");
     let scrape = d.scrape();
