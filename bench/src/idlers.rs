@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// The idle processes; killed and reaped on drop, panics included.
 pub struct Idlers {
@@ -95,4 +95,71 @@ pub fn start_idlers(n: usize, fds: usize) -> Result<Idlers> {
         got += r as usize;
     }
     Ok(idlers)
+}
+
+/// What a benchmark on a busy host takes: `--quick`, `--procs N` (idle
+/// processes, default 2,000), `--fds F` (files each, default 50),
+/// `--rounds R`, and the benchmark's own `flags` (kept when given).
+pub struct HostOpts {
+    pub procs: usize,
+    pub fds: usize,
+    pub rounds: usize,
+    pub flags: Vec<String>,
+}
+
+impl HostOpts {
+    /// Reads the command line; `rounds` is the default number of rounds.
+    pub fn parse(rounds: usize, flags: &[&str]) -> Result<HostOpts> {
+        let mut o = HostOpts {
+            procs: 2000,
+            fds: 50,
+            rounds,
+            flags: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut num = |name: &str| -> Result<usize> {
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("{name} needs a number"))
+            };
+            match a.as_str() {
+                "--quick" => {
+                    o.procs = 200;
+                    o.rounds = 3;
+                }
+                "--procs" => o.procs = num("--procs")?,
+                "--fds" => o.fds = num("--fds")?,
+                "--rounds" => o.rounds = num("--rounds")?.max(1),
+                "--bench" => {} // what `cargo bench` passes
+                f if flags.contains(&f) => o.flags.push(a),
+                other => {
+                    bail!("unknown argument '{other}': use --quick, --procs N, --fds F, --rounds R")
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// Root (`why` says what needs it), then the idle processes, said on
+    /// stderr with the time they took.
+    pub fn busy_host(&self, why: &str) -> Result<Idlers> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("this benchmark needs root ({why}): run it with sudo");
+        }
+        let t = std::time::Instant::now();
+        let idlers = start_idlers(self.procs, self.fds)?;
+        eprintln!(
+            "started {} idle processes with {} files each in {:.1}s",
+            idlers.pids.len(),
+            self.fds,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(idlers)
+    }
 }

@@ -9,33 +9,16 @@
 use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
-use reaper::holders::{Process, Socket};
+use reaper::holders::{example, Process};
 use reaper::policy::{Context, Policy};
-use reaper::vocab::{Action, Decision, Family, Proto, SocketState};
+use reaper::vocab::{Action, Decision};
 
 const NS: u64 = 4026531840;
 
+/// The library's example holder, in a CI job that ended (so `job =
+/// "ended"` rules are exercised).
 fn process(pid: u32, netns: u64) -> Process {
     Process {
-        pid,
-        ppid: 1,
-        comm: "platform-server".into(),
-        exe: Some("/usr/local/bin/platform-server".into()),
-        cmdline: vec![
-            "/usr/local/bin/platform-server".into(),
-            "--port".into(),
-            "8080".into(),
-        ],
-        start_ticks: 100,
-        started_at: "2026-11-28T12:00:00Z".into(),
-        uid: 1000,
-        user: Some("ci".into()),
-        cgroup: Some("/system.slice/runner.service".into()),
-        container: None,
-        netns: Some(netns),
-        ancestors: vec![(1, "init".into())],
-        orphaned: true,
-        // In a CI job that ended, so `job = "ended"` rules are exercised.
         job: Some(reaper::holders::job::Job {
             provider: "github".into(),
             id: "github_1f2e".into(),
@@ -43,23 +26,7 @@ fn process(pid: u32, netns: u64) -> Process {
             name: None,
             ended: Some(true),
         }),
-    }
-}
-
-fn socket() -> Socket {
-    Socket {
-        netns: NS,
-        proto: Proto::Tcp,
-        family: Family::Ipv4,
-        addr: "127.0.0.1".parse().unwrap(),
-        port: 8080,
-        peer: None,
-        state: SocketState::Listen,
-        inode: 1,
-        cookie: 0,
-        uid: 1000,
-        dual_stack: false,
-        timer_ms: None,
+        ..example::server(pid, netns)
     }
 }
 
@@ -100,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         kernel_threads: BTreeSet::new(),
         workload: Default::default(),
     };
-    let s = socket();
+    let s = example::listener(NS);
     for (pid, netns) in [(4242, NS), (1, NS), (999, NS), (998, NS), (4243, NS + 1)] {
         let v = policy.judge(&process(pid, netns), &s, &ctx);
         assert!(!v.reasons.is_empty());

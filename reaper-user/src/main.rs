@@ -26,6 +26,9 @@ fn main() {
     if !matches!(cli.command, cli::Command::Daemon(_)) {
         reaper::output::init_logging_with(cli.global.verbose, false);
     }
+    if cli.global.no_bpf {
+        reaper::holders::fditer::disable();
+    }
     let code = match commands::dispatch(cli) {
         Ok(exit) => exit.code(),
         Err(err) if broken_pipe(&err) => 0,

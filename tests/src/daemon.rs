@@ -89,20 +89,37 @@ impl Daemon {
     }
 
     /// Starts (again) on the same files.
-    pub fn restart(mut self) -> Daemon {
+    pub fn restart(self) -> Daemon {
+        self.launch(crate::reaper())
+    }
+
+    /// Stops the daemon and starts it again on the same files under
+    /// `setpriv ARGS` (util-linux): the capability sets a hardened unit or
+    /// a container would give it.
+    pub fn restart_setpriv(mut self, args: &[&str]) -> Daemon {
+        self.stop(Duration::from_secs(5));
+        let _ = std::fs::remove_file(&self.socket);
+        let mut setpriv = Command::new("setpriv");
+        setpriv.args(args).arg(crate::reaper_bin());
+        self.launch(setpriv)
+    }
+
+    /// Runs `cmd daemon --config CONFIG`, its stderr appended to the log,
+    /// and waits until the control socket answers.
+    fn launch(mut self, mut cmd: Command) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = crate::reaper()
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawning reaper daemon");
+            .unwrap_or_else(|e| panic!("spawning {:?} daemon: {e}", cmd.get_program()));
         self.child = Some(child);
         let pid = self.pid();
         wait_for(
@@ -245,6 +262,46 @@ pub fn read_journal_counting(path: &Path) -> (Vec<Value>, usize) {
         })
         .collect();
     (records, bad)
+}
+
+/// Binds, listens and closes on 127.0.0.1:0 in a loop on another thread
+/// until dropped, one every `pace` (it shapes the load, it synchronises
+/// nothing): claim and release records for a daemon to write.
+pub struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Churn {
+    pub fn start(pace: Duration) -> Churn {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(l) = TcpListener::bind("127.0.0.1:0") {
+                    drop(l);
+                    n += 1;
+                }
+                std::thread::sleep(pace);
+            }
+            n
+        });
+        Churn {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// GET /metrics from a daemon listening at `addr` (one in a container too).

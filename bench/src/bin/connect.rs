@@ -21,7 +21,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use reaper_bench::emit;
@@ -29,16 +29,12 @@ use reaper_bench::emit;
 /// The ratio the issue holds the attached loop to.
 const TARGET: f64 = 1.02;
 
-fn reaper_bin() -> String {
-    std::env::var("REAPER_BIN").unwrap_or_else(|_| "target/release/reaper".into())
-}
-
 /// `reaper watch`, attached until dropped.
 struct Watch(Child);
 
 impl Watch {
     fn start(connects: bool) -> Watch {
-        let mut cmd = Command::new(reaper_bin());
+        let mut cmd = reaper_tests::reaper();
         if !connects {
             cmd.env("REAPER_CONNECT_WATCH", "off");
         }

@@ -17,7 +17,7 @@
 //!
 //! `--storms` runs only 1 and 2 (the storms).
 //! `--quick` runs fewer rounds and shorter windows. REAPER_BIN picks the
-//! binary (default: target/release/reaper if built, else target/debug).
+//! binary (`cargo xtask bench`: the release build; unset: target/debug).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -30,19 +30,6 @@ use anyhow::{bail, Context, Result};
 use reaper_bench::emit;
 
 const BENCH: &str = "daemon";
-
-fn reaper_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REAPER_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let release = root.join("target/release/reaper");
-    if release.exists() {
-        release
-    } else {
-        root.join("target/debug/reaper")
-    }
-}
 
 struct Daemon {
     child: Child,
@@ -71,7 +58,7 @@ impl Daemon {
                 socket.display()
             ),
         )?;
-        let child = Command::new(reaper_bin())
+        let child = reaper_tests::reaper()
             .args(["daemon", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -310,7 +297,7 @@ fn main() -> Result<()> {
             "the daemon benchmark needs root (BPF hooks): run it with sudo or `cargo xtask bench`"
         );
     }
-    let bin = reaper_bin();
+    let bin = reaper_tests::reaper_bin();
     eprintln!("reaper binary: {}", bin.display());
     let build = if bin.to_string_lossy().contains("/release/") {
         "release"

@@ -16,14 +16,14 @@
 //!   cargo build && cargo build -p reaper-tests --bins
 //!   cargo run -p reaper-bench --bin free [-- --quick] [--reaper PATH]
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use reaper_bench::emit;
+use reaper_tests::fixture::Holder;
 
 fn main() -> Result<()> {
     let mut quick = false;
@@ -36,27 +36,9 @@ fn main() -> Result<()> {
             other => bail!("unknown option {other}: use --quick, --reaper PATH"),
         }
     }
-    let target = workspace().join("target");
-    let reaper = match reaper {
-        Some(p) => p,
-        None => {
-            let rel = target.join("release/reaper");
-            if rel.exists() {
-                rel
-            } else {
-                target.join("debug/reaper")
-            }
-        }
-    };
-    let server = target.join("debug/platform-server");
-    for p in [&reaper, &server] {
-        if !p.exists() {
-            bail!(
-                "{} is missing: run `cargo build && cargo build -p reaper-tests --bins` first",
-                p.display()
-            );
-        }
-    }
+    // $REAPER_BIN (`cargo xtask bench`: the release build), else target/debug/reaper.
+    let reaper = reaper.unwrap_or_else(reaper_tests::reaper_bin);
+    let server = reaper_tests::fixture_bin("platform-server");
     eprintln!("reaper: {}", reaper.display());
     let (rounds, shell_rounds) = if quick { (5, 2) } else { (21, 5) };
 
@@ -148,56 +130,16 @@ fn main() -> Result<()> {
 }
 
 fn count_pids() -> usize {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                .count()
-        })
-        .unwrap_or(0)
+    reaper::proc::pids().map(Iterator::count).unwrap_or(0)
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Holder {
-    child: std::process::Child,
-    pid: u32,
-    port: u16,
-    pidfd: OwnedFd,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Starts platform-server and waits for its "ready" line.
+/// The tests' platform-server on a free port, once it listens (a child of
+/// this program: killed and reaped when dropped).
 fn start_holder(server: &Path) -> Result<Holder> {
-    let port = free_port()?;
-    let mut child = Command::new(server)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", server.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    let pid: u32 = line
-        .strip_prefix("ready ")
-        .and_then(|p| p.trim().parse().ok())
-        .with_context(|| format!("platform-server said {line:?}"))?;
-    let pidfd = reaper::sys::pidfd_open(pid).with_context(|| format!("pidfd_open({pid})"))?;
-    Ok(Holder {
-        child,
-        pid,
-        port,
-        pidfd,
-    })
+    let port = reaper_tests::free_port();
+    let mut h = Holder::start(server, &["--port", &port.to_string()]);
+    h.port = port;
+    Ok(h)
 }
 
 fn mono_ns() -> u64 {
@@ -248,8 +190,9 @@ struct ReaperRound {
 }
 
 fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
-    let mut h = start_holder(server)?;
-    let raw = h.pidfd.as_raw_fd();
+    let h = start_holder(server)?;
+    let pidfd = reaper::sys::pidfd_open(h.pid()).context("pidfd_open of the holder")?;
+    let raw = pidfd.as_raw_fd();
     let watcher = std::thread::spawn(move || wait_exit_mono(raw));
     let t0 = Instant::now();
     let out = Command::new(reaper)
@@ -274,8 +217,7 @@ fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
     let term_mono = doc["signals"][0]["mono_ns"]
         .as_u64()
         .context("no SIGTERM in reaper's output")?;
-    let _ = h.child.wait();
-    let _ = h.pid;
+    drop(h);
     Ok(ReaperRound {
         total_ms: total.as_secs_f64() * 1000.0,
         holder_exit_ms: exit_mono.saturating_sub(term_mono) as f64 / 1e6,
@@ -285,7 +227,7 @@ fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
 }
 
 fn round_fuser(server: &Path) -> Result<f64> {
-    let mut h = start_holder(server)?;
+    let h = start_holder(server)?;
     let t0 = Instant::now();
     let st = Command::new("fuser")
         .args(["-k", "-n", "tcp", &h.port.to_string()])
@@ -297,12 +239,12 @@ fn round_fuser(server: &Path) -> Result<f64> {
     }
     poll_bindable(h.port, Duration::from_secs(10))?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = h.child.wait();
+    drop(h);
     Ok(ms)
 }
 
 fn round_shell(server: &Path) -> Result<f64> {
-    let mut h = start_holder(server)?;
+    let h = start_holder(server)?;
     // The CI step as written, except the cmdline pattern names this port:
     // the plain one would kill every platform-server on a shared machine.
     let step = format!(
@@ -320,6 +262,6 @@ fn round_shell(server: &Path) -> Result<f64> {
         bail!("port {} still held after the CI shell step", h.port);
     }
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = h.child.wait();
+    drop(h);
     Ok(ms)
 }

@@ -19,10 +19,6 @@ use std::time::{Duration, Instant};
 
 use reaper_bench::emit;
 
-fn reaper_bin() -> String {
-    std::env::var("REAPER_BIN").unwrap_or_else(|_| "target/release/reaper".into())
-}
-
 /// A condition that is in force while its child runs.
 struct Attached {
     child: Option<Child>,
@@ -78,12 +74,12 @@ fn condition(name: &str) -> Attached {
     match name {
         "detached" => Attached { child: None },
         "reaper cgroup" => {
-            let mut c = Command::new(reaper_bin());
+            let mut c = reaper_tests::reaper();
             c.args(["watch", "--json"]);
             start(c, "attached", false)
         }
         "reaper syscalls" => {
-            let mut c = Command::new(reaper_bin());
+            let mut c = reaper_tests::reaper();
             c.args(["watch", "--json", "--hooks", "syscalls"]);
             start(c, "attached", false)
         }

@@ -23,67 +23,15 @@
 //! Usage: job [--quick] [--procs N] [--fds F] [--rounds R]   (needs root;
 //! runs target/debug/reaper, or $REAPER_BIN).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use reaper_bench::emit;
-use reaper_bench::idlers::start_idlers;
-
-struct Opts {
-    procs: usize,
-    fds: usize,
-    rounds: usize,
-}
-
-fn opts() -> Result<Opts> {
-    let mut o = Opts {
-        procs: 2000,
-        fds: 50,
-        rounds: 9,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |name: &str| -> Result<usize> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--quick" => {
-                o.procs = 200;
-                o.rounds = 3;
-            }
-            "--procs" => o.procs = num("--procs")?,
-            "--fds" => o.fds = num("--fds")?,
-            "--rounds" => o.rounds = num("--rounds")?.max(1),
-            "--bench" => {}
-            other => {
-                bail!("unknown argument '{other}': use --quick, --procs N, --fds F, --rounds R")
-            }
-        }
-    }
-    Ok(o)
-}
-
-fn reaper_bin() -> Result<PathBuf> {
-    // cargo xtask bench sets REAPER_BIN to the release build.
-    if let Some(p) = std::env::var_os("REAPER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build` first (or set REAPER_BIN)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
+use reaper_bench::idlers::HostOpts;
+use reaper_tests::daemon::Daemon;
 
 /// One command timed: its arguments and the control socket it is told.
 struct Subject {
@@ -139,87 +87,14 @@ fn timed(reaper: &Path, s: &Subject) -> Result<f64> {
     Ok(ms)
 }
 
-/// A `reaper daemon` with its journal, metrics and control socket in a
-/// directory of its own; stopped (SIGTERM) and removed on drop.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(reaper: &Path) -> Result<Daemon> {
-        let dir = std::env::temp_dir().join(format!("reaper-bench-job-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let socket = dir.join("run/reaper.sock");
-        let config = dir.join("reaper.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "journal = \"{}\"\nmetrics_listen = \"{metrics}\"\ncontrol_socket = \"{}\"\n",
-                dir.join("journal.jsonl").display(),
-                socket.display()
-            ),
-        )?;
-        let child = Command::new(reaper)
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log"))?)
-            .spawn()
-            .context("starting reaper daemon")?;
-        let d = Daemon { child, dir, socket };
-        let end = Instant::now() + Duration::from_secs(60);
-        while !d.answers() {
-            if Instant::now() > end {
-                bail!(
-                    "the daemon did not answer within 60 s; its log: {}",
-                    d.dir.join("log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(d)
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(s) = UnixStream::connect(&self.socket) else {
-            return false;
-        };
-        let mut line = String::new();
-        (&s).write_all(b"{\"cmd\":\"ports\"}\n").is_ok()
-            && BufReader::new(&s).read_line(&mut line).is_ok()
-            && line.contains("\"ok\":true")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, not yet waited for.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn main() -> Result<()> {
-    let o = opts()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("this benchmark needs root (reaper reads other processes' environments): run it with sudo");
-    }
-    let reaper = reaper_bin()?;
-    let daemon = Daemon::start(&reaper)?;
-    let no_daemon = daemon.dir.join("no-daemon.sock");
-    let idlers = start_idlers(o.procs, o.fds)?;
-    eprintln!(
-        "started {} idle processes with {} files each",
-        idlers.pids.len(),
-        o.fds
-    );
+    let o = HostOpts::parse(9, &[])?;
+    let reaper = reaper_tests::reaper_bin();
+    // The daemon first: it is up before the idle processes are forked
+    // (start_idlers forks from this process while it has one thread).
+    let daemon = Daemon::start("");
+    let no_daemon = daemon.dir.path().join("no-daemon.sock");
+    let idlers = o.busy_host("reaper reads other processes' environments")?;
     let job = format!("github_bench_{}", std::process::id());
     let mut worker = Command::new("sleep")
         .arg("3600")

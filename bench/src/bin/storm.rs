@@ -32,10 +32,6 @@ use std::time::{Duration, Instant};
 use reaper_bench::emit;
 use serde::Serialize;
 
-fn reaper_bin() -> String {
-    std::env::var("REAPER_BIN").unwrap_or_else(|_| "target/release/reaper".into())
-}
-
 /// Sockets each worker keeps bound at the end of its storm.
 const HOLD: usize = 16;
 
@@ -254,7 +250,7 @@ fn interrupt(c: &mut Child, sig: i32) -> Option<i32> {
 }
 
 fn with_watch(workers: usize, secs: f64, round: usize) -> Round {
-    let mut child = Command::new(reaper_bin())
+    let mut child = reaper_tests::reaper()
         .args(["watch", "--json", "--all"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -368,7 +364,7 @@ fn with_daemon(workers: usize, secs: f64, round: usize) -> Round {
         ),
     )
     .unwrap();
-    let mut child = Command::new(reaper_bin())
+    let mut child = reaper_tests::reaper()
         .args(["daemon", "--config"])
         .arg(&config)
         .stdout(Stdio::null())

@@ -22,66 +22,12 @@
 //! `cargo build` first: it runs target/debug/reaper, or $REAPER_BIN).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use reaper_bench::emit;
-use reaper_bench::idlers::start_idlers;
-
-struct Opts {
-    procs: usize,
-    fds: usize,
-    rounds: usize,
-    hold: bool,
-}
-
-fn opts() -> Result<Opts> {
-    let mut o = Opts {
-        procs: 2000,
-        fds: 50,
-        rounds: 7,
-        hold: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |name: &str| -> Result<usize> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--quick" => {
-                o.procs = 200;
-                o.rounds = 3;
-            }
-            "--procs" => o.procs = num("--procs")?,
-            "--fds" => o.fds = num("--fds")?,
-            "--rounds" => o.rounds = num("--rounds")?.max(1),
-            "--hold" => o.hold = true,
-            "--bench" => {} // what `cargo bench` passes
-            other => {
-                bail!("unknown argument '{other}': use --quick, --procs N, --fds F, --rounds R")
-            }
-        }
-    }
-    Ok(o)
-}
-
-fn reaper_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("REAPER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/reaper");
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build` first (or set REAPER_BIN)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
+use reaper_bench::idlers::HostOpts;
 
 /// CPU seconds (user + system) of all waited-for children so far.
 fn children_cpu() -> f64 {
@@ -117,24 +63,13 @@ fn timed(cmd: &[String]) -> Result<(f64, f64)> {
 }
 
 fn main() -> Result<()> {
-    let o = opts()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("this benchmark needs root (ss -p, lsof and fuser only see other users' processes as root): run it with sudo");
-    }
-    let reaper = reaper_bin()?;
-    let t = Instant::now();
-    let idlers = start_idlers(o.procs, o.fds)?;
-    eprintln!(
-        "started {} idle processes with {} files each in {:.1}s",
-        idlers.pids.len(),
-        o.fds,
-        t.elapsed().as_secs_f64()
-    );
+    let o = HostOpts::parse(7, &["--hold"])?;
+    let reaper = reaper_tests::reaper_bin();
+    let idlers = o.busy_host("ss -p, lsof and fuser only see other users' processes as root")?;
     let listener = TcpListener::bind("0.0.0.0:0").context("binding the listener")?;
     let port = listener.local_addr()?.port();
     let me = std::process::id();
-    if o.hold {
+    if o.has("--hold") {
         println!("{port}");
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
         return Ok(());

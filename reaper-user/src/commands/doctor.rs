@@ -32,6 +32,13 @@ struct Report {
     fallback: String,
     /// What the BPF tiers send and what they only count (null for "proc").
     summary: Option<String>,
+    /// Where a scan (`who`, `free` without a daemon) finds the processes
+    /// holding a socket: "bpf_iter" when the task_file iterator loaded and
+    /// ran here (it found reaper's own socket), else "proc" (/proc/PID/fd).
+    holder_source: String,
+    /// Why not the iterator, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder_source_error: Option<String>,
     /// The ports the kernel lends to clients, and those it keeps back.
     ports: Ports,
 }
@@ -205,7 +212,10 @@ fn gather() -> Report {
     } else {
         "proc".to_string()
     };
+    let iter = reaper::holders::fditer::probe();
     Report {
+        holder_source: if iter.is_ok() { "bpf_iter" } else { "proc" }.into(),
+        holder_source_error: iter.err(),
         kernel,
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
         lockdown: read_trim("/sys/kernel/security/lockdown"),
@@ -341,6 +351,15 @@ fn tier_words(r: &Report, style: Style) -> String {
         s.push_str(&format!("summarised  {summary}\n"));
     }
     s.push_str(&format!("fallback    {}\n", r.fallback));
+    let holders = match &r.holder_source_error {
+        None => style.green(
+            "bpf_iter (the kernel's task_file iterator finds a socket's processes in one pass)",
+        ),
+        Some(why) => style.yellow(&format!(
+            "proc (/proc/PID/fd, one readlink per open file; task_file iterator: {why})"
+        )),
+    };
+    s.push_str(&format!("holders     {holders}\n"));
     s
 }
 

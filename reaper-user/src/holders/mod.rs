@@ -43,8 +43,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
-pub mod charge;
+mod btf;
+pub(crate) mod charge;
 pub mod container;
+pub mod example;
+pub mod fditer;
 pub(crate) mod fdmap;
 pub mod job;
 pub mod netns;
@@ -145,6 +148,11 @@ pub struct ScanGaps {
     /// because netlink failed there.
     #[serde(default)]
     pub netns_errors: Vec<String>,
+    /// Where the processes holding the sockets came from: "bpf_iter" (the
+    /// kernel's task_file iterator walked every file table) or "proc" (a
+    /// walk of /proc/PID/fd). Absent when no socket needed an owner.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder_source: String,
     /// The container engine's socket is there but did not answer: containers
     /// are named from their cgroup only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,7 +316,7 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
         .map(|s| s.inode)
         .filter(|&i| i != 0)
         .collect();
-    let walk = fdmap::holders_of(proc_fd, &pids, &wanted, walk_threads());
+    let walk = walk_fds(proc_fd, &pids, &wanted, only.is_none(), &mut gaps);
     gaps.unreadable_pids = walk.unreadable.len() as u32;
     gaps.vanished_pids = walk.vanished.len() as u32;
     gaps.unreadable_by_errno = walk.unreadable_by_errno();
@@ -329,6 +337,31 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
         netns_names: listed.netns_names,
         own_netns: own,
     })
+}
+
+/// Who holds the wanted sockets: from the kernel's task_file iterator when
+/// every process is asked about and it runs here, else from /proc.
+fn walk_fds(
+    proc_fd: std::os::fd::RawFd,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+    everyone: bool,
+    gaps: &mut ScanGaps,
+) -> fdmap::FdWalk {
+    if wanted.is_empty() {
+        return fdmap::FdWalk::default();
+    }
+    if everyone {
+        match fditer::holders_of(wanted) {
+            Ok(walk) => {
+                gaps.holder_source = "bpf_iter".into();
+                return walk;
+            }
+            Err(why) => tracing::debug!("task_file iterator not used ({why}); walking /proc"),
+        }
+    }
+    gaps.holder_source = "proc".into();
+    fdmap::holders_of(proc_fd, pids, wanted, walk_threads())
 }
 
 /// The sockets a scan found, and the namespaces it read them from.
@@ -357,7 +390,7 @@ fn list_sockets(
         netns_names: BTreeMap::new(),
     };
     for ns in namespaces {
-        match netns::sockets_in(ns, own, &protos, query.listening_only) {
+        match netns::sockets_in(ns, own, &protos, query.listening_only, query.port) {
             Ok(listing) => {
                 listed.netns_seen.push(ns.inode);
                 sources.insert(listing.source);

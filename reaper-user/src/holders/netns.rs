@@ -143,9 +143,10 @@ pub fn sockets_in(
     own: Option<u64>,
     protos: &[Proto],
     listening_only: bool,
+    port: Option<u16>,
 ) -> io::Result<Listing> {
     if Some(ns.inode) == own {
-        return Ok(list_here(ns.inode, protos, listening_only));
+        return Ok(list_here(ns.inode, protos, listening_only, port));
     }
     let entered = std::thread::scope(|s| {
         s.spawn(|| -> io::Result<Listing> {
@@ -161,7 +162,7 @@ pub fn sockets_in(
                 )));
             }
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            Ok(list_here(inode, protos, listening_only))
+            Ok(list_here(inode, protos, listening_only, port))
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
@@ -188,12 +189,14 @@ pub fn sockets_in(
     }
 }
 
-/// Lists the sockets of the namespace the calling thread is in.
-fn list_here(inode: u64, protos: &[Proto], listening_only: bool) -> Listing {
+/// Lists the sockets of the namespace the calling thread is in; with
+/// `port`, sock_diag sends only that port's (the /proc/net fallback reads
+/// every socket: the caller filters).
+fn list_here(inode: u64, protos: &[Proto], listening_only: bool, port: Option<u16>) -> Listing {
     let netlink = if forced_procfs() {
         Err(io::Error::other("REAPER_SOCKET_SOURCE=procfs"))
     } else {
-        sockdiag::open().and_then(|fd| sockdiag::dump_all(&fd, inode, protos, listening_only))
+        sockdiag::open().and_then(|fd| sockdiag::dump_all(&fd, inode, protos, listening_only, port))
     };
     match netlink {
         Ok(sockets) => Listing {

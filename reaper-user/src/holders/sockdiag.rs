@@ -66,9 +66,44 @@ pub fn states_mask(proto: Proto, listening_only: bool) -> u32 {
     }
 }
 
-/// The bytes of one dump request.
-pub fn dump_request(family: Family, proto: Proto, states: u32, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + REQ_LEN;
+/// `INET_DIAG_REQ_BYTECODE`: a filter program the kernel runs on each
+/// socket before it is put in the dump (include/uapi/linux/inet_diag.h).
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+
+/// The filter "local port == `port`", as `ss 'sport = :PORT'` asks.
+///
+/// Each op is {code, yes, no}: the kernel moves `yes` or `no` bytes on and
+/// accepts the socket when it lands exactly on the end (so `no` = the
+/// bytes left + 4 rejects). A port comparison carries the port in the
+/// `no` field of the op that follows it. S_GE and S_LE (not S_EQ, 4.16+)
+/// so that every kernel with sock_diag filters takes it.
+pub fn port_filter(port: u16) -> [u8; 16] {
+    let op = |code: u8, yes: u8, no: u16| {
+        let n = no.to_ne_bytes();
+        [code, yes, n[0], n[1]]
+    };
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&op(INET_DIAG_BC_S_GE, 8, 20));
+    b[4..8].copy_from_slice(&op(0, 0, port));
+    b[8..12].copy_from_slice(&op(INET_DIAG_BC_S_LE, 8, 12));
+    b[12..16].copy_from_slice(&op(0, 0, port));
+    b
+}
+
+/// The bytes of one dump request; with `port`, the kernel sends only that
+/// port's sockets.
+pub fn dump_request(
+    family: Family,
+    proto: Proto,
+    states: u32,
+    seq: u32,
+    port: Option<u16>,
+) -> Vec<u8> {
+    let filter = port.map(port_filter);
+    let attr_len = filter.map_or(0, |f| 4 + f.len());
+    let len = NLMSG_HDRLEN + REQ_LEN + attr_len;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -86,7 +121,12 @@ pub fn dump_request(family: Family, proto: Proto, states: u32, seq: u32) -> Vec<
     b.push(0); // idiag_ext: nothing extra; SKV6ONLY comes without asking.
     b.push(0);
     b.extend_from_slice(&states.to_ne_bytes());
-    b.resize(len, 0); // sockid: zero, a dump ignores it.
+    b.resize(NLMSG_HDRLEN + REQ_LEN, 0); // sockid: zero, a dump ignores it.
+    if let Some(f) = filter {
+        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        b.extend_from_slice(&f);
+    }
     b
 }
 
@@ -215,7 +255,8 @@ pub fn open() -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-/// Dumps one (family, protocol) over an open sock_diag socket.
+/// Dumps one (family, protocol) over an open sock_diag socket; with
+/// `port`, only that port's sockets (filtered in the kernel).
 pub fn dump(
     fd: &OwnedFd,
     netns: u64,
@@ -223,8 +264,9 @@ pub fn dump(
     proto: Proto,
     listening_only: bool,
     seq: u32,
+    port: Option<u16>,
 ) -> io::Result<Vec<Socket>> {
-    let req = dump_request(family, proto, states_mask(proto, listening_only), seq);
+    let req = dump_request(family, proto, states_mask(proto, listening_only), seq, port);
     socket::send(fd.as_raw_fd(), &req, MsgFlags::empty()).map_err(io::Error::from)?;
     // The kernel never puts more than 32 KiB in one dump message.
     let mut buf = vec![0u8; 64 * 1024];
@@ -249,18 +291,30 @@ pub fn dump(
     }
 }
 
-/// Every TCP and UDP socket (both families) of the namespace `fd` was opened in.
+/// Every TCP and UDP socket (both families) of the namespace `fd` was
+/// opened in; with `port`, that port's only. A kernel that refuses the
+/// filter (EINVAL) is asked for everything, which the caller filters.
 pub fn dump_all(
     fd: &OwnedFd,
     netns: u64,
     protos: &[Proto],
     listening_only: bool,
+    port: Option<u16>,
 ) -> io::Result<Vec<Socket>> {
     let mut all = Vec::new();
     let mut seq = 1;
+    let mut port = port;
     for &proto in protos {
         for family in [Family::Ipv4, Family::Ipv6] {
-            all.extend(dump(fd, netns, family, proto, listening_only, seq)?);
+            let got = match dump(fd, netns, family, proto, listening_only, seq, port) {
+                Err(e) if port.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+                    port = None;
+                    seq += 1;
+                    dump(fd, netns, family, proto, listening_only, seq, None)?
+                }
+                r => r?,
+            };
+            all.extend(got);
             seq += 1;
         }
     }
@@ -316,7 +370,7 @@ mod tests {
 
     #[test]
     fn request_layout() {
-        let r = dump_request(Family::Ipv6, Proto::Udp, 0x80, 9);
+        let r = dump_request(Family::Ipv6, Proto::Udp, 0x80, 9, None);
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
@@ -324,6 +378,25 @@ mod tests {
         assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 9);
         assert_eq!(&r[16..20], &[10, 17, 0, 0]);
         assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 0x80);
+    }
+
+    #[test]
+    fn request_with_a_port_filter() {
+        let r = dump_request(Family::Ipv4, Proto::Tcp, 0x400, 2, Some(8080));
+        assert_eq!(r.len(), 72 + 4 + 16);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 92);
+        // The attribute: length 20, type INET_DIAG_REQ_BYTECODE.
+        assert_eq!(u16::from_ne_bytes(r[72..74].try_into().unwrap()), 20);
+        assert_eq!(u16::from_ne_bytes(r[74..76].try_into().unwrap()), 1);
+        let bc = &r[76..];
+        // S_GE 8080: yes -> the next op, no -> past the end (16 + 4).
+        assert_eq!(&bc[0..2], &[INET_DIAG_BC_S_GE, 8]);
+        assert_eq!(u16::from_ne_bytes([bc[2], bc[3]]), 20);
+        assert_eq!(u16::from_ne_bytes([bc[6], bc[7]]), 8080);
+        // S_LE 8080: yes -> the end, no -> past it (8 + 4).
+        assert_eq!(&bc[8..10], &[INET_DIAG_BC_S_LE, 8]);
+        assert_eq!(u16::from_ne_bytes([bc[10], bc[11]]), 12);
+        assert_eq!(u16::from_ne_bytes([bc[14], bc[15]]), 8080);
     }
 
     #[test]

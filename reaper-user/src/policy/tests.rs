@@ -1,48 +1,14 @@
 use super::matcher::glob_match;
 use super::*;
-use crate::vocab::{Family, Proto};
 
 const NS: u64 = 4026531833;
 
 fn server() -> Process {
-    Process {
-        pid: 4242,
-        ppid: 1,
-        comm: "platform-server".into(),
-        exe: Some("/usr/local/bin/platform-server".into()),
-        cmdline: vec![
-            "/usr/local/bin/platform-server".into(),
-            "--port".into(),
-            "8080".into(),
-        ],
-        start_ticks: 1000,
-        started_at: "2026-11-28T12:01:03.000Z".into(),
-        uid: 1001,
-        user: Some("ci".into()),
-        cgroup: Some("/system.slice/runner.service".into()),
-        container: None,
-        netns: Some(NS),
-        ancestors: vec![(1, "systemd".into())],
-        orphaned: true,
-        job: None,
-    }
+    crate::holders::example::server(4242, NS)
 }
 
 fn socket() -> Socket {
-    Socket {
-        netns: NS,
-        proto: Proto::Tcp,
-        family: Family::Ipv4,
-        addr: "127.0.0.1".parse().unwrap(),
-        port: 8080,
-        peer: None,
-        state: crate::vocab::SocketState::Listen,
-        inode: 99,
-        cookie: 0,
-        uid: 1001,
-        dual_stack: false,
-        timer_ms: None,
-    }
+    crate::holders::example::listener(NS)
 }
 
 fn ctx() -> Context {

@@ -5,7 +5,6 @@
 //! add what they do not. Root; `cargo build` first.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reaper_tests::daemon::*;
@@ -104,39 +103,12 @@ fn a_refused_hook_tier_falls_back_to_the_scan_and_keeps_serving() {
 fn bpf_refused_for_lack_of_capabilities_falls_back_to_the_scan() {
     require_root();
     // A daemon the helper configured, then restarted under setpriv.
-    let mut d = Daemon::start("poll_interval = \"200ms\"\n");
-    d.stop(Duration::from_secs(5));
-    let _ = std::fs::remove_file(&d.socket);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args([
-            "--bounding-set",
-            "-bpf,-perfmon,-sys_admin",
-            "--inh-caps",
-            "-all",
-        ])
-        .arg(reaper_bin())
-        .args(["daemon", "--config"])
-        .arg(&d.config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("setpriv (util-linux) is needed");
-    d.child = Some(child);
-    wait_for(
-        "the restricted daemon to answer",
-        Duration::from_secs(30),
-        || {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the daemon exited ({st}):\n{}", d.log_text());
-            }
-            d.try_query(r#"{"cmd":"ports"}"#).ok()
-        },
-    );
+    let d = Daemon::start("poll_interval = \"200ms\"\n").restart_setpriv(&[
+        "--bounding-set",
+        "-bpf,-perfmon,-sys_admin",
+        "--inh-caps",
+        "-all",
+    ]);
     falls_back_and_serves(&d, "");
     let eff = status_field(&d.pid().to_string(), &d.pid().to_string(), "CapEff:");
     assert_eq!(eff & (1 << 39), 0, "it really ran without CAP_BPF");
@@ -152,45 +124,6 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
-    }
-}
-
-/// Binds and releases ports in a loop on another thread until dropped, so
-/// the daemon writes claim and release records all the time.
-struct Churn {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    t: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Churn {
-    fn start() -> Churn {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s2 = stop.clone();
-        let t = std::thread::spawn(move || {
-            let mut n = 0;
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") {
-                    drop(l);
-                    n += 1;
-                }
-                // Paced, not flat out: records keep flowing (about a
-                // thousand a second) while the journal stays small enough
-                // never to rotate during the test, so every gap stays on disk.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            n
-        });
-        Churn { stop, t: Some(t) }
-    }
-}
-
-impl Drop for Churn {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.t.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -231,7 +164,10 @@ fn kill9_at_random_moments_while_writing_keeps_the_journal_readable() {
     let mut rng = XorShift(seed);
     // Large enough that the test's records never rotate a file away.
     let mut d = Daemon::start("journal_max_bytes = 1073741824\n");
-    let _churn = Churn::start();
+    // Paced, not flat out: records keep flowing (about a thousand a
+    // second) while the journal stays small enough never to rotate during
+    // the test, so every gap stays on disk.
+    let _churn = Churn::start(Duration::from_millis(1));
     let mut crashes = 0;
     let mut torn_tails = 0;
     for round in 0..5 {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use reaper_tests::fixture::Holder;
 use reaper_tests::procs::{holder_pids, reaper, ss_on, Netns};
-use reaper_tests::require_root;
+use reaper_tests::{own_netns, require_root};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_reaper-fixture");
 
@@ -505,4 +505,100 @@ fn ports_lists_listeners_with_holders() {
         "{}",
         run.stdout
     );
+}
+
+/// The holdings of a `who --json` answer, keyed by socket inode, each with
+/// its holders' pids; and which path found the holders.
+fn holders_by_inode(answer: &serde_json::Value) -> Vec<(u64, Vec<u64>)> {
+    let mut v: Vec<(u64, Vec<u64>)> = answer["holdings"]
+        .as_array()
+        .expect("holdings")
+        .iter()
+        .map(|h| {
+            let pids = h["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["pid"].as_u64().unwrap())
+                .collect();
+            (h["socket"]["inode"].as_u64().unwrap(), pids)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bpf_iterator_and_proc_walk_find_the_same_holders() {
+    require_root();
+    // doctor probes the iterator for real: it must load and run here (root,
+    // Linux 5.8+ with BTF, as CI is). If this fails, `who` falls back to
+    // /proc silently: the speed is lost, not the answer.
+    let doctor = reaper(&["doctor", "--json"], &[]);
+    assert_eq!(doctor.code, 0, "{}", doctor.stderr);
+    let d = doctor.json();
+    assert_eq!(
+        d["holder_source"], "bpf_iter",
+        "the task_file iterator did not run here: {}",
+        d["holder_source_error"]
+    );
+    let no_bpf = reaper(&["doctor", "--json", "--no-bpf"], &[]).json();
+    assert_eq!(no_bpf["holder_source"], "proc");
+
+    // Real holders: shared across fork, v6 UDP, dual-stack, another
+    // namespace, and a port with many sockets held by this process (a
+    // listener and its accepted connections: more sockets than the /proc
+    // walk compares by kcmp).
+    let forked = listen("tcp4", 0, true);
+    let udp = listen("udp6", 0, false);
+    let dual = listen("tcp6-dual", 0, true);
+    let ns = Netns::new("iter");
+    let mut cmd = ns.exec(FIXTURE);
+    cmd.args(["listen", "tcp4", &forked.port.to_string()]);
+    let inside = Holder::fixture(cmd);
+    let many = TcpListener::bind("127.0.0.1:0").unwrap();
+    let many_port = many.local_addr().unwrap().port();
+    let conns: Vec<(TcpStream, TcpStream)> = (0..20)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", many_port)).unwrap();
+            (c, many.accept().unwrap().0)
+        })
+        .collect();
+
+    for port in [forked.port, udp.port, dual.port, many_port] {
+        let p = port.to_string();
+        let iter = reaper(&["who", &p, "--json"], &[]);
+        let proc = reaper(&["who", &p, "--json"], &[("REAPER_FD_SOURCE", "proc")]);
+        let no_bpf = reaper(&["who", &p, "--json", "--no-bpf"], &[]);
+        for r in [&iter, &proc, &no_bpf] {
+            assert_eq!(r.code, 0, "who {port}: {}", r.stderr);
+        }
+        let (iter, proc, no_bpf) = (iter.json(), proc.json(), no_bpf.json());
+        assert_eq!(iter["gaps"]["holder_source"], "bpf_iter", "{iter}");
+        assert_eq!(proc["gaps"]["holder_source"], "proc", "{proc}");
+        assert_eq!(no_bpf["gaps"]["holder_source"], "proc", "{no_bpf}");
+        let want = holders_by_inode(&proc);
+        assert!(
+            want.iter().all(|(_, pids)| !pids.is_empty()),
+            "port {port}: every socket has a holder: {proc}"
+        );
+        assert_eq!(
+            holders_by_inode(&iter),
+            want,
+            "port {port}: the iterator and the /proc walk disagree"
+        );
+        // Everything else about the holdings is the same too.
+        assert_eq!(iter["holdings"], proc["holdings"], "port {port}");
+        assert_eq!(no_bpf["holdings"], proc["holdings"], "port {port}");
+    }
+    let many_answer = reaper(&["who", &many_port.to_string(), "--json"], &[]).json();
+    assert_eq!(
+        holders_by_inode(&many_answer).len(),
+        21,
+        "the listener and its 20 accepted connections: {many_answer}"
+    );
+    let two = reaper(&["who", &forked.port.to_string(), "--json"], &[]).json();
+    assert_eq!(holder_pids(&two, Some(ns.inode())), inside.pids());
+    assert_eq!(holder_pids(&two, Some(own_netns())), forked.pids());
+    drop(conns);
 }

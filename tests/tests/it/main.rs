@@ -11,6 +11,7 @@
 //! A new file at tests/tests/NAME.rs is its own binary too (autotests stay
 //! on): move it here as a module when it can share the process.
 
+mod action;
 mod bpf;
 mod cli_output;
 mod client_ports;
@@ -27,7 +28,9 @@ mod monitoring;
 mod packaging;
 mod pidns;
 mod report;
+mod report_rotation;
 mod ship;
 mod signals;
 mod systemd;
+mod users;
 mod why;

@@ -165,37 +165,16 @@ fn the_daemon_with_the_units_capabilities_frees_a_port_below_1024() {
     let unit = read("deploy/reaper.service");
     let port = low_port();
     let holder = Holder::orphan(port, "rp-lowport", &[]);
-    let mut d = Daemon::start(&holder.rule("stale low port", Some("reap")));
-    d.stop(Duration::from_secs(5));
-    let _ = std::fs::remove_file(&d.socket);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
     let bounding = setpriv_caps(&unit, "CapabilityBoundingSet");
     let ambient = setpriv_caps(&unit, "AmbientCapabilities");
-    let child = Command::new("setpriv")
-        .args(["--bounding-set", &bounding, "--inh-caps", &ambient])
-        .args(["--ambient-caps", &ambient])
-        .arg(reaper_bin())
-        .args(["daemon", "--config"])
-        .arg(&d.config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("setpriv (util-linux) is needed");
-    d.child = Some(child);
-    wait_for(
-        "the daemon under the unit's capabilities to answer",
-        Duration::from_secs(30),
-        || {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the daemon exited ({st}):\n{}", d.log_text());
-            }
-            d.try_query(r#"{"cmd":"ports"}"#).ok()
-        },
-    );
+    let d = Daemon::start(&holder.rule("stale low port", Some("reap"))).restart_setpriv(&[
+        "--bounding-set",
+        &bounding,
+        "--inh-caps",
+        &ambient,
+        "--ambient-caps",
+        &ambient,
+    ]);
     let log = d.log_text();
     assert!(
         !log.contains("could not drop capabilities"),

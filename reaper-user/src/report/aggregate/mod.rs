@@ -279,23 +279,11 @@ impl Aggregator {
                 {
                     return;
                 }
-                push_open(
-                    port,
-                    cap,
-                    OpenClaim {
-                        ms,
-                        pid: process.pid,
-                        netns: ep.netns,
-                        cookie,
-                        process: Rc::new(process),
-                        listening: false,
-                        at,
-                        addr: ep.addr.clone(),
-                        requested_port: None,
-                        listen: None,
-                        job,
-                    },
-                );
+                let claim = OpenClaim {
+                    job,
+                    ..OpenClaim::new(ms, at, &ep, Rc::new(process), cookie, None)
+                };
+                push_open(port, cap, claim);
             }
             Body::Release {
                 at: ep,
@@ -446,23 +434,11 @@ impl Aggregator {
         let cap = self.limits.open_claims_per_port;
         let port = self.port(key, ms, ep.netns);
         port.counts.claims += 1;
-        push_open(
-            port,
-            cap,
-            OpenClaim {
-                ms,
-                pid: process.pid,
-                netns: ep.netns,
-                cookie,
-                process: process.clone(),
-                listening: false,
-                at,
-                addr: ep.addr.clone(),
-                requested_port,
-                listen: None,
-                job: job.clone(),
-            },
-        );
+        let claim = OpenClaim {
+            job: job.clone(),
+            ..OpenClaim::new(ms, at, &ep, process.clone(), cookie, requested_port)
+        };
+        push_open(port, cap, claim);
         let what = Happened::Claim {
             addr: ep.addr,
             port: ep.port,
@@ -498,23 +474,12 @@ impl Aggregator {
                 // The claim was not seen (lost, or before the files):
                 // the listen proves the hold.
                 let p = Rc::new(process);
-                push_open(
-                    port,
-                    cap,
-                    OpenClaim {
-                        ms,
-                        pid: p.pid,
-                        netns: ep.netns,
-                        cookie,
-                        process: p.clone(),
-                        listening: true,
-                        at,
-                        addr: ep.addr.clone(),
-                        requested_port: None,
-                        listen: Some((ms, at)),
-                        job: None,
-                    },
-                );
+                let claim = OpenClaim {
+                    listening: true,
+                    listen: Some((ms, at)),
+                    ..OpenClaim::new(ms, at, &ep, p.clone(), cookie, None)
+                };
+                push_open(port, cap, claim);
                 p
             }
         };

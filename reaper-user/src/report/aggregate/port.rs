@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use super::{dur_ms, rfc, Aggregator};
 use crate::journal::reader::Location;
-use crate::journal::{ProcessRef, VerdictRecord};
+use crate::journal::{Endpoint, ProcessRef, VerdictRecord};
 use crate::report::model::{ConflictReport, Happened, PortCounts, ReapingNote, Rebind, Resolution};
 
 /// The port map is looked up once per record with small integer keys that
@@ -102,6 +102,32 @@ pub(super) struct OpenClaim {
     pub(super) listen: Option<(i64, Location)>,
     /// The CI job the daemon charged the claim to, in words.
     pub(super) job: Option<String>,
+}
+
+impl OpenClaim {
+    /// A claim of `ep` seen at `ms` (its record at `at`), not listening yet.
+    pub(super) fn new(
+        ms: i64,
+        at: Location,
+        ep: &Endpoint,
+        process: Rc<ProcessRef>,
+        cookie: Option<u64>,
+        requested_port: Option<u16>,
+    ) -> OpenClaim {
+        OpenClaim {
+            ms,
+            pid: process.pid,
+            netns: ep.netns,
+            cookie,
+            process,
+            listening: false,
+            at,
+            addr: ep.addr.clone(),
+            requested_port,
+            listen: None,
+            job: None,
+        }
+    }
 }
 
 pub(super) struct Episode {

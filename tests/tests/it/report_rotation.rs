@@ -5,50 +5,10 @@
 //! listing and the open). Root; `cargo build` first.
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reaper_tests::daemon::Daemon;
-use reaper_tests::{reaper_bin, require_root};
-
-/// Binds, listens and closes on 127.0.0.1 in a loop until dropped: claim
-/// and release records for the daemon to write.
-struct Churn {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Churn {
-    fn start() -> Churn {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut n = 0;
-            while !flag.load(Ordering::Relaxed) {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                drop(l);
-                n += 1;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            n
-        });
-        Churn {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Churn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+use reaper_tests::daemon::{Churn, Daemon};
+use reaper_tests::{reaper, require_root};
 
 #[test]
 fn reports_read_a_journal_that_rotates_under_them() {
@@ -58,7 +18,8 @@ fn reports_read_a_journal_that_rotates_under_them() {
     let d = Daemon::start(
         "journal_max_bytes = 8192\njournal_keep = 4\njournal_churn_window = \"0s\"\n",
     );
-    let churn = Churn::start();
+    // 200 µs pacing: the journal rotates many times a second.
+    let churn = Churn::start(Duration::from_micros(200));
     let inode = || std::fs::metadata(&d.journal).map(|m| m.ino()).ok();
     // Rotation is under way: the live file was replaced at least once.
     let first = reaper_tests::poll_until("the journal to exist", Duration::from_secs(10), &inode);
@@ -67,7 +28,7 @@ fn reports_read_a_journal_that_rotates_under_them() {
     let mut runs = 0u32;
     let until = Instant::now() + Duration::from_secs(12);
     while runs < 60 && Instant::now() < until {
-        let out = Command::new(reaper_bin())
+        let out = reaper()
             .args(["report", "--format", "json", "--journal"])
             .arg(&d.journal)
             .output()

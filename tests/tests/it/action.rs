@@ -13,16 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use reaper_tests::fixture::Holder;
-use reaper_tests::{free_port, reaper_bin, require_root, workspace};
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use reaper_tests::{free_port, reaper_bin, require_root, show, workspace};
 
 /// A runner: a temp dir (RUNNER_TEMP) with a bin/ of shims first on PATH.
 struct Runner {

@@ -8,20 +8,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use reaper_tests::{free_port, reaper_bin, require_root};
+use reaper_tests::{free_port, reaper, require_root, show};
 use serde_json::Value;
 
 const IMAGE: &str = "ghcr.io/reaper/reaper";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 const UNKNOWN: &str = "no-such-user-reaper-test";
 
@@ -41,7 +32,7 @@ fn config_naming(dir: &std::path::Path, user: &str) -> std::path::PathBuf {
 fn a_protection_naming_an_unknown_user_is_a_config_error_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_naming(dir.path(), UNKNOWN);
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&config)
         .output()
@@ -56,7 +47,7 @@ fn a_protection_naming_an_unknown_user_is_a_config_error_at_load() {
     );
     // A name the host knows loads.
     let config = config_naming(dir.path(), "root");
-    let out = Command::new(reaper_bin())
+    let out = reaper()
         .args(["daemon", "--check-config"])
         .arg(&config)
         .output()

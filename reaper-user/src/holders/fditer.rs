@@ -1,0 +1,338 @@
+//! holders: sockets -> **fd map, from a BPF iterator** -> process details.
+//!
+//! The kernel walks every task's file table for us: a `iter/task_file`
+//! program (kernel 5.8+) runs once per open file, keeps the socket files
+//! (`bpf_sock_from_file`) whose inode is one of the wanted ones (a hash map
+//! filled before the walk), and writes (inode, tgid, fd) to the iterator's
+//! output, which is read in one go. That replaces one readlink (or kcmp)
+//! per open file on the host by one read.
+//!
+//! The program is 30 instructions and is assembled here, as `ss` builds its
+//! sock_diag filter: no ELF, no relocations, and no full parse of the
+//! kernel's BTF (aya's loader needs one, 13-50 ms on this kind of machine,
+//! which costs more than the walk it replaces). The three struct offsets it
+//! reads come from [`super::btf`] and go in as immediates.
+//!
+//! It needs CAP_BPF and CAP_PERFMON (or root), BTF, and a kernel that
+//! accepts the program: [`probe`] says whether it does; every failure sends
+//! the scan back to [`super::fdmap`]'s walk of /proc. Pids are the initial
+//! pid namespace's, so it is used only from there. `--no-bpf` (or
+//! REAPER_FD_SOURCE=proc) keeps to /proc.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use super::btf::{self, Btf};
+use super::fdmap::FdWalk;
+use crate::sys::{self, BpfInsn as Insn};
+
+/// What [`holders_of`] needs of the kernel, read once per process.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    attach_btf_id: u32,
+    f_inode: i16,
+    i_ino: (i16, u32),
+    tgid: i16,
+}
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
+/// Set when the kernel refused the program once: do not ask again.
+static REFUSED: OnceLock<String> = OnceLock::new();
+
+/// `--no-bpf`: never load the iterator in this process.
+pub fn disable() {
+    DISABLED.store(true, Ordering::Relaxed);
+}
+
+/// Why the iterator is not to be tried at all (None: try it).
+fn not_here() -> Option<String> {
+    if DISABLED.load(Ordering::Relaxed) {
+        return Some("--no-bpf".into());
+    }
+    if std::env::var_os("REAPER_FD_SOURCE").is_some_and(|v| v == "proc") {
+        return Some("REAPER_FD_SOURCE=proc".into());
+    }
+    if let Some(why) = REFUSED.get() {
+        return Some(why.clone());
+    }
+    // tgids are the initial pid namespace's; a reaper in another one sees
+    // other numbers in /proc.
+    match crate::proc::read_link("self", "ns/pid") {
+        Ok(l) if l.as_os_str() == INIT_PID_NS => None,
+        Ok(_) => Some("reaper runs in a pid namespace of its own".into()),
+        Err(e) => Some(format!("cannot read /proc/self/ns/pid: {e}")),
+    }
+}
+
+/// The initial pid namespace (PROC_PID_INIT_INO).
+const INIT_PID_NS: &str = "pid:[4026531836]";
+
+fn layout() -> Result<Layout, String> {
+    LAYOUT
+        .get_or_init(|| {
+            let bytes =
+                btf::vmlinux().map_err(|e| format!("no kernel BTF ({}): {e}", btf::VMLINUX))?;
+            let btf = Btf::parse(bytes.as_slice()).map_err(|e| e.to_string())?;
+            let attach_btf_id = btf
+                .func_id("bpf_iter_task_file")
+                .ok_or("this kernel has no task_file iterator (Linux 5.8+)")?;
+            let field = |s: &str, m: &str| {
+                btf.field(s, m)
+                    .ok_or_else(|| format!("struct {s} has no field {m} in this kernel's BTF"))
+            };
+            let off = |f: btf::Field, s: &str, m: &str| {
+                i16::try_from(f.offset).map_err(|_| format!("{s}.{m} is out of reach"))
+            };
+            let f_inode = field("file", "f_inode")?;
+            let i_ino = field("inode", "i_ino")?;
+            let tgid = field("task_struct", "tgid")?;
+            if f_inode.size != 8 || !matches!(i_ino.size, 4 | 8) || tgid.size != 4 {
+                return Err("unexpected field sizes in this kernel's BTF".into());
+            }
+            Ok(Layout {
+                attach_btf_id,
+                f_inode: off(f_inode, "file", "f_inode")?,
+                i_ino: (off(i_ino, "inode", "i_ino")?, i_ino.size),
+                tgid: off(tgid, "task_struct", "tgid")?,
+            })
+        })
+        .clone()
+}
+
+/// Whether the iterator can run here, by loading and running it for real
+/// (for `reaper doctor`): Ok with how many of our own sockets it found.
+pub fn probe() -> Result<(), String> {
+    if let Some(why) = not_here() {
+        return Err(why);
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let inode = {
+        use std::os::fd::AsRawFd;
+        let t = std::fs::read_link(format!("/proc/self/fd/{}", sock.as_raw_fd()))
+            .map_err(|e| e.to_string())?;
+        super::fdmap::parse_socket_link(t.as_os_str().as_encoded_bytes())
+            .ok_or("our own socket has no socket link")?
+    };
+    let walk = run(&HashSet::from([inode])).map_err(|e| e.what)?;
+    let me = std::process::id();
+    if walk.holders.get(&inode).is_some_and(|p| p.contains(&me)) {
+        Ok(())
+    } else {
+        Err("the iterator ran but did not find reaper's own socket".into())
+    }
+}
+
+/// Every pid holding one of `wanted`, from the kernel's task_file iterator.
+/// Err says why it could not run (the caller walks /proc instead).
+pub fn holders_of(wanted: &HashSet<u64>) -> Result<FdWalk, String> {
+    if let Some(why) = not_here() {
+        return Err(why);
+    }
+    if wanted.is_empty() {
+        return Ok(FdWalk::default());
+    }
+    run(wanted).map_err(|e| {
+        // A refusal is the kernel's policy (or its BTF's): it will not
+        // change in this process, so later scans do not ask again.
+        if e.errno
+            .is_none_or(|n| matches!(n, libc::EPERM | libc::EACCES | libc::EINVAL))
+        {
+            let _ = REFUSED.set(e.what.clone());
+        }
+        e.what
+    })
+}
+
+fn run(wanted: &HashSet<u64>) -> Result<FdWalk, Fail> {
+    let layout = layout().map_err(|what| Fail { what, errno: None })?;
+    let map = map_of(wanted)?;
+    let insns = program(&layout, raw(&map));
+    let prog = load(&insns, layout.attach_btf_id)?;
+    let link = link_create(&prog)?;
+    let mut iter = std::fs::File::from(iter_create(&link)?);
+    let mut out = Vec::with_capacity(64 * 1024);
+    iter.read_to_end(&mut out)?;
+    let mut walk = FdWalk::default();
+    for rec in out.chunks_exact(RECORD) {
+        let inode = u64::from_ne_bytes(rec[0..8].try_into().unwrap());
+        let tgid = u32::from_ne_bytes(rec[8..12].try_into().unwrap());
+        if wanted.contains(&inode) && tgid != 0 {
+            walk.holders.entry(inode).or_default().push(tgid);
+        }
+    }
+    for pids in walk.holders.values_mut() {
+        pids.sort_unstable();
+        pids.dedup();
+    }
+    Ok(walk)
+}
+
+/// One output record: inode u64, tgid u32, fd u32.
+const RECORD: usize = 16;
+
+fn raw(fd: &OwnedFd) -> i32 {
+    std::os::fd::AsRawFd::as_raw_fd(fd)
+}
+
+// ---- the program ----
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
+const LDX_W: u8 = 0x61;
+const STX_DW: u8 = 0x7b;
+const STX_W: u8 = 0x63;
+const MOV64_X: u8 = 0xbf;
+const MOV64_K: u8 = 0xb7;
+const ADD64_K: u8 = 0x07;
+const JEQ_K: u8 = 0x15;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+const LD_IMM64: u8 = 0x18;
+const PSEUDO_MAP_FD: u8 = 1;
+const FP: u8 = 10;
+const MAP_LOOKUP_ELEM: i32 = 1;
+const SEQ_WRITE: i32 = 127;
+const SOCK_FROM_FILE: i32 = 162;
+
+/// The iterator: for each (task, fd, file), when the file is a socket whose
+/// inode is in the map, write {inode, tgid, fd}.
+///
+/// ctx is `struct bpf_iter__task_file`: meta at 0, task at 8, fd at 16,
+/// file at 24 (each slot 8 bytes).
+fn program(l: &Layout, map_fd: i32) -> Vec<Insn> {
+    let ino_load = if l.i_ino.1 == 8 { LDX_DW } else { LDX_W };
+    // Jumps to `out`, the last two instructions, are patched below.
+    let mut p = vec![
+        insn(MOV64_X, 6, 1, 0, 0),           // r6 = ctx
+        insn(LDX_DW, 7, 6, 24, 0),           // r7 = ctx->file
+        insn(JEQ_K, 7, 0, OUT, 0),           // no file: done
+        insn(MOV64_X, 1, 7, 0, 0),           // r1 = file
+        insn(CALL, 0, 0, 0, SOCK_FROM_FILE), // a socket's file?
+        insn(JEQ_K, 0, 0, OUT, 0),
+        insn(LDX_DW, 2, 7, l.f_inode, 0), // r2 = file->f_inode
+        insn(JEQ_K, 2, 0, OUT, 0),
+        insn(ino_load, 3, 2, l.i_ino.0, 0), // r3 = inode->i_ino
+        insn(STX_DW, FP, 3, -16, 0),        // key at fp-16
+        insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, map_fd),
+        insn(0, 0, 0, 0, 0),
+        insn(MOV64_X, 2, FP, 0, 0),
+        insn(ADD64_K, 2, 0, 0, -16),
+        insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM), // wanted?
+        insn(JEQ_K, 0, 0, OUT, 0),
+        insn(LDX_DW, 8, 6, 8, 0), // r8 = ctx->task
+        insn(JEQ_K, 8, 0, OUT, 0),
+        insn(LDX_W, 3, 8, l.tgid, 0), // r3 = task->tgid
+        insn(STX_W, FP, 3, -8, 0),
+        insn(LDX_W, 3, 6, 16, 0), // r3 = ctx->fd
+        insn(STX_W, FP, 3, -4, 0),
+        insn(LDX_DW, 1, 6, 0, 0), // r1 = ctx->meta
+        insn(LDX_DW, 1, 1, 0, 0), // r1 = meta->seq
+        insn(MOV64_X, 2, FP, 0, 0),
+        insn(ADD64_K, 2, 0, 0, -16),
+        insn(MOV64_K, 3, 0, 0, RECORD as i32),
+        insn(CALL, 0, 0, 0, SEQ_WRITE),
+        insn(MOV64_K, 0, 0, 0, 0), // out: return 0
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let out = p.len() as i16 - 2;
+    for (i, ins) in p.iter_mut().enumerate() {
+        if ins.code == JEQ_K && ins.off == OUT {
+            ins.off = out - i as i16 - 1;
+        }
+    }
+    p
+}
+
+/// Placeholder jump offset, patched to the program's exit.
+const OUT: i16 = i16::MIN;
+
+// ---- bpf(2), through sys.rs ----
+
+/// A hash map of the wanted inodes (value: one byte, unused).
+fn map_of(wanted: &HashSet<u64>) -> Result<OwnedFd, Fail> {
+    let keys: Vec<u64> = wanted.iter().copied().collect();
+    sys::bpf_u64_set(&keys).map_err(|(call, e)| ctx(call)(e))
+}
+
+fn load(insns: &[Insn], attach_btf_id: u32) -> Result<OwnedFd, Fail> {
+    sys::bpf_load_iter(insns, attach_btf_id).map_err(|(e, last)| Fail {
+        what: format!(
+            "BPF_PROG_LOAD of the task_file iterator: {e}{}",
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(" ({last})")
+            }
+        ),
+        errno: e.raw_os_error(),
+    })
+}
+
+fn link_create(prog: &OwnedFd) -> Result<OwnedFd, Fail> {
+    sys::bpf_iter_link(prog.as_fd()).map_err(ctx("BPF_LINK_CREATE"))
+}
+
+fn iter_create(link: &OwnedFd) -> Result<OwnedFd, Fail> {
+    sys::bpf_iter_create(link.as_fd()).map_err(ctx("BPF_ITER_CREATE"))
+}
+
+/// Names the call in an error; the errno stays readable (raw_os_error is
+/// kept by rebuilding the error from it).
+fn ctx(call: &'static str) -> impl Fn(io::Error) -> Fail {
+    move |e| Fail {
+        what: format!("{call}: {e}"),
+        errno: e.raw_os_error(),
+    }
+}
+
+/// Why the iterator did not run: what failed, and the kernel's errno.
+#[derive(Debug)]
+struct Fail {
+    what: String,
+    errno: Option<i32>,
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Fail {
+        Fail {
+            what: e.to_string(),
+            errno: e.raw_os_error(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_land_on_the_exit() {
+        let l = Layout {
+            attach_btf_id: 1,
+            f_inode: 40,
+            i_ino: (64, 8),
+            tgid: 1000,
+        };
+        let p = program(&l, 3);
+        let out = p.len() - 2;
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code == JEQ_K {
+                assert_eq!(i as i64 + 1 + ins.off as i64, out as i64, "insn {i}");
+            }
+        }
+        assert_eq!(p[out].code, MOV64_K);
+        assert_eq!(p[out + 1].code, EXIT);
+    }
+}
