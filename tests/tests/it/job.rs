@@ -689,3 +689,59 @@ fn a_policy_rule_keeps_a_jobs_deliberate_daemon() {
     assert!(!can_listen(pkeep));
     assert!(!alive(stopped) && can_listen(pstop));
 }
+
+/// `job end` lists the job's processes that hold no port and stops them
+/// only with `--all` (each through a plan of its own); the runner and the
+/// worker, the hook's ancestors, are never among them.
+#[test]
+fn job_end_stops_the_jobs_processes_that_hold_no_port_only_with_all() {
+    require_root();
+    let mut runner = Runner::start();
+    let mut w = runner.job("idle", "9401");
+    let pidfile = runner.dir.path().join("idle.pid");
+    w.run(&format!(
+        "( setsid sleep 600 > /dev/null 2>&1 & echo $! > '{}' )",
+        pidfile.display()
+    ));
+    let idle: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    runner.track(idle);
+    let listed = |doc: &serde_json::Value| -> serde_json::Value {
+        doc["idle"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no idle processes listed: {doc:#}"))
+            .iter()
+            .find(|i| i["pid"] == idle)
+            .cloned()
+            .unwrap_or_else(|| panic!("pid {idle} not listed: {doc:#}"))
+    };
+
+    let end = w.hook(&["job", "end", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    let i = listed(&doc);
+    assert_eq!(i["comm"], "sleep", "{doc:#}");
+    assert!(i["stopped"].is_null(), "{doc:#}");
+    assert!(alive(idle), "stopped without --all");
+    for a in doc["idle"].as_array().unwrap() {
+        assert!(
+            a["pid"] != runner.pid() && a["pid"] != w.pid,
+            "an ancestor of the hook is listed: {doc:#}"
+        );
+    }
+
+    let end = w.hook(&["job", "end", "--all", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    let i = listed(&doc);
+    assert_eq!(i["stopped"]["pid"], idle, "{doc:#}");
+    poll_until(
+        "the idle process to be gone",
+        Duration::from_secs(10),
+        || (!alive(idle)).then_some(()),
+    );
+    assert!(alive(runner.pid()) && alive(w.pid));
+}
