@@ -12,8 +12,10 @@
 /// `bind()` of a fixed port reached the inet layer (cgroup `bind4`/`bind6`),
 /// before the kernel looked for a conflict. Carries the *requested* address
 /// and port. Sent only by the exact-errno tiers, whose outcome event follows;
-/// the cgroup tier stashes the request in the socket's storage instead and
-/// sends one event per bind ([`KIND_BOUND`] or [`KIND_FAILED`]).
+/// the cgroup tier keeps a fixed port's request in [`MAP_CLAIMS`] under this
+/// kind until `post_bind` turns it into the claim (a *pending* record, which
+/// readers of the map skip), and sends one event per bind ([`KIND_BOUND`] or
+/// [`KIND_FAILED`]).
 pub const KIND_ATTEMPT: u8 = 1;
 /// The bind succeeded (cgroup `post_bind4`/`post_bind6`). Carries the port
 /// actually bound: a request for port 0 resolves to the ephemeral port here
@@ -30,8 +32,11 @@ pub const KIND_RELEASE: u8 = 4;
 /// `inet_bind`/`inet6_bind`), matched to its attempt by thread id.
 pub const KIND_OUTCOME: u8 = 5;
 /// A bind of a fixed port that never succeeded (cgroup tier): found when the
-/// socket binds again or is released. Carries the stashed request (address,
-/// port, the attempt's time); the identity is the releasing task's.
+/// socket binds again, listens or is released. Carries the stashed request
+/// (address, port, the attempt's time) and the identity of the task that
+/// attempted it (falling back to socket storage when the claims map was
+/// full, the identity of the task that found the failure, with the
+/// attempting task's pid and tid).
 pub const KIND_FAILED: u8 = 6;
 /// A TCP connection left SYN_SENT on a local port userspace watches
 /// ([`MAP_WATCHED`]): the port the kernel gave to a `connect()` (tp_btf
@@ -67,6 +72,11 @@ pub const FLAG_OUTSIDE_PIDNS: u8 = 8;
 /// Set when the record carries no task identity (pid, tid, uid, comm,
 /// cgroup): see [`KIND_CONNECT`].
 pub const FLAG_NO_TASK: u8 = 16;
+/// Kernel-side state on a record in [`MAP_CLAIMS`]: userspace was sent the
+/// claim's bind or listen, so its release is sent too (a summarised
+/// ephemeral claim lacks it). May also appear on sent records; userspace
+/// ignores it.
+pub const FLAG_NOTIFIED: u8 = 32;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -86,7 +96,10 @@ pub const GLOBAL_ALL: &str = "REAPER_ALL";
 pub const GLOBAL_PIDNS_DEV: &str = "REAPER_PIDNS_DEV";
 pub const GLOBAL_PIDNS_INO: &str = "REAPER_PIDNS_INO";
 /// The kernel-side claims: socket cookie -> the [`Event`] of its bind (or
-/// listen), removed by the release hook. Read by userspace when it needs the
+/// listen), removed by the release hook. In the cgroup tier it also holds a
+/// fixed-port bind's request from `bind4` to `post_bind` (kind
+/// [`KIND_ATTEMPT`]; one entry per socket instead of socket storage plus a
+/// second insert): those are not claims and readers skip them. Read by userspace when it needs the
 /// truth (start, after a loss, ephemeral claims) instead of scanning /proc.
 pub const MAP_CLAIMS: &str = "CLAIMS";
 /// Local ports userspace watches for `connect()`s (port, host order -> 1):

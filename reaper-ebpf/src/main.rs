@@ -50,8 +50,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use reaper_common::{
-    Event, FLAG_EPHEMERAL, FLAG_NO_COMM, FLAG_NO_TASK, FLAG_OUTSIDE_PIDNS, FLAG_UNSTORED,
-    KIND_ATTEMPT, KIND_BOUND, KIND_CONNECT, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME, KIND_RELEASE,
+    Event, FLAG_EPHEMERAL, FLAG_NOTIFIED, FLAG_NO_COMM, FLAG_NO_TASK, FLAG_OUTSIDE_PIDNS,
+    FLAG_UNSTORED, KIND_ATTEMPT, KIND_BOUND, KIND_CONNECT, KIND_FAILED, KIND_LISTEN, KIND_OUTCOME,
+    KIND_RELEASE,
 };
 
 /// Allowed: cgroup sock/sock_addr programs return 1 to let the call go on.
@@ -362,17 +363,80 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
         )
     };
     let exact = exact_tier();
-    // Only a fixed port's request is stashed (storage is allocated for it):
-    // a socket without storage at post_bind asked for port 0, the common
-    // case a bind storm is made of, which then costs no allocation.
-    let st = sock_state(sk.cast(), port != 0);
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A socket whose request fell back to storage earlier (see below) and
+    // binds again: that earlier bind failed. Looking costs no allocation.
+    let old = sock_state(sk.cast(), false);
+    // SAFETY: the storage is this socket's, valid for this program run.
+    if !old.is_null() && unsafe { (*old).state } & ST_PENDING != 0 {
+        // SAFETY: as above.
+        unsafe {
+            send_failed(ctx, &*old, ctx.as_ptr());
+            (*old).state &= !ST_PENDING;
+        }
+    }
+    if !exact {
+        // A fixed-port request of this socket still waiting in CLAIMS: that
+        // bind failed (a port-0 bind looks too: one lookup, no allocation).
+        if let Some(p) = CLAIMS.get_ptr_mut(&cookie) {
+            // SAFETY: the map value, valid for this program run.
+            if unsafe { (*p).kind } == KIND_ATTEMPT {
+                // SAFETY: as above; copied before it is changed.
+                let mut failed = unsafe { *p };
+                failed.kind = KIND_FAILED;
+                send(ctx, &failed);
+                if port == 0 {
+                    let _ = CLAIMS.remove(&cookie);
+                    return;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    fill_identity(&mut *p);
+                    (*p).addr = addr;
+                    (*p).port = port;
+                    (*p).family = family;
+                    (*p).protocol = protocol;
+                    (*p).sock_type = sock_type;
+                }
+                return;
+            }
+            // A claimed socket binds again (it will fail: EINVAL): its
+            // claim stays in CLAIMS, the request goes to socket storage.
+        } else if port != 0 {
+            // The request waits in CLAIMS, keyed by the socket: post_bind
+            // turns it into the claim in place, the release finds a failure.
+            // One insert per fixed-port bind, no allocation.
+            let mut ev = Event::zeroed();
+            ev.kind = KIND_ATTEMPT;
+            fill_identity(&mut ev);
+            ev.cookie = cookie;
+            // SAFETY: helper on the program's own context.
+            ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+            ev.family = family;
+            ev.protocol = protocol;
+            ev.sock_type = sock_type;
+            ev.port = port;
+            ev.addr = addr;
+            if CLAIMS.insert(&cookie, &ev, BPF_NOEXIST as u64).is_ok() {
+                return;
+            }
+            // The map is full: the request goes to socket storage.
+        }
+        if port == 0 {
+            return;
+        }
+    }
+    // Socket storage (an allocation): the exact tiers, and the cgroup tier
+    // when CLAIMS could not take the request.
+    let st = if old.is_null() && port != 0 {
+        sock_state(sk.cast(), true)
+    } else {
+        old
+    };
     if !st.is_null() {
         // SAFETY: the storage is this socket's, valid for this program run.
         unsafe {
-            if (*st).state & ST_PENDING != 0 {
-                // The socket binds again: its previous fixed-port bind failed.
-                send_failed(ctx, &*st, ctx.as_ptr());
-            }
             (*st).ts_ns = bpf_ktime_get_boot_ns();
             (*st).pid_tgid = current_pid_tgid();
             (*st).addr = addr;
@@ -391,14 +455,11 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
     if port == 0 || (!exact && !st.is_null()) {
         return;
     }
-    // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(mut entry) = start_event(ctx, KIND_ATTEMPT) else {
         return;
     };
     let ev = entry.as_mut_ptr();
-    // SAFETY: ctx fields are read with the 4-byte loads the verifier allows;
-    // `ev` points at the reserved, initialised record.
+    // SAFETY: `ev` points at the reserved, initialised record.
     unsafe {
         (*ev).cookie = cookie;
         (*ev).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
@@ -418,9 +479,10 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
     entry.submit(0);
 }
 
-/// A fixed-port bind of this socket that never succeeded: its stashed
-/// request, with the time of the attempt. `cookie_ctx` is the program's
-/// context, for the cookie helpers.
+/// A fixed-port bind of this socket that never succeeded, from its request
+/// in socket storage (the fallback when CLAIMS was full), with the time of
+/// the attempt. `cookie_ctx` is the program's context, for the cookie
+/// helpers.
 #[inline(always)]
 fn send_failed<C: EbpfContext>(ctx: &C, st: &SockState, cookie_ctx: *mut core::ffi::c_void) {
     let mut ev = Event::zeroed();
@@ -458,44 +520,75 @@ pub fn reaper_post_bind6(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn on_post_bind(ctx: &SockContext, v6: bool) {
     let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: helper on the program's own context; ctx fields with the loads
+    // the verifier allows.
+    let (cookie, port, addr) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            (*sk).src_port as u16,
+            if v6 {
+                addr6([
+                    (*sk).src_ip6[0],
+                    (*sk).src_ip6[1],
+                    (*sk).src_ip6[2],
+                    (*sk).src_ip6[3],
+                ])
+            } else {
+                addr4((*sk).src_ip4)
+            },
+        )
+    };
+    // The fixed-port request bind4 left in CLAIMS becomes the claim, in
+    // place: no second insert, no allocation.
+    if let Some(p) = CLAIMS.get_ptr_mut(&cookie) {
+        // SAFETY: the map value, valid for this program run.
+        unsafe {
+            if (*p).kind == KIND_ATTEMPT {
+                (*p).kind = KIND_BOUND;
+                (*p).ts_ns = bpf_ktime_get_boot_ns();
+                (*p).port = port;
+                (*p).addr = addr;
+                (*p).flags |= FLAG_NOTIFIED;
+                send(ctx, &*p);
+                return;
+            }
+        }
+    }
     let mut ev = Event::zeroed();
     ev.kind = KIND_BOUND;
     fill_identity(&mut ev);
-    // SAFETY: helpers on the program's own context; ctx fields with the
+    ev.cookie = cookie;
+    ev.port = port;
+    ev.addr = addr;
+    // SAFETY: helper on the program's own context; ctx fields with the
     // loads the verifier allows.
     unsafe {
-        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
         ev.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         ev.family = (*sk).family as u8;
         ev.protocol = (*sk).protocol as u8;
         ev.sock_type = (*sk).type_ as u8;
-        ev.port = (*sk).src_port as u16;
-        ev.addr = if v6 {
-            addr6([
-                (*sk).src_ip6[0],
-                (*sk).src_ip6[1],
-                (*sk).src_ip6[2],
-                (*sk).src_ip6[3],
-            ])
-        } else {
-            addr4((*sk).src_ip4)
-        };
     }
-    // The request, stashed at bind4: none (port 0 asked for), or its port.
+    // The request, stashed at bind4 by the exact tiers or when CLAIMS was
+    // full: none (port 0 asked for), or its port.
     let mut st = sock_state(ctx.as_ptr(), false);
     // SAFETY: this socket's storage, valid for this program run.
     let ephemeral = st.is_null() || unsafe { (*st).port } == 0;
     if ephemeral {
         ev.flags |= FLAG_EPHEMERAL;
     }
+    let mut notify = !ephemeral || send_all();
+    if notify {
+        ev.flags |= FLAG_NOTIFIED;
+    }
     if !store_claim(&ev) {
         ev.flags |= FLAG_UNSTORED;
+        // Summarised: no one fights over a port the kernel picked. A claim
+        // that could not be stored is always sent, so it is not lost twice.
+        notify = true;
     }
-    // Summarised: no one fights over a port the kernel picked. A claim that
-    // could not be stored is always sent, so it is not lost twice.
-    let notify = !ephemeral || send_all() || ev.flags & FLAG_UNSTORED != 0;
-    if notify && st.is_null() {
-        // Its release must be sent too: remember the socket.
+    if notify && st.is_null() && ev.flags & FLAG_UNSTORED != 0 {
+        // Its release must be sent too, and CLAIMS cannot say so: remember
+        // the socket.
         st = sock_state(ctx.as_ptr(), true);
     }
     if !st.is_null() {
@@ -525,28 +618,43 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
 pub fn reaper_release(ctx: SockContext) -> i32 {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let st = sock_state(ctx.as_ptr(), false);
-    if st.is_null() {
-        // Never bound to a fixed port, never sent: at most a summarised
-        // ephemeral claim to end.
-        // One delete, whether or not it is there: a lookup first would cost
-        // every bound socket a second walk of the bucket.
-        if CLAIMS.remove(&cookie).is_ok() {
-            bump(&COUNTS, reaper_common::COUNT_EPHEMERAL_RELEASES);
+    // What CLAIMS knows of the socket: a claim (sent or summarised) or a
+    // fixed-port request that never succeeded.
+    let mut notified = false;
+    let mut summarised = false;
+    if let Some(p) = CLAIMS.get_ptr(&cookie) {
+        // SAFETY: the map value, valid for this program run.
+        let (kind, flags) = unsafe { ((*p).kind, (*p).flags) };
+        if kind == KIND_ATTEMPT {
+            // SAFETY: as above; copied before the entry goes.
+            let mut failed = unsafe { *p };
+            failed.kind = KIND_FAILED;
+            send(&ctx, &failed);
+        } else if flags & FLAG_NOTIFIED != 0 {
+            notified = true;
+        } else {
+            summarised = true;
         }
-        return ALLOW;
-    }
-    // SAFETY: this socket's storage, valid for this program run.
-    let state = unsafe { (*st).state };
-    if state & ST_CLAIMED != 0 {
         let _ = CLAIMS.remove(&cookie);
     }
-    if state & ST_PENDING != 0 {
-        // SAFETY: as above.
-        send_failed(&ctx, unsafe { &*st }, ctx.as_ptr());
+    // Socket storage: the exact tiers' requests, and what CLAIMS had no
+    // room for.
+    let st = sock_state(ctx.as_ptr(), false);
+    if !st.is_null() {
+        // SAFETY: this socket's storage, valid for this program run.
+        let state = unsafe { (*st).state };
+        if state & ST_PENDING != 0 {
+            // SAFETY: as above.
+            send_failed(&ctx, unsafe { &*st }, ctx.as_ptr());
+        }
+        if state & ST_NOTIFIED != 0 {
+            notified = true;
+        } else if state & ST_CLAIMED != 0 {
+            summarised = true;
+        }
     }
-    if state & ST_NOTIFIED == 0 {
-        if state & ST_CLAIMED != 0 {
+    if !notified {
+        if summarised {
             bump(&COUNTS, reaper_common::COUNT_EPHEMERAL_RELEASES);
         }
         return ALLOW;
@@ -593,33 +701,56 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
         .unwrap_or(0) as u8;
     ev.protocol = reaper_common::IPPROTO_TCP;
     ev.sock_type = 1;
-    let st = sock_state(sk as *mut _, true);
+    // No allocation here either: what CLAIMS says of the socket, and socket
+    // storage only for what CLAIMS had no room for.
+    let st = sock_state(sk as *mut _, false);
     let state = if st.is_null() {
         0
     } else {
         // SAFETY: this socket's storage, valid for this program run.
         unsafe { (*st).state }
     };
-    // A summarised ephemeral claim has no storage before this listen.
-    // SAFETY: only whether the entry exists is used.
-    let claimed = state & ST_CLAIMED != 0 || unsafe { CLAIMS.get(&ev.cookie) }.is_some();
-    if claimed && state & ST_NOTIFIED == 0 {
-        // A summarised ephemeral claim starts to matter: send its bind first.
-        // SAFETY: the value is copied out at once.
-        if let Some(bound) = unsafe { CLAIMS.get(&ev.cookie) } {
-            let bound = *bound;
-            send(&ctx, &bound);
+    let mut claimed = state & ST_CLAIMED != 0;
+    let mut notified = state & ST_NOTIFIED != 0;
+    if let Some(p) = CLAIMS.get_ptr_mut(&ev.cookie) {
+        // SAFETY: the map value, valid for this program run.
+        unsafe {
+            if (*p).kind == KIND_ATTEMPT {
+                // Its fixed-port bind failed, and listen() picks a port.
+                let mut failed = *p;
+                failed.kind = KIND_FAILED;
+                send(&ctx, &failed);
+                ev.flags |= FLAG_NOTIFIED;
+                *p = ev;
+                claimed = true;
+                notified = true;
+            } else {
+                claimed = true;
+                if (*p).flags & FLAG_NOTIFIED == 0 && !notified {
+                    // A summarised ephemeral claim starts to matter: send
+                    // its bind first.
+                    (*p).flags |= FLAG_NOTIFIED;
+                    send(&ctx, &*p);
+                }
+                notified = true;
+            }
         }
     }
     if !claimed {
         // listen() without bind(): the kernel picked the port (autobind).
+        ev.flags |= FLAG_NOTIFIED;
         if !store_claim(&ev) {
             ev.flags |= FLAG_UNSTORED;
+            // CLAIMS cannot remember it: socket storage does.
+            let st = sock_state(sk as *mut _, true);
+            if !st.is_null() {
+                // SAFETY: this socket's storage.
+                unsafe { (*st).state |= ST_CLAIMED | ST_NOTIFIED };
+            }
         }
-    }
-    if !st.is_null() {
-        // SAFETY: as above.
-        unsafe { (*st).state |= ST_CLAIMED | ST_NOTIFIED };
+    } else if !notified && !st.is_null() {
+        // SAFETY: this socket's storage.
+        unsafe { (*st).state |= ST_NOTIFIED };
     }
     send(&ctx, &ev);
     0

@@ -263,6 +263,13 @@ pub struct FreeArgs {
     /// are judged on their own without it).
     #[arg(long)]
     pub tree: bool,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+/// The flags `free` and the job hooks share: a dry run, JSON, a journal.
+#[derive(Args, Debug, Clone)]
+pub struct RunFlags {
     /// Print verdicts and what would be signalled; signal nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -374,15 +381,8 @@ pub struct JobCommon {
     /// How long to wait, per port, for it to bind again.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub deadline: Duration,
-    /// Print verdicts and what would be signalled; signal nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Machine-readable JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Append the record of this run to this journal (JSON lines).
-    #[arg(long, value_name = "PATH", env = "REAPER_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 #[derive(Args, Debug, Clone)]

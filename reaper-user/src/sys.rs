@@ -18,7 +18,10 @@
 //! - `clock_ns`, `clock_ticks`: the clocks and USER_HZ (util, proc);
 //! - `async_ring_buf`: the eBPF ring buffer registered with tokio (events);
 //! - `getsockopt(SO_NETNS_COOKIE)`: which namespace a kernel event's netns
-//!   cookie names (holders' netns).
+//!   cookie names (holders' netns);
+//! - `bpf` for the fd walk's `iter/task_file` program (a map of the wanted
+//!   inodes, the load, the link, the iterator: holders' fditer) and `mmap`
+//!   of the kernel's BTF ([`Mapping`], holders' btf).
 //!
 //! Everything std or nix wraps safely (signals by pid, fdatasync, write,
 //! ...) is called through them where it is used; no other module holds an
@@ -163,6 +166,196 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(r)
+}
+
+// ---- bpf(2) for the fd walk's task_file iterator (holders::fditer) ----
+
+/// One BPF instruction as the kernel reads it (`struct bpf_insn`): code,
+/// dst | src << 4, off, imm.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_ITER: u32 = 28;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `union bpf_attr`, as bytes: each command's fields at the kernel's offsets.
+#[repr(C, align(8))]
+struct Attr([u8; 144]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 144])
+    }
+    fn u32(mut self, at: usize, v: u32) -> Attr {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(mut self, at: usize, v: u64) -> Attr {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+}
+
+/// The fd a bpf(2) command returned.
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// A BPF hash map holding `keys` (u64 keys, one-byte values), for a
+/// program to look up. Err names the command that failed.
+pub fn bpf_u64_set(keys: &[u64]) -> Result<OwnedFd, (&'static str, io::Error)> {
+    let mut attr = Attr::new()
+        .u32(0, BPF_MAP_TYPE_HASH)
+        .u32(4, 8)
+        .u32(8, 1)
+        .u32(12, keys.len().max(1) as u32)
+        .u32(16, BPF_F_NO_PREALLOC);
+    // SAFETY: BPF_MAP_CREATE reads no pointers.
+    let map = owned(unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.map_err(|e| ("BPF_MAP_CREATE", e))?);
+    let values = vec![1u8; keys.len()];
+    let mut attr = Attr::new()
+        .u64(16, keys.as_ptr() as u64)
+        .u64(24, values.as_ptr() as u64)
+        .u32(32, keys.len() as u32)
+        .u32(36, map.as_raw_fd() as u32);
+    // SAFETY: keys and values hold `count` keys of 8 bytes and values of 1.
+    if unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.is_err() {
+        // Before 5.6, one at a time.
+        for (k, v) in keys.iter().zip(&values) {
+            let mut attr = Attr::new()
+                .u32(0, map.as_raw_fd() as u32)
+                .u64(8, k as *const u64 as u64)
+                .u64(16, v as *const u8 as u64);
+            // SAFETY: key is 8 bytes and value 1, as the map was made.
+            unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+                .map_err(|e| ("BPF_MAP_UPDATE_ELEM", e))?;
+        }
+    }
+    Ok(map)
+}
+
+/// Loads a tracing program of the iterator kind (`iter/...`, BTF id
+/// `attach_btf_id`). On a refusal: the error and the last line of the
+/// verifier's log (empty when it wrote none).
+pub fn bpf_load_iter(
+    insns: &[BpfInsn],
+    attach_btf_id: u32,
+) -> Result<OwnedFd, (io::Error, String)> {
+    let license = c"GPL";
+    let attr = |log: &mut [u8]| {
+        Attr::new()
+            .u32(0, BPF_PROG_TYPE_TRACING)
+            .u32(4, insns.len() as u32)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64)
+            .u32(24, if log.is_empty() { 0 } else { 1 })
+            .u32(28, log.len() as u32)
+            // A log pointer without a log level is EINVAL: none, then.
+            .u64(
+                32,
+                if log.is_empty() {
+                    0
+                } else {
+                    log.as_mut_ptr() as u64
+                },
+            )
+            .u32(68, BPF_TRACE_ITER)
+            .u32(108, attach_btf_id)
+    };
+    // SAFETY: insns, license (NUL-terminated) and the empty log live for the call.
+    match unsafe { bpf(BPF_PROG_LOAD, &mut attr(&mut [])) } {
+        Ok(fd) => Ok(owned(fd)),
+        Err(e) => {
+            // Again with the verifier's log, to say why.
+            let mut log = vec![0u8; 16 * 1024];
+            // SAFETY: as above, and the log buffer is log.len() bytes.
+            let _ = unsafe { bpf(BPF_PROG_LOAD, &mut attr(&mut log)) };
+            let text = String::from_utf8_lossy(&log);
+            let last = text
+                .trim_end_matches('\0')
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            Err((e, last))
+        }
+    }
+}
+
+/// BPF_LINK_CREATE for an iterator program (no iterator options).
+pub fn bpf_iter_link(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new()
+        .u32(0, prog.as_raw_fd() as u32)
+        .u32(8, BPF_TRACE_ITER);
+    // SAFETY: no iterator options: no pointers.
+    Ok(owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?))
+}
+
+/// BPF_ITER_CREATE: an fd whose reads run the iterator.
+pub fn bpf_iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new().u32(0, link.as_raw_fd() as u32);
+    // SAFETY: no pointers.
+    Ok(owned(unsafe { bpf(BPF_ITER_CREATE, &mut attr) }?))
+}
+
+/// A read-only private mapping of a file's first `len` bytes, unmapped on
+/// drop (the kernel's BTF, read without a copy).
+pub struct Mapping {
+    p: *const u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` (len > 0).
+    pub fn of(file: &std::fs::File, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh read-only private mapping of an open file; the
+        // result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            p: p as *const u8,
+            len,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes, alive until drop.
+        unsafe { std::slice::from_raw_parts(self.p, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: p/len are the mapping made in `of`, unmapped once.
+        unsafe { libc::munmap(self.p as *mut libc::c_void, self.len) };
+    }
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;

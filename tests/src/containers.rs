@@ -121,6 +121,28 @@ impl Container {
         Container { name, id }
     }
 
+    /// `docker run -p 127.0.0.1:PORT:80 [extra]` of `image` (a listener on
+    /// port 80); returns once the published port answers through the proxy.
+    pub fn published(image: &Image, extra: &[&str]) -> (Container, u16) {
+        let port = crate::free_port();
+        let map = format!("127.0.0.1:{port}:80");
+        let mut args = vec!["-p", map.as_str()];
+        args.extend_from_slice(extra);
+        let c = Container::run(image, &args);
+        crate::poll_until(
+            "the published port to answer",
+            std::time::Duration::from_secs(20),
+            || {
+                use std::io::Read;
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).ok()?;
+                (buf == "ok\n").then_some(())
+            },
+        );
+        (c, port)
+    }
+
     /// The engine's state word: running, exited, ...
     pub fn state(&self) -> String {
         docker(&["inspect", "--format", "{{.State.Status}}", &self.id])
@@ -150,23 +172,30 @@ impl Container {
     }
 }
 
-/// Every pid in /proc now.
+/// Every pid in /proc now (reaper's own reader).
 pub fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
+    reaper::proc::pids().unwrap().collect()
 }
 
 /// Whether a process is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
-            state != Some("Z")
-        })
-        .unwrap_or(false)
+    reaper::proc::read_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// A container by name (or id), removed (with -f) when dropped: for one a
+/// test started itself (`docker run --name`, a CI step).
+pub struct Removed(pub String);
+
+impl Removed {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = docker_output(&["rm", "-f", &self.0]);
+    }
 }
 
 impl Drop for Container {

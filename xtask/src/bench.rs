@@ -89,6 +89,7 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         root.join("bench/results.md"),
         markdown(&machine, quick, &figures),
     )?;
+    // Each target next to its figure, where the run is watched.
     eprint!("{}", targets(&figures));
     say("wrote bench/results.md and bench/results.json");
     if !failed.is_empty() {
@@ -336,7 +337,15 @@ fn machine() -> Value {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    // The load average when the run ended: figures from a loaded machine
+    // are noisier (other builds share the cores).
+    let load = read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     json!({
+        "load": load,
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "cpu": cpu,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -349,12 +358,13 @@ fn markdown(machine: &Value, quick: bool, figures: &[Value]) -> String {
     let mut s = String::new();
     s.push_str("# reaper benchmark results\n\n");
     s.push_str(&format!(
-        "Machine: {} CPUs ({}), {} GiB, Linux {}; run {}{}.\n\n",
+        "Machine: {} CPUs ({}), {} GiB, Linux {}; run {} (load average {} at the end){}.\n\n",
         machine["cpus"],
         machine["cpu"].as_str().unwrap_or(""),
         machine["mem_gib"],
         machine["kernel"].as_str().unwrap_or(""),
         machine["date"].as_str().unwrap_or(""),
+        machine["load"].as_str().unwrap_or("?"),
         if quick { " with --quick" } else { "" }
     ));
     s.push_str("Comparisons were interleaved in the same run; absolute numbers drift on shared machines, ratios less so. Reproduce with `cargo xtask bench`.\n\n");

@@ -265,6 +265,8 @@ fn setup(test_tools: bool) -> Result<()> {
             ("curl", "curl"),
             ("lintian", "lintian"),
             ("setpriv", "util-linux"),
+            // The daemon benchmark's per-program costs (bpf_stats).
+            ("bpftool", "bpftool"),
         ] {
             if !have(bin) && !missing.contains(&pkg) {
                 missing.push(pkg);

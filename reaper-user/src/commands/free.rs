@@ -113,7 +113,7 @@ pub fn run(global: &Global, mut args: FreeArgs) -> Result<Exit> {
 /// The journal is opened before anything is scanned or signalled: a run
 /// asked to keep a record must not act when it cannot keep one.
 fn open_journal(args: &FreeArgs) -> Result<Option<JournalWriter>> {
-    let Some(path) = &args.journal else {
+    let Some(path) = &args.run.journal else {
         return Ok(None);
     };
     let w = JournalWriter::open(path, WriterOptions::default()).with_context(|| {
@@ -270,7 +270,7 @@ impl<'a> Run<'a> {
         if plan.targets().is_empty() && plan.container_targets().is_empty() {
             return Ok(self.wait_unowned(&probes));
         }
-        if self.args.dry_run {
+        if self.args.run.dry_run {
             return Ok(Ended::DryRun);
         }
         self.execute(&probes, query)
@@ -288,7 +288,7 @@ impl<'a> Run<'a> {
             self.free_at = first.free_at;
             return Ended::AlreadyFree { time_wait };
         }
-        if self.args.dry_run {
+        if self.args.run.dry_run {
             return Ended::Unbindable {
                 error: first.last_error.unwrap_or_default(),
                 time_wait,
@@ -527,12 +527,12 @@ impl Run<'_> {
             None => (exit, message.to_string()),
         };
         let message = message.as_str();
-        if self.args.json {
+        if self.args.run.json {
             let report = Report {
                 port: self.args.port,
                 proto: self.args.proto,
                 netns: self.ctx.netns,
-                dry_run: self.args.dry_run,
+                dry_run: self.args.run.dry_run,
                 holders: &self.plan.judged,
                 unowned: &self.plan.unowned,
                 containers: &self.plan.containers,
@@ -547,7 +547,7 @@ impl Run<'_> {
                 message,
                 exit: exit.code(),
                 port_free_at: free_at,
-                journal: self.args.journal.as_ref().map(|p| JournalStatus {
+                journal: self.args.run.journal.as_ref().map(|p| JournalStatus {
                     path: p.display().to_string(),
                     written: journal_err.is_none(),
                     error: journal_err.as_ref().map(|e| format!("{e:#}")),
@@ -757,7 +757,7 @@ impl Run<'_> {
             Holders::All,
             free_at,
             elapsed_ms,
-            self.args.dry_run,
+            self.args.run.dry_run,
         ) {
             // The error names the path and the cause (ENOSPC, EROFS).
             w.append(&Record::new("proc", r.body))?;

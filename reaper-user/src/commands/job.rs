@@ -57,7 +57,7 @@ fn prepare(
         Some(path) => Some(Policy::from_file(path).map_err(|e| bad_input(e.to_string()))?),
         None => None,
     };
-    let journal = match &c.journal {
+    let journal = match &c.run.journal {
         Some(path) => Some(
             JournalWriter::open(path, WriterOptions::default()).with_context(|| {
                 format!(
@@ -69,7 +69,7 @@ fn prepare(
         None => None,
     };
     let opts = flow::Options {
-        dry_run: c.dry_run,
+        dry_run: c.run.dry_run,
         all,
         grace: c.grace,
         deadline: c.deadline,
@@ -145,7 +145,7 @@ fn emit(
         }
     }
     step_summary(run);
-    if c.json {
+    if c.run.json {
         output::json_line(run)?;
     } else {
         let mut text = render::human(run);

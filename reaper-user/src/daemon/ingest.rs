@@ -13,7 +13,7 @@ use crate::hooks::Attached;
 use crate::journal::{Body, Endpoint, ProcessRef};
 use crate::ledger::{Claim, Fact};
 use crate::util::clock_ns;
-use crate::vocab::Proto;
+use crate::vocab::{Charge, Proto};
 
 use super::{procinfo, Daemon, TICK};
 
@@ -27,6 +27,10 @@ pub(super) struct Ingest {
     binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
     /// Each claim's CI job, read when it is made.
     pub(super) jobs: crate::holders::charge::Charger,
+    /// The binder's job by pid, for a second, as `binders`: the charger
+    /// remembers jobs by pid and start time, which costs a read of
+    /// /proc/PID/stat per bind (most of the daemon's CPU under a storm).
+    charges: std::collections::HashMap<u32, (Instant, Option<Charge>)>,
 }
 
 impl Ingest {
@@ -36,6 +40,7 @@ impl Ingest {
             matcher,
             binders: std::collections::HashMap::new(),
             jobs: crate::holders::charge::Charger::new(),
+            charges: std::collections::HashMap::new(),
         }
     }
 }
@@ -152,7 +157,7 @@ impl Daemon {
                     outside_pidns: fact.outside_pidns.then_some(true),
                     ..ProcessRef::default()
                 };
-                let charge = self.ingest.jobs.charge(fact.pid);
+                let charge = self.charge(fact.pid);
                 {
                     let mut shared = self.shared.lock().unwrap();
                     shared.binders.insert(fact.cookie, binder);
@@ -229,9 +234,28 @@ impl Daemon {
         if !self.shared.lock().unwrap().ledger.uncharged(cookie) {
             return;
         }
-        if let Some(c) = self.ingest.jobs.charge(pid) {
+        if let Some(c) = self.charge(pid) {
             self.shared.lock().unwrap().ledger.charge(cookie, c);
         }
+    }
+
+    /// The job of a claim `pid` just made, read at most once per
+    /// [`BINDER_TTL`] for a process that binds in a loop.
+    fn charge(&mut self, pid: u32) -> Option<Charge> {
+        let now = Instant::now();
+        if let Some((at, c)) = self.ingest.charges.get(&pid) {
+            if now.duration_since(*at) < BINDER_TTL {
+                return c.clone();
+            }
+        }
+        if self.ingest.charges.len() > 4096 {
+            self.ingest
+                .charges
+                .retain(|_, (at, _)| now.duration_since(*at) < BINDER_TTL);
+        }
+        let c = self.ingest.jobs.charge(pid);
+        self.ingest.charges.insert(pid, (now, c.clone()));
+        c
     }
 
     /// The binder's parent and exe, read from /proc at most once per

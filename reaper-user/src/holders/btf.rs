@@ -192,25 +192,15 @@ fn extra_len(kind: u32, vlen: u32) -> usize {
 
 /// The kernel's BTF bytes: mapped when the kernel allows it, else read.
 pub enum Bytes {
-    Mapped(*const u8, usize),
+    Mapped(crate::sys::Mapping),
     Read(Vec<u8>),
 }
 
 impl Bytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            // SAFETY: the mapping is `len` readable bytes, alive until drop.
-            Bytes::Mapped(p, len) => unsafe { std::slice::from_raw_parts(*p, *len) },
+            Bytes::Mapped(m) => m.as_slice(),
             Bytes::Read(v) => v,
-        }
-    }
-}
-
-impl Drop for Bytes {
-    fn drop(&mut self) {
-        if let Bytes::Mapped(p, len) = *self {
-            // SAFETY: p/len are the mapping made in `vmlinux`, unmapped once.
-            unsafe { libc::munmap(p as *mut libc::c_void, len) };
         }
     }
 }
@@ -219,24 +209,11 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// The running kernel's BTF.
 pub fn vmlinux() -> io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(VMLINUX)?;
     let len = file.metadata()?.len() as usize;
     if len > 0 {
-        // SAFETY: a fresh read-only private mapping of an open file; the
-        // result is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED {
-            return Ok(Bytes::Mapped(p as *const u8, len));
+        if let Ok(m) = crate::sys::Mapping::of(&file, len) {
+            return Ok(Bytes::Mapped(m));
         }
     }
     let mut v = Vec::with_capacity(len);

@@ -21,12 +21,13 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use super::btf::{self, Btf};
 use super::fdmap::FdWalk;
+use crate::sys::{self, BpfInsn as Insn};
 
 /// What [`holders_of`] needs of the kernel, read once per process.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +74,7 @@ fn not_here() -> Option<String> {
     }
     // tgids are the initial pid namespace's; a reaper in another one sees
     // other numbers in /proc.
-    match std::fs::read_link("/proc/self/ns/pid") {
+    match crate::proc::read_link("self", "ns/pid") {
         Ok(l) if l.as_os_str() == INIT_PID_NS => None,
         Ok(_) => Some("reaper runs in a pid namespace of its own".into()),
         Err(e) => Some(format!("cannot read /proc/self/ns/pid: {e}")),
@@ -253,16 +254,6 @@ fn raw(fd: &OwnedFd) -> i32 {
 
 // ---- the program ----
 
-/// One BPF instruction: code, dst | src << 4, off, imm.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
         code,
@@ -378,156 +369,34 @@ fn patch_exits(p: &mut [Insn]) {
 /// Placeholder jump offset, patched to the program's exit.
 const OUT: i16 = i16::MIN;
 
-// ---- bpf(2) ----
-
-const BPF_MAP_CREATE: i64 = 0;
-const BPF_MAP_UPDATE_ELEM: i64 = 2;
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_MAP_UPDATE_BATCH: i64 = 26;
-const BPF_LINK_CREATE: i64 = 28;
-const BPF_ITER_CREATE: i64 = 33;
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_PROG_TYPE_TRACING: u32 = 26;
-const BPF_TRACE_ITER: u32 = 28;
-const BPF_F_NO_PREALLOC: u32 = 1;
-
-/// `union bpf_attr`, as bytes: each command's fields at the kernel's offsets.
-#[repr(C, align(8))]
-struct Attr([u8; 144]);
-
-impl Attr {
-    fn new() -> Attr {
-        Attr([0; 144])
-    }
-    fn u32(mut self, at: usize, v: u32) -> Attr {
-        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-    fn u64(mut self, at: usize, v: u64) -> Attr {
-        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-}
-
-/// `bpf(cmd, attr)`; the new fd when the command returns one.
-///
-/// # Safety
-///
-/// Every pointer in `attr` must point at live memory of the size the
-/// command reads or writes there.
-unsafe fn bpf(cmd: i64, attr: &mut Attr) -> io::Result<i64> {
-    // SAFETY: attr is a bpf_attr-sized buffer; the caller vouches for its pointers.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len() as u32) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
-fn owned(fd: i64) -> OwnedFd {
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
+// ---- bpf(2), through sys.rs ----
 
 /// A hash map of the wanted inodes (value: one byte, unused).
 fn map_of(wanted: &HashSet<u64>) -> Result<OwnedFd, Fail> {
-    let mut attr = Attr::new()
-        .u32(0, BPF_MAP_TYPE_HASH)
-        .u32(4, 8)
-        .u32(8, 1)
-        .u32(12, wanted.len().max(1) as u32)
-        .u32(16, BPF_F_NO_PREALLOC);
-    // SAFETY: BPF_MAP_CREATE reads no pointers.
-    let map = owned(unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.map_err(ctx("BPF_MAP_CREATE"))?);
     let keys: Vec<u64> = wanted.iter().copied().collect();
-    let values = vec![1u8; keys.len()];
-    let mut attr = Attr::new()
-        .u64(16, keys.as_ptr() as u64)
-        .u64(24, values.as_ptr() as u64)
-        .u32(32, keys.len() as u32)
-        .u32(36, raw(&map) as u32);
-    // SAFETY: keys and values hold `count` keys of 8 bytes and values of 1.
-    if unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.is_err() {
-        // Before 5.6, one at a time.
-        for (k, v) in keys.iter().zip(&values) {
-            let mut attr = Attr::new()
-                .u32(0, raw(&map) as u32)
-                .u64(8, k as *const u64 as u64)
-                .u64(16, v as *const u8 as u64);
-            // SAFETY: key is 8 bytes and value 1, as the map was made.
-            unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map_err(ctx("BPF_MAP_UPDATE_ELEM"))?;
-        }
-    }
-    Ok(map)
+    sys::bpf_u64_set(&keys).map_err(|(call, e)| ctx(call)(e))
 }
 
 fn load(insns: &[Insn], attach_btf_id: u32) -> Result<OwnedFd, Fail> {
-    let license = c"GPL";
-    let attr = |log: &mut [u8]| {
-        Attr::new()
-            .u32(0, BPF_PROG_TYPE_TRACING)
-            .u32(4, insns.len() as u32)
-            .u64(8, insns.as_ptr() as u64)
-            .u64(16, license.as_ptr() as u64)
-            .u32(24, if log.is_empty() { 0 } else { 1 })
-            .u32(28, log.len() as u32)
-            // A log pointer without a log level is EINVAL: none, then.
-            .u64(
-                32,
-                if log.is_empty() {
-                    0
-                } else {
-                    log.as_mut_ptr() as u64
-                },
-            )
-            .u32(68, BPF_TRACE_ITER)
-            .u32(108, attach_btf_id)
-    };
-    // SAFETY: insns, license (NUL-terminated) and the empty log live for the call.
-    match unsafe { bpf(BPF_PROG_LOAD, &mut attr(&mut [])) } {
-        Ok(fd) => Ok(owned(fd)),
-        Err(e) => {
-            // Again with the verifier's log, to say why.
-            let mut log = vec![0u8; 16 * 1024];
-            // SAFETY: as above, and the log buffer is log.len() bytes.
-            let _ = unsafe { bpf(BPF_PROG_LOAD, &mut attr(&mut log)) };
-            let text = String::from_utf8_lossy(&log);
-            let last = text
-                .trim_end_matches('\0')
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_string();
-            Err(Fail {
-                what: format!(
-                    "BPF_PROG_LOAD of the task_file iterator: {e}{}",
-                    if last.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({last})")
-                    }
-                ),
-                errno: e.raw_os_error(),
-            })
-        }
-    }
+    sys::bpf_load_iter(insns, attach_btf_id).map_err(|(e, last)| Fail {
+        what: format!(
+            "BPF_PROG_LOAD of the task_file iterator: {e}{}",
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(" ({last})")
+            }
+        ),
+        errno: e.raw_os_error(),
+    })
 }
 
 fn link_create(prog: &OwnedFd) -> Result<OwnedFd, Fail> {
-    let mut attr = Attr::new().u32(0, raw(prog) as u32).u32(8, BPF_TRACE_ITER);
-    // SAFETY: no iterator options: no pointers.
-    Ok(owned(
-        unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map_err(ctx("BPF_LINK_CREATE"))?,
-    ))
+    sys::bpf_iter_link(prog.as_fd()).map_err(ctx("BPF_LINK_CREATE"))
 }
 
 fn iter_create(link: &OwnedFd) -> Result<OwnedFd, Fail> {
-    let mut attr = Attr::new().u32(0, raw(link) as u32);
-    // SAFETY: no pointers.
-    Ok(owned(
-        unsafe { bpf(BPF_ITER_CREATE, &mut attr) }.map_err(ctx("BPF_ITER_CREATE"))?,
-    ))
+    sys::bpf_iter_create(link.as_fd()).map_err(ctx("BPF_ITER_CREATE"))
 }
 
 /// Names the call in an error; the errno stays readable (raw_os_error is

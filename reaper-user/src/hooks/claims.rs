@@ -43,8 +43,16 @@ impl ClaimsMap {
     }
 
     /// Every claim in the map now, into `out` (cleared first). A claim made
-    /// or released during the read may or may not be in it.
+    /// or released during the read may or may not be in it. A fixed-port
+    /// bind's request waiting for its outcome (kind `KIND_ATTEMPT`) is not a
+    /// claim: it is left out.
     pub fn read_all(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+        self.read_entries(out)?;
+        out.retain(|e| e.kind != reaper_common::KIND_ATTEMPT);
+        Ok(())
+    }
+
+    fn read_entries(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         out.clear();
         if self.batch_ok != Some(false) {
             match self.read_batched(out) {

@@ -4,8 +4,10 @@
 //! binder hold  ADDR PORT [udp] [listen] [reuseaddr] [v6only]
 //!     binds, prints `ready <pid> <port>`, closes the socket on the first
 //!     stdin line (prints `closed`), exits on EOF.
-//! binder try   ADDR PORT [udp]
-//!     one bind attempt: prints `ok <port>` or `err <errno>`; exits 0.
+//! binder try   ADDR PORT [udp] [close-elsewhere]
+//!     one bind attempt: prints `ok <port>` or `err <errno>`; exits 0. With
+//!     `close-elsewhere` the bind is made on a thread of its own and the
+//!     main thread closes the socket after it.
 //! binder tries ADDR PORT TIMES
 //!     TIMES bind attempts, each on a new socket closed at once; prints
 //!     `failed <n>`, then stays until stdin closes (so who tried can be read).
@@ -47,6 +49,20 @@ fn main() {
                 println!("closed");
                 std::io::stdout().flush().unwrap();
                 let _ = lines.next();
+            }
+        }
+        Some("try") if flag("close-elsewhere") => {
+            let (addr, port, udp) = (args[1].clone(), args[2].parse().unwrap(), flag("udp"));
+            let (fd, r) = std::thread::spawn(move || bind_open(&addr, port, udp, false, false))
+                .join()
+                .unwrap();
+            match r {
+                Ok(()) => println!("ok {}", local_port(fd)),
+                Err(e) => println!("err {e}"),
+            }
+            if fd >= 0 {
+                // SAFETY: closing our own fd once.
+                unsafe { libc::close(fd) };
             }
         }
         Some("try") => match bind(
@@ -111,6 +127,28 @@ fn main() {
 
 /// Binds a new socket; returns the fd or the errno.
 fn bind(addr: &str, port: u16, udp: bool, reuseaddr: bool, v6only: bool) -> Result<i32, i32> {
+    let (fd, r) = bind_open(addr, port, udp, reuseaddr, v6only);
+    match r {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            if fd >= 0 {
+                // SAFETY: closing our own fd once.
+                unsafe { libc::close(fd) };
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Binds a new socket and leaves it open whatever the outcome: the fd (-1
+/// when no socket was made) and the bind's result.
+fn bind_open(
+    addr: &str,
+    port: u16,
+    udp: bool,
+    reuseaddr: bool,
+    v6only: bool,
+) -> (i32, Result<(), i32>) {
     let ip: IpAddr = addr.parse().expect("bad address");
     let (family, ty) = (
         if ip.is_ipv6() {
@@ -128,7 +166,7 @@ fn bind(addr: &str, port: u16, udp: bool, reuseaddr: bool, v6only: bool) -> Resu
     unsafe {
         let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(errno());
+            return (fd, Err(errno()));
         }
         let one: libc::c_int = 1;
         if reuseaddr {
@@ -175,11 +213,9 @@ fn bind(addr: &str, port: u16, udp: bool, reuseaddr: bool, v6only: bool) -> Resu
             }
         };
         if r != 0 {
-            let e = errno();
-            libc::close(fd);
-            return Err(e);
+            return (fd, Err(errno()));
         }
-        Ok(fd)
+        (fd, Ok(()))
     }
 }
 

@@ -129,6 +129,26 @@ fn a_failure_keeps_its_holder_when_the_holder_leaves_at_once() {
 }
 
 #[test]
+fn a_failed_bind_is_seen_when_another_thread_closes_the_socket() {
+    // The kernel side keeps a fixed port's request under the socket, not
+    // the thread: whichever task closes the socket finds the failure.
+    let mut w = Watch::start(&[]);
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
+    let (pid, result) = try_bind(&["127.0.0.1", &port.to_string(), "close-elsewhere"]);
+    assert_eq!(result, "err 98");
+    let f = w.expect("the failed bind", |v| is(v, "bind", pid));
+    assert_eq!(f["ok"], false, "{f}");
+    assert_eq!(f["port"], port, "{f}");
+    assert_eq!(f["errno"], "EADDRINUSE", "{f}");
+    assert_eq!(f["holder_pid"], h.pid(), "{f}");
+    assert_ne!(
+        f["tid"], pid,
+        "the identity is the thread that tried, not the one that closed: {f}"
+    );
+}
+
+#[test]
 fn the_syscalls_tier_reports_the_exact_errno() {
     let mut w = Watch::start(&["--hooks", "syscalls"]);
     let (h, port) = hold(&["127.0.0.1", "0", "listen"]);

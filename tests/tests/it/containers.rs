@@ -25,33 +25,11 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", show(out)))
 }
 
-/// `docker run -p 127.0.0.1:PORT:80` of the listener image; returns once
-/// the published port answers through the proxy.
-fn published(image: &Image, extra: &[&str]) -> (Container, u16) {
-    let port = free_port();
-    let map = format!("127.0.0.1:{port}:80");
-    let mut args = vec!["-p", map.as_str()];
-    args.extend_from_slice(extra);
-    let c = Container::run(image, &args);
-    poll_until(
-        "the published port to answer",
-        Duration::from_secs(20),
-        || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            let mut buf = String::new();
-            use std::io::Read;
-            s.read_to_string(&mut buf).ok()?;
-            (buf == "ok\n").then_some(())
-        },
-    );
-    (c, port)
-}
-
 #[test]
 fn who_names_the_container_its_image_and_the_server_inside_behind_the_proxy() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(
+    let (c, port) = Container::published(
         &image,
         &[
             "--label",
@@ -97,7 +75,7 @@ fn who_names_the_container_its_image_and_the_server_inside_behind_the_proxy() {
 fn match_docker_proxy_is_refused_and_the_proxy_lives() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &[]);
+    let (c, port) = Container::published(&image, &[]);
     let proxies = Container::proxy_pids(port);
     assert!(!proxies.is_empty(), "no docker-proxy holds {port}");
     let out = run_reaper(
@@ -126,7 +104,8 @@ fn match_docker_proxy_is_refused_and_the_proxy_lives() {
 fn a_labelled_container_is_judged_by_label_and_stopped_through_the_engine() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &["--label", "com.docker.compose.project=preview"]);
+    let (c, port) =
+        Container::published(&image, &["--label", "com.docker.compose.project=preview"]);
     let scan = holders::scan(&Query {
         port: Some(port),
         proto: Some(Proto::Tcp),
@@ -390,7 +369,7 @@ fn watch_names_the_container_of_a_bind() {
 fn free_by_match_of_the_server_inside_stops_the_container_and_journals_it() {
     require_docker();
     let image = Image::build();
-    let (c, port) = published(&image, &[]);
+    let (c, port) = Container::published(&image, &[]);
     let p = port.to_string();
 
     let out = run_reaper(
@@ -484,7 +463,7 @@ fn the_daemon_stops_a_labelled_container_that_a_failed_bind_runs_into() {
     let image = Image::build();
     let project = reaper_tests::containers::unique("preview");
     let label = format!("com.docker.compose.project={project}");
-    let (c, port) = published(&image, &["--label", &label]);
+    let (c, port) = Container::published(&image, &["--label", &label]);
     // A big ring buffer: other runs may storm binds on the host.
     let d = reaper_tests::daemon::Daemon::start(&format!(
         "ringbuf_size = 67108864\njournal_max_bytes = 0\n[[rule]]\nname = \"preview\"\naction = \"reap\"\nmatch = {{ container = {{ label = \"{label}\" }} }}\n"

@@ -7,19 +7,10 @@
 
 use std::time::Duration;
 
-use reaper_tests::containers::{alive, docker, docker_output, require_docker, unique, Image};
+use reaper_tests::containers::{alive, docker, require_docker, unique, Image, Removed};
 use reaper_tests::fixture::can_listen;
 use reaper_tests::runner::Runner;
 use reaper_tests::{free_port, poll_until, require_root};
-
-/// The container a step started, removed at the end of the test.
-struct Removed(String);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = docker_output(&["rm", "-f", &self.0]);
-    }
-}
 
 fn answers(port: u16) -> bool {
     use std::io::Read;

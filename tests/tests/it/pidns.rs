@@ -10,10 +10,10 @@
 //! reaper and the fixtures, bind-mounted (the host is the same Debian).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use reaper_tests::containers::{docker, require_docker, unique};
+use reaper_tests::containers::{docker, require_docker, unique, Removed};
 use reaper_tests::daemon::read_journal;
 use reaper_tests::{fixture_bin, hold, poll_for, poll_until, reaper_bin, show, try_bind};
 use serde_json::Value;
@@ -22,17 +22,7 @@ const IMAGE: &str = "reaper-test/debian-systemd:bookworm-1";
 
 /// A container with its own pid and network namespaces, removed on drop.
 struct Boxed {
-    name: String,
-}
-
-impl Drop for Boxed {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "--force", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    container: Removed,
 }
 
 impl Boxed {
@@ -86,12 +76,14 @@ impl Boxed {
             "sleep",
             "infinity",
         ]);
-        Boxed { name }
+        Boxed {
+            container: Removed(name),
+        }
     }
 
     fn sh(&self, script: &str) -> String {
         let out = Command::new("docker")
-            .args(["exec", &self.name, "sh", "-c", script])
+            .args(["exec", self.container.name(), "sh", "-c", script])
             .output()
             .unwrap();
         assert!(out.status.success(), "{script}: {}", show(&out));

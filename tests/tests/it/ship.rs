@@ -9,9 +9,10 @@
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use reaper_tests::containers::Removed;
 use reaper_tests::daemon::bindable;
 use reaper_tests::fixture::Holder;
 use reaper_tests::{free_port, poll_until, require_root, show, workspace};
@@ -403,19 +404,6 @@ fn engine_knows_bpf_caps() -> bool {
     major >= 23
 }
 
-/// A container removed on drop.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "--force", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn the_image_answers_who_for_a_listener_on_the_host() {
     require_root();
@@ -469,7 +457,7 @@ fn the_image_daemon_with_the_manifest_privileges_records_host_binds() {
         .arg(&image)
         .args(&grant.args_for_reaper));
     assert!(out.status.success(), "docker run: {}", show(&out));
-    let container = Container(name);
+    let container = Removed(name);
     let logs = || {
         let o = run(Command::new("docker").args(["logs", &container.0]));
         format!(

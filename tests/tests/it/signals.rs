@@ -355,26 +355,6 @@ fn free_signal_overrides_the_rules_bad_signals_are_refused_and_a_protection_hold
 
 // ---- Containers: the engine stops them with their own stop signal ----
 
-/// `docker run -p 127.0.0.1:PORT:80` of the image; returns once the
-/// published port answers through the proxy.
-fn published(image: &Image) -> (Container, u16) {
-    let port = free_port();
-    let map = format!("127.0.0.1:{port}:80");
-    let c = Container::run(image, &["-p", &map]);
-    poll_until(
-        "the published port to answer",
-        Duration::from_secs(20),
-        || {
-            use std::io::Read;
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            (buf == "ok\n").then_some(())
-        },
-    );
-    (c, port)
-}
-
 #[test]
 fn a_container_is_stopped_with_its_images_stopsignal_unless_a_rule_names_one_and_the_journal_says_which(
 ) {
@@ -386,7 +366,7 @@ fn a_container_is_stopped_with_its_images_stopsignal_unless_a_rule_names_one_and
     let journal = dir.path().join("journal.jsonl");
     let journal = journal.to_str().unwrap();
 
-    let (c, port) = published(&image);
+    let (c, port) = Container::published(&image, &[]);
     let p = port.to_string();
     let out = run_reaper(&["free", &p, "--match", "listener", "--dry-run"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
@@ -424,7 +404,7 @@ fn a_container_is_stopped_with_its_images_stopsignal_unless_a_rule_names_one_and
     assert!(can_listen(port));
 
     // A rule's signal (here --signal) is the engine's stop signal instead.
-    let (c2, port2) = published(&image);
+    let (c2, port2) = Container::published(&image, &[]);
     let p2 = port2.to_string();
     let out = run_reaper(
         &[

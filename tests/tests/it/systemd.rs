@@ -15,9 +15,10 @@
 //! writable /sys/fs/cgroup, as systemd needs.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use reaper_tests::containers::Removed;
 use reaper_tests::{poll_until, require_root, show, workspace};
 
 const IMAGE: &str = "reaper-test/debian-systemd:bookworm-1";
@@ -25,17 +26,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A booted container, removed on drop.
 struct Booted {
-    name: String,
-}
-
-impl Drop for Booted {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "--force", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    container: Removed,
 }
 
 impl Booted {
@@ -80,7 +71,9 @@ impl Booted {
             "this Docker Engine cannot start systemd as PID 1 here: {}",
             show(&out)
         );
-        let b = Booted { name };
+        let b = Booted {
+            container: Removed(name),
+        };
         let state = poll_until(
             "systemd in the container to finish booting",
             Duration::from_secs(60),
@@ -101,7 +94,7 @@ impl Booted {
 
     fn sh(&self, script: &str) -> Output {
         Command::new("docker")
-            .args(["exec", &self.name, "sh", "-c", script])
+            .args(["exec", self.container.name(), "sh", "-c", script])
             .output()
             .unwrap()
     }
@@ -142,7 +135,7 @@ fn install_fixture(b: &Booted, name: &str) {
     let copy = Command::new("docker")
         .arg("cp")
         .arg(reaper_tests::fixture_bin(name))
-        .arg(format!("{}:/usr/local/bin/{name}", b.name))
+        .arg(format!("{}:/usr/local/bin/{name}", b.container.name()))
         .output()
         .unwrap();
     assert!(copy.status.success(), "{}", show(&copy));
@@ -311,7 +304,7 @@ fn the_deb_under_systemd_installs_starts_reloads_upgrades_and_stops_on_remove() 
     let copy = Command::new("docker")
         .arg("cp")
         .arg(&upgrade)
-        .arg(format!("{}:/tmp/{name}", b.name))
+        .arg(format!("{}:/tmp/{name}", b.container.name()))
         .output()
         .unwrap();
     assert!(copy.status.success(), "{}", show(&copy));
