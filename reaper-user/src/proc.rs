@@ -151,34 +151,65 @@ pub fn pids() -> io::Result<impl Iterator<Item = u32>> {
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())))
 }
 
-/// Reads /proc/PID/NAME into `buf` with plain reads (`path` is the
-/// caller's, reused for every file); `buf` keeps its
-/// length (zeroed once) and grows only for a file larger than it.
-pub fn read_into<'a>(
-    path: &mut String,
-    pid: u32,
-    name: &str,
-    buf: &'a mut Vec<u8>,
-) -> Option<&'a [u8]> {
-    use std::fmt::Write as _;
-    use std::io::Read as _;
-    path.clear();
-    let _ = write!(path, "{ROOT}/{pid}/{name}");
-    let mut f = std::fs::File::open(path.as_str()).ok()?;
-    if buf.is_empty() {
-        buf.resize(64 * 1024, 0);
+/// Reads small /proc files of many processes (a walk of every process:
+/// stat and environ) with one /proc fd, each file opened as PID/NAME
+/// relative to it (no lookup of "/proc" per file), one path and one read
+/// buffer, zeroed once, that grows only for a file larger than it.
+pub struct Reader {
+    dir: Option<std::fs::File>,
+    path: String,
+    buf: Vec<u8>,
+}
+
+impl Default for Reader {
+    fn default() -> Reader {
+        Reader::new()
     }
-    let mut n = 0;
-    loop {
-        if n == buf.len() {
-            let grown = buf.len() * 2;
-            buf.resize(grown, 0);
+}
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader {
+            dir: std::fs::File::open(ROOT).ok(),
+            path: String::with_capacity(32),
+            buf: Vec::new(),
         }
-        match f.read(&mut buf[n..]) {
-            Ok(0) => return Some(&buf[..n]),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
+    }
+
+    /// /proc/PID/NAME whole; None when the process is gone or unreadable.
+    /// For the files it is used for (stat: one record; environ: copied
+    /// until its end or the buffer's), a read shorter than asked is the
+    /// whole file: the read that would return 0 is saved.
+    pub fn read(&mut self, pid: u32, name: &str) -> Option<&[u8]> {
+        use std::fmt::Write as _;
+        use std::io::Read as _;
+        use std::os::fd::AsRawFd as _;
+        self.path.clear();
+        let _ = write!(self.path, "{pid}/{name}");
+        let mut f = match &self.dir {
+            Some(d) => crate::sys::openat_read(d.as_raw_fd(), &self.path).ok()?,
+            None => std::fs::File::open(format!("{ROOT}/{}", self.path)).ok()?,
+        };
+        if self.buf.is_empty() {
+            self.buf.resize(64 * 1024, 0);
+        }
+        let mut n = 0;
+        loop {
+            if n == self.buf.len() {
+                let grown = self.buf.len() * 2;
+                self.buf.resize(grown, 0);
+            }
+            match f.read(&mut self.buf[n..]) {
+                Ok(0) => return Some(&self.buf[..n]),
+                Ok(k) => {
+                    n += k;
+                    if n < self.buf.len() {
+                        return Some(&self.buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
         }
     }
 }

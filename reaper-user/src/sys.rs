@@ -662,6 +662,21 @@ pub fn openat_dir(dir: RawFd, path: &str) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `openat(2)` of a file to read, close-on-exec, owned at once: a walk of
+/// /proc opens PID/NAME relative to one /proc fd instead of looking up
+/// "/proc" again for every file.
+pub fn openat_read(dir: RawFd, path: &str) -> Result<std::fs::File, Errno> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this fd and nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 /// `readlinkat(2)` into `buf`, without allocating: the length of the link
 /// (cut at `buf`'s length, as the kernel cuts it).
 pub fn readlinkat(dir: RawFd, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -228,10 +228,12 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
 }
 
 /// `dir`/`name`.tar.gz: one top directory `name` with the binary, the man
-/// page, completions, the unit, the example config and the README.
+/// page, completions, the unit, the example config, the README and the
+/// runner hooks.
 fn tarball(stage: &Path, name: &str, dir: &Path) -> Result<()> {
     let top = stage.join(name);
     std::fs::create_dir_all(top.join("completions"))?;
+    std::fs::create_dir_all(top.join("hooks/buildkite"))?;
     for (from, to) in [
         (stage.join("reaper"), "reaper"),
         (stage.join("reaper.1"), "reaper.1"),
@@ -253,6 +255,20 @@ fn tarball(stage: &Path, name: &str, dir: &Path) -> Result<()> {
         (
             root().join("deploy/actions-runner-reaper.conf"),
             "actions-runner-reaper.conf",
+        ),
+        // The runner hooks (docs/ci.md); std::fs::copy keeps their mode.
+        (
+            root().join("deploy/hooks/job-start.sh"),
+            "hooks/job-start.sh",
+        ),
+        (root().join("deploy/hooks/job-end.sh"), "hooks/job-end.sh"),
+        (
+            root().join("deploy/hooks/buildkite/pre-command"),
+            "hooks/buildkite/pre-command",
+        ),
+        (
+            root().join("deploy/hooks/buildkite/pre-exit"),
+            "hooks/buildkite/pre-exit",
         ),
     ] {
         std::fs::copy(&from, top.join(to))

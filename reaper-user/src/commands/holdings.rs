@@ -399,10 +399,12 @@ pub(super) fn holders_cell(h: &Holding) -> String {
         });
     }
     if let Some(j) = h.processes.iter().find_map(|p| p.job.as_ref()) {
+        // The job's id is process-controlled text (its environment).
         cell.push_str(&format!(
-            " [{} job{}]",
+            " [{} job {}{}]",
             j.provider,
-            if j.ended == Some(true) { " ended" } else { "" }
+            reaper::text::term(&j.id),
+            if j.ended == Some(true) { ", ended" } else { "" }
         ));
     }
     cell

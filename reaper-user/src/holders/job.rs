@@ -15,8 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::proc::read_into;
-
 pub use crate::vocab::Job;
 
 /// The variables [`parse_environ`] reads.
@@ -149,35 +147,75 @@ pub struct Table {
 /// How far a parent chain is followed (pid reuse could make a cycle).
 const MAX_DEPTH: usize = 64;
 
-impl Table {
-    /// Reads every process; those that vanish or cannot be read are left out.
-    pub fn read() -> Table {
-        let mut t = Table::default();
-        let Ok(pids) = crate::proc::pids() else {
-            return t;
+/// Processes per thread below which one more thread costs more than it
+/// saves (starting a thread is worth a few dozen processes' reads).
+const PROCS_PER_THREAD: usize = 256;
+
+/// One share of a walk of the process table: stat and environ of each pid.
+fn read_share(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
+    // One buffer for every file: a hook reads two files of every process
+    // on the host, and a read_to_end per file (a size probe, a growing
+    // buffer) tripled the syscalls.
+    let mut reader = crate::proc::Reader::new();
+    let mut out = Vec::new();
+    for pid in pids {
+        let Some(st) = reader.read(pid, "stat").and_then(crate::proc::parse_stat) else {
+            continue;
         };
-        // One buffer for every file: a hook reads two files of every
-        // process on the host, and a read_to_end per file (a size probe, a
-        // growing buffer) tripled the syscalls.
-        let mut buf = Vec::new();
-        let mut path = String::with_capacity(32);
-        for pid in pids {
-            let Some(st) =
-                read_into(&mut path, pid, "stat", &mut buf).and_then(crate::proc::parse_stat)
-            else {
-                continue;
-            };
-            let job = read_into(&mut path, pid, "environ", &mut buf).and_then(parse_environ);
-            t.procs.insert(
-                pid,
-                Entry {
-                    comm: st.comm,
-                    ppid: st.ppid,
-                    start_ticks: st.start_ticks,
-                    state: st.state,
-                    job,
-                },
-            );
+        // A kernel thread has no environment to read.
+        let job = if st.flags & crate::proc::PF_KTHREAD != 0 {
+            None
+        } else {
+            reader.read(pid, "environ").and_then(parse_environ)
+        };
+        out.push((
+            pid,
+            Entry {
+                comm: st.comm,
+                ppid: st.ppid,
+                start_ticks: st.start_ticks,
+                state: st.state,
+                job,
+            },
+        ));
+    }
+    out
+}
+
+impl Table {
+    /// Reads every process; those that vanish or cannot be read are left
+    /// out. The pids are shared out, interleaved, among up to as many
+    /// threads as the fd walk of a scan uses: a hook reads two files of
+    /// every process on the host, and it runs before and after every job.
+    pub fn read() -> Table {
+        let Ok(pids) = crate::proc::pids() else {
+            return Table::default();
+        };
+        let pids: Vec<u32> = pids.collect();
+        let threads = super::walk_threads()
+            .min(pids.len() / PROCS_PER_THREAD)
+            .max(1);
+        let pids = &pids;
+        let parts: Vec<Vec<(u32, Entry)>> = if threads == 1 {
+            vec![read_share(pids.iter().copied())]
+        } else {
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|k| {
+                        s.spawn(move || read_share(pids.iter().copied().skip(k).step_by(threads)))
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        let mut t = Table {
+            procs: std::collections::HashMap::with_capacity(pids.len()),
+        };
+        for part in parts {
+            t.procs.extend(part);
         }
         t
     }

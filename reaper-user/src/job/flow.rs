@@ -74,6 +74,10 @@ pub enum PortOutcome {
     StillHeld,
     /// The plan refuses: nothing was signalled.
     Refused,
+    /// `job end`: the policy keeps the job's own holders of it (a rule
+    /// with `action = "report"`, or a protection): nothing was signalled,
+    /// and that is no failure.
+    Kept,
     /// `--dry-run`: what would be done.
     DryRun,
 }
@@ -249,6 +253,7 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
             &mut ctx,
             opts,
             t0,
+            None,
         ));
     }
     Ok(finish(
@@ -362,6 +367,7 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
             &mut ctx,
             opts,
             t0,
+            Some(&job),
         ));
     }
 
@@ -392,7 +398,23 @@ fn context(job: &Job) -> anyhow::Result<Context> {
     Ok(ctx)
 }
 
-/// One port: plan, refuse or act, wait until it binds.
+/// `job end`: whether a refusing plan only keeps the job's own processes
+/// (and containers) by the policy, as a rule that keeps a job's deliberate
+/// daemon does: the port is then `kept`, not refused. A holder of another
+/// job, or of no job, that the policy protects is a refusal.
+fn kept_by_policy(plan: &Plan, keeper: Option<&Job>) -> bool {
+    let Some(job) = keeper else {
+        return false;
+    };
+    plan.unjudgeable().is_empty()
+        && plan.refused().iter().all(|j| {
+            members::is_member(&j.process, job) && j.verdict.rule.as_deref() != Some(PROTECT_OTHER)
+        })
+}
+
+/// One port: plan, refuse or act, wait until it binds. `keeper`: the job
+/// whose own holders a policy may keep (`job end`).
+#[allow(clippy::too_many_arguments)]
 fn settle(
     holdings: &[Holding],
     proto: Proto,
@@ -401,6 +423,7 @@ fn settle(
     ctx: &mut Context,
     opts: &Options,
     t0: Instant,
+    keeper: Option<&Job>,
 ) -> PortResult {
     let plan = Plan::build(holdings, policy, ctx, Tree::Rules);
     let mut r = PortResult {
@@ -414,11 +437,16 @@ fn settle(
         message: String::new(),
     };
     if let Some(why) = plan.refusal() {
-        r.outcome = PortOutcome::Refused;
-        r.message = format!(
-            "port {port}/{proto} is held by {}; nothing was signalled",
-            refusal_words(&plan).unwrap_or(why)
-        );
+        if kept_by_policy(&plan, keeper) {
+            r.outcome = PortOutcome::Kept;
+            r.message = format!("port {port}/{proto} kept: held by {why}; nothing was signalled");
+        } else {
+            r.outcome = PortOutcome::Refused;
+            r.message = format!(
+                "port {port}/{proto} is held by {}; nothing was signalled",
+                refusal_words(&plan).unwrap_or(why)
+            );
+        }
         return r;
     }
     let probes = plan.probes(ctx, proto, port);
@@ -726,6 +754,7 @@ fn summary(run: &JobRun) -> String {
     };
     let extra: Vec<String> = [
         (n(PortOutcome::Refused) > 0).then(|| format!("{} refused", n(PortOutcome::Refused))),
+        (n(PortOutcome::Kept) > 0).then(|| format!("{} kept by the policy", n(PortOutcome::Kept))),
         (n(PortOutcome::StillHeld) > 0)
             .then(|| format!("{} still held", n(PortOutcome::StillHeld))),
         (n(PortOutcome::DryRun) > 0)

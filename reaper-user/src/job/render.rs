@@ -131,6 +131,7 @@ fn outcome_word(o: PortOutcome) -> &'static str {
         PortOutcome::Freed => "freed",
         PortOutcome::StillHeld => "STILL HELD",
         PortOutcome::Refused => "REFUSED",
+        PortOutcome::Kept => "kept (by the policy)",
         PortOutcome::DryRun => "dry run",
     }
 }

@@ -39,7 +39,7 @@ pub struct JobRecord {
 pub struct JobPort {
     pub port: u16,
     pub proto: Proto,
-    /// `already_free`, `freed`, `still_held`, `refused`, `dry_run`.
+    /// `already_free`, `freed`, `still_held`, `refused`, `kept`, `dry_run`.
     pub outcome: String,
 }
 

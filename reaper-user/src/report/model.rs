@@ -350,6 +350,8 @@ pub enum Happened {
         addr: Option<String>,
         port: u16,
         requested_port: Option<u16>,
+        /// The CI job the daemon charged the claim to, in words.
+        job: Option<String>,
     },
     Listen,
     /// `held_ms`: how long the socket was held, when known.

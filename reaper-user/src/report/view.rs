@@ -586,7 +586,14 @@ pub fn happened(what: &Happened) -> String {
             addr,
             port,
             requested_port,
-        } => claim_detail(addr.as_deref(), *port, *requested_port),
+            job,
+        } => {
+            let mut w = claim_detail(addr.as_deref(), *port, *requested_port);
+            if let Some(j) = job {
+                w.push_str(&format!(", charged to {j}"));
+            }
+            w
+        }
         Happened::Listen => "listening".to_string(),
         Happened::Release { held_ms: Some(h) } => release_detail(*h),
         Happened::Release { held_ms: None } => "released".to_string(),

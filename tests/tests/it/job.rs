@@ -21,6 +21,18 @@ fn answers(port: u16) -> bool {
     s.read_to_string(&mut buf).is_ok() && buf == "ok\n"
 }
 
+/// The ports a `job start|end --json` document judged, sorted.
+fn ports_of(doc: &serde_json::Value) -> Vec<u16> {
+    let mut v: Vec<u16> = doc["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap() as u16)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// The entry of one port in a `job start|end --json` document.
 fn port_doc(doc: &serde_json::Value, port: u16) -> serde_json::Value {
     doc["ports"]
@@ -65,6 +77,17 @@ fn job_end_frees_exactly_the_jobs_ports_and_spares_the_rest() {
     runner.track(server_b);
 
     // A's job-completed hook, as the runner runs it: a step of worker A.
+    // No daemon: it says it scanned, and what a scan cannot see.
+    let dry = a.hook(&["job", "end", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for needle in [
+        format!("job end for github job {} (run 9001, name build) (from a scan)", a.tracking_id),
+        "note: no daemon: the holders' jobs come from their environment and ancestry now; a server that cleared its variables after its parent died cannot be charged to its job".to_string(),
+        format!("port {pa}/tcp: dry run"),
+        "holder(s) not attributable".to_string(),
+    ] {
+        assert!(dry.stdout.contains(&needle), "{needle}:\n{}", dry.stdout);
+    }
     let dry = a.hook(&["job", "end", "--dry-run", "--json"]);
     assert_eq!(dry.code, 0, "{dry:?}");
     let doc = dry.json();
@@ -77,23 +100,11 @@ fn job_end_frees_exactly_the_jobs_ports_and_spares_the_rest() {
     assert_eq!(doc["phase"], "end");
     assert_eq!(doc["job"]["id"], a.tracking_id.as_str(), "{doc:#}");
     assert_eq!(doc["source"], "scan");
-    // Exactly A's ports: its server's and its container's.
-    let ports: Vec<u64> = doc["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["port"].as_u64().unwrap())
-        .collect();
-    assert!(
-        ports.contains(&(pa as u64)) && ports.contains(&(pc as u64)),
-        "{doc:#}"
-    );
-    for forbidden in [pb, pcleared] {
-        assert!(
-            !ports.contains(&(forbidden as u64)),
-            "port {forbidden} judged: {doc:#}"
-        );
-    }
+    // Exactly A's ports: its server's and its container's (not B's, not
+    // the cleared-variable server's: a scan cannot charge it).
+    let mut want = vec![pa, pc];
+    want.sort_unstable();
+    assert_eq!(ports_of(&doc), want, "{doc:#}");
     let p = port_doc(&doc, pa);
     assert_eq!(p["outcome"], "freed", "{doc:#}");
     assert_eq!(p["holders"][0]["process"]["pid"], server_a);
@@ -337,22 +348,35 @@ fn the_hook_scripts_and_the_action_work_as_the_runner_runs_them() {
 }
 
 /// With the daemon: each claim was charged to its job when it was made,
-/// so `job end` for job A frees the server that cleared
-/// RUNNER_TRACKING_ID and `setsid()`'d away (the scan path names it and
-/// leaves it); job B's server, the runner and the workers are never
-/// signalled, and `who` shows each claim's job.
+/// so `job end` for job A frees exactly A's ports: its server, the server
+/// that cleared RUNNER_TRACKING_ID and `setsid()`'d away (the scan path
+/// names it and leaves it) and its container; job B's server, the runner
+/// and the workers are never signalled. The hook says it asked the
+/// daemon; `who`, `ports` and `report` show each claim's job.
 #[test]
 fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     use reaper_tests::daemon::Daemon;
-    require_root();
+    require_docker();
+    let image = Image::build();
     let d = Daemon::start("");
     let mut runner = Runner::with_daemon(&d.socket);
     let mut a = runner.job("da", "9101");
-    let (pa, pcleared) = (free_port(), free_port());
+    let (pa, pcleared, pc) = (free_port(), free_port(), free_port());
     let server_a = a.server(pa, false);
     runner.track(server_a);
     let cleared = a.server(pcleared, true);
     runner.track(cleared);
+    let name = unique("reaper-job-da");
+    let _removed = Removed(name.clone());
+    a.run(&format!(
+        "docker run -d --name {name} -p 127.0.0.1:{pc}:80 {}",
+        image.tag
+    ));
+    poll_until(
+        "the container's port to answer",
+        Duration::from_secs(20),
+        || answers(pc).then_some(()),
+    );
     let mut b = runner.job("db", "9102");
     let pb = free_port();
     let server_b = b.server(pb, false);
@@ -392,6 +416,55 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
         text.contains(&format!("charged to github job {}", a.tracking_id)),
         "{text}"
     );
+    // `ports` too, from the daemon's ledger: the table and the JSON.
+    let ports = |json: bool| {
+        let mut cmd = reaper_tests::reaper();
+        cmd.arg("ports")
+            .env("REAPER_CONTROL_SOCKET", &d.socket)
+            .env("NO_COLOR", "1");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", reaper_tests::show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = ports(false);
+    assert!(
+        table.contains(&format!(
+            "{cleared} platform-server [github job {}]",
+            a.tracking_id
+        )),
+        "{table}"
+    );
+    let holdings: serde_json::Value = serde_json::from_str(&ports(true)).unwrap();
+    let held = holdings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["socket"]["port"] == pcleared)
+        .unwrap_or_else(|| panic!("no {pcleared} in ports: {holdings:#}"));
+    assert_eq!(held["processes"][0]["pid"], cleared, "{held:#}");
+    assert_eq!(
+        held["processes"][0]["job"]["id"],
+        a.tracking_id.as_str(),
+        "{held:#}"
+    );
+
+    // The hook says it asked the daemon.
+    let dry = a.hook(&["job", "end", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for needle in [
+        format!(
+            "job end for github job {} (run 9101, name build) (from a daemon)",
+            a.tracking_id
+        ),
+        "note: asked the daemon (tier ".to_string(),
+        format!("port {pcleared}/tcp: dry run"),
+    ] {
+        assert!(dry.stdout.contains(&needle), "{needle}:\n{}", dry.stdout);
+    }
+    assert!(alive(cleared) && alive(server_a), "a dry run signalled");
 
     let end = a.hook(&["job", "end", "--json"]);
     assert_eq!(end.code, 0, "{end:?}");
@@ -402,17 +475,21 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     assert_eq!(p["holders"][0]["process"]["pid"], cleared);
     assert_eq!(p["holders"][0]["verdict"]["rule"], "this job");
     assert_eq!(port_doc(&doc, pa)["outcome"], "freed", "{doc:#}");
-    assert!(
-        doc["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["port"] != pb),
-        "job B's port judged: {doc:#}"
-    );
+    // Exactly A's ports: not B's.
+    let mut want = vec![pa, pcleared, pc];
+    want.sort_unstable();
+    assert_eq!(ports_of(&doc), want, "{doc:#}");
+    let p = port_doc(&doc, pc);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["containers"][0]["container"]["name"], name.as_str());
+    assert!(p["container_stops"][0]["error"].is_null(), "{doc:#}");
     assert!(doc["unattributed"].is_null(), "{doc:#}");
     assert!(!alive(cleared) && !alive(server_a));
-    assert!(can_listen(pa) && can_listen(pcleared));
+    assert!(can_listen(pa) && can_listen(pcleared) && can_listen(pc));
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Status}}", &name]),
+        "exited"
+    );
     for (pid, who) in [
         (server_b, "job B's server"),
         (runner.pid(), "the runner"),
@@ -429,17 +506,30 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     );
 
     // The daemon journaled the hook's run and counted it.
-    let rec = d.wait_record("the job end record", |r| {
-        r["kind"] == "job" && r["phase"] == "end"
+    let rec = d.wait_record("the job end record (not the dry run's)", |r| {
+        r["kind"] == "job" && r["phase"] == "end" && r["dry_run"] == false
     });
     assert_eq!(rec["via"], "daemon", "{rec:#}");
     let scrape = d.scrape();
     reaper_tests::daemon::promtool_check(&scrape)
         .unwrap_or_else(|e| panic!("promtool: {e}\n{scrape}"));
+    // Every holder and container the run judged stale is a leftover: A's
+    // two servers and its container at least.
+    let reaped = |key: &str| -> usize {
+        doc["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p[key].as_array().cloned().unwrap_or_default())
+            .filter(|j| j["verdict"]["decision"] == "reap")
+            .count()
+    };
+    let leftovers = reaped("holders") + reaped("containers");
+    assert!(leftovers >= 3, "{doc:#}");
     for line in [
-        "reaper_job_end_freed_total 2",
-        "reaper_job_leftovers_total{provider=\"github\"} 2",
-        "reaper_job_leftovers_total{provider=\"gitlab\"} 0",
+        "reaper_job_end_freed_total 3".to_string(),
+        format!("reaper_job_leftovers_total{{provider=\"github\"}} {leftovers}"),
+        "reaper_job_leftovers_total{provider=\"gitlab\"} 0".to_string(),
     ] {
         assert!(scrape.lines().any(|l| l == line), "{line}:\n{scrape}");
     }
@@ -452,7 +542,9 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let leaks = report["leaks_by_job"].as_array().expect("leaks by job");
+    let leaks = report["leaks_by_job"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no leaks by job: {report:#}"));
     let leak = leaks
         .iter()
         .find(|l| l["port"] == pcleared)
@@ -469,6 +561,37 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
         std::fs::read_to_string(&d.journal).unwrap()
     );
     assert!(leaks.iter().all(|l| l["port"] != pb), "{leaks:#?}");
+
+    // The port's timeline: its claim, charged to job A when it was made.
+    let out = reaper_tests::reaper()
+        .args([
+            "report",
+            "--format",
+            "json",
+            "--port",
+            &pcleared.to_string(),
+            "--journal",
+        ])
+        .arg(&d.journal)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let claim = report["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["port"] == pcleared)
+        .flat_map(|p| p["timeline"].as_array().unwrap().iter())
+        .find(|e| e["event"] == "claim" && e["pid"] == cleared)
+        .unwrap_or_else(|| panic!("no claim of {pcleared} by {cleared}: {report:#}"));
+    assert!(
+        claim["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("charged to github job {}", a.tracking_id)),
+        "{claim:#}"
+    );
 }
 
 /// `job start` without `--port` checks the config's `[job] ports`; a config
@@ -519,4 +642,106 @@ fn job_start_checks_the_configs_job_ports() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs both ends"), "{err}");
+}
+
+/// A rule of the user's policy keeps a job's deliberate daemon: `job end
+/// --policy` leaves it running (its port `kept`, the verdict naming the
+/// rule, exit 0: a kept daemon does not fail the job) and stops the job's
+/// other server.
+#[test]
+fn a_policy_rule_keeps_a_jobs_deliberate_daemon() {
+    require_root();
+    let mut runner = Runner::start();
+    let mut k = runner.job("keep", "9301");
+    let (pkeep, pstop) = (free_port(), free_port());
+    let kept = k.server(pkeep, false);
+    runner.track(kept);
+    let stopped = k.server(pstop, false);
+    runner.track(stopped);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nname = \"keep the cache\"\naction = \"report\"\nmatch = {{ exe = \"platform-server\", cmdline = \"/--port {pkeep}$/\" }}\n"
+        ),
+    )
+    .unwrap();
+    let end = k.hook(&["job", "end", "--json", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    let p = port_doc(&doc, pkeep);
+    assert_eq!(p["outcome"], "kept", "{doc:#}");
+    assert_eq!(p["holders"][0]["process"]["pid"], kept);
+    assert_eq!(p["holders"][0]["verdict"]["decision"], "keep", "{doc:#}");
+    assert_eq!(p["holders"][0]["verdict"]["rule"], "keep the cache");
+    let p = port_doc(&doc, pstop);
+    assert_eq!(p["outcome"], "freed", "{doc:#}");
+    assert_eq!(p["holders"][0]["verdict"]["rule"], "this job");
+    assert!(
+        doc["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 kept by the policy"),
+        "{doc:#}"
+    );
+    assert!(alive(kept), "the kept daemon was signalled");
+    assert!(!can_listen(pkeep));
+    assert!(!alive(stopped) && can_listen(pstop));
+}
+
+/// `job end` lists the job's processes that hold no port and stops them
+/// only with `--all` (each through a plan of its own); the runner and the
+/// worker, the hook's ancestors, are never among them.
+#[test]
+fn job_end_stops_the_jobs_processes_that_hold_no_port_only_with_all() {
+    require_root();
+    let mut runner = Runner::start();
+    let mut w = runner.job("idle", "9401");
+    let pidfile = runner.dir.path().join("idle.pid");
+    w.run(&format!(
+        "( setsid sleep 600 > /dev/null 2>&1 & echo $! > '{}' )",
+        pidfile.display()
+    ));
+    let idle: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    runner.track(idle);
+    let listed = |doc: &serde_json::Value| -> serde_json::Value {
+        doc["idle"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no idle processes listed: {doc:#}"))
+            .iter()
+            .find(|i| i["pid"] == idle)
+            .cloned()
+            .unwrap_or_else(|| panic!("pid {idle} not listed: {doc:#}"))
+    };
+
+    let end = w.hook(&["job", "end", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    let i = listed(&doc);
+    assert_eq!(i["comm"], "sleep", "{doc:#}");
+    assert!(i["stopped"].is_null(), "{doc:#}");
+    assert!(alive(idle), "stopped without --all");
+    for a in doc["idle"].as_array().unwrap() {
+        assert!(
+            a["pid"] != runner.pid() && a["pid"] != w.pid,
+            "an ancestor of the hook is listed: {doc:#}"
+        );
+    }
+
+    let end = w.hook(&["job", "end", "--all", "--json"]);
+    assert_eq!(end.code, 0, "{end:?}");
+    let doc = end.json();
+    let i = listed(&doc);
+    assert_eq!(i["stopped"]["pid"], idle, "{doc:#}");
+    poll_until(
+        "the idle process to be gone",
+        Duration::from_secs(10),
+        || (!alive(idle)).then_some(()),
+    );
+    assert!(alive(runner.pid()) && alive(w.pid));
 }

@@ -144,6 +144,12 @@ fn the_checksums_match_and_the_tarball_holds_binary_man_page_and_completions() {
         "completions/_reaper",
         "completions/reaper.bash",
         "completions/reaper.fish",
+        "hooks/",
+        "hooks/buildkite/",
+        "hooks/buildkite/pre-command",
+        "hooks/buildkite/pre-exit",
+        "hooks/job-end.sh",
+        "hooks/job-start.sh",
         "reaper",
         "reaper.1",
         "reaper.service",
@@ -166,6 +172,17 @@ fn the_checksums_match_and_the_tarball_holds_binary_man_page_and_completions() {
         std::fs::read(dir.join("reaper")).unwrap(),
         "the tarball's reaper is the one checked here"
     );
+    for hook in HOOKS {
+        let mode = std::fs::metadata(top.join("hooks").join(hook))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o111,
+            0o111,
+            "the tarball's hooks/{hook} is not executable"
+        );
+    }
     let man = std::fs::read_to_string(top.join("reaper.1")).unwrap();
     assert!(
         man.starts_with(".ie") || man.contains(".TH reaper"),
@@ -247,7 +264,59 @@ fn the_deb_unpacks_into_a_scratch_root_and_its_reaper_runs() {
         .env("REAPER_CONTROL_SOCKET", root.path().join("no-daemon.sock"))))
     .unwrap();
     assert!(holds(&who, std::process::id()), "{who:#}");
+
+    // The runner hooks docs/ci.md points at, executable, and working as a
+    // Buildkite agent runs them: it sources a job hook in a wrapper shell
+    // that reads the environment back afterwards (so the hook must not
+    // exec), and the pre-command and pre-exit hooks run the packaged
+    // job-start.sh and job-end.sh, which run the packaged reaper for the
+    // job the environment names.
+    let hooks = root.path().join("usr/share/reaper/hooks");
+    for hook in HOOKS {
+        let mode = std::fs::metadata(file(&format!("usr/share/reaper/hooks/{hook}")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "/usr/share/reaper/hooks/{hook}");
+    }
+    let port = free_port();
+    let hook = |name: &str| {
+        let out = run(Command::new("bash")
+            .arg("-c")
+            .arg(". \"$1\"; status=$?; echo \"the wrapper goes on: $status\"; exit $status")
+            .arg("wrapper")
+            .arg(hooks.join("buildkite").join(name))
+            .env("REAPER_HOOKS", &hooks)
+            .env("REAPER", &bin)
+            .env("REAPER_JOB_PORTS", port.to_string())
+            .env("BUILDKITE_JOB_ID", format!("ship-{}", std::process::id()))
+            .env("BUILDKITE_BUILD_ID", "ship")
+            .env("NO_COLOR", "1")
+            .env("REAPER_CONTROL_SOCKET", root.path().join("no-daemon.sock")));
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let start = hook("pre-command");
+    assert!(start.contains("the wrapper goes on: 0"), "{start}");
+    assert!(
+        start.contains("job start for buildkite job ship-")
+            && start.contains(&format!("port {port}/tcp: free")),
+        "{start}"
+    );
+    let end = hook("pre-exit");
+    assert!(
+        end.contains("the job left no port held") && end.contains("the wrapper goes on: 0"),
+        "{end}"
+    );
 }
+
+/// The runner hooks the tarball and the .deb ship (deploy/hooks/).
+const HOOKS: [&str; 4] = [
+    "job-start.sh",
+    "job-end.sh",
+    "buildkite/pre-command",
+    "buildkite/pre-exit",
+];
 
 /// Whether a `who --json` answer names `pid` as a holder.
 fn holds(who: &Value, pid: u32) -> bool {

@@ -253,6 +253,10 @@ impl Aggregator {
     }
 
     fn track_claims_only(&mut self, record: Record, ms: i64, at: Location) {
+        let job = match &record.body {
+            Body::Claim { job, .. } => job.as_ref().map(|j| j.words()),
+            _ => None,
+        };
         match record.body {
             Body::Claim {
                 at: ep,
@@ -275,7 +279,10 @@ impl Aggregator {
                 {
                     return;
                 }
-                let claim = OpenClaim::new(ms, at, &ep, Rc::new(process), cookie, None);
+                let claim = OpenClaim {
+                    job,
+                    ..OpenClaim::new(ms, at, &ep, Rc::new(process), cookie, None)
+                };
                 push_open(port, cap, claim);
             }
             Body::Release {
@@ -306,8 +313,16 @@ impl Aggregator {
                 process,
                 cookie,
                 requested_port,
+                job,
                 ..
-            } => self.fold_claim(seen, ep, process, cookie, requested_port),
+            } => self.fold_claim(
+                seen,
+                ep,
+                process,
+                cookie,
+                requested_port,
+                job.map(|j| j.words()),
+            ),
             Body::Listen {
                 at: ep,
                 process,
@@ -408,6 +423,7 @@ impl Aggregator {
         process: ProcessRef,
         cookie: Option<u64>,
         requested_port: Option<u16>,
+        job: Option<String>,
     ) {
         let Seen { host, ms, at } = seen;
         let key = self.key(&host, &ep);
@@ -418,12 +434,16 @@ impl Aggregator {
         let cap = self.limits.open_claims_per_port;
         let port = self.port(key, ms, ep.netns);
         port.counts.claims += 1;
-        let claim = OpenClaim::new(ms, at, &ep, process.clone(), cookie, requested_port);
+        let claim = OpenClaim {
+            job: job.clone(),
+            ..OpenClaim::new(ms, at, &ep, process.clone(), cookie, requested_port)
+        };
         push_open(port, cap, claim);
         let what = Happened::Claim {
             addr: ep.addr,
             port: ep.port,
             requested_port,
+            job,
         };
         let entry = Entry {
             netns: ep.netns,

@@ -100,6 +100,8 @@ pub(super) struct OpenClaim {
     pub(super) addr: Option<String>,
     pub(super) requested_port: Option<u16>,
     pub(super) listen: Option<(i64, Location)>,
+    /// The CI job the daemon charged the claim to, in words.
+    pub(super) job: Option<String>,
 }
 
 impl OpenClaim {
@@ -123,6 +125,7 @@ impl OpenClaim {
             addr: ep.addr.clone(),
             requested_port,
             listen: None,
+            job: None,
         }
     }
 }
@@ -190,6 +193,7 @@ impl Aggregator {
                     addr: c.addr.clone(),
                     port: key.2,
                     requested_port: c.requested_port,
+                    job: c.job.clone(),
                 },
                 pid: c.pid,
                 comm: c.process.comm.as_str().into(),
