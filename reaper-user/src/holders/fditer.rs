@@ -159,7 +159,7 @@ pub fn probe() -> Result<(), String> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let inode = {
         use std::os::fd::AsRawFd;
-        let t = std::fs::read_link(format!("/proc/self/fd/{}", sock.as_raw_fd()))
+        let t = crate::proc::read_link("self", &format!("fd/{}", sock.as_raw_fd()))
             .map_err(|e| e.to_string())?;
         super::fdmap::parse_socket_link(t.as_os_str().as_encoded_bytes())
             .ok_or("our own socket has no socket link")?
