@@ -377,55 +377,45 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
         }
     }
     if !exact {
-        // A fixed-port request of this socket still waiting in CLAIMS: that
-        // bind failed (a port-0 bind looks too: one lookup, no allocation).
+        if port == 0 {
+            // Nothing to stash (post_bind finds no request: port 0), and no
+            // lookup: a request an earlier bind of this socket left in
+            // CLAIMS is found by post_bind (its port differs) or the release.
+            return;
+        }
+        // The request waits in CLAIMS, keyed by the socket: post_bind turns
+        // it into the claim in place, the release finds a failure. One
+        // insert per fixed-port bind, no allocation.
+        let mut ev = Event::zeroed();
+        ev.kind = KIND_ATTEMPT;
+        fill_identity(&mut ev);
+        ev.cookie = cookie;
+        // SAFETY: helper on the program's own context.
+        ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        ev.family = family;
+        ev.protocol = protocol;
+        ev.sock_type = sock_type;
+        ev.port = port;
+        ev.addr = addr;
+        if CLAIMS.insert(&cookie, &ev, BPF_NOEXIST as u64).is_ok() {
+            return;
+        }
         if let Some(p) = CLAIMS.get_ptr_mut(&cookie) {
             // SAFETY: the map value, valid for this program run.
             if unsafe { (*p).kind } == KIND_ATTEMPT {
-                // SAFETY: as above; copied before it is changed.
+                // The socket's previous fixed-port bind failed.
+                // SAFETY: as above; copied before it is replaced.
                 let mut failed = unsafe { *p };
                 failed.kind = KIND_FAILED;
                 send(ctx, &failed);
-                if port == 0 {
-                    let _ = CLAIMS.remove(&cookie);
-                    return;
-                }
                 // SAFETY: as above.
-                unsafe {
-                    fill_identity(&mut *p);
-                    (*p).addr = addr;
-                    (*p).port = port;
-                    (*p).family = family;
-                    (*p).protocol = protocol;
-                    (*p).sock_type = sock_type;
-                }
+                unsafe { *p = ev };
                 return;
             }
             // A claimed socket binds again (it will fail: EINVAL): its
             // claim stays in CLAIMS, the request goes to socket storage.
-        } else if port != 0 {
-            // The request waits in CLAIMS, keyed by the socket: post_bind
-            // turns it into the claim in place, the release finds a failure.
-            // One insert per fixed-port bind, no allocation.
-            let mut ev = Event::zeroed();
-            ev.kind = KIND_ATTEMPT;
-            fill_identity(&mut ev);
-            ev.cookie = cookie;
-            // SAFETY: helper on the program's own context.
-            ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-            ev.family = family;
-            ev.protocol = protocol;
-            ev.sock_type = sock_type;
-            ev.port = port;
-            ev.addr = addr;
-            if CLAIMS.insert(&cookie, &ev, BPF_NOEXIST as u64).is_ok() {
-                return;
-            }
-            // The map is full: the request goes to socket storage.
         }
-        if port == 0 {
-            return;
-        }
+        // Or the map is full: the request goes to socket storage.
     }
     // Socket storage (an allocation): the exact tiers, and the cgroup tier
     // when CLAIMS could not take the request.
@@ -544,13 +534,22 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
         // SAFETY: the map value, valid for this program run.
         unsafe {
             if (*p).kind == KIND_ATTEMPT {
-                (*p).kind = KIND_BOUND;
-                (*p).ts_ns = bpf_ktime_get_boot_ns();
-                (*p).port = port;
-                (*p).addr = addr;
-                (*p).flags |= FLAG_NOTIFIED;
-                send(ctx, &*p);
-                return;
+                if (*p).port == port {
+                    (*p).kind = KIND_BOUND;
+                    (*p).ts_ns = bpf_ktime_get_boot_ns();
+                    (*p).addr = addr;
+                    (*p).flags |= FLAG_NOTIFIED;
+                    send(ctx, &*p);
+                    return;
+                }
+                // The request of an earlier bind of this socket, which
+                // failed; this bind asked for port 0 (bind4 leaves no
+                // request then). Only a port-0 bind given the very port the
+                // failed request asked for would be taken for its success.
+                let mut failed = *p;
+                failed.kind = KIND_FAILED;
+                send(ctx, &failed);
+                let _ = CLAIMS.remove(&cookie);
             }
         }
     }
