@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{check, say};
+use crate::{check, have, say};
 
 pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     say("building reaper and the benchmarks (release)");
@@ -43,6 +43,9 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     names.sort();
     if names.is_empty() {
         bail!("no benchmark matches");
+    }
+    if names.iter().any(|n| n == "free") {
+        install_peers();
     }
     if names.iter().any(|n| n == "ship") {
         // The ship benchmark measures what `cargo xtask dist` makes.
@@ -170,6 +173,30 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
         "`reaper who PORT` via the daemon, whole process, <= 2 ms",
     ),
     (
+        "daemon",
+        "`reaper who PORT` via the daemon minus /bin/true (per round)",
+        0.5,
+        "`reaper who PORT` via the daemon: within 0.5 ms of spawning /bin/true",
+    ),
+    (
+        "who",
+        "reaper who / ss (per round)",
+        0.10,
+        "`reaper who PORT` without a daemon, 2,000 processes x 50 fds: <= 0.10x ss",
+    ),
+    (
+        "who",
+        "reaper who / ss (per round), 18k sockets",
+        0.25,
+        "`reaper who PORT` without a daemon, one process holding 18,000 sockets: <= 0.25x ss",
+    ),
+    (
+        "free",
+        "reaper free / fastest peer (per round)",
+        0.5,
+        "`reaper free` of an orphan's port: <= 0.5x the fastest peer",
+    ),
+    (
         "job",
         "reaper job start, port free (scan)",
         20.0,
@@ -195,9 +222,92 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
     ),
 ];
 
-/// The targets as a table: each with its median and whether it is met.
+/// The figures shown beside a target (what it is measured against, in the
+/// same run): (bench, target subject, the peers' subjects).
+const PEERS: &[(&str, &str, &[&str])] = &[
+    (
+        "daemon",
+        "`reaper who PORT` via the daemon minus /bin/true (per round)",
+        &[
+            "`reaper who PORT` answered by the daemon",
+            "spawn floor: /bin/true",
+        ],
+    ),
+    (
+        "who",
+        "reaper who / ss (per round)",
+        &[
+            "reaper who",
+            "ss -ltnpH sport",
+            "fuser -n tcp",
+            "lsof -iTCP -sTCP:LISTEN",
+            "reaper who --no-bpf",
+        ],
+    ),
+    (
+        "who",
+        "reaper who / ss (per round), 18k sockets",
+        &[
+            "reaper who, 18k sockets",
+            "ss -ltnpH sport, 18k sockets",
+            "fuser -n tcp, 18k sockets",
+            "reaper who --no-bpf, 18k sockets",
+        ],
+    ),
+    (
+        "free",
+        "reaper free / fastest peer (per round)",
+        &[
+            "reaper free: start to port bindable",
+            "killport + bind polling",
+            "fuser -k -n tcp + bind polling",
+            "kill-port (npm) + bind polling",
+        ],
+    ),
+];
+
+/// The other tools the free benchmark compares with: killport (crates.io)
+/// and kill-port (npm). Installed when missing, and said so; a failed
+/// install leaves the peer absent (the benchmark says so too).
+fn install_peers() {
+    if !have("killport") {
+        say("installing killport (cargo install killport --locked), a peer of `reaper free`");
+        if let Err(e) = check(Command::new("cargo").args(["install", "killport", "--locked"])) {
+            say(&format!(
+                "killport not installed ({e:#}): the free benchmark will say it is absent"
+            ));
+        }
+    }
+    if !have("kill-port") {
+        if have("npm") {
+            say("installing kill-port (npm install -g kill-port), a peer of `reaper free`");
+            if let Err(e) = check(Command::new("npm").args(["install", "-g", "kill-port"])) {
+                say(&format!(
+                    "kill-port not installed ({e:#}): the free benchmark will say it is absent"
+                ));
+            }
+        } else {
+            say("kill-port is not installed and there is no npm: the free benchmark will say it is absent");
+        }
+    }
+}
+
+/// The targets as a table: each with its median, whether it is met, and
+/// the figures it is measured against in the same run.
 fn targets(figures: &[Value]) -> String {
-    let mut s = String::from("## Targets\n\n| target | median | met |\n|---|---:|---|\n");
+    let mut s = String::from(
+        "## Targets\n\n| target | median | met | beside it (medians, same run) |\n|---|---:|---|---|\n",
+    );
+    let median_of = |bench: &str, subject: &str| -> Option<String> {
+        let f = figures
+            .iter()
+            .find(|f| f["bench"] == bench && f["subject"] == subject)?;
+        Some(format!(
+            "{} {}",
+            fmt_num(f["median"].as_f64()?),
+            f["unit"].as_str()?
+        ))
+    };
     for (bench, subject, limit, what) in TARGETS {
         let f = figures
             .iter()
@@ -210,7 +320,21 @@ fn targets(figures: &[Value]) -> String {
             ),
             None => ("not measured".to_string(), "?"),
         };
-        s.push_str(&format!("| {what} | {median} | {met} |\n"));
+        let beside: Vec<String> = PEERS
+            .iter()
+            .filter(|(b, t, _)| b == bench && t == subject)
+            .flat_map(|(_, _, peers)| peers.iter())
+            .map(|p| {
+                format!(
+                    "{p}: {}",
+                    median_of(bench, p).unwrap_or_else(|| "absent".into())
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "| {what} | {median} | {met} | {} |\n",
+            beside.join("; ")
+        ));
     }
     s.push('\n');
     s

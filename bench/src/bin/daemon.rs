@@ -17,7 +17,7 @@
 //! 4. `who` latency through the control socket with 2,000 idle processes
 //!    (50 fds each) running, next to a `reaper who --no-bpf` scan.
 //!
-//! `--storms` runs only 1 and 2 (the storms).
+//! `--storms` runs only 1 and 2 (the storms); `--who` only 4.
 //! `--quick` runs fewer rounds and shorter windows. REAPER_BIN picks the
 //! binary (`cargo xtask bench`: the release build; unset: target/debug).
 
@@ -349,6 +349,7 @@ fn median(v: &[f64]) -> f64 {
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let storms_only = std::env::args().any(|a| a == "--storms");
+    let who_only = std::env::args().any(|a| a == "--who");
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "the daemon benchmark needs root (BPF hooks): run it with sudo or `cargo xtask bench`"
@@ -361,6 +362,9 @@ fn main() -> Result<()> {
     } else {
         "debug"
     };
+    if who_only {
+        return who_latency(&bin, build, quick);
+    }
     let rounds = if quick { 3 } else { 7 };
     let binds: u32 = if quick { 20_000 } else { 100_000 };
     let window = Duration::from_secs(if quick { 2 } else { 5 });
@@ -621,7 +625,11 @@ fn main() -> Result<()> {
         }),
     );
 
-    // 4: who latency with 2,000 idle processes.
+    who_latency(&bin, build, quick)
+}
+
+/// 4: `reaper who` through the daemon, with 2,000 idle processes.
+fn who_latency(bin: &std::path::Path, build: &str, quick: bool) -> Result<()> {
     let idle = Idle::spawn(2000, 50);
     let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
     let port = listener.local_addr()?.port();
@@ -642,27 +650,56 @@ fn main() -> Result<()> {
         socket_ms.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(a.contains("\"ok\":true"));
     }
+    // The static binary `cargo xtask dist` makes (what ships) starts in a
+    // third of the glibc build's time: the target is judged on it when
+    // it is there.
+    let static_bin = std::env::var_os("REAPER_DIST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dist"))
+        .join("reaper");
+    let static_bin = static_bin.is_file().then_some(static_bin);
     let mut cli_daemon = Vec::new();
+    let mut cli_static = Vec::new();
     let mut cli_scan = Vec::new();
-    for _ in 0..if quick { 5 } else { 15 } {
-        for no_bpf in [false, true] {
-            let mut cmd = Command::new(&bin);
-            cmd.args(["who", &port.to_string()])
-                .env("REAPER_CONTROL_SOCKET", &d.socket)
-                .stdout(Stdio::piped());
-            if no_bpf {
+    let mut floor = Vec::new();
+    let mut over_floor = Vec::new();
+    for round in 0..if quick { 15 } else { 60 } {
+        let mut took = [f64::NAN; 4];
+        // The order rotates so that no subject always runs first.
+        for k in 0..4 {
+            let which = (round + k) % 4;
+            let mut cmd = match which {
+                0 | 2 => Command::new(&bin),
+                1 => match &static_bin {
+                    Some(b) => Command::new(b),
+                    None => continue,
+                },
+                _ => Command::new("/bin/true"),
+            };
+            if which < 3 {
+                cmd.args(["who", &port.to_string()])
+                    .env("REAPER_CONTROL_SOCKET", &d.socket);
+            }
+            if which == 2 {
                 cmd.arg("--no-bpf");
             }
+            cmd.stdout(Stdio::piped());
             let t = Instant::now();
             let out = cmd.output()?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if no_bpf {
-                cli_scan.push(ms);
-            } else {
+            took[which] = t.elapsed().as_secs_f64() * 1e3;
+            if which < 2 {
+                let text = String::from_utf8_lossy(&out.stdout);
                 assert!(text.contains("daemon's ledger"), "{text}");
-                cli_daemon.push(ms);
             }
+        }
+        cli_daemon.push(took[0]);
+        cli_scan.push(took[2]);
+        floor.push(took[3]);
+        if static_bin.is_some() {
+            cli_static.push(took[1]);
+            over_floor.push(took[1] - took[3]);
+        } else {
+            over_floor.push(took[0] - took[3]);
         }
     }
     d.stop()?;
@@ -692,6 +729,33 @@ fn main() -> Result<()> {
         "ms",
         &cli_scan,
         Some(format!("{procs} idle processes x 50 fds")),
+    );
+    if static_bin.is_some() {
+        emit(
+            BENCH,
+            "`reaper who PORT` answered by the daemon (static dist binary)",
+            "ms",
+            &cli_static,
+            Some("whole process, the binary `cargo xtask dist` ships".into()),
+        );
+    }
+    emit(
+        BENCH,
+        "spawn floor: /bin/true",
+        "ms",
+        &floor,
+        Some("spawn to exit, interleaved with the who runs".into()),
+    );
+    emit(
+        BENCH,
+        "`reaper who PORT` via the daemon minus /bin/true (per round)",
+        "ms",
+        &over_floor,
+        Some(if static_bin.is_some() {
+            "the static dist binary's who via the daemon, minus /bin/true in the same round".into()
+        } else {
+            format!("{build} binary (no target/dist/reaper: run `cargo xtask dist`), minus /bin/true in the same round")
+        }),
     );
     Ok(())
 }

@@ -2,8 +2,11 @@
 //!
 //! - `reaper free PORT --match platform-server` (pidfd SIGTERM, exit seen as
 //!   an event, bind probe with a short backoff);
-//! - `fuser -k -n tcp PORT` (SIGKILL to every holder) and then polling a
-//!   bind with the same backoff;
+//! - the peers, each followed by polling a bind with the same backoff:
+//!   `killport PORT` (crates.io), `fuser -k -n tcp PORT` (psmisc) and
+//!   `kill-port PORT` (npm), each SIGKILLing the holder; a peer that is not
+//!   installed is said to be absent (`cargo xtask bench` installs killport
+//!   and kill-port when it can);
 //! - the usual CI shell step: scan /proc/*/comm and cmdline, kill, sleep 2.
 //!
 //! Plus reaper's own overhead: its total time minus the holder's exit
@@ -48,7 +51,19 @@ fn main() -> Result<()> {
     let mut reaper_scan = Vec::new();
     let mut reaper_own_no_scan = Vec::new();
     let mut holder_exit = Vec::new();
-    let mut fuser_total = Vec::new();
+    let peers: Vec<Peer> = PEERS
+        .iter()
+        .filter(|p| {
+            let here = on_path(p.argv[0]);
+            if !here {
+                eprintln!("peer absent: {} (not on PATH)", p.argv[0]);
+            }
+            here
+        })
+        .copied()
+        .collect();
+    let mut peer_total = vec![Vec::new(); peers.len()];
+    let mut ratio = Vec::new();
     let mut shell_total = Vec::new();
     for round in 0..rounds {
         // Interleaved: each round runs every method once, so drift on this
@@ -60,7 +75,15 @@ fn main() -> Result<()> {
         reaper_scan.push(r.scan_ms);
         reaper_own_no_scan.push(r.total_ms - r.holder_exit_ms - r.scan_ms);
         holder_exit.push(r.holder_exit_ms);
-        fuser_total.push(round_fuser(&server)?);
+        let mut fastest = f64::INFINITY;
+        for (k, peer) in peers.iter().enumerate() {
+            let ms = round_peer(peer, &server)?;
+            fastest = fastest.min(ms);
+            peer_total[k].push(ms);
+        }
+        if fastest.is_finite() {
+            ratio.push(r.total_ms / fastest);
+        }
         if round < shell_rounds {
             shell_total.push(round_shell(&server)?);
         }
@@ -110,12 +133,37 @@ fn main() -> Result<()> {
         &holder_exit,
         None,
     );
+    for (peer, samples) in peers.iter().zip(&peer_total) {
+        emit(
+            "free",
+            peer.name,
+            "ms",
+            samples,
+            Some(format!(
+                "`{} PORT` (SIGKILL), then bind polling (backoff 1..50 ms)",
+                peer.argv.join(" ")
+            )),
+        );
+    }
+    for absent in PEERS
+        .iter()
+        .filter(|p| !peers.iter().any(|q| q.name == p.name))
+    {
+        eprintln!("{:>12}  {:<40} absent", "free", absent.name);
+    }
     emit(
         "free",
-        "fuser -k -n tcp + bind polling",
-        "ms",
-        &fuser_total,
-        Some("fuser sends SIGKILL; polling backoff 1..50 ms".into()),
+        "reaper free / fastest peer (per round)",
+        "ratio",
+        &ratio,
+        Some(format!(
+            "reaper's start-to-bindable over the fastest of {} in the same round; target: <= 0.5",
+            peers
+                .iter()
+                .map(|p| p.argv[0])
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     );
     emit(
         "free",
@@ -226,16 +274,46 @@ fn round_reaper(reaper: &Path, server: &Path) -> Result<ReaperRound> {
     })
 }
 
-fn round_fuser(server: &Path) -> Result<f64> {
+/// Another tool that frees a port: its command before the port.
+#[derive(Clone, Copy)]
+struct Peer {
+    name: &'static str,
+    argv: &'static [&'static str],
+}
+
+const PEERS: &[Peer] = &[
+    Peer {
+        name: "killport + bind polling",
+        argv: &["killport"],
+    },
+    Peer {
+        name: "fuser -k -n tcp + bind polling",
+        argv: &["fuser", "-k", "-n", "tcp"],
+    },
+    Peer {
+        name: "kill-port (npm) + bind polling",
+        argv: &["kill-port"],
+    },
+];
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+fn round_peer(peer: &Peer, server: &Path) -> Result<f64> {
     let h = start_holder(server)?;
     let t0 = Instant::now();
-    let st = Command::new("fuser")
-        .args(["-k", "-n", "tcp", &h.port.to_string()])
+    let st = Command::new(peer.argv[0])
+        .args(&peer.argv[1..])
+        .arg(h.port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()?;
+        .status()
+        .with_context(|| format!("running {}", peer.argv[0]))?;
     if !st.success() {
-        bail!("fuser -k -n tcp {} failed: {st}", h.port);
+        bail!("{} {} failed: {st}", peer.argv.join(" "), h.port);
     }
     poll_bindable(h.port, Duration::from_secs(10))?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;

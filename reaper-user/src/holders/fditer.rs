@@ -38,8 +38,21 @@ struct Layout {
     tgid: i16,
 }
 
+/// What [`netns_of_tasks`] needs: the task iterator and the path from a
+/// task to its network namespace's inode number.
+#[derive(Clone, Copy, Debug)]
+struct NsLayout {
+    attach_btf_id: u32,
+    pid: i16,
+    tgid: i16,
+    nsproxy: i16,
+    net_ns: i16,
+    /// net.ns.inum: the ns_common inside struct net, then its inum.
+    inum: i16,
+}
+
 static DISABLED: AtomicBool = AtomicBool::new(false);
-static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
+static LAYOUT: OnceLock<Result<(Layout, Option<NsLayout>), String>> = OnceLock::new();
 /// Set when the kernel refused the program once: do not ask again.
 static REFUSED: OnceLock<String> = OnceLock::new();
 
@@ -72,6 +85,16 @@ fn not_here() -> Option<String> {
 const INIT_PID_NS: &str = "pid:[4026531836]";
 
 fn layout() -> Result<Layout, String> {
+    layouts().map(|(l, _)| l)
+}
+
+fn ns_layout() -> Result<NsLayout, String> {
+    layouts()?
+        .1
+        .ok_or_else(|| "this kernel's BTF lacks the task iterator or a field of task_struct.nsproxy->net_ns->ns.inum".into())
+}
+
+fn layouts() -> Result<(Layout, Option<NsLayout>), String> {
     LAYOUT
         .get_or_init(|| {
             let bytes =
@@ -93,12 +116,36 @@ fn layout() -> Result<Layout, String> {
             if f_inode.size != 8 || !matches!(i_ino.size, 4 | 8) || tgid.size != 4 {
                 return Err("unexpected field sizes in this kernel's BTF".into());
             }
-            Ok(Layout {
+            let layout = Layout {
                 attach_btf_id,
                 f_inode: off(f_inode, "file", "f_inode")?,
                 i_ino: (off(i_ino, "inode", "i_ino")?, i_ino.size),
                 tgid: off(tgid, "task_struct", "tgid")?,
-            })
+            };
+            let small = |f: btf::Field, size: u32| {
+                (f.size == size)
+                    .then(|| i16::try_from(f.offset).ok())
+                    .flatten()
+            };
+            let ns = (|| {
+                let net = btf.field("net", "ns")?;
+                let inum = btf.field("ns_common", "inum")?;
+                Some(NsLayout {
+                    attach_btf_id: btf.func_id("bpf_iter_task")?,
+                    pid: small(btf.field("task_struct", "pid")?, 4)?,
+                    tgid: layout.tgid,
+                    nsproxy: small(btf.field("task_struct", "nsproxy")?, 8)?,
+                    net_ns: small(btf.field("nsproxy", "net_ns")?, 8)?,
+                    inum: small(
+                        btf::Field {
+                            offset: net.offset + inum.offset,
+                            size: inum.size,
+                        },
+                        4,
+                    )?,
+                })
+            })();
+            Ok((layout, ns))
         })
         .clone()
 }
@@ -147,15 +194,42 @@ pub fn holders_of(wanted: &HashSet<u64>) -> Result<FdWalk, String> {
     })
 }
 
-fn run(wanted: &HashSet<u64>) -> Result<FdWalk, Fail> {
-    let layout = layout().map_err(|what| Fail { what, errno: None })?;
-    let map = map_of(wanted)?;
-    let insns = program(&layout, raw(&map));
-    let prog = load(&insns, layout.attach_btf_id)?;
+/// (pid, network namespace inode) of every process (thread-group leader),
+/// from the kernel's task iterator: one read instead of a readlink of
+/// /proc/PID/ns/net per process. Err says why not (the caller reads /proc).
+pub fn netns_of_tasks() -> Result<Vec<(u32, u64)>, String> {
+    if let Some(why) = not_here() {
+        return Err(why);
+    }
+    let run = || -> Result<Vec<(u32, u64)>, Fail> {
+        let l = ns_layout().map_err(|what| Fail { what, errno: None })?;
+        let out = iterate(&task_program(&l), l.attach_btf_id)?;
+        Ok(out
+            .chunks_exact(8)
+            .map(|r| {
+                let pid = u32::from_ne_bytes(r[0..4].try_into().unwrap());
+                let ns = u32::from_ne_bytes(r[4..8].try_into().unwrap());
+                (pid, ns as u64)
+            })
+            .collect())
+    };
+    run().map_err(|e| e.what)
+}
+
+/// Loads `insns` as an iterator program, runs it once, returns its output.
+fn iterate(insns: &[Insn], attach_btf_id: u32) -> Result<Vec<u8>, Fail> {
+    let prog = load(insns, attach_btf_id)?;
     let link = link_create(&prog)?;
     let mut iter = std::fs::File::from(iter_create(&link)?);
     let mut out = Vec::with_capacity(64 * 1024);
     iter.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn run(wanted: &HashSet<u64>) -> Result<FdWalk, Fail> {
+    let layout = layout().map_err(|what| Fail { what, errno: None })?;
+    let map = map_of(wanted)?;
+    let out = iterate(&program(&layout, raw(&map)), layout.attach_btf_id)?;
     let mut walk = FdWalk::default();
     for rec in out.chunks_exact(RECORD) {
         let inode = u64::from_ne_bytes(rec[0..8].try_into().unwrap());
@@ -197,6 +271,7 @@ const MOV64_X: u8 = 0xbf;
 const MOV64_K: u8 = 0xb7;
 const ADD64_K: u8 = 0x07;
 const JEQ_K: u8 = 0x15;
+const JNE_X: u8 = 0x5d;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const LD_IMM64: u8 = 0x18;
@@ -246,13 +321,49 @@ fn program(l: &Layout, map_fd: i32) -> Vec<Insn> {
         insn(MOV64_K, 0, 0, 0, 0), // out: return 0
         insn(EXIT, 0, 0, 0, 0),
     ];
+    patch_exits(&mut p);
+    p
+}
+
+/// The task iterator: for each thread-group leader with a network
+/// namespace, write {tgid u32, netns inum u32}. ctx is `struct
+/// bpf_iter__task`: meta at 0, task at 8.
+fn task_program(l: &NsLayout) -> Vec<Insn> {
+    let mut p = vec![
+        insn(MOV64_X, 6, 1, 0, 0),   // r6 = ctx
+        insn(LDX_DW, 7, 6, 8, 0),    // r7 = ctx->task
+        insn(JEQ_K, 7, 0, OUT, 0),   // none: done
+        insn(LDX_W, 2, 7, l.pid, 0), // r2 = task->pid
+        insn(LDX_W, 3, 7, l.tgid, 0),
+        insn(JNE_X, 2, 3, OUT, 0),        // a thread: skip
+        insn(LDX_DW, 4, 7, l.nsproxy, 0), // r4 = task->nsproxy (NULL once exiting)
+        insn(JEQ_K, 4, 0, OUT, 0),
+        insn(LDX_DW, 4, 4, l.net_ns, 0), // r4 = nsproxy->net_ns
+        insn(JEQ_K, 4, 0, OUT, 0),
+        insn(LDX_W, 5, 4, l.inum, 0), // r5 = net->ns.inum
+        insn(STX_W, FP, 3, -8, 0),
+        insn(STX_W, FP, 5, -4, 0),
+        insn(LDX_DW, 1, 6, 0, 0), // r1 = ctx->meta
+        insn(LDX_DW, 1, 1, 0, 0), // r1 = meta->seq
+        insn(MOV64_X, 2, FP, 0, 0),
+        insn(ADD64_K, 2, 0, 0, -8),
+        insn(MOV64_K, 3, 0, 0, 8),
+        insn(CALL, 0, 0, 0, SEQ_WRITE),
+        insn(MOV64_K, 0, 0, 0, 0), // out: return 0
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    patch_exits(&mut p);
+    p
+}
+
+/// Points every jump marked OUT at the last two instructions (r0 = 0; exit).
+fn patch_exits(p: &mut [Insn]) {
     let out = p.len() as i16 - 2;
     for (i, ins) in p.iter_mut().enumerate() {
-        if ins.code == JEQ_K && ins.off == OUT {
+        if matches!(ins.code, JEQ_K | JNE_X) && ins.off == OUT {
             ins.off = out - i as i16 - 1;
         }
     }
-    p
 }
 
 /// Placeholder jump offset, patched to the program's exit.
@@ -334,5 +445,19 @@ mod tests {
         }
         assert_eq!(p[out].code, MOV64_K);
         assert_eq!(p[out + 1].code, EXIT);
+        let t = task_program(&NsLayout {
+            attach_btf_id: 1,
+            pid: 8,
+            tgid: 12,
+            nsproxy: 16,
+            net_ns: 40,
+            inum: 176,
+        });
+        let out = t.len() - 2;
+        for (i, ins) in t.iter().enumerate() {
+            if matches!(ins.code, JEQ_K | JNE_X) {
+                assert_eq!(i as i64 + 1 + ins.off as i64, out as i64, "insn {i}");
+            }
+        }
     }
 }

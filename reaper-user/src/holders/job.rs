@@ -147,12 +147,8 @@ pub struct Table {
 /// How far a parent chain is followed (pid reuse could make a cycle).
 const MAX_DEPTH: usize = 64;
 
-/// Processes per thread below which one more thread costs more than it
-/// saves (starting a thread is worth a few dozen processes' reads).
-const PROCS_PER_THREAD: usize = 256;
-
-/// One share of a walk of the process table: stat and environ of each pid.
-fn read_share(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
+/// The walk of the process table: stat and environ of each pid.
+fn read_procs(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
     // One buffer for every file: a hook reads two files of every process
     // on the host, and a read_to_end per file (a size probe, a growing
     // buffer) tripled the syscalls.
@@ -184,40 +180,16 @@ fn read_share(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
 
 impl Table {
     /// Reads every process; those that vanish or cannot be read are left
-    /// out. The pids are shared out, interleaved, among up to as many
-    /// threads as the fd walk of a scan uses: a hook reads two files of
-    /// every process on the host, and it runs before and after every job.
+    /// out. One thread: two threads measured no faster on a loaded 2-core
+    /// host (bench/job; the kernel's work per file, not the syscalls, is
+    /// the cost).
     pub fn read() -> Table {
         let Ok(pids) = crate::proc::pids() else {
             return Table::default();
         };
-        let pids: Vec<u32> = pids.collect();
-        let threads = super::walk_threads()
-            .min(pids.len() / PROCS_PER_THREAD)
-            .max(1);
-        let pids = &pids;
-        let parts: Vec<Vec<(u32, Entry)>> = if threads == 1 {
-            vec![read_share(pids.iter().copied())]
-        } else {
-            std::thread::scope(|s| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|k| {
-                        s.spawn(move || read_share(pids.iter().copied().skip(k).step_by(threads)))
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().unwrap_or_default())
-                    .collect()
-            })
-        };
-        let mut t = Table {
-            procs: std::collections::HashMap::with_capacity(pids.len()),
-        };
-        for part in parts {
-            t.procs.extend(part);
+        Table {
+            procs: read_procs(pids).into_iter().collect(),
         }
-        t
     }
 
     /// The job a process runs in: the one its own environment names, else

@@ -277,11 +277,12 @@ pub fn scan_sockets(query: &Query) -> anyhow::Result<Scan> {
 fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
     let started = Instant::now();
     let mut proc = fdmap::open_proc().context("opening /proc (is procfs mounted?)")?;
-    let pids = match only {
-        Some(p) => p.to_vec(),
-        None => fdmap::list_pids(&mut proc),
-    };
     let proc_fd = proc.as_raw_fd();
+    // Listed only when a /proc path needs them: the iterators do not.
+    let mut pids = Pids {
+        proc: &mut proc,
+        list: only.map(<[u32]>::to_vec),
+    };
     let own = netns::own_inode();
     let mut namespaces = match (query.netns, own) {
         // Our own namespace only: no need to read every process's ns link.
@@ -291,13 +292,22 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
             pid: None,
             name: None,
         }],
-        _ => netns::list(proc_fd, &pids),
+        // Every process: the kernel's task iterator names each one's
+        // namespace in one read; else a readlink per process.
+        _ if only.is_none() => match fditer::netns_of_tasks() {
+            Ok(pairs) => netns::list_of(pairs),
+            Err(why) => {
+                tracing::debug!("task iterator not used ({why}); reading /proc/PID/ns/net");
+                netns::list(proc_fd, pids.get())
+            }
+        },
+        _ => netns::list(proc_fd, pids.get()),
     };
     if let Some(want) = query.netns {
         namespaces.retain(|n| n.inode == want);
     }
     tracing::debug!(
-        pids = pids.len(),
+        pids = pids.list.as_ref().map(Vec::len),
         netns = namespaces.len(),
         ms = started.elapsed().as_secs_f64() * 1e3,
         "listed processes and namespaces"
@@ -316,7 +326,7 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
         .map(|s| s.inode)
         .filter(|&i| i != 0)
         .collect();
-    let walk = walk_fds(proc_fd, &pids, &wanted, only.is_none(), &mut gaps);
+    let walk = walk_fds(proc_fd, &mut pids, &wanted, only.is_none(), &mut gaps);
     gaps.unreadable_pids = walk.unreadable.len() as u32;
     gaps.vanished_pids = walk.vanished.len() as u32;
     gaps.unreadable_by_errno = walk.unreadable_by_errno();
@@ -343,7 +353,7 @@ fn scan_pids(query: &Query, only: Option<&[u32]>) -> anyhow::Result<Scan> {
 /// every process is asked about and it runs here, else from /proc.
 fn walk_fds(
     proc_fd: std::os::fd::RawFd,
-    pids: &[u32],
+    pids: &mut Pids,
     wanted: &HashSet<u64>,
     everyone: bool,
     gaps: &mut ScanGaps,
@@ -361,7 +371,19 @@ fn walk_fds(
         }
     }
     gaps.holder_source = "proc".into();
-    fdmap::holders_of(proc_fd, pids, wanted, walk_threads())
+    fdmap::holders_of(proc_fd, pids.get(), wanted, walk_threads())
+}
+
+/// The pids of /proc, read on first use.
+struct Pids<'a> {
+    proc: &'a mut nix::dir::Dir,
+    list: Option<Vec<u32>>,
+}
+
+impl Pids<'_> {
+    fn get(&mut self) -> &[u32] {
+        self.list.get_or_insert_with(|| fdmap::list_pids(self.proc))
+    }
 }
 
 /// The sockets a scan found, and the namespaces it read them from.

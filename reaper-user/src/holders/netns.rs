@@ -49,6 +49,16 @@ pub fn own_inode() -> Option<u64> {
 /// Every network namespace on the host, by inode, ascending. A process whose
 /// ns link cannot be read is skipped here: it is counted when its fds are.
 pub fn list(proc_fd: RawFd, pids: &[u32]) -> Vec<Namespace> {
+    list_of(pids.iter().filter_map(|&pid| {
+        let link = readlinkat(Some(proc_fd), format!("{pid}/ns/net").as_str()).ok()?;
+        Some((pid, parse_ns_link(&link.to_string_lossy())?))
+    }))
+}
+
+/// The namespaces of these (pid, namespace inode) pairs and the ones
+/// `ip netns add` pinned, by inode, ascending; each entered through
+/// /proc/PID/ns/net of its first pid (or its /run/netns file).
+pub fn list_of(pairs: impl IntoIterator<Item = (u32, u64)>) -> Vec<Namespace> {
     let mut found: std::collections::BTreeMap<u64, Namespace> = Default::default();
     if let Ok(entries) = std::fs::read_dir(NAMED) {
         for e in entries.flatten() {
@@ -63,16 +73,10 @@ pub fn list(proc_fd: RawFd, pids: &[u32]) -> Vec<Namespace> {
             }
         }
     }
-    for &pid in pids {
-        let Ok(link) = readlinkat(Some(proc_fd), format!("{pid}/ns/net").as_str()) else {
-            continue;
-        };
-        let Some(inode) = parse_ns_link(&link.to_string_lossy()) else {
-            continue;
-        };
+    for (pid, inode) in pairs {
         let ns = found.entry(inode).or_insert(Namespace {
             inode,
-            entry: crate::proc::path(pid, "ns/net"),
+            entry: PathBuf::from(format!("/proc/{pid}/ns/net")),
             pid: Some(pid),
             name: None,
         });
