@@ -669,7 +669,7 @@ fn who_latency(bin: &std::path::Path, build: &str, quick: bool) -> Result<()> {
         for k in 0..4 {
             let which = (round + k) % 4;
             let mut cmd = match which {
-                0 | 2 => Command::new(&bin),
+                0 | 2 => Command::new(bin),
                 1 => match &static_bin {
                     Some(b) => Command::new(b),
                     None => continue,
