@@ -180,13 +180,7 @@ fn one_bind(port: u16) -> bool {
 
 /// The calling thread's CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
 fn thread_cpu_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    reaper::sys::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// One storm's cost to the binder per bind: wall ns, and the binding

@@ -191,13 +191,7 @@ fn start_holder(server: &Path) -> Result<Holder> {
 }
 
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    reaper::sys::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Blocks until the holder exits; returns CLOCK_MONOTONIC at that moment.
