@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reaper_tests::containers::{alive, docker, require_docker, unique, Image, Removed};
 use reaper_tests::fixture::can_listen;
-use reaper_tests::runner::Runner;
+use reaper_tests::runner::{Runner, Worker};
 use reaper_tests::{free_port, poll_until, require_root};
 
 fn answers(port: u16) -> bool {
@@ -22,6 +22,49 @@ fn answers(port: u16) -> bool {
 }
 
 /// The ports a `job start|end --json` document judged, sorted.
+/// Job A's leftovers in the job tests: a server that keeps its variables,
+/// one that clears RUNNER_TRACKING_ID first, and a container published
+/// with -p (answering before this returns).
+struct JobA {
+    pa: u16,
+    pcleared: u16,
+    pc: u16,
+    server_a: u32,
+    cleared: u32,
+    name: String,
+    _removed: Removed,
+}
+
+impl JobA {
+    fn start(runner: &mut Runner, a: &mut Worker, image: &Image, label: &str) -> JobA {
+        let (pa, pcleared, pc) = (free_port(), free_port(), free_port());
+        let server_a = a.server(pa, false);
+        runner.track(server_a);
+        let cleared = a.server(pcleared, true);
+        runner.track(cleared);
+        let name = unique(label);
+        let removed = Removed(name.clone());
+        a.run(&format!(
+            "docker run -d --name {name} -p 127.0.0.1:{pc}:80 {}",
+            image.tag
+        ));
+        poll_until(
+            "the container's port to answer",
+            Duration::from_secs(20),
+            || answers(pc).then_some(()),
+        );
+        JobA {
+            pa,
+            pcleared,
+            pc,
+            server_a,
+            cleared,
+            _removed: removed,
+            name,
+        }
+    }
+}
+
 fn ports_of(doc: &serde_json::Value) -> Vec<u16> {
     let mut v: Vec<u16> = doc["ports"]
         .as_array()
@@ -53,22 +96,15 @@ fn job_end_frees_exactly_the_jobs_ports_and_spares_the_rest() {
     // Job A: a server that keeps its variables, one that clears
     // RUNNER_TRACKING_ID first, a container published with -p.
     let mut a = runner.job("a", "9001");
-    let (pa, pcleared, pc) = (free_port(), free_port(), free_port());
-    let server_a = a.server(pa, false);
-    runner.track(server_a);
-    let cleared = a.server(pcleared, true);
-    runner.track(cleared);
-    let name = unique("reaper-job-a");
-    let _removed = Removed(name.clone());
-    a.run(&format!(
-        "docker run -d --name {name} -p 127.0.0.1:{pc}:80 {}",
-        image.tag
-    ));
-    poll_until(
-        "the container's port to answer",
-        Duration::from_secs(20),
-        || answers(pc).then_some(()),
-    );
+    let JobA {
+        pa,
+        pcleared: _,
+        pc,
+        server_a,
+        cleared,
+        name,
+        _removed,
+    } = JobA::start(&mut runner, &mut a, &image, "reaper-job-a");
 
     // Job B, at the same time: its own server.
     let mut b = runner.job("b", "9002");
@@ -361,22 +397,15 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     let d = Daemon::start("");
     let mut runner = Runner::with_daemon(&d.socket);
     let mut a = runner.job("da", "9101");
-    let (pa, pcleared, pc) = (free_port(), free_port(), free_port());
-    let server_a = a.server(pa, false);
-    runner.track(server_a);
-    let cleared = a.server(pcleared, true);
-    runner.track(cleared);
-    let name = unique("reaper-job-da");
-    let _removed = Removed(name.clone());
-    a.run(&format!(
-        "docker run -d --name {name} -p 127.0.0.1:{pc}:80 {}",
-        image.tag
-    ));
-    poll_until(
-        "the container's port to answer",
-        Duration::from_secs(20),
-        || answers(pc).then_some(()),
-    );
+    let JobA {
+        pa,
+        pcleared,
+        pc,
+        server_a,
+        cleared,
+        name,
+        _removed,
+    } = JobA::start(&mut runner, &mut a, &image, "reaper-job-da");
     let mut b = runner.job("db", "9102");
     let pb = free_port();
     let server_b = b.server(pb, false);
