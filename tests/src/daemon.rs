@@ -284,6 +284,8 @@ impl Churn {
                     drop(l);
                     n += 1;
                 }
+                // Pacing shapes the load (a bind every `pace`); it
+                // waits for nothing.
                 std::thread::sleep(pace);
             }
             n
