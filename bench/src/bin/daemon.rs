@@ -542,7 +542,8 @@ impl Series {
         }
     }
 
-    /// Prints one build's figures (`label`: "" or " [B]").
+    /// Prints one build's figures (`label`: "" or " [B]"): the binder's,
+    /// then the daemon's.
     fn emit(
         &self,
         kind: &str,
@@ -601,6 +602,12 @@ impl Series {
                 median(&detached.wall)
             )),
         );
+        self.emit_daemon(kind, label, build);
+    }
+
+    /// The daemon's own figures under the storm.
+    fn emit_daemon(&self, kind: &str, label: &str, build: &str) {
+        let fig = |subject: String| format!("{subject}{label}");
         emit(
             BENCH,
             &fig(format!("daemon CPU under the bind storm ({kind})")),
