@@ -7,6 +7,10 @@
 //!    time mostly measures the wait for a CPU, printed beside it). Two storms: port 0
 //!    (ephemeral: the kernel side counts them, sends nothing) and one fixed
 //!    port bound and closed again and again (every bind and release sent).
+//!    A third arm attaches empty programs to the same three hooks: the floor
+//!    any kernel side on them pays. The timed storms run with
+//!    `kernel.bpf_stats_enabled` off (its clock reads added 0.2-0.3 us per
+//!    bind here); a shorter storm with it on gives each program's ns per run.
 //! 2. The daemon's RSS (VmRSS) and CPU (the process's CPU clock, in ns)
 //!    idle and under each storm, as % of a core and as us per bind; the
 //!    events it lost and the claims its kernel-side map had no room for;
@@ -318,6 +322,65 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Empty cgroup programs (`return 1`) on the three hooks a bind runs:
+/// `bind4`, `post_bind4`, `sock_release`, attached to the cgroup v2 root
+/// while this lives. The binder's tax with them is the floor any kernel side
+/// built on these hooks pays: the kernel's cost of running the programs.
+struct EmptyHooks {
+    _links: Vec<std::os::fd::OwnedFd>,
+}
+
+impl EmptyHooks {
+    fn attach(cgroup: &Path) -> Result<EmptyHooks> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // `union bpf_attr` as bytes, each command's fields at the kernel's
+        // offsets.
+        #[repr(C, align(8))]
+        struct Attr([u8; 144]);
+        fn put(a: &mut Attr, at: usize, v: u64, len: usize) {
+            a.0[at..at + len].copy_from_slice(&v.to_ne_bytes()[..len]);
+        }
+        fn bpf(cmd: i64, a: &mut Attr) -> std::io::Result<OwnedFd> {
+            // SAFETY: `a` is laid out as bpf_attr for `cmd`; its pointers
+            // point at buffers that live for the call.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, cmd, a as *mut Attr, size_of::<Attr>() as u32)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a new fd the kernel just returned; no one else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+        }
+        const PROG_LOAD: i64 = 5;
+        const LINK_CREATE: i64 = 28;
+        // (program type, attach type): CGROUP_SOCK_ADDR + INET4_BIND,
+        // CGROUP_SOCK + INET4_POST_BIND, CGROUP_SOCK + INET_SOCK_RELEASE.
+        const HOOKS: [(u32, u32); 3] = [(18, 8), (9, 12), (9, 34)];
+        // r0 = 1; exit (struct bpf_insn: code, regs, off, imm).
+        let insns: [u64; 2] = [0xb7 | 1 << 32, 0x95];
+        let license = c"GPL";
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+        let mut links = Vec::new();
+        for (prog_type, attach_type) in HOOKS {
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog_type as u64, 4);
+            put(&mut a, 4, insns.len() as u64, 4);
+            put(&mut a, 8, insns.as_ptr() as u64, 8);
+            put(&mut a, 16, license.as_ptr() as u64, 8);
+            put(&mut a, 68, attach_type as u64, 4);
+            let prog = bpf(PROG_LOAD, &mut a).context("loading an empty cgroup program")?;
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog.as_raw_fd() as u64, 4);
+            put(&mut a, 4, dir.as_raw_fd() as u64, 4);
+            put(&mut a, 8, attach_type as u64, 4);
+            links.push(bpf(LINK_CREATE, &mut a).context("attaching an empty cgroup program")?);
+        }
+        Ok(EmptyHooks { _links: links })
+    }
+}
+
 /// Sets kernel.bpf_stats_enabled; returns the old value.
 fn bpf_stats(on: bool) -> Option<String> {
     let path = "/proc/sys/kernel/bpf_stats_enabled";
@@ -385,28 +448,39 @@ fn main() -> Result<()> {
             "journal_churn_window = \"0s\"\n",
         ),
     ];
-    let stats_was = bpf_stats(true);
+    // The timed storms run with kernel.bpf_stats_enabled off (as on a
+    // production host: counting adds two clock reads to every program run);
+    // the per-program costs come from a shorter storm after each attached
+    // one, with it on.
+    let stats_was = bpf_stats(false);
     if stats_was.is_none() {
         eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
     }
+    let stat_binds = binds / 4;
+    let cgroup = reaper::hooks::cgroup2_root()?;
     let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
     for (kind, port, extra) in kinds {
         let (mut detached, mut attached, mut tax) = (Vec::new(), Vec::new(), Vec::new());
         let (mut detached_cpu, mut attached_cpu, mut tax_cpu) =
             (Vec::new(), Vec::new(), Vec::new());
+        let (mut floor_cpu, mut floor_tax) = (Vec::new(), Vec::new());
         let (mut storm_cpu, mut cpu_per_bind, mut storm_rss) = (Vec::new(), Vec::new(), Vec::new());
         let (mut lost, mut unstored, mut journal) = (Vec::new(), Vec::new(), Vec::new());
         let mut progs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
+            // Three arms, their order rotated round by round: detached, the
+            // empty programs (the floor), the daemon.
             let mut pair = [0.0f64; 2];
-            let mut pair_cpu = [0.0f64; 2];
-            for with_daemon in order {
-                if !with_daemon {
+            let mut pair_cpu = [0.0f64; 3];
+            for arm in (0..3).map(|k| (round + k) % 3) {
+                if arm == 1 {
+                    let hooks = EmptyHooks::attach(&cgroup)?;
+                    pair_cpu[2] = storm(binds, &port).cpu;
+                    drop(hooks);
+                    floor_cpu.push(pair_cpu[2]);
+                    continue;
+                }
+                if arm == 0 {
                     let c = storm(binds, &port);
                     (pair[0], pair_cpu[0]) = (c.wall, c.cpu);
                     detached.push(c.wall);
@@ -430,7 +504,6 @@ fn main() -> Result<()> {
                 };
                 let before = seen(&d)?;
                 let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
-                let stats0 = prog_stats(pid);
                 let (t1, _) = usage(pid)?;
                 let journal0 = d.journal_bytes();
                 let w1 = Instant::now();
@@ -438,7 +511,6 @@ fn main() -> Result<()> {
                 (pair[1], pair_cpu[1]) = (c.wall, c.cpu);
                 attached.push(c.wall);
                 attached_cpu.push(c.cpu);
-                let stats1 = prog_stats(pid);
                 // The daemon's CPU counts until it has taken in what the
                 // storm left (or lost it, which is counted).
                 let end = Instant::now() + Duration::from_secs(60);
@@ -452,21 +524,29 @@ fn main() -> Result<()> {
                 storm_rss.push(rss as f64 / 1024.0);
                 lost.push(d.metric("reaper_ringbuf_lost_events_total")? - lost0);
                 unstored.push(d.metric("reaper_claims_unstored_total")?);
-                for (name, cnt, ns) in &stats1 {
-                    let (c0, n0) = stats0
-                        .iter()
-                        .find(|(n, _, _)| n == name)
-                        .map(|(_, c, t)| (*c, *t))
-                        .unwrap_or((0, 0));
-                    let e = progs.entry(name.clone()).or_default();
-                    e.0 += cnt - c0;
-                    e.1 += ns - n0;
+                // Per-program costs: a shorter storm with the counting on.
+                if bpf_stats(true).is_some() {
+                    let stats0 = prog_stats(pid);
+                    storm(stat_binds, &port);
+                    let stats1 = prog_stats(pid);
+                    bpf_stats(false);
+                    for (name, cnt, ns) in &stats1 {
+                        let (c0, n0) = stats0
+                            .iter()
+                            .find(|(n, _, _)| n == name)
+                            .map(|(_, c, t)| (*c, *t))
+                            .unwrap_or((0, 0));
+                        let e = progs.entry(name.clone()).or_default();
+                        e.0 += cnt - c0;
+                        e.1 += ns - n0;
+                    }
                 }
                 // The churn summaries are written at the stop at the latest.
-                journal.push((d.stop()? - journal0) as f64 / binds as f64);
+                journal.push((d.stop()? - journal0) as f64 / (binds + stat_binds) as f64);
             }
             tax.push((pair[1] - pair[0]) / 1e3);
             tax_cpu.push((pair_cpu[1] - pair_cpu[0]) / 1e3);
+            floor_tax.push((pair_cpu[2] - pair_cpu[0]) / 1e3);
         }
         let note = Some(format!(
             "{build} build; socket+bind(127.0.0.1:{})+close, one thread, {binds} binds a round",
@@ -496,11 +576,22 @@ fn main() -> Result<()> {
             "us/bind",
             &tax_cpu,
             Some(format!(
-                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls), medians {:.0} vs {:.0} ns/bind; load average {}",
+                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls; bpf_stats off), medians {:.0} vs {:.0} ns/bind; load average {}",
                 if port[0] == 0 { "0.3" } else { "0.5" },
                 median(&attached_cpu),
                 median(&detached_cpu),
                 loadavg()
+            )),
+        );
+        emit(
+            BENCH,
+            &format!("binder tax floor ({kind}): empty programs - detached, per round"),
+            "us/bind",
+            &floor_tax,
+            Some(format!(
+                "bind4, post_bind4 and sock_release programs that only return 1: what running any program on these hooks costs; medians {:.0} vs {:.0} ns/bind",
+                median(&floor_cpu),
+                median(&detached_cpu)
             )),
         );
         emit(
@@ -563,7 +654,9 @@ fn main() -> Result<()> {
                     &format!("kernel program {name} ({kind} storm)"),
                     "ns/run",
                     &[*ns as f64 / *cnt as f64],
-                    Some(format!("kernel.bpf_stats_enabled; {cnt} runs")),
+                    Some(format!(
+                        "kernel.bpf_stats_enabled (its own clock reads included); {cnt} runs"
+                    )),
                 );
             }
         }
