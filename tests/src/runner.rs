@@ -187,7 +187,13 @@ impl Worker {
 
     /// A step that runs reaper (a job hook) and waits for it.
     pub fn hook(&mut self, args: &[&str]) -> Hook {
+        self.hook_with(&[], args)
+    }
+
+    /// [`Worker::hook`] with more variables in the hook's environment.
+    pub fn hook_with(&mut self, env: &[(&str, &str)], args: &[&str]) -> Hook {
         let base = self.next("hook");
+        let env: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
         let (out, err, rc) = (
             base.with_extension("out"),
             base.with_extension("err"),
@@ -195,7 +201,7 @@ impl Worker {
         );
         let words: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         self.step(&format!(
-            "NO_COLOR=1 '{}' {} > '{}' 2> '{}'; echo $? > '{}.tmp' && mv '{}.tmp' '{}'",
+            "{env}NO_COLOR=1 '{}' {} > '{}' 2> '{}'; echo $? > '{}.tmp' && mv '{}.tmp' '{}'",
             crate::reaper_bin().display(),
             words.join(" "),
             out.display(),

@@ -11,6 +11,10 @@
 //!   reaper job start --port P --job ID --provider github   P is free
 //!   reaper job end --job ID --provider github          the job holds nothing
 //!
+//! `job end` on the scan path twice: reading the process table with the
+//! kernel's task iterator, and walking /proc (REAPER_FD_SOURCE=proc);
+//! with REAPER_BASELINE_BIN=PATH, a third time by that binary.
+//!
 //! the two `job` commands twice: with REAPER_CONTROL_SOCKET naming no
 //! socket (the scan path: they read the process table) and naming the
 //! daemon's (the daemon path: they ask it, and hand it the run to
@@ -40,10 +44,16 @@ struct Subject {
     socket: PathBuf,
     /// What its output must say (the path it took); None: not checked.
     says: Option<&'static str>,
+    /// And what else (which path read the process table).
+    says_too: Option<&'static str>,
+    /// Extra environment (REAPER_FD_SOURCE=proc: the /proc walk).
+    env: Vec<(&'static str, &'static str)>,
+    /// Another reaper binary (REAPER_BASELINE_BIN) instead of the one timed.
+    bin: Option<PathBuf>,
 }
 
 fn command(reaper: &Path, s: &Subject) -> Command {
-    let mut cmd = Command::new(reaper);
+    let mut cmd = Command::new(s.bin.as_deref().unwrap_or(reaper));
     cmd.args(&s.args)
         .env("REAPER_CONTROL_SOCKET", &s.socket)
         .env("NO_COLOR", "1")
@@ -51,7 +61,9 @@ fn command(reaper: &Path, s: &Subject) -> Command {
         .env_remove("GITHUB_STEP_SUMMARY")
         .env_remove("REAPER_JOURNAL")
         .env_remove("REAPER_CONFIG")
+        .env_remove("REAPER_FD_SOURCE")
         .stdin(Stdio::null());
+    cmd.envs(s.env.iter().copied());
     cmd
 }
 
@@ -59,13 +71,17 @@ fn command(reaper: &Path, s: &Subject) -> Command {
 fn check(reaper: &Path, s: &Subject) -> Result<()> {
     let out = command(reaper, s).output().context("running reaper")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || s.says.is_some_and(|w| !text.contains(w)) {
+    let missing = [s.says, s.says_too]
+        .into_iter()
+        .flatten()
+        .find(|w| !text.contains(w));
+    if !out.status.success() || missing.is_some() {
         bail!(
             "`reaper {}` ({}): exit {}, expected {:?} in:\n{text}{}",
             s.args.join(" "),
             s.name,
             out.status,
-            s.says,
+            missing,
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -126,8 +142,24 @@ fn main() -> Result<()> {
         args: args.clone(),
         socket: socket.to_path_buf(),
         says,
+        says_too: None,
+        env: Vec::new(),
+        bin: None,
     };
-    let subjects = vec![
+    // The scan path reads the process table with the kernel's task
+    // iterator where it runs, else by walking /proc: both are timed, the
+    // walk forced by REAPER_FD_SOURCE=proc.
+    let iter_says = "processes: read by the kernel's task iterator";
+    let walk = |mut s: Subject| {
+        s.says_too = Some("processes: read from /proc (REAPER_FD_SOURCE=proc)");
+        s.env.push(("REAPER_FD_SOURCE", "proc"));
+        s
+    };
+    let iter = |mut s: Subject| {
+        s.says_too = Some(iter_says);
+        s
+    };
+    let mut subjects = vec![
         subject(
             "reaper --version (spawn floor)",
             &vec!["--version".into()],
@@ -140,12 +172,18 @@ fn main() -> Result<()> {
             &no_daemon,
             Some("(from a scan)"),
         ),
-        subject(
-            "reaper job end, nothing held (scan)",
+        iter(subject(
+            "reaper job end, nothing held (scan, task iterator)",
             &end,
             &no_daemon,
             Some("(from a scan)"),
-        ),
+        )),
+        walk(subject(
+            "reaper job end, nothing held (scan, /proc walk)",
+            &end,
+            &no_daemon,
+            Some("(from a scan)"),
+        )),
         subject(
             "reaper job start, port free (daemon)",
             &start,
@@ -159,6 +197,18 @@ fn main() -> Result<()> {
             Some("(from a daemon)"),
         ),
     ];
+    // REAPER_BASELINE_BIN: the same `job end` by another build, interleaved
+    // (a change's before and after in one run).
+    if let Some(base) = std::env::var_os("REAPER_BASELINE_BIN") {
+        let mut s = subject(
+            "reaper job end, nothing held (scan, baseline binary)",
+            &end,
+            &no_daemon,
+            Some("(from a scan)"),
+        );
+        s.bin = Some(PathBuf::from(base));
+        subjects.push(s);
+    }
     for s in &subjects {
         check(&reaper, s)?;
     }

@@ -331,7 +331,9 @@ impl Daemon {
             if !known.contains(&key_tuple(&c.key)) {
                 added.push(c.clone());
                 if let Some(b) = b {
-                    shared.binders.insert(c.cookie, b.clone());
+                    shared
+                        .binders
+                        .insert(c.cookie, std::sync::Arc::new(b.clone()));
                 }
                 shared.ledger.seed(c.clone());
             }
