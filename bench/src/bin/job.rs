@@ -88,8 +88,20 @@ fn check(reaper: &Path, s: &Subject) -> Result<()> {
     Ok(())
 }
 
-/// Runs a subject; its wall time in ms (it must answer 0).
-fn timed(reaper: &Path, s: &Subject) -> Result<f64> {
+/// CPU time (user + system) of this process's reaped children, in ms.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Runs a subject; its wall time and its CPU time in ms (it must answer
+/// 0). The CPU time is the run's own, whatever else loads the machine.
+fn timed(reaper: &Path, s: &Subject) -> Result<(f64, f64)> {
+    let cpu = children_cpu_ms();
     let t = Instant::now();
     let status = command(reaper, s)
         .stdout(Stdio::null())
@@ -100,7 +112,7 @@ fn timed(reaper: &Path, s: &Subject) -> Result<f64> {
     if !status.success() {
         bail!("`reaper {}` exited with {status}", s.args.join(" "));
     }
-    Ok(ms)
+    Ok((ms, children_cpu_ms() - cpu))
 }
 
 fn main() -> Result<()> {
@@ -213,12 +225,14 @@ fn main() -> Result<()> {
         check(&reaper, s)?;
     }
     let mut samples = vec![Vec::new(); subjects.len()];
+    let mut cpu = vec![Vec::new(); subjects.len()];
     for round in 0..=o.rounds {
         for k in 0..subjects.len() {
             let i = (k + round) % subjects.len();
-            let ms = timed(&reaper, &subjects[i])?;
+            let (ms, cpu_ms) = timed(&reaper, &subjects[i])?;
             if round > 0 {
                 samples[i].push(ms);
+                cpu[i].push(cpu_ms);
             }
         }
     }
@@ -238,6 +252,13 @@ fn main() -> Result<()> {
             o.procs, o.fds
         ));
         emit("job", s.name, "ms", &samples[i], note);
+    }
+    // The same runs' CPU time (user + system): what a hook costs the host,
+    // which the machine's other load does not inflate as it does the wall
+    // time.
+    for (i, s) in subjects.iter().enumerate() {
+        let note = Some(format!("{build} build, user + system CPU of the same runs"));
+        emit("job", &format!("{} CPU", s.name), "ms", &cpu[i], note);
     }
     let _ = worker.kill();
     let _ = worker.wait();

@@ -202,19 +202,15 @@ impl Churn {
     /// churn, folded into its summary (its release is then not written).
     pub fn fold_release(&mut self, cookie: u64, held_ms: Option<u64>, now: Instant) -> bool {
         let held_ms = held_ms.unwrap_or(0);
-        let Some(w) = self.waiting.get_mut(&cookie) else {
+        let Some(mut w) = self.waiting.remove(&cookie) else {
             return false;
         };
-        if !w.foldable {
-            return false;
-        }
-        if u128::from(held_ms) >= self.window.as_millis() {
+        if !w.foldable || u128::from(held_ms) >= self.window.as_millis() {
+            // It keeps its record (the rare case: put back).
             w.foldable = false;
+            self.waiting.insert(cookie, w);
             return false;
         }
-        let Some(w) = self.waiting.remove(&cookie) else {
-            return false;
-        };
         self.count(w.claim, held_ms, now);
         true
     }
@@ -278,7 +274,8 @@ impl Churn {
             .into_iter()
             .filter_map(|k| self.summaries.remove(&k))
             .collect();
-        out.sort_by_key(|s| s.first.ts_ns);
+        // By first claim, then by place: the same summaries, the same order.
+        out.sort_by_key(|s| (s.first.ts_ns, s.first.key, s.first.pid));
         out.into_iter()
             .map(|s| Body::Churn {
                 at: s.first.endpoint(),

@@ -48,8 +48,9 @@ pub struct Claim {
     /// Tier name, or "proc" for claims found by a scan.
     pub source: Source,
     /// The CI job it is charged to, read when it was made (the daemon).
+    /// Boxed: a claim is moved in and out of the ledger's maps per bind.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<Charge>,
+    pub job: Option<Box<Charge>>,
 }
 
 /// A bind that failed.
@@ -249,7 +250,7 @@ impl Ledger {
     /// already charged keeps its first charge.
     pub fn charge(&mut self, cookie: u64, job: Charge) {
         if let Some(c) = self.claims.get_mut(&cookie) {
-            c.job.get_or_insert(job);
+            c.job.get_or_insert_with(|| Box::new(job));
         }
     }
 
