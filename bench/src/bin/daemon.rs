@@ -7,6 +7,10 @@
 //!    time mostly measures the wait for a CPU, printed beside it). Two storms: port 0
 //!    (ephemeral: the kernel side counts them, sends nothing) and one fixed
 //!    port bound and closed again and again (every bind and release sent).
+//!    A third arm attaches empty programs to the same three hooks: the floor
+//!    any kernel side on them pays. The timed storms run with
+//!    `kernel.bpf_stats_enabled` off (its clock reads added 0.2-0.3 us per
+//!    bind here); a shorter storm with it on gives each program's ns per run.
 //! 2. The daemon's RSS (VmRSS) and CPU (the process's CPU clock, in ns)
 //!    idle and under each storm, as % of a core and as us per bind; the
 //!    events it lost and the claims its kernel-side map had no room for;
@@ -326,6 +330,65 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Empty cgroup programs (`return 1`) on the three hooks a bind runs:
+/// `bind4`, `post_bind4`, `sock_release`, attached to the cgroup v2 root
+/// while this lives. The binder's tax with them is the floor any kernel side
+/// built on these hooks pays: the kernel's cost of running the programs.
+struct EmptyHooks {
+    _links: Vec<std::os::fd::OwnedFd>,
+}
+
+impl EmptyHooks {
+    fn attach(cgroup: &Path) -> Result<EmptyHooks> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // `union bpf_attr` as bytes, each command's fields at the kernel's
+        // offsets.
+        #[repr(C, align(8))]
+        struct Attr([u8; 144]);
+        fn put(a: &mut Attr, at: usize, v: u64, len: usize) {
+            a.0[at..at + len].copy_from_slice(&v.to_ne_bytes()[..len]);
+        }
+        fn bpf(cmd: i64, a: &mut Attr) -> std::io::Result<OwnedFd> {
+            // SAFETY: `a` is laid out as bpf_attr for `cmd`; its pointers
+            // point at buffers that live for the call.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, cmd, a as *mut Attr, size_of::<Attr>() as u32)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a new fd the kernel just returned; no one else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+        }
+        const PROG_LOAD: i64 = 5;
+        const LINK_CREATE: i64 = 28;
+        // (program type, attach type): CGROUP_SOCK_ADDR + INET4_BIND,
+        // CGROUP_SOCK + INET4_POST_BIND, CGROUP_SOCK + INET_SOCK_RELEASE.
+        const HOOKS: [(u32, u32); 3] = [(18, 8), (9, 12), (9, 34)];
+        // r0 = 1; exit (struct bpf_insn: code, regs, off, imm).
+        let insns: [u64; 2] = [0xb7 | 1 << 32, 0x95];
+        let license = c"GPL";
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+        let mut links = Vec::new();
+        for (prog_type, attach_type) in HOOKS {
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog_type as u64, 4);
+            put(&mut a, 4, insns.len() as u64, 4);
+            put(&mut a, 8, insns.as_ptr() as u64, 8);
+            put(&mut a, 16, license.as_ptr() as u64, 8);
+            put(&mut a, 68, attach_type as u64, 4);
+            let prog = bpf(PROG_LOAD, &mut a).context("loading an empty cgroup program")?;
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog.as_raw_fd() as u64, 4);
+            put(&mut a, 4, dir.as_raw_fd() as u64, 4);
+            put(&mut a, 8, attach_type as u64, 4);
+            links.push(bpf(LINK_CREATE, &mut a).context("attaching an empty cgroup program")?);
+        }
+        Ok(EmptyHooks { _links: links })
+    }
+}
+
 /// Sets kernel.bpf_stats_enabled; returns the old value.
 fn bpf_stats(on: bool) -> Option<String> {
     let path = "/proc/sys/kernel/bpf_stats_enabled";
@@ -373,6 +436,8 @@ struct Under {
     lost: f64,
     unstored: f64,
     journal_bytes: u64,
+    /// Binds after the timed storm (the per-program storm), in the journal too.
+    extra_binds: u32,
     stats0: Vec<(String, u64, u64)>,
     stats1: Vec<(String, u64, u64)>,
 }
@@ -410,29 +475,46 @@ fn storms(
             "journal_churn_window = \"0s\"\n",
         ),
     ];
-    let stats_was = bpf_stats(true);
+    // The timed storms run with kernel.bpf_stats_enabled off (as on a
+    // production host: counting adds two clock reads to every program run);
+    // the per-program costs come from a shorter storm after each attached
+    // one, with it on (see under_daemon).
+    let stats_was = bpf_stats(false);
     if stats_was.is_none() {
         eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
     }
+    let cgroup = reaper::hooks::cgroup2_root()?;
     let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
     for (kind, port, extra) in kinds {
         let mut detached = Series::default();
         let mut series: Vec<Series> = builds.iter().map(|_| Series::default()).collect();
+        let (mut floor_cpu, mut floor_tax) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            // None: no daemon; Some(i): a daemon of builds[i].
-            let mut order: Vec<Option<usize>> = std::iter::once(None)
-                .chain((0..builds.len()).map(Some))
+            // None: no daemon; Some(None): the empty programs (the floor);
+            // Some(Some(i)): a daemon of builds[i].
+            let mut order: Vec<Option<Option<usize>>> = [None, Some(None)]
+                .into_iter()
+                .chain((0..builds.len()).map(|i| Some(Some(i))))
                 .collect();
             let turn = round % order.len();
             order.rotate_left(turn);
             let mut alone = None;
+            let mut empty = None;
             let mut with: Vec<Option<Cost>> = builds.iter().map(|_| None).collect();
             for cond in order {
-                let Some(i) = cond else {
+                let Some(cond) = cond else {
                     let c = storm(binds, &port);
                     detached.wall.push(c.wall);
                     detached.cpu.push(c.cpu);
                     alone = Some(c);
+                    continue;
+                };
+                let Some(i) = cond else {
+                    let hooks = EmptyHooks::attach(&cgroup)?;
+                    let c = storm(binds, &port);
+                    drop(hooks);
+                    floor_cpu.push(c.cpu);
+                    empty = Some(c);
                     continue;
                 };
                 if port[0] == 0 && i == 0 {
@@ -445,6 +527,8 @@ fn storms(
                 with[i] = Some(u.cost);
             }
             let alone = alone.expect("the storm without a daemon ran");
+            let empty = empty.expect("the storm under empty programs ran");
+            floor_tax.push((empty.cpu - alone.cpu) / 1e3);
             for (s, c) in series.iter_mut().zip(with) {
                 let c = c.expect("each build ran");
                 s.tax.push((c.wall - alone.wall) / 1e3);
@@ -454,6 +538,17 @@ fn storms(
         for ((label, _), s) in builds.iter().zip(&series) {
             s.emit(kind, label, &port, binds, build, &detached);
         }
+        emit(
+            BENCH,
+            &format!("binder tax floor ({kind}): empty programs - detached, per round"),
+            "us/bind",
+            &floor_tax,
+            Some(format!(
+                "bind4, post_bind4 and sock_release programs that only return 1: what running any program on these hooks costs; medians {:.0} vs {:.0} ns/bind",
+                median(&floor_cpu),
+                median(&detached.cpu)
+            )),
+        );
     }
     if let Some(old) = stats_was {
         let _ = bpf_stats(old == "1");
@@ -488,12 +583,10 @@ fn under_daemon(bin: &Path, tag: &str, extra: &str, binds: u32, port: &[u16]) ->
     };
     let before = seen(&d)?;
     let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
-    let stats0 = prog_stats(pid);
     let (t1, _) = usage(pid)?;
     let journal0 = d.journal_bytes();
     let w1 = Instant::now();
     let cost = storm(binds, port);
-    let stats1 = prog_stats(pid);
     // The daemon's CPU counts until it has taken in what the storm left
     // (or lost it, which is counted).
     let end = Instant::now() + Duration::from_secs(60);
@@ -504,6 +597,15 @@ fn under_daemon(bin: &Path, tag: &str, extra: &str, binds: u32, port: &[u16]) ->
     let lost = d.metric("reaper_ringbuf_lost_events_total")? - lost0;
     let unstored = d.metric("reaper_claims_unstored_total")?;
     let secs = w1.elapsed().as_secs_f64();
+    // Per-program costs: a shorter storm with the counting on.
+    let (mut stats0, mut stats1, mut extra_binds) = (Vec::new(), Vec::new(), 0);
+    if bpf_stats(true).is_some() {
+        extra_binds = binds / 4;
+        stats0 = prog_stats(pid);
+        storm(extra_binds, port);
+        stats1 = prog_stats(pid);
+        bpf_stats(false);
+    }
     // The churn summaries are written at the stop at the latest.
     let journal_bytes = d.stop()? - journal0;
     Ok(Under {
@@ -514,6 +616,7 @@ fn under_daemon(bin: &Path, tag: &str, extra: &str, binds: u32, port: &[u16]) ->
         lost,
         unstored,
         journal_bytes,
+        extra_binds,
         stats0,
         stats1,
     })
@@ -528,7 +631,8 @@ impl Series {
         self.rss.push(u.rss_kib as f64 / 1024.0);
         self.lost.push(u.lost);
         self.unstored.push(u.unstored);
-        self.journal.push(u.journal_bytes as f64 / binds as f64);
+        self.journal
+            .push(u.journal_bytes as f64 / (binds + u.extra_binds) as f64);
         for (name, cnt, ns) in &u.stats1 {
             let (c0, n0) = u
                 .stats0
@@ -584,7 +688,7 @@ impl Series {
             "us/bind",
             &self.tax_cpu,
             Some(format!(
-                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls), medians {:.0} vs {:.0} ns/bind; load average {}",
+                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls; bpf_stats off), medians {:.0} vs {:.0} ns/bind; load average {}",
                 if port[0] == 0 { "0.3" } else { "0.5" },
                 median(&self.cpu),
                 median(&detached.cpu),
@@ -659,7 +763,9 @@ impl Series {
                     &fig(format!("kernel program {name} ({kind} storm)")),
                     "ns/run",
                     &[*ns as f64 / *cnt as f64],
-                    Some(format!("kernel.bpf_stats_enabled; {cnt} runs")),
+                    Some(format!(
+                        "kernel.bpf_stats_enabled (its own clock reads included); {cnt} runs"
+                    )),
                 );
             }
         }
