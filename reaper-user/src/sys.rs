@@ -192,6 +192,9 @@ const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_ITER: u32 = 28;
 const BPF_F_NO_PREALLOC: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// prog_flags: the program may sleep (fault in user memory).
+const BPF_F_SLEEPABLE: u32 = 1 << 4;
 
 /// `union bpf_attr`, as bytes: each command's fields at the kernel's offsets.
 #[repr(C, align(8))]
@@ -250,12 +253,25 @@ pub fn bpf_u64_set(keys: &[u64]) -> Result<OwnedFd, (&'static str, io::Error)> {
     Ok(map)
 }
 
+/// A BPF array of one element of `value_size` bytes: a program's scratch
+/// buffer, too large for its 512-byte stack.
+pub fn bpf_scratch(value_size: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new()
+        .u32(0, BPF_MAP_TYPE_ARRAY)
+        .u32(4, 4)
+        .u32(8, value_size)
+        .u32(12, 1);
+    // SAFETY: BPF_MAP_CREATE reads no pointers.
+    Ok(owned(unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?))
+}
+
 /// Loads a tracing program of the iterator kind (`iter/...`, BTF id
-/// `attach_btf_id`). On a refusal: the error and the last line of the
+/// `attach_btf_id`), sleepable when asked (to read user memory). On a refusal: the error and the last line of the
 /// verifier's log (empty when it wrote none).
 pub fn bpf_load_iter(
     insns: &[BpfInsn],
     attach_btf_id: u32,
+    sleepable: bool,
 ) -> Result<OwnedFd, (io::Error, String)> {
     let license = c"GPL";
     let attr = |log: &mut [u8]| {
@@ -275,6 +291,7 @@ pub fn bpf_load_iter(
                     log.as_mut_ptr() as u64
                 },
             )
+            .u32(44, if sleepable { BPF_F_SLEEPABLE } else { 0 })
             .u32(68, BPF_TRACE_ITER)
             .u32(108, attach_btf_id)
     };

@@ -162,22 +162,48 @@ impl Worker {
     /// `setsid` (its parent exits: it hangs from init), after clearing
     /// RUNNER_TRACKING_ID when `clear`. Returns the server's pid.
     pub fn server(&mut self, port: u16, clear: bool) -> u32 {
-        let out = self.next("server");
         let env = if clear {
             "env -u RUNNER_TRACKING_ID "
         } else {
             ""
         };
+        self.server_with(port, env, "")
+    }
+
+    /// [`Worker::server`] with a command before the server's (`env -i `)
+    /// and more options for it (`--ignore-term`).
+    pub fn server_with(&mut self, port: u16, env: &str, opts: &str) -> u32 {
+        let out = self.next("server");
         self.step(&format!(
-            "( {env}setsid '{}' --port {port} > '{}' 2>&1 & )",
+            "( {env}setsid '{}' --port {port} {opts} > '{}' 2>&1 & )",
             fixture_bin("platform-server").display(),
             out.display()
         ));
+        self.wait_ready(&out)
+    }
+
+    /// A step that starts a server with no job variables at all (`env -i`)
+    /// from the step's shell, which stays (polling, 60 s at most) until
+    /// the file `go` exists: while it does, the server's parent is the
+    /// job's; after, the server hangs from init and names no job. Returns
+    /// the server's pid once it listens.
+    pub fn jobless_server_of_a_step(&mut self, port: u16, go: &std::path::Path) -> u32 {
+        let out = self.next("server");
+        self.step(&format!(
+            "env -i setsid '{}' --port {port} > '{}' 2>&1 & n=0; until [ -e '{}' ] || [ $n -ge 1200 ]; do sleep 0.05; n=$((n+1)); done",
+            fixture_bin("platform-server").display(),
+            out.display(),
+            go.display()
+        ));
+        self.wait_ready(&out)
+    }
+
+    fn wait_ready(&mut self, out: &std::path::Path) -> u32 {
         let text = poll_until(
             "a step's server to say ready",
             Duration::from_secs(20),
             || {
-                std::fs::read_to_string(&out)
+                std::fs::read_to_string(out)
                     .ok()
                     .filter(|t| t.starts_with("ready ") && t.ends_with('\n'))
             },
@@ -187,7 +213,13 @@ impl Worker {
 
     /// A step that runs reaper (a job hook) and waits for it.
     pub fn hook(&mut self, args: &[&str]) -> Hook {
+        self.hook_with(&[], args)
+    }
+
+    /// [`Worker::hook`] with more variables in the hook's environment.
+    pub fn hook_with(&mut self, env: &[(&str, &str)], args: &[&str]) -> Hook {
         let base = self.next("hook");
+        let env: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
         let (out, err, rc) = (
             base.with_extension("out"),
             base.with_extension("err"),
@@ -195,7 +227,7 @@ impl Worker {
         );
         let words: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         self.step(&format!(
-            "NO_COLOR=1 '{}' {} > '{}' 2> '{}'; echo $? > '{}.tmp' && mv '{}.tmp' '{}'",
+            "{env}NO_COLOR=1 '{}' {} > '{}' 2> '{}'; echo $? > '{}.tmp' && mv '{}.tmp' '{}'",
             crate::reaper_bin().display(),
             words.join(" "),
             out.display(),

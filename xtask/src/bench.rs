@@ -214,7 +214,7 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
     ),
     (
         "job",
-        "reaper job end, nothing held (scan)",
+        "reaper job end, nothing held (scan, task iterator)",
         20.0,
         "runner hook `reaper job end`, nothing to do, 2,000 processes, no daemon (scan): <= 20 ms",
     ),
@@ -235,6 +235,14 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
 /// The figures shown beside a target (what it is measured against, in the
 /// same run): (bench, target subject, the peers' subjects).
 const PEERS: &[(&str, &str, &[&str])] = &[
+    (
+        "job",
+        "reaper job end, nothing held (scan, task iterator)",
+        &[
+            "reaper job end, nothing held (scan, /proc walk)",
+            "reaper job end, nothing held (scan, baseline binary)",
+        ],
+    ),
     (
         "daemon",
         "`reaper who PORT` via the daemon minus /bin/true (per round)",

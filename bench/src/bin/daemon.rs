@@ -7,6 +7,10 @@
 //!    time mostly measures the wait for a CPU, printed beside it). Two storms: port 0
 //!    (ephemeral: the kernel side counts them, sends nothing) and one fixed
 //!    port bound and closed again and again (every bind and release sent).
+//!    A third arm attaches empty programs to the same three hooks: the floor
+//!    any kernel side on them pays. The timed storms run with
+//!    `kernel.bpf_stats_enabled` off (its clock reads added 0.2-0.3 us per
+//!    bind here); a shorter storm with it on gives each program's ns per run.
 //! 2. The daemon's RSS (VmRSS) and CPU (the process's CPU clock, in ns)
 //!    idle and under each storm, as % of a core and as us per bind; the
 //!    events it lost and the claims its kernel-side map had no room for;
@@ -18,6 +22,9 @@
 //!    (50 fds each) running, next to a `reaper who --no-bpf` scan.
 //!
 //! `--storms` runs only 1 and 2 (the storms); `--who` only 4.
+//! REAPER_BIN_B names a second build: its daemon runs the same storms in
+//! the same rounds, in turn with the first (A/B in one run; its figures
+//! are marked "[B]").
 //! `--quick` runs fewer rounds and shorter windows. REAPER_BIN picks the
 //! binary (`cargo xtask bench`: the release build; unset: target/debug).
 
@@ -42,6 +49,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(tag: &str, extra: &str) -> Result<Daemon> {
+        Daemon::start_bin(&reaper_tests::reaper_bin(), tag, extra)
+    }
+
+    /// A daemon of the build `bin`.
+    fn start_bin(bin: &Path, tag: &str, extra: &str) -> Result<Daemon> {
         let dir =
             std::env::temp_dir().join(format!("reaper-bench-daemon-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -60,7 +72,7 @@ impl Daemon {
                 socket.display()
             ),
         )?;
-        let child = reaper_tests::reaper()
+        let child = Command::new(bin)
             .args(["daemon", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -318,6 +330,65 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Empty cgroup programs (`return 1`) on the three hooks a bind runs:
+/// `bind4`, `post_bind4`, `sock_release`, attached to the cgroup v2 root
+/// while this lives. The binder's tax with them is the floor any kernel side
+/// built on these hooks pays: the kernel's cost of running the programs.
+struct EmptyHooks {
+    _links: Vec<std::os::fd::OwnedFd>,
+}
+
+impl EmptyHooks {
+    fn attach(cgroup: &Path) -> Result<EmptyHooks> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // `union bpf_attr` as bytes, each command's fields at the kernel's
+        // offsets.
+        #[repr(C, align(8))]
+        struct Attr([u8; 144]);
+        fn put(a: &mut Attr, at: usize, v: u64, len: usize) {
+            a.0[at..at + len].copy_from_slice(&v.to_ne_bytes()[..len]);
+        }
+        fn bpf(cmd: i64, a: &mut Attr) -> std::io::Result<OwnedFd> {
+            // SAFETY: `a` is laid out as bpf_attr for `cmd`; its pointers
+            // point at buffers that live for the call.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, cmd, a as *mut Attr, size_of::<Attr>() as u32)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a new fd the kernel just returned; no one else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+        }
+        const PROG_LOAD: i64 = 5;
+        const LINK_CREATE: i64 = 28;
+        // (program type, attach type): CGROUP_SOCK_ADDR + INET4_BIND,
+        // CGROUP_SOCK + INET4_POST_BIND, CGROUP_SOCK + INET_SOCK_RELEASE.
+        const HOOKS: [(u32, u32); 3] = [(18, 8), (9, 12), (9, 34)];
+        // r0 = 1; exit (struct bpf_insn: code, regs, off, imm).
+        let insns: [u64; 2] = [0xb7 | 1 << 32, 0x95];
+        let license = c"GPL";
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+        let mut links = Vec::new();
+        for (prog_type, attach_type) in HOOKS {
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog_type as u64, 4);
+            put(&mut a, 4, insns.len() as u64, 4);
+            put(&mut a, 8, insns.as_ptr() as u64, 8);
+            put(&mut a, 16, license.as_ptr() as u64, 8);
+            put(&mut a, 68, attach_type as u64, 4);
+            let prog = bpf(PROG_LOAD, &mut a).context("loading an empty cgroup program")?;
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, prog.as_raw_fd() as u64, 4);
+            put(&mut a, 4, dir.as_raw_fd() as u64, 4);
+            put(&mut a, 8, attach_type as u64, 4);
+            links.push(bpf(LINK_CREATE, &mut a).context("attaching an empty cgroup program")?);
+        }
+        Ok(EmptyHooks { _links: links })
+    }
+}
+
 /// Sets kernel.bpf_stats_enabled; returns the old value.
 fn bpf_stats(on: bool) -> Option<String> {
     let path = "/proc/sys/kernel/bpf_stats_enabled";
@@ -340,6 +411,367 @@ fn median(v: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// One build's figures under one kind of storm.
+#[derive(Default)]
+struct Series {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+    tax: Vec<f64>,
+    tax_cpu: Vec<f64>,
+    storm_cpu: Vec<f64>,
+    cpu_per_bind: Vec<f64>,
+    rss: Vec<f64>,
+    lost: Vec<f64>,
+    unstored: Vec<f64>,
+    journal: Vec<f64>,
+    progs: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+/// What one storm under a daemon cost it.
+struct Under {
+    cost: Cost,
+    cpu_s: f64,
+    secs: f64,
+    rss_kib: u64,
+    lost: f64,
+    unstored: f64,
+    journal_bytes: u64,
+    /// Binds after the timed storm (the per-program storm), in the journal too.
+    extra_binds: u32,
+    stats0: Vec<(String, u64, u64)>,
+    stats1: Vec<(String, u64, u64)>,
+}
+
+/// 1 + 2: each kind of storm, round by round: no daemon, and a daemon of
+/// each build (REAPER_BIN, then REAPER_BIN_B when set: figures marked
+/// "[B]"), in an order that turns each round. Returns the idle CPU and
+/// RSS samples (measured before the port-0 storms) and their window.
+#[allow(clippy::type_complexity)]
+fn storms(
+    builds: &[(String, PathBuf)],
+    build: &str,
+    quick: bool,
+) -> Result<(Vec<f64>, Vec<f64>, Duration)> {
+    let rounds = if quick { 3 } else { 7 };
+    let binds: u32 = if quick { 20_000 } else { 100_000 };
+    let window = Duration::from_secs(if quick { 2 } else { 5 });
+    // 64 fixed ports bound in turn, as a test suite starting and stopping
+    // servers does (picked free now; a bind that fails is still a bind).
+    let fixed_ports: Vec<u16> = (0..64)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<std::io::Result<_>>()?;
+    // The third storm is the second with every claim journaled line by line
+    // (the churn summary off): what the summary saves.
+    let kinds: [(&str, Vec<u16>, &str); 3] = [
+        ("port 0", vec![0], ""),
+        ("fixed port", fixed_ports.clone(), ""),
+        (
+            "fixed port, journal_churn_window 0s",
+            fixed_ports,
+            "journal_churn_window = \"0s\"\n",
+        ),
+    ];
+    // The timed storms run with kernel.bpf_stats_enabled off (as on a
+    // production host: counting adds two clock reads to every program run);
+    // the per-program costs come from a shorter storm after each attached
+    // one, with it on (see under_daemon).
+    let stats_was = bpf_stats(false);
+    if stats_was.is_none() {
+        eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
+    }
+    let cgroup = reaper::hooks::cgroup2_root()?;
+    let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
+    for (kind, port, extra) in kinds {
+        let mut detached = Series::default();
+        let mut series: Vec<Series> = builds.iter().map(|_| Series::default()).collect();
+        let (mut floor_cpu, mut floor_tax) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // None: no daemon; Some(None): the empty programs (the floor);
+            // Some(Some(i)): a daemon of builds[i].
+            let mut order: Vec<Option<Option<usize>>> = [None, Some(None)]
+                .into_iter()
+                .chain((0..builds.len()).map(|i| Some(Some(i))))
+                .collect();
+            let turn = round % order.len();
+            order.rotate_left(turn);
+            let mut alone = None;
+            let mut empty = None;
+            let mut with: Vec<Option<Cost>> = builds.iter().map(|_| None).collect();
+            for cond in order {
+                let Some(cond) = cond else {
+                    let c = storm(binds, &port);
+                    detached.wall.push(c.wall);
+                    detached.cpu.push(c.cpu);
+                    alone = Some(c);
+                    continue;
+                };
+                let Some(i) = cond else {
+                    let hooks = EmptyHooks::attach(&cgroup)?;
+                    let c = storm(binds, &port);
+                    drop(hooks);
+                    floor_cpu.push(c.cpu);
+                    empty = Some(c);
+                    continue;
+                };
+                if port[0] == 0 && i == 0 {
+                    let (cpu, rss) = idle_usage(&builds[i].1, round, window)?;
+                    idle_cpu.push(cpu);
+                    idle_rss.push(rss);
+                }
+                let u = under_daemon(&builds[i].1, &format!("r{round}b{i}"), extra, binds, &port)?;
+                series[i].record(&u, binds);
+                with[i] = Some(u.cost);
+            }
+            let alone = alone.expect("the storm without a daemon ran");
+            let empty = empty.expect("the storm under empty programs ran");
+            floor_tax.push((empty.cpu - alone.cpu) / 1e3);
+            for (s, c) in series.iter_mut().zip(with) {
+                let c = c.expect("each build ran");
+                s.tax.push((c.wall - alone.wall) / 1e3);
+                s.tax_cpu.push((c.cpu - alone.cpu) / 1e3);
+            }
+        }
+        for ((label, _), s) in builds.iter().zip(&series) {
+            s.emit(kind, label, &port, binds, build, &detached);
+        }
+        emit(
+            BENCH,
+            &format!("binder tax floor ({kind}): empty programs - detached, per round"),
+            "us/bind",
+            &floor_tax,
+            Some(format!(
+                "bind4, post_bind4 and sock_release programs that only return 1: what running any program on these hooks costs; medians {:.0} vs {:.0} ns/bind",
+                median(&floor_cpu),
+                median(&detached.cpu)
+            )),
+        );
+    }
+    if let Some(old) = stats_was {
+        let _ = bpf_stats(old == "1");
+    }
+    Ok((idle_cpu, idle_rss, window))
+}
+
+/// An idle daemon's CPU (% of a core) and RSS (MiB) over `window`.
+fn idle_usage(bin: &Path, round: usize, window: Duration) -> Result<(f64, f64)> {
+    let d = Daemon::start_bin(bin, &format!("idle{round}"), "")?;
+    let pid = d.pid();
+    let (t0, _) = usage(pid)?;
+    let w0 = Instant::now();
+    std::thread::sleep(window);
+    let (t1, rss) = usage(pid)?;
+    d.stop()?;
+    Ok((
+        100.0 * (t1 - t0) as f64 / 1e9 / w0.elapsed().as_secs_f64(),
+        rss as f64 / 1024.0,
+    ))
+}
+
+/// One storm of `binds` binds under a daemon of `bin`, and what the
+/// daemon spent taking it in.
+fn under_daemon(bin: &Path, tag: &str, extra: &str, binds: u32, port: &[u16]) -> Result<Under> {
+    let d = Daemon::start_bin(bin, tag, extra)?;
+    let pid = d.pid();
+    let seen = |d: &Daemon| -> Result<f64> {
+        Ok(d.metric("reaper_binds_total")?
+            + d.metric("reaper_ephemeral_binds_summarised_total")?
+            + d.metric("reaper_ringbuf_lost_events_total")? / 2.0)
+    };
+    let before = seen(&d)?;
+    let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
+    let (t1, _) = usage(pid)?;
+    let journal0 = d.journal_bytes();
+    let w1 = Instant::now();
+    let cost = storm(binds, port);
+    // The daemon's CPU counts until it has taken in what the storm left
+    // (or lost it, which is counted).
+    let end = Instant::now() + Duration::from_secs(60);
+    while seen(&d)? < before + binds as f64 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (t2, rss_kib) = usage(pid)?;
+    let lost = d.metric("reaper_ringbuf_lost_events_total")? - lost0;
+    let unstored = d.metric("reaper_claims_unstored_total")?;
+    let secs = w1.elapsed().as_secs_f64();
+    // Per-program costs: a shorter storm with the counting on.
+    let (mut stats0, mut stats1, mut extra_binds) = (Vec::new(), Vec::new(), 0);
+    if bpf_stats(true).is_some() {
+        extra_binds = binds / 4;
+        stats0 = prog_stats(pid);
+        storm(extra_binds, port);
+        stats1 = prog_stats(pid);
+        bpf_stats(false);
+    }
+    // The churn summaries are written at the stop at the latest.
+    let journal_bytes = d.stop()? - journal0;
+    Ok(Under {
+        cost,
+        cpu_s: (t2 - t1) as f64 / 1e9,
+        secs,
+        rss_kib,
+        lost,
+        unstored,
+        journal_bytes,
+        extra_binds,
+        stats0,
+        stats1,
+    })
+}
+
+impl Series {
+    fn record(&mut self, u: &Under, binds: u32) {
+        self.wall.push(u.cost.wall);
+        self.cpu.push(u.cost.cpu);
+        self.storm_cpu.push(100.0 * u.cpu_s / u.secs);
+        self.cpu_per_bind.push(u.cpu_s * 1e6 / binds as f64);
+        self.rss.push(u.rss_kib as f64 / 1024.0);
+        self.lost.push(u.lost);
+        self.unstored.push(u.unstored);
+        self.journal
+            .push(u.journal_bytes as f64 / (binds + u.extra_binds) as f64);
+        for (name, cnt, ns) in &u.stats1 {
+            let (c0, n0) = u
+                .stats0
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, c, t)| (*c, *t))
+                .unwrap_or((0, 0));
+            let e = self.progs.entry(name.clone()).or_default();
+            e.0 += cnt - c0;
+            e.1 += ns - n0;
+        }
+    }
+
+    /// Prints one build's figures (`label`: "" or " [B]"): the binder's,
+    /// then the daemon's.
+    fn emit(
+        &self,
+        kind: &str,
+        label: &str,
+        port: &[u16],
+        binds: u32,
+        build: &str,
+        detached: &Series,
+    ) {
+        let note = Some(format!(
+            "{build} build; socket+bind(127.0.0.1:{})+close, one thread, {binds} binds a round",
+            if port[0] == 0 {
+                "0".to_string()
+            } else {
+                format!("P, one of {} ports in turn", port.len())
+            }
+        ));
+        if label.is_empty() {
+            emit(
+                BENCH,
+                &format!("bind storm ({kind}), no daemon"),
+                "ns/bind",
+                &detached.wall,
+                note.clone(),
+            );
+        }
+        let fig = |subject: String| format!("{subject}{label}");
+        emit(
+            BENCH,
+            &fig(format!("bind storm ({kind}), daemon attached (cgroup)")),
+            "ns/bind",
+            &self.wall,
+            note,
+        );
+        emit(
+            BENCH,
+            &fig(format!("binder tax ({kind}): attached - detached, per round")),
+            "us/bind",
+            &self.tax_cpu,
+            Some(format!(
+                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls; bpf_stats off), medians {:.0} vs {:.0} ns/bind; load average {}",
+                if port[0] == 0 { "0.3" } else { "0.5" },
+                median(&self.cpu),
+                median(&detached.cpu),
+                loadavg()
+            )),
+        );
+        emit(
+            BENCH,
+            &fig(format!("binder wall-time tax ({kind}): attached - detached, per round")),
+            "us/bind",
+            &self.tax,
+            Some(format!(
+                "wall time, waits for a CPU included (noisy on a loaded machine); medians {:.0} vs {:.0} ns/bind",
+                median(&self.wall),
+                median(&detached.wall)
+            )),
+        );
+        self.emit_daemon(kind, label, build);
+    }
+
+    /// The daemon's own figures under the storm.
+    fn emit_daemon(&self, kind: &str, label: &str, build: &str) {
+        let fig = |subject: String| format!("{subject}{label}");
+        emit(
+            BENCH,
+            &fig(format!("daemon CPU under the bind storm ({kind})")),
+            "% of a core",
+            &self.storm_cpu,
+            Some(format!("{build} build; while one thread binds flat out")),
+        );
+        emit(
+            BENCH,
+            &fig(format!("daemon CPU per bind ({kind})")),
+            "us/bind",
+            &self.cpu_per_bind,
+            Some(format!("target <= 1.0 us; CPU time (the process's CPU clock, ns) over the storm and its drain; load average {}", loadavg())),
+        );
+        emit(
+            BENCH,
+            &fig(format!("daemon RSS under the bind storm ({kind})")),
+            "MiB",
+            &self.rss,
+            None,
+        );
+        emit(
+            BENCH,
+            &fig(format!("events lost in the bind storm ({kind})")),
+            "events",
+            &self.lost,
+            Some("target 0 for fixed ports; default ring buffer (1 MiB)".into()),
+        );
+        emit(
+            BENCH,
+            &fig(format!("journal growth per bind ({kind})")),
+            "bytes/bind",
+            &self.journal,
+            Some("target <= 5 bytes; from the storm's start to the daemon's stop".into()),
+        );
+        emit(
+            BENCH,
+            &fig(format!(
+                "claims the kernel-side map had no room for ({kind})"
+            )),
+            "claims",
+            &self.unstored,
+            Some("lost claims: target 0".into()),
+        );
+        for (name, (cnt, ns)) in &self.progs {
+            if *cnt > 0 {
+                emit(
+                    BENCH,
+                    &fig(format!("kernel program {name} ({kind} storm)")),
+                    "ns/run",
+                    &[*ns as f64 / *cnt as f64],
+                    Some(format!(
+                        "kernel.bpf_stats_enabled (its own clock reads included); {cnt} runs"
+                    )),
+                );
+            }
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let storms_only = std::env::args().any(|a| a == "--storms");
@@ -359,231 +791,30 @@ fn main() -> Result<()> {
     if who_only {
         return who_latency(&bin, build, quick);
     }
-    let rounds = if quick { 3 } else { 7 };
-    let binds: u32 = if quick { 20_000 } else { 100_000 };
-    let window = Duration::from_secs(if quick { 2 } else { 5 });
-
     // 1 + 2: interleaved attached/detached storms, and the daemon's usage.
-    // 64 fixed ports bound in turn, as a test suite starting and stopping
-    // servers does (picked free now; a bind that fails is still a bind).
-    let fixed_ports: Vec<u16> = (0..64)
-        .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .map(|a| a.port())
-        })
-        .collect::<std::io::Result<_>>()?;
-    let fixed_port = fixed_ports[0];
-    // The third storm is the second with every claim journaled line by line
-    // (the churn summary off): what the summary saves.
-    let kinds: [(&str, Vec<u16>, &str); 3] = [
-        ("port 0", vec![0], ""),
-        ("fixed port", fixed_ports.clone(), ""),
-        (
-            "fixed port, journal_churn_window 0s",
-            fixed_ports,
-            "journal_churn_window = \"0s\"\n",
-        ),
-    ];
-    let stats_was = bpf_stats(true);
-    if stats_was.is_none() {
-        eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
+    let mut builds = vec![(String::new(), bin.clone())];
+    if let Some(b) = std::env::var_os("REAPER_BIN_B") {
+        eprintln!("build B (REAPER_BIN_B): {}", Path::new(&b).display());
+        builds.push((" [B]".to_string(), PathBuf::from(b)));
     }
-    let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
-    for (kind, port, extra) in kinds {
-        let (mut detached, mut attached, mut tax) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut detached_cpu, mut attached_cpu, mut tax_cpu) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let (mut storm_cpu, mut cpu_per_bind, mut storm_rss) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut lost, mut unstored, mut journal) = (Vec::new(), Vec::new(), Vec::new());
-        let mut progs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            let mut pair = [0.0f64; 2];
-            let mut pair_cpu = [0.0f64; 2];
-            for with_daemon in order {
-                if !with_daemon {
-                    let c = storm(binds, &port);
-                    (pair[0], pair_cpu[0]) = (c.wall, c.cpu);
-                    detached.push(c.wall);
-                    detached_cpu.push(c.cpu);
-                    continue;
-                }
-                let d = Daemon::start(&format!("r{round}"), extra)?;
-                let pid = d.pid();
-                if port[0] == 0 {
-                    let (t0, _) = usage(pid)?;
-                    let w0 = Instant::now();
-                    std::thread::sleep(window);
-                    let (t1, rss) = usage(pid)?;
-                    idle_cpu.push(100.0 * (t1 - t0) as f64 / 1e9 / w0.elapsed().as_secs_f64());
-                    idle_rss.push(rss as f64 / 1024.0);
-                }
-                let seen = |d: &Daemon| -> Result<f64> {
-                    Ok(d.metric("reaper_binds_total")?
-                        + d.metric("reaper_ephemeral_binds_summarised_total")?
-                        + d.metric("reaper_ringbuf_lost_events_total")? / 2.0)
-                };
-                let before = seen(&d)?;
-                let lost0 = d.metric("reaper_ringbuf_lost_events_total")?;
-                let stats0 = prog_stats(pid);
-                let (t1, _) = usage(pid)?;
-                let journal0 = d.journal_bytes();
-                let w1 = Instant::now();
-                let c = storm(binds, &port);
-                (pair[1], pair_cpu[1]) = (c.wall, c.cpu);
-                attached.push(c.wall);
-                attached_cpu.push(c.cpu);
-                let stats1 = prog_stats(pid);
-                // The daemon's CPU counts until it has taken in what the
-                // storm left (or lost it, which is counted).
-                let end = Instant::now() + Duration::from_secs(60);
-                while seen(&d)? < before + binds as f64 && Instant::now() < end {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let (t2, rss) = usage(pid)?;
-                let cpu_s = (t2 - t1) as f64 / 1e9;
-                storm_cpu.push(100.0 * cpu_s / w1.elapsed().as_secs_f64());
-                cpu_per_bind.push(cpu_s * 1e6 / binds as f64);
-                storm_rss.push(rss as f64 / 1024.0);
-                lost.push(d.metric("reaper_ringbuf_lost_events_total")? - lost0);
-                unstored.push(d.metric("reaper_claims_unstored_total")?);
-                for (name, cnt, ns) in &stats1 {
-                    let (c0, n0) = stats0
-                        .iter()
-                        .find(|(n, _, _)| n == name)
-                        .map(|(_, c, t)| (*c, *t))
-                        .unwrap_or((0, 0));
-                    let e = progs.entry(name.clone()).or_default();
-                    e.0 += cnt - c0;
-                    e.1 += ns - n0;
-                }
-                // The churn summaries are written at the stop at the latest.
-                journal.push((d.stop()? - journal0) as f64 / binds as f64);
-            }
-            tax.push((pair[1] - pair[0]) / 1e3);
-            tax_cpu.push((pair_cpu[1] - pair_cpu[0]) / 1e3);
-        }
-        let note = Some(format!(
-            "{build} build; socket+bind(127.0.0.1:{})+close, one thread, {binds} binds a round",
-            if port[0] == 0 {
-                "0".to_string()
-            } else {
-                format!("P, one of {} ports in turn", port.len())
-            }
-        ));
-        emit(
-            BENCH,
-            &format!("bind storm ({kind}), no daemon"),
-            "ns/bind",
-            &detached,
-            note.clone(),
-        );
-        emit(
-            BENCH,
-            &format!("bind storm ({kind}), daemon attached (cgroup)"),
-            "ns/bind",
-            &attached,
-            note,
-        );
-        emit(
-            BENCH,
-            &format!("binder tax ({kind}): attached - detached, per round"),
-            "us/bind",
-            &tax_cpu,
-            Some(format!(
-                "target <= +{} us; the binding thread's CPU time (the hooks run in its syscalls), medians {:.0} vs {:.0} ns/bind; load average {}",
-                if port[0] == 0 { "0.3" } else { "0.5" },
-                median(&attached_cpu),
-                median(&detached_cpu),
-                loadavg()
-            )),
-        );
-        emit(
-            BENCH,
-            &format!("binder wall-time tax ({kind}): attached - detached, per round"),
-            "us/bind",
-            &tax,
-            Some(format!(
-                "wall time, waits for a CPU included (noisy on a loaded machine); medians {:.0} vs {:.0} ns/bind",
-                median(&attached),
-                median(&detached)
-            )),
-        );
-        emit(
-            BENCH,
-            &format!("daemon CPU under the bind storm ({kind})"),
-            "% of a core",
-            &storm_cpu,
-            Some(format!("{build} build; while one thread binds flat out")),
-        );
-        emit(
-            BENCH,
-            &format!("daemon CPU per bind ({kind})"),
-            "us/bind",
-            &cpu_per_bind,
-            Some("target <= 1.0 us; CPU time (the process's CPU clock, ns) over the storm and its drain".into()),
-        );
-        emit(
-            BENCH,
-            &format!("daemon RSS under the bind storm ({kind})"),
-            "MiB",
-            &storm_rss,
-            None,
-        );
-        emit(
-            BENCH,
-            &format!("events lost in the bind storm ({kind})"),
-            "events",
-            &lost,
-            Some("target 0 for fixed ports; default ring buffer (1 MiB)".into()),
-        );
-        emit(
-            BENCH,
-            &format!("journal growth per bind ({kind})"),
-            "bytes/bind",
-            &journal,
-            Some("target <= 5 bytes; from the storm's start to the daemon's stop".into()),
-        );
-        emit(
-            BENCH,
-            &format!("claims the kernel-side map had no room for ({kind})"),
-            "claims",
-            &unstored,
-            Some("lost claims: target 0".into()),
-        );
-        for (name, (cnt, ns)) in &progs {
-            if *cnt > 0 {
-                emit(
-                    BENCH,
-                    &format!("kernel program {name} ({kind} storm)"),
-                    "ns/run",
-                    &[*ns as f64 / *cnt as f64],
-                    Some(format!("kernel.bpf_stats_enabled; {cnt} runs")),
-                );
-            }
-        }
-    }
-    if let Some(old) = stats_was {
-        let _ = bpf_stats(old == "1");
-    }
+    let idle = storms(&builds, build, quick)?;
     emit(
         BENCH,
         "daemon CPU idle",
         "% of a core",
-        &idle_cpu,
-        Some(format!("{build} build; over {window:?}")),
+        &idle.0,
+        Some(format!("{build} build; over {:?}", idle.2)),
     );
-    emit(BENCH, "daemon RSS idle", "MiB", &idle_rss, None);
+    emit(BENCH, "daemon RSS idle", "MiB", &idle.1, None);
 
     if storms_only {
         return Ok(());
     }
     // 3: ramp the paced rate until the ring buffer loses events.
+    let window = idle.2;
+    let fixed_port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let d = Daemon::start("ramp", "")?;
     let mut best = 0.0f64;
     let mut first_loss = None;

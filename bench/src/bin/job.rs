@@ -11,6 +11,10 @@
 //!   reaper job start --port P --job ID --provider github   P is free
 //!   reaper job end --job ID --provider github          the job holds nothing
 //!
+//! `job end` on the scan path twice: reading the process table with the
+//! kernel's task iterator, and walking /proc (REAPER_FD_SOURCE=proc);
+//! with REAPER_BASELINE_BIN=PATH, a third time by that binary.
+//!
 //! the two `job` commands twice: with REAPER_CONTROL_SOCKET naming no
 //! socket (the scan path: they read the process table) and naming the
 //! daemon's (the daemon path: they ask it, and hand it the run to
@@ -40,10 +44,16 @@ struct Subject {
     socket: PathBuf,
     /// What its output must say (the path it took); None: not checked.
     says: Option<&'static str>,
+    /// And what else (which path read the process table).
+    says_too: Option<&'static str>,
+    /// Extra environment (REAPER_FD_SOURCE=proc: the /proc walk).
+    env: Vec<(&'static str, &'static str)>,
+    /// Another reaper binary (REAPER_BASELINE_BIN) instead of the one timed.
+    bin: Option<PathBuf>,
 }
 
 fn command(reaper: &Path, s: &Subject) -> Command {
-    let mut cmd = Command::new(reaper);
+    let mut cmd = Command::new(s.bin.as_deref().unwrap_or(reaper));
     cmd.args(&s.args)
         .env("REAPER_CONTROL_SOCKET", &s.socket)
         .env("NO_COLOR", "1")
@@ -51,7 +61,9 @@ fn command(reaper: &Path, s: &Subject) -> Command {
         .env_remove("GITHUB_STEP_SUMMARY")
         .env_remove("REAPER_JOURNAL")
         .env_remove("REAPER_CONFIG")
+        .env_remove("REAPER_FD_SOURCE")
         .stdin(Stdio::null());
+    cmd.envs(s.env.iter().copied());
     cmd
 }
 
@@ -59,21 +71,37 @@ fn command(reaper: &Path, s: &Subject) -> Command {
 fn check(reaper: &Path, s: &Subject) -> Result<()> {
     let out = command(reaper, s).output().context("running reaper")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || s.says.is_some_and(|w| !text.contains(w)) {
+    let missing = [s.says, s.says_too]
+        .into_iter()
+        .flatten()
+        .find(|w| !text.contains(w));
+    if !out.status.success() || missing.is_some() {
         bail!(
             "`reaper {}` ({}): exit {}, expected {:?} in:\n{text}{}",
             s.args.join(" "),
             s.name,
             out.status,
-            s.says,
+            missing,
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(())
 }
 
-/// Runs a subject; its wall time in ms (it must answer 0).
-fn timed(reaper: &Path, s: &Subject) -> Result<f64> {
+/// CPU time (user + system) of this process's reaped children, in ms.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Runs a subject; its wall time and its CPU time in ms (it must answer
+/// 0). The CPU time is the run's own, whatever else loads the machine.
+fn timed(reaper: &Path, s: &Subject) -> Result<(f64, f64)> {
+    let cpu = children_cpu_ms();
     let t = Instant::now();
     let status = command(reaper, s)
         .stdout(Stdio::null())
@@ -84,7 +112,7 @@ fn timed(reaper: &Path, s: &Subject) -> Result<f64> {
     if !status.success() {
         bail!("`reaper {}` exited with {status}", s.args.join(" "));
     }
-    Ok(ms)
+    Ok((ms, children_cpu_ms() - cpu))
 }
 
 fn main() -> Result<()> {
@@ -126,8 +154,24 @@ fn main() -> Result<()> {
         args: args.clone(),
         socket: socket.to_path_buf(),
         says,
+        says_too: None,
+        env: Vec::new(),
+        bin: None,
     };
-    let subjects = vec![
+    // The scan path reads the process table with the kernel's task
+    // iterator where it runs, else by walking /proc: both are timed, the
+    // walk forced by REAPER_FD_SOURCE=proc.
+    let iter_says = "processes: read by the kernel's task iterator";
+    let walk = |mut s: Subject| {
+        s.says_too = Some("processes: read from /proc (REAPER_FD_SOURCE=proc)");
+        s.env.push(("REAPER_FD_SOURCE", "proc"));
+        s
+    };
+    let iter = |mut s: Subject| {
+        s.says_too = Some(iter_says);
+        s
+    };
+    let mut subjects = vec![
         subject(
             "reaper --version (spawn floor)",
             &vec!["--version".into()],
@@ -140,12 +184,18 @@ fn main() -> Result<()> {
             &no_daemon,
             Some("(from a scan)"),
         ),
-        subject(
-            "reaper job end, nothing held (scan)",
+        iter(subject(
+            "reaper job end, nothing held (scan, task iterator)",
             &end,
             &no_daemon,
             Some("(from a scan)"),
-        ),
+        )),
+        walk(subject(
+            "reaper job end, nothing held (scan, /proc walk)",
+            &end,
+            &no_daemon,
+            Some("(from a scan)"),
+        )),
         subject(
             "reaper job start, port free (daemon)",
             &start,
@@ -159,16 +209,30 @@ fn main() -> Result<()> {
             Some("(from a daemon)"),
         ),
     ];
+    // REAPER_BASELINE_BIN: the same `job end` by another build, interleaved
+    // (a change's before and after in one run).
+    if let Some(base) = std::env::var_os("REAPER_BASELINE_BIN") {
+        let mut s = subject(
+            "reaper job end, nothing held (scan, baseline binary)",
+            &end,
+            &no_daemon,
+            Some("(from a scan)"),
+        );
+        s.bin = Some(PathBuf::from(base));
+        subjects.push(s);
+    }
     for s in &subjects {
         check(&reaper, s)?;
     }
     let mut samples = vec![Vec::new(); subjects.len()];
+    let mut cpu = vec![Vec::new(); subjects.len()];
     for round in 0..=o.rounds {
         for k in 0..subjects.len() {
             let i = (k + round) % subjects.len();
-            let ms = timed(&reaper, &subjects[i])?;
+            let (ms, cpu_ms) = timed(&reaper, &subjects[i])?;
             if round > 0 {
                 samples[i].push(ms);
+                cpu[i].push(cpu_ms);
             }
         }
     }
@@ -188,6 +252,13 @@ fn main() -> Result<()> {
             o.procs, o.fds
         ));
         emit("job", s.name, "ms", &samples[i], note);
+    }
+    // The same runs' CPU time (user + system): what a hook costs the host,
+    // which the machine's other load does not inflate as it does the wall
+    // time.
+    for (i, s) in subjects.iter().enumerate() {
+        let note = Some(format!("{build} build, user + system CPU of the same runs"));
+        emit("job", &format!("{} CPU", s.name), "ms", &cpu[i], note);
     }
     let _ = worker.kill();
     let _ = worker.wait();

@@ -158,7 +158,7 @@ pub struct Shared {
     pub ledger: Ledger,
     /// Per socket cookie: the binder's parent and exe, read at bind time
     /// (the binder may be gone when someone asks).
-    pub binders: HashMap<u64, Binder>,
+    pub binders: foldhash::HashMap<u64, std::sync::Arc<Binder>>,
     /// Recent conflict records, newest last.
     pub conflicts: VecDeque<Record>,
     pub tier: String,
@@ -187,7 +187,7 @@ impl Shared {
     pub fn new(ledger: Ledger, tier: &str, degraded: bool) -> Shared {
         Shared {
             ledger,
-            binders: HashMap::new(),
+            binders: Default::default(),
             conflicts: VecDeque::new(),
             tier: tier.to_string(),
             degraded,
@@ -236,7 +236,11 @@ impl Shared {
             bound_at: rfc3339(c.bound_at),
             listening_at: c.listening_at.map(rfc3339),
             source: c.source.clone(),
-            binder: self.binders.get(&c.cookie).cloned().unwrap_or_default(),
+            binder: self
+                .binders
+                .get(&c.cookie)
+                .map(|b| Binder::clone(b))
+                .unwrap_or_default(),
             job: c.job.as_ref().map(|j| j.job.clone()),
             job_via: c.job.as_ref().map(|j| j.via.clone()),
             failed_attempts: failed,

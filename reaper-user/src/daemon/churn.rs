@@ -18,46 +18,134 @@
 //!
 //! [`Config::journal_churn_window`]: super::config::Config::journal_churn_window
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::control::Binder;
 use crate::journal::{Body, Endpoint, ProcessRef, Record};
+use crate::ledger::ClaimKey;
+use crate::util::{comm_from_bytes, rfc3339};
+use crate::vocab::{Charge, Family, Proto};
 
 /// A summary is written once it is this old (and at a clean stop).
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// One record waiting to be written; `None` once folded into a summary.
+/// A claim whose record may never be needed: what the record is made of,
+/// as the kernel sent it. Nothing is formatted until the record is due
+/// ([`PendingClaim::body`]) or the claim opens a summary.
+#[derive(Clone, Debug)]
+pub struct PendingClaim {
+    /// When it was queued (wall clock, ns): the record's `ts`.
+    pub ts_ns: i64,
+    /// Where; `key.netns` is 0 when `netns` is unknown.
+    pub key: ClaimKey,
+    pub netns: Option<u64>,
+    pub family: Option<Family>,
+    pub cookie: u64,
+    pub pid: u32,
+    pub uid: u32,
+    /// The kernel's comm, NUL padded.
+    pub comm: [u8; 16],
+    pub outside_pidns: bool,
+    pub requested_port: Option<u16>,
+    /// The binder's parent and exe, read when the claim was seen.
+    pub binder: Arc<Binder>,
+    pub charge: Option<Arc<Charge>>,
+}
+
+impl PendingClaim {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            netns: self.netns,
+            proto: self.key.proto,
+            family: self.family,
+            addr: Some(self.key.addr.to_string()),
+            port: self.key.port,
+        }
+    }
+
+    pub fn process(&self) -> ProcessRef {
+        let b = &self.binder;
+        ProcessRef {
+            pid: self.pid,
+            comm: comm_from_bytes(&self.comm),
+            uid: Some(self.uid),
+            ppid: b.ppid,
+            exe: b.exe.clone(),
+            ancestors: match (b.ppid, &b.parent_comm) {
+                (Some(p), Some(c)) => vec![format!("{p}:{c}")],
+                _ => Vec::new(),
+            },
+            outside_pidns: self.outside_pidns.then_some(true),
+            ..ProcessRef::default()
+        }
+    }
+
+    /// The claim's record.
+    pub fn body(&self) -> Body {
+        Body::Claim {
+            at: self.endpoint(),
+            process: self.process(),
+            cookie: Some(self.cookie),
+            requested_port: self.requested_port,
+            job: self.charge.as_ref().map(|c| c.job.clone()),
+            job_via: self.charge.as_ref().map(|c| c.via.clone()),
+        }
+    }
+}
+
+/// The queue's entries: a record, or the claim of a cookie whose record
+/// is made when it is due (if it was not folded by then).
+enum Item {
+    Record(Box<Record>),
+    Claim(u64),
+}
+
 struct Queued {
     at: Instant,
-    /// The claim's socket cookie while it may still be folded.
-    cookie: Option<u64>,
-    /// Boxed: a storm leaves a window's worth of folded (empty) entries.
-    record: Option<Box<Record>>,
+    item: Item,
+}
+
+/// A claim whose record waits in the queue.
+struct Waiting {
+    /// Its place in the queue.
+    seq: u64,
+    /// False once it listened, met a conflict or was held too long.
+    foldable: bool,
+    claim: PendingClaim,
+}
+
+/// What the queue hands out: a record, or a claim to make one of.
+pub enum Due {
+    Record(Box<Record>),
+    Claim(Box<PendingClaim>),
 }
 
 /// Churn of one process on one port.
 struct Summary {
     started: Instant,
-    at: Endpoint,
-    process: ProcessRef,
+    /// The first claim counted: the summary's place and process.
+    first: PendingClaim,
     count: u64,
-    first: String,
-    last: String,
+    /// Wall clock, ns: when the first and the last claim were queued.
+    last_ns: i64,
     held_ms_min: u64,
     held_ms_max: u64,
 }
 
 /// Which summary a folded claim counts in: pid, netns, proto, address, port.
-type Key = (u32, Option<u64>, &'static str, Option<String>, u16);
+type Key = (u32, Option<u64>, Proto, IpAddr, u16);
 
 pub struct Churn {
     window: Duration,
     queue: VecDeque<Queued>,
     /// Sequence number of `queue[0]`.
     head: u64,
-    /// Claims still foldable: cookie -> sequence number.
-    foldable: HashMap<u64, u64>,
-    summaries: HashMap<Key, Summary>,
+    /// The claims whose record waits, by cookie.
+    waiting: foldhash::HashMap<u64, Waiting>,
+    summaries: foldhash::HashMap<Key, Summary>,
 }
 
 impl Churn {
@@ -67,8 +155,8 @@ impl Churn {
             window,
             queue: VecDeque::new(),
             head: 0,
-            foldable: HashMap::new(),
-            summaries: HashMap::new(),
+            waiting: Default::default(),
+            summaries: Default::default(),
         }
     }
 
@@ -80,41 +168,51 @@ impl Churn {
     pub fn push(&mut self, record: Record, now: Instant) {
         self.queue.push_back(Queued {
             at: now,
-            cookie: None,
-            record: Some(Box::new(record)),
+            item: Item::Record(Box::new(record)),
         });
     }
 
-    /// Queues a claim that may turn out to be churn.
-    pub fn push_claim(&mut self, record: Record, cookie: u64, now: Instant) {
-        if self.window.is_zero() {
-            return self.push(record, now);
-        }
+    /// Queues a claim that may turn out to be churn; its record is made
+    /// when it is due.
+    pub fn push_claim(&mut self, claim: PendingClaim, now: Instant) {
         let seq = self.head + self.queue.len() as u64;
+        let cookie = claim.cookie;
         self.queue.push_back(Queued {
             at: now,
-            cookie: Some(cookie),
-            record: Some(Box::new(record)),
+            item: Item::Claim(cookie),
         });
-        self.foldable.insert(cookie, seq);
+        self.waiting.insert(
+            cookie,
+            Waiting {
+                seq,
+                foldable: !self.window.is_zero(),
+                claim,
+            },
+        );
     }
 
     /// The claim of `cookie` listened or met a conflict: it keeps its record.
     pub fn pin(&mut self, cookie: u64) {
-        if let Some(seq) = self.foldable.remove(&cookie) {
-            if let Some(q) = self.queue.get_mut((seq - self.head) as usize) {
-                q.cookie = None;
-            }
+        if let Some(w) = self.waiting.get_mut(&cookie) {
+            w.foldable = false;
         }
     }
 
     /// The claim of `cookie` was released after `held_ms`: true when it was
     /// churn, folded into its summary (its release is then not written).
     pub fn fold_release(&mut self, cookie: u64, held_ms: Option<u64>, now: Instant) -> bool {
-        let Some(seq) = self.foldable.remove(&cookie) else {
+        let held_ms = held_ms.unwrap_or(0);
+        let Some(mut w) = self.waiting.remove(&cookie) else {
             return false;
         };
-        self.fold(seq, held_ms, now)
+        if !w.foldable || u128::from(held_ms) >= self.window.as_millis() {
+            // It keeps its record (the rare case: put back).
+            w.foldable = false;
+            self.waiting.insert(cookie, w);
+            return false;
+        }
+        self.count(w.claim, held_ms, now);
+        true
     }
 
     /// A repair found the claim of `cookie` released (its release event
@@ -128,34 +226,19 @@ impl Churn {
         self.fold_release(cookie, Some(held_ms), now)
     }
 
-    fn fold(&mut self, seq: u64, held_ms: Option<u64>, now: Instant) -> bool {
-        let Some(q) = self.queue.get_mut((seq - self.head) as usize) else {
-            return false;
-        };
-        q.cookie = None;
-        let held_ms = held_ms.unwrap_or(0);
-        if u128::from(held_ms) >= self.window.as_millis() {
-            return false;
-        }
-        let Some(Record {
-            ts,
-            body: Body::Claim { at, process, .. },
-            ..
-        }) = q.record.take().map(|r| *r)
-        else {
-            return false;
-        };
+    /// Counts a folded claim in its summary.
+    fn count(&mut self, claim: PendingClaim, held_ms: u64, now: Instant) {
         let key: Key = (
-            process.pid,
-            at.netns,
-            at.proto.as_str(),
-            at.addr.clone(),
-            at.port,
+            claim.pid,
+            claim.netns,
+            claim.key.proto,
+            claim.key.addr,
+            claim.key.port,
         );
         match self.summaries.get_mut(&key) {
             Some(s) => {
                 s.count += 1;
-                s.last = ts;
+                s.last_ns = claim.ts_ns;
                 s.held_ms_min = s.held_ms_min.min(held_ms);
                 s.held_ms_max = s.held_ms_max.max(held_ms);
             }
@@ -164,22 +247,19 @@ impl Churn {
                     key,
                     Summary {
                         started: now,
-                        at,
-                        process,
                         count: 1,
-                        first: ts.clone(),
-                        last: ts,
+                        last_ns: claim.ts_ns,
                         held_ms_min: held_ms,
                         held_ms_max: held_ms,
+                        first: claim,
                     },
                 );
             }
         }
-        true
     }
 
     /// Summaries due (older than [`SUMMARY_EVERY`], or all when `all`), as
-    /// records to queue.
+    /// records to queue, in the order of their first claim.
     pub fn summaries_due(&mut self, now: Instant, all: bool) -> Vec<Body> {
         if self.summaries.is_empty() {
             return Vec::new();
@@ -188,31 +268,29 @@ impl Churn {
             .summaries
             .iter()
             .filter(|(_, s)| all || now.duration_since(s.started) >= SUMMARY_EVERY)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
-        let mut out: Vec<Body> = due
+        let mut out: Vec<Summary> = due
             .into_iter()
             .filter_map(|k| self.summaries.remove(&k))
+            .collect();
+        // By first claim, then by place: the same summaries, the same order.
+        out.sort_by_key(|s| (s.first.ts_ns, s.first.key, s.first.pid));
+        out.into_iter()
             .map(|s| Body::Churn {
-                at: s.at,
-                process: s.process,
+                at: s.first.endpoint(),
+                process: s.first.process(),
                 count: s.count,
-                first: s.first,
-                last: s.last,
+                first: wall(s.first.ts_ns),
+                last: wall(s.last_ns),
                 held_ms_min: s.held_ms_min,
                 held_ms_max: s.held_ms_max,
             })
-            .collect();
-        // A stable order (by first bind) for the file.
-        out.sort_by(|a, b| match (a, b) {
-            (Body::Churn { first: x, .. }, Body::Churn { first: y, .. }) => x.cmp(y),
-            _ => std::cmp::Ordering::Equal,
-        });
-        out
+            .collect()
     }
 
-    /// Records whose window has passed, in order.
-    pub fn drain_due(&mut self, now: Instant, out: &mut Vec<Record>) {
+    /// Entries whose window has passed, in order.
+    pub fn drain_due(&mut self, now: Instant, out: &mut Vec<Due>) {
         while let Some(q) = self.queue.front() {
             if now.duration_since(q.at) < self.window {
                 break;
@@ -221,62 +299,68 @@ impl Churn {
         }
     }
 
-    /// Every queued record, in order.
-    pub fn drain_all(&mut self, out: &mut Vec<Record>) {
+    /// Every queued entry, in order.
+    pub fn drain_all(&mut self, out: &mut Vec<Due>) {
         while !self.queue.is_empty() {
             self.pop(out);
         }
     }
 
-    fn pop(&mut self, out: &mut Vec<Record>) {
+    fn pop(&mut self, out: &mut Vec<Due>) {
         let Some(q) = self.queue.pop_front() else {
             return;
         };
+        let seq = self.head;
         self.head += 1;
-        if let Some(c) = q.cookie {
-            self.foldable.remove(&c);
-        }
-        if let Some(r) = q.record {
-            out.push(*r);
+        match q.item {
+            Item::Record(r) => out.push(Due::Record(r)),
+            Item::Claim(cookie) => {
+                // Gone: folded into a summary.
+                if self.waiting.get(&cookie).is_some_and(|w| w.seq == seq) {
+                    if let Some(w) = self.waiting.remove(&cookie) {
+                        out.push(Due::Claim(Box::new(w.claim)));
+                    }
+                }
+            }
         }
     }
 
-    /// Records waiting.
+    /// Entries waiting.
     #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
 }
 
+/// A wall-clock time in ns, as the journal writes times.
+pub fn wall(ns: i64) -> String {
+    rfc3339(chrono::DateTime::from_timestamp_nanos(ns))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::Proto;
 
-    fn claim(port: u16, pid: u32, ts: &str) -> Record {
-        Record {
-            v: 1,
-            ts: ts.into(),
-            host: "h".into(),
-            source: "cgroup".into(),
-            body: Body::Claim {
-                at: Endpoint {
-                    netns: Some(1),
-                    proto: Proto::Tcp,
-                    family: None,
-                    addr: Some("127.0.0.1".into()),
-                    port,
-                },
-                process: ProcessRef {
-                    pid,
-                    comm: "t".into(),
-                    ..ProcessRef::default()
-                },
-                cookie: None,
-                requested_port: None,
-                job: None,
-                job_via: None,
+    /// A claim queued `ms` after the epoch, with cookie `cookie`.
+    fn claim(port: u16, pid: u32, cookie: u64, ms: i64) -> PendingClaim {
+        PendingClaim {
+            ts_ns: ms * 1_000_000,
+            key: ClaimKey {
+                netns: 1,
+                proto: Proto::Tcp,
+                addr: "127.0.0.1".parse().unwrap(),
+                port,
             },
+            netns: Some(1),
+            family: Some(Family::Ipv4),
+            cookie,
+            pid,
+            uid: 0,
+            comm: *b"t\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            outside_pidns: false,
+            requested_port: None,
+            binder: Arc::default(),
+            charge: None,
         }
     }
 
@@ -285,21 +369,32 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Churn::new(Duration::from_secs(1));
         for i in 0..100u64 {
-            c.push_claim(claim(8080, 7, &format!("t{i:03}")), i, t0);
+            c.push_claim(claim(8080, 7, i, i as i64), t0);
             assert!(c.fold_release(i, Some(i % 5), t0));
         }
         // A claim that lasts, one that listens, one released too late.
-        c.push_claim(claim(8080, 7, "t100"), 100, t0);
-        c.push_claim(claim(8080, 7, "t101"), 101, t0);
+        c.push_claim(claim(8080, 7, 100, 100), t0);
+        c.push_claim(claim(8080, 7, 101, 101), t0);
         c.pin(101);
         assert!(!c.fold_release(101, Some(0), t0));
-        c.push_claim(claim(8080, 7, "t102"), 102, t0);
+        c.push_claim(claim(8080, 7, 102, 102), t0);
         assert!(!c.fold_release(102, Some(1000), t0));
         let mut out = Vec::new();
         c.drain_due(t0 + Duration::from_millis(999), &mut out);
         assert!(out.is_empty());
         c.drain_due(t0 + Duration::from_secs(1), &mut out);
-        assert_eq!(out.len(), 3, "the three claims that are not churn");
+        let cookies: Vec<u64> = out
+            .iter()
+            .map(|d| match d {
+                Due::Claim(c) => c.cookie,
+                Due::Record(r) => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(
+            cookies,
+            [100, 101, 102],
+            "the three claims that are not churn"
+        );
         assert!(c
             .summaries_due(t0 + Duration::from_secs(1), false)
             .is_empty());
@@ -312,11 +407,17 @@ mod tests {
                 last,
                 held_ms_min,
                 held_ms_max,
-                ..
+                process,
+                at,
             } => {
                 assert_eq!(*count, 100);
-                assert_eq!((first.as_str(), last.as_str()), ("t000", "t099"));
+                assert_eq!(
+                    (first.as_str(), last.as_str()),
+                    ("1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00.099Z")
+                );
                 assert_eq!((*held_ms_min, *held_ms_max), (0, 4));
+                assert_eq!((process.pid, process.comm.as_str()), (7, "t"));
+                assert_eq!((at.port, at.addr.as_deref()), (8080, Some("127.0.0.1")));
             }
             other => panic!("{other:?}"),
         }
@@ -327,10 +428,27 @@ mod tests {
     fn a_zero_window_writes_every_claim() {
         let t0 = Instant::now();
         let mut c = Churn::new(Duration::ZERO);
-        c.push_claim(claim(1, 1, "a"), 1, t0);
+        c.push_claim(claim(1, 1, 1, 0), t0);
         assert!(!c.fold_release(1, Some(0), t0));
         let mut out = Vec::new();
         c.drain_due(t0, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn records_and_claims_keep_their_order() {
+        let t0 = Instant::now();
+        let mut c = Churn::new(Duration::from_secs(1));
+        c.push_claim(claim(1, 1, 1, 0), t0);
+        c.push(Record::new("cgroup", Body::Stop { reason: "x".into() }), t0);
+        c.push_claim(claim(2, 1, 2, 1), t0);
+        assert!(c.fold_release(2, Some(0), t0));
+        let mut out = Vec::new();
+        c.drain_all(&mut out);
+        assert!(matches!(&out[..], [Due::Claim(a), Due::Record(_)] if a.cookie == 1));
+        assert!(
+            !c.fold_release(1, Some(0), t0),
+            "written: no longer foldable"
+        );
     }
 }

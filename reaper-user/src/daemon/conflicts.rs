@@ -343,7 +343,10 @@ impl Daemon {
         for h in scan.holdings.iter().filter(|h| claims_port(h)) {
             if let Some(claim) = claim_of(h) {
                 if let Some(b) = binder_of(h) {
-                    shared.binders.entry(claim.cookie).or_insert(b);
+                    shared
+                        .binders
+                        .entry(claim.cookie)
+                        .or_insert_with(|| std::sync::Arc::new(b));
                 }
                 shared.ledger.seed(claim);
             }

@@ -3,18 +3,20 @@
 //! [`super::conflicts`].
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::control;
-use crate::events::{EventStream, Matcher};
+use crate::events::{event_family, EventStream, Matcher, Observation};
 use crate::hooks::Attached;
 use crate::journal::{Body, Endpoint, ProcessRef};
-use crate::ledger::{Claim, Fact};
-use crate::util::clock_ns;
-use crate::vocab::{Charge, Proto};
+use crate::ledger::{Bound, Change, Claim, ClaimKey, Fact, Released};
+use crate::util::{clock_ns, comm_from_bytes};
+use crate::vocab::{Charge, Family, Proto};
 
+use super::churn::PendingClaim;
 use super::{procinfo, Daemon, TICK};
 
 /// The events' way in.
@@ -24,13 +26,46 @@ pub(super) struct Ingest {
     pub(super) matcher: Matcher,
     /// The binder's parent and exe by pid, for a second: a process that binds
     /// in a loop is read once, not once per bind.
-    binders: std::collections::HashMap<u32, (Instant, control::Binder)>,
+    binders: foldhash::HashMap<u32, (Instant, Arc<control::Binder>)>,
     /// Each claim's CI job, read when it is made.
     pub(super) jobs: crate::holders::charge::Charger,
     /// The binder's job by pid, for a second, as `binders`: the charger
     /// remembers jobs by pid and start time, which costs a read of
     /// /proc/PID/stat per bind (most of the daemon's CPU under a storm).
-    charges: std::collections::HashMap<u32, (Instant, Option<Charge>)>,
+    charges: foldhash::HashMap<u32, (Instant, Option<Arc<Charge>>)>,
+    /// Reused per batch: observations, the ledger's changes, and what the
+    /// control socket's state still needs from them.
+    obs: Vec<Observation>,
+    changes: Vec<Change>,
+    updates: Vec<Update>,
+}
+
+/// What a batch changes in [`control::Shared`] beside the ledger, applied
+/// under one lock.
+enum Update {
+    Bound {
+        cookie: u64,
+        binder: Arc<control::Binder>,
+        charge: Option<Arc<Charge>>,
+    },
+    Released(u64),
+}
+
+/// One batch's clocks: every claim of a batch is queued at this time.
+#[derive(Clone, Copy)]
+pub(super) struct Now {
+    pub(super) at: Instant,
+    /// Wall clock, ns.
+    pub(super) wall_ns: i64,
+}
+
+impl Now {
+    pub(super) fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            wall_ns: clock_ns(libc::CLOCK_REALTIME) as i64,
+        }
+    }
 }
 
 impl Ingest {
@@ -38,9 +73,12 @@ impl Ingest {
         Ingest {
             stream,
             matcher,
-            binders: std::collections::HashMap::new(),
+            binders: Default::default(),
             jobs: crate::holders::charge::Charger::new(),
-            charges: std::collections::HashMap::new(),
+            charges: Default::default(),
+            obs: Vec::new(),
+            changes: Vec::new(),
+            updates: Vec::new(),
         }
     }
 }
@@ -55,6 +93,17 @@ pub(super) async fn next_events(
             tokio::time::sleep(TICK).await;
             Ok(0)
         }
+    }
+}
+
+/// Where a claim is, as the journal writes it.
+pub(super) fn key_endpoint(key: &ClaimKey, family: Family) -> Endpoint {
+    Endpoint {
+        netns: Some(key.netns),
+        proto: key.proto,
+        family: Some(family),
+        addr: Some(key.addr.to_string()),
+        port: key.port,
     }
 }
 
@@ -88,7 +137,7 @@ impl Daemon {
         if self.ingest.stream.is_none() {
             return;
         }
-        let mut obs = Vec::new();
+        let mut obs = std::mem::take(&mut self.ingest.obs);
         let own = std::process::id();
         for ev in raw.drain(..) {
             // The daemon's own binds (its test bind after a reaping, its
@@ -103,8 +152,9 @@ impl Daemon {
             .matcher
             .settle(clock_ns(libc::CLOCK_BOOTTIME), &mut obs);
         if !obs.is_empty() {
-            self.apply(obs);
+            self.apply(&mut obs);
         }
+        self.ingest.obs = obs;
         if let Some(a) = self.attached.as_mut() {
             if let Some(logger) = a.logger.as_mut() {
                 logger.flush();
@@ -112,78 +162,135 @@ impl Daemon {
         }
     }
 
-    pub(super) fn apply(&mut self, obs: Vec<crate::events::Observation>) {
-        let facts: Vec<(Fact, Option<Claim>)> = {
+    /// Applies `obs` (emptied) to the ledger under one lock, then records
+    /// what changed. A claim made and released within the churn window
+    /// costs a ledger update and a count: nothing is formatted for it.
+    pub(super) fn apply(&mut self, obs: &mut Vec<Observation>) {
+        let mut changes = std::mem::take(&mut self.ingest.changes);
+        {
             let mut shared = self.shared.lock().unwrap();
-            let mut facts = Vec::with_capacity(obs.len());
-            for o in &obs {
-                if let Some(f) = shared.ledger.apply(o) {
-                    let holder = if f.ok { None } else { f.holder_claim.clone() };
-                    facts.push((f, holder));
-                }
-            }
+            changes.extend(obs.iter().filter_map(|o| shared.ledger.apply_change(o)));
             self.metrics
                 .ledger_claims
                 .store(shared.ledger.len() as u64, Relaxed);
-            facts
-        };
-        for (fact, holder) in facts {
-            self.fact(fact, holder);
         }
-        for o in &obs {
-            if let crate::events::Observation::Connect(ev) = o {
-                self.client_port(*ev);
+        let now = Now::read();
+        for change in changes.drain(..) {
+            match change {
+                Change::Bound(b) => self.bound(b, now),
+                Change::Released(r) => self.released(r, now),
+                Change::Fact(f) => {
+                    // What the fact's handling reads of the shared state
+                    // is up to date first.
+                    self.update_shared();
+                    let holder = if f.ok { None } else { f.holder_claim.clone() };
+                    self.fact(*f, holder);
+                }
+            }
+        }
+        self.ingest.changes = changes;
+        self.update_shared();
+        for o in obs.drain(..) {
+            if let Observation::Connect(ev) = o {
+                self.client_port(ev);
             }
         }
     }
 
-    /// One fact: journal it, count it, and open a conflict for a failed bind.
-    pub(super) fn fact(&mut self, fact: Fact, holder: Option<Claim>) {
-        let at = endpoint(&fact);
-        match (fact.kind, fact.ok) {
-            ("bind", true) => {
-                self.metrics.binds.fetch_add(1, Relaxed);
-                let binder = self.binder(fact.pid);
-                let process = ProcessRef {
-                    pid: fact.pid,
-                    comm: fact.comm.clone(),
-                    uid: Some(fact.uid),
-                    ppid: binder.ppid,
-                    exe: binder.exe.clone(),
-                    ancestors: match (binder.ppid, &binder.parent_comm) {
-                        (Some(p), Some(c)) => vec![format!("{p}:{c}")],
-                        _ => Vec::new(),
-                    },
-                    outside_pidns: fact.outside_pidns.then_some(true),
-                    ..ProcessRef::default()
-                };
-                let charge = self.charge(fact.pid);
-                {
-                    let mut shared = self.shared.lock().unwrap();
-                    shared.binders.insert(fact.cookie, binder);
-                    if let Some(c) = &charge {
-                        shared.ledger.charge(fact.cookie, c.clone());
+    /// The batch's binders and charges, and its released claims' binders
+    /// forgotten, in order, under one lock.
+    fn update_shared(&mut self) {
+        if self.ingest.updates.is_empty() {
+            return;
+        }
+        let mut shared = self.shared.lock().unwrap();
+        for u in self.ingest.updates.drain(..) {
+            match u {
+                Update::Bound {
+                    cookie,
+                    binder,
+                    charge,
+                } => {
+                    shared.binders.insert(cookie, binder);
+                    if let Some(c) = charge {
+                        shared.ledger.charge(cookie, Charge::clone(&c));
                     }
                 }
-                let (job, job_via) = charge.map(|c| (c.job, c.via)).unzip();
-                self.journal_claim(
-                    Body::Claim {
-                        at,
-                        process,
-                        cookie: Some(fact.cookie),
-                        requested_port: fact.requested_port,
-                        job,
-                        job_via,
-                    },
-                    fact.cookie,
-                );
+                Update::Released(cookie) => {
+                    shared.binders.remove(&cookie);
+                }
             }
+        }
+    }
+
+    /// A claim made: counted, its binder and job noted, its record queued
+    /// (made only if it is written).
+    fn bound(&mut self, b: Bound, now: Now) {
+        self.metrics.binds.fetch_add(1, Relaxed);
+        let pid = b.ev.tgid;
+        let binder = self.binder(pid, now.at);
+        let charge = self.charge(pid, now.at);
+        self.ingest.updates.push(Update::Bound {
+            cookie: b.ev.cookie,
+            binder: binder.clone(),
+            charge: charge.clone(),
+        });
+        let claim = PendingClaim {
+            ts_ns: now.wall_ns,
+            key: b.key,
+            netns: b.netns,
+            family: event_family(&b.ev),
+            cookie: b.ev.cookie,
+            pid,
+            uid: b.ev.uid,
+            comm: b.ev.comm,
+            outside_pidns: b.ev.flags & reaper_common::FLAG_OUTSIDE_PIDNS != 0,
+            requested_port: b.requested_port,
+            binder,
+            charge,
+        };
+        self.journal_claim(claim, now.at);
+    }
+
+    /// A claim ended: churn is folded into its summary; otherwise the
+    /// release is recorded.
+    fn released(&mut self, r: Released, now: Now) {
+        let cookie = r.ev.cookie;
+        self.ingest.updates.push(Update::Released(cookie));
+        self.metrics.releases.fetch_add(1, Relaxed);
+        if self
+            .sink
+            .churn
+            .fold_release(cookie, Some(r.held_ms), now.at)
+        {
+            self.metrics.churn_folded.fetch_add(1, Relaxed);
+            return;
+        }
+        self.journal(Body::Release {
+            at: key_endpoint(&r.key, r.family),
+            process: Some(ProcessRef {
+                pid: r.ev.tgid,
+                comm: comm_from_bytes(&r.ev.comm),
+                uid: Some(r.ev.uid),
+                outside_pidns: (r.ev.flags & reaper_common::FLAG_OUTSIDE_PIDNS != 0)
+                    .then_some(true),
+                ..ProcessRef::default()
+            }),
+            held_ms: Some(r.held_ms),
+            cookie: Some(cookie),
+        });
+    }
+
+    /// A listen or a failed bind: journaled in full; a failed bind opens
+    /// or joins a conflict.
+    pub(super) fn fact(&mut self, fact: Fact, holder: Option<Claim>) {
+        match (fact.kind, fact.ok) {
             ("listen", _) => {
                 self.metrics.listens.fetch_add(1, Relaxed);
                 self.sink.churn.pin(fact.cookie);
                 self.charge_unbound(fact.cookie, fact.pid);
                 self.journal(Body::Listen {
-                    at,
+                    at: endpoint(&fact),
                     process: ProcessRef {
                         pid: fact.pid,
                         comm: fact.comm.clone(),
@@ -191,35 +298,6 @@ impl Daemon {
                         outside_pidns: fact.outside_pidns.then_some(true),
                         ..ProcessRef::default()
                     },
-                    cookie: Some(fact.cookie),
-                });
-            }
-            ("release", _) => {
-                self.shared.lock().unwrap().binders.remove(&fact.cookie);
-                if fact.port.is_none() {
-                    // A socket the ledger never knew (bound before the daemon
-                    // and not seen by the seed scan): nothing to release.
-                    return;
-                }
-                self.metrics.releases.fetch_add(1, Relaxed);
-                if self
-                    .sink
-                    .churn
-                    .fold_release(fact.cookie, fact.held_ms, Instant::now())
-                {
-                    self.metrics.churn_folded.fetch_add(1, Relaxed);
-                    return;
-                }
-                self.journal(Body::Release {
-                    at,
-                    process: Some(ProcessRef {
-                        pid: fact.pid,
-                        comm: fact.comm.clone(),
-                        uid: Some(fact.uid),
-                        outside_pidns: fact.outside_pidns.then_some(true),
-                        ..ProcessRef::default()
-                    }),
-                    held_ms: fact.held_ms,
                     cookie: Some(fact.cookie),
                 });
             }
@@ -234,15 +312,18 @@ impl Daemon {
         if !self.shared.lock().unwrap().ledger.uncharged(cookie) {
             return;
         }
-        if let Some(c) = self.charge(pid) {
-            self.shared.lock().unwrap().ledger.charge(cookie, c);
+        if let Some(c) = self.charge(pid, Instant::now()) {
+            self.shared
+                .lock()
+                .unwrap()
+                .ledger
+                .charge(cookie, Charge::clone(&c));
         }
     }
 
     /// The job of a claim `pid` just made, read at most once per
     /// [`BINDER_TTL`] for a process that binds in a loop.
-    fn charge(&mut self, pid: u32) -> Option<Charge> {
-        let now = Instant::now();
+    fn charge(&mut self, pid: u32, now: Instant) -> Option<Arc<Charge>> {
         if let Some((at, c)) = self.ingest.charges.get(&pid) {
             if now.duration_since(*at) < BINDER_TTL {
                 return c.clone();
@@ -253,19 +334,18 @@ impl Daemon {
                 .charges
                 .retain(|_, (at, _)| now.duration_since(*at) < BINDER_TTL);
         }
-        let c = self.ingest.jobs.charge(pid);
+        let c = self.ingest.jobs.charge(pid).map(Arc::new);
         self.ingest.charges.insert(pid, (now, c.clone()));
         c
     }
 
     /// The binder's parent and exe, read from /proc at most once per
     /// [`BINDER_TTL`] for a process that binds in a loop.
-    pub(super) fn binder(&mut self, pid: u32) -> control::Binder {
+    pub(super) fn binder(&mut self, pid: u32, now: Instant) -> Arc<control::Binder> {
         if pid == 0 {
             // Outside reaper's pid namespace: nothing of it to read.
-            return control::Binder::default();
+            return Arc::default();
         }
-        let now = Instant::now();
         if let Some((at, b)) = self.ingest.binders.get(&pid) {
             if now.duration_since(*at) < BINDER_TTL {
                 return b.clone();
@@ -276,7 +356,7 @@ impl Daemon {
                 .binders
                 .retain(|_, (at, _)| now.duration_since(*at) < BINDER_TTL);
         }
-        let b = procinfo::binder(pid);
+        let b = Arc::new(procinfo::binder(pid));
         self.ingest.binders.insert(pid, (now, b.clone()));
         b
     }

@@ -323,7 +323,7 @@ impl Daemon {
                 self.ingest.matcher.feed(ev, &mut obs);
             }
             self.ingest.matcher.flush(&mut obs);
-            self.apply(obs);
+            self.apply(&mut obs);
         }
         self.ingest.stream = None;
         // Dropping the links detaches every program.

@@ -38,6 +38,8 @@ pub(super) struct Reconcile {
     summarised_seen: u64,
     /// The claims map as last read (reused: no allocation per repair).
     kernel_claims: Vec<reaper_common::Event>,
+    /// When the kernel side's counters were last read.
+    counters_read: Option<Instant>,
 }
 
 pub(super) fn listening_query() -> Query {
@@ -122,6 +124,10 @@ pub(super) fn claim_of(h: &Holding) -> Option<Claim> {
 /// interval, however many losses or summarised claims come.
 pub(super) const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The kernel side's counters are read at most this often: each read is
+/// four bpf(2) calls, and a storm turns the loop every few milliseconds.
+const COUNTERS_EVERY: Duration = Duration::from_millis(20);
+
 impl Daemon {
     /// Seeds the ledger with the holders that predate the daemon.
     pub(super) async fn seed(&mut self) -> Result<()> {
@@ -138,11 +144,21 @@ impl Daemon {
     /// claims map (journaled, counted), summarised ephemeral claims. Each
     /// makes a repair of the ledger from the kernel-side claims map due; at
     /// most one runs per [`REPAIR_INTERVAL`], however many losses come, and
-    /// it never scans /proc.
+    /// it never scans /proc. The counters are read at most every
+    /// [`COUNTERS_EVERY`].
     pub(super) fn check_losses(&mut self) {
         let Some(a) = &self.attached else {
             return;
         };
+        let now = Instant::now();
+        if self
+            .reconcile
+            .counters_read
+            .is_some_and(|t| now.duration_since(t) < COUNTERS_EVERY)
+        {
+            return;
+        }
+        self.reconcile.counters_read = Some(now);
         let lost = a.lost_total();
         let unstored = a.claims_full_total();
         let summarised = a.count(reaper_common::COUNT_EPHEMERAL)
@@ -318,7 +334,7 @@ impl Daemon {
             .filter_map(|h| claim_of(h).map(|c| (c, binder_of(h))))
             .map(|(mut c, b)| {
                 // Found by a scan: its job as its process and parents name it now.
-                c.job = jobs.charge(c.pid);
+                c.job = jobs.charge(c.pid).map(Box::new);
                 (c, b)
             })
             .collect();
@@ -331,7 +347,9 @@ impl Daemon {
             if !known.contains(&key_tuple(&c.key)) {
                 added.push(c.clone());
                 if let Some(b) = b {
-                    shared.binders.insert(c.cookie, b.clone());
+                    shared
+                        .binders
+                        .insert(c.cookie, std::sync::Arc::new(b.clone()));
                 }
                 shared.ledger.seed(c.clone());
             }

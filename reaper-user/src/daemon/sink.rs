@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::util::rfc3339;
 use crate::vocab::Source;
 
-use super::churn::Churn;
+use super::churn::{wall, Churn, Due, PendingClaim};
 use super::config::{Config, OnJournalError};
 use super::recovery;
 use super::Daemon;
@@ -33,7 +33,7 @@ pub(super) struct Sink {
     /// Records wait here for the churn window before they are written.
     pub(super) churn: Churn,
     /// Reused by [`Daemon::flush`].
-    due: Vec<Record>,
+    due: Vec<Due>,
     /// Set when a journal error must stop the daemon.
     pub(super) fatal: Option<anyhow::Error>,
 }
@@ -117,19 +117,23 @@ impl Daemon {
         record
     }
 
-    /// Queues a claim that may turn out to be churn.
-    pub(super) fn journal_claim(&mut self, body: Body, cookie: u64) {
-        let record = self.record(body);
+    /// Queues a claim that may turn out to be churn: its record is made
+    /// only if it is written.
+    pub(super) fn journal_claim(&mut self, claim: PendingClaim, now: Instant) {
         if self.sink.journal.is_some() {
-            self.sink.churn.push_claim(record, cookie, Instant::now());
+            self.sink.churn.push_claim(claim, now);
         }
     }
 
     /// A record of now.
     fn record(&self, body: Body) -> Record {
+        self.record_at(rfc3339(Utc::now()), body)
+    }
+
+    fn record_at(&self, ts: String, body: Body) -> Record {
         Record {
             v: crate::journal::SCHEMA_VERSION,
-            ts: rfc3339(Utc::now()),
+            ts,
             host: self.sink.host.clone(),
             source: self.sink.source.clone(),
             body,
@@ -165,9 +169,14 @@ impl Daemon {
         }
     }
 
-    /// Encodes `records` (emptied) and writes them in one write(2).
-    fn write_records(&mut self, records: &mut Vec<Record>) {
-        for record in records.drain(..) {
+    /// Encodes `records` (emptied; a claim's record made now) and writes
+    /// them in one write(2).
+    fn write_records(&mut self, records: &mut Vec<Due>) {
+        for due in records.drain(..) {
+            let record = match due {
+                Due::Record(r) => *r,
+                Due::Claim(c) => self.record_at(wall(c.ts_ns), c.body()),
+            };
             match serde_json::to_writer(&mut self.sink.pending, &record) {
                 Ok(()) => {
                     self.sink.pending.push(b'\n');

@@ -13,6 +13,7 @@ use std::io;
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
@@ -111,7 +112,17 @@ impl<'a> Btf<'a> {
     /// Where field `member` of `struct name` is, looking into anonymous
     /// unions and structs.
     pub fn field(&self, name: &str, member: &str) -> Option<Field> {
-        let id = self.find(KIND_STRUCT, name)?;
+        self.member(self.struct_id(name)?, member)
+    }
+
+    /// The id of `struct name` (a lookup is a pass over every type: find
+    /// a struct once for all its fields).
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.find(KIND_STRUCT, name)
+    }
+
+    /// Where field `member` of the struct `id` is (as [`Btf::field`]).
+    pub fn member(&self, id: u32, member: &str) -> Option<Field> {
         self.member_in(id, member, 0)
     }
 
@@ -165,6 +176,13 @@ impl<'a> Btf<'a> {
         match kind(info) {
             KIND_PTR => Some(std::mem::size_of::<usize>() as u32),
             KIND_INT | KIND_ENUM | KIND_ENUM64 | KIND_STRUCT | KIND_UNION => Some(size),
+            KIND_ARRAY => {
+                // struct btf_array: element type, index type, count.
+                let (_, _, _, extra) = self.record(self.resolve(id)?)?;
+                let elem = u32_at(self.types, extra)?;
+                let count = u32_at(self.types, extra + 8)?;
+                self.size_of(elem)?.checked_mul(count)
+            }
             _ => None,
         }
     }
@@ -206,6 +224,21 @@ impl Bytes {
 }
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The running kernel's BTF, mapped and indexed once per process (each
+/// iterator looks up its own fields in it). Err says why there is none.
+pub fn kernel() -> Result<&'static Btf<'static>, String> {
+    static KERNEL: std::sync::OnceLock<Result<Btf<'static>, String>> = std::sync::OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            let bytes = vmlinux().map_err(|e| format!("no kernel BTF ({VMLINUX}): {e}"))?;
+            // Kept for the life of the process: the index points into it.
+            let bytes: &'static Bytes = Box::leak(Box::new(bytes));
+            Btf::parse(bytes.as_slice()).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
 
 /// The running kernel's BTF.
 pub fn vmlinux() -> io::Result<Bytes> {

@@ -62,7 +62,7 @@ pub fn disable() {
 }
 
 /// Why the iterator is not to be tried at all (None: try it).
-fn not_here() -> Option<String> {
+pub(super) fn not_here() -> Option<String> {
     if DISABLED.load(Ordering::Relaxed) {
         return Some("--no-bpf".into());
     }
@@ -97,9 +97,7 @@ fn ns_layout() -> Result<NsLayout, String> {
 fn layouts() -> Result<(Layout, Option<NsLayout>), String> {
     LAYOUT
         .get_or_init(|| {
-            let bytes =
-                btf::vmlinux().map_err(|e| format!("no kernel BTF ({}): {e}", btf::VMLINUX))?;
-            let btf = Btf::parse(bytes.as_slice()).map_err(|e| e.to_string())?;
+            let btf: &Btf = btf::kernel()?;
             let attach_btf_id = btf
                 .func_id("bpf_iter_task_file")
                 .ok_or("this kernel has no task_file iterator (Linux 5.8+)")?;
@@ -218,12 +216,33 @@ pub fn netns_of_tasks() -> Result<Vec<(u32, u64)>, String> {
 
 /// Loads `insns` as an iterator program, runs it once, returns its output.
 fn iterate(insns: &[Insn], attach_btf_id: u32) -> Result<Vec<u8>, Fail> {
-    let prog = load(insns, attach_btf_id)?;
-    let link = link_create(&prog)?;
-    let mut iter = std::fs::File::from(iter_create(&link)?);
+    iterate_as(insns, attach_btf_id, "task_file", false)
+}
+
+fn iterate_as(
+    insns: &[Insn],
+    attach_btf_id: u32,
+    what: &str,
+    sleepable: bool,
+) -> Result<Vec<u8>, Fail> {
+    let mut iter = open_as(insns, attach_btf_id, what, sleepable)?;
     let mut out = Vec::with_capacity(64 * 1024);
     iter.read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// Loads `insns` as the iterator named `what` in errors (sleepable when
+/// asked: a program that reads user memory) and returns the file whose
+/// reads run it (it keeps the program and its link alive).
+pub(super) fn open_as(
+    insns: &[Insn],
+    attach_btf_id: u32,
+    what: &str,
+    sleepable: bool,
+) -> Result<std::fs::File, Fail> {
+    let prog = load(insns, attach_btf_id, what, sleepable)?;
+    let link = link_create(&prog)?;
+    Ok(std::fs::File::from(iter_create(&link)?))
 }
 
 fn run(wanted: &HashSet<u64>) -> Result<FdWalk, Fail> {
@@ -254,7 +273,7 @@ fn raw(fd: &OwnedFd) -> i32 {
 
 // ---- the program ----
 
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+pub(super) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
         code,
         regs: dst | (src << 4),
@@ -263,22 +282,22 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     }
 }
 
-const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
-const LDX_W: u8 = 0x61;
-const STX_DW: u8 = 0x7b;
-const STX_W: u8 = 0x63;
-const MOV64_X: u8 = 0xbf;
-const MOV64_K: u8 = 0xb7;
-const ADD64_K: u8 = 0x07;
-const JEQ_K: u8 = 0x15;
-const JNE_X: u8 = 0x5d;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const LD_IMM64: u8 = 0x18;
-const PSEUDO_MAP_FD: u8 = 1;
-const FP: u8 = 10;
-const MAP_LOOKUP_ELEM: i32 = 1;
-const SEQ_WRITE: i32 = 127;
+pub(super) const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
+pub(super) const LDX_W: u8 = 0x61;
+pub(super) const STX_DW: u8 = 0x7b;
+pub(super) const STX_W: u8 = 0x63;
+pub(super) const MOV64_X: u8 = 0xbf;
+pub(super) const MOV64_K: u8 = 0xb7;
+pub(super) const ADD64_K: u8 = 0x07;
+pub(super) const JEQ_K: u8 = 0x15;
+pub(super) const JNE_X: u8 = 0x5d;
+pub(super) const CALL: u8 = 0x85;
+pub(super) const EXIT: u8 = 0x95;
+pub(super) const LD_IMM64: u8 = 0x18;
+pub(super) const PSEUDO_MAP_FD: u8 = 1;
+pub(super) const FP: u8 = 10;
+pub(super) const MAP_LOOKUP_ELEM: i32 = 1;
+pub(super) const SEQ_WRITE: i32 = 127;
 const SOCK_FROM_FILE: i32 = 162;
 
 /// The iterator: for each (task, fd, file), when the file is a socket whose
@@ -357,7 +376,7 @@ fn task_program(l: &NsLayout) -> Vec<Insn> {
 }
 
 /// Points every jump marked OUT at the last two instructions (r0 = 0; exit).
-fn patch_exits(p: &mut [Insn]) {
+pub(super) fn patch_exits(p: &mut [Insn]) {
     let out = p.len() as i16 - 2;
     for (i, ins) in p.iter_mut().enumerate() {
         if matches!(ins.code, JEQ_K | JNE_X) && ins.off == OUT {
@@ -367,7 +386,7 @@ fn patch_exits(p: &mut [Insn]) {
 }
 
 /// Placeholder jump offset, patched to the program's exit.
-const OUT: i16 = i16::MIN;
+pub(super) const OUT: i16 = i16::MIN;
 
 // ---- bpf(2), through sys.rs ----
 
@@ -377,10 +396,10 @@ fn map_of(wanted: &HashSet<u64>) -> Result<OwnedFd, Fail> {
     sys::bpf_u64_set(&keys).map_err(|(call, e)| ctx(call)(e))
 }
 
-fn load(insns: &[Insn], attach_btf_id: u32) -> Result<OwnedFd, Fail> {
-    sys::bpf_load_iter(insns, attach_btf_id).map_err(|(e, last)| Fail {
+fn load(insns: &[Insn], attach_btf_id: u32, what: &str, sleepable: bool) -> Result<OwnedFd, Fail> {
+    sys::bpf_load_iter(insns, attach_btf_id, sleepable).map_err(|(e, last)| Fail {
         what: format!(
-            "BPF_PROG_LOAD of the task_file iterator: {e}{}",
+            "BPF_PROG_LOAD of the {what} iterator: {e}{}",
             if last.is_empty() {
                 String::new()
             } else {
@@ -410,9 +429,9 @@ fn ctx(call: &'static str) -> impl Fn(io::Error) -> Fail {
 
 /// Why the iterator did not run: what failed, and the kernel's errno.
 #[derive(Debug)]
-struct Fail {
-    what: String,
-    errno: Option<i32>,
+pub(super) struct Fail {
+    pub(super) what: String,
+    pub(super) errno: Option<i32>,
 }
 
 impl From<io::Error> for Fail {

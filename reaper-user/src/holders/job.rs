@@ -40,12 +40,16 @@ const WANTED: &[&str] = &[
 /// process's environment on the host).
 fn vars(environ: &[u8]) -> BTreeMap<&[u8], &[u8]> {
     let mut out = BTreeMap::new();
-    for kv in environ.split(|&c| c == 0) {
+    let mut rest = environ;
+    while !rest.is_empty() {
+        let end = memchr::memchr(0, rest).unwrap_or(rest.len());
+        let kv = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
         // Every wanted name starts with one of these letters.
         if !matches!(kv.first(), Some(b'R' | b'G' | b'C' | b'B' | b'J')) {
             continue;
         }
-        let Some(eq) = kv.iter().position(|&c| c == b'=') else {
+        let Some(eq) = memchr::memchr(b'=', kv) else {
             continue;
         };
         let key = &kv[..eq];
@@ -136,12 +140,45 @@ pub struct Entry {
     pub job: Option<Job>,
 }
 
-/// Every process on the host with its parent and its own job: one walk of
-/// /proc (stat and environ), so that "which processes belong to this job"
-/// and "is this job still running" are answered from one snapshot.
+/// Every process on the host with its parent and its own job, from one
+/// snapshot, so that "which processes belong to this job" and "is this job
+/// still running" are answered together: one read of the kernel's task
+/// iterator ([`super::taskenv`]) or, where it cannot run, one walk of
+/// /proc (stat and environ). Both give the same table.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
     pub procs: std::collections::HashMap<u32, Entry>,
+    /// Which path read it: `bpf_iter` or `proc`.
+    pub source: &'static str,
+    /// Why the iterator was not used, when it was not.
+    pub source_error: Option<String>,
+}
+
+/// The table from the task iterator; an environment too large for its
+/// record (or unreadable by it) is read from /proc.
+fn read_tasks() -> Result<Vec<(u32, Entry)>, String> {
+    use super::taskenv::Environ;
+    let mut reader: Option<crate::proc::Reader> = None;
+    let mut out = Vec::with_capacity(1024);
+    super::taskenv::each(|t| {
+        let job = match t.environ {
+            Environ::Bytes(b) => parse_environ(b),
+            Environ::None => None,
+            Environ::Unread => reader
+                .get_or_insert_with(crate::proc::Reader::new)
+                .read(t.pid, "environ")
+                .and_then(parse_environ),
+        };
+        let entry = Entry {
+            comm: String::from_utf8_lossy(t.comm).into_owned(),
+            ppid: t.ppid,
+            start_ticks: t.start_ticks,
+            state: t.state,
+            job,
+        };
+        out.push((t.pid, entry));
+    })?;
+    Ok(out)
 }
 
 /// How far a parent chain is followed (pid reuse could make a cycle).
@@ -179,16 +216,36 @@ fn read_procs(pids: impl Iterator<Item = u32>) -> Vec<(u32, Entry)> {
 }
 
 impl Table {
-    /// Reads every process; those that vanish or cannot be read are left
-    /// out. One thread: two threads measured no faster on a loaded 2-core
-    /// host (bench/job; the kernel's work per file, not the syscalls, is
-    /// the cost).
+    /// Reads every process: from the kernel's task iterator when it runs
+    /// here, else from /proc (those that vanish or cannot be read are left
+    /// out).
     pub fn read() -> Table {
-        let Ok(pids) = crate::proc::pids() else {
-            return Table::default();
+        match read_tasks() {
+            Ok(procs) => Table {
+                procs: procs.into_iter().collect(),
+                source: "bpf_iter",
+                source_error: None,
+            },
+            Err(why) => {
+                let mut t = Table::read_proc();
+                t.source_error = Some(why);
+                t
+            }
+        }
+    }
+
+    /// Reads every process from /proc. One thread: two threads measured no
+    /// faster on a loaded 2-core host (bench/job; the kernel's work per
+    /// file, not the syscalls, is the cost).
+    pub fn read_proc() -> Table {
+        let procs = match crate::proc::pids() {
+            Ok(pids) => read_procs(pids).into_iter().collect(),
+            Err(_) => Default::default(),
         };
         Table {
-            procs: read_procs(pids).into_iter().collect(),
+            procs,
+            source: "proc",
+            source_error: None,
         }
     }
 

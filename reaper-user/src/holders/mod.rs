@@ -58,6 +58,7 @@ pub mod process;
 pub mod procnet;
 mod records;
 pub mod sockdiag;
+pub mod taskenv;
 
 /// One socket seen in some network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,6 +123,14 @@ pub struct JobRun {
     /// What that source cannot see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_note: Option<String>,
+    /// Which path read the process table (parents, start times, jobs):
+    /// `bpf_iter` (the kernel's task iterator, one read) or `proc` (a walk
+    /// of /proc); absent when no table was needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_source: Option<&'static str>,
+    /// Why the iterator was not used, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_source_error: Option<String>,
     pub dry_run: bool,
     pub ports: Vec<PortResult>,
     /// Holders a scan cannot charge to this job (never signalled).
@@ -138,6 +146,14 @@ pub struct JobRun {
 }
 
 impl JobRun {
+    /// Names the path that read the process table, when one was read.
+    fn set_table(&mut self, table: Option<&Table>) {
+        if let Some(t) = table {
+            self.process_source = Some(t.source);
+            self.process_source_error = t.source_error.clone();
+        }
+    }
+
     /// The exit status: 4 when a port was refused, 3 when one is still
     /// held, else 0.
     pub fn status(&self) -> Exit {
@@ -256,15 +272,9 @@ pub fn start(job: Job, ports: &[u16], opts: &Options) -> anyhow::Result<JobRun> 
             None,
         ));
     }
-    Ok(finish(
-        Phase::Start,
-        job,
-        results,
-        Vec::new(),
-        Vec::new(),
-        opts,
-        t0,
-    ))
+    let mut run = finish(Phase::Start, job, results, Vec::new(), Vec::new(), opts, t0);
+    run.set_table(table.as_ref());
+    Ok(run)
 }
 
 /// A port that binds now, without a scan; None when it does not.
@@ -296,53 +306,13 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
         None => Some(Table::read()),
         Some(d) => (d.has_proxy() || opts.all).then(Table::read),
     };
-    let query = Query {
-        port: None,
-        proto: None,
-        netns: Some(ctx.netns),
-        listening_only: true,
-    };
-    let mut ports: BTreeSet<(u16, Proto)> = BTreeSet::new();
-    let mut unattributed = Vec::new();
-    let mut holding: Vec<u32> = Vec::new();
-    if let Some(table) = &table {
-        // First the sockets of the job's processes (and of those that may
-        // be its): which ports are the job's.
-        let mut first = holders::scan_of(&query, &members::candidates(table, &job))?;
-        first.holdings.retain(|h| !h.processes.is_empty());
-        members::charge(&mut first.holdings, table);
-        if let Some(d) = daemon {
-            d.apply(&mut first.holdings, &job, Some(table));
-        }
-        unattributed = members::charge_containers(&mut first.holdings, table, &job);
-        unattributed.extend(members::unattributed(&first.holdings, table, &job));
-        ports.extend(
-            first
-                .holdings
-                .iter()
-                .filter(|h| members::holds_for(h, &job))
-                .map(|h| (h.socket.port, h.socket.proto)),
-        );
-        holding = first
-            .holdings
-            .iter()
-            .flat_map(|h| h.processes.iter().map(|p| p.pid))
-            .collect();
-    }
-    if let Some(d) = daemon {
-        // The ports whose claims the daemon charged to the job when they
-        // were made.
-        ports.extend(d.ports_of(&job, ctx.netns));
-        unattributed.extend(d.ambiguous(&job, ctx.netns));
-        unattributed.sort_by_key(|u| (u.port, u.pid));
-        unattributed.dedup_by_key(|u| (u.port, u.pid));
-    }
+    let found = jobs_ports(&job, &ctx, table.as_ref(), daemon)?;
 
     // Then each of those ports whole: every holder is judged (a port one of
     // the job's processes shares with another program is not the job's
     // alone).
     let mut results = Vec::new();
-    for (port, proto) in ports {
+    for &(port, proto) in &found.ports {
         let q = Query {
             port: Some(port),
             proto: Some(proto),
@@ -374,18 +344,82 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
     let mut skip = ctx.caller_chain.clone();
     skip.push(ctx.reaper_pid);
     let idle = match &table {
-        Some(table) => idle(table, &job, &holding, &skip, &policy, &mut ctx, opts, t0),
+        Some(table) => idle(
+            table,
+            &job,
+            &found.holding,
+            &skip,
+            &policy,
+            &mut ctx,
+            opts,
+            t0,
+        ),
         None => Vec::new(),
     };
-    Ok(finish(
-        Phase::End,
-        job,
-        results,
-        unattributed,
-        idle,
-        opts,
-        t0,
-    ))
+    let mut run = finish(Phase::End, job, results, found.unattributed, idle, opts, t0);
+    run.set_table(table.as_ref());
+    Ok(run)
+}
+
+/// What `job end` found of the job before judging: its ports, the holders
+/// it cannot charge, and every pid holding one of the candidates' sockets.
+struct Found {
+    ports: BTreeSet<(u16, Proto)>,
+    unattributed: Vec<Unattributed>,
+    holding: Vec<u32>,
+}
+
+/// The job's ports: those whose holders the table charges to it (the
+/// sockets of its processes and of those that may be its, walked first),
+/// and those whose claims the daemon charged to it when they were made.
+fn jobs_ports(
+    job: &Job,
+    ctx: &Context,
+    table: Option<&Table>,
+    daemon: Option<&super::daemon::Ledger>,
+) -> anyhow::Result<Found> {
+    let query = Query {
+        port: None,
+        proto: None,
+        netns: Some(ctx.netns),
+        listening_only: true,
+    };
+    let mut found = Found {
+        ports: BTreeSet::new(),
+        unattributed: Vec::new(),
+        holding: Vec::new(),
+    };
+    if let Some(table) = table {
+        let mut first = holders::scan_of(&query, &members::candidates(table, job))?;
+        first.holdings.retain(|h| !h.processes.is_empty());
+        members::charge(&mut first.holdings, table);
+        if let Some(d) = daemon {
+            d.apply(&mut first.holdings, job, Some(table));
+        }
+        found.unattributed = members::charge_containers(&mut first.holdings, table, job);
+        found
+            .unattributed
+            .extend(members::unattributed(&first.holdings, table, job));
+        found.ports.extend(
+            first
+                .holdings
+                .iter()
+                .filter(|h| members::holds_for(h, job))
+                .map(|h| (h.socket.port, h.socket.proto)),
+        );
+        found.holding = first
+            .holdings
+            .iter()
+            .flat_map(|h| h.processes.iter().map(|p| p.pid))
+            .collect();
+    }
+    if let Some(d) = daemon {
+        found.ports.extend(d.ports_of(job, ctx.netns));
+        found.unattributed.extend(d.ambiguous(job, ctx.netns));
+        found.unattributed.sort_by_key(|u| (u.port, u.pid));
+        found.unattributed.dedup_by_key(|u| (u.port, u.pid));
+    }
+    Ok(found)
 }
 
 /// reaper's context, acting for `job` (the `current` job of the policy).
@@ -711,6 +745,8 @@ fn finish(
         job,
         source,
         source_note,
+        process_source: None,
+        process_source_error: None,
         dry_run: opts.dry_run,
         ports,
         unattributed,

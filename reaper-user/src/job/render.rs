@@ -24,6 +24,18 @@ pub fn human(run: &JobRun) -> String {
     if let Some(note) = &run.source_note {
         let _ = writeln!(out, "  note: {}", term(note));
     }
+    match (run.process_source, &run.process_source_error) {
+        (Some("bpf_iter"), _) => {
+            let _ = writeln!(out, "  processes: read by the kernel's task iterator");
+        }
+        (Some(_), Some(why)) => {
+            let _ = writeln!(out, "  processes: read from /proc ({})", term(why));
+        }
+        (Some(_), None) => {
+            let _ = writeln!(out, "  processes: read from /proc");
+        }
+        (None, _) => {}
+    }
     for p in &run.ports {
         port_words(&mut out, run, p);
     }

@@ -7,7 +7,7 @@
 //! [`Fact`]: the self-contained line `reaper watch` prints and the daemon
 //! journals.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +17,9 @@ use serde::Serialize;
 use crate::events::{event_addr, event_family, event_proto, BindResult, Observation};
 use crate::util::{comm_from_bytes, errno_name, rfc3339, BootClock};
 use crate::vocab::{Charge, Family, Proto, Source};
+
+mod change;
+pub use change::{Bound, Change, Released};
 
 /// Where a claim sits. Two namespaces with the same port are two keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -45,8 +48,9 @@ pub struct Claim {
     /// Tier name, or "proc" for claims found by a scan.
     pub source: Source,
     /// The CI job it is charged to, read when it was made (the daemon).
+    /// Boxed: a claim is moved in and out of the ledger's maps per bind.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<Charge>,
+    pub job: Option<Box<Charge>>,
 }
 
 /// A bind that failed.
@@ -123,7 +127,7 @@ pub struct Fact {
 /// once a second.
 #[derive(Default)]
 pub struct NetnsNames {
-    by_cookie: HashMap<u64, u64>,
+    by_cookie: foldhash::HashMap<u64, u64>,
     /// When every visible namespace was last asked for its cookie.
     asked_at: Option<std::time::Instant>,
 }
@@ -168,7 +172,7 @@ pub const FAILURES_KEPT: usize = 4096;
 
 /// The ledger.
 pub struct Ledger {
-    claims: HashMap<u64, Claim>,
+    claims: foldhash::HashMap<u64, Claim>,
     /// Claims released lately, with when: a failed bind is judged against
     /// the claims alive at its attempt, and its outcome can be learnt after
     /// the holder already left (the cgroup tier resolves failures late).
@@ -176,7 +180,7 @@ pub struct Ledger {
     failures: VecDeque<FailedBind>,
     /// Claims whose bind the kernel side could not keep in its claims map
     /// (it was full): a repair from that map must not drop them.
-    unstored: HashSet<u64>,
+    unstored: foldhash::HashSet<u64>,
     pub netns: NetnsNames,
     clock: BootClock,
     source: Source,
@@ -187,10 +191,10 @@ impl Ledger {
     pub fn new(source: impl Into<Source>) -> Ledger {
         let start = crate::proc::sysctl_or("net/ipv4/ip_unprivileged_port_start", 1024);
         Ledger {
-            claims: HashMap::new(),
+            claims: Default::default(),
             released: VecDeque::new(),
             failures: VecDeque::new(),
-            unstored: HashSet::new(),
+            unstored: Default::default(),
             netns: NetnsNames::default(),
             clock: BootClock::now(),
             source: source.into(),
@@ -246,7 +250,7 @@ impl Ledger {
     /// already charged keeps its first charge.
     pub fn charge(&mut self, cookie: u64, job: Charge) {
         if let Some(c) = self.claims.get_mut(&cookie) {
-            c.job.get_or_insert(job);
+            c.job.get_or_insert_with(|| Box::new(job));
         }
     }
 
@@ -262,17 +266,12 @@ impl Ledger {
 
     /// Applies one observation and returns the fact it makes.
     pub fn apply(&mut self, obs: &Observation) -> Option<Fact> {
-        match obs {
-            Observation::Bind(b) => Some(self.apply_bind(b)),
-            Observation::Listen(ev) => Some(self.apply_listen(ev)),
-            Observation::Release(ev) => self.apply_release(ev),
-            // Not a claim: the daemon records it on its own.
-            Observation::Connect(_) => None,
-        }
+        let change = self.apply_change(obs)?;
+        Some(self.fact_of(change))
     }
 
-    fn base_fact(&mut self, kind: &'static str, ev: &Event) -> Fact {
-        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid);
+    /// A fact's common part; `netns` as resolved for it.
+    fn base_fact(&self, kind: &'static str, ev: &Event, netns: Option<u64>) -> Fact {
         let outside_pidns = ev.flags & reaper_common::FLAG_OUTSIDE_PIDNS != 0;
         Fact {
             ts: rfc3339(self.clock.to_wall(ev.ts_ns)),
@@ -305,41 +304,17 @@ impl Ledger {
         }
     }
 
-    fn apply_bind(&mut self, b: &BindResult) -> Fact {
-        let ev = b.bound.as_ref().unwrap_or(&b.attempt);
-        let mut fact = self.base_fact("bind", ev);
-        let proto = fact.proto.unwrap_or(Proto::Tcp);
+    /// A failed bind: its holder and errno, kept among the failures.
+    fn apply_failed(&mut self, b: &BindResult) -> Fact {
+        let ev = &b.attempt;
+        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid);
+        let mut fact = self.base_fact("bind", ev, netns);
         let key = ClaimKey {
-            netns: fact.netns.unwrap_or(0),
-            proto,
+            netns: netns.unwrap_or(0),
+            proto: fact.proto.unwrap_or(Proto::Tcp),
             addr: b.addr(),
             port: b.port(),
         };
-        if let Some(bound) = &b.bound {
-            if b.attempt.kind == reaper_common::KIND_ATTEMPT && b.attempt.port != bound.port {
-                fact.requested_port = Some(b.attempt.port);
-            }
-            let claim = Claim {
-                key,
-                family: fact.family.unwrap_or(Family::Ipv4),
-                cookie: bound.cookie,
-                pid: bound.tgid,
-                tid: bound.tid,
-                comm: fact.comm.clone(),
-                uid: bound.uid,
-                cgroup_id: bound.cgroup_id,
-                bound_at: self.clock.to_wall(bound.ts_ns),
-                listening_at: None,
-                requested_port: fact.requested_port,
-                source: self.source.clone(),
-                job: None,
-            };
-            if bound.flags & reaper_common::FLAG_UNSTORED != 0 {
-                self.unstored.insert(bound.cookie);
-            }
-            self.claims.insert(bound.cookie, claim);
-            return fact;
-        }
         fact.ok = false;
         let attempted_at = self.clock.to_wall(b.attempt.ts_ns);
         let holder = self.holder_at(&key, ev.cookie, attempted_at).cloned();
@@ -427,7 +402,8 @@ impl Ledger {
 
     fn apply_listen(&mut self, ev: &Event) -> Fact {
         let at = self.clock.to_wall(ev.ts_ns);
-        let mut fact = self.base_fact("listen", ev);
+        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid);
+        let mut fact = self.base_fact("listen", ev, netns);
         if let Some(c) = self.claims.get_mut(&ev.cookie) {
             c.listening_at = Some(at);
             fact.netns = Some(c.key.netns);
@@ -467,27 +443,6 @@ impl Ledger {
             );
         }
         fact
-    }
-
-    /// A release of a claim the ledger knows. A socket that never held a
-    /// port (its bind failed) or one bound before reaper started makes no
-    /// fact.
-    fn apply_release(&mut self, ev: &Event) -> Option<Fact> {
-        let at = self.clock.to_wall(ev.ts_ns);
-        self.unstored.remove(&ev.cookie);
-        let c = self.claims.remove(&ev.cookie)?;
-        let mut fact = self.base_fact("release", ev);
-        fact.netns = Some(c.key.netns);
-        fact.proto = Some(c.key.proto);
-        fact.family = Some(c.family);
-        fact.addr = Some(c.key.addr.to_string());
-        fact.port = Some(c.key.port);
-        fact.held_ms = Some((at - c.bound_at).num_milliseconds().max(0) as u64);
-        self.released.push_back((c, at));
-        while self.released.len() > RELEASED_KEPT {
-            self.released.pop_front();
-        }
-        Some(fact)
     }
 }
 

@@ -774,3 +774,6 @@ fn job_end_stops_the_jobs_processes_that_hold_no_port_only_with_all() {
     );
     assert!(alive(runner.pid()) && alive(w.pid));
 }
+
+mod corners;
+mod table;
