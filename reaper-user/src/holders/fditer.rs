@@ -215,24 +215,34 @@ pub fn netns_of_tasks() -> Result<Vec<(u32, u64)>, String> {
 }
 
 /// Loads `insns` as an iterator program, runs it once, returns its output.
-pub(super) fn iterate(insns: &[Insn], attach_btf_id: u32) -> Result<Vec<u8>, Fail> {
+fn iterate(insns: &[Insn], attach_btf_id: u32) -> Result<Vec<u8>, Fail> {
     iterate_as(insns, attach_btf_id, "task_file", false)
 }
 
-/// [`iterate`] for the iterator named `what` in errors, sleepable when
-/// asked (a program that reads user memory).
-pub(super) fn iterate_as(
+fn iterate_as(
     insns: &[Insn],
     attach_btf_id: u32,
     what: &str,
     sleepable: bool,
 ) -> Result<Vec<u8>, Fail> {
-    let prog = load(insns, attach_btf_id, what, sleepable)?;
-    let link = link_create(&prog)?;
-    let mut iter = std::fs::File::from(iter_create(&link)?);
+    let mut iter = open_as(insns, attach_btf_id, what, sleepable)?;
     let mut out = Vec::with_capacity(64 * 1024);
     iter.read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// Loads `insns` as the iterator named `what` in errors (sleepable when
+/// asked: a program that reads user memory) and returns the file whose
+/// reads run it (it keeps the program and its link alive).
+pub(super) fn open_as(
+    insns: &[Insn],
+    attach_btf_id: u32,
+    what: &str,
+    sleepable: bool,
+) -> Result<std::fs::File, Fail> {
+    let prog = load(insns, attach_btf_id, what, sleepable)?;
+    let link = link_create(&prog)?;
+    Ok(std::fs::File::from(iter_create(&link)?))
 }
 
 fn run(wanted: &HashSet<u64>) -> Result<FdWalk, Fail> {

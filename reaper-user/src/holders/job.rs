@@ -154,31 +154,31 @@ pub struct Table {
     pub source_error: Option<String>,
 }
 
-/// The table from the task iterator's output; an environment too large
-/// for its record (or unreadable by it) is read from /proc.
-fn read_tasks(out: &super::taskenv::Output) -> Vec<(u32, Entry)> {
+/// The table from the task iterator; an environment too large for its
+/// record (or unreadable by it) is read from /proc.
+fn read_tasks() -> Result<Vec<(u32, Entry)>, String> {
     use super::taskenv::Environ;
     let mut reader: Option<crate::proc::Reader> = None;
-    out.tasks()
-        .map(|t| {
-            let job = match t.environ {
-                Environ::Bytes(b) => parse_environ(b),
-                Environ::None => None,
-                Environ::Unread => reader
-                    .get_or_insert_with(crate::proc::Reader::new)
-                    .read(t.pid, "environ")
-                    .and_then(parse_environ),
-            };
-            let entry = Entry {
-                comm: String::from_utf8_lossy(t.comm).into_owned(),
-                ppid: t.ppid,
-                start_ticks: t.start_ticks,
-                state: t.state,
-                job,
-            };
-            (t.pid, entry)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(1024);
+    super::taskenv::each(|t| {
+        let job = match t.environ {
+            Environ::Bytes(b) => parse_environ(b),
+            Environ::None => None,
+            Environ::Unread => reader
+                .get_or_insert_with(crate::proc::Reader::new)
+                .read(t.pid, "environ")
+                .and_then(parse_environ),
+        };
+        let entry = Entry {
+            comm: String::from_utf8_lossy(t.comm).into_owned(),
+            ppid: t.ppid,
+            start_ticks: t.start_ticks,
+            state: t.state,
+            job,
+        };
+        out.push((t.pid, entry));
+    })?;
+    Ok(out)
 }
 
 /// How far a parent chain is followed (pid reuse could make a cycle).
@@ -220,9 +220,9 @@ impl Table {
     /// here, else from /proc (those that vanish or cannot be read are left
     /// out).
     pub fn read() -> Table {
-        match super::taskenv::read() {
-            Ok(out) => Table {
-                procs: read_tasks(&out).into_iter().collect(),
+        match read_tasks() {
+            Ok(procs) => Table {
+                procs: procs.into_iter().collect(),
                 source: "bpf_iter",
                 source_error: None,
             },

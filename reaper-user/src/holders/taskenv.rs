@@ -110,36 +110,65 @@ pub struct Task<'a> {
     pub environ: Environ<'a>,
 }
 
-/// The iterator's whole output: [`Output::tasks`] walks it.
-pub struct Output(Vec<u8>);
-
-impl Output {
-    /// Each process, in pid order.
-    pub fn tasks(&self) -> impl Iterator<Item = Task<'_>> {
-        let tick_ns = 1_000_000_000 / sys::clock_ticks().max(1);
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let r = self.0.get(at..at + HDR)?;
-            let len = u32_at(r, 28) as usize;
-            let env = self.0.get(at + HDR..at + HDR + len)?;
-            at += HDR + len;
-            let comm = &r[40..56];
-            let comm = &comm[..comm.iter().position(|&b| b == 0).unwrap_or(16)];
-            Some(Task {
-                pid: u32_at(r, 0),
-                ppid: u32_at(r, 4),
-                start_ticks: u64::from_ne_bytes(r[8..16].try_into().unwrap()) / tick_ns,
-                flags: u32_at(r, 16),
-                state: state_char(u32_at(r, 20), u32_at(r, 24)),
-                comm,
-                environ: match u32_at(r, 32) {
-                    STATUS_OK => Environ::Bytes(env),
-                    STATUS_NONE => Environ::None,
-                    _ => Environ::Unread,
-                },
-            })
-        })
+/// The records in `b` that are whole, each handed to `f`; how many bytes
+/// they took (a record cut by the end of a read is finished by the next).
+fn records(b: &[u8], tick_ns: u64, f: &mut impl FnMut(Task<'_>)) -> usize {
+    let mut at = 0;
+    while let Some(r) = b.get(at..at + HDR) {
+        let len = u32_at(r, 28) as usize;
+        let Some(env) = b.get(at + HDR..at + HDR + len) else {
+            break;
+        };
+        let comm = &r[40..56];
+        f(Task {
+            pid: u32_at(r, 0),
+            ppid: u32_at(r, 4),
+            start_ticks: u64::from_ne_bytes(r[8..16].try_into().unwrap()) / tick_ns,
+            flags: u32_at(r, 16),
+            state: state_char(u32_at(r, 20), u32_at(r, 24)),
+            comm: &comm[..comm.iter().position(|&b| b == 0).unwrap_or(16)],
+            environ: match u32_at(r, 32) {
+                STATUS_OK => Environ::Bytes(env),
+                STATUS_NONE => Environ::None,
+                _ => Environ::Unread,
+            },
+        });
+        at += HDR + len;
     }
+    at
+}
+
+/// Reads the iterator through one buffer, records handed to `f` as they
+/// come: the output (an environment per process, megabytes on a busy
+/// host) is never held whole.
+fn stream(mut iter: std::fs::File, f: &mut impl FnMut(Task<'_>)) -> Result<(), Fail> {
+    use std::io::Read;
+    let tick_ns = 1_000_000_000 / sys::clock_ticks().max(1);
+    // Larger than the kernel's buffer (8 pages), so a read returns all
+    // that buffer holds.
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut have = 0;
+    loop {
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match iter.read(&mut buf[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let used = records(&buf[..have], tick_ns, f);
+        buf.copy_within(used..have, 0);
+        have -= used;
+    }
+    if have != 0 {
+        return Err(Fail {
+            what: "the task iterator's output ends inside a record".into(),
+            errno: None,
+        });
+    }
+    Ok(())
 }
 
 fn u32_at(r: &[u8], at: usize) -> u32 {
@@ -176,9 +205,10 @@ fn state_char(state: u32, exit_state: u32) -> char {
     }
 }
 
-/// Every process on the host, from the kernel's task iterator. Err says
-/// why it could not run (the caller walks /proc instead).
-pub fn read() -> Result<Output, String> {
+/// Every process on the host, from the kernel's task iterator, each handed
+/// to `f` (in pid order). Err says why it could not run, or stopped (the
+/// caller drops what it was given and walks /proc instead).
+pub fn each(mut f: impl FnMut(Task<'_>)) -> Result<(), String> {
     if let Some(why) = fditer::not_here() {
         return Err(why);
     }
@@ -186,7 +216,7 @@ pub fn read() -> Result<Output, String> {
     if let Some(why) = REFUSED.get() {
         return Err(why.clone());
     }
-    run().map(Output).map_err(|e| {
+    open().and_then(|iter| stream(iter, &mut f)).map_err(|e| {
         if e.errno
             .is_none_or(|n| matches!(n, libc::EPERM | libc::EACCES | libc::EINVAL))
         {
@@ -196,13 +226,14 @@ pub fn read() -> Result<Output, String> {
     })
 }
 
-fn run() -> Result<Vec<u8>, Fail> {
+fn open() -> Result<std::fs::File, Fail> {
     let l = layout().map_err(|what| Fail { what, errno: None })?;
     let scratch: OwnedFd = sys::bpf_scratch(HDR as u32 + CAP).map_err(|e| Fail {
         what: format!("BPF_MAP_CREATE: {e}"),
         errno: e.raw_os_error(),
     })?;
-    fditer::iterate_as(
+    // The program holds the map: the fd may go.
+    fditer::open_as(
         &program(&l, scratch.as_raw_fd()),
         l.attach_btf_id,
         "task environment",
@@ -405,25 +436,39 @@ mod tests {
     /// what /proc says it is, environment included.
     #[test]
     fn the_iterator_sees_this_process_as_proc_does() {
-        let out = match read() {
-            Ok(o) => o,
-            Err(why) => {
-                eprintln!("SKIPPED: the task environment iterator cannot run here: {why}");
-                return;
-            }
-        };
         let me = std::process::id();
-        let t = out.tasks().find(|t| t.pid == me).expect("this process");
-        let stat = crate::proc::read_stat(me).unwrap();
-        assert_eq!((t.ppid, t.start_ticks), (stat.ppid, stat.start_ticks));
-        assert_eq!(String::from_utf8_lossy(t.comm), stat.comm);
-        let environ = crate::proc::read(me, "environ").unwrap();
-        match t.environ {
-            Environ::Bytes(b) => assert_eq!(b, &environ[..]),
-            Environ::Unread => assert!(environ.len() > CAP as usize),
-            Environ::None => panic!("this process has an environment"),
+        let (mut mine, mut kthreadd) = (None, None);
+        let ran = each(|t| {
+            let copy = (
+                t.ppid,
+                t.start_ticks,
+                String::from_utf8_lossy(t.comm).into_owned(),
+                match t.environ {
+                    Environ::Bytes(b) => Some(b.to_vec()),
+                    Environ::None => None,
+                    Environ::Unread => Some(b"unread".to_vec()),
+                },
+            );
+            match t.pid {
+                2 => kthreadd = Some(copy),
+                p if p == me => mine = Some(copy),
+                _ => {}
+            }
+        });
+        if let Err(why) = ran {
+            eprintln!("SKIPPED: the task environment iterator cannot run here: {why}");
+            return;
         }
-        let kthreadd = out.tasks().find(|t| t.pid == 2).expect("kthreadd");
-        assert_eq!(kthreadd.environ, Environ::None);
+        let (ppid, start, comm, env) = mine.expect("this process");
+        let stat = crate::proc::read_stat(me).unwrap();
+        assert_eq!((ppid, start), (stat.ppid, stat.start_ticks));
+        assert_eq!(comm, stat.comm);
+        let environ = crate::proc::read(me, "environ").unwrap();
+        if environ.len() <= CAP as usize {
+            assert_eq!(env, Some(environ));
+        } else {
+            assert_eq!(env.as_deref(), Some(&b"unread"[..]));
+        }
+        assert_eq!(kthreadd.expect("kthreadd").3, None);
     }
 }
