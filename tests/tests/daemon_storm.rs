@@ -246,7 +246,7 @@ fn a_fixed_port_storm_is_journaled_as_churn_summaries_that_count_every_bind() {
     // A claim that lasts keeps its own records, storm or not.
     let kept = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let kept_port = kept.local_addr().unwrap().port();
-    d.wait_record("the lasting listener's claim", |r| {
+    let kept_claim = d.wait_record("the lasting listener's claim", |r| {
         kind(r) == "claim" && r["port"] == kept_port
     });
     let lost = d.metric("reaper_ringbuf_lost_events_total");
@@ -311,4 +311,26 @@ fn a_fixed_port_storm_is_journaled_as_churn_summaries_that_count_every_bind() {
     assert!(records
         .iter()
         .any(|r| kind(r) == "claim" && r["port"] == kept_port));
+    // Records are made when they are written, from what was read when the
+    // claim was seen: the binder's exe and parent are in the lasting
+    // claim's record and in each churn summary.
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let ppid = std::os::unix::process::parent_id();
+    let churn: Vec<&Value> = records
+        .iter()
+        .filter(|r| kind(r) == "churn" && r["process"]["pid"] == me)
+        .collect();
+    assert!(!churn.is_empty());
+    for r in std::iter::once(&kept_claim).chain(churn) {
+        let p = &r["process"];
+        assert_eq!(p["exe"], exe.display().to_string(), "{r}");
+        assert_eq!(p["ppid"], ppid, "{r}");
+        assert!(
+            p["ancestors"][0]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{ppid}:"))),
+            "{r}"
+        );
+        assert_eq!(r["addr"], "127.0.0.1", "{r}");
+    }
 }

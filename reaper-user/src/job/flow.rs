@@ -507,7 +507,19 @@ fn settle(
     };
     r.targets = done.targets;
     r.container_stops = done.containers;
-    match done.free_at {
+    acted(r, done.free_at, done.last_error, t0)
+}
+
+/// A port after its plan was carried out: freed (when it bound) or still
+/// held, in words.
+fn acted(
+    mut r: PortResult,
+    free_at: Option<Instant>,
+    last_error: Option<String>,
+    t0: Instant,
+) -> PortResult {
+    let (port, proto) = (r.port, r.proto);
+    match free_at {
         Some(at) => {
             r.outcome = PortOutcome::Freed;
             r.message = format!(
@@ -520,7 +532,7 @@ fn settle(
             r.outcome = PortOutcome::StillHeld;
             r.message = format!(
                 "port {port}/{proto} still held ({}){}",
-                done.last_error.unwrap_or_default(),
+                last_error.unwrap_or_default(),
                 match what_was_done(&r) {
                     w if w.is_empty() => String::new(),
                     w => format!(" after {w}"),
