@@ -7,8 +7,10 @@
 //!    time mostly measures the wait for a CPU, printed beside it). Two storms: port 0
 //!    (ephemeral: the kernel side counts them, sends nothing) and one fixed
 //!    port bound and closed again and again (every bind and release sent).
-//!    A third arm attaches empty programs to the same three hooks: the floor
-//!    any kernel side on them pays. The timed storms run with
+//!    Two more arms attach floor programs to the same three hooks: empty
+//!    ones (what running any program there costs) and minimal ones that
+//!    keep each socket's claim in a hash map (insert at post_bind, delete at
+//!    release; no identity, no event). The timed storms run with
 //!    `kernel.bpf_stats_enabled` off (its clock reads added 0.2-0.3 us per
 //!    bind here); a shorter storm with it on gives each program's ns per run.
 //! 2. The daemon's RSS (VmRSS) and CPU (the process's CPU clock, in ns)
@@ -341,16 +343,20 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-/// Empty cgroup programs (`return 1`) on the three hooks a bind runs:
-/// `bind4`, `post_bind4`, `sock_release`, attached to the cgroup v2 root
-/// while this lives. The binder's tax with them is the floor any kernel side
-/// built on these hooks pays: the kernel's cost of running the programs.
-struct EmptyHooks {
+/// Floor programs on the three hooks a bind runs (`bind4`, `post_bind4`,
+/// `sock_release`), attached to the cgroup v2 root while this lives:
+/// - empty (`return 1`): the kernel's cost of running any program there;
+/// - `claim`: the least a kernel side that remembers each socket's claim
+///   does: `post_bind4` inserts the socket cookie with an Event-sized zero
+///   value into a hash map of the claims map's default size, and
+///   `sock_release` deletes it. No identity, no event.
+struct FloorHooks {
     _links: Vec<std::os::fd::OwnedFd>,
+    _map: Option<std::os::fd::OwnedFd>,
 }
 
-impl EmptyHooks {
-    fn attach(cgroup: &Path) -> Result<EmptyHooks> {
+impl FloorHooks {
+    fn attach(cgroup: &Path, claim: bool) -> Result<FloorHooks> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         // `union bpf_attr` as bytes, each command's fields at the kernel's
         // offsets.
@@ -371,32 +377,101 @@ impl EmptyHooks {
             // SAFETY: a new fd the kernel just returned; no one else owns it.
             Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
         }
+        /// One `struct bpf_insn`: code, dst | src << 4, off, imm.
+        fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+            code as u64
+                | ((dst | src << 4) as u64) << 8
+                | (off as u16 as u64) << 16
+                | (imm as u32 as u64) << 32
+        }
+        const MAP_CREATE: i64 = 0;
         const PROG_LOAD: i64 = 5;
         const LINK_CREATE: i64 = 28;
-        // (program type, attach type): CGROUP_SOCK_ADDR + INET4_BIND,
-        // CGROUP_SOCK + INET4_POST_BIND, CGROUP_SOCK + INET_SOCK_RELEASE.
-        const HOOKS: [(u32, u32); 3] = [(18, 8), (9, 12), (9, 34)];
-        // r0 = 1; exit (struct bpf_insn: code, regs, off, imm).
-        let insns: [u64; 2] = [0xb7 | 1 << 32, 0x95];
+        const CALL: u8 = 0x85;
+        const EXIT: u8 = 0x95;
+        const MOV_IMM: u8 = 0xb7;
+        // r0 = 1; exit.
+        let empty = vec![insn(MOV_IMM, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)];
+        let map = if claim {
+            let mut a = Attr([0; 144]);
+            put(&mut a, 0, 1, 4); // BPF_MAP_TYPE_HASH
+            put(&mut a, 4, 8, 4);
+            put(&mut a, 8, reaper_common::Event::SIZE as u64, 4);
+            put(&mut a, 12, reaper_common::CLAIMS_MAX_DEFAULT as u64, 4);
+            Some(bpf(MAP_CREATE, &mut a).context("creating the floor's claims map")?)
+        } else {
+            None
+        };
+        // r0 = bpf_get_socket_cookie(ctx); *(r10 - 8) = r0; r1 = map;
+        // r2 = r10 - 8; then the insert (value: zeros at r10 - 96) or the
+        // delete; r0 = 1; exit.
+        let claim_prog = |insert: bool, map: i32| {
+            let mut p = vec![insn(CALL, 0, 0, 0, 46), insn(0x7b, 10, 0, -8, 0)];
+            let words = reaper_common::Event::SIZE as i16 / 8;
+            if insert {
+                p.extend((0..words).map(|k| insn(0x7a, 10, 0, -8 - 8 * words + 8 * k, 0)));
+            }
+            p.extend([insn(0x18, 1, 1, 0, map), 0, insn(0xbf, 2, 10, 0, 0)]);
+            p.push(insn(0x07, 2, 0, 0, -8));
+            if insert {
+                p.extend([
+                    insn(0xbf, 3, 10, 0, 0),
+                    insn(0x07, 3, 0, 0, -8 - 8 * words as i32),
+                ]);
+                p.extend([insn(MOV_IMM, 4, 0, 0, 0), insn(CALL, 0, 0, 0, 2)]);
+            } else {
+                p.push(insn(CALL, 0, 0, 0, 3));
+            }
+            p.extend([insn(MOV_IMM, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)]);
+            p
+        };
+        let map_fd = map.as_ref().map_or(-1, |m| m.as_raw_fd());
+        // (program type, attach type, program): CGROUP_SOCK_ADDR +
+        // INET4_BIND, CGROUP_SOCK + INET4_POST_BIND, CGROUP_SOCK +
+        // INET_SOCK_RELEASE.
+        let hooks = [
+            (18u32, 8u32, empty.clone()),
+            (
+                9,
+                12,
+                if claim {
+                    claim_prog(true, map_fd)
+                } else {
+                    empty.clone()
+                },
+            ),
+            (
+                9,
+                34,
+                if claim {
+                    claim_prog(false, map_fd)
+                } else {
+                    empty
+                },
+            ),
+        ];
         let license = c"GPL";
         let dir = std::fs::File::open(cgroup)
             .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
         let mut links = Vec::new();
-        for (prog_type, attach_type) in HOOKS {
+        for (prog_type, attach_type, insns) in hooks {
             let mut a = Attr([0; 144]);
             put(&mut a, 0, prog_type as u64, 4);
             put(&mut a, 4, insns.len() as u64, 4);
             put(&mut a, 8, insns.as_ptr() as u64, 8);
             put(&mut a, 16, license.as_ptr() as u64, 8);
             put(&mut a, 68, attach_type as u64, 4);
-            let prog = bpf(PROG_LOAD, &mut a).context("loading an empty cgroup program")?;
+            let prog = bpf(PROG_LOAD, &mut a).context("loading a floor cgroup program")?;
             let mut a = Attr([0; 144]);
             put(&mut a, 0, prog.as_raw_fd() as u64, 4);
             put(&mut a, 4, dir.as_raw_fd() as u64, 4);
             put(&mut a, 8, attach_type as u64, 4);
-            links.push(bpf(LINK_CREATE, &mut a).context("attaching an empty cgroup program")?);
+            links.push(bpf(LINK_CREATE, &mut a).context("attaching a floor cgroup program")?);
         }
-        Ok(EmptyHooks { _links: links })
+        Ok(FloorHooks {
+            _links: links,
+            _map: map,
+        })
     }
 }
 
@@ -420,6 +495,17 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One arm of a storm round.
+#[derive(Clone, Copy)]
+enum Arm {
+    /// No daemon.
+    Alone,
+    /// [`FloorHooks`] (`true`: the one that keeps a claim).
+    Floor(bool),
+    /// A daemon of `builds[i]`.
+    Build(usize),
 }
 
 /// One build's figures under one kind of storm.
@@ -500,33 +586,35 @@ fn storms(
         let mut detached = Series::default();
         let mut series: Vec<Series> = builds.iter().map(|_| Series::default()).collect();
         let (mut floor_cpu, mut floor_tax) = (Vec::new(), Vec::new());
+        let (mut claim_cpu, mut claim_tax) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            // None: no daemon; Some(None): the empty programs (the floor);
-            // Some(Some(i)): a daemon of builds[i].
-            let mut order: Vec<Option<Option<usize>>> = [None, Some(None)]
+            // Arm::Alone: no daemon; Arm::Floor(claim): the floor programs;
+            // Arm::Build(i): a daemon of builds[i].
+            let mut order: Vec<Arm> = [Arm::Alone, Arm::Floor(false), Arm::Floor(true)]
                 .into_iter()
-                .chain((0..builds.len()).map(|i| Some(Some(i))))
+                .chain((0..builds.len()).map(Arm::Build))
                 .collect();
             let turn = round % order.len();
             order.rotate_left(turn);
             let mut alone = None;
-            let mut empty = None;
+            let mut floor = [None, None];
             let mut with: Vec<Option<Cost>> = builds.iter().map(|_| None).collect();
-            for cond in order {
-                let Some(cond) = cond else {
-                    let c = storm(binds, &port);
-                    detached.wall.push(c.wall);
-                    detached.cpu.push(c.cpu);
-                    alone = Some(c);
-                    continue;
-                };
-                let Some(i) = cond else {
-                    let hooks = EmptyHooks::attach(&cgroup)?;
-                    let c = storm(binds, &port);
-                    drop(hooks);
-                    floor_cpu.push(c.cpu);
-                    empty = Some(c);
-                    continue;
+            for arm in order {
+                let i = match arm {
+                    Arm::Alone => {
+                        let c = storm(binds, &port);
+                        detached.wall.push(c.wall);
+                        detached.cpu.push(c.cpu);
+                        alone = Some(c);
+                        continue;
+                    }
+                    Arm::Floor(claim) => {
+                        let hooks = FloorHooks::attach(&cgroup, claim)?;
+                        floor[claim as usize] = Some(storm(binds, &port));
+                        drop(hooks);
+                        continue;
+                    }
+                    Arm::Build(i) => i,
                 };
                 if port[0] == 0 && i == 0 {
                     let (cpu, rss) = idle_usage(&builds[i].1, round, window)?;
@@ -538,8 +626,11 @@ fn storms(
                 with[i] = Some(u.cost);
             }
             let alone = alone.expect("the storm without a daemon ran");
-            let empty = empty.expect("the storm under empty programs ran");
+            let [empty, claim] = floor.map(|c| c.expect("the floor storms ran"));
+            floor_cpu.push(empty.cpu);
             floor_tax.push((empty.cpu - alone.cpu) / 1e3);
+            claim_cpu.push(claim.cpu);
+            claim_tax.push((claim.cpu - alone.cpu) / 1e3);
             for (s, c) in series.iter_mut().zip(with) {
                 let c = c.expect("each build ran");
                 s.tax.push((c.wall - alone.wall) / 1e3);
@@ -557,6 +648,18 @@ fn storms(
             Some(format!(
                 "bind4, post_bind4 and sock_release programs that only return 1: what running any program on these hooks costs; medians {:.0} vs {:.0} ns/bind",
                 median(&floor_cpu),
+                median(&detached.cpu)
+            )),
+        );
+        emit(
+            BENCH,
+            &format!("binder tax floor, one claim kept ({kind}): minimal programs - detached, per round"),
+            "us/bind",
+            &claim_tax,
+            Some(format!(
+                "post_bind4 inserts the socket cookie (Event-sized value) into a {}-entry hash map, sock_release deletes it, bind4 empty; no identity, no event: the least any kernel side that keeps each claim pays; medians {:.0} vs {:.0} ns/bind",
+                reaper_common::CLAIMS_MAX_DEFAULT,
+                median(&claim_cpu),
                 median(&detached.cpu)
             )),
         );
@@ -957,10 +1060,12 @@ fn who_latency(bin: &std::path::Path, build: &str, quick: bool) -> Result<()> {
     );
     emit(
         BENCH,
-        "`reaper who PORT` answered by the daemon",
+        "`reaper who PORT` answered by the daemon (glibc release binary)",
         "ms",
         &cli_daemon,
-        Some("whole process: exec + query + /proc read of the holder".into()),
+        Some(format!(
+            "{build} build of this tree (dynamically linked): whole process, exec + query + render"
+        )),
     );
     emit(
         BENCH,
@@ -975,7 +1080,13 @@ fn who_latency(bin: &std::path::Path, build: &str, quick: bool) -> Result<()> {
             "`reaper who PORT` answered by the daemon (static dist binary)",
             "ms",
             &cli_static,
-            Some("whole process, the binary `cargo xtask dist` ships".into()),
+            Some(format!(
+                "whole process, the static (musl) binary `cargo xtask dist` ships: {}",
+                static_bin
+                    .as_ref()
+                    .map(|b| b.display().to_string())
+                    .unwrap_or_default()
+            )),
         );
     }
     emit(
@@ -985,15 +1096,20 @@ fn who_latency(bin: &std::path::Path, build: &str, quick: bool) -> Result<()> {
         &floor,
         Some("spawn to exit, interleaved with the who runs".into()),
     );
+    // The target is the static binary's: without one the figure is named
+    // for the binary it measured, so no table reads it as the target's.
     emit(
         BENCH,
-        "`reaper who PORT` via the daemon minus /bin/true (per round)",
+        if static_bin.is_some() {
+            "`reaper who PORT` via the daemon minus /bin/true (per round)"
+        } else {
+            "`reaper who PORT` via the daemon minus /bin/true (per round, glibc release binary)"
+        },
         "ms",
         &over_floor,
-        Some(if static_bin.is_some() {
-            "the static dist binary's who via the daemon, minus /bin/true in the same round".into()
-        } else {
-            format!("{build} binary (no target/dist/reaper: run `cargo xtask dist`), minus /bin/true in the same round")
+        Some(match &static_bin {
+            Some(b) => format!("the static binary `cargo xtask dist` ships ({}): who via the daemon, minus /bin/true in the same round", b.display()),
+            None => format!("{build} binary (no static binary: `cargo xtask bench` builds one; or run `cargo xtask dist`), minus /bin/true in the same round"),
         }),
     );
     Ok(())
