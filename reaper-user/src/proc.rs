@@ -107,8 +107,38 @@ pub fn path(who: impl std::fmt::Display, name: &str) -> PathBuf {
 }
 
 /// Reads a /proc file whole; None when the process is gone or unreadable.
+///
+/// For the small per-process files it serves (stat, cmdline, cgroup,
+/// environ, status) the kernel fills as much of a read as the file has, so
+/// a read shorter than asked is the whole file: one read of a 4 KiB buffer
+/// does for most, where std's reader probes with 32 bytes and doubles (five
+/// to seven reads, and an fstat for a size /proc does not give).
 pub fn read(who: impl std::fmt::Display, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(path(who, name)).ok()
+    read_path(&path(who, name)).ok()
+}
+
+fn read_path(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut f = crate::sys::open_read(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if n < buf.len() {
+                    break;
+                }
+                let grown = buf.len() * 2;
+                buf.resize(grown, 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Reads a /proc file as text, its trailing newline kept.
@@ -135,6 +165,21 @@ pub fn open(who: impl std::fmt::Display, name: &str) -> io::Result<std::fs::File
 /// The metadata of a /proc entry (a namespace link's inode and device).
 pub fn metadata(who: impl std::fmt::Display, name: &str) -> io::Result<std::fs::Metadata> {
     std::fs::metadata(path(who, name))
+}
+
+/// The effective uid from /proc/PID/status (the second field of `Uid:`):
+/// the one `ps -o user` shows and the one permissions are checked against.
+pub fn euid(pid: u32) -> Option<u32> {
+    parse_euid(&read(pid, "status")?)
+}
+
+/// The effective uid in the text of a status file.
+pub fn parse_euid(status: &[u8]) -> Option<u32> {
+    let line = status
+        .split(|&c| c == b'\n')
+        .find_map(|l| l.strip_prefix(b"Uid:"))?;
+    let text = std::str::from_utf8(line).ok()?;
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// /proc/WHO/status as procfs parses it (uids, capability sets).
@@ -258,7 +303,7 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 impl Stat {
     /// Reads /proc/PID/stat; NotFound when the process is gone.
     pub fn read(pid: u32) -> io::Result<Stat> {
-        let text = std::fs::read(path(pid, "stat"))?;
+        let text = read_path(&path(pid, "stat"))?;
         parse_stat(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -302,4 +347,40 @@ pub fn netns_of(pid: u32) -> io::Result<u64> {
             format!("/proc/{pid}/ns/net points at '{s}'"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn euid_is_the_second_uid_field() {
+        let status = b"Name:\tUid: 7\\nx\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t0\t0\t0\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(parse_euid(status), Some(0));
+        assert_eq!(parse_euid(b"Name:\tx\nGid:\t1\t1\t1\t1\n"), None);
+        assert_eq!(parse_euid(b"Uid:\t1000\n"), None);
+        assert_eq!(parse_euid(b"Uid:\t1\tx\t1\t1\n"), None);
+    }
+
+    #[test]
+    fn reads_a_file_longer_than_the_first_buffer_whole_and_agrees_with_procfs() {
+        // environ and cmdline can pass 4 KiB; this process's status is read
+        // the same way the holders' are.
+        let me = std::process::id();
+        let status = read(me, "status").unwrap();
+        assert!(status.ends_with(b"\n"));
+        let procfs = status_of_self();
+        assert_eq!(parse_euid(&status), Some(procfs));
+        assert_eq!(euid(me), Some(procfs));
+        let long = std::env::temp_dir().join(format!("reaper-proc-read-{me}"));
+        let text: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&long, &text).unwrap();
+        assert_eq!(read_path(&long).unwrap(), text);
+        std::fs::remove_file(&long).unwrap();
+        assert!(read(u32::MAX, "status").is_none());
+    }
+
+    fn status_of_self() -> u32 {
+        status("self").unwrap().euid
+    }
 }

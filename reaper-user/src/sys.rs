@@ -13,7 +13,8 @@
 //! - `pidfd_getfd`, `getsockopt_int`: a holder's socket options (bindmodel);
 //! - `poll`: waiting on pidfds (reap);
 //! - `openat_dir`, `readlinkat`: the fd map's /proc walk without
-//!   allocations (holders);
+//!   allocations (holders); `open_read`: a /proc file opened without the
+//!   extra `fcntl` musl's `open` makes (proc);
 //! - `capbset_drop`: the bounding set (caps);
 //! - `clock_ns`, `clock_ticks`: the clocks and USER_HZ (util, proc);
 //! - `async_ring_buf`: the eBPF ring buffer registered with tokio (events);
@@ -686,6 +687,21 @@ pub fn openat_read(dir: RawFd, path: &str) -> Result<std::fs::File, Errno> {
     use nix::fcntl::OFlag;
     let fd = nix::fcntl::openat(
         Some(dir),
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this fd and nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// A file opened to read, close-on-exec, by `openat(AT_FDCWD, ...)`: musl's
+/// `open` (which std calls) adds an `fcntl(F_SETFD)` to every open, a
+/// system call more per /proc file of a holder.
+pub fn open_read(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        None,
         path,
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),

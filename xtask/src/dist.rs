@@ -44,6 +44,13 @@ pub fn setup_musl() -> Result<()> {
         ));
         check(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
+    // The static build compiles mimalloc's C source (reaper-user/Cargo.toml).
+    if !have("musl-gcc") {
+        crate::apt_install(
+            &["musl-tools"],
+            "musl-gcc compiles the static reaper's allocator (mimalloc)",
+        )?;
+    }
     Ok(())
 }
 
@@ -129,6 +136,29 @@ pub fn dist() -> Result<Dist> {
         t.elapsed().as_secs_f64()
     ));
     Ok(Dist { version, dir })
+}
+
+/// The static binary alone, stripped as `dist` ships it, in
+/// target/bench-dist/: what the benchmarks that judge what people install
+/// run, without the tarball, the .deb and the notices. Returns the folder.
+pub fn static_for_bench() -> Result<PathBuf> {
+    setup_musl()?;
+    if !have("objcopy") {
+        crate::apt_install(&["binutils"], "objcopy strips the binary")?;
+    }
+    say(&format!(
+        "building the static reaper ({MUSL}, profile {PROFILE}), as `cargo xtask dist` does"
+    ));
+    let built = build_static()?;
+    let dir = root().join("target").join("bench-dist");
+    std::fs::create_dir_all(&dir)?;
+    check(
+        Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(&built)
+            .arg(dir.join("reaper")),
+    )?;
+    Ok(dir)
 }
 
 /// `cargo build` of the static binary; returns its path.

@@ -134,9 +134,24 @@ fn main() -> Result<()> {
     let _listener = TcpListener::bind("127.0.0.1:0").context("binding the listener")?;
     let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
 
+    let subjects = subjects(&job, free, &no_daemon, &daemon.socket);
+    for s in &subjects {
+        check(&reaper, s)?;
+    }
+    time_and_report(&o, &reaper, &subjects)?;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    drop(idlers);
+    drop(daemon);
+    Ok(())
+}
+
+/// The commands timed: the spawn floor, then `job start` and `job end` on
+/// each path.
+fn subjects(job: &str, free: u16, no_daemon: &Path, daemon: &Path) -> Vec<Subject> {
     let ids = [
         "--job".to_string(),
-        job.clone(),
+        job.to_string(),
         "--provider".into(),
         "github".into(),
     ];
@@ -149,15 +164,6 @@ fn main() -> Result<()> {
     start.extend(ids.iter().cloned());
     let mut end: Vec<String> = vec!["job".into(), "end".into()];
     end.extend(ids.iter().cloned());
-    let subject = |name, args: &Vec<String>, socket: &Path, says| Subject {
-        name,
-        args: args.clone(),
-        socket: socket.to_path_buf(),
-        says,
-        says_too: None,
-        env: Vec::new(),
-        bin: None,
-    };
     // The scan path reads the process table with the kernel's task
     // iterator where it runs, else by walking /proc: both are timed, the
     // walk forced by REAPER_FD_SOURCE=proc.
@@ -175,61 +181,53 @@ fn main() -> Result<()> {
         subject(
             "reaper --version (spawn floor)",
             &vec!["--version".into()],
-            &no_daemon,
+            no_daemon,
             None,
         ),
         subject(
             "reaper job start, port free (scan)",
             &start,
-            &no_daemon,
+            no_daemon,
             Some("(from a scan)"),
         ),
         iter(subject(
             "reaper job end, nothing held (scan, task iterator)",
             &end,
-            &no_daemon,
+            no_daemon,
             Some("(from a scan)"),
         )),
         walk(subject(
             "reaper job end, nothing held (scan, /proc walk)",
             &end,
-            &no_daemon,
+            no_daemon,
             Some("(from a scan)"),
         )),
         subject(
             "reaper job start, port free (daemon)",
             &start,
-            &daemon.socket,
+            daemon,
             Some("(from a daemon)"),
         ),
         subject(
             "reaper job end, nothing held (daemon)",
             &end,
-            &daemon.socket,
+            daemon,
             Some("(from a daemon)"),
         ),
     ];
-    // REAPER_BASELINE_BIN: the same `job end` by another build, interleaved
-    // (a change's before and after in one run).
-    if let Some(base) = std::env::var_os("REAPER_BASELINE_BIN") {
-        let mut s = subject(
-            "reaper job end, nothing held (scan, baseline binary)",
-            &end,
-            &no_daemon,
-            Some("(from a scan)"),
-        );
-        s.bin = Some(PathBuf::from(base));
-        subjects.push(s);
-    }
-    for s in &subjects {
-        check(&reaper, s)?;
-    }
+    subjects.extend(baseline(&end, no_daemon));
+    subjects
+}
+
+/// Times every subject interleaved (the order rotates each round; round 0
+/// warms up) and prints each one's wall and CPU medians.
+fn time_and_report(o: &HostOpts, reaper: &Path, subjects: &[Subject]) -> Result<()> {
     let mut samples = vec![Vec::new(); subjects.len()];
     let mut cpu = vec![Vec::new(); subjects.len()];
     for round in 0..=o.rounds {
         for k in 0..subjects.len() {
             let i = (k + round) % subjects.len();
-            let (ms, cpu_ms) = timed(&reaper, &subjects[i])?;
+            let (ms, cpu_ms) = timed(reaper, &subjects[i])?;
             if round > 0 {
                 samples[i].push(ms);
                 cpu[i].push(cpu_ms);
@@ -260,9 +258,38 @@ fn main() -> Result<()> {
         let note = Some(format!("{build} build, user + system CPU of the same runs"));
         emit("job", &format!("{} CPU", s.name), "ms", &cpu[i], note);
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
-    drop(idlers);
-    drop(daemon);
     Ok(())
+}
+
+/// One subject: a command, the control socket it is told, what its output
+/// must say.
+fn subject(
+    name: &'static str,
+    args: &[String],
+    socket: &Path,
+    says: Option<&'static str>,
+) -> Subject {
+    Subject {
+        name,
+        args: args.to_vec(),
+        socket: socket.to_path_buf(),
+        says,
+        says_too: None,
+        env: Vec::new(),
+        bin: None,
+    }
+}
+
+/// REAPER_BASELINE_BIN: the same `job end` by another build, interleaved
+/// (a change's before and after in one run).
+fn baseline(end: &[String], no_daemon: &Path) -> Option<Subject> {
+    let base = std::env::var_os("REAPER_BASELINE_BIN")?;
+    let mut s = subject(
+        "reaper job end, nothing held (scan, baseline binary)",
+        end,
+        no_daemon,
+        Some("(from a scan)"),
+    );
+    s.bin = Some(PathBuf::from(base));
+    Some(s)
 }

@@ -133,6 +133,23 @@ pub struct Response {
     /// The config's `[job] ports` (what `job start` checks without `--port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub job_ports: Vec<u16>,
+    /// `who`: each claim's process as the daemon read it from /proc when it
+    /// answered (the details `reaper who` shows), so the client reads none
+    /// itself. A pid that could not be read is absent (the client tries
+    /// it); a daemon from before this field sends none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<crate::holders::Process>,
+}
+
+impl Response {
+    /// Reads the process of each claim, once a pid, into `processes`.
+    pub fn read_processes(&mut self) {
+        let mut reader = crate::holders::process::Reader::new();
+        let mut pids: Vec<u32> = self.claims.iter().map(|c| c.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        self.processes = pids.into_iter().filter_map(|p| reader.process(p)).collect();
+    }
 }
 
 /// What the daemon shares with the control socket. The loop holds the lock
@@ -243,6 +260,7 @@ impl Shared {
             conflicts: Vec::new(),
             journal: self.journal.clone(),
             job_ports: self.job_ports.clone(),
+            processes: Vec::new(),
         };
         match req {
             Request::Who { port, proto, netns } => {
@@ -393,7 +411,14 @@ async fn connection(
             continue;
         }
         let resp = match serde_json::from_str::<Request>(&text) {
-            Ok(req) => shared.lock().unwrap().answer(&req),
+            Ok(req) => {
+                let mut resp = shared.lock().unwrap().answer(&req);
+                // Read with the lock released: the loop applies batches.
+                if matches!(req, Request::Who { .. }) {
+                    resp.read_processes();
+                }
+                resp
+            }
             Err(e) => refusal(format!(
                 "bad request ({e}): send one JSON object a line, e.g. {{\"cmd\":\"who\",\"port\":8080,\"proto\":\"tcp\"}}, {{\"cmd\":\"ports\"}}, {{\"cmd\":\"conflicts\",\"limit\":50}}, {{\"cmd\":\"job\",\"record\":{{...}}}}"
             )),
@@ -462,12 +487,17 @@ pub fn query(path: &Path, request: &Request) -> Result<Option<Response>> {
 
 /// The daemon's answer in the shape of a scan, so `reaper who`/`ports`
 /// render it like their own: one holding per claim, the holder's details
-/// read from /proc now (it is root asking, as for a scan). The socket's
+/// as the daemon read them when it answered, or read from /proc now when it
+/// sent none for the pid (it is root asking, as for a scan). The socket's
 /// state is what the ledger saw: LISTEN, UNCONN (UDP) or BOUND. The tier is
 /// in `gaps.socket_source` as "daemon:TIER".
 pub fn scan_of(resp: &Response) -> crate::holders::Scan {
     use crate::holders::{Holding, Process, Scan, ScanGaps, Socket};
-    let mut details: HashMap<u32, Option<Process>> = HashMap::new();
+    let mut details: HashMap<u32, Option<Process>> = resp
+        .processes
+        .iter()
+        .map(|p| (p.pid, Some(p.clone())))
+        .collect();
     let mut holdings = Vec::new();
     let mut netns_seen = Vec::new();
     for c in &resp.claims {
@@ -607,6 +637,77 @@ mod tests {
         assert_eq!(r, Request::Conflicts { limit: 50 });
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"kill","pid":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"who","port":8080,"x":1}"#).is_err());
+    }
+
+    fn claim(pid: u32) -> ClaimView {
+        ClaimView {
+            netns: 1,
+            proto: Proto::Tcp,
+            addr: "0.0.0.0".into(),
+            port: 8080,
+            pid,
+            comm: "x".into(),
+            uid: 0,
+            cookie: 7,
+            bound_at: "2026-01-01T00:00:00.000Z".into(),
+            listening_at: None,
+            source: Source::Proc,
+            binder: Binder::default(),
+            job: None,
+            job_via: None,
+            failed_attempts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_daemon_reads_each_claims_process_once_and_the_client_uses_it() {
+        let me = std::process::id();
+        let mut resp = Response {
+            ok: true,
+            claims: vec![claim(me), claim(me), claim(u32::MAX)],
+            ..Response::default()
+        };
+        resp.read_processes();
+        // One per pid; a pid that is not there is left to the client.
+        assert_eq!(resp.processes.len(), 1);
+        same(&resp.processes[0], &crate::holders::process(me).unwrap());
+        // Through the wire and back, as `reaper who` gets it.
+        let line = serde_json::to_string(&resp).unwrap();
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.processes, resp.processes);
+        // The client shows what the daemon sent, not a read of its own.
+        let mut sent = back.clone();
+        sent.processes[0].cmdline = vec!["as the daemon read it".into()];
+        let scan = scan_of(&sent);
+        assert_eq!(scan.holdings.len(), 3);
+        assert_eq!(
+            scan.holdings[0].processes[0].cmdline,
+            ["as the daemon read it"]
+        );
+        assert!(scan.holdings[2].processes.is_empty());
+        // A daemon that sends none: the client reads /proc itself.
+        let mut old = back;
+        old.processes.clear();
+        assert!(!line.is_empty() && !serde_json::to_string(&old).unwrap().contains("processes"));
+        let scan = scan_of(&old);
+        same(
+            &scan.holdings[0].processes[0],
+            &crate::holders::process(me).unwrap(),
+        );
+    }
+
+    /// Equal but for `started_at`, which is computed from two clocks read
+    /// at each read and may fall either side of a millisecond: within one.
+    fn same(a: &crate::holders::Process, b: &crate::holders::Process) {
+        let at = |p: &crate::holders::Process| {
+            chrono::DateTime::parse_from_rfc3339(&p.started_at)
+                .unwrap()
+                .timestamp_millis()
+        };
+        assert!((at(a) - at(b)).abs() <= 1, "{a:?}\n{b:?}");
+        let mut b = b.clone();
+        b.started_at = a.started_at.clone();
+        assert_eq!(a, &b);
     }
 
     #[test]

@@ -18,9 +18,12 @@
 //! ```
 //!
 //! Which /proc reads use the `procfs` crate, and which are written here:
-//! - procfs parses /proc/PID/status (a holder's uid; the capability sets in
-//!   `caps`): a few reads per command, of a file whose process-chosen text
-//!   (Name) the kernel escapes, so a tested parser is better than another.
+//! - procfs parses /proc/PID/status for the capability sets (`caps`): a
+//!   few reads per command, of a file whose process-chosen text (Name) the
+//!   kernel escapes, so a tested parser is better than another. A holder's
+//!   uid is only the `Uid:` line of it (`proc::euid`): procfs parses every
+//!   line into a map, which was a quarter of the daemon's time answering
+//!   `who`.
 //! - Written here, and fuzzed (fuzz/): the fd walk in `fdmap` (openat +
 //!   readlinkat into a stack buffer, then kcmp against one known holder,
 //!   never a String or a PathBuf per fd: it visits every fd of every

@@ -3,9 +3,8 @@
 //! Who a holder is, from /proc/PID/{stat,status,cmdline,cgroup,exe,ns/net}:
 //! name, command line, user, start time, parent chain, cgroup and container,
 //! and whether it looks orphaned. Read only for the few pids that hold a
-//! matching socket. status is parsed by procfs (the kernel escapes what the
-//! process chose in it); stat, cmdline and cgroup by the pure functions
-//! here, fuzzed, because /proc content there is partly chosen by the
+//! matching socket. Of status only the `Uid:` line is read (proc.rs);
+//! stat, cmdline and cgroup are parsed by the pure functions here, fuzzed, because /proc content there is partly chosen by the
 //! process (comm, argv) and nothing in it is trusted to be UTF-8 or
 //! well-formed (see holders/mod.rs for why not procfs).
 
@@ -16,12 +15,6 @@ pub use crate::proc::{clock_ticks, looks_orphaned, parse_cmdline, parse_stat, re
 
 use super::Process;
 use crate::util::{rfc3339, BootClock};
-
-/// The effective uid from /proc/PID/status (procfs parses it): the one
-/// `ps -o user` shows and the one permissions are checked against.
-fn status_euid(pid: u32) -> Option<u32> {
-    crate::proc::status(pid).map(|s| s.euid)
-}
 
 /// The most telling cgroup path in /proc/PID/cgroup: the v2 path (`0::/x`)
 /// unless it is the root, then the first non-root v1 path (hybrid hosts keep
@@ -107,7 +100,7 @@ impl Reader {
     /// One process's details; None when it is gone (or its stat unreadable).
     pub fn process(&mut self, pid: u32) -> Option<Process> {
         let stat = self.stat(pid)?;
-        let uid = status_euid(pid).unwrap_or(u32::MAX);
+        let uid = crate::proc::euid(pid).unwrap_or(u32::MAX);
         let cmdline = read(pid, "cmdline")
             .map(|b| parse_cmdline(&b))
             .unwrap_or_default();

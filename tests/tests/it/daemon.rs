@@ -764,3 +764,102 @@ fn a_conflict_with_a_client_connection_says_so_in_the_record() {
         "a client is never reaped: {conflict}"
     );
 }
+
+/// `reaper who` answered by the daemon shows the holder as a scan does: the
+/// daemon reads the holder's details when it answers and sends them, so the
+/// client reads no /proc of its own. The kernel (`ss -p`) says who holds it.
+#[test]
+fn who_through_the_daemon_shows_the_holder_as_a_scan_does() {
+    need_root!();
+    let port = reaper_tests::free_port();
+    let holder = Holder::orphan(port, "rp-who-same", &[]);
+    let d = Daemon::start("");
+    let answer = wait_for(
+        "the daemon's ledger to know the holder",
+        Duration::from_secs(10),
+        || {
+            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"tcp"}}"#));
+            let held = r["claims"].as_array().is_some_and(|c| !c.is_empty());
+            held.then_some(r)
+        },
+    );
+    // The control socket sends the holder's details with the claim.
+    assert_eq!(answer["processes"][0]["pid"], holder.pid(), "{answer}");
+
+    // The kernel's word: ss names the holder's pid on the port.
+    let ss = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(ss.contains(&format!("pid={},", holder.pid())), "{ss}");
+
+    let who = |through_daemon: bool, json: bool| -> String {
+        let mut c = reaper();
+        c.args(["who", &port.to_string(), "--proto", "tcp"]);
+        if json {
+            c.arg("--json");
+        }
+        if through_daemon {
+            c.env("REAPER_CONTROL_SOCKET", &d.socket);
+        } else {
+            c.arg("--no-bpf");
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let via: Value = serde_json::from_str(&who(true, true)).unwrap();
+    let scan: Value = serde_json::from_str(&who(false, true)).unwrap();
+    assert_eq!(via["source"], "daemon");
+    assert_eq!(scan["source"], "proc");
+    let holders = |v: &Value| -> Vec<Value> {
+        v["holdings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|h| h["processes"].as_array().unwrap().clone())
+            .map(|mut p| {
+                // From two clocks read at each read: within a millisecond.
+                let ms = chrono_ms(p["started_at"].as_str().unwrap());
+                p["started_at"] = Value::Null;
+                serde_json::json!({ "p": p, "ms": ms })
+            })
+            .collect()
+    };
+    let (a, b) = (holders(&via), holders(&scan));
+    assert_eq!(a.len(), 1, "{via}");
+    assert_eq!(a[0]["p"], b[0]["p"], "daemon {via}\nscan {scan}");
+    assert!((a[0]["ms"].as_i64().unwrap() - b[0]["ms"].as_i64().unwrap()).abs() <= 1);
+    assert_eq!(a[0]["p"]["pid"], holder.pid());
+    assert_eq!(a[0]["p"]["comm"], "rp-who-same");
+
+    // And as people read it: the holder's lines are the same, but for the
+    // age, which moves, and what only a scan says (its guess of the hold).
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("  pid "))
+            .take_while(|l| l.starts_with("    ") || l.starts_with("  pid "))
+            .filter(|l| !l.starts_with("    started ") && !l.starts_with("    holding "))
+            .map(str::to_string)
+            .collect()
+    };
+    let (text_via, text_scan) = (who(true, false), who(false, false));
+    assert!(
+        text_via.contains("answered by the daemon's ledger"),
+        "{text_via}"
+    );
+    assert!(lines(&text_via).len() >= 5, "{text_via}");
+    assert_eq!(
+        lines(&text_via),
+        lines(&text_scan),
+        "{text_via}\n{text_scan}"
+    );
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+fn chrono_ms(t: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .unwrap_or_else(|e| panic!("{t:?}: {e}"))
+        .timestamp_millis()
+}

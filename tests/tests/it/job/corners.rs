@@ -142,27 +142,7 @@ fn a_server_with_no_job_variables_is_charged_through_its_ancestor_at_claim_time(
     let env = std::fs::read(format!("/proc/{server}/environ")).unwrap();
     assert!(env.is_empty(), "the server's environment is not empty");
 
-    let claim = poll_until(
-        "the daemon to charge the claim",
-        Duration::from_secs(20),
-        || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{p}}}"#));
-            r["claims"]
-                .as_array()?
-                .iter()
-                .find(|c| c["job"].is_object() && c["listening_at"].is_string())
-                .cloned()
-        },
-    );
-    assert_eq!(claim["pid"], server, "{claim:#}");
-    assert_eq!(claim["job"]["id"], a.tracking_id.as_str(), "{claim:#}");
-    assert!(
-        claim["job_via"]
-            .as_str()
-            .unwrap()
-            .starts_with("ancestor pid"),
-        "{claim:#}"
-    );
+    charged_through_an_ancestor(&d, p, server, &a.tracking_id);
     // The step ends: the server hangs from init, naming no job.
     std::fs::write(&go, "").unwrap();
     poll_until(
@@ -209,4 +189,35 @@ fn a_server_with_no_job_variables_is_charged_through_its_ancestor_at_claim_time(
     assert_eq!(port["holders"][0]["process"]["pid"], server);
     assert_eq!(port["holders"][0]["verdict"]["rule"], "this job");
     assert!(!alive(server) && can_listen(p));
+}
+
+/// The daemon's claim on `port`: `server`'s, charged to the job through
+/// an ancestor.
+fn charged_through_an_ancestor(
+    d: &reaper_tests::daemon::Daemon,
+    p: u16,
+    server: u32,
+    tracking_id: &str,
+) {
+    let claim = poll_until(
+        "the daemon to charge the claim",
+        Duration::from_secs(20),
+        || {
+            let r = d.query(&format!(r#"{{"cmd":"who","port":{p}}}"#));
+            r["claims"]
+                .as_array()?
+                .iter()
+                .find(|c| c["job"].is_object() && c["listening_at"].is_string())
+                .cloned()
+        },
+    );
+    assert_eq!(claim["pid"], server, "{claim:#}");
+    assert_eq!(claim["job"]["id"], tracking_id, "{claim:#}");
+    assert!(
+        claim["job_via"]
+            .as_str()
+            .unwrap()
+            .starts_with("ancestor pid"),
+        "{claim:#}"
+    );
 }

@@ -2,6 +2,7 @@
 //! the walk of /proc, on the runner-shaped harness's real processes.
 
 use super::*;
+use reaper::holders::job::Table;
 
 /// The process table a hook reads (parents, start times, each process's
 /// job from its environment) comes from the kernel's task iterator where
@@ -11,7 +12,6 @@ use super::*;
 /// must answer the same by either path and say which one answered.
 #[test]
 fn the_task_iterator_and_the_proc_walk_read_the_same_processes_and_jobs() {
-    use reaper::holders::job::Table;
     require_root();
     let mut runner = Runner::start();
     let mut a = runner.job("iter", "9501");
@@ -44,7 +44,38 @@ fn the_task_iterator_and_the_proc_walk_read_the_same_processes_and_jobs() {
     );
     assert_eq!(walk.source, "proc");
 
-    // Every process both saw (some come and go between the reads).
+    agree(&iter, &walk, &after);
+    let job_of = |t: &Table, pid: u32| t.procs.get(&pid).and_then(|e| e.job.clone());
+    for (pid, id) in [
+        (a.pid, Some(a.tracking_id.as_str())),
+        (server, Some(a.tracking_id.as_str())),
+        (big.pid(), Some("77001")),
+        (runner.pid(), None),
+    ] {
+        for t in [&iter, &walk] {
+            assert_eq!(
+                job_of(t, pid).map(|j| j.id),
+                id.map(str::to_string),
+                "pid {pid} by {}",
+                t.source
+            );
+        }
+    }
+    // The cleared-variable server names its run and job name only.
+    let j = job_of(&iter, cleared).expect("the cleared server's run and name");
+    assert_eq!(
+        (j.run.as_deref(), j.id.as_str()),
+        (Some("9501"), "9501/build")
+    );
+    assert!(iter.attached(("github", &a.tracking_id)));
+
+    same_job_end(&mut a, pa);
+    assert!(alive(server), "a dry run signalled");
+}
+
+/// The iterator's table and the walk's agree on every process both saw
+/// (some come and go between the reads).
+fn agree(iter: &Table, walk: &Table, after: &Table) {
     let mut both = 0;
     for (pid, w) in &walk.procs {
         let (Some(i), Some(i2)) = (iter.procs.get(pid), after.procs.get(pid)) else {
@@ -71,31 +102,10 @@ fn the_task_iterator_and_the_proc_walk_read_the_same_processes_and_jobs() {
         "only {both} of {} in both",
         walk.procs.len()
     );
-    let job_of = |t: &Table, pid: u32| t.procs.get(&pid).and_then(|e| e.job.clone());
-    for (pid, id) in [
-        (a.pid, Some(a.tracking_id.as_str())),
-        (server, Some(a.tracking_id.as_str())),
-        (big.pid(), Some("77001")),
-        (runner.pid(), None),
-    ] {
-        for t in [&iter, &walk] {
-            assert_eq!(
-                job_of(t, pid).map(|j| j.id),
-                id.map(str::to_string),
-                "pid {pid} by {}",
-                t.source
-            );
-        }
-    }
-    // The cleared-variable server names its run and job name only.
-    let j = job_of(&iter, cleared).expect("the cleared server's run and name");
-    assert_eq!(
-        (j.run.as_deref(), j.id.as_str()),
-        (Some("9501"), "9501/build")
-    );
-    assert!(iter.attached(("github", &a.tracking_id)));
+}
 
-    // `job end` by either path: the same answer, each saying its path.
+/// `job end` by either path: the same answer, each saying its path.
+fn same_job_end(a: &mut Worker, pa: u16) {
     let by_iter = a.hook(&["job", "end", "--dry-run", "--json"]);
     let by_walk = a.hook_with(
         &[("REAPER_FD_SOURCE", "proc")],
@@ -127,5 +137,4 @@ fn the_task_iterator_and_the_proc_walk_read_the_same_processes_and_jobs() {
             .contains("processes: read by the kernel's task iterator"),
         "{human:?}"
     );
-    assert!(alive(server), "a dry run signalled");
 }
