@@ -39,6 +39,14 @@ struct Report {
     /// Why not the iterator, when not.
     #[serde(skip_serializing_if = "Option::is_none")]
     holder_source_error: Option<String>,
+    /// Where the runner hooks (`job start`, `job end` without a daemon)
+    /// read each process's parent, start time and job: "bpf_iter" when
+    /// the sleepable task iterator loaded and ran here, else "proc"
+    /// (/proc/PID/stat and environ).
+    process_source: String,
+    /// Why not the iterator, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_source_error: Option<String>,
     /// The ports the kernel lends to clients, and those it keeps back.
     ports: Ports,
 }
@@ -213,9 +221,12 @@ fn gather() -> Report {
         "proc".to_string()
     };
     let iter = reaper::holders::fditer::probe();
+    let tasks = reaper::holders::taskenv::each(|_| {});
     Report {
         holder_source: if iter.is_ok() { "bpf_iter" } else { "proc" }.into(),
         holder_source_error: iter.err(),
+        process_source: if tasks.is_ok() { "bpf_iter" } else { "proc" }.into(),
+        process_source_error: tasks.err(),
         kernel,
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
         lockdown: read_trim("/sys/kernel/security/lockdown"),
@@ -360,6 +371,15 @@ fn tier_words(r: &Report, style: Style) -> String {
         )),
     };
     s.push_str(&format!("holders     {holders}\n"));
+    let processes = match &r.process_source_error {
+        None => style.green(
+            "bpf_iter (the job hooks read every process's parent and environment in one pass of a task iterator)",
+        ),
+        Some(why) => style.yellow(&format!(
+            "proc (/proc/PID/stat and environ of every process; task iterator: {why})"
+        )),
+    };
+    s.push_str(&format!("processes   {processes}\n"));
     s
 }
 

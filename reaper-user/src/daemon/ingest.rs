@@ -51,23 +51,6 @@ enum Update {
     Released(u64),
 }
 
-/// One batch's clocks: every claim of a batch is queued at this time.
-#[derive(Clone, Copy)]
-pub(super) struct Now {
-    pub(super) at: Instant,
-    /// Wall clock, ns.
-    pub(super) wall_ns: i64,
-}
-
-impl Now {
-    pub(super) fn read() -> Now {
-        Now {
-            at: Instant::now(),
-            wall_ns: clock_ns(libc::CLOCK_REALTIME) as i64,
-        }
-    }
-}
-
 impl Ingest {
     pub(super) fn new(stream: Option<EventStream>, matcher: Matcher) -> Ingest {
         Ingest {
@@ -174,7 +157,8 @@ impl Daemon {
                 .ledger_claims
                 .store(shared.ledger.len() as u64, Relaxed);
         }
-        let now = Now::read();
+        // One monotonic time per batch, for the binder caches and the queue.
+        let now = Instant::now();
         for change in changes.drain(..) {
             match change {
                 Change::Bound(b) => self.bound(b, now),
@@ -225,18 +209,19 @@ impl Daemon {
 
     /// A claim made: counted, its binder and job noted, its record queued
     /// (made only if it is written).
-    fn bound(&mut self, b: Bound, now: Now) {
+    fn bound(&mut self, b: Bound, now: Instant) {
         self.metrics.binds.fetch_add(1, Relaxed);
         let pid = b.ev.tgid;
-        let binder = self.binder(pid, now.at);
-        let charge = self.charge(pid, now.at);
+        let binder = self.binder(pid, now);
+        let charge = self.charge(pid, now);
         self.ingest.updates.push(Update::Bound {
             cookie: b.ev.cookie,
             binder: binder.clone(),
             charge: charge.clone(),
         });
         let claim = PendingClaim {
-            ts_ns: now.wall_ns,
+            // When it was queued, as every record's `ts` (one vDSO read).
+            ts_ns: clock_ns(libc::CLOCK_REALTIME) as i64,
             key: b.key,
             netns: b.netns,
             family: event_family(&b.ev),
@@ -249,20 +234,16 @@ impl Daemon {
             binder,
             charge,
         };
-        self.journal_claim(claim, now.at);
+        self.journal_claim(claim, now);
     }
 
     /// A claim ended: churn is folded into its summary; otherwise the
     /// release is recorded.
-    fn released(&mut self, r: Released, now: Now) {
+    fn released(&mut self, r: Released, now: Instant) {
         let cookie = r.ev.cookie;
         self.ingest.updates.push(Update::Released(cookie));
         self.metrics.releases.fetch_add(1, Relaxed);
-        if self
-            .sink
-            .churn
-            .fold_release(cookie, Some(r.held_ms), now.at)
-        {
+        if self.sink.churn.fold_release(cookie, Some(r.held_ms), now) {
             self.metrics.churn_folded.fetch_add(1, Relaxed);
             return;
         }

@@ -542,8 +542,15 @@ fn bpf_iterator_and_proc_walk_find_the_same_holders() {
         "the task_file iterator did not run here: {}",
         d["holder_source_error"]
     );
+    assert_eq!(
+        d["process_source"], "bpf_iter",
+        "the task environment iterator did not run here: {}",
+        d["process_source_error"]
+    );
     let no_bpf = reaper(&["doctor", "--json", "--no-bpf"], &[]).json();
     assert_eq!(no_bpf["holder_source"], "proc");
+    assert_eq!(no_bpf["process_source"], "proc");
+    assert_eq!(no_bpf["process_source_error"], "--no-bpf");
 
     // Real holders: shared across fork, v6 UDP, dual-stack, another
     // namespace, and a port with many sockets held by this process (a
