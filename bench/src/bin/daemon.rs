@@ -127,16 +127,48 @@ impl Daemon {
             .collect()
     }
 
+    /// The journal's size, its rotated files (`journal.jsonl.N`) included:
+    /// a storm under `journal_churn_window = "0s"` writes more than the
+    /// default 64 MiB, so the file rotates and alone would show only the
+    /// tail after the last rotation.
     fn journal_bytes(&self) -> u64 {
-        std::fs::metadata(self.dir.join("journal.jsonl")).map_or(0, |m| m.len())
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name == "journal.jsonl"
+                    || name
+                        .strip_prefix("journal.jsonl.")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
-    /// Stops the daemon; returns its journal's size at the end.
+    /// Whether the oldest rotated file the daemon keeps (default 5) is
+    /// there: one more rotation drops it, and the sum above falls short.
+    fn journal_full(&self) -> bool {
+        self.dir.join("journal.jsonl.5").exists()
+    }
+
+    /// Stops the daemon; returns its journal's size at the end (rotated
+    /// files included).
     fn stop(mut self) -> Result<u64> {
         // SAFETY: our own child, not yet waited for.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait()?;
         let bytes = self.journal_bytes();
+        if self.journal_full() {
+            eprintln!(
+                "the journal in {} filled every rotated file: its growth may be undercounted",
+                self.dir.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(bytes)
     }
@@ -552,6 +584,41 @@ fn storms(
     let rounds = if quick { 3 } else { 7 };
     let binds: u32 = if quick { 20_000 } else { 100_000 };
     let window = Duration::from_secs(if quick { 2 } else { 5 });
+    // The timed storms run with kernel.bpf_stats_enabled off (as on a
+    // production host: counting adds two clock reads to every program run);
+    // the per-program costs come from a shorter storm after each attached
+    // one, with it on (see under_daemon).
+    let stats_was = bpf_stats(false);
+    if stats_was.is_none() {
+        eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
+    }
+    let run = StormRun {
+        builds,
+        binds,
+        window,
+        cgroup: reaper::hooks::cgroup2_root()?,
+    };
+    let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
+    for (kind, port, extra) in storm_kinds()? {
+        let mut figs = KindFigures::new(builds.len());
+        for round in 0..rounds {
+            let idle = run.round(&mut figs, round, &port, extra)?;
+            if let Some((cpu, rss)) = idle {
+                idle_cpu.push(cpu);
+                idle_rss.push(rss);
+            }
+        }
+        figs.emit(kind, builds, &port, binds, build);
+    }
+    if let Some(old) = stats_was {
+        let _ = bpf_stats(old == "1");
+    }
+    Ok((idle_cpu, idle_rss, window))
+}
+
+/// The kinds of storm: a name, the ports bound in turn, and the daemon's
+/// extra configuration.
+fn storm_kinds() -> Result<[(&'static str, Vec<u16>, &'static str); 3]> {
     // 64 fixed ports bound in turn, as a test suite starting and stopping
     // servers does (picked free now; a bind that fails is still a bind).
     let fixed_ports: Vec<u16> = (0..64)
@@ -563,7 +630,7 @@ fn storms(
         .collect::<std::io::Result<_>>()?;
     // The third storm is the second with every claim journaled line by line
     // (the churn summary off): what the summary saves.
-    let kinds: [(&str, Vec<u16>, &str); 3] = [
+    Ok([
         ("port 0", vec![0], ""),
         ("fixed port", fixed_ports.clone(), ""),
         (
@@ -571,103 +638,145 @@ fn storms(
             fixed_ports,
             "journal_churn_window = \"0s\"\n",
         ),
-    ];
-    // The timed storms run with kernel.bpf_stats_enabled off (as on a
-    // production host: counting adds two clock reads to every program run);
-    // the per-program costs come from a shorter storm after each attached
-    // one, with it on (see under_daemon).
-    let stats_was = bpf_stats(false);
-    if stats_was.is_none() {
-        eprintln!("kernel.bpf_stats_enabled could not be set: no per-program costs");
-    }
-    let cgroup = reaper::hooks::cgroup2_root()?;
-    let (mut idle_cpu, mut idle_rss) = (Vec::new(), Vec::new());
-    for (kind, port, extra) in kinds {
-        let mut detached = Series::default();
-        let mut series: Vec<Series> = builds.iter().map(|_| Series::default()).collect();
-        let (mut floor_cpu, mut floor_tax) = (Vec::new(), Vec::new());
-        let (mut claim_cpu, mut claim_tax) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            // Arm::Alone: no daemon; Arm::Floor(claim): the floor programs;
-            // Arm::Build(i): a daemon of builds[i].
-            let mut order: Vec<Arm> = [Arm::Alone, Arm::Floor(false), Arm::Floor(true)]
-                .into_iter()
-                .chain((0..builds.len()).map(Arm::Build))
-                .collect();
-            let turn = round % order.len();
-            order.rotate_left(turn);
-            let mut alone = None;
-            let mut floor = [None, None];
-            let mut with: Vec<Option<Cost>> = builds.iter().map(|_| None).collect();
-            for arm in order {
-                let i = match arm {
-                    Arm::Alone => {
-                        let c = storm(binds, &port);
-                        detached.wall.push(c.wall);
-                        detached.cpu.push(c.cpu);
-                        alone = Some(c);
-                        continue;
-                    }
-                    Arm::Floor(claim) => {
-                        let hooks = FloorHooks::attach(&cgroup, claim)?;
-                        floor[claim as usize] = Some(storm(binds, &port));
-                        drop(hooks);
-                        continue;
-                    }
-                    Arm::Build(i) => i,
-                };
-                if port[0] == 0 && i == 0 {
-                    let (cpu, rss) = idle_usage(&builds[i].1, round, window)?;
-                    idle_cpu.push(cpu);
-                    idle_rss.push(rss);
+    ])
+}
+
+/// What every round of every storm kind shares.
+struct StormRun<'a> {
+    builds: &'a [(String, PathBuf)],
+    binds: u32,
+    window: Duration,
+    cgroup: PathBuf,
+}
+
+/// One kind of storm's figures over its rounds: no daemon, each build,
+/// and the two floor arms.
+struct KindFigures {
+    detached: Series,
+    series: Vec<Series>,
+    floor_cpu: Vec<f64>,
+    floor_tax: Vec<f64>,
+    claim_cpu: Vec<f64>,
+    claim_tax: Vec<f64>,
+}
+
+impl StormRun<'_> {
+    /// One round: every arm once, in an order turned by `round`. Returns
+    /// the idle daemon's CPU and RSS when this round measured them (port 0,
+    /// first build).
+    fn round(
+        &self,
+        figs: &mut KindFigures,
+        round: usize,
+        port: &[u16],
+        extra: &str,
+    ) -> Result<Option<(f64, f64)>> {
+        let binds = self.binds;
+        // Arm::Alone: no daemon; Arm::Floor(claim): the floor programs;
+        // Arm::Build(i): a daemon of builds[i].
+        let mut order: Vec<Arm> = [Arm::Alone, Arm::Floor(false), Arm::Floor(true)]
+            .into_iter()
+            .chain((0..self.builds.len()).map(Arm::Build))
+            .collect();
+        let turn = round % order.len();
+        order.rotate_left(turn);
+        let mut alone = None;
+        let mut floor = [None, None];
+        let mut with: Vec<Option<Cost>> = self.builds.iter().map(|_| None).collect();
+        let mut idle = None;
+        for arm in order {
+            let i = match arm {
+                Arm::Alone => {
+                    let c = storm(binds, port);
+                    figs.detached.wall.push(c.wall);
+                    figs.detached.cpu.push(c.cpu);
+                    alone = Some(c);
+                    continue;
                 }
-                let u = under_daemon(&builds[i].1, &format!("r{round}b{i}"), extra, binds, &port)?;
-                series[i].record(&u, binds);
-                with[i] = Some(u.cost);
+                Arm::Floor(claim) => {
+                    let hooks = FloorHooks::attach(&self.cgroup, claim)?;
+                    floor[claim as usize] = Some(storm(binds, port));
+                    drop(hooks);
+                    continue;
+                }
+                Arm::Build(i) => i,
+            };
+            let bin = &self.builds[i].1;
+            if port[0] == 0 && i == 0 {
+                idle = Some(idle_usage(bin, round, self.window)?);
             }
-            let alone = alone.expect("the storm without a daemon ran");
-            let [empty, claim] = floor.map(|c| c.expect("the floor storms ran"));
-            floor_cpu.push(empty.cpu);
-            floor_tax.push((empty.cpu - alone.cpu) / 1e3);
-            claim_cpu.push(claim.cpu);
-            claim_tax.push((claim.cpu - alone.cpu) / 1e3);
-            for (s, c) in series.iter_mut().zip(with) {
-                let c = c.expect("each build ran");
-                s.tax.push((c.wall - alone.wall) / 1e3);
-                s.tax_cpu.push((c.cpu - alone.cpu) / 1e3);
-            }
+            let u = under_daemon(bin, &format!("r{round}b{i}"), extra, binds, port)?;
+            figs.series[i].record(&u, binds);
+            with[i] = Some(u.cost);
         }
-        for ((label, _), s) in builds.iter().zip(&series) {
-            s.emit(kind, label, &port, binds, build, &detached);
+        let alone = alone.expect("the storm without a daemon ran");
+        let floor = floor.map(|c| c.expect("the floor storms ran"));
+        figs.end_round(&alone, floor, with);
+        Ok(idle)
+    }
+}
+
+impl KindFigures {
+    fn new(builds: usize) -> KindFigures {
+        KindFigures {
+            detached: Series::default(),
+            series: (0..builds).map(|_| Series::default()).collect(),
+            floor_cpu: Vec::new(),
+            floor_tax: Vec::new(),
+            claim_cpu: Vec::new(),
+            claim_tax: Vec::new(),
+        }
+    }
+
+    /// The round's taxes: each arm against the storm without a daemon.
+    fn end_round(&mut self, alone: &Cost, [empty, claim]: [Cost; 2], with: Vec<Option<Cost>>) {
+        self.floor_cpu.push(empty.cpu);
+        self.floor_tax.push((empty.cpu - alone.cpu) / 1e3);
+        self.claim_cpu.push(claim.cpu);
+        self.claim_tax.push((claim.cpu - alone.cpu) / 1e3);
+        for (s, c) in self.series.iter_mut().zip(with) {
+            let c = c.expect("each build ran");
+            s.tax.push((c.wall - alone.wall) / 1e3);
+            s.tax_cpu.push((c.cpu - alone.cpu) / 1e3);
+        }
+    }
+
+    /// Prints each build's figures, then the two floors.
+    fn emit(
+        &self,
+        kind: &str,
+        builds: &[(String, PathBuf)],
+        port: &[u16],
+        binds: u32,
+        build: &str,
+    ) {
+        for ((label, _), s) in builds.iter().zip(&self.series) {
+            s.emit(kind, label, port, binds, build, &self.detached);
         }
         emit(
             BENCH,
             &format!("binder tax floor ({kind}): empty programs - detached, per round"),
             "us/bind",
-            &floor_tax,
+            &self.floor_tax,
             Some(format!(
                 "bind4, post_bind4 and sock_release programs that only return 1: what running any program on these hooks costs; medians {:.0} vs {:.0} ns/bind",
-                median(&floor_cpu),
-                median(&detached.cpu)
+                median(&self.floor_cpu),
+                median(&self.detached.cpu)
             )),
         );
         emit(
             BENCH,
             &format!("binder tax floor, one claim kept ({kind}): minimal programs - detached, per round"),
             "us/bind",
-            &claim_tax,
+            &self.claim_tax,
             Some(format!(
                 "post_bind4 inserts the socket cookie (Event-sized value) into a {}-entry hash map, sock_release deletes it, bind4 empty; no identity, no event: the least any kernel side that keeps each claim pays; medians {:.0} vs {:.0} ns/bind",
                 reaper_common::CLAIMS_MAX_DEFAULT,
-                median(&claim_cpu),
-                median(&detached.cpu)
+                median(&self.claim_cpu),
+                median(&self.detached.cpu)
             )),
         );
     }
-    if let Some(old) = stats_was {
-        let _ = bpf_stats(old == "1");
-    }
-    Ok((idle_cpu, idle_rss, window))
 }
 
 /// An idle daemon's CPU (% of a core) and RSS (MiB) over `window`.
@@ -862,7 +971,7 @@ impl Series {
             &fig(format!("journal growth per bind ({kind})")),
             "bytes/bind",
             &self.journal,
-            Some("target <= 5 bytes; from the storm's start to the daemon's stop".into()),
+            Some("target <= 5 bytes; from the storm's start to the daemon's stop, rotated files included".into()),
         );
         emit(
             BENCH,
