@@ -180,7 +180,7 @@ fn subjects(job: &str, free: u16, no_daemon: &Path, daemon: &Path) -> Vec<Subjec
     let mut subjects = vec![
         subject(
             "reaper --version (spawn floor)",
-            &vec!["--version".into()],
+            &["--version".into()],
             no_daemon,
             None,
         ),
