@@ -26,6 +26,13 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The older TCP request (`struct inet_diag_req`). The kernel answers it
+/// for both families in one walk of its TCP hash tables, where
+/// SOCK_DIAG_BY_FAMILY walks them once per family.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// sizeof(struct inet_diag_req): family, src_len, dst_len, ext, sockid,
+/// states, dbs.
+const COMPAT_REQ_LEN: usize = 4 + SOCKID_LEN + 8;
 /// sizeof(struct inet_diag_req_v2): family, protocol, ext, pad, states, sockid.
 const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// sizeof(struct inet_diag_sockid): sport, dport, src[4], dst[4], if, cookie[2].
@@ -101,15 +108,7 @@ pub fn dump_request(
     seq: u32,
     port: Option<u16>,
 ) -> Vec<u8> {
-    let filter = port.map(port_filter);
-    let attr_len = filter.map_or(0, |f| 4 + f.len());
-    let len = NLMSG_HDRLEN + REQ_LEN + attr_len;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
+    let mut b = header(SOCK_DIAG_BY_FAMILY, REQ_LEN, seq, port);
     b.push(match family {
         Family::Ipv4 => libc::AF_INET as u8,
         Family::Ipv6 => libc::AF_INET6 as u8,
@@ -122,8 +121,39 @@ pub fn dump_request(
     b.push(0);
     b.extend_from_slice(&states.to_ne_bytes());
     b.resize(NLMSG_HDRLEN + REQ_LEN, 0); // sockid: zero, a dump ignores it.
-    if let Some(f) = filter {
-        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    with_filter(b, port)
+}
+
+/// The bytes of one TCP dump request for both families at once (the
+/// kernel's compatibility request, which it dumps as family AF_UNSPEC).
+pub fn dump_request_tcp_both(states: u32, seq: u32, port: Option<u16>) -> Vec<u8> {
+    let mut b = header(TCPDIAG_GETSOCK, COMPAT_REQ_LEN, seq, port);
+    // family, src_len, dst_len, ext: the dump ignores the family.
+    b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    b.resize(NLMSG_HDRLEN + 4 + SOCKID_LEN, 0); // sockid: zero.
+    b.extend_from_slice(&states.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes()); // dbs
+    with_filter(b, port)
+}
+
+/// A dump request's netlink header, for a request of `req_len` bytes and
+/// the port filter when there is one.
+fn header(kind: u16, req_len: usize, seq: u32, port: Option<u16>) -> Vec<u8> {
+    let attr_len = port.map_or(0, |_| 4 + 16);
+    let len = NLMSG_HDRLEN + req_len + attr_len;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b
+}
+
+/// Appends the port filter attribute, when there is a port.
+fn with_filter(mut b: Vec<u8>, port: Option<u16>) -> Vec<u8> {
+    if let Some(f) = port.map(port_filter) {
+        b.extend_from_slice(&((4 + f.len()) as u16).to_ne_bytes());
         b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         b.extend_from_slice(&f);
     }
@@ -173,7 +203,7 @@ pub fn parse_batch(buf: &[u8], netns: u64, proto: Proto) -> Batch {
                     return out;
                 }
             }
-            SOCK_DIAG_BY_FAMILY => match parse_diag_msg(payload, netns, proto) {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match parse_diag_msg(payload, netns, proto) {
                 Some(s) => out.sockets.push(s),
                 None => {
                     out.error = Some(libc::EPROTO);
@@ -267,7 +297,12 @@ pub fn dump(
     port: Option<u16>,
 ) -> io::Result<Vec<Socket>> {
     let req = dump_request(family, proto, states_mask(proto, listening_only), seq, port);
-    socket::send(fd.as_raw_fd(), &req, MsgFlags::empty()).map_err(io::Error::from)?;
+    run_dump(fd, netns, proto, &req)
+}
+
+/// Sends one dump request and collects its sockets.
+fn run_dump(fd: &OwnedFd, netns: u64, proto: Proto, req: &[u8]) -> io::Result<Vec<Socket>> {
+    socket::send(fd.as_raw_fd(), req, MsgFlags::empty()).map_err(io::Error::from)?;
     // The kernel never puts more than 32 KiB in one dump message.
     let mut buf = vec![0u8; 64 * 1024];
     let mut sockets = Vec::new();
@@ -305,6 +340,17 @@ pub fn dump_all(
     let mut seq = 1;
     let mut port = port;
     for &proto in protos {
+        if proto == Proto::Tcp {
+            // Both families in one walk of the TCP tables; a kernel that
+            // refuses the request is asked a family at a time.
+            let states = states_mask(proto, listening_only);
+            let both = run_dump(fd, netns, proto, &dump_request_tcp_both(states, seq, port));
+            seq += 1;
+            if let Ok(got) = both {
+                all.extend(got);
+                continue;
+            }
+        }
         for family in [Family::Ipv4, Family::Ipv6] {
             let got = match dump(fd, netns, family, proto, listening_only, seq, port) {
                 Err(e) if port.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -378,6 +424,35 @@ mod tests {
         assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 9);
         assert_eq!(&r[16..20], &[10, 17, 0, 0]);
         assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 0x80);
+    }
+
+    #[test]
+    fn tcp_request_for_both_families_layout() {
+        // struct inet_diag_req: 4 bytes, the 48-byte sockid, states, dbs.
+        let r = dump_request_tcp_both(0x2fff, 3, Some(8080));
+        assert_eq!(r.len(), 16 + 60 + 4 + 16);
+        assert_eq!(
+            u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,
+            r.len()
+        );
+        assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 18);
+        assert_eq!(u16::from_ne_bytes(r[6..8].try_into().unwrap()), 0x301);
+        assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 3);
+        assert_eq!(u32::from_ne_bytes(r[68..72].try_into().unwrap()), 0x2fff);
+        assert_eq!(u32::from_ne_bytes(r[72..76].try_into().unwrap()), 0);
+        assert_eq!(u16::from_ne_bytes(r[76..78].try_into().unwrap()), 20);
+        assert_eq!(u16::from_ne_bytes(r[78..80].try_into().unwrap()), 1);
+        assert_eq!(&r[80..], &port_filter(8080));
+        // Its answers carry the request's type and parse as the others.
+        let mut m = diag_msg(10, TCP_LISTEN, 1, &[0; 16], 1, &[]);
+        let len = (16 + m.len()) as u32;
+        let mut buf = len.to_ne_bytes().to_vec();
+        buf.extend_from_slice(&18u16.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        buf.append(&mut m);
+        let b = parse_batch(&buf, 1, Proto::Tcp);
+        assert_eq!(b.sockets.len(), 1);
+        assert_eq!(b.error, None);
     }
 
     #[test]
