@@ -6,9 +6,8 @@
 
 use reaper_common::Event;
 
-use super::{Claim, ClaimKey, Fact, Ledger, RELEASED_KEPT};
-use crate::events::{event_family, event_proto, BindResult, Observation};
-use crate::util::comm_from_bytes;
+use super::{ClaimKey, Fact, Ledger, RELEASED_KEPT};
+use crate::events::{event_proto, BindResult, Observation};
 use crate::vocab::{Family, Proto};
 
 /// A claim made: the ledger holds it under `ev.cookie`.
@@ -93,21 +92,7 @@ impl Ledger {
         let requested_port = (b.attempt.kind == reaper_common::KIND_ATTEMPT
             && b.attempt.port != ev.port)
             .then_some(b.attempt.port);
-        let claim = Claim {
-            key,
-            family: event_family(&ev).unwrap_or(Family::Ipv4),
-            cookie: ev.cookie,
-            pid: ev.tgid,
-            tid: ev.tid,
-            comm: comm_from_bytes(&ev.comm),
-            uid: ev.uid,
-            cgroup_id: ev.cgroup_id,
-            bound_at: self.clock.to_wall(ev.ts_ns),
-            listening_at: None,
-            requested_port,
-            source: self.source.clone(),
-            job: None,
-        };
+        let claim = self.claim(&ev, key, false, requested_port);
         if ev.flags & reaper_common::FLAG_UNSTORED != 0 {
             self.unstored.insert(ev.cookie);
         }

@@ -488,17 +488,29 @@ impl Ledger {
 
     /// A claim from a record of the kernel side's claims map.
     fn claim_of(&mut self, ev: &Event) -> Option<Claim> {
-        let proto = event_proto(ev)?;
-        let netns = self.netns.resolve(ev.netns_cookie, ev.tgid).unwrap_or(0);
+        let key = ClaimKey {
+            netns: self.netns.resolve(ev.netns_cookie, ev.tgid).unwrap_or(0),
+            proto: event_proto(ev)?,
+            addr: event_addr(ev),
+            port: ev.port,
+        };
+        let listening = ev.kind == reaper_common::KIND_LISTEN;
+        let requested_port = (ev.flags & reaper_common::FLAG_EPHEMERAL != 0).then_some(0);
+        Some(self.claim(ev, key, listening, requested_port))
+    }
+
+    /// The claim an event of the kernel makes on `key`: who, when, and
+    /// (when `listening`) listening since the bind.
+    fn claim(
+        &self,
+        ev: &Event,
+        key: ClaimKey,
+        listening: bool,
+        requested_port: Option<u16>,
+    ) -> Claim {
         let at = self.clock.to_wall(ev.ts_ns);
-        let listen = ev.kind == reaper_common::KIND_LISTEN;
-        Some(Claim {
-            key: ClaimKey {
-                netns,
-                proto,
-                addr: event_addr(ev),
-                port: ev.port,
-            },
+        Claim {
+            key,
             family: event_family(ev).unwrap_or(Family::Ipv4),
             cookie: ev.cookie,
             pid: ev.tgid,
@@ -507,11 +519,11 @@ impl Ledger {
             uid: ev.uid,
             cgroup_id: ev.cgroup_id,
             bound_at: at,
-            listening_at: listen.then_some(at),
-            requested_port: (ev.flags & reaper_common::FLAG_EPHEMERAL != 0).then_some(0),
+            listening_at: listening.then_some(at),
+            requested_port,
             source: self.source.clone(),
             job: None,
-        })
+        }
     }
 }
 
