@@ -1,4 +1,4 @@
-//! The runner-shaped harness of the `reaper job` tests (tests/tests/it/job.rs),
+//! The runner-shaped harness of the `reaper job` tests (tests/tests/it/job/),
 //! over the `runner` fixture (tests/src/bin/runner.rs): a long-lived
 //! runner, one worker per job with GitHub's variables, steps run by the
 //! worker (servers that double-fork and `setsid` away, `docker run -p`,
@@ -10,6 +10,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::{fixture_bin, poll_until, Spawned};
+
+/// The variables that name a job to reaper, one or more per runner: a
+/// process started without them belongs to no job.
+pub const JOB_VARS: &[&str] = &[
+    "RUNNER_TRACKING_ID",
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    "CI_JOB_ID",
+    "BUILD_TAG",
+    "JENKINS_NODE_COOKIE",
+    "BUILDKITE_JOB_ID",
+];
 
 /// The runner process; workers are its children.
 pub struct Runner {
@@ -75,15 +87,7 @@ impl Runner {
         let one = ONE_RUNNER.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new(fixture_bin("runner"));
         cmd.env("REAPER_CONTROL_SOCKET", socket);
-        for v in [
-            "RUNNER_TRACKING_ID",
-            "GITHUB_RUN_ID",
-            "GITHUB_JOB",
-            "CI_JOB_ID",
-            "BUILD_TAG",
-            "JENKINS_NODE_COOKIE",
-            "BUILDKITE_JOB_ID",
-        ] {
+        for v in JOB_VARS {
             cmd.env_remove(v);
         }
         Runner {

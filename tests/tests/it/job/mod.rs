@@ -268,19 +268,10 @@ fn job_summary_goes_to_github_step_summary() {
 fn bad_input_is_refused_with_exit_2_and_nothing_signalled() {
     require_root();
     let (holder, port) = reaper_tests::hold(&["127.0.0.1", "0", "listen"]);
-    let clear = [
-        "RUNNER_TRACKING_ID",
-        "GITHUB_RUN_ID",
-        "GITHUB_JOB",
-        "CI_JOB_ID",
-        "BUILD_TAG",
-        "JENKINS_NODE_COOKIE",
-        "BUILDKITE_JOB_ID",
-    ];
     let run = |args: &[&str]| {
         let mut cmd = reaper_tests::reaper();
         cmd.args(args).env("NO_COLOR", "1");
-        for v in clear {
+        for v in reaper_tests::runner::JOB_VARS {
             cmd.env_remove(v);
         }
         let out = cmd.output().unwrap();
