@@ -1,4 +1,4 @@
-//! A CI runner in miniature, for the `reaper job` tests (tests/tests/it/job.rs):
+//! A CI runner in miniature, for the `reaper job` tests (tests/tests/it/job/):
 //! a long-lived runner process, one worker per job carrying that job's
 //! variables the way GitHub's runner sets them, and steps that the worker
 //! runs one after the other as its children.
