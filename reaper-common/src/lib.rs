@@ -20,7 +20,9 @@ pub const KIND_ATTEMPT: u8 = 1;
 /// The bind succeeded (cgroup `post_bind4`/`post_bind6`). Carries the port
 /// actually bound: a request for port 0 resolves to the ephemeral port here
 /// and [`FLAG_EPHEMERAL`] is set. The claim is also in the [`MAP_CLAIMS`] map
-/// (unless [`FLAG_UNSTORED`]).
+/// (unless [`FLAG_UNSTORED`]). A fixed port's record in the cgroup tier
+/// carries its request's time (`bind4`, the same syscall): the port is taken
+/// between the two hooks, so a bind that failed on it came after that time.
 pub const KIND_BOUND: u8 = 2;
 /// A TCP socket entered `LISTEN` (tp_btf `inet_sock_set_state`).
 pub const KIND_LISTEN: u8 = 3;

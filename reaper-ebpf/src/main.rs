@@ -16,6 +16,9 @@
 //!   and its event carries `FLAG_UNSTORED`.
 //! - `EPHEMERAL`: binds to port 0 are summarised per process (count), not
 //!   sent, unless userspace sets `REAPER_ALL` (`watch --all`).
+//! - `HINTS`: per CPU, the last socket whose fixed-port request waits in
+//!   `CLAIMS` and the last whose claim was sent, so that `post_bind` and the
+//!   release skip one `CLAIMS` operation in the common case.
 //!
 //! Tiers (chosen and attached by `reaper-user/src/hooks`):
 //! - `cgroup` (default): `bind4`/`bind6` stash the request, `post_bind4`/
@@ -141,6 +144,44 @@ static SOCKS: SkStorage<SockState> = SkStorage::new();
 /// `CLAIMS` had no room, the exact tiers at every fixed-port bind.
 #[map(name = "SOCKS_USED")]
 static SOCKS_USED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU hints, each a socket cookie, that let the common case skip one
+/// `CLAIMS` operation. A hint only picks which of two correct paths runs: a
+/// stale one (another socket's cookie, or a thread that moved to another
+/// CPU between two hooks) costs the longer path, never a wrong record.
+/// Cookies are never reused, and no socket has cookie 0.
+#[map(name = "HINTS")]
+static HINTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Set by `bind4` when it left a fixed-port request in `CLAIMS`: that
+/// socket's `post_bind` looks the request up first. Any other `post_bind`
+/// inserts its claim first (a port-0 bind has no request to find), one hash
+/// operation instead of a lookup and an insert.
+const HINT_REQUEST: u32 = 0;
+/// Set by `post_bind` when the socket's claim is in `CLAIMS` and was sent.
+/// A sent claim stays sent until its release, so the release deletes it
+/// without reading it first.
+const HINT_SENT: u32 = 1;
+
+/// Error of a map update whose key exists (`BPF_NOEXIST`).
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn hinted(slot: u32, cookie: u64) -> bool {
+    match HINTS.get_ptr(slot) {
+        // SAFETY: this CPU's slot, valid for this program run.
+        Some(p) => unsafe { *p == cookie },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn hint(slot: u32, cookie: u64) {
+    if let Some(p) = HINTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot; no concurrent writer on this CPU.
+        unsafe { *p = cookie };
+    }
+}
 
 /// Set by userspace to 1 when an exact-errno program is attached.
 #[no_mangle]
@@ -367,13 +408,8 @@ fn store_claim(ev: &Event) -> bool {
 /// loads where they happen.
 #[inline(always)]
 fn addr4(ip4: u32) -> [u8; 16] {
-    let a = ip4.to_ne_bytes();
-    let mut out = [0u8; 16];
-    out[0] = a[0];
-    out[1] = a[1];
-    out[2] = a[2];
-    out[3] = a[3];
-    out
+    // As words: a byte array zeroed byte-wise became a `memset` call.
+    addr6([ip4, 0, 0, 0])
 }
 
 /// An IPv6 address given as four network-order words.
@@ -458,6 +494,7 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
         ev.port = port;
         ev.addr = addr;
         if CLAIMS.insert(&cookie, &*ev, BPF_NOEXIST as u64).is_ok() {
+            hint(HINT_REQUEST, cookie);
             return;
         }
         if let Some(p) = CLAIMS.get_ptr_mut(&cookie) {
@@ -470,6 +507,7 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) {
                 send(ctx, &failed);
                 // SAFETY: as above.
                 unsafe { copy_event(p, ev) };
+                hint(HINT_REQUEST, cookie);
                 return;
             }
             // A claimed socket binds again (it will fail: EINVAL): its
@@ -568,6 +606,43 @@ pub fn reaper_post_bind6(ctx: SockContext) -> i32 {
     ALLOW
 }
 
+/// The request bind4 left in CLAIMS for this socket, if any: one for this
+/// port becomes the claim in place (no second insert, no allocation) and is
+/// sent; true then. One for another port was an earlier bind of this socket,
+/// which failed: it is sent as such and removed (this bind asked for port
+/// 0; only a port-0 bind given the very port the failed request asked for
+/// would be taken for its success).
+#[inline(always)]
+fn take_request(ctx: &SockContext, cookie: u64, port: u16, addr: [u8; 16]) -> bool {
+    let Some(p) = CLAIMS.get_ptr_mut(&cookie) else {
+        return false;
+    };
+    // SAFETY: the map value, valid for this program run.
+    unsafe {
+        if (*p).kind != KIND_ATTEMPT {
+            return false;
+        }
+        if (*p).port == port {
+            // The claim keeps the request's time (bind4, this syscall): the
+            // port was taken between the two hooks, so a bind that failed
+            // on it was attempted after that time, not always after this
+            // one (the ledger finds a failure's holder by that order). One
+            // clock read less.
+            (*p).kind = KIND_BOUND;
+            (*p).addr = addr;
+            (*p).flags |= FLAG_NOTIFIED;
+            send(ctx, &*p);
+            hint(HINT_SENT, cookie);
+            return true;
+        }
+        let mut failed = *p;
+        failed.kind = KIND_FAILED;
+        send(ctx, &failed);
+    }
+    let _ = CLAIMS.remove(&cookie);
+    false
+}
+
 #[inline(always)]
 fn on_post_bind(ctx: &SockContext, v6: bool) {
     let sk: *mut bpf_sock = ctx.sock;
@@ -589,30 +664,10 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
             },
         )
     };
-    // The fixed-port request bind4 left in CLAIMS becomes the claim, in
-    // place: no second insert, no allocation.
-    if let Some(p) = CLAIMS.get_ptr_mut(&cookie) {
-        // SAFETY: the map value, valid for this program run.
-        unsafe {
-            if (*p).kind == KIND_ATTEMPT {
-                if (*p).port == port {
-                    (*p).kind = KIND_BOUND;
-                    (*p).ts_ns = bpf_ktime_get_boot_ns();
-                    (*p).addr = addr;
-                    (*p).flags |= FLAG_NOTIFIED;
-                    send(ctx, &*p);
-                    return;
-                }
-                // The request of an earlier bind of this socket, which
-                // failed; this bind asked for port 0 (bind4 leaves no
-                // request then). Only a port-0 bind given the very port the
-                // failed request asked for would be taken for its success.
-                let mut failed = *p;
-                failed.kind = KIND_FAILED;
-                send(ctx, &failed);
-                let _ = CLAIMS.remove(&cookie);
-            }
-        }
+    // A fixed-port request bind4 left in CLAIMS becomes the claim in place.
+    let requested = hinted(HINT_REQUEST, cookie);
+    if requested && take_request(ctx, cookie, port, addr) {
+        return;
     }
     let mut slot = MaybeUninit::uninit();
     let ev = blank(&mut slot);
@@ -641,11 +696,32 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
     if notify {
         ev.flags |= FLAG_NOTIFIED;
     }
-    if !store_claim(ev) {
+    let stored = if requested {
+        store_claim(ev)
+    } else {
+        match CLAIMS.insert(&cookie, &*ev, BPF_NOEXIST as u64) {
+            Ok(()) => true,
+            // A request after all (the thread moved to another CPU between
+            // bind4 and here), or an earlier failed one of this socket.
+            Err(e) if e == -EEXIST => {
+                if take_request(ctx, cookie, port, addr) {
+                    return;
+                }
+                store_claim(ev)
+            }
+            Err(_) => {
+                bump(&COUNTS, reaper_common::COUNT_CLAIMS_FULL);
+                false
+            }
+        }
+    };
+    if !stored {
         ev.flags |= FLAG_UNSTORED;
         // Summarised: no one fights over a port the kernel picked. A claim
         // that could not be stored is always sent, so it is not lost twice.
         notify = true;
+    } else if notify {
+        hint(HINT_SENT, cookie);
     }
     if notify && st.is_null() && ev.flags & FLAG_UNSTORED != 0 {
         // Its release must be sent too, and CLAIMS cannot say so: remember
@@ -683,7 +759,10 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
     // fixed-port request that never succeeded.
     let mut notified = false;
     let mut summarised = false;
-    if let Some(p) = CLAIMS.get_ptr(&cookie) {
+    if hinted(HINT_SENT, cookie) {
+        // A claim sent at post_bind on this CPU: nothing in it to read.
+        notified = CLAIMS.remove(&cookie).is_ok();
+    } else if let Some(p) = CLAIMS.get_ptr(&cookie) {
         // SAFETY: the map value, valid for this program run.
         let (kind, flags) = unsafe { ((*p).kind, (*p).flags) };
         if kind == KIND_ATTEMPT {
