@@ -27,8 +27,10 @@ pub const KIND_BOUND: u8 = 2;
 /// A TCP socket entered `LISTEN` (tp_btf `inet_sock_set_state`).
 pub const KIND_LISTEN: u8 = 3;
 /// A socket that reaper saw try to bind, or listen, was released (cgroup
-/// `sock_release`). Address and port are not readable there: userspace finds
-/// the claim by socket cookie.
+/// `sock_release`). Carries the socket cookie, the time and the releasing
+/// task's identity only: address and port are not readable there, and the
+/// netns cookie, family, protocol and type are left 0 (each a read per
+/// release); userspace finds all of them in the claim, by socket cookie.
 pub const KIND_RELEASE: u8 = 4;
 /// The exact return value of a bind (`sys_exit_bind` tracepoint or fexit on
 /// `inet_bind`/`inet6_bind`), matched to its attempt by thread id.

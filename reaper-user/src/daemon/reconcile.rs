@@ -110,6 +110,7 @@ pub(super) fn claim_of(h: &Holding) -> Option<Claim> {
         comm: p.comm.clone(),
         uid: s.uid,
         cgroup_id: 0,
+        netns_cookie: 0,
         // The bind itself was not seen: the process start is the earliest
         // the claim can be.
         bound_at: started,

@@ -114,8 +114,11 @@ impl Ledger {
         }
         let c = self.claims.remove(&ev.cookie)?;
         let at = self.clock.to_wall(ev.ts_ns);
+        // The release record leaves the socket's namespace to its claim.
+        let mut ev = *ev;
+        ev.netns_cookie = c.netns_cookie;
         let released = Released {
-            ev: *ev,
+            ev,
             key: c.key,
             family: c.family,
             held_ms: (at - c.bound_at).num_milliseconds().max(0) as u64,

@@ -41,6 +41,10 @@ pub struct Claim {
     pub comm: String,
     pub uid: u32,
     pub cgroup_id: u64,
+    /// The kernel's cookie of its network namespace (0: unknown), for the
+    /// release, whose record does not carry it.
+    #[serde(skip)]
+    pub netns_cookie: u64,
     pub bound_at: DateTime<Utc>,
     pub listening_at: Option<DateTime<Utc>>,
     /// The port asked for, when it differs (0: ephemeral).
@@ -434,6 +438,7 @@ impl Ledger {
                     comm: fact.comm.clone(),
                     uid: ev.uid,
                     cgroup_id: ev.cgroup_id,
+                    netns_cookie: ev.netns_cookie,
                     bound_at: at,
                     listening_at: Some(at),
                     requested_port: None,
@@ -518,6 +523,7 @@ impl Ledger {
             comm: comm_from_bytes(&ev.comm),
             uid: ev.uid,
             cgroup_id: ev.cgroup_id,
+            netns_cookie: ev.netns_cookie,
             bound_at: at,
             listening_at: listening.then_some(at),
             requested_port,

@@ -77,6 +77,12 @@ fn successful_tcp_bind_listen_and_release_are_seen_with_identity() {
     );
     assert_eq!(rel["cookie"], bind["cookie"]);
     assert!(rel["held_ms"].as_u64().is_some());
+    // The release record leaves the namespace to the claim.
+    assert!(bind["netns_cookie"].as_u64().unwrap() > 0, "{bind}");
+    assert_eq!(rel["netns_cookie"], bind["netns_cookie"], "{rel}");
+    assert_eq!(rel["netns"], bind["netns"], "{rel}");
+    assert_eq!(rel["proto"], "tcp", "{rel}");
+    assert_eq!(rel["family"], "ipv4", "{rel}");
 }
 
 #[test]
