@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
+mod bpfasm;
 mod btf;
 pub(crate) mod charge;
 pub mod container;
