@@ -307,7 +307,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("reaper-t-{tag}-{}", std::process::id());
+        // Tests run as threads of one process: the pid alone would give two
+        // tests with the same tag one namespace, which the first to end
+        // deletes under the other.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("reaper-t-{tag}-{}-{n}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())

@@ -175,29 +175,8 @@ pub fn judge(e: &Existing, req: &Request) -> Judgement {
         rule,
         why,
     };
-    if e.netns != req.netns {
-        return say(Rule::OtherNetns, "another network namespace".into());
-    }
-    if e.proto != req.proto {
-        return say(Rule::OtherProto, format!("a {} socket", e.proto));
-    }
-    if e.port != req.port {
-        return say(Rule::OtherPort, format!("port {}", e.port));
-    }
-    match overlap(req, e) {
-        Overlap::Yes => {}
-        Overlap::Disjoint => {
-            return say(
-                Rule::DisjointAddresses,
-                format!("{} and {} do not overlap", req.addr, e.addr),
-            )
-        }
-        Overlap::V6only => {
-            return say(
-                Rule::V6onlySplit,
-                "IPV6_V6ONLY keeps IPv6 and IPv4 apart".into(),
-            )
-        }
+    if let Some((rule, why)) = apart(e, req) {
+        return say(rule, why);
     }
     let e_reuseaddr = e.reuseaddr.unwrap_or(false);
     let e_reuseport = e.reuseport.unwrap_or(false);
@@ -238,6 +217,40 @@ pub fn judge(e: &Existing, req: &Request) -> Judgement {
         };
         return say(Rule::Listening, format!("it listens{extra}"));
     }
+    say(
+        Rule::NoReuseaddr,
+        no_reuseaddr_why(e, req.reuseaddr, e_reuseaddr),
+    )
+}
+
+/// The rules under which `e` and `req` never meet: another namespace,
+/// protocol or port, or addresses that do not overlap.
+fn apart(e: &Existing, req: &Request) -> Option<(Rule, String)> {
+    if e.netns != req.netns {
+        return Some((Rule::OtherNetns, "another network namespace".into()));
+    }
+    if e.proto != req.proto {
+        return Some((Rule::OtherProto, format!("a {} socket", e.proto)));
+    }
+    if e.port != req.port {
+        return Some((Rule::OtherPort, format!("port {}", e.port)));
+    }
+    match overlap(req, e) {
+        Overlap::Yes => None,
+        Overlap::Disjoint => Some((
+            Rule::DisjointAddresses,
+            format!("{} and {} do not overlap", req.addr, e.addr),
+        )),
+        Overlap::V6only => Some((
+            Rule::V6onlySplit,
+            "IPV6_V6ONLY keeps IPv6 and IPv4 apart".into(),
+        )),
+    }
+}
+
+/// Why `e` blocks under [`Rule::NoReuseaddr`]: what it is, and which side
+/// lacks SO_REUSEADDR.
+fn no_reuseaddr_why(e: &Existing, req_reuseaddr: bool, e_reuseaddr: bool) -> String {
     let what = match (e.proto, e.activity) {
         (Proto::Tcp, Activity::TimeWait) => "a TIME_WAIT connection",
         (Proto::Tcp, Activity::Connected) => "a connection",
@@ -245,12 +258,12 @@ pub fn judge(e: &Existing, req: &Request) -> Judgement {
         (Proto::Udp, Activity::Connected) => "a connected UDP socket",
         (Proto::Udp, _) => "a bound UDP socket",
     };
-    let missing = match (req.reuseaddr, e_reuseaddr) {
+    let missing = match (req_reuseaddr, e_reuseaddr) {
         (false, false) => "neither sets SO_REUSEADDR",
         (false, true) => "the bind does not set SO_REUSEADDR",
         _ => "it does not set SO_REUSEADDR",
     };
-    say(Rule::NoReuseaddr, format!("{what}; {missing}"))
+    format!("{what}; {missing}")
 }
 
 /// The answer for every value the unknown facts of `e` could have.

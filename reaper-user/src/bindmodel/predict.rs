@@ -175,8 +175,29 @@ fn fixes(
         cap_net_bind_service: true,
         ..setting.clone()
     };
-    // The same bind with other flags of its own.
-    let mut tries: Vec<(Request, &str)> = Vec::new();
+    // Only when the sockets are what fails it.
+    let mut own_fix = predict_plain(req, existing, &privileged) == Outcome::Ok;
+    for (t, words) in flag_changes(req) {
+        if !own_fix && predict_plain(&t, existing, &privileged) == Outcome::Ok {
+            out.push(words.to_string());
+            // The first (smallest) change is enough to name.
+            own_fix = true;
+        }
+    }
+    // What the blocking sockets are.
+    for v in sockets.iter().filter(|v| v.blocks() != Some(false)) {
+        let fix = socket_fix(v);
+        if !out.contains(&fix) {
+            out.push(fix);
+        }
+    }
+    out
+}
+
+/// The same bind with other flags of its own, smallest change first, and
+/// the words that name each change.
+fn flag_changes(req: &Request) -> Vec<(Request, &'static str)> {
+    let mut tries = Vec::new();
     if !req.reuseaddr {
         tries.push((
             Request {
@@ -214,46 +235,35 @@ fn fixes(
             "set IPV6_V6ONLY on the new socket (IPv6 only)",
         ));
     }
-    // Only when the sockets are what fails it.
-    let mut own_fix = predict_plain(req, existing, &privileged) == Outcome::Ok;
-    for (t, words) in tries {
-        if !own_fix && predict_plain(&t, existing, &privileged) == Outcome::Ok {
-            out.push(words.to_string());
-            // The first (smallest) change is enough to name.
-            own_fix = true;
-        }
+    tries
+}
+
+/// What to do about one socket that blocks the bind.
+fn socket_fix(v: &Verdict) -> String {
+    let e = &v.existing;
+    let j = v.answer.known.as_ref();
+    if v.lent_to_client {
+        format!(
+            "port {} was lent to a client's connection by the kernel (it lies in net.ipv4.ip_local_port_range): reserve it with net.ipv4.ip_local_reserved_ports so connect() never picks it",
+            e.port
+        )
+    } else if e.activity == Activity::TimeWait {
+        "wait for the TIME_WAIT to end, or set SO_REUSEADDR on both the old and the new socket"
+            .to_string()
+    } else if j.is_some_and(|j| j.rule == Rule::Listening) {
+        format!(
+            "stop the listener on {} (reaper free {})",
+            endpoint(e),
+            e.port
+        )
+    } else if j.is_some_and(|j| j.rule == Rule::ReuseportOtherUid) {
+        format!("bind as uid {}, the owner of the SO_REUSEPORT group", e.uid)
+    } else {
+        format!(
+            "close the socket on {}:{}, or set SO_REUSEADDR on it and on the new one",
+            e.addr, e.port
+        )
     }
-    // What the blocking sockets are.
-    for v in sockets.iter().filter(|v| v.blocks() != Some(false)) {
-        let e = &v.existing;
-        let j = v.answer.known.as_ref();
-        let fix = if v.lent_to_client {
-            format!(
-                "port {} was lent to a client's connection by the kernel (it lies in net.ipv4.ip_local_port_range): reserve it with net.ipv4.ip_local_reserved_ports so connect() never picks it",
-                e.port
-            )
-        } else if e.activity == Activity::TimeWait {
-            "wait for the TIME_WAIT to end, or set SO_REUSEADDR on both the old and the new socket"
-                .to_string()
-        } else if j.is_some_and(|j| j.rule == Rule::Listening) {
-            format!(
-                "stop the listener on {} (reaper free {})",
-                endpoint(e),
-                e.port
-            )
-        } else if j.is_some_and(|j| j.rule == Rule::ReuseportOtherUid) {
-            format!("bind as uid {}, the owner of the SO_REUSEPORT group", e.uid)
-        } else {
-            format!(
-                "close the socket on {}:{}, or set SO_REUSEADDR on it and on the new one",
-                e.addr, e.port
-            )
-        };
-        if !out.contains(&fix) {
-            out.push(fix);
-        }
-    }
-    out
 }
 
 /// The outcome only, without fixes (no recursion).

@@ -6,7 +6,9 @@
 //! only: the kernel's BTF is ~5 MB and ~100k types, and a full parse
 //! (aya's takes 13-50 ms here) would cost more than the scan it replaces.
 //! The file is mapped, not read, where the kernel allows it (6.16+), so
-//! the pages are never copied.
+//! the pages are never copied. Even so that pass was a fifth of a
+//! `reaper who`'s CPU, so [`Kernel`] keeps the answers in a small file
+//! ([`CACHE`]) named after the running kernel, and parses only on a miss.
 
 use std::io;
 
@@ -110,7 +112,8 @@ impl<'a> Btf<'a> {
     }
 
     /// Where field `member` of `struct name` is, looking into anonymous
-    /// unions and structs.
+    /// unions and structs ([`Kernel::field`] caches this).
+    #[cfg(test)]
     pub fn field(&self, name: &str, member: &str) -> Option<Field> {
         self.member(self.struct_id(name)?, member)
     }
@@ -225,11 +228,152 @@ impl Bytes {
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// The running kernel's BTF, mapped and indexed once per process (each
-/// iterator looks up its own fields in it). Err says why there is none.
-pub fn kernel() -> Result<&'static Btf<'static>, String> {
-    static KERNEL: std::sync::OnceLock<Result<Btf<'static>, String>> = std::sync::OnceLock::new();
-    KERNEL
+/// Where [`Kernel`]'s answers are kept between runs (root only): a tmpfs,
+/// so a new kernel starts with none. REAPER_BTF_CACHE=PATH moves it,
+/// REAPER_BTF_CACHE=off reads the BTF every time.
+pub const CACHE: &str = "/run/reaper/btf.cache";
+
+/// The first line of a cache file; the second names the kernel.
+const CACHE_MAGIC: &str = "reaper: answers from this kernel's BTF, v1";
+
+/// What the iterators ask of the running kernel's BTF: a function's id and
+/// where a field sits. Parsing the BTF (a pass over ~5 MB, ~1 ms here) was
+/// a fifth of a `reaper who`'s CPU, so the answers are kept in [`CACHE`],
+/// under a key that names this kernel (release, version, BTF size), and
+/// the BTF is parsed only on a miss. Lookups are Err when a miss finds no
+/// BTF at all.
+pub struct Kernel {
+    key: String,
+    path: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<Answers>,
+}
+
+#[derive(Default)]
+struct Answers {
+    /// "func NAME" -> "ID", "field STRUCT MEMBER" -> "OFFSET SIZE", "-"
+    /// for an absent one.
+    known: std::collections::BTreeMap<String, String>,
+    /// Answers found in the BTF this run (the cache is rewritten).
+    new: bool,
+    /// Struct ids looked up in the BTF this run.
+    structs: std::collections::HashMap<String, Option<u32>>,
+}
+
+/// The running kernel's [`Kernel`], read once per process.
+pub fn kernel() -> &'static Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let path = match std::env::var_os("REAPER_BTF_CACHE") {
+            Some(v) if v == "off" => None,
+            Some(v) => Some(v.into()),
+            None => Some(CACHE.into()),
+        };
+        Kernel::new(kernel_key(), path)
+    })
+}
+
+/// This kernel's name for the cache: release, version (build number and
+/// date) and the size of its BTF.
+fn kernel_key() -> String {
+    let size = std::fs::metadata(VMLINUX).map(|m| m.len()).unwrap_or(0);
+    match nix::sys::utsname::uname() {
+        Ok(u) => format!(
+            "{} {} {size}",
+            u.release().to_string_lossy(),
+            u.version().to_string_lossy()
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+impl Kernel {
+    fn new(key: String, path: Option<std::path::PathBuf>) -> Kernel {
+        let mut answers = Answers::default();
+        if let Some(p) = &path {
+            if !key.is_empty() {
+                answers.known = read_cache(p, &key).unwrap_or_default();
+            }
+        }
+        Kernel {
+            key,
+            path,
+            state: std::sync::Mutex::new(answers),
+        }
+    }
+
+    /// The BTF id of the function `name`.
+    pub fn func_id(&self, name: &str) -> Result<Option<u32>, String> {
+        self.answer(format!("func {name}"), |btf, _| {
+            Ok(btf.func_id(name).map(|id| id.to_string()))
+        })
+        .map(|a| a.and_then(|v| v.parse().ok()))
+    }
+
+    /// Where field `member` of `struct name` is (see [`Btf::field`]).
+    pub fn field(&self, name: &str, member: &str) -> Result<Option<Field>, String> {
+        self.answer(format!("field {name} {member}"), |btf, structs| {
+            let id = *structs
+                .entry(name.to_string())
+                .or_insert_with(|| btf.struct_id(name));
+            Ok(id
+                .and_then(|id| btf.member(id, member))
+                .map(|f| format!("{} {}", f.offset, f.size)))
+        })
+        .map(|a| {
+            a.and_then(|v| {
+                let (o, s) = v.split_once(' ')?;
+                Some(Field {
+                    offset: o.parse().ok()?,
+                    size: s.parse().ok()?,
+                })
+            })
+        })
+    }
+
+    /// The cached answer to `question`, else `find`'s from the parsed BTF
+    /// (remembered, absent ones too).
+    fn answer(
+        &self,
+        question: String,
+        find: impl FnOnce(
+            &Btf<'static>,
+            &mut std::collections::HashMap<String, Option<u32>>,
+        ) -> Result<Option<String>, String>,
+    ) -> Result<Option<String>, String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = st.known.get(&question) {
+            return Ok((v != "-").then(|| v.clone()));
+        }
+        let found = find(parsed()?, &mut st.structs)?;
+        st.known
+            .insert(question, found.clone().unwrap_or_else(|| "-".into()));
+        st.new = true;
+        Ok(found)
+    }
+
+    /// Writes the cache when this run found answers it did not have (root
+    /// only; a failure costs the next run a parse, nothing else).
+    pub fn save(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = &self.path else { return };
+        if !st.new || self.key.is_empty() || !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        st.new = false;
+        let mut text = format!("{CACHE_MAGIC}\n{}\n", self.key);
+        for (q, a) in &st.known {
+            text.push_str(&format!("{q}={a}\n"));
+        }
+        if let Err(e) = write_cache(path, &text) {
+            tracing::debug!("BTF answers not cached in {}: {e}", path.display());
+        }
+    }
+}
+
+/// The kernel's BTF, parsed once per process (on a cache miss).
+fn parsed() -> Result<&'static Btf<'static>, String> {
+    static PARSED: std::sync::OnceLock<Result<Btf<'static>, String>> = std::sync::OnceLock::new();
+    PARSED
         .get_or_init(|| {
             let bytes = vmlinux().map_err(|e| format!("no kernel BTF ({VMLINUX}): {e}"))?;
             // Kept for the life of the process: the index points into it.
@@ -238,6 +382,55 @@ pub fn kernel() -> Result<&'static Btf<'static>, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// The answers in `path` when it is root's, writable by root alone, and
+/// made for the kernel named `key`.
+fn read_cache(
+    path: &std::path::Path,
+    key: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).ok()?;
+    let trusted = |m: &std::fs::Metadata| m.uid() == 0 && m.mode() & 0o022 == 0;
+    if !trusted(&file.metadata().ok()?) || !trusted(&std::fs::metadata(path.parent()?).ok()?) {
+        tracing::debug!("{} ignored: not root's alone", path.display());
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &file, &mut text).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != CACHE_MAGIC || lines.next()? != key {
+        return None;
+    }
+    Some(
+        lines
+            .filter_map(|l| l.split_once('='))
+            .map(|(q, a)| (q.to_string(), a.to_string()))
+            .collect(),
+    )
+}
+
+/// Writes `text` to `path` whole (a new file renamed over the old one).
+fn write_cache(path: &std::path::Path, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().ok_or(io::ErrorKind::InvalidInput)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    let tmp = dir.join(format!(".btf.cache.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The running kernel's BTF.
@@ -275,6 +468,53 @@ mod tests {
         assert_eq!(f_inode.size as usize, std::mem::size_of::<usize>());
         assert_eq!(btf.field("file", "no_such_field"), None);
         assert_eq!(btf.field("no_such_struct", "x"), None);
+    }
+
+    /// Answers from the cache are the BTF's own: a cold lookup writes the
+    /// cache, a warm one reads it without parsing, and both agree with a
+    /// direct parse; a cache for another kernel is not used.
+    #[test]
+    fn cached_answers_are_the_btfs() {
+        let Ok(bytes) = vmlinux() else {
+            eprintln!("no {VMLINUX}: this kernel has no BTF; nothing to check");
+            return;
+        };
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: the BTF cache is written by root only");
+            return;
+        }
+        let btf = Btf::parse(bytes.as_slice()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("btf.cache");
+        let ask = |k: &Kernel| {
+            (
+                k.func_id("bpf_iter_task_file").unwrap(),
+                k.field("task_struct", "tgid").unwrap(),
+                k.field("task_struct", "no_such_field").unwrap(),
+            )
+        };
+        let direct = (
+            btf.func_id("bpf_iter_task_file"),
+            btf.field("task_struct", "tgid"),
+            None,
+        );
+        let cold = Kernel::new("k1".into(), Some(path.clone()));
+        assert_eq!(ask(&cold), direct);
+        cold.save();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("field task_struct no_such_field=-"), "{text}");
+        let warm = Kernel::new("k1".into(), Some(path.clone()));
+        assert_eq!(warm.state.lock().unwrap().known.len(), 3);
+        assert_eq!(ask(&warm), direct);
+        assert!(!warm.state.lock().unwrap().new, "a warm run parsed the BTF");
+        // Another kernel's answers, or a tampered file, are not believed.
+        std::fs::write(&path, text.replace("\nk1\n", "\nk2\n")).unwrap();
+        assert!(Kernel::new("k1".into(), Some(path.clone()))
+            .state
+            .lock()
+            .unwrap()
+            .known
+            .is_empty());
     }
 
     #[test]

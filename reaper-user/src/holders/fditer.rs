@@ -25,7 +25,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use super::btf::{self, Btf};
+use super::bpfasm::{
+    read_kernel, read_kernel_at, Asm, ADD64_K, CALL, EXIT, FP, JEQ_K, JNE_X, LDX_DW, LDX_W,
+    MAP_LOOKUP_ELEM, MOV64_K, MOV64_X, SOCK_FROM_FILE, STX_DW, STX_W,
+};
+use super::btf;
 use super::fdmap::FdWalk;
 use crate::sys::{self, BpfInsn as Insn};
 
@@ -97,55 +101,65 @@ fn ns_layout() -> Result<NsLayout, String> {
 fn layouts() -> Result<(Layout, Option<NsLayout>), String> {
     LAYOUT
         .get_or_init(|| {
-            let btf: &Btf = btf::kernel()?;
-            let attach_btf_id = btf
-                .func_id("bpf_iter_task_file")
-                .ok_or("this kernel has no task_file iterator (Linux 5.8+)")?;
-            let field = |s: &str, m: &str| {
-                btf.field(s, m)
-                    .ok_or_else(|| format!("struct {s} has no field {m} in this kernel's BTF"))
-            };
-            let off = |f: btf::Field, s: &str, m: &str| {
-                i16::try_from(f.offset).map_err(|_| format!("{s}.{m} is out of reach"))
-            };
-            let f_inode = field("file", "f_inode")?;
-            let i_ino = field("inode", "i_ino")?;
-            let tgid = field("task_struct", "tgid")?;
-            if f_inode.size != 8 || !matches!(i_ino.size, 4 | 8) || tgid.size != 4 {
-                return Err("unexpected field sizes in this kernel's BTF".into());
-            }
-            let layout = Layout {
-                attach_btf_id,
-                f_inode: off(f_inode, "file", "f_inode")?,
-                i_ino: (off(i_ino, "inode", "i_ino")?, i_ino.size),
-                tgid: off(tgid, "task_struct", "tgid")?,
-            };
-            let small = |f: btf::Field, size: u32| {
-                (f.size == size)
-                    .then(|| i16::try_from(f.offset).ok())
-                    .flatten()
-            };
-            let ns = (|| {
-                let net = btf.field("net", "ns")?;
-                let inum = btf.field("ns_common", "inum")?;
-                Some(NsLayout {
-                    attach_btf_id: btf.func_id("bpf_iter_task")?,
-                    pid: small(btf.field("task_struct", "pid")?, 4)?,
-                    tgid: layout.tgid,
-                    nsproxy: small(btf.field("task_struct", "nsproxy")?, 8)?,
-                    net_ns: small(btf.field("nsproxy", "net_ns")?, 8)?,
-                    inum: small(
-                        btf::Field {
-                            offset: net.offset + inum.offset,
-                            size: inum.size,
-                        },
-                        4,
-                    )?,
-                })
+            let btf = btf::kernel();
+            let found = (|| {
+                let attach_btf_id = btf
+                    .func_id("bpf_iter_task_file")?
+                    .ok_or("this kernel has no task_file iterator (Linux 5.8+)")?;
+                let field = |s: &str, m: &str| {
+                    btf.field(s, m)?
+                        .ok_or_else(|| format!("struct {s} has no field {m} in this kernel's BTF"))
+                };
+                let off = |f: btf::Field, s: &str, m: &str| {
+                    i16::try_from(f.offset).map_err(|_| format!("{s}.{m} is out of reach"))
+                };
+                let f_inode = field("file", "f_inode")?;
+                let i_ino = field("inode", "i_ino")?;
+                let tgid = field("task_struct", "tgid")?;
+                if f_inode.size != 8 || !matches!(i_ino.size, 4 | 8) || tgid.size != 4 {
+                    return Err("unexpected field sizes in this kernel's BTF".into());
+                }
+                let layout = Layout {
+                    attach_btf_id,
+                    f_inode: off(f_inode, "file", "f_inode")?,
+                    i_ino: (off(i_ino, "inode", "i_ino")?, i_ino.size),
+                    tgid: off(tgid, "task_struct", "tgid")?,
+                };
+                Ok((layout, ns_layout_of(btf, layout.tgid)?))
             })();
-            Ok((layout, ns))
+            btf.save();
+            found
         })
         .clone()
+}
+
+/// [`NsLayout`] from the BTF: Ok(None) when a piece is missing.
+fn ns_layout_of(btf: &btf::Kernel, tgid: i16) -> Result<Option<NsLayout>, String> {
+    let small = |s: &str, m: &str, size: u32| -> Result<Option<i16>, String> {
+        Ok(btf
+            .field(s, m)?
+            .filter(|f| f.size == size)
+            .and_then(|f| i16::try_from(f.offset).ok()))
+    };
+    let (Some(net), Some(inum)) = (btf.field("net", "ns")?, btf.field("ns_common", "inum")?) else {
+        return Ok(None);
+    };
+    let Some(attach_btf_id) = btf.func_id("bpf_iter_task")? else {
+        return Ok(None);
+    };
+    let inum = (inum.size == 4)
+        .then(|| i16::try_from(net.offset + inum.offset).ok())
+        .flatten();
+    Ok((|| {
+        Some(NsLayout {
+            attach_btf_id,
+            pid: small("task_struct", "pid", 4).ok()??,
+            tgid,
+            nsproxy: small("task_struct", "nsproxy", 8).ok()??,
+            net_ns: small("nsproxy", "net_ns", 8).ok()??,
+            inum: inum?,
+        })
+    })())
 }
 
 /// Whether the iterator can run here, by loading and running it for real
@@ -209,6 +223,8 @@ pub fn netns_of_tasks() -> Result<Vec<(u32, u64)>, String> {
                 let ns = u32::from_ne_bytes(r[4..8].try_into().unwrap());
                 (pid, ns as u64)
             })
+            // 0: the namespace could not be read (the task was exiting).
+            .filter(|&(_, ns)| ns != 0)
             .collect())
     };
     run().map_err(|e| e.what)
@@ -271,122 +287,77 @@ fn raw(fd: &OwnedFd) -> i32 {
     std::os::fd::AsRawFd::as_raw_fd(fd)
 }
 
-// ---- the program ----
-
-pub(super) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: dst | (src << 4),
-        off,
-        imm,
-    }
-}
-
-pub(super) const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
-pub(super) const LDX_W: u8 = 0x61;
-pub(super) const STX_DW: u8 = 0x7b;
-pub(super) const STX_W: u8 = 0x63;
-pub(super) const MOV64_X: u8 = 0xbf;
-pub(super) const MOV64_K: u8 = 0xb7;
-pub(super) const ADD64_K: u8 = 0x07;
-pub(super) const JEQ_K: u8 = 0x15;
-pub(super) const JNE_X: u8 = 0x5d;
-pub(super) const CALL: u8 = 0x85;
-pub(super) const EXIT: u8 = 0x95;
-pub(super) const LD_IMM64: u8 = 0x18;
-pub(super) const PSEUDO_MAP_FD: u8 = 1;
-pub(super) const FP: u8 = 10;
-pub(super) const MAP_LOOKUP_ELEM: i32 = 1;
-pub(super) const SEQ_WRITE: i32 = 127;
-const SOCK_FROM_FILE: i32 = 162;
+// ---- the programs ----
 
 /// The iterator: for each (task, fd, file), when the file is a socket whose
 /// inode is in the map, write {inode, tgid, fd}.
 ///
 /// ctx is `struct bpf_iter__task_file`: meta at 0, task at 8, fd at 16,
-/// file at 24 (each slot 8 bytes).
+/// file at 24 (each slot 8 bytes). `file->f_inode` is read as a number
+/// (see [`bpfasm`]).
 fn program(l: &Layout, map_fd: i32) -> Vec<Insn> {
-    let ino_load = if l.i_ino.1 == 8 { LDX_DW } else { LDX_W };
-    // Jumps to `out`, the last two instructions, are patched below.
-    let mut p = vec![
-        insn(MOV64_X, 6, 1, 0, 0),           // r6 = ctx
-        insn(LDX_DW, 7, 6, 24, 0),           // r7 = ctx->file
-        insn(JEQ_K, 7, 0, OUT, 0),           // no file: done
-        insn(MOV64_X, 1, 7, 0, 0),           // r1 = file
-        insn(CALL, 0, 0, 0, SOCK_FROM_FILE), // a socket's file?
-        insn(JEQ_K, 0, 0, OUT, 0),
-        insn(LDX_DW, 2, 7, l.f_inode, 0), // r2 = file->f_inode
-        insn(JEQ_K, 2, 0, OUT, 0),
-        insn(ino_load, 3, 2, l.i_ino.0, 0), // r3 = inode->i_ino
-        insn(STX_DW, FP, 3, -16, 0),        // key at fp-16
-        insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, map_fd),
-        insn(0, 0, 0, 0, 0),
-        insn(MOV64_X, 2, FP, 0, 0),
-        insn(ADD64_K, 2, 0, 0, -16),
-        insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM), // wanted?
-        insn(JEQ_K, 0, 0, OUT, 0),
-        insn(LDX_DW, 8, 6, 8, 0), // r8 = ctx->task
-        insn(JEQ_K, 8, 0, OUT, 0),
-        insn(LDX_W, 3, 8, l.tgid, 0), // r3 = task->tgid
-        insn(STX_W, FP, 3, -8, 0),
-        insn(LDX_W, 3, 6, 16, 0), // r3 = ctx->fd
-        insn(STX_W, FP, 3, -4, 0),
-        insn(LDX_DW, 1, 6, 0, 0), // r1 = ctx->meta
-        insn(LDX_DW, 1, 1, 0, 0), // r1 = meta->seq
-        insn(MOV64_X, 2, FP, 0, 0),
-        insn(ADD64_K, 2, 0, 0, -16),
-        insn(MOV64_K, 3, 0, 0, RECORD as i32),
-        insn(CALL, 0, 0, 0, SEQ_WRITE),
-        insn(MOV64_K, 0, 0, 0, 0), // out: return 0
-        insn(EXIT, 0, 0, 0, 0),
-    ];
-    patch_exits(&mut p);
-    p
+    let mut a = Asm::default();
+    let out = a.label();
+    a.op(MOV64_X, 6, 1, 0, 0); // r6 = ctx
+    a.op(LDX_DW, 7, 6, 24, 0); // r7 = ctx->file
+    a.jump(JEQ_K, 7, 0, 0, out); // no file: done
+    a.op(MOV64_X, 1, 7, 0, 0);
+    a.op(CALL, 0, 0, 0, SOCK_FROM_FILE); // a socket's file?
+    a.jump(JEQ_K, 0, 0, 0, out);
+    read_kernel(&mut a, 7, l.f_inode, 8, -16);
+    a.op(LDX_DW, 3, FP, -16, 0); // r3 = file->f_inode
+    a.jump(JEQ_K, 3, 0, 0, out);
+    read_kernel_at(&mut a, l.i_ino.0, l.i_ino.1 as i32, -16);
+    if l.i_ino.1 == 4 {
+        // Widen to the u64 key (the upper half still holds the pointer).
+        a.op(LDX_W, 3, FP, -16, 0);
+        a.op(STX_DW, FP, 3, -16, 0);
+    }
+    a.map(map_fd);
+    a.op(MOV64_X, 2, FP, 0, 0);
+    a.op(ADD64_K, 2, 0, 0, -16);
+    a.op(CALL, 0, 0, 0, MAP_LOOKUP_ELEM); // wanted?
+    a.jump(JEQ_K, 0, 0, 0, out);
+    a.op(LDX_DW, 8, 6, 8, 0); // r8 = ctx->task
+    a.jump(JEQ_K, 8, 0, 0, out);
+    a.op(LDX_W, 3, 8, l.tgid, 0); // r3 = task->tgid
+    a.op(STX_W, FP, 3, -8, 0);
+    a.op(LDX_W, 3, 6, 16, 0); // r3 = ctx->fd
+    a.op(STX_W, FP, 3, -4, 0);
+    a.seq_write(-16, RECORD as i32);
+    a.here(out);
+    a.op(MOV64_K, 0, 0, 0, 0);
+    a.op(EXIT, 0, 0, 0, 0);
+    a.done()
 }
 
 /// The task iterator: for each thread-group leader with a network
 /// namespace, write {tgid u32, netns inum u32}. ctx is `struct
-/// bpf_iter__task`: meta at 0, task at 8.
+/// bpf_iter__task`: meta at 0, task at 8. The path task->nsproxy->net_ns
+/// is read as numbers (see [`bpfasm`]); a failed read leaves inum 0.
 fn task_program(l: &NsLayout) -> Vec<Insn> {
-    let mut p = vec![
-        insn(MOV64_X, 6, 1, 0, 0),   // r6 = ctx
-        insn(LDX_DW, 7, 6, 8, 0),    // r7 = ctx->task
-        insn(JEQ_K, 7, 0, OUT, 0),   // none: done
-        insn(LDX_W, 2, 7, l.pid, 0), // r2 = task->pid
-        insn(LDX_W, 3, 7, l.tgid, 0),
-        insn(JNE_X, 2, 3, OUT, 0),        // a thread: skip
-        insn(LDX_DW, 4, 7, l.nsproxy, 0), // r4 = task->nsproxy (NULL once exiting)
-        insn(JEQ_K, 4, 0, OUT, 0),
-        insn(LDX_DW, 4, 4, l.net_ns, 0), // r4 = nsproxy->net_ns
-        insn(JEQ_K, 4, 0, OUT, 0),
-        insn(LDX_W, 5, 4, l.inum, 0), // r5 = net->ns.inum
-        insn(STX_W, FP, 3, -8, 0),
-        insn(STX_W, FP, 5, -4, 0),
-        insn(LDX_DW, 1, 6, 0, 0), // r1 = ctx->meta
-        insn(LDX_DW, 1, 1, 0, 0), // r1 = meta->seq
-        insn(MOV64_X, 2, FP, 0, 0),
-        insn(ADD64_K, 2, 0, 0, -8),
-        insn(MOV64_K, 3, 0, 0, 8),
-        insn(CALL, 0, 0, 0, SEQ_WRITE),
-        insn(MOV64_K, 0, 0, 0, 0), // out: return 0
-        insn(EXIT, 0, 0, 0, 0),
-    ];
-    patch_exits(&mut p);
-    p
+    let mut a = Asm::default();
+    let out = a.label();
+    a.op(MOV64_X, 6, 1, 0, 0); // r6 = ctx
+    a.op(LDX_DW, 7, 6, 8, 0); // r7 = ctx->task
+    a.jump(JEQ_K, 7, 0, 0, out); // none: done
+    a.op(LDX_W, 2, 7, l.pid, 0); // r2 = task->pid
+    a.op(LDX_W, 3, 7, l.tgid, 0);
+    a.jump(JNE_X, 2, 3, 0, out); // a thread: skip
+    a.op(STX_W, FP, 3, -8, 0);
+    read_kernel(&mut a, 7, l.nsproxy, 8, -16);
+    a.op(LDX_DW, 3, FP, -16, 0); // r3 = task->nsproxy (NULL once exiting)
+    a.jump(JEQ_K, 3, 0, 0, out);
+    read_kernel_at(&mut a, l.net_ns, 8, -16);
+    a.op(LDX_DW, 3, FP, -16, 0); // r3 = nsproxy->net_ns
+    a.jump(JEQ_K, 3, 0, 0, out);
+    read_kernel_at(&mut a, l.inum, 4, -4); // net->ns.inum
+    a.seq_write(-8, 8);
+    a.here(out);
+    a.op(MOV64_K, 0, 0, 0, 0);
+    a.op(EXIT, 0, 0, 0, 0);
+    a.done()
 }
-
-/// Points every jump marked OUT at the last two instructions (r0 = 0; exit).
-pub(super) fn patch_exits(p: &mut [Insn]) {
-    let out = p.len() as i16 - 2;
-    for (i, ins) in p.iter_mut().enumerate() {
-        if matches!(ins.code, JEQ_K | JNE_X) && ins.off == OUT {
-            ins.off = out - i as i16 - 1;
-        }
-    }
-}
-
-/// Placeholder jump offset, patched to the program's exit.
-pub(super) const OUT: i16 = i16::MIN;
 
 // ---- bpf(2), through sys.rs ----
 
@@ -447,23 +418,28 @@ impl From<io::Error> for Fail {
 mod tests {
     use super::*;
 
+    /// Every jump of both programs lands inside the program, on the exit
+    /// for the fd program; the kernel checks the rest when it loads them
+    /// (the holders and doctor tests).
     #[test]
-    fn jumps_land_on_the_exit() {
-        let l = Layout {
-            attach_btf_id: 1,
-            f_inode: 40,
-            i_ino: (64, 8),
-            tgid: 1000,
-        };
-        let p = program(&l, 3);
-        let out = p.len() - 2;
-        for (i, ins) in p.iter().enumerate() {
-            if ins.code == JEQ_K {
-                assert_eq!(i as i64 + 1 + ins.off as i64, out as i64, "insn {i}");
+    fn jumps_stay_in_the_programs() {
+        for size in [4, 8] {
+            let l = Layout {
+                attach_btf_id: 1,
+                f_inode: 40,
+                i_ino: (64, size),
+                tgid: 1000,
+            };
+            let p = program(&l, 3);
+            let out = p.len() - 2;
+            for (i, ins) in p.iter().enumerate() {
+                if ins.code == JEQ_K {
+                    assert_eq!(i as i64 + 1 + ins.off as i64, out as i64, "insn {i}");
+                }
             }
+            assert_eq!(p[out].code, MOV64_K);
+            assert_eq!(p[out + 1].code, EXIT);
         }
-        assert_eq!(p[out].code, MOV64_K);
-        assert_eq!(p[out + 1].code, EXIT);
         let t = task_program(&NsLayout {
             attach_btf_id: 1,
             pid: 8,
@@ -478,5 +454,10 @@ mod tests {
                 assert_eq!(i as i64 + 1 + ins.off as i64, out as i64, "insn {i}");
             }
         }
+        // No pointer is walked: every load from a register other than the
+        // ctx (r6), the frame (fp) or a helper's result is a task's scalar.
+        assert!(t
+            .iter()
+            .all(|i| i.code != LDX_DW || matches!(i.regs >> 4, 6 | 1 | FP)));
     }
 }

@@ -331,26 +331,42 @@ impl Table {
 
 /// Which of these jobs still have a process attached to a live runner.
 /// One walk of /proc for all of them.
-pub fn attached(jobs: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+/// `table`: the process table when the caller has read it, else it is read
+/// here (only when there is a job to ask about).
+pub fn attached(
+    jobs: &BTreeSet<(String, String)>,
+    table: Option<&Table>,
+) -> BTreeSet<(String, String)> {
     if jobs.is_empty() {
         return BTreeSet::new();
     }
-    let t = Table::read();
+    let read;
+    let t = match table {
+        Some(t) => t,
+        None => {
+            read = Table::read();
+            &read
+        }
+    };
     jobs.iter()
         .filter(|k| t.attached((&k.0, &k.1)))
         .cloned()
         .collect()
 }
 
-/// Sets `ended` on every job of these processes.
-pub fn mark_ended<'a>(processes: impl Iterator<Item = &'a mut super::Process>) {
+/// Sets `ended` on every job of these processes (`table` as in
+/// [`attached`]).
+pub fn mark_ended<'a>(
+    processes: impl Iterator<Item = &'a mut super::Process>,
+    table: Option<&Table>,
+) {
     let mut procs: Vec<&mut super::Process> = processes.filter(|p| p.job.is_some()).collect();
     let keys: BTreeSet<(String, String)> = procs
         .iter()
         .filter_map(|p| p.job.as_ref())
         .map(|j| (j.provider.clone(), j.id.clone()))
         .collect();
-    let live = attached(&keys);
+    let live = attached(&keys, table);
     for p in procs.iter_mut() {
         if let Some(j) = p.job.as_mut() {
             j.ended = Some(!live.contains(&(j.provider.clone(), j.id.clone())));

@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::{Family, Proto, SocketState, UnownedReason};
 
+mod bpfasm;
 mod btf;
 pub(crate) mod charge;
 pub mod container;
@@ -253,9 +254,19 @@ fn walk_threads() -> usize {
 /// containers and jobs ([`enrich`]). What does fail (no /proc, no socket
 /// source at all) is [`Error::Scan`](crate::error::Error::Scan).
 pub fn scan(query: &Query) -> Result<Scan, crate::error::Error> {
+    scan_knowing(query, None)
+}
+
+/// [`scan`] for a caller that has read the process table already (a job
+/// hook): whether a holder's job has ended is read from `table`, not from
+/// a second read of every process.
+pub fn scan_knowing(
+    query: &Query,
+    table: Option<&job::Table>,
+) -> Result<Scan, crate::error::Error> {
     let started = Instant::now();
     let mut scan = scan_sockets(query).map_err(crate::error::Error::Scan)?;
-    let engine = enrich(&mut scan.holdings);
+    let engine = enrich_knowing(&mut scan.holdings, table);
     scan.gaps.engine_error = engine.error;
     scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(scan)
@@ -264,10 +275,11 @@ pub fn scan(query: &Query) -> Result<Scan, crate::error::Error> {
 /// [`scan`] that looks only at these processes' fds: the sockets they
 /// hold, with those processes only (a `reaper job` asks about a job's
 /// processes first, without walking every fd on the host).
-pub fn scan_of(query: &Query, pids: &[u32]) -> anyhow::Result<Scan> {
+/// `table` as in [`scan_knowing`].
+pub fn scan_of(query: &Query, pids: &[u32], table: Option<&job::Table>) -> anyhow::Result<Scan> {
     let started = Instant::now();
     let mut scan = scan_pids(query, Some(pids))?;
-    let engine = enrich(&mut scan.holdings);
+    let engine = enrich_knowing(&mut scan.holdings, table);
     scan.gaps.engine_error = engine.error;
     scan.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(scan)
@@ -514,7 +526,19 @@ fn holdings_of(
 /// processes that ended. The engine is asked only when a holder is in a
 /// container or is a proxy; what it said is returned (for DNAT look-ups).
 pub fn enrich(holdings: &mut [Holding]) -> container::EngineView {
-    job::mark_ended(holdings.iter_mut().flat_map(|h| h.processes.iter_mut()));
+    enrich_knowing(holdings, None)
+}
+
+/// [`enrich`], with the process table when the caller has it (see
+/// [`scan_knowing`]).
+pub fn enrich_knowing(
+    holdings: &mut [Holding],
+    table: Option<&job::Table>,
+) -> container::EngineView {
+    job::mark_ended(
+        holdings.iter_mut().flat_map(|h| h.processes.iter_mut()),
+        table,
+    );
     let wanted = holdings.iter().flat_map(|h| &h.processes).any(|p| {
         container::is_proxy(p)
             || p.cgroup

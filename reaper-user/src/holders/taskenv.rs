@@ -20,11 +20,13 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-use super::btf;
-use super::fditer::{
-    self, insn, Fail, ADD64_K, CALL, EXIT, FP, JEQ_K, JNE_X, LDX_DW, LDX_W, LD_IMM64,
-    MAP_LOOKUP_ELEM, MOV64_K, MOV64_X, PSEUDO_MAP_FD, SEQ_WRITE, STX_DW, STX_W,
+use super::bpfasm::{
+    read_kernel, read_kernel_at, Asm, ADD64_K, AND64_K, CALL, COPY_FROM_USER_TASK, EXIT, FP, JEQ_K,
+    JGT_K, JNE_K, JNE_X, LDX_DW, LDX_W, LD_IMM64, MAP_LOOKUP_ELEM, MOV64_K, MOV64_X, PSEUDO_MAP_FD,
+    SEQ_WRITE, STX_DW, STX_W, ST_W, SUB64_X,
 };
+use super::btf;
+use super::fditer::{self, Fail};
 use crate::sys::{self, BpfInsn as Insn};
 
 /// Where the fields the program reads sit in this kernel.
@@ -48,37 +50,36 @@ fn layout() -> Result<Layout, String> {
     static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
     LAYOUT
         .get_or_init(|| {
-            let btf = btf::kernel()?;
-            let id = |s: &str| {
-                btf.struct_id(s)
-                    .ok_or_else(|| format!("this kernel's BTF has no struct {s}"))
-            };
-            let (task, mm) = (id("task_struct")?, id("mm_struct")?);
+            let btf = btf::kernel();
             let at = |s: &str, m: &str, size: u32| -> Result<i16, String> {
                 let f = btf
-                    .member(if s == "mm_struct" { mm } else { task }, m)
+                    .field(s, m)?
                     .ok_or_else(|| format!("struct {s} has no field {m} in this kernel's BTF"))?;
                 if f.size != size {
                     return Err(format!("{s}.{m} is {} bytes, not {size}", f.size));
                 }
                 i16::try_from(f.offset).map_err(|_| format!("{s}.{m} is out of reach"))
             };
-            Ok(Layout {
-                attach_btf_id: btf
-                    .func_id("bpf_iter_task")
-                    .ok_or("this kernel has no task iterator")?,
-                pid: at("task_struct", "pid", 4)?,
-                tgid: at("task_struct", "tgid", 4)?,
-                real_parent: at("task_struct", "real_parent", 8)?,
-                start_boottime: at("task_struct", "start_boottime", 8)?,
-                flags: at("task_struct", "flags", 4)?,
-                state: at("task_struct", "__state", 4)?,
-                exit_state: at("task_struct", "exit_state", 4)?,
-                comm: at("task_struct", "comm", 16)?,
-                mm: at("task_struct", "mm", 8)?,
-                env_start: at("mm_struct", "env_start", 8)?,
-                env_end: at("mm_struct", "env_end", 8)?,
-            })
+            let found = (|| {
+                Ok(Layout {
+                    attach_btf_id: btf
+                        .func_id("bpf_iter_task")?
+                        .ok_or("this kernel has no task iterator")?,
+                    pid: at("task_struct", "pid", 4)?,
+                    tgid: at("task_struct", "tgid", 4)?,
+                    real_parent: at("task_struct", "real_parent", 8)?,
+                    start_boottime: at("task_struct", "start_boottime", 8)?,
+                    flags: at("task_struct", "flags", 4)?,
+                    state: at("task_struct", "__state", 4)?,
+                    exit_state: at("task_struct", "exit_state", 4)?,
+                    comm: at("task_struct", "comm", 16)?,
+                    mm: at("task_struct", "mm", 8)?,
+                    env_start: at("mm_struct", "env_start", 8)?,
+                    env_end: at("mm_struct", "env_end", 8)?,
+                })
+            })();
+            btf.save();
+            found
         })
         .clone()
 }
@@ -256,48 +257,7 @@ const STATUS_NONE: u32 = 1;
 const STATUS_BIG: u32 = 2;
 const STATUS_FAILED: u32 = 3;
 
-const ST_W: u8 = 0x62; // BPF_ST | BPF_MEM | BPF_W
-const SUB64_X: u8 = 0x1f;
-const AND64_K: u8 = 0x57;
-const JNE_K: u8 = 0x55;
-const JGT_K: u8 = 0x25;
-const COPY_FROM_USER_TASK: i32 = 191;
-const PROBE_READ_KERNEL: i32 = 113;
 const PF_KTHREAD: i32 = crate::proc::PF_KTHREAD as i32;
-
-/// Instructions with jumps to labels, resolved by [`Asm::done`].
-#[derive(Default)]
-struct Asm {
-    p: Vec<Insn>,
-    /// (instruction index, label) of each jump.
-    jumps: Vec<(usize, usize)>,
-    /// Instruction index of each label.
-    labels: Vec<Option<usize>>,
-}
-
-impl Asm {
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.p.push(insn(code, dst, src, off, imm));
-    }
-    fn label(&mut self) -> usize {
-        self.labels.push(None);
-        self.labels.len() - 1
-    }
-    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: usize) {
-        self.jumps.push((self.p.len(), to));
-        self.op(code, dst, src, 0, imm);
-    }
-    fn here(&mut self, label: usize) {
-        self.labels[label] = Some(self.p.len());
-    }
-    fn done(mut self) -> Vec<Insn> {
-        for &(at, to) in &self.jumps {
-            let target = self.labels[to].expect("every label is placed");
-            self.p[at].off = (target as i64 - at as i64 - 1) as i16;
-        }
-        self.p
-    }
-}
 
 /// The iterator: for each thread-group leader, one record (header, then
 /// its environment) built in the scratch map's value and written whole.
@@ -402,21 +362,6 @@ fn environ(a: &mut Asm, l: &Layout, status: usize) {
     a.jump(JEQ_K, 0, 0, 0, status);
     a.op(MOV64_K, 9, 0, 0, 0);
     a.op(MOV64_K, 4, 0, 0, STATUS_FAILED as i32);
-}
-
-/// bpf_probe_read_kernel(fp + `to`, `size`, r`base` + `off`).
-fn read_kernel(a: &mut Asm, base: u8, off: i16, size: i32, to: i16) {
-    a.op(MOV64_X, 3, base, 0, 0);
-    read_kernel_at(a, off, size, to);
-}
-
-/// bpf_probe_read_kernel(fp + `to`, `size`, r3 + `off`).
-fn read_kernel_at(a: &mut Asm, off: i16, size: i32, to: i16) {
-    a.op(ADD64_K, 3, 0, 0, off as i32);
-    a.op(MOV64_X, 1, FP, 0, 0);
-    a.op(ADD64_K, 1, 0, 0, to as i32);
-    a.op(MOV64_K, 2, 0, 0, size);
-    a.op(CALL, 0, 0, 0, PROBE_READ_KERNEL);
 }
 
 #[cfg(test)]

@@ -319,7 +319,7 @@ pub fn end(job: Job, opts: &Options) -> anyhow::Result<JobRun> {
             netns: Some(ctx.netns),
             listening_only: true,
         };
-        let mut scan = holders::scan(&q)?;
+        let mut scan = holders::scan_knowing(&q, table.as_ref())?;
         if let Some(table) = &table {
             members::charge(&mut scan.holdings, table);
         }
@@ -390,7 +390,7 @@ fn jobs_ports(
         holding: Vec::new(),
     };
     if let Some(table) = table {
-        let mut first = holders::scan_of(&query, &members::candidates(table, job))?;
+        let mut first = holders::scan_of(&query, &members::candidates(table, job), Some(table))?;
         first.holdings.retain(|h| !h.processes.is_empty());
         members::charge(&mut first.holdings, table);
         if let Some(d) = daemon {

@@ -6,7 +6,7 @@
 //! in parallel.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reaper_tests::*;
 use serde_json::Value;
@@ -243,6 +243,8 @@ fn bpftrace_agrees_on_a_failed_bind() {
         assert!(st.success(), "mounting tracefs for bpftrace failed");
     }
     let mut w = Watch::start(&[]);
+    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
+    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
     let mut bt = Spawned::spawn(Command::new("bpftrace").args([
         "-e",
         r#"tracepoint:syscalls:sys_exit_bind /comm == "binder"/ { printf("bind %d %d\n", pid, args->ret); }"#,
@@ -250,14 +252,21 @@ fn bpftrace_agrees_on_a_failed_bind() {
     bt.wait_line("bpftrace to attach", Duration::from_secs(60), |l| {
         l.contains("Attaching")
     });
-    let (h, port) = hold(&["127.0.0.1", "0", "listen"]);
-    w.expect("the holder's bind", |v| is(v, "bind", h.pid()));
-    let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+    // bpftrace says "Attaching" before its probe is in place: fail binds
+    // until it reports one, and compare on that one.
+    let (pid, result, theirs) = poll_until("bpftrace to see a failed bind", WAIT, || {
+        let (pid, result) = try_bind(&["127.0.0.1", &port.to_string()]);
+        let prefix = format!("bind {pid} ");
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while let Some(l) = bt.line(deadline.saturating_duration_since(Instant::now())) {
+            if l.starts_with(&prefix) {
+                return Some((pid, result, l));
+            }
+        }
+        None
+    });
     assert_eq!(result, "err 98");
     let ours = w.expect("reaper's failed bind", |v| is(v, "bind", pid));
-    let theirs = bt.wait_line("bpftrace's line", WAIT, |l| {
-        l.starts_with(&format!("bind {pid} "))
-    });
     assert_eq!(
         theirs,
         format!("bind {pid} -98"),
