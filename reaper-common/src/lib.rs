@@ -130,8 +130,14 @@ pub const COUNT_EPHEMERAL_RELEASES: u32 = 2;
 /// Slots in [`MAP_COUNTS`].
 pub const COUNTS: u32 = 3;
 /// Per-CPU, per-process (tgid) count of ephemeral binds summarised instead
-/// of sent (LRU: the oldest processes leave first).
+/// of sent (LRU: the oldest processes leave first). Filled only when
+/// [`GLOBAL_BY_PID`] is 1.
 pub const MAP_EPHEMERAL: &str = "EPHEMERAL";
+/// Global set by userspace: 1 to count summarised ephemeral binds per
+/// process in [`MAP_EPHEMERAL`] (`watch` prints them when it ends); 0 (the
+/// daemon, which reads only the total in [`MAP_COUNTS`]) spares every port-0
+/// bind that hash lookup.
+pub const GLOBAL_BY_PID: &str = "REAPER_BY_PID";
 
 /// One kernel observation. 88 bytes, 8-byte aligned; the layout is checked
 /// by a unit test so both sides agree.

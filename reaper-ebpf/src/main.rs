@@ -14,8 +14,9 @@
 //!   (or listen) and removed at release. A lost event loses a notification,
 //!   never a claim. When the map is full the claim is counted in `COUNTS`
 //!   and its event carries `FLAG_UNSTORED`.
-//! - `EPHEMERAL`: binds to port 0 are summarised per process (count), not
-//!   sent, unless userspace sets `REAPER_ALL` (`watch --all`).
+//! - `EPHEMERAL`: binds to port 0 are summarised (counted), not sent, unless
+//!   userspace sets `REAPER_ALL` (`watch --all`); per process only when it
+//!   sets `REAPER_BY_PID` (`watch` prints that table; the daemon does not).
 //! - `HINTS`: per CPU, the last socket whose fixed-port request waits in
 //!   `CLAIMS` and the last whose claim was sent, so that `post_bind` and the
 //!   release skip one `CLAIMS` operation in the common case.
@@ -191,6 +192,11 @@ static REAPER_EXACT: u8 = 0;
 #[no_mangle]
 static REAPER_ALL: u8 = 0;
 
+/// Set by userspace to 1 to count summarised binds per process
+/// (`EPHEMERAL`); 0 spares each port-0 bind that hash lookup.
+#[no_mangle]
+static REAPER_BY_PID: u8 = 0;
+
 /// Set by userspace when it runs in a pid namespace other than the initial
 /// one: that namespace's nsfs device (kernel `dev_t`) and inode. 0: pids are
 /// the initial namespace's, as `bpf_get_current_pid_tgid` gives them.
@@ -260,6 +266,12 @@ fn exact_tier() -> bool {
 fn send_all() -> bool {
     // SAFETY: as in exact_tier.
     unsafe { core::ptr::read_volatile(&REAPER_ALL) != 0 }
+}
+
+#[inline(always)]
+fn count_by_pid() -> bool {
+    // SAFETY: as in exact_tier.
+    unsafe { core::ptr::read_volatile(&REAPER_BY_PID) != 0 }
 }
 
 /// The socket storage of `sk` (a pointer the verifier accepts for this
@@ -741,6 +753,9 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
         send(ctx, ev);
     } else {
         bump(&COUNTS, reaper_common::COUNT_EPHEMERAL);
+        if !count_by_pid() {
+            return;
+        }
         match EPHEMERAL.get_ptr_mut(ev.tgid) {
             // SAFETY: per-CPU value, no concurrent writer on this CPU.
             Some(n) => unsafe { *n += 1 },

@@ -50,6 +50,8 @@ pub fn run(global: &Global, args: WatchArgs) -> Result<Exit> {
     }
     let opts = hooks::Options {
         all: args.all,
+        // The summary printed at the end (summarise_end).
+        ephemeral_by_pid: !args.all,
         ..hooks::Options::new(args.ringbuf_size)
     };
     let attached = match hooks::attach_with(global.hooks, &opts) {

@@ -171,7 +171,9 @@ impl Attached {
     }
 
     /// Ephemeral binds summarised kernel-side, per process (pid, count),
-    /// biggest first. The table keeps the 4,096 most recent processes.
+    /// biggest first. The table keeps the 4,096 most recent processes; it is
+    /// filled only when the hooks were loaded with
+    /// [`Options::ephemeral_by_pid`].
     pub fn ephemeral_by_pid(&self) -> Vec<(u32, u64)> {
         let mut v: Vec<(u32, u64)> = self
             .ephemeral
@@ -193,6 +195,9 @@ pub struct Options {
     pub claims_max: u32,
     /// Send every bind, ephemeral ones too (`watch --all`).
     pub all: bool,
+    /// Count the summarised ephemeral binds per process
+    /// ([`Attached::ephemeral_by_pid`]; a hash lookup per port-0 bind).
+    pub ephemeral_by_pid: bool,
 }
 
 impl Options {
@@ -201,6 +206,7 @@ impl Options {
             ringbuf_size,
             claims_max: reaper_common::CLAIMS_MAX_DEFAULT,
             all: false,
+            ephemeral_by_pid: false,
         }
     }
 }
@@ -335,6 +341,11 @@ fn loader(opts: &Options, exact: bool, ns: pidns::PidNs) -> EbpfLoader<'static> 
     l.override_global(
         reaper_common::GLOBAL_ALL,
         if opts.all { &ON } else { &OFF },
+        true,
+    );
+    l.override_global(
+        reaper_common::GLOBAL_BY_PID,
+        if opts.ephemeral_by_pid { &ON } else { &OFF },
         true,
     );
     l
