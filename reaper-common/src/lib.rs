@@ -160,7 +160,9 @@ pub struct Event {
     pub tid: u32,
     pub uid: u32,
     /// For [`KIND_OUTCOME`]: 0 or a negative errno. For [`KIND_CONNECT`]:
-    /// the peer's port (host order). Otherwise 0.
+    /// the peer's port (host order). On a summarised claim in
+    /// [`MAP_CLAIMS`], kernel-side state (the CPU that stored it), which
+    /// userspace ignores. Otherwise 0.
     pub ret: i32,
     /// Host byte order. Requested port for attempts, bound port otherwise.
     pub port: u16,

@@ -18,8 +18,9 @@
 //!   userspace sets `REAPER_ALL` (`watch --all`); per process only when it
 //!   sets `REAPER_BY_PID` (`watch` prints that table; the daemon does not).
 //! - `HINTS`: per CPU, the last socket whose fixed-port request waits in
-//!   `CLAIMS` and the last whose claim was sent, so that `post_bind` and the
-//!   release skip one `CLAIMS` operation in the common case.
+//!   `CLAIMS`, the last whose claim was sent and the last whose claim was
+//!   summarised, so that `post_bind` and the release skip one `CLAIMS`
+//!   operation in the common case.
 //!
 //! Tiers (chosen and attached by `reaper-user/src/hooks`):
 //! - `cgroup` (default): `bind4`/`bind6` stash the request, `post_bind4`/
@@ -41,7 +42,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_current_comm, bpf_get_ns_current_pid_tgid, bpf_sk_storage_get},
+        generated::{
+            bpf_get_current_comm, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id,
+            bpf_map_lookup_percpu_elem, bpf_sk_storage_get,
+        },
     },
     macros::{btf_map, btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit, lsm, map, tracepoint},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -152,7 +156,7 @@ static SOCKS_USED: Array<u32> = Array::with_max_entries(1, 0);
 /// CPU between two hooks) costs the longer path, never a wrong record.
 /// Cookies are never reused, and no socket has cookie 0.
 #[map(name = "HINTS")]
-static HINTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static HINTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 /// Set by `bind4` when it left a fixed-port request in `CLAIMS`: that
 /// socket's `post_bind` looks the request up first. Any other `post_bind`
@@ -163,6 +167,11 @@ const HINT_REQUEST: u32 = 0;
 /// A sent claim stays sent until its release, so the release deletes it
 /// without reading it first.
 const HINT_SENT: u32 = 1;
+/// Set by `post_bind` when it stored the socket's claim summarised (not
+/// sent); the claim's `ret` names that CPU. A listen that makes such a claim
+/// sent clears that CPU's hint if it still names the socket, so a release
+/// that finds its hint deletes the claim without reading it and counts it.
+const HINT_SUMMARISED: u32 = 2;
 
 /// Error of a map update whose key exists (`BPF_NOEXIST`).
 const EEXIST: i32 = 17;
@@ -181,6 +190,26 @@ fn hint(slot: u32, cookie: u64) {
     if let Some(p) = HINTS.get_ptr_mut(slot) {
         // SAFETY: this CPU's slot; no concurrent writer on this CPU.
         unsafe { *p = cookie };
+    }
+}
+
+/// Clears CPU `cpu`'s `slot` hint if it names `cookie`. That CPU may write
+/// the slot meanwhile, but only with another socket's cookie, which names
+/// no claim this changes.
+#[inline(always)]
+fn unhint(slot: u32, cookie: u64, cpu: u32) {
+    let map = &HINTS as *const PerCpuArray<u64> as *mut core::ffi::c_void;
+    // SAFETY: the helper checks the map, key and CPU; NULL when out of range.
+    let p = unsafe {
+        bpf_map_lookup_percpu_elem(map, &slot as *const u32 as *const core::ffi::c_void, cpu)
+    } as *mut u64;
+    if !p.is_null() {
+        // SAFETY: that CPU's slot, valid for this program run; a u64 store.
+        unsafe {
+            if core::ptr::read_volatile(p) == cookie {
+                core::ptr::write_volatile(p, 0);
+            }
+        }
     }
 }
 
@@ -707,6 +736,10 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
     let mut notify = !ephemeral || send_all();
     if notify {
         ev.flags |= FLAG_NOTIFIED;
+    } else {
+        // Kernel-side state of a summarised claim: where its hint is.
+        // SAFETY: a helper without preconditions.
+        ev.ret = unsafe { bpf_get_smp_processor_id() } as i32;
     }
     let stored = if requested {
         store_claim(ev)
@@ -729,11 +762,14 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
     };
     if !stored {
         ev.flags |= FLAG_UNSTORED;
+        ev.ret = 0;
         // Summarised: no one fights over a port the kernel picked. A claim
         // that could not be stored is always sent, so it is not lost twice.
         notify = true;
     } else if notify {
         hint(HINT_SENT, cookie);
+    } else {
+        hint(HINT_SUMMARISED, cookie);
     }
     if notify && st.is_null() && ev.flags & FLAG_UNSTORED != 0 {
         // Its release must be sent too, and CLAIMS cannot say so: remember
@@ -777,6 +813,9 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
     if hinted(HINT_SENT, cookie) {
         // A claim sent at post_bind on this CPU: nothing in it to read.
         notified = CLAIMS.remove(&cookie).is_ok();
+    } else if hinted(HINT_SUMMARISED, cookie) {
+        // Summarised at post_bind on this CPU, and no listen sent it since.
+        summarised = CLAIMS.remove(&cookie).is_ok();
     } else if let Some(p) = CLAIMS.get_ptr(&cookie) {
         // SAFETY: the map value, valid for this program run.
         let (kind, flags) = unsafe { ((*p).kind, (*p).flags) };
@@ -878,8 +917,11 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
                 claimed = true;
                 if (*p).flags & FLAG_NOTIFIED == 0 && !notified {
                     // A summarised ephemeral claim starts to matter: send
-                    // its bind first.
+                    // its bind first, and take back the hint that lets its
+                    // release go unsent.
+                    unhint(HINT_SUMMARISED, ev.cookie, (*p).ret as u32);
                     (*p).flags |= FLAG_NOTIFIED;
+                    (*p).ret = 0;
                     send(&ctx, &*p);
                 }
                 notified = true;

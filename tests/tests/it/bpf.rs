@@ -213,6 +213,56 @@ fn ephemeral_binds_are_counted_not_sent_unless_all_is_asked() {
     assert!(err.contains("--all shows each"), "{err}");
 }
 
+/// Runs `f` with the calling thread on one CPU (the first it may use), so
+/// that the kernel side's per-CPU hints of one socket are all on that CPU.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let was = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpu = (0..CpuSet::count())
+        .find(|&c| was.is_set(c).unwrap_or(false))
+        .unwrap();
+    let mut one = CpuSet::new();
+    one.set(cpu).unwrap();
+    sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+    let out = f();
+    sched_setaffinity(Pid::from_raw(0), &was).unwrap();
+    out
+}
+
+#[test]
+fn a_port_0_claim_sends_its_release_once_listened_on_and_is_counted_otherwise() {
+    let mut w = Watch::start(&[]);
+    let me = std::process::id();
+    // Bind, listen and close on one CPU: the release finds the hint that
+    // post_bind left for a summarised claim, which the listen must have
+    // taken back.
+    let (quiet, loud) = on_one_cpu(|| {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let quiet = u.local_addr().unwrap().port();
+        drop(u);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let loud = l.local_addr().unwrap().port();
+        drop(l);
+        (quiet, loud)
+    });
+    let not_quiet = |v: &Value| {
+        assert!(
+            !(v["pid"] == me && v["port"] == quiet),
+            "the unlistened port-0 claim was sent: {v}"
+        );
+    };
+    w.expect("the listened socket's bind", |v| {
+        not_quiet(v);
+        is(v, "bind", me) && v["port"] == loud
+    });
+    let rel = w.expect("the listened socket's release", |v| {
+        not_quiet(v);
+        is(v, "release", me) && v["port"] == loud
+    });
+    assert_eq!(rel["proto"], "tcp", "{rel}");
+}
+
 #[test]
 fn a_bind_in_another_network_namespace_carries_that_namespace() {
     let mut w = Watch::start(&[]);
