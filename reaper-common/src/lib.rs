@@ -138,6 +138,11 @@ pub const MAP_EPHEMERAL: &str = "EPHEMERAL";
 /// daemon, which reads only the total in [`MAP_COUNTS`]) spares every port-0
 /// bind that hash lookup.
 pub const GLOBAL_BY_PID: &str = "REAPER_BY_PID";
+/// Global set by userspace: 1 when the kernel has
+/// `bpf_map_lookup_percpu_elem` (Linux 5.19), which the kernel side needs to
+/// let a summarised claim's release skip its lookup; 0 leaves that path
+/// out (the programs still load on older kernels).
+pub const GLOBAL_PERCPU_LOOKUP: &str = "REAPER_PERCPU_LOOKUP";
 
 /// One kernel observation. 88 bytes, 8-byte aligned; the layout is checked
 /// by a unit test so both sides agree.

@@ -226,6 +226,13 @@ static REAPER_ALL: u8 = 0;
 #[no_mangle]
 static REAPER_BY_PID: u8 = 0;
 
+/// Set by userspace to 1 when the kernel has `bpf_map_lookup_percpu_elem`
+/// (Linux 5.19): only then can a listen take back another CPU's
+/// `HINT_SUMMARISED`, so only then is it set. Read-only: on an older kernel
+/// the verifier prunes the helper call and the program still loads.
+#[no_mangle]
+static REAPER_PERCPU_LOOKUP: u8 = 0;
+
 /// Set by userspace when it runs in a pid namespace other than the initial
 /// one: that namespace's nsfs device (kernel `dev_t`) and inode. 0: pids are
 /// the initial namespace's, as `bpf_get_current_pid_tgid` gives them.
@@ -295,6 +302,12 @@ fn exact_tier() -> bool {
 fn send_all() -> bool {
     // SAFETY: as in exact_tier.
     unsafe { core::ptr::read_volatile(&REAPER_ALL) != 0 }
+}
+
+#[inline(always)]
+fn summary_hints() -> bool {
+    // SAFETY: as in exact_tier.
+    unsafe { core::ptr::read_volatile(&REAPER_PERCPU_LOOKUP) != 0 }
 }
 
 #[inline(always)]
@@ -736,7 +749,7 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
     let mut notify = !ephemeral || send_all();
     if notify {
         ev.flags |= FLAG_NOTIFIED;
-    } else {
+    } else if summary_hints() {
         // Kernel-side state of a summarised claim: where its hint is.
         // SAFETY: a helper without preconditions.
         ev.ret = unsafe { bpf_get_smp_processor_id() } as i32;
@@ -768,7 +781,7 @@ fn on_post_bind(ctx: &SockContext, v6: bool) {
         notify = true;
     } else if notify {
         hint(HINT_SENT, cookie);
-    } else {
+    } else if summary_hints() {
         hint(HINT_SUMMARISED, cookie);
     }
     if notify && st.is_null() && ev.flags & FLAG_UNSTORED != 0 {
@@ -813,7 +826,7 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
     if hinted(HINT_SENT, cookie) {
         // A claim sent at post_bind on this CPU: nothing in it to read.
         notified = CLAIMS.remove(&cookie).is_ok();
-    } else if hinted(HINT_SUMMARISED, cookie) {
+    } else if summary_hints() && hinted(HINT_SUMMARISED, cookie) {
         // Summarised at post_bind on this CPU, and no listen sent it since.
         summarised = CLAIMS.remove(&cookie).is_ok();
     } else if let Some(p) = CLAIMS.get_ptr(&cookie) {
@@ -919,7 +932,9 @@ pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
                     // A summarised ephemeral claim starts to matter: send
                     // its bind first, and take back the hint that lets its
                     // release go unsent.
-                    unhint(HINT_SUMMARISED, ev.cookie, (*p).ret as u32);
+                    if summary_hints() {
+                        unhint(HINT_SUMMARISED, ev.cookie, (*p).ret as u32);
+                    }
                     (*p).flags |= FLAG_NOTIFIED;
                     (*p).ret = 0;
                     send(&ctx, &*p);

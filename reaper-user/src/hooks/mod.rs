@@ -348,7 +348,28 @@ fn loader(opts: &Options, exact: bool, ns: pidns::PidNs) -> EbpfLoader<'static> 
         if opts.ephemeral_by_pid { &ON } else { &OFF },
         true,
     );
+    l.override_global(
+        reaper_common::GLOBAL_PERCPU_LOOKUP,
+        if percpu_lookup() { &ON } else { &OFF },
+        true,
+    );
     l
+}
+
+/// Whether this kernel lets programs read another CPU's value of a per-CPU
+/// map (`bpf_map_lookup_percpu_elem`, Linux 5.19), asked once by loading a
+/// two-instruction program that calls it.
+fn percpu_lookup() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        use aya::programs::ProgramType;
+        use aya::sys::{is_helper_supported, BpfHelper};
+        is_helper_supported(
+            ProgramType::CgroupSock,
+            BpfHelper::BPF_FUNC_map_lookup_percpu_elem,
+        )
+        .unwrap_or(false)
+    })
 }
 
 /// Checks a claims map size.
