@@ -12,6 +12,9 @@ use reaper::output::{json_line, print, use_color, Style, Table};
 struct Report {
     kernel: String,
     btf: bool,
+    /// The file the scan's iterators keep their answers from the kernel's
+    /// BTF in, when it holds this kernel's (null: parsed each time).
+    btf_cache: Option<String>,
     lockdown: Option<String>,
     lsms: Option<String>,
     euid: u32,
@@ -229,6 +232,8 @@ fn gather() -> Report {
         process_source_error: tasks.err(),
         kernel,
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        // After the probes: they write it when they can.
+        btf_cache: reaper::holders::fditer::btf_cache().map(|p| p.display().to_string()),
         lockdown: read_trim("/sys/kernel/security/lockdown"),
         lsms: read_trim("/sys/kernel/security/lsm"),
         euid: nix::unistd::geteuid().as_raw(),
@@ -278,10 +283,12 @@ fn machine_words(r: &Report, style: Style) -> String {
     s.push_str(&format!("kernel      {}\n", r.kernel));
     s.push_str(&format!(
         "btf         {}\n",
-        if r.btf {
-            "yes (/sys/kernel/btf/vmlinux)"
-        } else {
-            "no"
+        match (r.btf, &r.btf_cache) {
+            (true, Some(c)) => format!(
+                "yes (/sys/kernel/btf/vmlinux); the scan's answers from it are kept in {c}"
+            ),
+            (true, None) => "yes (/sys/kernel/btf/vmlinux)".into(),
+            (false, _) => "no".into(),
         }
     ));
     if let Some(l) = &r.lockdown {

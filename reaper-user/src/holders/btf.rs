@@ -370,6 +370,14 @@ impl Kernel {
     }
 }
 
+/// The cache file when it holds this kernel's answers now (for `reaper
+/// doctor`).
+pub fn cache_in_use() -> Option<std::path::PathBuf> {
+    let k = kernel();
+    let path = k.path.as_ref()?;
+    read_cache(path, &k.key).map(|_| path.clone())
+}
+
 /// The kernel's BTF, parsed once per process (on a cache miss).
 fn parsed() -> Result<&'static Btf<'static>, String> {
     static PARSED: std::sync::OnceLock<Result<Btf<'static>, String>> = std::sync::OnceLock::new();

@@ -162,6 +162,12 @@ fn ns_layout_of(btf: &btf::Kernel, tgid: i16) -> Result<Option<NsLayout>, String
     })())
 }
 
+/// Where the iterators' answers from the kernel's BTF are kept, when a
+/// file holds this kernel's (see [`btf::Kernel`]).
+pub fn btf_cache() -> Option<std::path::PathBuf> {
+    btf::cache_in_use()
+}
+
 /// Whether the iterator can run here, by loading and running it for real
 /// (for `reaper doctor`): Ok with how many of our own sockets it found.
 pub fn probe() -> Result<(), String> {

@@ -336,6 +336,11 @@ fn doctor_reports_the_hooks_and_the_tier() {
     let probes = v["probes"].as_array().unwrap();
     let bind4 = probes.iter().find(|p| p["hook"] == "cgroup/bind4").unwrap();
     assert_eq!(bind4["attaches"], true);
+    // As root, the iterator probes keep their BTF answers for the next scan,
+    // and a file that says so is named.
+    let cache = v["btf_cache"].as_str().expect("btf_cache names a file");
+    let text = std::fs::read_to_string(cache).unwrap();
+    assert!(text.contains("func bpf_iter_task_file="), "{text}");
     // Refusals carry their errno (fexit is refused on some kernels, allowed on others).
     for p in probes {
         if p["loads"] == false {
