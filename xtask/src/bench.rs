@@ -236,6 +236,24 @@ const TARGETS: &[(&str, &str, f64, &str)] = &[
 /// same run): (bench, target subject, the peers' subjects).
 const PEERS: &[(&str, &str, &[&str])] = &[
     (
+        "daemon",
+        "binder tax (port 0): attached - detached, per round",
+        &[
+            "binder tax floor (port 0): empty programs - detached, per round",
+            "binder tax floor, one claim kept (port 0): minimal programs - detached, per round",
+            "binder tax above the one-claim floor (port 0): attached - one claim kept, per round",
+        ],
+    ),
+    (
+        "daemon",
+        "binder tax (fixed port): attached - detached, per round",
+        &[
+            "binder tax floor (fixed port): empty programs - detached, per round",
+            "binder tax floor, one claim kept (fixed port): minimal programs - detached, per round",
+            "binder tax above the one-claim floor (fixed port): attached - one claim kept, per round",
+        ],
+    ),
+    (
         "job",
         "reaper job end, nothing held (scan, task iterator)",
         &[

@@ -547,6 +547,9 @@ struct Series {
     cpu: Vec<f64>,
     tax: Vec<f64>,
     tax_cpu: Vec<f64>,
+    /// The binder's CPU with this build attached minus with the one-claim
+    /// floor programs, per round: reaper's own part of the tax.
+    over_claim: Vec<f64>,
     storm_cpu: Vec<f64>,
     cpu_per_bind: Vec<f64>,
     rss: Vec<f64>,
@@ -738,6 +741,7 @@ impl KindFigures {
             let c = c.expect("each build ran");
             s.tax.push((c.wall - alone.wall) / 1e3);
             s.tax_cpu.push((c.cpu - alone.cpu) / 1e3);
+            s.over_claim.push((c.cpu - claim.cpu) / 1e3);
         }
     }
 
@@ -920,6 +924,17 @@ impl Series {
                 median(&detached.cpu),
                 loadavg()
             )),
+        );
+        emit(
+            BENCH,
+            &fig(format!(
+                "binder tax above the one-claim floor ({kind}): attached - one claim kept, per round"
+            )),
+            "us/bind",
+            &self.over_claim,
+            Some(
+                "reaper's own part of the tax: its programs against the least that keeps each claim (the floor arm of the same round)".into(),
+            ),
         );
         emit(
             BENCH,
