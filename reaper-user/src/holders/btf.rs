@@ -420,8 +420,21 @@ fn read_cache(
 }
 
 /// Writes `text` to `path` whole (a new file renamed over the old one).
+/// A file there that is not a cache (REAPER_BTF_CACHE naming the wrong
+/// file) is left alone.
 fn write_cache(path: &std::path::Path, text: &str) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Ok(old) = std::fs::File::open(path) {
+        let mut head = [0u8; CACHE_MAGIC.len()];
+        if std::io::Read::read_exact(&mut &old, &mut head).is_err()
+            || head != CACHE_MAGIC.as_bytes()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not reaper's BTF cache is there; not replaced",
+            ));
+        }
+    }
     let dir = path.parent().ok_or(io::ErrorKind::InvalidInput)?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -515,6 +528,13 @@ mod tests {
         assert_eq!(warm.state.lock().unwrap().known.len(), 3);
         assert_eq!(ask(&warm), direct);
         assert!(!warm.state.lock().unwrap().new, "a warm run parsed the BTF");
+        // A file that is not a cache is never replaced.
+        let other = dir.path().join("notes");
+        std::fs::write(&other, "not a cache\n").unwrap();
+        let k = Kernel::new("k1".into(), Some(other.clone()));
+        ask(&k);
+        k.save();
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "not a cache\n");
         // Another kernel's answers, or a tampered file, are not believed.
         std::fs::write(&path, text.replace("\nk1\n", "\nk2\n")).unwrap();
         assert!(Kernel::new("k1".into(), Some(path.clone()))
