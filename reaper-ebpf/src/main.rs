@@ -292,28 +292,32 @@ fn set_ids(ev: &mut Event, pid_tgid: u64) {
     }
 }
 
+/// A one-byte switch the loader patches in (`REAPER_EXACT`, ...).
+#[inline(always)]
+fn switch(global: &'static u8) -> bool {
+    // SAFETY: a global of this object, read volatile so the compiler does
+    // not fold in its value at build time; the loader's is read.
+    unsafe { core::ptr::read_volatile(global) != 0 }
+}
+
 #[inline(always)]
 fn exact_tier() -> bool {
-    // SAFETY: a global patched by the loader; volatile so it is not folded.
-    unsafe { core::ptr::read_volatile(&REAPER_EXACT) != 0 }
+    switch(&REAPER_EXACT)
 }
 
 #[inline(always)]
 fn send_all() -> bool {
-    // SAFETY: as in exact_tier.
-    unsafe { core::ptr::read_volatile(&REAPER_ALL) != 0 }
+    switch(&REAPER_ALL)
 }
 
 #[inline(always)]
 fn summary_hints() -> bool {
-    // SAFETY: as in exact_tier.
-    unsafe { core::ptr::read_volatile(&REAPER_PERCPU_LOOKUP) != 0 }
+    switch(&REAPER_PERCPU_LOOKUP)
 }
 
 #[inline(always)]
 fn count_by_pid() -> bool {
-    // SAFETY: as in exact_tier.
-    unsafe { core::ptr::read_volatile(&REAPER_BY_PID) != 0 }
+    switch(&REAPER_BY_PID)
 }
 
 /// The socket storage of `sk` (a pointer the verifier accepts for this
@@ -882,9 +886,7 @@ pub fn reaper_release(ctx: SockContext) -> i32 {
 pub fn reaper_listen(ctx: BtfTracePointContext) -> i32 {
     let newstate: i32 = ctx.arg(2);
     if newstate != TCP_LISTEN {
-        // SAFETY: a global patched by the loader, read-only.
-        let connects = unsafe { core::ptr::read_volatile(&REAPER_CONNECTS) } != 0;
-        if connects && ctx.arg::<i32>(1) == TCP_SYN_SENT {
+        if switch(&REAPER_CONNECTS) && ctx.arg::<i32>(1) == TCP_SYN_SENT {
             on_connected(&ctx);
         }
         return 0;
