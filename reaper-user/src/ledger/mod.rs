@@ -422,30 +422,14 @@ impl Ledger {
                 Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             };
             fact.addr = Some(addr.to_string());
-            self.claims.insert(
-                ev.cookie,
-                Claim {
-                    key: ClaimKey {
-                        netns,
-                        proto: Proto::Tcp,
-                        addr,
-                        port: ev.port,
-                    },
-                    family,
-                    cookie: ev.cookie,
-                    pid: ev.tgid,
-                    tid: ev.tid,
-                    comm: fact.comm.clone(),
-                    uid: ev.uid,
-                    cgroup_id: ev.cgroup_id,
-                    netns_cookie: ev.netns_cookie,
-                    bound_at: at,
-                    listening_at: Some(at),
-                    requested_port: None,
-                    source: self.source.clone(),
-                    job: None,
-                },
-            );
+            let key = ClaimKey {
+                netns,
+                proto: Proto::Tcp,
+                addr,
+                port: ev.port,
+            };
+            let claim = self.claim(ev, key, true, None);
+            self.claims.insert(ev.cookie, claim);
         }
         fact
     }
