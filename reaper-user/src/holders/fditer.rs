@@ -135,31 +135,35 @@ fn layouts() -> Result<(Layout, Option<NsLayout>), String> {
 
 /// [`NsLayout`] from the BTF: Ok(None) when a piece is missing.
 fn ns_layout_of(btf: &btf::Kernel, tgid: i16) -> Result<Option<NsLayout>, String> {
+    // A field of this size within reach of an instruction's offset.
     let small = |s: &str, m: &str, size: u32| -> Result<Option<i16>, String> {
         Ok(btf
             .field(s, m)?
             .filter(|f| f.size == size)
             .and_then(|f| i16::try_from(f.offset).ok()))
     };
-    let (Some(net), Some(inum)) = (btf.field("net", "ns")?, btf.field("ns_common", "inum")?) else {
+    // net.ns.inum: the ns_common inside struct net, then its inum.
+    let inum = match (btf.field("net", "ns")?, btf.field("ns_common", "inum")?) {
+        (Some(net), Some(inum)) if inum.size == 4 => i16::try_from(net.offset + inum.offset).ok(),
+        _ => None,
+    };
+    let (Some(attach_btf_id), Some(pid), Some(nsproxy), Some(net_ns), Some(inum)) = (
+        btf.func_id("bpf_iter_task")?,
+        small("task_struct", "pid", 4)?,
+        small("task_struct", "nsproxy", 8)?,
+        small("nsproxy", "net_ns", 8)?,
+        inum,
+    ) else {
         return Ok(None);
     };
-    let Some(attach_btf_id) = btf.func_id("bpf_iter_task")? else {
-        return Ok(None);
-    };
-    let inum = (inum.size == 4)
-        .then(|| i16::try_from(net.offset + inum.offset).ok())
-        .flatten();
-    Ok((|| {
-        Some(NsLayout {
-            attach_btf_id,
-            pid: small("task_struct", "pid", 4).ok()??,
-            tgid,
-            nsproxy: small("task_struct", "nsproxy", 8).ok()??,
-            net_ns: small("nsproxy", "net_ns", 8).ok()??,
-            inum: inum?,
-        })
-    })())
+    Ok(Some(NsLayout {
+        attach_btf_id,
+        pid,
+        tgid,
+        nsproxy,
+        net_ns,
+        inum,
+    }))
 }
 
 /// Where the iterators' answers from the kernel's BTF are kept, when a

@@ -4,9 +4,10 @@
 //! name, command line, user, start time, parent chain, cgroup and container,
 //! and whether it looks orphaned. Read only for the few pids that hold a
 //! matching socket. Of status only the `Uid:` line is read (proc.rs);
-//! stat, cmdline and cgroup are parsed by the pure functions here, fuzzed, because /proc content there is partly chosen by the
-//! process (comm, argv) and nothing in it is trusted to be UTF-8 or
-//! well-formed (see holders/mod.rs for why not procfs).
+//! stat, cmdline and cgroup are parsed by the pure functions here, fuzzed,
+//! because /proc content there is partly chosen by the process (comm,
+//! argv) and nothing in it is trusted to be UTF-8 or well-formed (see
+//! holders/mod.rs for why not procfs).
 
 use std::collections::HashMap;
 
