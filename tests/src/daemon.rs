@@ -166,6 +166,28 @@ impl Daemon {
         })
     }
 
+    /// Polls the daemon's `who` for `port` (`proto`: "tcp", "udp" or None
+    /// for both) until one of its claims satisfies `pred`; returns the
+    /// whole answer and that claim, or panics at the deadline naming `what`.
+    pub fn wait_claim(
+        &self,
+        what: &str,
+        within: Duration,
+        port: u16,
+        proto: Option<&str>,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Value) {
+        let ask = match proto {
+            Some(p) => format!(r#"{{"cmd":"who","port":{port},"proto":"{p}"}}"#),
+            None => format!(r#"{{"cmd":"who","port":{port}}}"#),
+        };
+        wait_for(what, within, || {
+            let r = self.query(&ask);
+            let claim = r["claims"].as_array()?.iter().find(|c| pred(c)).cloned()?;
+            Some((r, claim))
+        })
+    }
+
     /// Every complete record of the journal (torn or damaged lines skipped).
     pub fn records(&self) -> Vec<Value> {
         read_journal(&self.journal)

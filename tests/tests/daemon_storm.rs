@@ -107,18 +107,12 @@ fn claims_made_in_a_loss_window_are_answered_from_the_kernel_map_without_a_scan(
     let me = std::process::id();
     for (s, at) in &held {
         let port = s.local_addr().unwrap().port();
-        let c = wait_for(
+        let (_, c) = d.wait_claim(
             &format!("the daemon to know the claim on udp/{port}"),
             Duration::from_secs(10),
-            || {
-                let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"udp"}}"#));
-                let c = r["claims"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["pid"] == me)?
-                    .clone();
-                Some(c)
-            },
+            port,
+            Some("udp"),
+            |c| c["pid"] == me,
         );
         let bound: chrono::DateTime<chrono::Utc> = c["bound_at"].as_str().unwrap().parse().unwrap();
         let off = (bound - *at).num_milliseconds().abs();
@@ -176,13 +170,12 @@ fn a_full_kernel_side_claims_map_is_journaled_and_counted() {
     );
     // The claims the map had no room for are still known from their events.
     let port = held.last().unwrap().0.local_addr().unwrap().port();
-    wait_for(
+    d.wait_claim(
         "the daemon to know the last claim",
         Duration::from_secs(10),
-        || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"udp"}}"#));
-            (r["claims"][0]["pid"] == std::process::id()).then_some(())
-        },
+        port,
+        Some("udp"),
+        |c| c["pid"] == std::process::id(),
     );
     // And their releases: at least 24 of the 40 claims are remembered only in
     // socket storage (which the programs skip until some socket has any),

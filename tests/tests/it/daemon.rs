@@ -77,14 +77,12 @@ fn a_reap_rule_frees_the_port_of_an_orphan_once_per_burst() {
     let d = Daemon::start(&holder.rule("stale test holder", Some("reap")));
 
     // The daemon saw the claim: ask its ledger.
-    let who = wait_for(
+    let (who, _) = d.wait_claim(
         "the daemon's ledger to know the holder",
         Duration::from_secs(10),
-        || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"tcp"}}"#));
-            let held = r["claims"].as_array().is_some_and(|c| !c.is_empty());
-            held.then_some(r)
-        },
+        port,
+        Some("tcp"),
+        |_| true,
     );
     assert_eq!(who["ok"], true);
     assert_eq!(who["tier"], "cgroup");
@@ -774,14 +772,12 @@ fn who_through_the_daemon_shows_the_holder_as_a_scan_does() {
     let port = reaper_tests::free_port();
     let holder = Holder::orphan(port, "rp-who-same", &[]);
     let d = Daemon::start("");
-    let answer = wait_for(
+    let (answer, _) = d.wait_claim(
         "the daemon's ledger to know the holder",
         Duration::from_secs(10),
-        || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{port},"proto":"tcp"}}"#));
-            let held = r["claims"].as_array().is_some_and(|c| !c.is_empty());
-            held.then_some(r)
-        },
+        port,
+        Some("tcp"),
+        |_| true,
     );
     // The control socket sends the holder's details with the claim.
     assert_eq!(answer["processes"][0]["pid"], holder.pid(), "{answer}");

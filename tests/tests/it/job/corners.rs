@@ -199,18 +199,7 @@ fn charged_through_an_ancestor(
     server: u32,
     tracking_id: &str,
 ) {
-    let claim = poll_until(
-        "the daemon to charge the claim",
-        Duration::from_secs(20),
-        || {
-            let r = d.query(&format!(r#"{{"cmd":"who","port":{p}}}"#));
-            r["claims"]
-                .as_array()?
-                .iter()
-                .find(|c| c["job"].is_object() && c["listening_at"].is_string())
-                .cloned()
-        },
-    );
+    let claim = super::charged_claim(d, p);
     assert_eq!(claim["pid"], server, "{claim:#}");
     assert_eq!(claim["job"]["id"], tracking_id, "{claim:#}");
     assert!(

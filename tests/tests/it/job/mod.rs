@@ -403,20 +403,7 @@ fn with_the_daemon_job_end_frees_the_server_that_cleared_its_variables() {
     runner.track(server_b);
 
     // The daemon charged each claim when it was made.
-    let charged = |port: u16| {
-        poll_until(
-            "the daemon to charge the claim to its job",
-            Duration::from_secs(20),
-            || {
-                let r = d.query(&format!(r#"{{"cmd":"who","port":{port}}}"#));
-                r["claims"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["job"].is_object() && c["listening_at"].is_string())
-                    .cloned()
-            },
-        )
-    };
+    let charged = |port: u16| charged_claim(&d, port);
     let c = charged(pcleared);
     assert_eq!(c["pid"], cleared);
     assert_eq!(c["job"]["id"], a.tracking_id.as_str(), "{c:#}");
@@ -768,3 +755,16 @@ fn job_end_stops_the_jobs_processes_that_hold_no_port_only_with_all() {
 
 mod corners;
 mod table;
+
+/// The daemon's claim on `port` once it is listened on and charged to a
+/// job (polled with a deadline).
+pub(super) fn charged_claim(d: &reaper_tests::daemon::Daemon, port: u16) -> serde_json::Value {
+    d.wait_claim(
+        "the daemon to charge the claim to its job",
+        Duration::from_secs(20),
+        port,
+        None,
+        |c| c["job"].is_object() && c["listening_at"].is_string(),
+    )
+    .1
+}
